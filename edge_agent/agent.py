@@ -1,0 +1,198 @@
+"""The agent's lifecycle: build the spool and sources from config, run, stop cleanly.
+
+``Agent.run()`` is the main loop of ``edge-agent run``:
+
+1. open the spool (quarantining a corrupt file), start the sources;
+2. tell systemd READY=1;
+3. every tick: ping the watchdog while every worker is alive, write the runtime status
+   file that ``edge-agent status`` reads, expire records past their age cap;
+4. SIGHUP re-reads the config (settings that cannot change live are reported);
+5. SIGTERM/SIGINT: stop intake, commit and ack what was received, close the spool, exit 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from edge_agent import __version__
+from edge_agent.config import Config, load_config
+from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.sdnotify import SystemdNotifier
+from edge_agent.sources.mqtt import MqttSource
+from edge_agent.spool import QueuePolicy, Spool
+
+log = logging.getLogger(__name__)
+
+#: Seconds between expiry passes over the spool's age caps.
+EXPIRE_INTERVAL_S = 60.0
+#: Upper bound of one main-loop tick.
+MAX_TICK_S = 1.0
+#: Time the sources get to commit and ack what they hold at shutdown.
+STOP_TIMEOUT_S = 8.0
+
+
+def runtime_status_path(config: Config) -> Path:
+    """Where the running agent writes its live status (next to the spool)."""
+    return config.spool.path.with_name(config.spool.path.name + ".status.json")
+
+
+def queue_policies(config: Config) -> dict[str, QueuePolicy]:
+    return {
+        name: QueuePolicy(
+            max_bytes=sink.max_bytes,
+            max_age_s=sink.max_age,
+            overflow=sink.overflow,
+            max_record_bytes=sink.max_record_bytes,
+        )
+        for name, sink in config.sinks.items()
+    }
+
+
+def open_spool(config: Config) -> Spool:
+    spool = config.spool
+    return Spool.open(
+        spool.path,
+        durability=spool.durability,
+        policies=queue_policies(config),
+        max_bytes=spool.max_bytes,
+        max_age_s=spool.max_age,
+        integrity_check=spool.integrity_check,
+    )
+
+
+class Agent:
+    def __init__(self, config: Config, notifier: SystemdNotifier | None = None) -> None:
+        self.config = config
+        self._notifier = notifier or SystemdNotifier()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._started_at = time.time()
+        self._spool: Spool | None = None
+        self._mqtt: MqttSource | None = None
+
+    # ------------------------------------------------------------------ signals
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_reload_signal)
+
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.request_stop()
+
+    def _on_reload_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._reload.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> int:
+        config = self.config
+        self._spool = spool = open_spool(config)
+        log.info("spool open at %s", config.spool.path)
+        try:
+            if config.mqtt is not None:
+                self._mqtt = MqttSource(config.mqtt, spool, config.spool)
+                self._mqtt.start()
+            self._notifier.ready(f"spool open, {len(self._workers())} sources started")
+            log.info("edge-agent %s running (pid %d)", __version__, os.getpid())
+            self._loop(spool)
+        finally:
+            self._notifier.stopping()
+            log.info("stopping: committing and acking what was received")
+            if self._mqtt is not None:
+                self._mqtt.stop(STOP_TIMEOUT_S)
+            self._write_status(stopped=True)
+            spool.close()
+            log.info("stopped")
+        return 0
+
+    def _loop(self, spool: Spool) -> None:
+        tick = min(MAX_TICK_S, self.config.agent.status_interval)
+        if self._notifier.watchdog_interval:
+            tick = min(tick, self._notifier.watchdog_interval / 2)
+        next_status = 0.0
+        next_expire = time.monotonic() + EXPIRE_INTERVAL_S
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if all(worker_ok for _, worker_ok in self._workers()):
+                self._notifier.watchdog()
+            else:
+                log.error("a worker thread died; withholding watchdog pings")
+            if now >= next_status:
+                self._write_status()
+                next_status = now + self.config.agent.status_interval
+            if now >= next_expire:
+                self._expire(spool)
+                next_expire = now + EXPIRE_INTERVAL_S
+            if self._reload.is_set():
+                self._reload.clear()
+                self._reload_config()
+            self._stop.wait(tick)
+
+    def _workers(self) -> list[tuple[str, bool]]:
+        workers = []
+        if self._mqtt is not None:
+            workers.append(("mqtt", self._mqtt.healthy))
+        return workers
+
+    def _expire(self, spool: Spool) -> None:
+        try:
+            spool.expire()
+        except EdgeAgentError as err:
+            log.error("expiring old records failed: %s", err)
+
+    # ------------------------------------------------------------------ reload
+
+    def _reload_config(self) -> None:
+        self._notifier.reloading()
+        try:
+            new = load_config(self.config.source_file)
+        except ConfigError as err:
+            log.error("reload: config has errors, keeping the running one:\n%s", err)
+            self._notifier.ready()
+            return
+        logging.getLogger().setLevel(new.agent.log_level.upper())
+        needs_restart = [
+            section
+            for section in ("spool", "mqtt", "sinks")
+            if getattr(new, section) != getattr(self.config, section)
+        ]
+        if needs_restart:
+            log.warning(
+                "reload: changes to [%s] take effect after a restart", "], [".join(needs_restart)
+            )
+        self.config = new
+        log.info("reload: configuration re-read from %s", new.source_file)
+        self._notifier.ready()
+
+    # ------------------------------------------------------------------ status
+
+    def _write_status(self, *, stopped: bool = False) -> None:
+        data: dict[str, Any] = {
+            "pid": os.getpid(),
+            "version": __version__,
+            "started_at": self._started_at,
+            "updated_at": time.time(),
+            "running": not stopped,
+            "sources": {},
+        }
+        if self._mqtt is not None:
+            data["sources"]["mqtt"] = self._mqtt.snapshot()
+        path = runtime_status_path(self.config)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(data, indent=1))
+            os.replace(tmp, path)
+        except OSError as err:
+            log.warning("cannot write status file %s: %s", path, err)

@@ -1,0 +1,198 @@
+"""The ``edge-agent`` command line (thin: parsing and printing only).
+
+    edge-agent run          -c FILE            run the agent (systemd's ExecStart)
+    edge-agent status       -c FILE [--json]   queues, sources, recent events
+    edge-agent check-config -c FILE            validate; exit 0 or print every problem
+    edge-agent spool dead-letters -c FILE [--queue Q] [--limit N]
+    edge-agent spool export       -c FILE [--queue Q] [-o FILE]   dead letters as JSON lines
+    edge-agent spool purge        -c FILE [--queue Q] [--id N ...] --yes
+    edge-agent spool requeue      -c FILE [--queue Q] [--id N ...]
+
+The config file defaults to $EDGE_AGENT_CONFIG, then /etc/edge-agent/edge-agent.toml.
+Exit codes: 0 ok, 1 runtime error, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from edge_agent import __version__
+from edge_agent.config import DEFAULT_CONFIG_PATH, Config, load_config
+from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.spool import DeadLetter, Spool
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    default_config = os.environ.get("EDGE_AGENT_CONFIG", DEFAULT_CONFIG_PATH)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c", "--config", default=default_config, help=f"config file (default {default_config})"
+    )
+    parser = argparse.ArgumentParser(
+        prog="edge-agent", description="Store-and-forward agent for cameras and sensors."
+    )
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", parents=[common], help="run the agent")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    status = commands.add_parser("status", parents=[common], help="show queues and sources")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    commands.add_parser("check-config", parents=[common], help="validate the config file")
+
+    spool = commands.add_parser("spool", help="inspect and manage the spool")
+    spool_commands = spool.add_subparsers(dest="spool_command", required=True)
+    listing = spool_commands.add_parser(
+        "dead-letters", parents=[common], help="list dead letters with their reasons"
+    )
+    listing.add_argument("--queue")
+    listing.add_argument("--limit", type=int, default=50)
+    export = spool_commands.add_parser(
+        "export", parents=[common], help="write dead letters as JSON lines"
+    )
+    export.add_argument("--queue")
+    export.add_argument("-o", "--output", default="-", help="file (default: stdout)")
+    for name, help_text in (
+        ("purge", "delete dead letters"),
+        ("requeue", "move dead letters back to their queues"),
+    ):
+        sub = spool_commands.add_parser(name, parents=[common], help=help_text)
+        sub.add_argument("--queue")
+        sub.add_argument("--id", dest="ids", type=int, action="append", default=[])
+        if name == "purge":
+            sub.add_argument("--yes", action="store_true", help="really delete")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        print(f"edge-agent: configuration error:\n{err}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.command == "check-config":
+            print(f"{args.config}: ok")
+            return EXIT_OK
+        if args.command == "run":
+            return _run(config, args.log_level)
+        if args.command == "status":
+            return _status(config, as_json=args.json)
+        return _spool_command(config, args)
+    except EdgeAgentError as err:
+        print(f"edge-agent: {err}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _configure_logging(level: str) -> None:
+    # Under systemd the journal stamps each line; elsewhere add the time ourselves.
+    journald = "JOURNAL_STREAM" in os.environ
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(levelname)s %(name)s: %(message)s"
+        if journald
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _run(config: Config, log_level: str | None) -> int:
+    from edge_agent.agent import Agent
+
+    _configure_logging(log_level or config.agent.log_level)
+    agent = Agent(config)
+    agent.install_signal_handlers()
+    return agent.run()
+
+
+def _status(config: Config, *, as_json: bool) -> int:
+    from edge_agent.status import collect_status, render_status
+
+    status = collect_status(config)
+    print(json.dumps(status, indent=2) if as_json else render_status(status))
+    return EXIT_ERROR if "error" in status["spool"] else EXIT_OK
+
+
+def _spool_command(config: Config, args: argparse.Namespace) -> int:
+    if args.spool_command in ("dead-letters", "export"):
+        with Spool.open_read_only(config.spool.path) as spool:
+            if args.spool_command == "dead-letters":
+                _print_dead_letters(spool.dead_letters(queue=args.queue, limit=args.limit))
+                return EXIT_OK
+            if args.output == "-":
+                count = _export(spool, args.queue, sys.stdout)
+            else:
+                with open(args.output, "w", encoding="utf-8") as handle:
+                    count = _export(spool, args.queue, handle)
+            print(f"exported {count} dead letters", file=sys.stderr)
+            return EXIT_OK
+    if args.spool_command == "purge" and not args.yes:
+        print("edge-agent: purge deletes dead letters for good; add --yes", file=sys.stderr)
+        return EXIT_USAGE
+    # Writes go through the spool's own connection; the running agent holds the writer
+    # lock, so these only run while it is stopped.
+    from edge_agent.agent import open_spool
+
+    with open_spool(config) as spool:
+        if args.spool_command == "purge":
+            count = spool.purge_dead_letters(queue=args.queue, ids=args.ids)
+            print(f"purged {count} dead letters")
+        else:
+            count = spool.requeue_dead_letters(queue=args.queue, ids=args.ids)
+            print(f"requeued {count} dead letters")
+    return EXIT_OK
+
+
+def _print_dead_letters(letters: list[DeadLetter]) -> None:
+    if not letters:
+        print("no dead letters")
+        return
+    for letter in letters:
+        print(
+            f"#{letter.id} {letter.queue} key={letter.partition_key!r} {letter.size} bytes, "
+            f"{letter.attempts} attempts: {letter.reason}"
+        )
+
+
+def _export(spool: Spool, queue: str | None, out: TextIO) -> int:
+    count = 0
+    after = 0
+    while True:
+        page = spool.dead_letters(queue=queue, after_id=after, limit=1000)
+        if not page:
+            return count
+        for letter in page:
+            try:
+                payload: dict[str, str] = {"payload": letter.payload.decode("utf-8")}
+            except UnicodeDecodeError:
+                payload = {"payload_base64": base64.b64encode(letter.payload).decode()}
+            out.write(
+                json.dumps(
+                    {
+                        "id": letter.id,
+                        "queue": letter.queue,
+                        "partition_key": letter.partition_key,
+                        "captured_at_ms": letter.captured_at_ms,
+                        "dead_at_ms": letter.dead_at_ms,
+                        "attempts": letter.attempts,
+                        "reason": letter.reason,
+                        "meta": json.loads(letter.meta) if letter.meta else None,
+                        **payload,
+                    }
+                )
+                + "\n"
+            )
+            count += 1
+        after = page[-1].id

@@ -1,0 +1,395 @@
+"""Configuration: a TOML file turned into frozen, validated dataclasses.
+
+Every key has a default and a help line in configs/edge-agent.toml. Loading collects
+every problem before failing, and each problem names the file, the key path
+(``mqtt.subscriptions[2].qos``) and the reason. Unknown keys are errors, so a typo never
+silently falls back to a default. String values may use ``${NAME}`` or
+``${NAME:-default}`` to take secrets from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from edge_agent.errors import ConfigError, ConfigProblem
+from edge_agent.keys import PartitionKeyTemplate
+from edge_agent.units import parse_duration, parse_size
+
+DEFAULT_CONFIG_PATH = "/etc/edge-agent/edge-agent.toml"
+DEFAULT_STATE_DIR = "/var/lib/edge-agent"
+
+Durability = Literal["full", "normal"]
+Overflow = Literal["drop_oldest", "reject_new"]
+IntegrityCheck = Literal["quick", "full", "off"]
+SinkType = Literal["hold"]
+
+#: Largest record each sink type accepts, in bytes, when the config does not say.
+DEFAULT_MAX_RECORD_BYTES: dict[str, int] = {"hold": 1024 * 1024}
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    device_name: str
+    state_dir: Path
+    log_level: str = "info"
+    status_interval: float = 2.0
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    path: Path
+    durability: Durability = "full"
+    max_bytes: int | None = 1024**3
+    max_age: float | None = 7 * 86400
+    commit_max_records: int = 1000
+    commit_linger: float = 0.0
+    integrity_check: IntegrityCheck = "quick"
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class Subscription:
+    topic: str
+    qos: int
+    sinks: tuple[str, ...]
+    partition_key: PartitionKeyTemplate
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = "edge-agent"
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    session_expiry: float = 7 * 86400
+    keepalive: float = 30.0
+    username: str | None = None
+    password: str | None = None
+    tls: TlsConfig | None = None
+    reconnect_min: float = 1.0
+    reconnect_max: float = 60.0
+    subscriptions: tuple[Subscription, ...] = ()
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    name: str
+    type: SinkType
+    max_bytes: int | None = None
+    max_age: float | None = None
+    overflow: Overflow = "drop_oldest"
+    max_record_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Config:
+    source_file: str
+    agent: AgentConfig
+    spool: SpoolConfig
+    mqtt: MqttConfig | None
+    sinks: Mapping[str, SinkConfig] = field(default_factory=dict)
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SINK_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+T = TypeVar("T")
+_MISSING: Any = object()
+
+
+class _Section:
+    """One TOML table being read: typed getters that record problems instead of raising."""
+
+    def __init__(self, file: str, path: str, table: object, problems: list[ConfigProblem]) -> None:
+        self.file = file
+        self.path = path
+        self.problems = problems
+        if not isinstance(table, dict):
+            self.problem("", f"expected a table, got {type(table).__name__}")
+            table = {}
+        self.table: dict[str, Any] = dict(table)
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def problem(self, name: str, reason: str) -> None:
+        self.problems.append(
+            ConfigProblem(self.file, self.key(name) if name else self.path, reason)
+        )
+
+    def _take(self, name: str, default: T, convert: Callable[[Any], T]) -> T:
+        if name not in self.table:
+            if default is _MISSING:
+                self.problem(name, "is required")
+            return default
+        raw = self.table.pop(name)
+        if isinstance(raw, str):
+            raw = self._expand_env(name, raw)
+        try:
+            return convert(raw)
+        except (ValueError, TypeError) as err:
+            self.problem(name, str(err))
+            return default
+
+    def _expand_env(self, name: str, raw: str) -> str:
+        def substitute(match: re.Match[str]) -> str:
+            value = os.environ.get(match.group(1))
+            if value is None:
+                if match.group(2) is None:
+                    self.problem(name, f"environment variable {match.group(1)} is not set")
+                    return ""
+                return match.group(2)
+            return value
+
+        return _ENV_REF.sub(substitute, raw)
+
+    def string(self, name: str, default: Any = _MISSING, *, allow_empty: bool = False) -> Any:
+        def convert(raw: Any) -> str:
+            if not isinstance(raw, str):
+                raise TypeError(f"expected a string, got {raw!r}")
+            if not raw and not allow_empty:
+                raise ValueError("must not be empty")
+            return raw
+
+        return self._take(name, default, convert)
+
+    def integer(self, name: str, default: Any = _MISSING, *, low: int, high: int) -> Any:
+        def convert(raw: Any) -> int:
+            if isinstance(raw, str) and raw.strip().isdigit():
+                raw = int(raw)  # e.g. port = "${MQTT_PORT:-1883}"
+            if isinstance(raw, bool) or not isinstance(raw, int):
+                raise TypeError(f"expected an integer, got {raw!r}")
+            if not low <= raw <= high:
+                raise ValueError(f"must be between {low} and {high}, got {raw}")
+            return raw
+
+        return self._take(name, default, convert)
+
+    def boolean(self, name: str, default: Any = _MISSING) -> Any:
+        def convert(raw: Any) -> bool:
+            if not isinstance(raw, bool):
+                raise TypeError(f"expected true or false, got {raw!r}")
+            return raw
+
+        return self._take(name, default, convert)
+
+    def choice(self, name: str, options: tuple[str, ...], default: Any = _MISSING) -> Any:
+        def convert(raw: Any) -> str:
+            if raw not in options:
+                raise ValueError(f"must be one of {', '.join(options)}; got {raw!r}")
+            return str(raw)
+
+        return self._take(name, default, convert)
+
+    def size(self, name: str, default: Any = _MISSING, *, optional: bool = False) -> Any:
+        return self._take(name, default, _optional(parse_size) if optional else parse_size)
+
+    def duration(self, name: str, default: Any = _MISSING, *, optional: bool = False) -> Any:
+        return self._take(name, default, _optional(parse_duration) if optional else parse_duration)
+
+    def path_value(self, name: str, default: Any = _MISSING) -> Any:
+        return self._take(name, default, lambda raw: Path(self._checked_str(raw)))
+
+    def string_list(self, name: str, default: Any = _MISSING) -> Any:
+        def convert(raw: Any) -> tuple[str, ...]:
+            if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
+                raise TypeError(f"expected a list of strings, got {raw!r}")
+            return tuple(raw)
+
+        return self._take(name, default, convert)
+
+    def subtable(self, name: str) -> _Section | None:
+        if name not in self.table:
+            return None
+        return _Section(self.file, self.key(name), self.table.pop(name), self.problems)
+
+    def table_list(self, name: str) -> list[_Section]:
+        raw = self.table.pop(name, [])
+        if not isinstance(raw, list):
+            self.problem(name, "expected an array of tables ([[...]])")
+            return []
+        return [
+            _Section(self.file, f"{self.key(name)}[{index}]", item, self.problems)
+            for index, item in enumerate(raw)
+        ]
+
+    def finish(self) -> None:
+        """Report every key nobody asked for: unknown keys are errors."""
+        for name in sorted(self.table):
+            self.problem(name, "unknown key")
+
+    @staticmethod
+    def _checked_str(raw: Any) -> str:
+        if not isinstance(raw, str) or not raw:
+            raise TypeError(f"expected a non-empty path string, got {raw!r}")
+        return raw
+
+
+def _optional(convert: Callable[[Any], T]) -> Callable[[Any], T | None]:
+    """Accept 0 / "0" / "off" / "none" to switch a cap off."""
+
+    def wrapped(raw: Any) -> T | None:
+        if raw in (0, "0", "off", "none", "unlimited"):
+            return None
+        return convert(raw)
+
+    return wrapped
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file; raises ConfigError naming every problem."""
+    file = str(path)
+    try:
+        with open(file, "rb") as handle:
+            document = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError([ConfigProblem(file, "", "file not found")]) from None
+    except OSError as err:
+        raise ConfigError([ConfigProblem(file, "", f"cannot read: {err.strerror}")]) from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError([ConfigProblem(file, "", f"not valid TOML: {err}")]) from None
+    return parse_config(document, file)
+
+
+def parse_config(document: Mapping[str, Any], file: str = "<config>") -> Config:
+    """Validate an already-parsed TOML document."""
+    problems: list[ConfigProblem] = []
+    root = _Section(file, "", dict(document), problems)
+    agent = _read_agent(root.subtable("agent") or _Section(file, "agent", {}, problems))
+    spool = _read_spool(root.subtable("spool") or _Section(file, "spool", {}, problems), agent)
+    sinks = _read_sinks(root.subtable("sinks"))
+    mqtt_section = root.subtable("mqtt")
+    mqtt = _read_mqtt(mqtt_section, agent, sinks) if mqtt_section else None
+    root.finish()
+    if problems:
+        raise ConfigError(problems)
+    return Config(source_file=file, agent=agent, spool=spool, mqtt=mqtt, sinks=sinks)
+
+
+def _read_agent(section: _Section) -> AgentConfig:
+    agent = AgentConfig(
+        device_name=section.string("device_name", socket.gethostname()),
+        state_dir=section.path_value("state_dir", Path(DEFAULT_STATE_DIR)),
+        log_level=section.choice("log_level", ("debug", "info", "warning", "error"), "info"),
+        status_interval=section.duration("status_interval", 2.0),
+    )
+    section.finish()
+    return agent
+
+
+def _read_spool(section: _Section, agent: AgentConfig) -> SpoolConfig:
+    spool = SpoolConfig(
+        path=section.path_value("path", agent.state_dir / "spool.db"),
+        durability=section.choice("durability", ("full", "normal"), "full"),
+        max_bytes=section.size("max_bytes", 1024**3, optional=True),
+        max_age=section.duration("max_age", 7 * 86400.0, optional=True),
+        commit_max_records=section.integer("commit_max_records", 1000, low=1, high=100_000),
+        commit_linger=section.duration("commit_linger", 0.0),
+        integrity_check=section.choice("integrity_check", ("quick", "full", "off"), "quick"),
+    )
+    if spool.commit_linger > 1.0:
+        section.problem("commit_linger", "must be at most 1s: longer delays stall MQTT acks")
+    section.finish()
+    return spool
+
+
+def _read_sinks(section: _Section | None) -> dict[str, SinkConfig]:
+    if section is None:
+        return {}
+    sinks: dict[str, SinkConfig] = {}
+    for name in list(section.table):
+        sub = section.subtable(name)
+        assert sub is not None
+        if not _SINK_NAME.match(name):
+            sub.problem("", "sink names use letters, digits, '_', '.', '-' (at most 64)")
+        sink_type = sub.choice("type", tuple(DEFAULT_MAX_RECORD_BYTES), _MISSING)
+        sinks[name] = SinkConfig(
+            name=name,
+            type=sink_type,
+            max_bytes=sub.size("max_bytes", None, optional=True),
+            max_age=sub.duration("max_age", None, optional=True),
+            overflow=sub.choice("overflow", ("drop_oldest", "reject_new"), "drop_oldest"),
+            max_record_bytes=sub.size(
+                "max_record_bytes", DEFAULT_MAX_RECORD_BYTES.get(str(sink_type), 1024 * 1024)
+            ),
+        )
+        sub.finish()
+    return sinks
+
+
+def _read_mqtt(
+    section: _Section, agent: AgentConfig, sinks: Mapping[str, SinkConfig]
+) -> MqttConfig:
+    tls_section = section.subtable("tls")
+    tls = None
+    if tls_section is not None:
+        tls = TlsConfig(
+            ca_file=tls_section.path_value("ca_file", None),
+            cert_file=tls_section.path_value("cert_file", None),
+            key_file=tls_section.path_value("key_file", None),
+            insecure=tls_section.boolean("insecure", False),
+        )
+        if (tls.cert_file is None) != (tls.key_file is None):
+            tls_section.problem("key_file", "cert_file and key_file go together")
+        for name in ("ca_file", "cert_file", "key_file"):
+            value = getattr(tls, name)
+            if value is not None and not value.is_file():
+                tls_section.problem(name, f"file not found: {value}")
+        tls_section.finish()
+    subscriptions = tuple(
+        _read_subscription(sub, agent, sinks) for sub in section.table_list("subscriptions")
+    )
+    mqtt = MqttConfig(
+        host=section.string("host", "127.0.0.1"),
+        port=section.integer("port", 8883 if tls else 1883, low=1, high=65535),
+        client_id=section.string("client_id", f"edge-agent-{agent.device_name}"),
+        protocol=section.choice("protocol", ("3.1.1", "5"), "3.1.1"),
+        session_expiry=section.duration("session_expiry", 7 * 86400.0),
+        keepalive=section.duration("keepalive", 30.0),
+        username=section.string("username", None),
+        password=section.string("password", None, allow_empty=True),
+        tls=tls,
+        reconnect_min=section.duration("reconnect_min", 1.0),
+        reconnect_max=section.duration("reconnect_max", 60.0),
+        subscriptions=subscriptions,
+    )
+    if mqtt.reconnect_min <= 0 or mqtt.reconnect_max < mqtt.reconnect_min:
+        section.problem("reconnect_max", "needs 0 < reconnect_min <= reconnect_max")
+    if not subscriptions:
+        section.problem("subscriptions", "at least one [[mqtt.subscriptions]] is needed")
+    section.finish()
+    return mqtt
+
+
+def _read_subscription(
+    section: _Section, agent: AgentConfig, sinks: Mapping[str, SinkConfig]
+) -> Subscription:
+    topic = section.string("topic")
+    qos = section.integer("qos", 1, low=0, high=1)
+    targets = section.string_list("sinks", ())
+    template_text = section.string("partition_key", "{topic}")
+    try:
+        template = PartitionKeyTemplate.compile(template_text, agent.device_name)
+    except ValueError as err:
+        section.problem("partition_key", str(err))
+        template = PartitionKeyTemplate.compile("{topic}", agent.device_name)
+    if not targets:
+        section.problem("sinks", "name at least one sink from [sinks]")
+    for target in targets:
+        if target not in sinks:
+            section.problem("sinks", f"no sink named {target!r} in [sinks]")
+    section.finish()
+    return Subscription(topic=topic, qos=qos, sinks=targets, partition_key=template)

@@ -1,0 +1,75 @@
+"""The error tree of edge-agent.
+
+Every error the agent raises on purpose derives from :class:`EdgeAgentError` and says
+whether retrying the same operation later can succeed::
+
+    EdgeAgentError                      retryable?
+    ├── ConfigError                     no   -- file, key path and reason
+    ├── SpoolError                      --
+    │   ├── SpoolCorrupt                no   -- the file is moved aside, a new spool opens
+    │   ├── SpoolFull                   yes  -- disk full / write refused; keep, retry later
+    │   └── SpoolBusy                   yes  -- another writer holds the lock for too long
+    └── SourceError                     yes  -- a source lost its input (broker, camera)
+
+Code that catches errors asks ``err.retryable`` instead of matching on types.
+"""
+
+from __future__ import annotations
+
+
+class EdgeAgentError(Exception):
+    """Base of every error edge-agent raises on purpose."""
+
+    retryable: bool = False
+
+
+class ConfigError(EdgeAgentError):
+    """One or more problems in a configuration file; each names the file, key and reason."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(problem) for problem in problems))
+
+
+class ConfigProblem:
+    """A single configuration problem: where it is and what is wrong."""
+
+    __slots__ = ("file", "key", "reason")
+
+    def __init__(self, file: str, key: str, reason: str) -> None:
+        self.file = file
+        self.key = key
+        self.reason = reason
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.key}" if self.key else self.file
+        return f"{where}: {self.reason}"
+
+    def __repr__(self) -> str:
+        return f"ConfigProblem({self.file!r}, {self.key!r}, {self.reason!r})"
+
+
+class SpoolError(EdgeAgentError):
+    """A problem with the spool database."""
+
+
+class SpoolCorrupt(SpoolError):
+    """The spool file failed its integrity check or is not a database."""
+
+
+class SpoolFull(SpoolError):
+    """SQLite refused a write: the disk (or the file system quota) is full."""
+
+    retryable = True
+
+
+class SpoolBusy(SpoolError):
+    """Another connection held the write lock longer than the busy timeout."""
+
+    retryable = True
+
+
+class SourceError(EdgeAgentError):
+    """A source lost its input; it reconnects by itself."""
+
+    retryable = True

@@ -1,0 +1,339 @@
+"""MQTT intake: paho-mqtt 2.x with a persistent session and ack-after-commit.
+
+Two threads:
+
+* paho's network thread receives messages; ``_on_message`` only appends
+  ``(message, receive time)`` to an inbox and wakes the committer.
+* the committer thread takes everything in the inbox (up to ``commit_max_records``),
+  turns it into spool records in one pass, appends them in **one transaction**, and only
+  then PUBACKs each QoS 1 message, in arrival order (MQTT requires that order).
+
+If the process dies between commit and PUBACK, the broker re-sends those messages (same
+client id, clean session off) and they are stored twice: duplicates are bounded by one
+commit batch and counted (the broker marks re-sends with DUP). If the spool refuses a
+write (disk full), nothing is acked and the committer retries with backoff; the broker
+keeps the messages meanwhile. On stop, new messages are no longer taken (the broker will
+re-send them), the inbox is committed and acked, then the client disconnects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_agent.config import MqttConfig, SpoolConfig, Subscription
+from edge_agent.errors import SpoolError
+from edge_agent.records import Record
+from edge_agent.spool import Spool
+
+log = logging.getLogger(__name__)
+
+#: Distinct topics whose routes are cached before the cache starts over.
+ROUTE_CACHE_SIZE = 10_000
+#: QoS 0 messages held in memory while the spool refuses writes; beyond, they are dropped
+#: (and counted). QoS 1 messages are bounded by the broker's in-flight window instead.
+MAX_INBOX = 200_000
+#: Backoff while the spool refuses writes.
+SPOOL_RETRY_MIN_S = 0.05
+SPOOL_RETRY_MAX_S = 5.0
+
+_Route = tuple[tuple[tuple[str, Subscription], ...], str]
+
+
+@dataclass
+class MqttStatus:
+    state: str = "starting"
+    since: float = 0.0
+    received: int = 0
+    committed: int = 0
+    acked: int = 0
+    redelivered: int = 0
+    unrouted: int = 0
+    dropped_qos0: int = 0
+    connects: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    commit_batches: int = 0
+    max_batch: int = 0
+
+
+class MqttSource:
+    """Subscribes, spools, acks after commit. ``start()`` returns at once; paho reconnects."""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        spool: Spool,
+        spool_config: SpoolConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._spool = spool
+        self._max_batch = spool_config.commit_max_records
+        self._linger = spool_config.commit_linger
+        self._clock = clock
+        self._inbox: deque[tuple[mqtt.MQTTMessage, int]] = deque()
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._stopped = threading.Event()
+        self._routes: dict[str, _Route] = {}
+        self.status = MqttStatus(since=clock())
+        self._client = self._make_client()
+        self._committer = threading.Thread(
+            target=self._commit_loop, name="mqtt-commit", daemon=True
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _make_client(self) -> mqtt.Client:
+        config = self._config
+        v5 = config.protocol == "5"
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=config.client_id,
+            clean_session=None if v5 else False,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            manual_ack=True,
+        )
+        if config.username is not None:
+            client.username_pw_set(config.username, config.password)
+        if config.tls is not None:
+            client.tls_set(
+                ca_certs=str(config.tls.ca_file) if config.tls.ca_file else None,
+                certfile=str(config.tls.cert_file) if config.tls.cert_file else None,
+                keyfile=str(config.tls.key_file) if config.tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            client.tls_insecure_set(config.tls.insecure)
+        client.reconnect_delay_set(
+            max(1, round(config.reconnect_min)), max(1, round(config.reconnect_max))
+        )
+        # Un-acked QoS 1 messages are bounded by the broker's in-flight window; paho's own
+        # outgoing limits do not matter for a subscriber.
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        return client
+
+    def start(self) -> None:
+        config = self._config
+        properties = None
+        if config.protocol == "5":
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = int(config.session_expiry)
+        self._set_state("connecting")
+        log.info("mqtt: connecting to %s:%d as %r", config.host, config.port, config.client_id)
+        self._client.connect_async(
+            config.host,
+            config.port,
+            keepalive=max(5, int(config.keepalive)),
+            clean_start=False if config.protocol == "5" else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=properties,
+        )
+        self._committer.start()
+        self._client.loop_start()
+
+    def stop(self, timeout: float = 8.0) -> None:
+        """Stop taking messages, commit and ack what was received, disconnect."""
+        self._closing.set()
+        self._wake.set()
+        self._committer.join(timeout)
+        if self._committer.is_alive():
+            log.error("mqtt: committer did not finish within %.1fs", timeout)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._set_state("stopped")
+
+    @property
+    def healthy(self) -> bool:
+        """False if the committer thread died (the watchdog stops pinging)."""
+        return self._committer.is_alive() or self._stopped.is_set()
+
+    # ------------------------------------------------------------------ paho callbacks
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: Any,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            self._error(f"broker refused the connection: {reason_code}")
+            return
+        self.status.connects += 1
+        self._set_state("connected")
+        log.info(
+            "mqtt: connected to %s:%d (session present: %s)",
+            self._config.host,
+            self._config.port,
+            flags.session_present,
+        )
+        topics = [(sub.topic, sub.qos) for sub in self._config.subscriptions]
+        client.subscribe(topics)
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[Any],
+        properties: Properties | None,
+    ) -> None:
+        for sub, code in zip(self._config.subscriptions, reason_codes, strict=False):
+            if code.is_failure:
+                self._error(f"subscription to {sub.topic!r} refused: {code}")
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._set_state("disconnected")
+        self._error(
+            f"cannot reach broker {self._config.host}:{self._config.port}; retrying "
+            f"(backoff up to {self._config.reconnect_max:.0f}s)"
+        )
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: Any,
+        properties: Properties | None,
+    ) -> None:
+        if self._closing.is_set():
+            return
+        self._set_state("disconnected")
+        self._error(f"disconnected from broker: {reason_code}; reconnecting")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if self._closing.is_set():
+            return  # not acked: the broker re-sends it to the next session
+        if message.qos == 0 and len(self._inbox) >= MAX_INBOX:
+            self.status.dropped_qos0 += 1
+            return
+        self._inbox.append((message, int(self._clock() * 1000)))
+        self._wake.set()
+
+    # ------------------------------------------------------------------ committing
+
+    def _commit_loop(self) -> None:
+        backoff = SPOOL_RETRY_MIN_S
+        held: list[tuple[mqtt.MQTTMessage, int]] = []
+        try:
+            while True:
+                if not held:
+                    if not self._inbox:
+                        if self._closing.is_set():
+                            break
+                        self._wake.wait(0.5)
+                        self._wake.clear()
+                        continue
+                    if self._linger and len(self._inbox) < self._max_batch:
+                        self._closing.wait(self._linger)
+                    held = self._take_batch()
+                try:
+                    self._commit(held)
+                except SpoolError as err:
+                    self._error(f"spool refused {len(held)} messages (not acked): {err}")
+                    if self._closing.wait(backoff):
+                        break  # not acked: the broker re-sends them to the next session
+                    backoff = min(backoff * 2, SPOOL_RETRY_MAX_S)
+                    continue
+                backoff = SPOOL_RETRY_MIN_S
+                held = []
+        except Exception:
+            log.exception("mqtt: committer failed")
+            raise
+        finally:
+            self._stopped.set()
+
+    def _take_batch(self) -> list[tuple[mqtt.MQTTMessage, int]]:
+        inbox = self._inbox
+        count = min(len(inbox), self._max_batch)
+        return [inbox.popleft() for _ in range(count)]
+
+    def _commit(self, batch: list[tuple[mqtt.MQTTMessage, int]]) -> None:
+        records: list[Record] = []
+        redelivered = 0
+        unrouted = 0
+        for message, received_ms in batch:
+            topic = message.topic
+            route = self._routes.get(topic)
+            if route is None:
+                route = self._route(topic)
+            targets, meta = route
+            if not targets:
+                unrouted += 1
+                continue
+            payload = bytes(message.payload)
+            dup = bool(message.dup)
+            redelivered += dup
+            for sink, subscription in targets:
+                template = subscription.partition_key
+                key = topic if template.is_plain_topic else template.render(topic, payload)
+                records.append(Record(sink, key, received_ms, payload, meta, dup))
+        self._spool.append(records)
+        status = self.status
+        status.received += len(batch)
+        status.committed += len(batch) - unrouted
+        status.redelivered += redelivered
+        status.unrouted += unrouted
+        status.commit_batches += 1
+        status.max_batch = max(status.max_batch, len(batch))
+        ack = self._client.ack
+        acked = 0
+        for message, _ in batch:
+            if message.qos == 1:
+                ack(message.mid, 1)
+                acked += 1
+        status.acked += acked
+
+    def _route(self, topic: str) -> _Route:
+        """Which sinks a topic feeds (first matching subscription per sink wins)."""
+        targets: dict[str, Subscription] = {}
+        for subscription in self._config.subscriptions:
+            if mqtt.topic_matches_sub(subscription.topic, topic):
+                for sink in subscription.sinks:
+                    targets.setdefault(sink, subscription)
+        if len(self._routes) >= ROUTE_CACHE_SIZE:
+            self._routes.clear()
+        route: _Route = (tuple(targets.items()), json.dumps({"topic": topic}))
+        self._routes[topic] = route
+        return route
+
+    # ------------------------------------------------------------------ status
+
+    def _set_state(self, state: str) -> None:
+        if self.status.state != state:
+            self.status.state = state
+            self.status.since = self._clock()
+
+    def _error(self, message: str) -> None:
+        now = self._clock()
+        last_at = self.status.last_error_at
+        if message != self.status.last_error or last_at is None or now - last_at >= 30:
+            log.warning("mqtt: %s", message)
+            self.status.last_error_at = now
+        self.status.last_error = message
+
+    def snapshot(self) -> dict[str, Any]:
+        data = dict(self.status.__dict__)
+        data["inbox"] = len(self._inbox)
+        data["broker"] = f"{self._config.host}:{self._config.port}"
+        data["client_id"] = self._config.client_id
+        return data

@@ -1,0 +1,987 @@
+"""The spool: one SQLite file that holds everything between capture and confirmed delivery.
+
+Sources append; senders lease, then ack, retry or dead-letter. Nothing else in the agent
+runs SQL (the schema lives in spool_schema.py; docs/SPOOL.md documents the format).
+
+Design, in brief:
+
+* **WAL mode, group commit.** ``append`` takes a whole batch in one transaction. With
+  ``durability = "full"`` (synchronous=FULL) a committed batch survives power loss; with
+  ``"normal"`` it survives a crash of the process but maybe not of the machine.
+* **Oldest first.** A record's id is its arrival order; every queue drains by id.
+* **Leases are marks, not moves.** A leased record stays in ``records`` with
+  ``leased = 1``; at open every mark is cleared, so whatever a dead process had in flight
+  is pending again (restart is replay).
+* **Counters live next to the data.** Per-queue pending/acked/dropped/... counts are
+  updated in the same transaction as the rows they count, and recomputed from the rows
+  at open, so ``edge-agent status`` reads them from another process without scanning.
+* **Caps are enforced on append.** A queue over its byte cap either evicts its oldest
+  records (``drop_oldest``) or refuses the new ones (``reject_new``); the overall cap
+  evicts from ``drop_oldest`` queues, oldest first. Age caps expire old records on
+  ``expire()``. Every drop is counted.
+* **Bad files never crash-loop.** A file that is not a database or fails its integrity
+  check is renamed ``<name>.corrupt-<UTC time>`` (with its -wal/-shm), a fresh spool is
+  created, and the event is recorded in the new spool where status shows it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Literal
+
+import sqlite_utils
+
+from edge_agent.errors import SpoolBusy, SpoolCorrupt, SpoolError, SpoolFull
+from edge_agent.records import AppendResult, LeasedRecord, Record
+from edge_agent.spool_schema import migrate
+
+log = logging.getLogger(__name__)
+
+Overflow = Literal["drop_oldest", "reject_new"]
+
+#: How many events (quarantines, recoveries, errors) the spool keeps for status.
+MAX_EVENTS = 200
+#: Ids per statement when a batch of ids is acked, retried or dead-lettered.
+_ID_CHUNK = 500
+#: Records fetched per round while evicting or expiring.
+_EVICT_CHUNK = 512
+#: How long a writer waits for another connection's write lock.
+BUSY_TIMEOUT_MS = 5000
+
+_SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+_SQLITE_IOERR = 10
+_SQLITE_NOTADB = 26
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    """Caps of one queue. ``None`` means no cap of that kind."""
+
+    max_bytes: int | None = None
+    max_age_s: float | None = None
+    overflow: Overflow = "drop_oldest"
+    max_record_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    name: str
+    pending_count: int
+    pending_bytes: int
+    leased_count: int
+    oldest_captured_at_ms: int | None
+    acked_count: int
+    acked_bytes: int
+    retried_count: int
+    dropped_count: int
+    dropped_bytes: int
+    expired_count: int
+    rejected_count: int
+    rejected_bytes: int
+    dead_count: int
+    dead_letters: int
+    redelivered_count: int
+
+
+@dataclass(frozen=True)
+class SpoolEvent:
+    at_ms: int
+    level: str
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class SpoolStats:
+    path: str
+    file_bytes: int
+    schema_version: int
+    queues: list[QueueStats]
+    events: list[SpoolEvent]
+
+    @property
+    def pending_bytes(self) -> int:
+        return sum(queue.pending_bytes for queue in self.queues)
+
+    @property
+    def pending_count(self) -> int:
+        return sum(queue.pending_count for queue in self.queues)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: int
+    queue: str
+    partition_key: str
+    captured_at_ms: int
+    size: int
+    attempts: int
+    reason: str
+    dead_at_ms: int
+    meta: str | None
+    payload: bytes
+
+
+@dataclass
+class _QueueState:
+    id: int
+    name: str
+    pending_count: int = 0
+    pending_bytes: int = 0
+
+
+@dataclass
+class _Delta:
+    """Counter changes of one queue inside one transaction."""
+
+    pending_count: int = 0
+    pending_bytes: int = 0
+    acked_count: int = 0
+    acked_bytes: int = 0
+    retried_count: int = 0
+    dropped_count: int = 0
+    dropped_bytes: int = 0
+    expired_count: int = 0
+    rejected_count: int = 0
+    rejected_bytes: int = 0
+    dead_count: int = 0
+    redelivered_count: int = 0
+    # Not a counter column: counts what append() did, for its result.
+    stored: int = field(default=0, compare=False)
+
+
+_COUNTER_COLUMNS = tuple(name for name in _Delta.__dataclass_fields__ if name != "stored")
+_UPDATE_COUNTERS = "UPDATE queues SET {} WHERE id = ?".format(
+    ", ".join(f"{name} = {name} + ?" for name in _COUNTER_COLUMNS)
+)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def translate_sqlite_error(err: sqlite3.Error, doing: str) -> SpoolError:
+    """Map a sqlite3 error onto the agent's error tree (retryable or not)."""
+    code = (getattr(err, "sqlite_errorcode", 0) or 0) & 0xFF
+    message = f"spool {doing} failed: {err}"
+    if code == _SQLITE_FULL:
+        return SpoolFull(message)
+    if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return SpoolBusy(message)
+    if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return SpoolCorrupt(message)
+    if code == _SQLITE_IOERR:
+        error = SpoolError(message)
+        error.retryable = True
+        return error
+    return SpoolError(message)
+
+
+class Spool:
+    """Durable queues in one SQLite file. Thread-safe; one writing process at a time."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        *,
+        policies: Mapping[str, QueuePolicy],
+        max_bytes: int | None,
+        max_age_s: float | None,
+        clock_ms: Callable[[], int],
+        read_only: bool,
+        lock_file: IO[bytes] | None,
+    ) -> None:
+        self._conn = conn
+        self.path = path
+        self._policies = dict(policies)
+        self._max_bytes = max_bytes
+        self._max_age_s = max_age_s
+        self._clock_ms = clock_ms
+        self.read_only = read_only
+        self._lock_file = lock_file
+        self._lock = threading.RLock()
+        self._queues: dict[str, _QueueState] = {}
+        self._queue_names: dict[int, str] = {}
+        self._load_queues()
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        durability: Literal["full", "normal"] = "full",
+        policies: Mapping[str, QueuePolicy] | None = None,
+        max_bytes: int | None = None,
+        max_age_s: float | None = None,
+        integrity_check: Literal["quick", "full", "off"] = "quick",
+        clock_ms: Callable[[], int] = _now_ms,
+    ) -> Spool:
+        """Open (or create) the spool for writing; quarantines a corrupt file."""
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SpoolError(f"cannot create spool directory {path.parent}: {err}") from err
+        lock_file = _acquire_writer_lock(path)
+        try:
+            quarantine_reason = None
+            try:
+                conn = _connect(path, durability)
+                _check_integrity(conn, integrity_check)
+                migrate(sqlite_utils.Database(conn))
+            except (sqlite3.DatabaseError, SpoolCorrupt) as err:
+                if isinstance(err, sqlite3.DatabaseError) and not isinstance(
+                    translate_sqlite_error(err, "open"), SpoolCorrupt
+                ):
+                    raise translate_sqlite_error(err, "open") from err
+                with contextlib.suppress(Exception):
+                    conn.close()
+                quarantine_reason = str(err)
+                moved_to = _quarantine(path)
+                log.error(
+                    "spool %s is corrupt (%s); moved aside to %s, starting a fresh spool",
+                    path,
+                    err,
+                    moved_to,
+                )
+                conn = _connect(path, durability)
+                migrate(sqlite_utils.Database(conn))
+            spool = cls(
+                conn,
+                path,
+                policies=policies or {},
+                max_bytes=max_bytes,
+                max_age_s=max_age_s,
+                clock_ms=clock_ms,
+                read_only=False,
+                lock_file=lock_file,
+            )
+            if quarantine_reason is not None:
+                spool.record_event(
+                    "error",
+                    "spool_quarantined",
+                    f"corrupt spool moved aside to {moved_to.name}: {quarantine_reason}",
+                )
+            spool._recover()
+            return spool
+        except BaseException:
+            lock_file.close()
+            raise
+
+    @classmethod
+    def open_read_only(cls, path: str | os.PathLike[str]) -> Spool:
+        """Open for status and inspection while the agent runs (no writes, no lock)."""
+        path = Path(path)
+        if not path.exists():
+            raise SpoolError(f"no spool at {path}")
+        try:
+            conn = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
+            )
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        except sqlite3.Error as err:
+            raise translate_sqlite_error(err, "open") from err
+        if version == 0:
+            raise SpoolError(f"{path} is not an initialised spool")
+        return cls(
+            conn,
+            path,
+            policies={},
+            max_bytes=None,
+            max_age_s=None,
+            clock_ms=_now_ms,
+            read_only=True,
+            lock_file=None,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            with contextlib.suppress(sqlite3.Error):
+                if not self.read_only:
+                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            self._conn.close()
+            if self._lock_file is not None:
+                self._lock_file.close()
+                self._lock_file = None
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _load_queues(self) -> None:
+        rows = self._conn.execute("SELECT id, name, pending_count, pending_bytes FROM queues")
+        for queue_id, name, count, size in rows:
+            self._queues[name] = _QueueState(queue_id, name, count, size)
+            self._queue_names[queue_id] = name
+
+    def _recover(self) -> None:
+        """Return leases of a dead process to pending; recompute the pending counters."""
+        with self._write("recovery") as conn:
+            returned = conn.execute("UPDATE records SET leased = 0 WHERE leased = 1").rowcount
+            conn.execute(
+                """UPDATE queues SET
+                     pending_count = (SELECT count(*) FROM records r WHERE r.queue_id = queues.id),
+                     pending_bytes = (SELECT coalesce(sum(size), 0) FROM records r
+                                      WHERE r.queue_id = queues.id)"""
+            )
+        self._queues.clear()
+        self._queue_names.clear()
+        self._load_queues()
+        if returned:
+            self.record_event(
+                "warning",
+                "leases_returned",
+                f"{returned} records in flight when the agent stopped are pending again "
+                "(they may be sent twice)",
+            )
+
+    # ------------------------------------------------------------------ plumbing
+
+    @contextlib.contextmanager
+    def _write(self, doing: str) -> Iterator[sqlite3.Connection]:
+        if self.read_only:
+            raise SpoolError("spool is open read-only")
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as err:
+                if self._conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
+                raise translate_sqlite_error(err, doing) from err
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    def _queue(self, conn: sqlite3.Connection, name: str) -> _QueueState:
+        state = self._queues.get(name)
+        if state is None:
+            cursor = conn.execute("INSERT INTO queues (name) VALUES (?)", (name,))
+            assert cursor.lastrowid is not None
+            state = _QueueState(cursor.lastrowid, name)
+            # Registered only after commit succeeds; see _commit_deltas.
+        return state
+
+    def _commit_deltas(
+        self,
+        conn: sqlite3.Connection,
+        deltas: Mapping[str, _Delta],
+        states: Mapping[str, _QueueState],
+    ) -> Callable[[], None]:
+        """Write counter deltas; returns the in-memory update to run once committed."""
+        for name, delta in deltas.items():
+            conn.execute(
+                _UPDATE_COUNTERS,
+                (*(getattr(delta, column) for column in _COUNTER_COLUMNS), states[name].id),
+            )
+
+        def apply() -> None:
+            for name, delta in deltas.items():
+                state = states[name]
+                self._queues[name] = state
+                self._queue_names[state.id] = name
+                state.pending_count += delta.pending_count
+                state.pending_bytes += delta.pending_bytes
+
+        return apply
+
+    def policy(self, queue: str) -> QueuePolicy:
+        return self._policies.get(queue, QueuePolicy())
+
+    # ------------------------------------------------------------------ sources
+
+    def append(self, records: Sequence[Record]) -> AppendResult:
+        """Store a batch in one transaction, applying size limits and caps.
+
+        Records larger than their queue's ``max_record_bytes`` go to the dead-letter table;
+        records refused by a ``reject_new`` cap are counted and not stored. When this
+        returns, everything stored is committed at the configured durability.
+        """
+        if not records:
+            return AppendResult()
+        now = self._clock_ms()
+        with self._write("append") as conn:
+            states: dict[str, _QueueState] = {}
+            deltas: dict[str, _Delta] = defaultdict(_Delta)
+            projected: dict[str, int] = {}
+            projected_total = self.pending_bytes
+            evictable_total = self._evictable_bytes()
+            rows: list[tuple[int, str, int, int, str | None, bytes]] = []
+            dead_rows: list[tuple[int, str, int, int, str, int, str | None, bytes]] = []
+            for record in records:
+                state = states.get(record.queue)
+                if state is None:
+                    state = states[record.queue] = self._queue(conn, record.queue)
+                    projected[record.queue] = state.pending_bytes
+                policy = self._policies.get(record.queue) or QueuePolicy()
+                delta = deltas[record.queue]
+                size = len(record.payload)
+                if record.redelivered:
+                    delta.redelivered_count += 1
+                if policy.max_record_bytes is not None and size > policy.max_record_bytes:
+                    reason = (
+                        f"payload of {size} bytes exceeds the sink's limit of "
+                        f"{policy.max_record_bytes} bytes"
+                    )
+                    dead_rows.append(
+                        (
+                            state.id,
+                            record.partition_key,
+                            record.captured_at_ms,
+                            size,
+                            reason,
+                            now,
+                            record.meta,
+                            record.payload,
+                        )
+                    )
+                    delta.dead_count += 1
+                    continue
+                if policy.overflow == "reject_new" and self._would_overflow(
+                    policy, projected[record.queue], projected_total, evictable_total, size
+                ):
+                    delta.rejected_count += 1
+                    delta.rejected_bytes += size
+                    continue
+                rows.append(
+                    (
+                        state.id,
+                        record.partition_key,
+                        record.captured_at_ms,
+                        size,
+                        record.meta,
+                        record.payload,
+                    )
+                )
+                projected[record.queue] += size
+                projected_total += size
+                if policy.overflow == "drop_oldest":
+                    evictable_total += size
+                delta.pending_count += 1
+                delta.pending_bytes += size
+                delta.stored += 1
+            if rows:
+                conn.executemany(
+                    "INSERT INTO records (queue_id, partition_key, captured_at_ms, size, meta,"
+                    " payload) VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+            if dead_rows:
+                conn.executemany(
+                    "INSERT INTO dead_letters (queue_id, partition_key, captured_at_ms, size,"
+                    " reason, dead_at_ms, meta, payload, attempts)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                    dead_rows,
+                )
+            evicted = self._enforce_byte_caps(conn, states, deltas, projected, projected_total)
+            apply = self._commit_deltas(conn, deltas, states)
+        apply()
+        return AppendResult(
+            stored=sum(delta.stored for delta in deltas.values()),
+            rejected=sum(delta.rejected_count for delta in deltas.values()),
+            dead_lettered=sum(delta.dead_count for delta in deltas.values()),
+            evicted=evicted,
+        )
+
+    def _would_overflow(
+        self,
+        policy: QueuePolicy,
+        queue_bytes: int,
+        total_bytes: int,
+        evictable_bytes: int,
+        size: int,
+    ) -> bool:
+        if policy.max_bytes is not None and queue_bytes + size > policy.max_bytes:
+            return True
+        return self._max_bytes is not None and (
+            total_bytes - evictable_bytes + size > self._max_bytes
+        )
+
+    def _evictable_bytes(self) -> int:
+        return sum(
+            state.pending_bytes
+            for name, state in self._queues.items()
+            if self.policy(name).overflow == "drop_oldest"
+        )
+
+    def _enforce_byte_caps(
+        self,
+        conn: sqlite3.Connection,
+        states: dict[str, _QueueState],
+        deltas: dict[str, _Delta],
+        projected: dict[str, int],
+        projected_total: int,
+    ) -> int:
+        evicted = 0
+        for name, queue_bytes in projected.items():
+            policy = self.policy(name)
+            if (
+                policy.overflow == "drop_oldest"
+                and policy.max_bytes is not None
+                and queue_bytes > policy.max_bytes
+            ):
+                count, freed = self._evict(
+                    conn, [states[name].id], queue_bytes - policy.max_bytes, deltas
+                )
+                evicted += count
+                projected_total -= freed
+        if self._max_bytes is not None and projected_total > self._max_bytes:
+            droppable = [
+                state.id
+                for name, state in {**self._queues, **states}.items()
+                if self.policy(name).overflow == "drop_oldest"
+            ]
+            if droppable:
+                for name, state in self._queues.items():
+                    states.setdefault(name, state)
+                count, _ = self._evict(conn, droppable, projected_total - self._max_bytes, deltas)
+                evicted += count
+        return evicted
+
+    def _evict(
+        self,
+        conn: sqlite3.Connection,
+        queue_ids: list[int],
+        need_bytes: int,
+        deltas: dict[str, _Delta],
+    ) -> tuple[int, int]:
+        """Delete the oldest unleased records of these queues until need_bytes are freed."""
+        freed = 0
+        count = 0
+        marks = ",".join("?" * len(queue_ids))
+        while freed < need_bytes:
+            rows = conn.execute(
+                f"SELECT id, queue_id, size FROM records WHERE queue_id IN ({marks})"
+                " AND leased = 0 ORDER BY id LIMIT ?",
+                (*queue_ids, _EVICT_CHUNK),
+            ).fetchall()
+            if not rows:
+                break
+            victims = []
+            for record_id, queue_id, size in rows:
+                if freed >= need_bytes:
+                    break
+                victims.append((record_id,))
+                delta = deltas[self._name_of(queue_id)]
+                delta.pending_count -= 1
+                delta.pending_bytes -= size
+                delta.dropped_count += 1
+                delta.dropped_bytes += size
+                freed += size
+                count += 1
+            conn.executemany("DELETE FROM records WHERE id = ?", victims)
+        if count:
+            log.warning("spool cap reached: dropped %d oldest records (%d bytes)", count, freed)
+        return count, freed
+
+    def _name_of(self, queue_id: int) -> str:
+        name = self._queue_names.get(queue_id)
+        if name is None:
+            row = self._conn.execute("SELECT name FROM queues WHERE id = ?", (queue_id,)).fetchone()
+            name = str(row[0])
+        return name
+
+    def expire(self) -> int:
+        """Drop records older than their queue's (or the spool's) max age; returns the count."""
+        now = self._clock_ms()
+        expired = 0
+        for name in list(self._queues):
+            max_age = self.policy(name).max_age_s or self._max_age_s
+            if max_age is None:
+                continue
+            cutoff = now - int(max_age * 1000)
+            with self._write("expire") as conn:
+                state = self._queues[name]
+                deltas: dict[str, _Delta] = defaultdict(_Delta)
+                delta = deltas[name]
+                while True:
+                    rows = conn.execute(
+                        "SELECT id, size, captured_at_ms FROM records"
+                        " WHERE queue_id = ? AND leased = 0 ORDER BY id LIMIT ?",
+                        (state.id, _EVICT_CHUNK),
+                    ).fetchall()
+                    old = [(rid, size) for rid, size, captured in rows if captured < cutoff]
+                    if old:
+                        conn.executemany("DELETE FROM records WHERE id = ?", [(r,) for r, _ in old])
+                        delta.pending_count -= len(old)
+                        delta.pending_bytes -= sum(size for _, size in old)
+                        delta.expired_count += len(old)
+                    if len(old) < len(rows) or len(rows) < _EVICT_CHUNK:
+                        break
+                apply = self._commit_deltas(conn, deltas, {name: state})
+            apply()
+            if delta.expired_count:
+                log.warning(
+                    "queue %s: expired %d records older than %.0fs",
+                    name,
+                    delta.expired_count,
+                    max_age,
+                )
+            expired += delta.expired_count
+        return expired
+
+    # ------------------------------------------------------------------ senders
+
+    def lease(
+        self, queue: str, *, max_records: int, max_bytes: int, now_ms: int | None = None
+    ) -> list[LeasedRecord]:
+        """Mark and return the oldest due records of a queue, within count and bytes.
+
+        At least one record is returned when any is due, even if it alone exceeds
+        max_bytes (a sender decides what to do with it).
+        """
+        state = self._queues.get(queue)
+        if state is None or max_records <= 0:
+            return []
+        now = self._clock_ms() if now_ms is None else now_ms
+        with self._write("lease") as conn:
+            rows = conn.execute(
+                "SELECT id, partition_key, captured_at_ms, attempts, meta, payload FROM records"
+                " WHERE queue_id = ? AND leased = 0 AND next_attempt_ms <= ?"
+                " ORDER BY id LIMIT ?",
+                (state.id, now, max_records),
+            ).fetchall()
+            leased: list[LeasedRecord] = []
+            total = 0
+            for record_id, key, captured, attempts, meta, payload in rows:
+                total += len(payload)
+                if leased and total > max_bytes:
+                    break
+                leased.append(
+                    LeasedRecord(record_id, queue, key, captured, bytes(payload), attempts, meta)
+                )
+            if leased:
+                self._update_ids(conn, "UPDATE records SET leased = 1 WHERE id IN ({})", leased)
+        return leased
+
+    def ack(self, records: Iterable[LeasedRecord]) -> int:
+        """Confirmed by the service: delete. Returns how many were still in the spool."""
+        return self._settle(records, "ack")
+
+    def release(self, records: Iterable[LeasedRecord]) -> int:
+        """Give leased records back untouched (no attempt counted), e.g. at shutdown."""
+        return self._settle(records, "release")
+
+    def retry(self, records: Iterable[LeasedRecord], *, at_ms: int) -> int:
+        """Not accepted this time: pending again from ``at_ms``, one more attempt counted."""
+        return self._settle(records, "retry", at_ms=at_ms)
+
+    def dead_letter(self, records: Iterable[LeasedRecord], reason: str) -> int:
+        """Never acceptable: move to the dead-letter table with the reason."""
+        return self._settle(records, "dead_letter", reason=reason)
+
+    def _settle(
+        self,
+        records: Iterable[LeasedRecord],
+        how: Literal["ack", "release", "retry", "dead_letter"],
+        *,
+        at_ms: int = 0,
+        reason: str = "",
+    ) -> int:
+        batch = list(records)
+        if not batch:
+            return 0
+        now = self._clock_ms()
+        done = 0
+        with self._write(how) as conn:
+            deltas: dict[str, _Delta] = defaultdict(_Delta)
+            for start in range(0, len(batch), _ID_CHUNK):
+                chunk = batch[start : start + _ID_CHUNK]
+                ids = [record.id for record in chunk]
+                marks = ",".join("?" * len(ids))
+                if how == "release":
+                    done += conn.execute(
+                        f"UPDATE records SET leased = 0 WHERE id IN ({marks})", ids
+                    ).rowcount
+                    continue
+                if how == "retry":
+                    cursor = conn.execute(
+                        "UPDATE records SET leased = 0, attempts = attempts + 1,"
+                        f" next_attempt_ms = ? WHERE id IN ({marks}) RETURNING queue_id",
+                        (at_ms, *ids),
+                    )
+                    for (queue_id,) in cursor.fetchall():
+                        deltas[self._name_of(queue_id)].retried_count += 1
+                        done += 1
+                    continue
+                if how == "dead_letter":
+                    conn.execute(
+                        "INSERT INTO dead_letters (queue_id, partition_key, captured_at_ms, size,"
+                        " attempts, reason, dead_at_ms, meta, payload)"
+                        " SELECT queue_id, partition_key, captured_at_ms, size, attempts + 1, ?, ?,"
+                        f" meta, payload FROM records WHERE id IN ({marks}) ORDER BY id",
+                        (reason, now, *ids),
+                    )
+                cursor = conn.execute(
+                    f"DELETE FROM records WHERE id IN ({marks}) RETURNING queue_id, size", ids
+                )
+                for queue_id, size in cursor.fetchall():
+                    delta = deltas[self._name_of(queue_id)]
+                    delta.pending_count -= 1
+                    delta.pending_bytes -= size
+                    if how == "ack":
+                        delta.acked_count += 1
+                        delta.acked_bytes += size
+                    else:
+                        delta.dead_count += 1
+                    done += 1
+            apply = self._commit_deltas(conn, deltas, {name: self._queues[name] for name in deltas})
+        apply()
+        if how == "dead_letter" and done:
+            log.warning("dead-lettered %d records: %s", done, reason)
+        return done
+
+    @staticmethod
+    def _update_ids(
+        conn: sqlite3.Connection, statement: str, records: Sequence[LeasedRecord]
+    ) -> None:
+        for start in range(0, len(records), _ID_CHUNK):
+            ids = [record.id for record in records[start : start + _ID_CHUNK]]
+            conn.execute(statement.format(",".join("?" * len(ids))), ids)
+
+    # ------------------------------------------------------------------ inspection
+
+    @property
+    def pending_bytes(self) -> int:
+        return sum(state.pending_bytes for state in self._queues.values())
+
+    def pending(self, queue: str) -> tuple[int, int]:
+        """(count, bytes) pending in a queue, leased included."""
+        state = self._queues.get(queue)
+        return (state.pending_count, state.pending_bytes) if state else (0, 0)
+
+    def record_event(self, level: str, kind: str, message: str) -> None:
+        """Keep a short history of notable events for ``edge-agent status``."""
+        with self._write("event") as conn:
+            conn.execute(
+                "INSERT INTO events (at_ms, level, kind, message) VALUES (?, ?, ?, ?)",
+                (self._clock_ms(), level, kind, message),
+            )
+            conn.execute(
+                "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?", (MAX_EVENTS,)
+            )
+
+    def stats(self, *, events: int = 10) -> SpoolStats:
+        with self._lock:
+            try:
+                return self._stats(events)
+            except sqlite3.Error as err:
+                raise translate_sqlite_error(err, "status") from err
+
+    def _stats(self, events: int) -> SpoolStats:
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            leased = dict(
+                conn.execute(
+                    "SELECT queue_id, count(*) FROM records WHERE leased = 1 GROUP BY queue_id"
+                ).fetchall()
+            )
+            dead = dict(
+                conn.execute(
+                    "SELECT queue_id, count(*) FROM dead_letters GROUP BY queue_id"
+                ).fetchall()
+            )
+            queues = []
+            columns = ", ".join(("id", "name", *_COUNTER_COLUMNS))
+            for row in conn.execute(f"SELECT {columns} FROM queues ORDER BY name").fetchall():
+                values = dict(zip(("id", "name", *_COUNTER_COLUMNS), row, strict=True))
+                oldest = conn.execute(
+                    "SELECT captured_at_ms FROM records WHERE queue_id = ? ORDER BY id LIMIT 1",
+                    (values["id"],),
+                ).fetchone()
+                queues.append(
+                    QueueStats(
+                        name=values["name"],
+                        pending_count=values["pending_count"],
+                        pending_bytes=values["pending_bytes"],
+                        leased_count=leased.get(values["id"], 0),
+                        oldest_captured_at_ms=oldest[0] if oldest else None,
+                        acked_count=values["acked_count"],
+                        acked_bytes=values["acked_bytes"],
+                        retried_count=values["retried_count"],
+                        dropped_count=values["dropped_count"],
+                        dropped_bytes=values["dropped_bytes"],
+                        expired_count=values["expired_count"],
+                        rejected_count=values["rejected_count"],
+                        rejected_bytes=values["rejected_bytes"],
+                        dead_count=values["dead_count"],
+                        dead_letters=dead.get(values["id"], 0),
+                        redelivered_count=values["redelivered_count"],
+                    )
+                )
+            recent = [
+                SpoolEvent(*row)
+                for row in conn.execute(
+                    "SELECT at_ms, level, kind, message FROM events ORDER BY id DESC LIMIT ?",
+                    (events,),
+                ).fetchall()
+            ]
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        finally:
+            conn.execute("COMMIT")
+        file_bytes = sum(
+            os.path.getsize(candidate)
+            for candidate in (self.path, Path(f"{self.path}-wal"))
+            if candidate.exists()
+        )
+        return SpoolStats(
+            path=str(self.path),
+            file_bytes=file_bytes,
+            schema_version=version,
+            queues=queues,
+            events=recent,
+        )
+
+    def dead_letters(
+        self, *, queue: str | None = None, after_id: int = 0, limit: int = 1000
+    ) -> list[DeadLetter]:
+        """Dead letters oldest first, optionally of one queue, paged by id."""
+        query = (
+            "SELECT d.id, q.name, d.partition_key, d.captured_at_ms, d.size, d.attempts,"
+            " d.reason, d.dead_at_ms, d.meta, d.payload"
+            " FROM dead_letters d JOIN queues q ON q.id = d.queue_id WHERE d.id > ?"
+        )
+        params: list[object] = [after_id]
+        if queue is not None:
+            query += " AND q.name = ?"
+            params.append(queue)
+        query += " ORDER BY d.id LIMIT ?"
+        params.append(limit)
+        with self._lock:
+            try:
+                rows = self._conn.execute(query, params).fetchall()
+            except sqlite3.Error as err:
+                raise translate_sqlite_error(err, "dead-letter listing") from err
+        return [
+            DeadLetter(rid, name, key, captured, size, attempts, reason, dead_at, meta, bytes(data))
+            for rid, name, key, captured, size, attempts, reason, dead_at, meta, data in rows
+        ]
+
+    def purge_dead_letters(self, *, queue: str | None = None, ids: Sequence[int] = ()) -> int:
+        """Delete dead letters (all, of one queue, or by id); returns how many."""
+        where, params = self._dead_letter_filter(queue, ids)
+        with self._write("purge") as conn:
+            return conn.execute(f"DELETE FROM dead_letters{where}", params).rowcount
+
+    def requeue_dead_letters(self, *, queue: str | None = None, ids: Sequence[int] = ()) -> int:
+        """Move dead letters back to the end of their queues (e.g. after fixing a sink)."""
+        where, params = self._dead_letter_filter(queue, ids)
+        with self._write("requeue") as conn:
+            moved = conn.execute(
+                "SELECT id, queue_id, size FROM dead_letters" + where + " ORDER BY id", params
+            ).fetchall()
+            if not moved:
+                return 0
+            deltas: dict[str, _Delta] = defaultdict(_Delta)
+            for dead_id, queue_id, size in moved:
+                conn.execute(
+                    "INSERT INTO records (queue_id, partition_key, captured_at_ms, size, meta,"
+                    " payload) SELECT queue_id, partition_key, captured_at_ms, size, meta,"
+                    " payload FROM dead_letters WHERE id = ?",
+                    (dead_id,),
+                )
+                conn.execute("DELETE FROM dead_letters WHERE id = ?", (dead_id,))
+                delta = deltas[self._name_of(queue_id)]
+                delta.pending_count += 1
+                delta.pending_bytes += size
+            apply = self._commit_deltas(conn, deltas, {name: self._queues[name] for name in deltas})
+        apply()
+        return len(moved)
+
+    def _dead_letter_filter(
+        self, queue: str | None, ids: Sequence[int]
+    ) -> tuple[str, list[object]]:
+        clauses: list[str] = []
+        params: list[object] = []
+        if queue is not None:
+            clauses.append("queue_id = (SELECT id FROM queues WHERE name = ?)")
+            params.append(queue)
+        if ids:
+            clauses.append(f"id IN ({','.join('?' * len(ids))})")
+            params.extend(ids)
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+# ---------------------------------------------------------------------- file handling
+
+
+def _connect(path: Path, durability: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise SpoolError(f"cannot switch {path} to WAL mode (got {mode})")
+    conn.execute(f"PRAGMA synchronous = {'FULL' if durability == 'full' else 'NORMAL'}")
+    conn.execute("PRAGMA foreign_keys = OFF")
+    return conn
+
+
+def _check_integrity(conn: sqlite3.Connection, how: str) -> None:
+    if how == "off":
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return
+    pragma = "quick_check" if how == "quick" else "integrity_check"
+    problems = [row[0] for row in conn.execute(f"PRAGMA {pragma}(5)").fetchall()]
+    if problems != ["ok"]:
+        raise SpoolCorrupt(f"integrity check failed: {'; '.join(map(str, problems))}")
+
+
+def _quarantine(path: Path) -> Path:
+    """Rename a bad spool (and its WAL/SHM) out of the way; returns the new name."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{suffix}")
+    for extra in ("", "-wal", "-shm"):
+        source = Path(f"{path}{extra}")
+        if source.exists():
+            source.rename(Path(f"{target}{extra}"))
+    return target
+
+
+def _acquire_writer_lock(path: Path) -> IO[bytes]:
+    lock_path = Path(f"{path}.lock")
+    handle = open(lock_path, "a+b")  # noqa: SIM115 - held open for the spool's lifetime
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().decode(errors="replace").strip() or "another process"
+        handle.close()
+        raise SpoolError(f"spool {path} is in use by {owner}") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}".encode())
+    handle.flush()
+    return handle
+
+
+def meta_json(**fields: object) -> str:
+    """Compact JSON for Record.meta."""
+    return json.dumps(fields, separators=(",", ":"))

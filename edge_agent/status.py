@@ -1,0 +1,188 @@
+"""``edge-agent status``: what the spool holds and what the running agent reports.
+
+Reads the spool read-only (safe while the agent runs) and the runtime status file the
+agent rewrites every ``agent.status_interval``. Works when the agent is stopped too: the
+spool part is always current, the runtime part is then marked stale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+from typing import Any
+
+from edge_agent.agent import runtime_status_path
+from edge_agent.config import Config
+from edge_agent.errors import SpoolError
+from edge_agent.spool import Spool
+
+#: A status file older than this many status intervals means the agent is not running.
+STALE_INTERVALS = 5
+
+
+def collect_status(config: Config) -> dict[str, Any]:
+    result: dict[str, Any] = {"config": config.source_file, "agent": _agent_state(config)}
+    try:
+        with Spool.open_read_only(config.spool.path) as spool:
+            stats = spool.stats(events=10)
+    except SpoolError as err:
+        result["spool"] = {"path": str(config.spool.path), "error": str(err)}
+        return result
+    now_ms = int(time.time() * 1000)
+    queues = []
+    for queue in stats.queues:
+        entry = asdict(queue)
+        sink = config.sinks.get(queue.name)
+        entry["oldest_age_s"] = (
+            None
+            if queue.oldest_captured_at_ms is None
+            else max(0.0, (now_ms - queue.oldest_captured_at_ms) / 1000)
+        )
+        entry["max_bytes"] = sink.max_bytes if sink else None
+        entry["overflow"] = sink.overflow if sink else None
+        queues.append(entry)
+    result["spool"] = {
+        "path": stats.path,
+        "file_bytes": stats.file_bytes,
+        "schema_version": stats.schema_version,
+        "pending_count": stats.pending_count,
+        "pending_bytes": stats.pending_bytes,
+        "max_bytes": config.spool.max_bytes,
+        "queues": queues,
+        "events": [asdict(event) for event in stats.events],
+    }
+    return result
+
+
+def _agent_state(config: Config) -> dict[str, Any]:
+    path = runtime_status_path(config)
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"running": False, "detail": "no status file: the agent has not run here yet"}
+    age = time.time() - float(data.get("updated_at", 0))
+    alive = bool(data.get("running")) and _pid_alive(int(data.get("pid", 0)))
+    stale = age > STALE_INTERVALS * config.agent.status_interval
+    data["running"] = alive and not stale
+    data["status_age_s"] = round(age, 1)
+    return data
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---------------------------------------------------------------------- rendering
+
+
+def human_bytes(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def human_duration(seconds: float | None) -> str:
+    """'45s', '12m05s', '3h07m', '2d04h'."""
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    for big, big_len, small, small_len in (
+        ("d", 86400, "h", 3600),
+        ("h", 3600, "m", 60),
+        ("m", 60, "s", 1),
+    ):
+        if whole >= big_len:
+            return f"{whole // big_len}{big}{(whole % big_len) // small_len:02d}{small}"
+    return f"{whole}s"
+
+
+def _clock_time(epoch: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(epoch))
+
+
+def render_status(status: dict[str, Any]) -> str:
+    lines: list[str] = []
+    agent = status["agent"]
+    if agent.get("running"):
+        up = time.time() - float(agent.get("started_at", time.time()))
+        lines.append(
+            f"edge-agent {agent.get('version', '?')}: running (pid {agent['pid']}, "
+            f"up {human_duration(up)}, status {agent['status_age_s']}s old)"
+        )
+    else:
+        lines.append(f"edge-agent: not running ({agent.get('detail', 'last status is stale')})")
+    spool = status["spool"]
+    if "error" in spool:
+        lines.append(f"spool {spool['path']}: {spool['error']}")
+        return "\n".join(lines)
+    cap = f" of {human_bytes(spool['max_bytes'])} cap" if spool.get("max_bytes") else ""
+    lines.append(
+        f"spool {spool['path']}: file {human_bytes(spool['file_bytes'])}, "
+        f"{spool['pending_count']} pending ({human_bytes(spool['pending_bytes'])}{cap}), "
+        f"schema v{spool['schema_version']}"
+    )
+    header = (
+        "QUEUE",
+        "PENDING",
+        "BYTES",
+        "OLDEST",
+        "LEASED",
+        "ACKED",
+        "DEAD",
+        "DROPPED",
+        "REJECTED",
+        "REDELIVERED",
+    )
+    rows = [header]
+    for queue in spool["queues"]:
+        rows.append(
+            (
+                queue["name"],
+                str(queue["pending_count"]),
+                human_bytes(queue["pending_bytes"]),
+                human_duration(queue["oldest_age_s"]),
+                str(queue["leased_count"]),
+                str(queue["acked_count"]),
+                str(queue["dead_letters"]),
+                str(queue["dropped_count"] + queue["expired_count"]),
+                str(queue["rejected_count"]),
+                str(queue["redelivered_count"]),
+            )
+        )
+    if len(rows) > 1:
+        widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+        for row in rows:
+            lines.append(
+                "  "
+                + "  ".join(
+                    cell.ljust(width) for cell, width in zip(row, widths, strict=True)
+                ).rstrip()
+            )
+    else:
+        lines.append("  (no queues yet)")
+    for name, source in agent.get("sources", {}).items() if agent.get("running") else []:
+        lines.append(
+            f"{name}: {source['state']} since {_clock_time(source['since'])}"
+            f" ({source.get('broker', '')}), received {source['received']}, committed "
+            f"{source['committed']}, acked {source['acked']}, redelivered {source['redelivered']}"
+        )
+        if source.get("last_error"):
+            lines.append(f"  last error: {source['last_error']}")
+    if spool["events"]:
+        lines.append("recent events:")
+        for event in spool["events"]:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["at_ms"] / 1000))
+            lines.append(f"  {stamp} {event['level']:<7} {event['kind']}: {event['message']}")
+    return "\n".join(lines)
