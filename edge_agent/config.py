@@ -137,7 +137,10 @@ class _Section:
             return default
         raw = self.table.pop(name)
         if isinstance(raw, str):
+            reported = len(self.problems)
             raw = self._expand_env(name, raw)
+            if len(self.problems) > reported:
+                return default
         try:
             return convert(raw)
         except (ValueError, TypeError) as err:

@@ -48,6 +48,10 @@ MAX_INBOX = 200_000
 #: Backoff while the spool refuses writes.
 SPOOL_RETRY_MIN_S = 0.05
 SPOOL_RETRY_MAX_S = 5.0
+#: How long stop() waits for the broker to confirm the last PUBACKs, then the DISCONNECT.
+DISCONNECT_TIMEOUT_S = 2.0
+#: Unsubscribed from (never subscribed) at shutdown: its UNSUBACK proves the acks arrived.
+FLUSH_TOPIC = "$edge-agent/flush"
 
 _Route = tuple[tuple[tuple[str, Subscription], ...], str]
 
@@ -89,6 +93,9 @@ class MqttSource:
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._stopped = threading.Event()
+        self._disconnected = threading.Event()
+        self._flushed = threading.Event()
+        self._flush_mid: int | None = None
         self._routes: dict[str, _Route] = {}
         self.status = MqttStatus(since=clock())
         self._client = self._make_client()
@@ -123,11 +130,13 @@ class MqttSource:
         )
         # Un-acked QoS 1 messages are bounded by the broker's in-flight window; paho's own
         # outgoing limits do not matter for a subscriber.
+        client.enable_logger(logging.getLogger("edge_agent.sources.mqtt.paho"))
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
         return client
 
     def start(self) -> None:
@@ -155,9 +164,38 @@ class MqttSource:
         self._committer.join(timeout)
         if self._committer.is_alive():
             log.error("mqtt: committer did not finish within %.1fs", timeout)
+        self._flush_acks()
         self._client.disconnect()
+        if not self._disconnected.wait(DISCONNECT_TIMEOUT_S):
+            log.warning("mqtt: broker did not see a clean disconnect; unacked messages return")
         self._client.loop_stop()
         self._set_state("stopped")
+
+    def _flush_acks(self) -> None:
+        """Make sure the broker has processed our PUBACKs before the socket closes.
+
+        Closing a socket with unread data in it (the broker keeps sending) makes TCP send
+        a reset, and the broker then discards what it had not read yet: our last PUBACKs.
+        The broker handles packets in order, so once it answers an UNSUBSCRIBE (of a topic
+        we never subscribed to), every PUBACK before it has been processed.
+        """
+        result, mid = self._client.unsubscribe(FLUSH_TOPIC)
+        if result != mqtt.MQTT_ERR_SUCCESS or mid is None:
+            return  # not connected: nothing can be flushed, the broker re-sends
+        self._flush_mid = mid
+        if not self._flushed.wait(DISCONNECT_TIMEOUT_S):
+            log.warning("mqtt: broker did not confirm the last acks; it may re-send them")
+
+    def _on_unsubscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[Any],
+        properties: Properties | None,
+    ) -> None:
+        if mid == self._flush_mid:
+            self._flushed.set()
 
     @property
     def healthy(self) -> bool:
@@ -216,6 +254,7 @@ class MqttSource:
         properties: Properties | None,
     ) -> None:
         if self._closing.is_set():
+            self._disconnected.set()
             return
         self._set_state("disconnected")
         self._error(f"disconnected from broker: {reason_code}; reconnecting")

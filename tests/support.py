@@ -1,0 +1,236 @@
+"""Test helpers: free ports, bounded waits, a real Mosquitto, the agent as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    condition: Callable[[], object], timeout: float = 20.0, interval: float = 0.02, what: str = ""
+) -> None:
+    """Poll ``condition`` until it is truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class Mosquitto:
+    """A real broker on a loopback port, with persistence in its own directory."""
+
+    def __init__(self, directory: Path, port: int | None = None, extra: str = "") -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config = directory / "mosquitto.conf"
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {directory}/\n"
+            "max_queued_messages 0\n"
+            f"log_dest file {directory}/mosquitto.log\n"
+            "log_type error\nlog_type warning\nlog_type notice\n"
+            # As root, Mosquitto would switch to user 'mosquitto', which cannot write
+            # to the test's directory (no persistence file, no log).
+            + ("user root\n" if os.geteuid() == 0 else "")
+            + extra
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Mosquitto:
+        self.process = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(
+            lambda: port_open(self.port) or self.process is None or self.process.poll() is not None,
+            10,
+            what="mosquitto to listen",
+        )
+        if self.process.poll() is not None:
+            log = (self.directory / "mosquitto.log").read_text(errors="replace")
+            raise RuntimeError(f"mosquitto exited: {log[-2000:]}")
+        return self
+
+    def stop(self) -> None:
+        """Graceful stop: Mosquitto writes its persistence file on SIGTERM."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def write_config(
+    directory: Path,
+    mqtt_port: int,
+    *,
+    client_id: str = "edge-agent-test",
+    sinks: str = '[sinks.telemetry]\ntype = "hold"\n',
+    spool: str = "",
+    subscriptions: str = "",
+    mqtt_extra: str = "",
+    agent_extra: str = "",
+) -> Path:
+    subscriptions = subscriptions or (
+        '[[mqtt.subscriptions]]\ntopic = "sensors/#"\nqos = 1\nsinks = ["telemetry"]\n'
+    )
+    path = directory / "edge-agent.toml"
+    path.write_text(
+        f'[agent]\ndevice_name = "test-device"\nstate_dir = "{directory / "state"}"\n'
+        f'status_interval = "200ms"\n{agent_extra}\n'
+        f"[spool]\n{spool}\n"
+        f"{sinks}\n"
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {mqtt_port}\nclient_id = "{client_id}"\n'
+        f'reconnect_min = "1s"\nreconnect_max = "2s"\n{mqtt_extra}\n'
+        f"{subscriptions}"
+    )
+    return path
+
+
+def spool_path(config_dir: Path) -> Path:
+    return config_dir / "state" / "spool.db"
+
+
+class AgentProcess:
+    """``edge-agent run`` in a child process, as systemd would run it."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = config.parent / "agent.log"
+
+    def start(self) -> AgentProcess:
+        handle = open(self.log, "ab")  # noqa: SIM115 - owned by the child process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent", "run", "-c", str(self.config)],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=REPO,
+        )
+        handle.close()
+        return self
+
+    def wait_connected(self, timeout: float = 20.0) -> None:
+        status_file = Path(f"{spool_path(self.config.parent)}.status.json")
+
+        def connected() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"agent exited early:\n{self.log_text()}")
+            try:
+                data = json.loads(status_file.read_text())
+            except (OSError, ValueError):
+                return False
+            return bool(
+                data.get("pid") == self.process.pid
+                and data["sources"].get("mqtt", {}).get("state") == "connected"
+            )
+
+        wait_until(connected, timeout, what="agent to connect to the broker")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def ensure_stopped(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def publish(
+    port: int, count: int, *, start_seq: int = 0, qos: int = 1, extra: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """Run the sample publisher in its own process."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "samples" / "sensor_publisher.py"),
+            "--port",
+            str(port),
+            "--count",
+            str(count),
+            "--start-seq",
+            str(start_seq),
+            "--qos",
+            str(qos),
+            "--quiet",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def spooled_payloads(path: Path, queue: str = "telemetry") -> list[dict[str, Any]]:
+    """Read payloads straight from the SQLite file, independently of the Spool class."""
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT r.payload FROM records r JOIN queues q ON q.id = r.queue_id"
+            " WHERE q.name = ? ORDER BY r.id",
+            (queue,),
+        ).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
+    return [json.loads(row[0]) for row in rows]
+
+
+def spooled_seqs(path: Path, queue: str = "telemetry") -> list[int]:
+    return [int(item["seq"]) for item in spooled_payloads(path, queue)]

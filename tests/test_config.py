@@ -1,0 +1,187 @@
+"""Configuration: the examples load, and each kind of bad input names file, key, reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge_agent.config import load_config
+from edge_agent.errors import ConfigError
+from edge_agent.units import parse_duration, parse_rate, parse_size
+from tests.support import REPO
+
+MINIMAL = """
+[agent]
+state_dir = "{state}"
+[sinks.telemetry]
+type = "hold"
+[mqtt]
+[[mqtt.subscriptions]]
+topic = "sensors/#"
+sinks = ["telemetry"]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(text.replace("{state}", str(tmp_path / "state")))
+    return path
+
+
+def problems(tmp_path: Path, text: str) -> list[tuple[str, str]]:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    for problem in caught.value.problems:
+        assert problem.file == str(path)
+        assert str(path) in str(problem)
+    return [(problem.key, problem.reason) for problem in caught.value.problems]
+
+
+@pytest.mark.parametrize("name", ["edge-agent.toml", "local.toml"])
+def test_shipped_example_configs_are_valid(name: str) -> None:
+    config = load_config(REPO / "configs" / name)
+    assert config.mqtt is not None and config.mqtt.subscriptions
+
+
+def test_full_example_sets_every_section(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGE_DEVICE_NAME", "gw-42")
+    config = load_config(REPO / "configs" / "edge-agent.toml")
+    assert config.agent.device_name == "gw-42"
+    assert config.spool.max_bytes == 1024**3
+    assert config.spool.max_age == 7 * 86400
+    assert config.sinks["alarms"].overflow == "reject_new"
+    assert config.sinks["telemetry"].max_bytes == 256 * 1024**2
+    assert config.sinks["telemetry"].max_age is None
+    assert config.mqtt is not None
+    assert config.mqtt.subscriptions[1].sinks == ("alarms", "telemetry")
+
+
+def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    assert config.spool.path == tmp_path / "state" / "spool.db"
+    assert config.spool.durability == "full"
+    assert config.mqtt is not None
+    assert config.mqtt.port == 1883
+    assert config.mqtt.subscriptions[0].qos == 1
+    assert config.mqtt.client_id.startswith("edge-agent-")
+
+
+def test_unknown_key_is_an_error_naming_its_path(tmp_path: Path) -> None:
+    found = problems(tmp_path, MINIMAL + "qoss = 1\n")
+    assert found == [("mqtt.subscriptions[0].qoss", "unknown key")]
+    found = problems(tmp_path, MINIMAL + "[spool]\nmax_byte = 5\n")
+    assert ("spool.max_byte", "unknown key") in found
+
+
+def test_bad_values_name_key_and_reason(tmp_path: Path) -> None:
+    text = MINIMAL.replace('topic = "sensors/#"', 'topic = "sensors/#"\nqos = 2') + (
+        '[spool]\nmax_bytes = "lots"\nmax_age = "forever"\ndurability = "maybe"\n'
+    )
+    found = dict(problems(tmp_path, text))
+    assert "between 0 and 1" in found["mqtt.subscriptions[0].qos"]
+    assert "size" in found["spool.max_bytes"] and "'lots'" in found["spool.max_bytes"]
+    assert "duration" in found["spool.max_age"]
+    assert "full, normal" in found["spool.durability"]
+
+
+def test_wrong_types_are_reported(tmp_path: Path) -> None:
+    text = MINIMAL.replace("[mqtt]", '[mqtt]\nport = "mqtt"\nkeepalive = true')
+    found = dict(problems(tmp_path, text))
+    assert "integer" in found["mqtt.port"]
+    assert "duration" in found["mqtt.keepalive"]
+
+
+def test_subscription_must_name_a_known_sink(tmp_path: Path) -> None:
+    found = problems(tmp_path, MINIMAL.replace('["telemetry"]', '["telemetri"]'))
+    assert found == [("mqtt.subscriptions[0].sinks", "no sink named 'telemetri' in [sinks]")]
+
+
+def test_missing_required_keys(tmp_path: Path) -> None:
+    found = dict(
+        problems(tmp_path, MINIMAL.replace('type = "hold"', "").replace('topic = "sensors/#"', ""))
+    )
+    assert found["sinks.telemetry.type"] == "is required"
+    assert found["mqtt.subscriptions[0].topic"] == "is required"
+
+
+def test_bad_partition_key_template(tmp_path: Path) -> None:
+    found = dict(problems(tmp_path, MINIMAL + 'partition_key = "{nope}"\n'))
+    assert "unknown placeholder {nope}" in found["mqtt.subscriptions[0].partition_key"]
+
+
+def test_env_expansion_and_missing_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_MQTT_PASSWORD", "s3cret")
+    monkeypatch.delenv("TEST_NOT_SET", raising=False)
+    ok = MINIMAL.replace(
+        "[mqtt]", '[mqtt]\npassword = "${TEST_MQTT_PASSWORD}"\nport = "${TEST_PORT_UNSET:-1884}"'
+    )
+    config = load_config(write(tmp_path, ok))
+    assert config.mqtt is not None
+    assert config.mqtt.password == "s3cret"
+    assert config.mqtt.port == 1884
+    bad = MINIMAL.replace("[mqtt]", '[mqtt]\nusername = "${TEST_NOT_SET}"')
+    found = dict(problems(tmp_path, bad))
+    assert found["mqtt.username"] == "environment variable TEST_NOT_SET is not set"
+
+
+def test_tls_files_must_exist(tmp_path: Path) -> None:
+    text = MINIMAL.replace(
+        "[[mqtt.subscriptions]]",
+        '[mqtt.tls]\nca_file = "/nonexistent/ca.pem"\n[[mqtt.subscriptions]]',
+    )
+    found = dict(problems(tmp_path, text))
+    assert found["mqtt.tls.ca_file"] == "file not found: /nonexistent/ca.pem"
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    found = problems(tmp_path, "[agent\n")
+    assert found[0][0] == "" and "not valid TOML" in found[0][1]
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    text = MINIMAL + "bogus = 1\n[spool]\nmax_bytes = -1\nintegrity_check = 3\n"
+    assert len(problems(tmp_path, text)) == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("512MiB", 512 * 1024**2), ("2GB", 2 * 10**9), ("4096", 4096), (10, 10), ("1.5KiB", 1536)],
+)
+def test_parse_size(text: object, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2Mbit/s", 250_000.0),
+        ("256kbit/s", 32_000.0),
+        ("1MiB/s", 1024**2),
+        ("1MB/s", 10**6),
+        ("8Mb/s", 10**6),
+        (100, 100.0),
+    ],
+)
+def test_parse_rate(text: object, expected: float) -> None:
+    assert parse_rate(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("30s", 30.0), ("250ms", 0.25), ("1h30m", 5400.0), ("7d", 604800.0), (5, 5.0)],
+)
+def test_parse_duration(text: object, expected: float) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "10 parsecs", "-5s", True, [1]])
+def test_bad_units_raise_value_error(bad: object) -> None:
+    for parse in (parse_size, parse_duration, parse_rate):
+        with pytest.raises(ValueError):
+            parse(bad)

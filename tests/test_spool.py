@@ -1,0 +1,382 @@
+"""The spool: lease/ack/retry/dead-letter, caps, recovery and quarantine."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    invariant,
+    precondition,
+    rule,
+)
+
+from edge_agent.errors import SpoolError
+from edge_agent.records import LeasedRecord, Record
+from edge_agent.spool import QueuePolicy, Spool
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_ms = 1_700_000_000_000
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+def rec(queue: str, payload: bytes, key: str = "k", at: int = 0) -> Record:
+    return Record(queue=queue, partition_key=key, captured_at_ms=at, payload=payload)
+
+
+def test_append_lease_ack_oldest_first(tmp_path: Path) -> None:
+    with Spool.open(tmp_path / "s.db") as spool:
+        spool.append([rec("q", f"m{i}".encode()) for i in range(10)])
+        first = spool.lease("q", max_records=4, max_bytes=10_000)
+        assert [r.payload for r in first] == [b"m0", b"m1", b"m2", b"m3"]
+        second = spool.lease("q", max_records=100, max_bytes=10_000)
+        assert [r.payload for r in second] == [f"m{i}".encode() for i in range(4, 10)]
+        assert spool.ack(first) == 4
+        assert spool.pending("q") == (6, 12)
+        stats = spool.stats().queues[0]
+        assert (stats.acked_count, stats.leased_count, stats.pending_count) == (4, 6, 6)
+
+
+def test_lease_respects_byte_budget_but_returns_at_least_one(tmp_path: Path) -> None:
+    with Spool.open(tmp_path / "s.db") as spool:
+        spool.append([rec("q", b"x" * 100) for _ in range(5)])
+        assert len(spool.lease("q", max_records=10, max_bytes=250)) == 2
+        assert len(spool.lease("q", max_records=10, max_bytes=10)) == 1
+
+
+def test_retry_waits_until_its_time_and_counts_attempts(tmp_path: Path) -> None:
+    clock = FakeClock()
+    with Spool.open(tmp_path / "s.db", clock_ms=clock) as spool:
+        spool.append([rec("q", b"a"), rec("q", b"b")])
+        leased = spool.lease("q", max_records=1, max_bytes=100)
+        spool.retry(leased, at_ms=clock.now_ms + 5000)
+        assert [r.payload for r in spool.lease("q", max_records=10, max_bytes=100)] == [b"b"]
+        clock.now_ms += 5000
+        again = spool.lease("q", max_records=10, max_bytes=100)
+        assert [(r.payload, r.attempts) for r in again] == [(b"a", 1)]
+        assert spool.stats().queues[0].retried_count == 1
+
+
+def test_dead_letter_keeps_payload_and_reason(tmp_path: Path) -> None:
+    with Spool.open(tmp_path / "s.db") as spool:
+        spool.append([rec("q", b"bad", key="k1"), rec("q", b"good")])
+        bad = spool.lease("q", max_records=1, max_bytes=100)
+        assert spool.dead_letter(bad, "rejected as invalid") == 1
+        letters = spool.dead_letters()
+        assert [(d.payload, d.reason, d.partition_key, d.queue) for d in letters] == [
+            (b"bad", "rejected as invalid", "k1", "q")
+        ]
+        assert spool.pending("q") == (1, 4)
+        assert spool.requeue_dead_letters(queue="q") == 1
+        assert [r.payload for r in spool.lease("q", max_records=9, max_bytes=99)] == [
+            b"good",
+            b"bad",
+        ]
+        assert spool.purge_dead_letters() == 0
+
+
+def test_oversize_record_is_dead_lettered_at_append(tmp_path: Path) -> None:
+    policies = {"q": QueuePolicy(max_record_bytes=10)}
+    with Spool.open(tmp_path / "s.db", policies=policies) as spool:
+        result = spool.append([rec("q", b"x" * 11), rec("q", b"ok")])
+        assert (result.stored, result.dead_lettered) == (1, 1)
+        (letter,) = spool.dead_letters()
+        assert "11 bytes exceeds the sink's limit of 10 bytes" in letter.reason
+
+
+def test_drop_oldest_cap_evicts_and_counts(tmp_path: Path) -> None:
+    policies = {"video": QueuePolicy(max_bytes=1000, overflow="drop_oldest")}
+    with Spool.open(tmp_path / "s.db", policies=policies) as spool:
+        for i in range(15):
+            spool.append([rec("video", bytes([i]) * 100)])
+        assert spool.pending("video") == (10, 1000)
+        leased = spool.lease("video", max_records=100, max_bytes=10**6)
+        assert [r.payload[0] for r in leased] == list(range(5, 15))
+        stats = spool.stats().queues[0]
+        assert (stats.dropped_count, stats.dropped_bytes) == (5, 500)
+
+
+def test_reject_new_cap_refuses_and_counts(tmp_path: Path) -> None:
+    policies = {"alarms": QueuePolicy(max_bytes=300, overflow="reject_new")}
+    with Spool.open(tmp_path / "s.db", policies=policies) as spool:
+        result = spool.append([rec("alarms", bytes([i]) * 100) for i in range(5)])
+        assert (result.stored, result.rejected) == (3, 2)
+        assert [r.payload[0] for r in spool.lease("alarms", max_records=9, max_bytes=9999)] == [
+            0,
+            1,
+            2,
+        ]
+        assert spool.stats().queues[0].rejected_count == 2
+
+
+def test_overall_cap_evicts_drop_oldest_queues_only(tmp_path: Path) -> None:
+    policies = {
+        "telemetry": QueuePolicy(overflow="reject_new"),
+        "video": QueuePolicy(overflow="drop_oldest"),
+    }
+    with Spool.open(tmp_path / "s.db", policies=policies, max_bytes=1000) as spool:
+        spool.append([rec("telemetry", b"t" * 100) for _ in range(4)])
+        spool.append([rec("video", b"v" * 200) for _ in range(5)])
+        assert spool.pending("telemetry") == (4, 400)
+        assert spool.pending("video") == (3, 600)
+        # Telemetry may still grow by evicting video, but never beyond the overall cap.
+        result = spool.append([rec("telemetry", b"t" * 100) for _ in range(10)])
+        assert result.stored == 6 and result.rejected == 4
+        assert spool.pending("video") == (0, 0)
+        assert spool.pending("telemetry")[1] == 1000
+
+
+def test_age_cap_expires_old_records(tmp_path: Path) -> None:
+    clock = FakeClock()
+    with Spool.open(tmp_path / "s.db", max_age_s=60, clock_ms=clock) as spool:
+        spool.append(
+            [rec("q", b"old", at=clock.now_ms - 61_000), rec("q", b"new", at=clock.now_ms)]
+        )
+        assert spool.expire() == 1
+        assert [r.payload for r in spool.lease("q", max_records=9, max_bytes=99)] == [b"new"]
+        assert spool.stats().queues[0].expired_count == 1
+
+
+def test_leases_of_a_dead_process_return_to_pending(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    spool = Spool.open(path)
+    spool.append([rec("q", b"a"), rec("q", b"b")])
+    assert len(spool.lease("q", max_records=5, max_bytes=100)) == 2
+    spool.close()  # as if the process died holding the leases
+    with Spool.open(path) as reopened:
+        again = reopened.lease("q", max_records=5, max_bytes=100)
+        assert [r.payload for r in again] == [b"a", b"b"]
+        kinds = [event.kind for event in reopened.stats().events]
+        assert "leases_returned" in kinds
+
+
+def test_garbage_file_is_quarantined_and_a_fresh_spool_opens(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    path.write_bytes(b"this is not a database" * 1000)
+    with Spool.open(path) as spool:
+        spool.append([rec("q", b"fresh")])
+        stats = spool.stats()
+        assert stats.events[0].kind == "spool_quarantined"
+    moved = list(tmp_path.glob("spool.db.corrupt-*"))
+    assert len(moved) == 1
+    assert moved[0].read_bytes().startswith(b"this is not a database")
+
+
+def test_damaged_pages_are_quarantined(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    with Spool.open(path) as spool:
+        spool.append([rec("q", bytes(200) * 20) for _ in range(200)])
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    data = bytearray(path.read_bytes())
+    page = 4096
+    for offset in range(page * 3, min(len(data), page * 12)):
+        data[offset] = 0xA5  # scribble over b-tree pages
+    path.write_bytes(bytes(data))
+    with Spool.open(path) as spool:
+        assert spool.stats().events[0].kind == "spool_quarantined"
+        assert spool.pending("q") == (0, 0)
+    assert len(list(tmp_path.glob("spool.db.corrupt-*"))) == 1
+
+
+def test_second_writer_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    with Spool.open(tmp_path / "s.db"), pytest.raises(SpoolError, match="in use by pid"):
+        Spool.open(tmp_path / "s.db")
+
+
+def test_read_only_view_sees_committed_data(tmp_path: Path) -> None:
+    with Spool.open(tmp_path / "s.db") as writer:
+        writer.append([rec("q", b"abc")])
+        with Spool.open_read_only(tmp_path / "s.db") as reader:
+            assert reader.stats().queues[0].pending_count == 1
+            with pytest.raises(SpoolError, match="read-only"):
+                reader.append([rec("q", b"x")])
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    Spool.open(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(SpoolError, match="newer than this agent"):
+        Spool.open(path)
+
+
+# ---------------------------------------------------------------------- properties
+
+QUEUES = ("a", "b")
+
+
+class SpoolMachine(RuleBasedStateMachine):
+    """Every record appended is, at every step, in exactly one place: pending (leased or
+    not), acked, dead-lettered, or counted as dropped/rejected. Leases come oldest first."""
+
+    leased = Bundle("leased")
+
+    def __init__(self) -> None:
+        super().__init__()
+        import tempfile
+
+        self.dir = tempfile.TemporaryDirectory()
+        self.path = Path(self.dir.name) / "s.db"
+        self.clock = FakeClock()
+        self.policies = {
+            "a": QueuePolicy(max_bytes=2000, overflow="drop_oldest"),
+            "b": QueuePolicy(max_bytes=1500, overflow="reject_new", max_record_bytes=400),
+        }
+        self.spool = self._open()
+        self.next_seq = 0
+        self.pending: dict[str, dict[int, int]] = {q: {} for q in QUEUES}  # seq -> size
+        self.outstanding: set[int] = set()  # seqs currently leased
+        self.acked: set[int] = set()
+        self.dead: set[int] = set()
+        self.gone: set[int] = set()  # dropped or rejected, as the spool reports
+
+    def _open(self) -> Spool:
+        return Spool.open(self.path, policies=self.policies, clock_ms=self.clock)
+
+    @staticmethod
+    def seq(record: LeasedRecord) -> int:
+        return int(record.partition_key)
+
+    def _sync_drops(self) -> None:
+        """Records the spool evicted or rejected are no longer pending."""
+        live: set[int] = set()
+        for queue in QUEUES:
+            for record in self._peek(queue):
+                live.add(self.seq(record))
+        for queue in QUEUES:
+            for seq in list(self.pending[queue]):
+                if seq not in live and seq not in self.outstanding:
+                    del self.pending[queue][seq]
+                    self.gone.add(seq)
+
+    def _peek(self, queue: str) -> list[LeasedRecord]:
+        conn = sqlite3.connect(self.path)
+        try:
+            rows = conn.execute(
+                "SELECT r.id, r.partition_key, r.leased FROM records r JOIN queues q"
+                " ON q.id = r.queue_id WHERE q.name = ? ORDER BY r.id",
+                (queue,),
+            ).fetchall()
+        finally:
+            conn.close()
+        return [LeasedRecord(rid, queue, key, 0, b"", 0) for rid, key, _ in rows]
+
+    @rule(queue=st.sampled_from(QUEUES), sizes=st.lists(st.integers(1, 500), max_size=8))
+    def append(self, queue: str, sizes: list[int]) -> None:
+        records = []
+        for size in sizes:
+            records.append(rec(queue, b"x" * size, key=str(self.next_seq), at=self.clock.now_ms))
+            self.pending[queue][self.next_seq] = size
+            self.next_seq += 1
+        result = self.spool.append(records)
+        assert result.stored + result.rejected + result.dead_lettered == len(records)
+        if result.dead_lettered:
+            dead_keys = {int(d.partition_key) for d in self.spool.dead_letters(limit=10**6)}
+            for seq in dead_keys - self.dead:
+                for q in QUEUES:
+                    self.pending[q].pop(seq, None)
+                self.dead.add(seq)
+        self._sync_drops()
+
+    @rule(target=leased, queue=st.sampled_from(QUEUES), count=st.integers(1, 6))
+    def lease(self, queue: str, count: int) -> list[LeasedRecord]:
+        got = self.spool.lease(queue, max_records=count, max_bytes=10**6)
+        seqs = [self.seq(r) for r in got]
+        assert seqs == sorted(seqs), "lease must return oldest first"
+        eligible = sorted(s for s in self.pending[queue] if s not in self.outstanding)
+        assert seqs == eligible[: len(seqs)]
+        self.outstanding.update(seqs)
+        return got
+
+    @rule(batch=consumes(leased))
+    def ack(self, batch: list[LeasedRecord]) -> None:
+        live = [r for r in batch if self.seq(r) in self.outstanding]
+        assert self.spool.ack(live) == len(live)
+        for record in live:
+            self.outstanding.discard(self.seq(record))
+            self.pending[record.queue].pop(self.seq(record))
+            self.acked.add(self.seq(record))
+
+    @rule(batch=consumes(leased))
+    def retry(self, batch: list[LeasedRecord]) -> None:
+        live = [r for r in batch if self.seq(r) in self.outstanding]
+        assert self.spool.retry(live, at_ms=self.clock.now_ms) == len(live)
+        self.outstanding.difference_update(self.seq(r) for r in live)
+
+    @rule(batch=consumes(leased))
+    def dead_letter(self, batch: list[LeasedRecord]) -> None:
+        live = [r for r in batch if self.seq(r) in self.outstanding]
+        assert self.spool.dead_letter(live, "test") == len(live)
+        for record in live:
+            self.outstanding.discard(self.seq(record))
+            self.pending[record.queue].pop(self.seq(record))
+            self.dead.add(self.seq(record))
+
+    @precondition(lambda self: True)
+    @rule()
+    def crash_and_reopen(self) -> None:
+        self.spool.close()
+        self.spool = self._open()
+        self.outstanding.clear()  # every lease returns to pending
+
+    @invariant()
+    def every_record_is_accounted_for_exactly_once(self) -> None:
+        places = [
+            set().union(*(set(self.pending[q]) for q in QUEUES)),
+            self.acked,
+            self.dead,
+            self.gone,
+        ]
+        assert sum(len(p) for p in places) == self.next_seq
+        assert set().union(*places) == set(range(self.next_seq))
+
+    @invariant()
+    def counters_match_rows(self) -> None:
+        stats = {q.name: q for q in self.spool.stats().queues}
+        for queue in QUEUES:
+            expected = self.pending[queue]
+            got = stats.get(queue)
+            assert (got.pending_count if got else 0) == len(expected)
+            assert (got.pending_bytes if got else 0) == sum(expected.values())
+        total_acked = sum(q.acked_count for q in stats.values())
+        total_dead = sum(q.dead_count for q in stats.values())
+        total_gone = sum(q.dropped_count + q.rejected_count for q in stats.values())
+        assert (total_acked, total_dead, total_gone) == (
+            len(self.acked),
+            len(self.dead),
+            len(self.gone),
+        )
+
+    @invariant()
+    def caps_hold(self) -> None:
+        assert self.spool.pending("a")[1] <= 2000 + sum(
+            size for seq, size in self.pending["a"].items() if seq in self.outstanding
+        )
+        assert self.spool.pending("b")[1] <= 1500
+
+    def teardown(self) -> None:
+        self.spool.close()
+        self.dir.cleanup()
+
+
+TestSpoolProperties = SpoolMachine.TestCase
+TestSpoolProperties.settings = settings(
+    max_examples=60,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
