@@ -214,6 +214,13 @@ def publish(
     )
 
 
+def run_publisher(port: int, count: int, start_seq: int = 0, extra: tuple[str, ...] = ()) -> None:
+    """Publish and wait until the broker acknowledged every message."""
+    process = publish(port, count, start_seq=start_seq, extra=extra)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err.decode()
+
+
 def spooled_payloads(path: Path, queue: str = "telemetry") -> list[dict[str, Any]]:
     """Read payloads straight from the SQLite file, independently of the Spool class."""
     if not path.exists():
@@ -234,3 +241,16 @@ def spooled_payloads(path: Path, queue: str = "telemetry") -> list[dict[str, Any
 
 def spooled_seqs(path: Path, queue: str = "telemetry") -> list[int]:
     return [int(item["seq"]) for item in spooled_payloads(path, queue)]
+
+
+def spooled_count(path: Path) -> int:
+    """Rows in the spool's records table (cheap enough to poll)."""
+    if not path.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM records").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        conn.close()

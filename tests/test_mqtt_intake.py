@@ -18,18 +18,12 @@ from tests.support import (
     AgentProcess,
     Mosquitto,
     free_port,
-    publish,
+    run_publisher,
     spool_path,
     spooled_seqs,
     wait_until,
     write_config,
 )
-
-
-def run_publisher(port: int, count: int, start_seq: int = 0, extra: tuple[str, ...] = ()) -> None:
-    process = publish(port, count, start_seq=start_seq, extra=extra)
-    _, err = process.communicate(timeout=120)
-    assert process.returncode == 0, err.decode()
 
 
 def wait_for_seqs(path: Path, expected: set[int], timeout: float = 60) -> None:

@@ -1,0 +1,171 @@
+"""The command line and the service contract: status, check-config, spool, sd_notify, signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from edge_agent.records import Record
+from edge_agent.spool import QueuePolicy, Spool
+from tests.support import (
+    REPO,
+    AgentProcess,
+    Mosquitto,
+    run_publisher,
+    spool_path,
+    spooled_seqs,
+    wait_until,
+    write_config,
+)
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent", *args],
+        capture_output=True,
+        text=True,
+        check=check,
+        cwd=REPO,
+        timeout=60,
+    )
+
+
+def test_check_config_ok_and_errors(tmp_path: Path) -> None:
+    assert cli("check-config", "-c", str(REPO / "configs" / "edge-agent.toml")).returncode == 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[spool]\nmax_bytes = "huge"\n[agnt]\n')
+    result = cli("check-config", "-c", str(bad), check=False)
+    assert result.returncode == 2
+    assert f"{bad}: spool.max_bytes: expected a size" in result.stderr
+    assert f"{bad}: agnt: unknown key" in result.stderr
+
+
+def test_status_while_running_and_after_stop(
+    tmp_path: Path, broker: Mosquitto, agents: list[AgentProcess]
+) -> None:
+    config = write_config(tmp_path, broker.port)
+    agent = AgentProcess(config).start()
+    agents.append(agent)
+    agent.wait_connected()
+    run_publisher(broker.port, 40)
+    wait_until(lambda: len(spooled_seqs(spool_path(tmp_path))) == 40, what="40 messages")
+
+    def mqtt_received_40() -> bool:
+        data = json.loads(cli("status", "-c", str(config), "--json").stdout)
+        return bool(data["agent"]["sources"]["mqtt"]["committed"] == 40)
+
+    wait_until(mqtt_received_40, 10, 0.1, "status to report 40 committed")
+    data = json.loads(cli("status", "-c", str(config), "--json").stdout)
+    assert data["agent"]["running"] is True
+    (queue,) = data["spool"]["queues"]
+    assert (queue["name"], queue["pending_count"]) == ("telemetry", 40)
+    assert queue["oldest_age_s"] is not None
+    text = cli("status", "-c", str(config)).stdout
+    assert "running (pid" in text and "telemetry" in text and "mqtt: connected" in text
+    assert agent.terminate() == 0
+    text = cli("status", "-c", str(config)).stdout
+    assert "not running" in text
+    assert "telemetry  40" in text
+
+
+def test_sd_notify_ready_watchdog_stopping_and_clean_exit(
+    tmp_path: Path, broker: Mosquitto, agents: list[AgentProcess]
+) -> None:
+    notify_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify_path))
+    sock.settimeout(10)
+    try:
+        config = write_config(tmp_path, broker.port)
+        agent = AgentProcess(
+            config, env={"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "400000"}
+        ).start()
+        agents.append(agent)
+        messages: list[str] = []
+        while "READY=1" not in "\n".join(messages):
+            messages.append(sock.recv(4096).decode())
+        assert spool_path(tmp_path).exists(), "READY=1 only after the spool is open"
+        pings = 0
+        while pings < 3:
+            pings += sock.recv(4096).decode() == "WATCHDOG=1"
+        assert agent.process is not None
+        agent.process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        while (message := sock.recv(4096).decode()) != "STOPPING=1":
+            assert message == "WATCHDOG=1"
+        assert agent.process.wait(10) == 0
+        assert time.monotonic() - started < 10
+    finally:
+        sock.close()
+
+
+def test_sighup_rereads_config_and_keeps_running_on_errors(
+    tmp_path: Path, broker: Mosquitto, agents: list[AgentProcess]
+) -> None:
+    config = write_config(tmp_path, broker.port)
+    agent = AgentProcess(config).start()
+    agents.append(agent)
+    agent.wait_connected()
+    assert agent.process is not None
+    original = config.read_text()
+    config.write_text(original.replace('[spool]\n', '[spool]\nmax_bytes = "2GiB"\n'))
+    agent.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: "take effect after a restart" in agent.log_text(), 10, what="reload")
+    config.write_text(original + "\nbogus = 1\n")
+    agent.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: "keeping the running one" in agent.log_text(), 10, what="bad reload")
+    assert agent.process.poll() is None
+    assert agent.terminate() == 0
+
+
+def test_corrupt_spool_is_quarantined_and_intake_continues(
+    tmp_path: Path, broker: Mosquitto, agents: list[AgentProcess]
+) -> None:
+    config = write_config(tmp_path, broker.port)
+    path = spool_path(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\x00garbage\xff" * 5000)
+    agent = AgentProcess(config).start()
+    agents.append(agent)
+    agent.wait_connected()
+    run_publisher(broker.port, 10)
+    wait_until(lambda: set(spooled_seqs(path)) == set(range(10)), what="intake after quarantine")
+    status = json.loads(cli("status", "-c", str(config), "--json").stdout)
+    assert status["spool"]["events"][-1]["kind"] == "spool_quarantined"
+    assert "moved aside" in cli("status", "-c", str(config)).stdout
+    assert list(path.parent.glob("spool.db.corrupt-*"))
+    assert agent.terminate() == 0
+
+
+def test_spool_dead_letter_commands(tmp_path: Path) -> None:
+    config = write_config(tmp_path, 1883, sinks='[sinks.telemetry]\ntype = "hold"\n')
+    with Spool.open(
+        spool_path(tmp_path), policies={"telemetry": QueuePolicy(max_record_bytes=4)}
+    ) as spool:
+        spool.append(
+            [
+                Record("telemetry", "k", 1, b"too long", '{"topic": "t"}'),
+                Record("telemetry", "k", 2, b"\xff\xfe\x00binary"),
+                Record("telemetry", "k", 3, b"ok"),
+            ]
+        )
+    listing = cli("spool", "dead-letters", "-c", str(config)).stdout
+    assert listing.count("exceeds the sink's limit of 4 bytes") == 2
+    exported = [
+        json.loads(line) for line in cli("spool", "export", "-c", str(config)).stdout.splitlines()
+    ]
+    assert exported[0]["payload"] == "too long" and exported[0]["meta"] == {"topic": "t"}
+    assert "payload_base64" in exported[1]
+    refused = cli("spool", "purge", "-c", str(config), check=False)
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    first_id = str(exported[0]["id"])
+    assert "requeued 1" in cli("spool", "requeue", "-c", str(config), "--id", first_id).stdout
+    assert "purged 1" in cli("spool", "purge", "-c", str(config), "--yes").stdout
+    with Spool.open(spool_path(tmp_path)) as spool:
+        assert spool.pending("telemetry") == (2, 10)
+        assert spool.dead_letters() == []
