@@ -113,7 +113,7 @@ def test_sighup_rereads_config_and_keeps_running_on_errors(
     agent.wait_connected()
     assert agent.process is not None
     original = config.read_text()
-    config.write_text(original.replace('[spool]\n', '[spool]\nmax_bytes = "2GiB"\n'))
+    config.write_text(original.replace("[spool]\n", '[spool]\nmax_bytes = "2GiB"\n'))
     agent.process.send_signal(signal.SIGHUP)
     wait_until(lambda: "take effect after a restart" in agent.log_text(), 10, what="reload")
     config.write_text(original + "\nbogus = 1\n")

@@ -51,13 +51,11 @@ def test_sigkill_during_intake_loses_nothing_and_bounds_duplicates(
         for _ in range(KILLS):
             # Let the agent take some messages, then kill it at a random moment.
             target = spooled_count(path) + chance.randrange(1, 1500)
-            wait_until(
-                lambda target=target: spooled_count(path) >= target
-                or publisher.poll() is not None,
-                30,
-                0.005,
-                "more intake",
-            )
+
+            def reached(target: int = target) -> bool:
+                return spooled_count(path) >= target or publisher.poll() is not None
+
+            wait_until(reached, 30, 0.005, "more intake")
             agent.kill()
             agent = AgentProcess(config).start()
             agents.append(agent)
