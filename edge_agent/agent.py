@@ -106,7 +106,7 @@ class Agent:
                 self._mqtt.start()
             self._notifier.ready(f"spool open, {len(self._workers())} sources started")
             log.info("edge-agent %s running (pid %d)", __version__, os.getpid())
-            self._loop(spool)
+            exit_code = self._loop(spool)
         finally:
             self._notifier.stopping()
             log.info("stopping: committing and acking what was received")
@@ -115,9 +115,11 @@ class Agent:
             self._write_status(stopped=True)
             spool.close()
             log.info("stopped")
-        return 0
+        return exit_code
 
-    def _loop(self, spool: Spool) -> None:
+    def _loop(self, spool: Spool) -> int:
+        """Run until asked to stop (0) or until the spool turns out corrupt (1: systemd
+        restarts the agent, and opening the spool quarantines the bad file)."""
         tick = min(MAX_TICK_S, self.config.agent.status_interval)
         if self._notifier.watchdog_interval:
             tick = min(tick, self._notifier.watchdog_interval / 2)
@@ -138,7 +140,11 @@ class Agent:
             if self._reload.is_set():
                 self._reload.clear()
                 self._reload_config()
+            if self._mqtt is not None and self._mqtt.spool_corrupt:
+                log.error("the spool is corrupt; restarting so that it is moved aside")
+                return 1
             self._stop.wait(tick)
+        return 0
 
     def _workers(self) -> list[tuple[str, bool]]:
         workers = []

@@ -17,7 +17,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from edge_agent.errors import SpoolError
+from edge_agent.errors import SpoolError, SpoolFull
 from edge_agent.records import LeasedRecord, Record
 from edge_agent.spool import QueuePolicy, Spool
 
@@ -380,3 +380,18 @@ TestSpoolProperties.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+def test_full_disk_refuses_the_batch_keeps_the_rest_and_recovers(tmp_path: Path) -> None:
+    """SQLite's own 'database or disk is full' (SQLITE_FULL), provoked with max_page_count."""
+    with Spool.open(tmp_path / "s.db") as spool:
+        spool.append([rec("q", b"kept")])
+        pages = spool._conn.execute("PRAGMA page_count").fetchone()[0]
+        spool._conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+        with pytest.raises(SpoolFull) as caught:
+            spool.append([rec("q", bytes(4096)) for _ in range(50)])
+        assert caught.value.retryable
+        assert spool.pending("q") == (1, 4)  # the failed batch left nothing behind
+        spool._conn.execute("PRAGMA max_page_count = 1073741823")
+        assert spool.append([rec("q", bytes(4096)) for _ in range(50)]).stored == 50
+        assert spool.pending("q") == (51, 4 + 50 * 4096)

@@ -34,7 +34,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_agent.config import MqttConfig, SpoolConfig, Subscription
-from edge_agent.errors import SpoolError
+from edge_agent.errors import SpoolCorrupt, SpoolError
 from edge_agent.records import Record
 from edge_agent.spool import Spool
 
@@ -96,6 +96,8 @@ class MqttSource:
         self._disconnected = threading.Event()
         self._flushed = threading.Event()
         self._flush_mid: int | None = None
+        #: Set when SQLite reports corruption mid-run: the agent restarts to quarantine it.
+        self.spool_corrupt = False
         self._routes: dict[str, _Route] = {}
         self.status = MqttStatus(since=clock())
         self._client = self._make_client()
@@ -289,6 +291,8 @@ class MqttSource:
                     self._commit(held)
                 except SpoolError as err:
                     self._error(f"spool refused {len(held)} messages (not acked): {err}")
+                    if isinstance(err, SpoolCorrupt):
+                        self.spool_corrupt = True
                     if self._closing.wait(backoff):
                         break  # not acked: the broker re-sends them to the next session
                     backoff = min(backoff * 2, SPOOL_RETRY_MAX_S)
