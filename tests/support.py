@@ -49,14 +49,21 @@ def port_open(port: int) -> bool:
 class Mosquitto:
     """A real broker on a loopback port, with persistence in its own directory."""
 
-    def __init__(self, directory: Path, port: int | None = None, extra: str = "") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        port: int | None = None,
+        extra: str = "",
+        *,
+        allow_anonymous: bool = True,
+    ) -> None:
         self.directory = directory
         self.port = port or free_port()
         directory.mkdir(parents=True, exist_ok=True)
         self.config = directory / "mosquitto.conf"
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            f"allow_anonymous {'true' if allow_anonymous else 'false'}\n"
             "persistence true\n"
             f"persistence_location {directory}/\n"
             "max_queued_messages 0\n"
@@ -188,6 +195,17 @@ class AgentProcess:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def start_agent(
+    config: Path, started: list[AgentProcess], *, connected: bool = True
+) -> AgentProcess:
+    """Start an agent, register it for cleanup, and (by default) wait until it connected."""
+    agent = AgentProcess(config).start()
+    started.append(agent)
+    if connected:
+        agent.wait_connected()
+    return agent
 
 
 def publish(

@@ -19,6 +19,7 @@ from tests.support import (
     run_publisher,
     spool_path,
     spooled_seqs,
+    start_agent,
     wait_until,
     write_config,
 )
@@ -49,9 +50,7 @@ def test_status_while_running_and_after_stop(
     tmp_path: Path, broker: Mosquitto, agents: list[AgentProcess]
 ) -> None:
     config = write_config(tmp_path, broker.port)
-    agent = AgentProcess(config).start()
-    agents.append(agent)
-    agent.wait_connected()
+    agent = start_agent(config, agents)
     run_publisher(broker.port, 40)
     wait_until(lambda: len(spooled_seqs(spool_path(tmp_path))) == 40, what="40 messages")
 
@@ -108,9 +107,7 @@ def test_sighup_rereads_config_and_keeps_running_on_errors(
     tmp_path: Path, broker: Mosquitto, agents: list[AgentProcess]
 ) -> None:
     config = write_config(tmp_path, broker.port)
-    agent = AgentProcess(config).start()
-    agents.append(agent)
-    agent.wait_connected()
+    agent = start_agent(config, agents)
     assert agent.process is not None
     original = config.read_text()
     config.write_text(original.replace("[spool]\n", '[spool]\nmax_bytes = "2GiB"\n'))
@@ -130,9 +127,7 @@ def test_corrupt_spool_is_quarantined_and_intake_continues(
     path = spool_path(tmp_path)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"\x00garbage\xff" * 5000)
-    agent = AgentProcess(config).start()
-    agents.append(agent)
-    agent.wait_connected()
+    agent = start_agent(config, agents)
     run_publisher(broker.port, 10)
     wait_until(lambda: set(spooled_seqs(path)) == set(range(10)), what="intake after quarantine")
     status = json.loads(cli("status", "-c", str(config), "--json").stdout)

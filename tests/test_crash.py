@@ -16,6 +16,7 @@ from tests.support import (
     spool_path,
     spooled_count,
     spooled_seqs,
+    start_agent,
     wait_until,
     write_config,
 )
@@ -43,9 +44,7 @@ def test_sigkill_during_intake_loses_nothing_and_bounds_duplicates(
         tmp_path, broker.port, spool=f"commit_max_records = {COMMIT_MAX_RECORDS}\n"
     )
     path = spool_path(tmp_path)
-    agent = AgentProcess(config).start()
-    agents.append(agent)
-    agent.wait_connected()
+    agent = start_agent(config, agents)
     publisher = publish(broker.port, TOTAL, extra=("--rate", "3000"))
     try:
         for _ in range(KILLS):
@@ -57,8 +56,7 @@ def test_sigkill_during_intake_loses_nothing_and_bounds_duplicates(
 
             wait_until(reached, 30, 0.005, "more intake")
             agent.kill()
-            agent = AgentProcess(config).start()
-            agents.append(agent)
+            agent = start_agent(config, agents, connected=False)
         _, err = publisher.communicate(timeout=120)
         assert publisher.returncode == 0, err.decode()
         wait_until(lambda: set(range(TOTAL)) <= set(spooled_seqs(path)), 120, 0.1, "all messages")

@@ -21,6 +21,7 @@ from tests.support import (
     run_publisher,
     spool_path,
     spooled_seqs,
+    start_agent,
     wait_until,
     write_config,
 )
@@ -43,9 +44,7 @@ def test_published_messages_land_in_the_spool_with_key_topic_and_time(
         'partition_key = "{device}:{json:sensor_id}"\n'
     )
     config = write_config(tmp_path, broker.port, subscriptions=subscriptions)
-    agent = AgentProcess(config).start()
-    agents.append(agent)
-    agent.wait_connected()
+    agent = start_agent(config, agents)
     run_publisher(broker.port, 300)
     path = spool_path(tmp_path)
     wait_for_seqs(path, set(range(300)))
@@ -66,8 +65,7 @@ def test_published_messages_land_in_the_spool_with_key_topic_and_time(
 def test_broker_down_at_start_then_up(tmp_path: Path, agents: list[AgentProcess]) -> None:
     port = free_port()
     config = write_config(tmp_path, port)
-    agent = AgentProcess(config).start()
-    agents.append(agent)
+    agent = start_agent(config, agents, connected=False)
     status_file = Path(f"{spool_path(tmp_path)}.status.json")
 
     def reports_broker_down() -> bool:
@@ -91,19 +89,23 @@ def test_broker_down_at_start_then_up(tmp_path: Path, agents: list[AgentProcess]
         broker.stop()
 
 
+def queue_backlog(
+    tmp_path: Path, broker: Mosquitto, agents: list[AgentProcess], total: int
+) -> tuple[Path, Path, int]:
+    """Register the agent's persistent session, stop it, and let the broker queue
+    ``total`` messages for it."""
+    config = write_config(tmp_path, broker.port)
+    first = start_agent(config, agents)
+    assert first.terminate() == 0
+    run_publisher(broker.port, total)
+    return config, spool_path(tmp_path), total
+
+
 def test_backlog_survives_broker_restart_during_intake(
     tmp_path: Path, broker: Mosquitto, agents: list[AgentProcess]
 ) -> None:
-    config = write_config(tmp_path, broker.port)
-    path = spool_path(tmp_path)
-    first = AgentProcess(config).start()
-    agents.append(first)
-    first.wait_connected()  # registers the persistent session and its subscription
-    assert first.terminate() == 0
-    total = 6000
-    run_publisher(broker.port, total)  # queued by the broker for the offline agent
-    second = AgentProcess(config).start()
-    agents.append(second)
+    config, path, total = queue_backlog(tmp_path, broker, agents, 6000)
+    second = start_agent(config, agents, connected=False)
     wait_until(lambda: len(spooled_seqs(path)) > 0, 30, what="intake to begin")
     broker.restart()  # while the backlog is being delivered
     wait_for_seqs(path, set(range(total)), timeout=90)
@@ -113,20 +115,11 @@ def test_backlog_survives_broker_restart_during_intake(
 def test_graceful_restart_during_intake_loses_and_duplicates_nothing(
     tmp_path: Path, broker: Mosquitto, agents: list[AgentProcess]
 ) -> None:
-    config = write_config(tmp_path, broker.port)
-    path = spool_path(tmp_path)
-    first = AgentProcess(config).start()
-    agents.append(first)
-    first.wait_connected()
-    assert first.terminate() == 0
-    total = 6000
-    run_publisher(broker.port, total)
-    second = AgentProcess(config).start()
-    agents.append(second)
+    config, path, total = queue_backlog(tmp_path, broker, agents, 6000)
+    second = start_agent(config, agents, connected=False)
     wait_until(lambda: len(spooled_seqs(path)) > 0, 30, what="intake to begin")
     assert second.terminate(timeout=10) == 0  # SIGTERM: commit, ack, exit 0 within 10 s
-    third = AgentProcess(config).start()
-    agents.append(third)
+    third = start_agent(config, agents, connected=False)
     wait_for_seqs(path, set(range(total)), timeout=90)
     assert third.terminate() == 0
     seqs = spooled_seqs(path)
@@ -138,9 +131,7 @@ def test_oversize_payload_goes_to_dead_letters_with_reason(
 ) -> None:
     sinks = '[sinks.telemetry]\ntype = "hold"\nmax_record_bytes = 300\n'
     config = write_config(tmp_path, broker.port, sinks=sinks)
-    agent = AgentProcess(config).start()
-    agents.append(agent)
-    agent.wait_connected()
+    agent = start_agent(config, agents)
     run_publisher(broker.port, 5, extra=("--payload-size", "1000"))
     run_publisher(broker.port, 5, start_seq=5)
     path = spool_path(tmp_path)
@@ -268,3 +259,47 @@ def make_certificates(directory: Path) -> dict[str, Path]:
             "-extfile", str(extensions), "-out", str(paths[name]),
         )  # fmt: skip
     return paths
+
+
+def test_username_and_password(tmp_path: Path) -> None:
+    """A broker that refuses anonymous clients: the agent logs in with the configured
+    credentials (the password taken from the environment), and a wrong password is
+    reported in status, not crashed on."""
+    directory = tmp_path / "broker"
+    directory.mkdir()
+    passwords = directory / "passwords"
+    subprocess.run(
+        ["mosquitto_passwd", "-b", "-c", str(passwords), "agent", "s3cret"],
+        check=True,
+        capture_output=True,
+    )
+    passwords.chmod(0o600)
+    broker = Mosquitto(
+        directory, extra=f"password_file {passwords}\n", allow_anonymous=False
+    ).start()
+    try:
+        login = 'username = "agent"\npassword = "${TEST_MQTT_PASSWORD}"\n'
+        wrong = write_config(tmp_path, broker.port, mqtt_extra=login)
+        agent = AgentProcess(wrong, env={"TEST_MQTT_PASSWORD": "wrong"}).start()
+        try:
+            status_file = Path(f"{spool_path(tmp_path)}.status.json")
+
+            def refused() -> bool:
+                try:
+                    mqtt = json.loads(status_file.read_text())["sources"]["mqtt"]
+                except (OSError, ValueError, KeyError):
+                    return False
+                return "refused" in (mqtt["last_error"] or "")
+
+            wait_until(refused, 20, what="the refused login to show in status")
+            assert agent.terminate() == 0
+        finally:
+            agent.ensure_stopped()
+        agent = AgentProcess(wrong, env={"TEST_MQTT_PASSWORD": "s3cret"}).start()
+        try:
+            agent.wait_connected()
+            assert agent.terminate() == 0
+        finally:
+            agent.ensure_stopped()
+    finally:
+        broker.stop()

@@ -215,7 +215,8 @@ class MqttSource:
         properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
-            self._error(f"broker refused the connection: {reason_code}")
+            self._set_state("refused")
+            self._error(f"broker refused the connection: {reason_code}; retrying")
             return
         self.status.connects += 1
         self._set_state("connected")
@@ -258,6 +259,8 @@ class MqttSource:
         if self._closing.is_set():
             self._disconnected.set()
             return
+        if self.status.state == "refused":
+            return  # the refusal said why; paho closes the socket after it
         self._set_state("disconnected")
         self._error(f"disconnected from broker: {reason_code}; reconnecting")
 
