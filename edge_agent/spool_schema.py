@@ -8,12 +8,15 @@ one so that a quick look tells the schema version. A spool written by a newer ag
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable
-
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from edge_agent.errors import SpoolError
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 
 def _create_core_tables(db: sqlite_utils.Database) -> None:
@@ -110,14 +113,24 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def migrate(db: sqlite_utils.Database) -> int:
-    """Bring the schema up to SCHEMA_VERSION; returns how many migrations ran."""
-    current = int(db.execute("PRAGMA user_version").fetchone()[0])
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to SCHEMA_VERSION; returns how many migrations ran.
+
+    sqlite-utils is imported only when a migration is due: it pulls in numpy, about
+    12 MiB of resident memory that a long-running agent on a small device should not
+    carry for code it runs once.
+    """
+    current = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if current > SCHEMA_VERSION:
         raise SpoolError(
             f"spool schema version {current} is newer than this agent knows "
             f"({SCHEMA_VERSION}); upgrade edge-agent or move the spool aside"
         )
+    if current == SCHEMA_VERSION:
+        return 0
+    import sqlite_utils
+
+    db = sqlite_utils.Database(conn)
     ran = 0
     for version, (name, apply) in enumerate(MIGRATIONS, start=1):
         if version <= current:
