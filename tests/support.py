@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import sqlite_utils
+
 REPO = Path(__file__).resolve().parent.parent
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -243,18 +245,20 @@ def spooled_payloads(path: Path, queue: str = "telemetry") -> list[dict[str, Any
     """Read payloads straight from the SQLite file, independently of the Spool class."""
     if not path.exists():
         return []
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db = sqlite_utils.Database(sqlite3.connect(f"file:{path}?mode=ro", uri=True))
     try:
-        rows = conn.execute(
-            "SELECT r.payload FROM records r JOIN queues q ON q.id = r.queue_id"
-            " WHERE q.name = ? ORDER BY r.id",
-            (queue,),
-        ).fetchall()
+        rows = list(
+            db.query(
+                "SELECT r.payload FROM records r JOIN queues q ON q.id = r.queue_id"
+                " WHERE q.name = ? ORDER BY r.id",
+                [queue],
+            )
+        )
     except sqlite3.OperationalError:
         return []
     finally:
-        conn.close()
-    return [json.loads(row[0]) for row in rows]
+        db.close()
+    return [json.loads(row["payload"]) for row in rows]
 
 
 def spooled_seqs(path: Path, queue: str = "telemetry") -> list[int]:
