@@ -180,6 +180,14 @@ class AgentProcess:
 
         wait_until(connected, timeout, what="agent to connect to the broker")
 
+    def mqtt_status(self) -> dict[str, Any]:
+        """The MQTT part of the status file the agent writes ({} until it exists)."""
+        status_file = Path(f"{spool_path(self.config.parent)}.status.json")
+        try:
+            return dict(json.loads(status_file.read_text())["sources"]["mqtt"])
+        except (OSError, ValueError, KeyError):
+            return {}
+
     def kill(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)

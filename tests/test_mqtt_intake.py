@@ -66,15 +66,13 @@ def test_broker_down_at_start_then_up(tmp_path: Path, agents: list[AgentProcess]
     port = free_port()
     config = write_config(tmp_path, port)
     agent = start_agent(config, agents, connected=False)
-    status_file = Path(f"{spool_path(tmp_path)}.status.json")
 
     def reports_broker_down() -> bool:
-        try:
-            mqtt = json.loads(status_file.read_text())["sources"]["mqtt"]
-        except (OSError, ValueError, KeyError):
-            return False
-        return bool(
-            mqtt["state"] != "connected" and "cannot reach broker" in (mqtt["last_error"] or "")
+        mqtt = agent.mqtt_status()
+        return (
+            bool(mqtt)
+            and mqtt["state"] != "connected"
+            and ("cannot reach broker" in (mqtt["last_error"] or ""))
         )
 
     wait_until(reports_broker_down, 20, what="status to report the broker unreachable")
@@ -282,14 +280,9 @@ def test_username_and_password(tmp_path: Path) -> None:
         wrong = write_config(tmp_path, broker.port, mqtt_extra=login)
         agent = AgentProcess(wrong, env={"TEST_MQTT_PASSWORD": "wrong"}).start()
         try:
-            status_file = Path(f"{spool_path(tmp_path)}.status.json")
 
             def refused() -> bool:
-                try:
-                    mqtt = json.loads(status_file.read_text())["sources"]["mqtt"]
-                except (OSError, ValueError, KeyError):
-                    return False
-                return "refused" in (mqtt["last_error"] or "")
+                return "refused" in (agent.mqtt_status().get("last_error") or "")
 
             wait_until(refused, 20, what="the refused login to show in status")
             assert agent.terminate() == 0
