@@ -41,7 +41,7 @@ export MQTT_PORT=$PORT EDGE_AGENT_STATE=$STATE
 echo "== starting edge-agent (configs/local.toml), log in $STATE/agent.log"
 .venv/bin/edge-agent run -c configs/local.toml >"$STATE/agent.log" 2>&1 &
 agent=$!
-pids+=($agent)
+pids+=("$agent")
 for _ in $(seq 100); do
   grep -q "mqtt: connected" "$STATE/agent.log" 2>/dev/null && break
   kill -0 "$agent" 2>/dev/null || { cat "$STATE/agent.log"; exit 1; }
