@@ -52,7 +52,8 @@ done
 
 # --------------------------------------------------------------------------- packages
 missing=()
-for pkg in python3-venv mosquitto; do
+# procps: /bin/kill, which the unit's ExecReload uses (absent from minimal images).
+for pkg in python3-venv mosquitto procps; do
     package_installed "${pkg}" || missing+=("${pkg}")
 done
 if ((${#missing[@]} > 0)); then
@@ -61,7 +62,7 @@ if ((${#missing[@]} > 0)); then
     apt-get update
     apt-get install -y --no-install-recommends "${missing[@]}"
 else
-    log "Debian packages python3-venv and mosquitto are already installed"
+    log "Debian packages python3-venv, mosquitto and procps are already installed"
 fi
 
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
