@@ -27,7 +27,7 @@ from edge_agent.config import Config, load_config
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.sdnotify import SystemdNotifier
 from edge_agent.sources.mqtt import MqttSource
-from edge_agent.spool import QueuePolicy, Spool
+from edge_agent.spool import QueuePolicy, Spool, mark_suspect
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,8 @@ class Agent:
                 self._reload.clear()
                 self._reload_config()
             if self._mqtt is not None and self._mqtt.spool_corrupt:
-                log.error("the spool is corrupt; restarting so that it is moved aside")
+                log.error("the spool is corrupt; restarting to check it and move it aside")
+                mark_suspect(spool.path)
                 return 1
             self._stop.wait(tick)
         return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import ssl
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -289,6 +290,8 @@ def _read_agent(section: _Section) -> AgentConfig:
         log_level=section.choice("log_level", ("debug", "info", "warning", "error"), "info"),
         status_interval=section.duration("status_interval", 2.0),
     )
+    if not 0.1 <= agent.status_interval <= 3600:
+        section.problem("status_interval", "must be between 100ms and 1h")
     section.finish()
     return agent
 
@@ -347,10 +350,7 @@ def _read_mqtt(
         )
         if (tls.cert_file is None) != (tls.key_file is None):
             tls_section.problem("key_file", "cert_file and key_file go together")
-        for name in ("ca_file", "cert_file", "key_file"):
-            value = getattr(tls, name)
-            if value is not None and not value.is_file():
-                tls_section.problem(name, f"file not found: {value}")
+        _check_tls_files(tls_section, tls)
         tls_section.finish()
     subscriptions = tuple(
         _read_subscription(sub, agent, sinks) for sub in section.table_list("subscriptions")
@@ -369,6 +369,14 @@ def _read_mqtt(
         reconnect_max=section.duration("reconnect_max", 60.0),
         subscriptions=subscriptions,
     )
+    if not 5 <= mqtt.keepalive <= 65535:
+        section.problem("keepalive", "must be between 5s and 65535s (MQTT's 16-bit field)")
+    if mqtt.protocol == "5" and not 1 <= mqtt.session_expiry <= 0xFFFFFFFF:
+        section.problem(
+            "session_expiry",
+            "must be between 1s and 4294967295s: with 0 the broker drops the session, and "
+            "the messages queued for it, whenever the agent disconnects",
+        )
     if mqtt.reconnect_min <= 0 or mqtt.reconnect_max < mqtt.reconnect_min:
         section.problem("reconnect_max", "needs 0 < reconnect_min <= reconnect_max")
     if not subscriptions:
@@ -377,10 +385,48 @@ def _read_mqtt(
     return mqtt
 
 
+def _check_tls_files(section: _Section, tls: TlsConfig) -> None:
+    """Load the files now, so that a bad certificate is a config error, not a crash loop."""
+    missing = False
+    for name in ("ca_file", "cert_file", "key_file"):
+        value = getattr(tls, name)
+        if value is not None and not value.is_file():
+            section.problem(name, f"file not found: {value}")
+            missing = True
+    if missing:
+        return
+    context = ssl.create_default_context()
+    if tls.ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(tls.ca_file))
+        except (ssl.SSLError, OSError) as err:
+            section.problem("ca_file", f"not a usable CA certificate file: {err}")
+    if tls.cert_file is not None and tls.key_file is not None:
+        try:
+            context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        except (ssl.SSLError, OSError) as err:
+            section.problem("cert_file", f"certificate and key do not load together: {err}")
+
+
+def _topic_filter_problem(topic: str) -> str | None:
+    """Why an MQTT topic filter is invalid, or None."""
+    if not topic or len(topic.encode()) > 65535 or "\0" in topic:
+        return "must be 1 to 65535 bytes of UTF-8 without NUL"
+    levels = topic.split("/")
+    for index, level in enumerate(levels):
+        if "#" in level and (level != "#" or index != len(levels) - 1):
+            return "'#' must be a whole level and the last one"
+        if "+" in level and level != "+":
+            return "'+' must be a whole level"
+    return None
+
+
 def _read_subscription(
     section: _Section, agent: AgentConfig, sinks: Mapping[str, SinkConfig]
 ) -> Subscription:
     topic = section.string("topic")
+    if isinstance(topic, str) and (reason := _topic_filter_problem(topic)):
+        section.problem("topic", f"invalid topic filter {topic!r}: {reason}")
     qos = section.integer("qos", 1, low=0, high=1)
     targets = section.string_list("sinks", ())
     template_text = section.string("partition_key", "{topic}")

@@ -7,8 +7,11 @@ A template is literal text with placeholders::
     {device}         the agent's device_name              gw-07
     {json:a.b}       a field of a JSON payload            {"a": {"b": "x"}} -> x
 
-A key that renders empty (a missing JSON field, a payload that is not JSON) falls back to
-the topic; keys are cut to 256 characters, the Kinesis limit.
+A key that renders empty (a missing JSON field, a payload that is not JSON or nested too
+deep to parse) falls back to the topic; characters that cannot be stored as UTF-8 (a lone
+surrogate from a JSON escape) are written as backslash escapes; keys are cut to 256
+characters, the Kinesis limit. Rendering never raises: one device's odd payload must not
+stop intake.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ def _json_field(path: tuple[str, ...]) -> Part:
         if not cache:
             try:
                 cache.append(json.loads(payload))
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 cache.append(None)
         value = cache[0]
         for step in path:
@@ -104,5 +107,9 @@ class PartitionKeyTemplate:
             key = topic
         else:
             cache: list[object] = []
-            key = "".join(part(topic, payload, cache) for part in self.parts) or topic
+            try:
+                key = "".join(part(topic, payload, cache) for part in self.parts) or topic
+                key = key.encode("utf-8", "backslashreplace").decode("utf-8")
+            except Exception:  # e.g. a value whose str() fails: fall back, never stop intake
+                key = topic
         return key[:MAX_PARTITION_KEY_CHARS]

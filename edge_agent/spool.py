@@ -239,12 +239,19 @@ class Spool:
         except OSError as err:
             raise SpoolError(f"cannot create spool directory {path.parent}: {err}") from err
         lock_file = _acquire_writer_lock(path)
+        marker = _suspect_marker(path)
+        if marker.exists():
+            # The last run hit corruption that quick_check may not see (an index that no
+            # longer matches its table): check everything before trusting the file.
+            integrity_check = "full"
         try:
             quarantine_reason = None
+            returned = 0
             try:
                 conn = _connect(path, durability)
                 _check_integrity(conn, integrity_check)
                 migrate(conn)
+                returned = _reset_leases(conn)
             except (sqlite3.DatabaseError, SpoolCorrupt) as err:
                 if isinstance(err, sqlite3.DatabaseError) and not isinstance(
                     translate_sqlite_error(err, "open"), SpoolCorrupt
@@ -262,6 +269,7 @@ class Spool:
                 )
                 conn = _connect(path, durability)
                 migrate(conn)
+            marker.unlink(missing_ok=True)
             spool = cls(
                 conn,
                 path,
@@ -278,7 +286,13 @@ class Spool:
                     "spool_quarantined",
                     f"corrupt spool moved aside to {moved_to.name}: {quarantine_reason}",
                 )
-            spool._recover()
+            if returned:
+                spool.record_event(
+                    "warning",
+                    "leases_returned",
+                    f"{returned} records in flight when the agent stopped are pending again "
+                    "(they may be sent twice)",
+                )
             return spool
         except BaseException:
             lock_file.close()
@@ -332,27 +346,6 @@ class Spool:
         for queue_id, name, count, size in rows:
             self._queues[name] = _QueueState(queue_id, name, count, size)
             self._queue_names[queue_id] = name
-
-    def _recover(self) -> None:
-        """Return leases of a dead process to pending; recompute the pending counters."""
-        with self._write("recovery") as conn:
-            returned = conn.execute("UPDATE records SET leased = 0 WHERE leased = 1").rowcount
-            conn.execute(
-                """UPDATE queues SET
-                     pending_count = (SELECT count(*) FROM records r WHERE r.queue_id = queues.id),
-                     pending_bytes = (SELECT coalesce(sum(size), 0) FROM records r
-                                      WHERE r.queue_id = queues.id)"""
-            )
-        self._queues.clear()
-        self._queue_names.clear()
-        self._load_queues()
-        if returned:
-            self.record_event(
-                "warning",
-                "leases_returned",
-                f"{returned} records in flight when the agent stopped are pending again "
-                "(they may be sent twice)",
-            )
 
     # ------------------------------------------------------------------ plumbing
 
@@ -940,8 +933,9 @@ def _insert_records(
 ) -> None:
     """Insert with multi-row statements: one statement per 256 rows rather than one step
     per row (executemany steps, and trades the GIL, once per row)."""
-    for start in range(0, len(rows), _INSERT_ROWS):
-        chunk = rows[start : start + _INSERT_ROWS]
+    step = min(_INSERT_ROWS, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 6)
+    for start in range(0, len(rows), step):
+        chunk = rows[start : start + step]
         conn.execute(_insert_statement(len(chunk)), [value for row in chunk for value in row])
 
 
@@ -954,6 +948,35 @@ def _connect(path: Path, durability: str) -> sqlite3.Connection:
     conn.execute(f"PRAGMA synchronous = {'FULL' if durability == 'full' else 'NORMAL'}")
     conn.execute("PRAGMA foreign_keys = OFF")
     return conn
+
+
+def _reset_leases(conn: sqlite3.Connection) -> int:
+    """Return leases of a dead process to pending and recompute the pending counters
+    from the rows; returns how many leases there were."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        returned = conn.execute("UPDATE records SET leased = 0 WHERE leased = 1").rowcount
+        conn.execute(
+            """UPDATE queues SET
+                 pending_count = (SELECT count(*) FROM records r WHERE r.queue_id = queues.id),
+                 pending_bytes = (SELECT coalesce(sum(size), 0) FROM records r
+                                  WHERE r.queue_id = queues.id)"""
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return int(returned)
+
+
+def _suspect_marker(path: Path) -> Path:
+    return Path(f"{path}.needs-check")
+
+
+def mark_suspect(path: Path) -> None:
+    """Ask the next open for a full integrity check (after SQLite reported corruption)."""
+    with contextlib.suppress(OSError):
+        _suspect_marker(path).touch()
 
 
 def _check_integrity(conn: sqlite3.Connection, how: str) -> None:

@@ -185,3 +185,35 @@ def test_bad_units_raise_value_error(bad: object) -> None:
     for parse in (parse_size, parse_duration, parse_rate):
         with pytest.raises(ValueError):
             parse(bad)
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "fragment"),
+    [
+        (("[mqtt]", '[mqtt]\nkeepalive = "1d"'), "mqtt.keepalive", "65535"),
+        (("[mqtt]", '[mqtt]\nprotocol = "5"\nsession_expiry = 0'), "mqtt.session_expiry", "drops"),
+        (
+            ("[mqtt]", '[mqtt]\nprotocol = "5"\nsession_expiry = "50000d"'),
+            "mqtt.session_expiry",
+            "4294967295",
+        ),
+        (('topic = "sensors/#"', 'topic = "s/#/x"'), "mqtt.subscriptions[0].topic", "'#'"),
+        (('topic = "sensors/#"', 'topic = "a+"'), "mqtt.subscriptions[0].topic", "'+'"),
+        (("[agent]", "[agent]\nstatus_interval = 0"), "agent.status_interval", "100ms"),
+    ],
+)
+def test_values_that_would_fail_at_runtime_are_config_errors(
+    tmp_path: Path, edit: tuple[str, str], key: str, fragment: str
+) -> None:
+    found = dict(problems(tmp_path, MINIMAL.replace(*edit)))
+    assert fragment in found[key]
+
+
+def test_tls_files_that_do_not_load_are_config_errors(tmp_path: Path) -> None:
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    text = MINIMAL.replace(
+        "[[mqtt.subscriptions]]", f'[mqtt.tls]\nca_file = "{garbage}"\n[[mqtt.subscriptions]]'
+    )
+    found = dict(problems(tmp_path, text))
+    assert "not a usable CA certificate file" in found["mqtt.tls.ca_file"]

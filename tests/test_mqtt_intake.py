@@ -20,6 +20,7 @@ from tests.support import (
     free_port,
     run_publisher,
     spool_path,
+    spooled_count,
     spooled_seqs,
     start_agent,
     wait_until,
@@ -296,3 +297,36 @@ def test_username_and_password(tmp_path: Path) -> None:
             agent.ensure_stopped()
     finally:
         broker.stop()
+
+
+def test_hostile_payloads_do_not_stop_intake(
+    tmp_path: Path, broker: Mosquitto, agents: list[AgentProcess]
+) -> None:
+    """A lone-surrogate JSON escape and a payload nested too deep to parse, with a
+    {json:...} partition key: both are stored (key escaped / topic as key) and intake
+    goes on."""
+    import paho.mqtt.publish as single_shot
+
+    subscriptions = (
+        '[[mqtt.subscriptions]]\ntopic = "sensors/#"\nqos = 1\nsinks = ["telemetry"]\n'
+        'partition_key = "{json:sensor_id}"\n'
+    )
+    config = write_config(tmp_path, broker.port, subscriptions=subscriptions)
+    agent = start_agent(config, agents)
+    single_shot.multiple(
+        [
+            {"topic": "sensors/a/t", "payload": b'{"sensor_id": "\\ud800"}', "qos": 1},
+            {"topic": "sensors/b/t", "payload": b"[" * 200_000, "qos": 1},
+        ],
+        hostname="127.0.0.1",
+        port=broker.port,
+    )
+    run_publisher(broker.port, 20)
+    path = spool_path(tmp_path)
+    wait_until(lambda: spooled_count(path) == 22, 30, what="all 22 messages stored")
+    conn = sqlite3.connect(path)
+    keys = {row[0] for row in conn.execute("SELECT partition_key FROM records")}
+    conn.close()
+    assert "\\ud800" in keys and "sensors/b/t" in keys
+    assert agent.mqtt_status()["state"] == "connected"
+    assert agent.terminate() == 0

@@ -17,9 +17,9 @@ from hypothesis.stateful import (
     rule,
 )
 
-from edge_agent.errors import SpoolError, SpoolFull
+from edge_agent.errors import SpoolCorrupt, SpoolError, SpoolFull
 from edge_agent.records import LeasedRecord, Record
-from edge_agent.spool import QueuePolicy, Spool
+from edge_agent.spool import QueuePolicy, Spool, mark_suspect
 
 
 class FakeClock:
@@ -395,3 +395,27 @@ def test_full_disk_refuses_the_batch_keeps_the_rest_and_recovers(tmp_path: Path)
         spool._conn.execute("PRAGMA max_page_count = 1073741823")
         assert spool.append([rec("q", bytes(4096)) for _ in range(50)]).stored == 50
         assert spool.pending("q") == (51, 4 + 50 * 4096)
+
+
+def test_corruption_seen_at_runtime_gets_a_full_check_at_the_next_open(tmp_path: Path) -> None:
+    """An index that no longer matches its table passes quick_check; after SQLite reported
+    corruption at runtime, the next open runs the full integrity check and quarantines."""
+    path = tmp_path / "s.db"
+    with Spool.open(path) as spool:
+        spool.append([rec("q", b"x" * 10, at=i) for i in range(50)])
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA writable_schema = ON")
+    conn.execute(
+        "UPDATE sqlite_master SET sql = 'CREATE INDEX records_by_queue ON records"
+        " (queue_id, captured_at_ms)' WHERE name = 'records_by_queue'"
+    )
+    conn.close()
+    with Spool.open(path) as spool:  # quick_check passes: not detected yet
+        assert not list(tmp_path.glob("s.db.corrupt-*"))
+        with pytest.raises(SpoolCorrupt):
+            spool.ack(spool.lease("q", max_records=5, max_bytes=10**6))
+    mark_suspect(path)  # what the agent does before it exits for a restart
+    with Spool.open(path) as spool:
+        assert spool.stats().events[0].kind == "spool_quarantined"
+    assert len(list(tmp_path.glob("s.db.corrupt-*"))) == 1
+    assert not Path(f"{path}.needs-check").exists()

@@ -64,6 +64,8 @@ FLUSH_TOPIC = "$edge-agent/flush"
 PUBACK = 0x40
 _PUBACK = struct.Struct("!BBH")
 
+#: (message, receive time in ms, connection generation it arrived on)
+_Inbound = tuple[mqtt.MQTTMessage, int, int]
 _Route = tuple[tuple[tuple[str, Subscription], ...], str]
 
 
@@ -101,7 +103,7 @@ class MqttSource:
         self._max_batch = spool_config.commit_max_records
         self._linger = spool_config.commit_linger
         self._clock = clock
-        self._inbox: deque[tuple[mqtt.MQTTMessage, int]] = deque()
+        self._inbox: deque[_Inbound] = deque()
         self._wake = threading.Event()
         self._drained = threading.Event()
         self._high_water = INBOX_HIGH_WATER_BATCHES * self._max_batch
@@ -109,7 +111,12 @@ class MqttSource:
         self._stopped = threading.Event()
         self._disconnected = threading.Event()
         self._flushed = threading.Event()
+        self._flush_lock = threading.Lock()
         self._flush_mid: int | None = None
+        self._ack_lock = threading.Lock()
+        self._generation = 0
+        self._network_thread: threading.Thread | None = None
+        self._committer_failed = False
         #: Set when SQLite reports corruption mid-run: the agent restarts to quarantine it.
         self.spool_corrupt = False
         self._routes: dict[str, _Route] = {}
@@ -172,6 +179,9 @@ class MqttSource:
         )
         self._committer.start()
         self._client.loop_start()
+        # paho keeps its thread privately; watched so that a crash in it is noticed.
+        thread = getattr(self._client, "_thread", None)
+        self._network_thread = thread if isinstance(thread, threading.Thread) else None
 
     def stop(self, timeout: float = 8.0) -> None:
         """Stop taking messages, commit and ack what was received, disconnect."""
@@ -195,10 +205,11 @@ class MqttSource:
         The broker handles packets in order, so once it answers an UNSUBSCRIBE (of a topic
         we never subscribed to), every PUBACK before it has been processed.
         """
-        result, mid = self._client.unsubscribe(FLUSH_TOPIC)
+        with self._flush_lock:  # the UNSUBACK may be handled before unsubscribe returns
+            result, mid = self._client.unsubscribe(FLUSH_TOPIC)
+            self._flush_mid = mid
         if result != mqtt.MQTT_ERR_SUCCESS or mid is None:
             return  # not connected: nothing can be flushed, the broker re-sends
-        self._flush_mid = mid
         if not self._flushed.wait(DISCONNECT_TIMEOUT_S):
             log.warning("mqtt: broker did not confirm the last acks; it may re-send them")
 
@@ -210,13 +221,22 @@ class MqttSource:
         reason_codes: list[Any],
         properties: Properties | None,
     ) -> None:
-        if mid == self._flush_mid:
-            self._flushed.set()
+        with self._flush_lock:
+            if mid == self._flush_mid:
+                self._flushed.set()
 
     @property
     def healthy(self) -> bool:
-        """False if the committer thread died (the watchdog stops pinging)."""
-        return self._committer.is_alive() or self._stopped.is_set()
+        """False if the committer or paho's network thread died (no more watchdog pings,
+        so systemd restarts the agent)."""
+        if self._closing.is_set():
+            return True
+        network = self._network_thread
+        return (
+            self._committer.is_alive()
+            and not self._committer_failed
+            and (network is None or network.is_alive())
+        )
 
     # ------------------------------------------------------------------ paho callbacks
 
@@ -270,6 +290,8 @@ class MqttSource:
         reason_code: Any,
         properties: Properties | None,
     ) -> None:
+        with self._ack_lock:
+            self._generation += 1
         if self._closing.is_set():
             self._disconnected.set()
             return
@@ -284,7 +306,7 @@ class MqttSource:
         if message.qos == 0 and len(self._inbox) >= MAX_INBOX:
             self.status.dropped_qos0 += 1
             return
-        self._inbox.append((message, int(self._clock() * 1000)))
+        self._inbox.append((message, int(self._clock() * 1000), self._generation))
         self._wake.set()
         if len(self._inbox) >= self._high_water:
             self._drained.clear()
@@ -296,7 +318,7 @@ class MqttSource:
 
     def _commit_loop(self) -> None:
         backoff = SPOOL_RETRY_MIN_S
-        held: list[tuple[mqtt.MQTTMessage, int]] = []
+        held: list[_Inbound] = []
         try:
             while True:
                 if not held:
@@ -311,8 +333,12 @@ class MqttSource:
                     held = self._take_batch()
                 try:
                     self._commit(held)
-                except SpoolError as err:
-                    self._error(f"spool refused {len(held)} messages (not acked): {err}")
+                except Exception as err:  # the committer must not die: retry, report
+                    if isinstance(err, SpoolError):
+                        self._error(f"spool refused {len(held)} messages (not acked): {err}")
+                    else:
+                        log.exception("mqtt: committing %d messages failed", len(held))
+                        self._error(f"committing failed (not acked): {err!r}")
                     if isinstance(err, SpoolCorrupt):
                         self.spool_corrupt = True
                     if self._closing.wait(backoff):
@@ -321,13 +347,14 @@ class MqttSource:
                     continue
                 backoff = SPOOL_RETRY_MIN_S
                 held = []
-        except Exception:
+        except BaseException:
+            self._committer_failed = True
             log.exception("mqtt: committer failed")
             raise
         finally:
             self._stopped.set()
 
-    def _take_batch(self) -> list[tuple[mqtt.MQTTMessage, int]]:
+    def _take_batch(self) -> list[_Inbound]:
         inbox = self._inbox
         count = min(len(inbox), self._max_batch)
         batch = [inbox.popleft() for _ in range(count)]
@@ -335,11 +362,11 @@ class MqttSource:
             self._drained.set()
         return batch
 
-    def _commit(self, batch: list[tuple[mqtt.MQTTMessage, int]]) -> None:
+    def _commit(self, batch: list[_Inbound]) -> None:
         records: list[Record] = []
         redelivered = 0
         unrouted = 0
-        for message, received_ms in batch:
+        for message, received_ms, _ in batch:
             topic = message.topic
             route = self._routes.get(topic)
             if route is None:
@@ -363,26 +390,38 @@ class MqttSource:
         status.unrouted += unrouted
         status.commit_batches += 1
         status.max_batch = max(status.max_batch, len(batch))
-        mids = [message.mid for message, _ in batch if message.qos == 1]
-        if mids:
-            self._send_acks(mids)
-        status.acked += len(mids)
+        status.acked += self._send_acks(batch)
 
-    def _send_acks(self, mids: list[int]) -> None:
+    def _send_acks(self, batch: list[_Inbound]) -> int:
         """PUBACK each message, in arrival order, as one write.
 
         paho's public ``ack()`` queues and wakes its thread once per message, a third of
         the agent's per-message cost at high rates. The PUBACK packet is four fixed bytes
         (valid in MQTT 3.1.1 and, meaning success, in 5), so the batch is queued as one
         packet through paho's queue; if that internal ever goes away, fall back.
+
+        Only messages of the current connection are acked: after a reconnect the broker
+        re-sends the others (same packet ids, possibly reused), and a PUBACK queued while
+        paho reconnects would otherwise go out before CONNECT.
         """
-        queue_packet = getattr(self._client, "_packet_queue", None)
-        if queue_packet is None:
-            for mid in mids:
-                self._client.ack(mid, 1)
-            return
-        packet = b"".join(_PUBACK.pack(PUBACK, 2, mid) for mid in mids)
-        queue_packet(PUBACK, packet, 0, 0)
+        with self._ack_lock:
+            if not self._client.is_connected():
+                return 0
+            generation = self._generation
+            mids = [
+                message.mid
+                for message, _, arrived_on in batch
+                if message.qos == 1 and arrived_on == generation
+            ]
+            if not mids:
+                return 0
+            queue_packet = getattr(self._client, "_packet_queue", None)
+            if queue_packet is None:
+                for mid in mids:
+                    self._client.ack(mid, 1)
+            else:
+                queue_packet(PUBACK, b"".join(_PUBACK.pack(PUBACK, 2, mid) for mid in mids), 0, 0)
+        return len(mids)
 
     def _route(self, topic: str) -> _Route:
         """Which sinks a topic feeds (first matching subscription per sink wins)."""
