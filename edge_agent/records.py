@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """One unit of data bound for one sink (queue).
 
     ``meta`` is a short JSON text with source details (the MQTT topic, QoS, redelivery
-    flag); it is kept with the record and shown in exports, never sent.
+    flag); it is kept with the record and shown in exports, never sent. A NamedTuple, not
+    a frozen dataclass: intake builds one per message, and a frozen dataclass's __init__
+    costs several times more.
     """
 
     queue: str
