@@ -895,7 +895,7 @@ def run_instrumented_agent(config: str, commit_log: str) -> int:
         appends.append((started, time.time(), result.stored))
         return result
 
-    def timed_commit(self: MqttSource, batch: list[tuple[Any, int]]) -> None:
+    def timed_commit(self: MqttSource, batch: list[Any]) -> None:
         started = time.time()
         # Messages received and not yet acked: this batch and what waits behind it.
         held = len(batch) + len(getattr(self, "_inbox", ()))
