@@ -141,6 +141,8 @@ class _QueueState:
     name: str
     pending_count: int = 0
     pending_bytes: int = 0
+    #: Bytes of this queue's records a sender holds: pending, but not evictable.
+    leased_bytes: int = 0
 
 
 @dataclass
@@ -509,7 +511,7 @@ class Spool:
 
     def _evictable_bytes(self) -> int:
         return sum(
-            state.pending_bytes
+            state.pending_bytes - state.leased_bytes
             for name, state in self._queues.items()
             if self.policy(name).overflow == "drop_oldest"
         )
@@ -662,6 +664,7 @@ class Spool:
                 )
             if leased:
                 self._update_ids(conn, "UPDATE records SET leased = 1 WHERE id IN ({})", leased)
+        state.leased_bytes += sum(record.size for record in leased)
         return leased
 
     def ack(self, records: Iterable[LeasedRecord]) -> int:
@@ -737,6 +740,10 @@ class Spool:
                     done += 1
             apply = self._commit_deltas(conn, deltas, {name: self._queues[name] for name in deltas})
         apply()
+        for record in batch:  # settled in any way: no longer held by a sender
+            held = self._queues.get(record.queue)
+            if held is not None:
+                held.leased_bytes = max(0, held.leased_bytes - record.size)
         if how == "dead_letter" and done:
             log.warning("dead-lettered %d records: %s", done, reason)
         return done

@@ -419,3 +419,19 @@ def test_corruption_seen_at_runtime_gets_a_full_check_at_the_next_open(tmp_path:
         assert spool.stats().events[0].kind == "spool_quarantined"
     assert len(list(tmp_path.glob("s.db.corrupt-*"))) == 1
     assert not Path(f"{path}.needs-check").exists()
+
+
+def test_leased_records_do_not_count_as_room_for_reject_new_queues(tmp_path: Path) -> None:
+    policies = {
+        "telemetry": QueuePolicy(overflow="reject_new"),
+        "video": QueuePolicy(overflow="drop_oldest"),
+    }
+    with Spool.open(tmp_path / "s.db", policies=policies, max_bytes=1000) as spool:
+        spool.append([rec("video", b"v" * 300) for _ in range(2)])
+        spool.append([rec("telemetry", b"t" * 400)])
+        in_flight = spool.lease("video", max_records=2, max_bytes=10_000)
+        # Video is all in flight, so it cannot be evicted to make room.
+        assert spool.append([rec("telemetry", b"t" * 100)]).rejected == 1
+        spool.release(in_flight)
+        assert spool.append([rec("telemetry", b"t" * 100)]).stored == 1
+        assert spool.pending_bytes <= 1000
