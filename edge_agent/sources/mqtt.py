@@ -108,7 +108,6 @@ class MqttSource:
         self._drained = threading.Event()
         self._high_water = INBOX_HIGH_WATER_BATCHES * self._max_batch
         self._closing = threading.Event()
-        self._stopped = threading.Event()
         self._disconnected = threading.Event()
         self._flushed = threading.Event()
         self._flush_lock = threading.Lock()
@@ -351,8 +350,6 @@ class MqttSource:
             self._committer_failed = True
             log.exception("mqtt: committer failed")
             raise
-        finally:
-            self._stopped.set()
 
     def _take_batch(self) -> list[_Inbound]:
         inbox = self._inbox
