@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import AgentProcess, Mosquitto
+from tests.support import AgentProcess, Kinesalite, Mosquitto
 
 
 @pytest.fixture
@@ -27,3 +27,13 @@ def agents() -> Iterator[list[AgentProcess]]:
     finally:
         for agent in started:
             agent.ensure_stopped()
+
+
+@pytest.fixture(scope="session")
+def kinesalite() -> Iterator[Kinesalite]:
+    """One kinesalite for the session (streams are per test), stopped at the end."""
+    server = Kinesalite().start()
+    try:
+        yield server
+    finally:
+        server.stop()

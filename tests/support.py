@@ -284,3 +284,51 @@ def spooled_count(path: Path) -> int:
         return 0
     finally:
         conn.close()
+
+
+KINESALITE_MODULES = REPO / ".local-tools" / "node_modules"
+
+
+class Kinesalite:
+    """kinesalite (installed by .ci/setup) on a loopback port, in memory."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Kinesalite:
+        if not (KINESALITE_MODULES / "kinesalite").is_dir():
+            raise RuntimeError("kinesalite is not installed: run bash .ci/setup")
+        script = (
+            "require('kinesalite')({createStreamMs: 0, deleteStreamMs: 0, updateStreamMs: 0,"
+            f" shardLimit: 100}}).listen({self.port}, '127.0.0.1')"
+        )
+        self.process = subprocess.Popen(
+            ["node", "-e", script],
+            env={**os.environ, "NODE_PATH": str(KINESALITE_MODULES)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: port_open(self.port), 20, what="kinesalite to listen")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+    def client(self, service: str = "kinesis") -> Any:
+        import boto3
+
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
