@@ -76,6 +76,10 @@ class QueuePolicy:
     max_record_bytes: int | None = None
 
 
+#: The policy of a queue the configuration says nothing about: no caps.
+NO_CAPS = QueuePolicy()
+
+
 @dataclass(frozen=True)
 class QueueStats:
     name: str
@@ -403,7 +407,7 @@ class Spool:
         return apply
 
     def policy(self, queue: str) -> QueuePolicy:
-        return self._policies.get(queue, QueuePolicy())
+        return self._policies.get(queue, NO_CAPS)
 
     # ------------------------------------------------------------------ sources
 
@@ -425,12 +429,14 @@ class Spool:
             evictable_total = self._evictable_bytes()
             rows: list[tuple[int, str, int, int, str | None, bytes]] = []
             dead_rows: list[tuple[int, str, int, int, str, int, str | None, bytes]] = []
+            policies: dict[str, QueuePolicy] = {}
             for record in records:
                 state = states.get(record.queue)
                 if state is None:
                     state = states[record.queue] = self._queue(conn, record.queue)
                     projected[record.queue] = state.pending_bytes
-                policy = self._policies.get(record.queue) or QueuePolicy()
+                    policies[record.queue] = self.policy(record.queue)
+                policy = policies[record.queue]
                 delta = deltas[record.queue]
                 size = len(record.payload)
                 if record.redelivered:

@@ -100,12 +100,18 @@ def queue_backlog(
     return config, spool_path(tmp_path), total
 
 
+def start_draining(config: Path, path: Path, agents: list[AgentProcess]) -> AgentProcess:
+    """Start an agent on a queued backlog and return once it has stored some of it."""
+    agent = start_agent(config, agents, connected=False)
+    wait_until(lambda: spooled_count(path) > 0, 30, what="intake to begin")
+    return agent
+
+
 def test_backlog_survives_broker_restart_during_intake(
     tmp_path: Path, broker: Mosquitto, agents: list[AgentProcess]
 ) -> None:
     config, path, total = queue_backlog(tmp_path, broker, agents, 6000)
-    second = start_agent(config, agents, connected=False)
-    wait_until(lambda: len(spooled_seqs(path)) > 0, 30, what="intake to begin")
+    second = start_draining(config, path, agents)
     broker.restart()  # while the backlog is being delivered
     wait_for_seqs(path, set(range(total)), timeout=90)
     assert second.terminate() == 0
@@ -115,8 +121,7 @@ def test_graceful_restart_during_intake_loses_and_duplicates_nothing(
     tmp_path: Path, broker: Mosquitto, agents: list[AgentProcess]
 ) -> None:
     config, path, total = queue_backlog(tmp_path, broker, agents, 6000)
-    second = start_agent(config, agents, connected=False)
-    wait_until(lambda: len(spooled_seqs(path)) > 0, 30, what="intake to begin")
+    second = start_draining(config, path, agents)
     assert second.terminate(timeout=10) == 0  # SIGTERM: commit, ack, exit 0 within 10 s
     third = start_agent(config, agents, connected=False)
     wait_for_seqs(path, set(range(total)), timeout=90)

@@ -30,6 +30,13 @@ class FakeClock:
         return self.now_ms
 
 
+#: Telemetry refuses new records when full; video gives up its oldest.
+KEEP_TELEMETRY = {
+    "telemetry": QueuePolicy(overflow="reject_new"),
+    "video": QueuePolicy(overflow="drop_oldest"),
+}
+
+
 def rec(queue: str, payload: bytes, key: str = "k", at: int = 0) -> Record:
     return Record(queue=queue, partition_key=key, captured_at_ms=at, payload=payload)
 
@@ -120,11 +127,7 @@ def test_reject_new_cap_refuses_and_counts(tmp_path: Path) -> None:
 
 
 def test_overall_cap_evicts_drop_oldest_queues_only(tmp_path: Path) -> None:
-    policies = {
-        "telemetry": QueuePolicy(overflow="reject_new"),
-        "video": QueuePolicy(overflow="drop_oldest"),
-    }
-    with Spool.open(tmp_path / "s.db", policies=policies, max_bytes=1000) as spool:
+    with Spool.open(tmp_path / "s.db", policies=KEEP_TELEMETRY, max_bytes=1000) as spool:
         spool.append([rec("telemetry", b"t" * 100) for _ in range(4)])
         spool.append([rec("video", b"v" * 200) for _ in range(5)])
         assert spool.pending("telemetry") == (4, 400)
@@ -422,11 +425,7 @@ def test_corruption_seen_at_runtime_gets_a_full_check_at_the_next_open(tmp_path:
 
 
 def test_leased_records_do_not_count_as_room_for_reject_new_queues(tmp_path: Path) -> None:
-    policies = {
-        "telemetry": QueuePolicy(overflow="reject_new"),
-        "video": QueuePolicy(overflow="drop_oldest"),
-    }
-    with Spool.open(tmp_path / "s.db", policies=policies, max_bytes=1000) as spool:
+    with Spool.open(tmp_path / "s.db", policies=KEEP_TELEMETRY, max_bytes=1000) as spool:
         spool.append([rec("video", b"v" * 300) for _ in range(2)])
         spool.append([rec("telemetry", b"t" * 400)])
         in_flight = spool.lease("video", max_records=2, max_bytes=10_000)
