@@ -6,8 +6,11 @@
 2. tell systemd READY=1;
 3. every tick: ping the watchdog while every worker is alive, write the runtime status
    file that ``edge-agent status`` reads, expire records past their age cap;
-4. SIGHUP re-reads the config (settings that cannot change live are reported);
-5. SIGTERM/SIGINT: stop intake, commit and ack what was received, close the spool, exit 0.
+   each forwarding sink runs its own forwarder thread (spool -> service);
+4. SIGHUP re-reads the config: the upload budget changes live, other changes are
+   reported as needing a restart;
+5. SIGTERM/SIGINT: stop intake and forwarding (in-flight requests finish, what they
+   carried is settled), commit and ack what was received, close the spool, exit 0.
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ from typing import Any
 from edge_agent import __version__
 from edge_agent.config import Config, load_config
 from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.forwarder import Forwarder
+from edge_agent.governor import UploadGovernor
 from edge_agent.sdnotify import SystemdNotifier
+from edge_agent.sinks.factory import FORWARDING_TYPES, make_forwarder
 from edge_agent.sources.mqtt import MqttSource
 from edge_agent.spool import QueuePolicy, Spool, mark_suspect
 
@@ -68,6 +74,10 @@ def open_spool(config: Config) -> Spool:
     )
 
 
+def _rate_text(max_rate: float | None) -> str:
+    return "unlimited" if max_rate is None else f"{max_rate * 8 / 1000:.0f} kbit/s"
+
+
 class Agent:
     def __init__(self, config: Config, notifier: SystemdNotifier | None = None) -> None:
         self.config = config
@@ -77,6 +87,9 @@ class Agent:
         self._started_at = time.time()
         self._spool: Spool | None = None
         self._mqtt: MqttSource | None = None
+        self._forwarders: dict[str, Forwarder] = {}
+        self._stop_forwarding = threading.Event()
+        self._governor = UploadGovernor(config.uplink.max_rate, config.uplink.burst)
 
     # ------------------------------------------------------------------ signals
 
@@ -104,14 +117,26 @@ class Agent:
             if config.mqtt is not None:
                 self._mqtt = MqttSource(config.mqtt, spool, config.spool)
                 self._mqtt.start()
-            self._notifier.ready(f"spool open, {len(self._workers())} sources started")
+            for name, sink in config.sinks.items():
+                if sink.type in FORWARDING_TYPES:
+                    forwarder = make_forwarder(sink, spool, self._governor, self._stop_forwarding)
+                    self._forwarders[name] = forwarder
+                    forwarder.start()
+            self._notifier.ready(
+                f"spool open, {int(self._mqtt is not None)} sources and "
+                f"{len(self._forwarders)} forwarders started"
+            )
             log.info("edge-agent %s running (pid %d)", __version__, os.getpid())
             exit_code = self._loop(spool)
         finally:
             self._notifier.stopping()
             log.info("stopping: committing and acking what was received")
+            self._stop_forwarding.set()
+            spool.wake_waiters()
             if self._mqtt is not None:
                 self._mqtt.stop(STOP_TIMEOUT_S)
+            for forwarder in self._forwarders.values():
+                forwarder.join(STOP_TIMEOUT_S)
             self._write_status(stopped=True)
             spool.close()
             log.info("stopped")
@@ -140,7 +165,11 @@ class Agent:
             if self._reload.is_set():
                 self._reload.clear()
                 self._reload_config()
-            if self._mqtt is not None and self._mqtt.spool_corrupt:
+            if any(
+                worker.spool_corrupt
+                for worker in (self._mqtt, *self._forwarders.values())
+                if worker is not None
+            ):
                 log.error("the spool is corrupt; restarting to check it and move it aside")
                 mark_suspect(spool.path)
                 return 1
@@ -151,6 +180,8 @@ class Agent:
         workers = []
         if self._mqtt is not None:
             workers.append(("mqtt", self._mqtt.healthy))
+        for name, forwarder in self._forwarders.items():
+            workers.append((f"sink {name}", forwarder.healthy))
         return workers
 
     def _expire(self, spool: Spool) -> None:
@@ -170,6 +201,9 @@ class Agent:
             self._notifier.ready()
             return
         logging.getLogger().setLevel(new.agent.log_level.upper())
+        if new.uplink != self.config.uplink:
+            self._governor.configure(new.uplink.max_rate, new.uplink.burst)
+            log.info("reload: upload budget now %s", _rate_text(new.uplink.max_rate))
         needs_restart = [
             section
             for section in ("spool", "mqtt", "sinks")
@@ -196,6 +230,7 @@ class Agent:
         }
         if self._mqtt is not None:
             data["sources"]["mqtt"] = self._mqtt.snapshot()
+        data["sinks"] = {name: fw.snapshot() for name, fw in self._forwarders.items()}
         path = runtime_status_path(self.config)
         tmp = path.with_name(path.name + ".tmp")
         try:

@@ -15,13 +15,13 @@ import socket
 import ssl
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from edge_agent.errors import ConfigError, ConfigProblem
 from edge_agent.keys import PartitionKeyTemplate
-from edge_agent.units import parse_duration, parse_size
+from edge_agent.units import parse_duration, parse_rate, parse_size
 
 DEFAULT_CONFIG_PATH = "/etc/edge-agent/edge-agent.toml"
 DEFAULT_STATE_DIR = "/var/lib/edge-agent"
@@ -29,10 +29,21 @@ DEFAULT_STATE_DIR = "/var/lib/edge-agent"
 Durability = Literal["full", "normal"]
 Overflow = Literal["drop_oldest", "reject_new"]
 IntegrityCheck = Literal["quick", "full", "off"]
-SinkType = Literal["hold"]
+SinkType = Literal["hold", "kinesis", "firehose"]
 
-#: Largest record each sink type accepts, in bytes, when the config does not say.
-DEFAULT_MAX_RECORD_BYTES: dict[str, int] = {"hold": 1024 * 1024}
+#: Largest record each sink type accepts, in bytes, when the config does not say. For
+#: Kinesis the partition key counts too.
+DEFAULT_MAX_RECORD_BYTES: dict[str, int] = {
+    "hold": 1024 * 1024,
+    "kinesis": 1024 * 1024,
+    "firehose": 1000 * 1024,
+}
+#: Largest request body (sum of records) per sink type.
+DEFAULT_MAX_REQUEST_BYTES: dict[str, int] = {"kinesis": 5 * 1024 * 1024, "firehose": 4 * 1024**2}
+#: Records per PutRecords / PutRecordBatch call, for both services.
+MAX_REQUEST_RECORDS = 500
+#: The stream settings that allow larger records and requests top out here.
+MAX_KINESIS_BYTES = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,46 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class AwsEndpoint:
+    """How to reach an AWS service: region, an optional endpoint override, credentials."""
+
+    region: str | None = None
+    endpoint_url: str | None = None
+    profile: str | None = None
+    connect_timeout: float = 5.0
+    request_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """How a forwarding sink batches and retries."""
+
+    max_request_records: int = MAX_REQUEST_RECORDS
+    max_request_bytes: int = 5 * 1024 * 1024
+    retry_min: float = 0.1
+    retry_max: float = 30.0
+    pause_probe: float = 60.0
+
+
+@dataclass(frozen=True)
+class KinesisOptions:
+    stream: str
+    aggregate: bool = False
+    aggregate_max_bytes: int = 51_200
+    ordered: bool = False
+    explicit_hash_key: str | None = None
+    shard_records_per_second: int = 1000
+    shard_bytes_per_second: int = 1024 * 1024
+    shard_refresh: float = 300.0
+
+
+@dataclass(frozen=True)
+class FirehoseOptions:
+    delivery_stream: str
+    newline: bool = False
+
+
+@dataclass(frozen=True)
 class SinkConfig:
     name: str
     type: SinkType
@@ -94,6 +145,18 @@ class SinkConfig:
     max_age: float | None = None
     overflow: Overflow = "drop_oldest"
     max_record_bytes: int = 1024 * 1024
+    aws: AwsEndpoint | None = None
+    delivery: DeliveryConfig | None = None
+    kinesis: KinesisOptions | None = None
+    firehose: FirehoseOptions | None = None
+
+
+@dataclass(frozen=True)
+class UplinkConfig:
+    """The device's upload budget, shared by every forwarding sink."""
+
+    max_rate: float | None = None
+    burst: int = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -103,6 +166,7 @@ class Config:
     spool: SpoolConfig
     mqtt: MqttConfig | None
     sinks: Mapping[str, SinkConfig] = field(default_factory=dict)
+    uplink: UplinkConfig = UplinkConfig()
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -204,6 +268,9 @@ class _Section:
     def duration(self, name: str, default: Any = _MISSING, *, optional: bool = False) -> Any:
         return self._take(name, default, _optional(parse_duration) if optional else parse_duration)
 
+    def rate(self, name: str, default: Any = _MISSING) -> Any:
+        return self._take(name, default, _optional(parse_rate))
+
     def path_value(self, name: str, default: Any = _MISSING) -> Any:
         return self._take(name, default, lambda raw: Path(self._checked_str(raw)))
 
@@ -275,12 +342,13 @@ def parse_config(document: Mapping[str, Any], file: str = "<config>") -> Config:
     agent = _read_agent(root.subtable("agent") or _Section(file, "agent", {}, problems))
     spool = _read_spool(root.subtable("spool") or _Section(file, "spool", {}, problems), agent)
     sinks = _read_sinks(root.subtable("sinks"))
+    uplink = _read_uplink(root.subtable("uplink"))
     mqtt_section = root.subtable("mqtt")
     mqtt = _read_mqtt(mqtt_section, agent, sinks) if mqtt_section else None
     root.finish()
     if problems:
         raise ConfigError(problems)
-    return Config(source_file=file, agent=agent, spool=spool, mqtt=mqtt, sinks=sinks)
+    return Config(source_file=file, agent=agent, spool=spool, mqtt=mqtt, sinks=sinks, uplink=uplink)
 
 
 def _read_agent(section: _Section) -> AgentConfig:
@@ -322,18 +390,113 @@ def _read_sinks(section: _Section | None) -> dict[str, SinkConfig]:
         if not _SINK_NAME.match(name):
             sub.problem("", "sink names use letters, digits, '_', '.', '-' (at most 64)")
         sink_type = sub.choice("type", tuple(DEFAULT_MAX_RECORD_BYTES), _MISSING)
-        sinks[name] = SinkConfig(
+        default_record_bytes = DEFAULT_MAX_RECORD_BYTES.get(str(sink_type), 1024 * 1024)
+        sink = SinkConfig(
             name=name,
             type=sink_type,
             max_bytes=sub.size("max_bytes", None, optional=True),
             max_age=sub.duration("max_age", None, optional=True),
             overflow=sub.choice("overflow", ("drop_oldest", "reject_new"), "drop_oldest"),
-            max_record_bytes=sub.size(
-                "max_record_bytes", DEFAULT_MAX_RECORD_BYTES.get(str(sink_type), 1024 * 1024)
-            ),
+            max_record_bytes=sub.size("max_record_bytes", default_record_bytes),
         )
+        if sink_type == "kinesis":
+            sink = _read_kinesis(sub, sink)
+        elif sink_type == "firehose":
+            sink = _read_firehose(sub, sink)
+        sinks[name] = sink
         sub.finish()
     return sinks
+
+
+def _read_aws(section: _Section) -> AwsEndpoint:
+    aws = AwsEndpoint(
+        region=section.string("region", None),
+        endpoint_url=section.string("endpoint_url", None),
+        profile=section.string("profile", None),
+        connect_timeout=section.duration("connect_timeout", 5.0),
+        request_timeout=section.duration("request_timeout", 30.0),
+    )
+    if aws.endpoint_url is not None and not re.match(r"^https?://[^/]+", aws.endpoint_url):
+        section.problem("endpoint_url", "must be an http:// or https:// URL")
+    for name in ("connect_timeout", "request_timeout"):
+        if not 0.1 <= getattr(aws, name) <= 600:
+            section.problem(name, "must be between 100ms and 10m")
+    return aws
+
+
+def _read_delivery(section: _Section, sink: SinkConfig, limit: int) -> DeliveryConfig:
+    default_request = DEFAULT_MAX_REQUEST_BYTES[sink.type]
+    delivery = DeliveryConfig(
+        max_request_records=section.integer(
+            "max_request_records", MAX_REQUEST_RECORDS, low=1, high=MAX_REQUEST_RECORDS
+        ),
+        max_request_bytes=section.size("max_request_bytes", default_request),
+        retry_min=section.duration("retry_min", 0.1),
+        retry_max=section.duration("retry_max", 30.0),
+        pause_probe=section.duration("pause_probe", 60.0),
+    )
+    if not 1 <= delivery.max_request_bytes <= limit:
+        section.problem("max_request_bytes", f"must be between 1 byte and {limit} bytes")
+    if not 1 <= sink.max_record_bytes <= min(limit, delivery.max_request_bytes):
+        section.problem("max_record_bytes", "must be at least 1 byte and at most max_request_bytes")
+    if not 0.001 <= delivery.retry_min <= delivery.retry_max <= 3600:
+        section.problem("retry_max", "needs 1ms <= retry_min <= retry_max <= 1h")
+    if not 1 <= delivery.pause_probe <= 86400:
+        section.problem("pause_probe", "must be between 1s and 1d")
+    return delivery
+
+
+_HASH_KEY = re.compile(r"^(0|[1-9]\d{0,38})$")
+
+
+def _read_kinesis(section: _Section, sink: SinkConfig) -> SinkConfig:
+    options = KinesisOptions(
+        stream=section.string("stream"),
+        aggregate=section.boolean("aggregate", False),
+        aggregate_max_bytes=section.size("aggregate_max_bytes", min(51_200, sink.max_record_bytes)),
+        ordered=section.boolean("ordered", False),
+        explicit_hash_key=section.string("explicit_hash_key", None),
+        shard_records_per_second=section.integer(
+            "shard_records_per_second", 1000, low=1, high=1_000_000
+        ),
+        shard_bytes_per_second=section.size("shard_bytes_per_second", 1024 * 1024),
+        shard_refresh=section.duration("shard_refresh", 300.0),
+    )
+    hash_key = options.explicit_hash_key
+    if hash_key is not None and (not _HASH_KEY.match(hash_key) or int(hash_key) >= 2**128):
+        section.problem("explicit_hash_key", "must be a decimal integer below 2**128")
+    if options.aggregate and not 1024 <= options.aggregate_max_bytes <= sink.max_record_bytes:
+        section.problem("aggregate_max_bytes", "must be between 1KiB and max_record_bytes")
+    if options.shard_bytes_per_second < 1024:
+        section.problem("shard_bytes_per_second", "must be at least 1KiB")
+    if not 1 <= options.shard_refresh <= 86400:
+        section.problem("shard_refresh", "must be between 1s and 1d")
+    delivery = _read_delivery(section, sink, MAX_KINESIS_BYTES)
+    return replace(sink, aws=_read_aws(section), delivery=delivery, kinesis=options)
+
+
+def _read_firehose(section: _Section, sink: SinkConfig) -> SinkConfig:
+    options = FirehoseOptions(
+        delivery_stream=section.string("delivery_stream"),
+        newline=section.boolean("newline", False),
+    )
+    delivery = _read_delivery(section, sink, DEFAULT_MAX_REQUEST_BYTES["firehose"])
+    return replace(sink, aws=_read_aws(section), delivery=delivery, firehose=options)
+
+
+def _read_uplink(section: _Section | None) -> UplinkConfig:
+    if section is None:
+        return UplinkConfig()
+    uplink = UplinkConfig(
+        max_rate=section.rate("max_rate", None),
+        burst=section.size("burst", 256 * 1024),
+    )
+    if uplink.max_rate is not None and uplink.max_rate < 1000 / 8:
+        section.problem("max_rate", "must be at least 1kbit/s (or off)")
+    if uplink.burst < 1024:
+        section.problem("burst", "must be at least 1KiB")
+    section.finish()
+    return uplink
 
 
 def _read_mqtt(

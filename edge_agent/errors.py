@@ -9,7 +9,13 @@ whether retrying the same operation later can succeed::
     │   ├── SpoolCorrupt                no   -- the file is moved aside, a new spool opens
     │   ├── SpoolFull                   yes  -- disk full / write refused; keep, retry later
     │   └── SpoolBusy                   yes  -- another writer holds the lock for too long
-    └── SourceError                     yes  -- a source lost its input (broker, camera)
+    ├── SourceError                     yes  -- a source lost its input (broker, camera)
+    └── SinkError                       --   -- a whole request to a destination failed
+        ├── SinkUnavailable             yes  -- throttled, 5xx, network: back off, retry
+        ├── SinkPaused                  no   -- access denied, stream missing, KMS key
+        │                                       unusable: keep the data, probe slowly
+        └── RequestRejected             no   -- the service refused the request as invalid:
+                                                find the bad record, dead-letter it
 
 Code that catches errors asks ``err.retryable`` instead of matching on types.
 """
@@ -73,3 +79,30 @@ class SourceError(EdgeAgentError):
     """A source lost its input; it reconnects by itself."""
 
     retryable = True
+
+
+class SinkError(EdgeAgentError):
+    """A whole request to a destination failed; ``code`` is the service's error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}" if message else code)
+
+
+class SinkUnavailable(SinkError):
+    """Transient: throttled, a 5xx, a timeout or a network error. Back off and retry."""
+
+    retryable = True
+
+
+class SinkPaused(SinkError):
+    """Not transient: credentials, permissions, a missing stream or an unusable KMS key.
+
+    Retrying soon cannot help, and the data must not be dropped either: the sink pauses,
+    keeps everything spooled and probes again slowly until someone fixes the cause.
+    """
+
+
+class RequestRejected(SinkError):
+    """The service called the request invalid: some record in it can never be accepted."""

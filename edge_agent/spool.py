@@ -220,6 +220,8 @@ class Spool:
         self.read_only = read_only
         self._lock_file = lock_file
         self._lock = threading.RLock()
+        self._appended = threading.Condition(threading.Lock())
+        self._append_generation = 0
         self._queues: dict[str, _QueueState] = {}
         self._queue_names: dict[int, str] = {}
         self._load_queues()
@@ -494,6 +496,10 @@ class Spool:
             evicted = self._enforce_byte_caps(conn, states, deltas, projected, projected_total)
             apply = self._commit_deltas(conn, deltas, states)
         apply()
+        if rows:
+            with self._appended:
+                self._append_generation += 1
+                self._appended.notify_all()
         return AppendResult(
             stored=sum(delta.stored for delta in deltas.values()),
             rejected=sum(delta.rejected_count for delta in deltas.values()),
@@ -639,6 +645,25 @@ class Spool:
         return expired
 
     # ------------------------------------------------------------------ senders
+
+    @property
+    def append_generation(self) -> int:
+        """Grows with every append that stored records; see ``wait_for_append``."""
+        return self._append_generation
+
+    def wait_for_append(self, seen_generation: int, timeout: float) -> bool:
+        """Block until records were appended after ``seen_generation`` was read (or the
+        timeout passes); lets an idle sender sleep instead of polling the database."""
+        with self._appended:
+            return self._appended.wait_for(
+                lambda: self._append_generation != seen_generation, timeout
+            )
+
+    def wake_waiters(self) -> None:
+        """Wake every sender blocked in ``wait_for_append`` (used at shutdown)."""
+        with self._appended:
+            self._append_generation += 1
+            self._appended.notify_all()
 
     def lease(
         self, queue: str, *, max_records: int, max_bytes: int, now_ms: int | None = None

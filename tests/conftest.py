@@ -5,7 +5,25 @@ from pathlib import Path
 
 import pytest
 
+from tests.faulty_kinesis import FaultyKinesis
+from tests.forwarding import Harness
 from tests.support import AgentProcess, Kinesalite, Mosquitto
+
+
+@pytest.fixture(autouse=True)
+def no_real_aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dummy credentials and no AWS config files: no test can reach a real account."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
 
 
 @pytest.fixture
@@ -37,3 +55,24 @@ def kinesalite() -> Iterator[Kinesalite]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def endpoint() -> Iterator[FaultyKinesis]:
+    """Our fault-injecting Kinesis/Firehose endpoint on a free loopback port."""
+    server = FaultyKinesis(seed=11).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def harnesses() -> Iterator[list[Harness]]:
+    """Forwarding harnesses made by a test; closed (threads stopped) afterwards."""
+    made: list[Harness] = []
+    try:
+        yield made
+    finally:
+        for harness in made:
+            harness.close()

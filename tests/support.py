@@ -182,10 +182,24 @@ class AgentProcess:
 
     def mqtt_status(self) -> dict[str, Any]:
         """The MQTT part of the status file the agent writes ({} until it exists)."""
+        try:
+            return dict(self.status()["sources"]["mqtt"])
+        except KeyError:
+            return {}
+
+    def sink_status(self, name: str) -> dict[str, Any]:
+        """One sink's part of the status file ({} until it exists)."""
+        try:
+            return dict(self.status()["sinks"][name])
+        except KeyError:
+            return {}
+
+    def status(self) -> dict[str, Any]:
+        """The status file the running agent writes ({} until it exists)."""
         status_file = Path(f"{spool_path(self.config.parent)}.status.json")
         try:
-            return dict(json.loads(status_file.read_text())["sources"]["mqtt"])
-        except (OSError, ValueError, KeyError):
+            return dict(json.loads(status_file.read_text()))
+        except (OSError, ValueError):
             return {}
 
     def kill(self) -> None:
@@ -323,12 +337,24 @@ class Kinesalite:
         self.process = None
 
     def client(self, service: str = "kinesis") -> Any:
-        import boto3
+        return local_client(self.endpoint, service)
 
-        return boto3.client(
-            service,
-            endpoint_url=self.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-        )
+
+def local_client(endpoint: str, service: str, config: Any = None) -> Any:
+    """A boto3 client for a local endpoint: dummy keys, us-east-1, no proxy.
+
+    ``config`` (a ``botocore.config.Config``) is merged over the defaults; the caller
+    closes the client (``close()``).
+    """
+    import boto3
+    from botocore.config import Config
+
+    direct = Config(proxies={})
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        config=direct if config is None else direct.merge(config),
+    )

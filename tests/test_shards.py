@@ -7,25 +7,8 @@ import uuid
 from typing import Any
 
 from edge_agent.sinks.shards import ShardMap, hash_key_of
+from tests.kinesis_streams import make_stream
 from tests.support import Kinesalite, wait_until
-
-
-def make_stream(kinesalite: Kinesalite, shards: int) -> tuple[Any, str]:
-    client = kinesalite.client()
-    name = f"s-{uuid.uuid4().hex[:8]}"
-    client.create_stream(StreamName=name, ShardCount=shards)
-    wait_until(
-        lambda: (
-            client.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"][
-                "StreamStatus"
-            ]
-            == "ACTIVE"
-        ),
-        10,
-        0.05,
-        "stream to become active",
-    )
-    return client, name
 
 
 def shard_map(client: Any, name: str) -> ShardMap:
@@ -33,7 +16,8 @@ def shard_map(client: Any, name: str) -> ShardMap:
 
 
 def test_predicted_shard_matches_the_service(kinesalite: Kinesalite) -> None:
-    client, name = make_stream(kinesalite, 5)
+    client = kinesalite.client()
+    name = make_stream(client, 5)
     shards = shard_map(client, name)
     chance = random.Random(7)
     keys = [uuid.uuid4().hex for _ in range(300)]
@@ -51,7 +35,8 @@ def test_predicted_shard_matches_the_service(kinesalite: Kinesalite) -> None:
 
 
 def test_closed_shards_are_left_out_after_a_split(kinesalite: Kinesalite) -> None:
-    client, name = make_stream(kinesalite, 1)
+    client = kinesalite.client()
+    name = make_stream(client, 1)
     (parent,) = shard_map(client, name).shards
     middle = (parent.starting_hash_key + parent.ending_hash_key) // 2
     client.split_shard(

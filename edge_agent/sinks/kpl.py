@@ -90,6 +90,13 @@ class AggregateBuilder:
     def __len__(self) -> int:
         return len(self._body)
 
+    @property
+    def size(self) -> int:
+        """The Kinesis record size so far (data plus partition key); 0 when empty."""
+        if self._first is None:
+            return 0
+        return len(MAGIC) + self._size + DIGEST_BYTES + len(self._first[0].encode())
+
     def _record_message(self, key_index: int, hash_index: int | None, data: bytes) -> bytes:
         message = _tag(1, _WIRE_VARINT) + _varint(key_index)
         if hash_index is not None:

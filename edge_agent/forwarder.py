@@ -1,0 +1,382 @@
+"""The forwarder: one thread per sink that moves records from the spool to the service.
+
+    lease (a bounded window)  ->  choose due records (per-key prefixes in ordered mode)
+    ->  sink.pack (limits, pacing, aggregation)  ->  governor (inside the sink's client)
+    ->  sink.send  ->  settle each record:
+            accepted          delete from the spool (the position goes to status)
+            failed            stays leased in the window, due again after full-jitter
+                              backoff on its own failure count
+            rejected          dead letter with the reason (too large, refused as invalid;
+                              a refused request is split in halves to find the record)
+        a whole request failing:
+            SinkUnavailable   nothing settled; the sink backs off (full jitter, capped)
+            SinkPaused        nothing settled; the sink pauses and probes every
+                              ``pause_probe`` by trying again
+
+Records never leave the spool before the service confirms them, so a crash at any
+point re-sends at most what was in flight. In ordered mode a failed record blocks the
+later records of its key until it is through, and at most one entry per key goes into
+a request, so a partial failure can never let a later record overtake an earlier one.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from edge_agent.backoff import Backoff, full_jitter
+from edge_agent.config import DeliveryConfig
+from edge_agent.errors import (
+    RequestRejected,
+    SinkError,
+    SinkPaused,
+    SinkUnavailable,
+    SpoolCorrupt,
+    SpoolError,
+)
+from edge_agent.records import LeasedRecord
+from edge_agent.sinks.base import Request, Sent, Sink
+from edge_agent.spool import Spool
+
+log = logging.getLogger(__name__)
+
+#: Longest idle wait between looks at the spool (new data also wakes the forwarder).
+IDLE_WAIT_S = 1.0
+#: Throughput in status is averaged over this many seconds.
+RATE_WINDOW_S = 10.0
+#: A failing spool (full disk, busy) is retried after this long.
+SPOOL_RETRY_S = 1.0
+
+
+@dataclass(slots=True)
+class _Pending:
+    record: LeasedRecord
+    due: float = 0.0
+    failures: int = 0
+
+
+@dataclass
+class ForwarderStats:
+    state: str = "starting"
+    reason: str = ""
+    since: float = 0.0
+    requests: int = 0
+    records_sent: int = 0
+    entries_sent: int = 0
+    bytes_sent: int = 0
+    retries: int = 0
+    request_errors: int = 0
+    dead_lettered: int = 0
+    last_error: str = ""
+    last_error_at: float | None = None
+
+
+class Forwarder:
+    def __init__(
+        self,
+        sink: Sink,
+        spool: Spool,
+        delivery: DeliveryConfig,
+        stop: threading.Event,
+        *,
+        window_records: int,
+        window_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.sink = sink
+        self.spool = spool
+        self.delivery = delivery
+        self._stop = stop
+        self._window_records = window_records
+        self._window_bytes = window_bytes
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._window: dict[int, _Pending] = {}
+        self._window_size = 0
+        self._unacked: list[LeasedRecord] = []
+        self._backoff = Backoff(delivery.retry_min, delivery.retry_max, self._rng)
+        self._hold_until = 0.0
+        self._rates: collections.deque[tuple[float, int, int]] = collections.deque()
+        self._rates_lock = threading.Lock()
+        self.stats = ForwarderStats(since=time.time())
+        self.spool_corrupt = False
+        self._thread: threading.Thread | None = None
+        self._failed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name=f"forward-{self.sink.name}", daemon=True
+        )
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def healthy(self) -> bool:
+        return not self._failed and (self._thread is None or self._thread.is_alive())
+
+    def _run(self) -> None:
+        try:
+            self.run()
+        except BaseException:
+            self._failed = True
+            log.exception("sink %s: forwarder failed", self.sink.name)
+            raise
+
+    def run(self) -> None:
+        """The loop; returns when the stop event is set."""
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._step()
+                except SpoolError as err:
+                    self._set_error(f"spool: {err}")
+                    if isinstance(err, SpoolCorrupt):
+                        self.spool_corrupt = True
+                    self._stop.wait(SPOOL_RETRY_S)
+        finally:
+            self._shut_down()
+
+    def _shut_down(self) -> None:
+        try:
+            if self._unacked:
+                self.spool.ack(self._unacked)
+            self.spool.release([pending.record for pending in self._window.values()])
+        except SpoolError as err:  # leases are cleared at the next open anyway
+            log.warning("sink %s: releasing leased records at stop failed: %s", self.sink.name, err)
+        self._window.clear()
+        self.sink.close()
+        self._set_state("stopped")
+
+    # ------------------------------------------------------------------ one step
+
+    def _step(self) -> None:
+        if self._unacked:
+            self.spool.ack(self._unacked)
+            self._unacked = []
+        now = self._clock()
+        if now < self._hold_until:
+            self._stop.wait(min(self._hold_until - now, IDLE_WAIT_S))
+            return
+        generation = self.spool.append_generation
+        self._refill()
+        candidates, next_due = self._candidates(now)
+        if not candidates:
+            self._set_state("idle" if not self._window else "waiting to retry")
+            wait = IDLE_WAIT_S if next_due is None else min(IDLE_WAIT_S, next_due - now)
+            if not self._window or len(self._window) < self._window_records:
+                self.spool.wait_for_append(generation, max(wait, 0.001))
+            else:
+                self._stop.wait(max(wait, 0.001))
+            return
+        packed = self.sink.pack(candidates, now)
+        if packed.rejected:
+            self._reject(packed.rejected)
+        if packed.request is None:
+            if packed.wait is not None:
+                self._set_state("pacing")
+                self._stop.wait(min(max(packed.wait, 0.001), IDLE_WAIT_S))
+            return
+        self._deliver(packed.request)
+
+    def _refill(self) -> None:
+        room_records = self._window_records - len(self._window)
+        room_bytes = self._window_bytes - self._window_size
+        if room_records < self._window_records // 2 or room_bytes < self._window_bytes // 2:
+            return
+        leased = self.spool.lease(self.sink.name, max_records=room_records, max_bytes=room_bytes)
+        for record in leased:
+            self._window[record.id] = _Pending(record)
+            self._window_size += record.size
+
+    def _candidates(self, now: float) -> tuple[list[LeasedRecord], float | None]:
+        ordered = self.sink.ordered
+        blocked: set[str] = set()
+        candidates: list[LeasedRecord] = []
+        next_due: float | None = None
+        for pending in self._window.values():
+            record = pending.record
+            if pending.due > now:
+                next_due = pending.due if next_due is None else min(next_due, pending.due)
+                if ordered:
+                    blocked.add(record.partition_key)
+                continue
+            if ordered and record.partition_key in blocked:
+                continue
+            candidates.append(record)
+        return candidates, next_due
+
+    # ------------------------------------------------------------------ sending
+
+    def _deliver(self, request: Request) -> None:
+        self._set_state("sending")
+        self.stats.requests += 1
+        try:
+            outcomes = self.sink.send(request)
+        except RequestRejected as err:
+            self._split(request, err)
+            return
+        except SinkPaused as err:
+            self._request_failed(err, paused=True)
+            return
+        except SinkUnavailable as err:
+            self._request_failed(err, paused=False)
+            return
+        except Exception as err:  # a bug or an unexpected answer: treat as transient
+            log.exception("sink %s: sending failed unexpectedly", self.sink.name)
+            self._request_failed(SinkUnavailable(type(err).__name__, str(err)), paused=False)
+            return
+        self._delivered()
+        now = self._clock()
+        accepted: list[LeasedRecord] = []
+        accepted_bytes = 0
+        for entry, outcome in zip(request.entries, outcomes, strict=True):
+            if isinstance(outcome, Sent):
+                accepted += entry.records
+                accepted_bytes += sum(record.size for record in entry.records)
+                self.stats.entries_sent += 1
+                continue
+            self.stats.retries += len(entry.records)
+            self._set_error(f"{outcome.code}: {outcome.message}", quiet=True)
+            for record in entry.records:
+                pending = self._window[record.id]
+                pending.due = now + full_jitter(
+                    pending.failures, self.delivery.retry_min, self.delivery.retry_max, self._rng
+                )
+                pending.failures += 1
+        for record in accepted:
+            del self._window[record.id]
+            self._window_size -= record.size
+        self.stats.records_sent += len(accepted)
+        self.stats.bytes_sent += accepted_bytes
+        with self._rates_lock:
+            self._rates.append((now, len(accepted), accepted_bytes))
+        self._unacked = accepted
+        self.spool.ack(accepted)
+        self._unacked = []
+
+    def _split(self, request: Request, err: SinkError) -> None:
+        """The service refused the request as invalid: find the record(s) to blame."""
+        if len(request.entries) == 1:
+            reason = f"refused by {self.sink.kind} {self.sink.target}: {err}"
+            self._reject([(record, reason) for record in request.records])
+            return
+        half = len(request.entries) // 2
+        for part in (request.entries[:half], request.entries[half:]):
+            if self._clock() < self._hold_until or self._stop.is_set():
+                return  # the other half failed as a whole: both wait for the next round
+            self._deliver(Request(part))
+
+    def _request_failed(self, err: SinkError, *, paused: bool) -> None:
+        self.stats.request_errors += 1
+        now = self._clock()
+        if paused:
+            delay = self.delivery.pause_probe
+            if self.stats.state != "paused":
+                log.error(
+                    "sink %s: paused, %s %s refuses: %s; keeping the data, trying again "
+                    "every %.0fs",
+                    self.sink.name,
+                    self.sink.kind,
+                    self.sink.target,
+                    err,
+                    delay,
+                )
+            self._set_state("paused", str(err))
+        else:
+            delay = self._backoff.next_delay()
+            if self._backoff.failures in (1, 5, 20) or self._backoff.failures % 100 == 0:
+                log.warning(
+                    "sink %s: %s (failure %d in a row); retrying in %.1fs",
+                    self.sink.name,
+                    err,
+                    self._backoff.failures,
+                    delay,
+                )
+            self._set_state("backing off", str(err))
+        self._set_error(str(err), quiet=True)
+        self._hold_until = now + delay
+
+    def _reject(self, rejected: list[tuple[LeasedRecord, str]]) -> None:
+        by_reason: dict[str, list[LeasedRecord]] = collections.defaultdict(list)
+        for record, reason in rejected:
+            by_reason[reason].append(record)
+        for reason, records in by_reason.items():
+            self.spool.dead_letter(records, reason)
+            for record in records:
+                if self._window.pop(record.id, None) is not None:
+                    self._window_size -= record.size
+            self.stats.dead_lettered += len(records)
+            self._set_error(f"dead-lettered {len(records)}: {reason}", quiet=True)
+
+    # ------------------------------------------------------------------ status
+
+    def _set_state(self, state: str, reason: str = "") -> None:
+        stats = self.stats
+        if stats.state in ("paused", "backing off") and state in (
+            "sending",
+            "pacing",
+            "waiting to retry",
+        ):
+            return  # probing: paused or backing off until a request gets through
+        if (state, reason) != (stats.state, stats.reason):
+            stats.state, stats.reason, stats.since = state, reason, time.time()
+
+    def _delivered(self) -> None:
+        """A request got an answer: the sink is reachable (again)."""
+        self._backoff.reset()
+        stats = self.stats
+        if stats.state in ("paused", "backing off"):
+            log.info(
+                "sink %s: delivering again (%s for %.0fs: %s)",
+                self.sink.name,
+                stats.state,
+                time.time() - stats.since,
+                stats.reason,
+            )
+            stats.state, stats.reason, stats.since = "sending", "", time.time()
+
+    def _set_error(self, message: str, *, quiet: bool = False) -> None:
+        self.stats.last_error = message
+        self.stats.last_error_at = time.time()
+        if not quiet:
+            log.error("sink %s: %s", self.sink.name, message)
+
+    def snapshot(self) -> dict[str, Any]:
+        now = self._clock()
+        with self._rates_lock:
+            while self._rates and self._rates[0][0] < now - RATE_WINDOW_S:
+                self._rates.popleft()
+            rates = list(self._rates)
+        stats = self.stats
+        return {
+            "type": self.sink.kind,
+            "target": self.sink.target,
+            "state": stats.state,
+            "reason": stats.reason,
+            "since": stats.since,
+            "requests": stats.requests,
+            "records_sent": stats.records_sent,
+            "entries_sent": stats.entries_sent,
+            "bytes_sent": stats.bytes_sent,
+            "retries": stats.retries,
+            "request_errors": stats.request_errors,
+            "dead_lettered": stats.dead_lettered,
+            "last_error": stats.last_error,
+            "last_error_at": stats.last_error_at,
+            "records_per_s": round(sum(r[1] for r in rates) / RATE_WINDOW_S, 1),
+            "bytes_per_s": round(sum(r[2] for r in rates) / RATE_WINDOW_S, 1),
+            "in_window": len(self._window),
+            **self.sink.snapshot(),
+        }

@@ -1,0 +1,125 @@
+"""boto3 clients for the sinks, and what their errors mean for the forwarder.
+
+botocore does the signing, credentials (environment, profile, instance role, refresh
+of temporary credentials) and the wire protocol. Its own retries are switched off
+(``total_max_attempts = 1``): the forwarder retries with full jitter and shows every retry in
+status, and retrying inside botocore would hide throttling from the per-shard pacing.
+
+Every request passes the upload governor just before it is written, with its real size
+(body plus headers), through botocore's ``before-send`` event.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from edge_agent.config import AwsEndpoint
+from edge_agent.errors import RequestRejected, SinkError, SinkPaused, SinkUnavailable
+from edge_agent.governor import UploadGovernor
+
+log = logging.getLogger(__name__)
+
+#: Error codes after which retrying soon cannot help: pause and probe slowly.
+PAUSE_CODES = frozenset(
+    {
+        "AccessDeniedException",
+        "AccessDenied",
+        "ResourceNotFoundException",
+        "ResourceInUseException",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "IncompleteSignature",
+        "MissingAuthenticationToken",
+        "InvalidClientTokenId",
+        "NotAuthorized",
+        "InvalidKMSResourceException",
+    }
+)
+#: KMS errors are "pause" errors, except this one.
+KMS_THROTTLING = "KMSThrottlingException"
+#: The request itself is malformed: some record in it can never be accepted.
+REJECT_CODES = frozenset({"InvalidArgumentException", "ValidationException"})
+
+
+def make_client(
+    service: str,
+    endpoint: AwsEndpoint,
+    governor: UploadGovernor,
+    stop: threading.Event,
+    wire_bytes: list[int],
+) -> Any:
+    """A boto3 client whose requests pass the governor; ``wire_bytes[0]`` counts them."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    session = boto3.session.Session(profile_name=endpoint.profile)
+    client = session.client(
+        service,
+        region_name=endpoint.region,
+        endpoint_url=endpoint.endpoint_url,
+        config=BotoConfig(
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            connect_timeout=endpoint.connect_timeout,
+            read_timeout=endpoint.request_timeout,
+            tcp_keepalive=True,
+            max_pool_connections=2,
+        ),
+    )
+
+    def meter(request: Any, **_: Any) -> None:
+        body = request.body
+        size = len(body) if isinstance(body, bytes | bytearray) else 0
+        size += sum(len(name) + len(str(value)) + 4 for name, value in request.headers.items())
+        size += len(request.method) + len(request.url) + 12  # request line
+        if not governor.acquire(size, stop):
+            raise SinkUnavailable("Stopping", "the agent is stopping")
+        wire_bytes[0] += size
+
+    client.meta.events.register("before-send", meter)
+    return client
+
+
+def sink_error(err: Exception) -> SinkError:
+    """Translate what boto3 raised into the forwarder's error tree."""
+    from botocore import exceptions as boto
+
+    if isinstance(err, SinkError):
+        return err
+    if isinstance(err, boto.ClientError):
+        error = err.response.get("Error", {})
+        code = str(error.get("Code") or "Unknown")
+        message = str(error.get("Message") or "")
+        status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if code in REJECT_CODES:
+            return RequestRejected(code, message)
+        if code in PAUSE_CODES or (code.startswith("KMS") and code != KMS_THROTTLING):
+            return SinkPaused(code, message)
+        if status >= 500 or status in (0, 429) or "Throttl" in code or "Exceeded" in code:
+            return SinkUnavailable(code, message)
+        if code in ("ExpiredTokenException", "RequestExpired", "ServiceUnavailableException"):
+            return SinkUnavailable(code, message)
+        return SinkPaused(code, f"HTTP {status}: {message}")
+    if isinstance(err, boto.NoCredentialsError | boto.PartialCredentialsError):
+        return SinkPaused("NoCredentials", str(err))
+    if isinstance(err, boto.CredentialRetrievalError):
+        return SinkUnavailable("CredentialRetrieval", str(err))
+    if isinstance(err, boto.NoRegionError):
+        return SinkPaused("NoRegion", "no region: set region in the sink's config")
+    if isinstance(err, boto.SSLError):
+        return SinkUnavailable("TlsError", str(err))
+    if isinstance(err, boto.ConnectTimeoutError | boto.ReadTimeoutError):
+        return SinkUnavailable("Timeout", str(err))
+    if isinstance(err, boto.EndpointConnectionError):
+        reason = str(getattr(err, "kwargs", {}).get("error", err))
+        if "Name or service not known" in reason or "getaddrinfo" in reason:
+            return SinkUnavailable("DnsFailure", str(err))
+        if "Connection refused" in reason:
+            return SinkUnavailable("ConnectionRefused", str(err))
+        return SinkUnavailable("ConnectionError", str(err))
+    if isinstance(err, boto.ConnectionClosedError | boto.HTTPClientError):
+        return SinkUnavailable("ConnectionError", str(err))
+    if isinstance(err, boto.BotoCoreError):
+        return SinkUnavailable(type(err).__name__, str(err))
+    raise err

@@ -1,0 +1,132 @@
+"""What every forwarding sink implements, and the types it shares with the forwarder.
+
+The forwarder owns the loop (lease, order, pace, settle, back off); a sink only knows its
+service::
+
+    pack(candidates, now) -> Packed      choose records for one request within the
+                                         service's limits (and the sink's own pacing)
+    send(request) -> [Outcome, ...]      one outcome per entry, in order; a whole-request
+                                         failure raises a SinkError instead
+    snapshot() -> dict                   sink-specific status (shards, sequence numbers)
+
+An ``Entry`` is one record as the service sees it. It carries one spooled record, or
+several when the sink aggregates them; every record of an entry shares its outcome.
+
+Ordered mode: candidates come in spool order, and for each partition key only a prefix
+that is due. ``RequestPacker`` keeps the rule that makes order survive partial failures:
+a key appears in at most one entry per request, and once a record of a key is skipped,
+no later record of that key is taken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+from edge_agent.records import LeasedRecord
+
+
+@dataclass(slots=True)
+class Entry:
+    records: list[LeasedRecord]
+    data: bytes
+    partition_key: str = ""
+    explicit_hash_key: str | None = None
+    shard_id: str | None = None
+
+    @property
+    def size(self) -> int:
+        """What the service counts against its limits: data plus partition key."""
+        return len(self.data) + len(self.partition_key.encode())
+
+
+@dataclass(slots=True)
+class Request:
+    entries: list[Entry]
+
+    @property
+    def records(self) -> list[LeasedRecord]:
+        return [record for entry in self.entries for record in entry.records]
+
+
+class Sent(NamedTuple):
+    """Accepted; ``position`` is the sequence number (Kinesis) or record id (Firehose)."""
+
+    shard_id: str | None
+    position: str | None
+
+
+class Failed(NamedTuple):
+    """Not accepted this time (throttled, internal failure): retry later."""
+
+    code: str
+    message: str
+
+
+Outcome = Sent | Failed
+
+
+@dataclass(slots=True)
+class Packed:
+    """What ``pack`` chose: a request (or None), records that can never be sent with the
+    reason, and how long to wait when pacing held records back."""
+
+    request: Request | None
+    rejected: list[tuple[LeasedRecord, str]] = field(default_factory=list)
+    wait: float | None = None
+
+
+class Sink(Protocol):
+    name: str
+    kind: str
+    target: str
+    ordered: bool
+
+    def pack(self, candidates: Sequence[LeasedRecord], now: float) -> Packed: ...
+
+    def send(self, request: Request) -> list[Outcome]: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+class RequestPacker:
+    """Fills one request within count and byte limits, keeping per-key order if asked."""
+
+    def __init__(self, max_entries: int, max_bytes: int, *, ordered: bool) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.ordered = ordered
+        self.entries: list[Entry] = []
+        self.open_entries = 0  # entries still being filled (aggregates)
+        self.size = 0
+        self._blocked: set[str] = set()
+
+    @property
+    def full(self) -> bool:
+        return len(self.entries) + self.open_entries >= self.max_entries
+
+    def has_room(self, size: int, *, new_entry: bool = True) -> bool:
+        if new_entry and self.full:
+            return False
+        return self.size + size <= self.max_bytes
+
+    def blocked(self, key: str) -> bool:
+        return key in self._blocked
+
+    def block(self, key: str) -> None:
+        """Ordered mode: take no more records of this key in this request."""
+        if self.ordered:
+            self._blocked.add(key)
+
+    def add(self, entry: Entry, *, reserved: int = 0) -> None:
+        """Close an entry; ``reserved`` is what was already counted while it was filled."""
+        self.entries.append(entry)
+        self.size += entry.size - reserved
+        for record in entry.records:
+            self.block(record.partition_key)
+
+    def request(self) -> Request | None:
+        return Request(self.entries) if self.entries else None

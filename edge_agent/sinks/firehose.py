@@ -1,0 +1,91 @@
+"""The Firehose sink: PutRecordBatch, with an optional newline after each record.
+
+Per request at most ``max_request_records`` records and ``max_request_bytes``; each
+record at most ``max_record_bytes`` (1,000 KiB by default, the service limit, counting
+the delimiter). Firehose concatenates records as they are, so line-oriented
+destinations (S3 objects read by Athena, for instance) need ``newline = true``.
+Failed records (FailedPutCount, usually ServiceUnavailableException when the delivery
+stream is throttled) are retried alone.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from edge_agent.config import SinkConfig
+from edge_agent.errors import SinkUnavailable
+from edge_agent.governor import UploadGovernor
+from edge_agent.records import LeasedRecord
+from edge_agent.sinks.aws import make_client, sink_error
+from edge_agent.sinks.base import Entry, Failed, Outcome, Packed, Request, RequestPacker, Sent
+
+
+class FirehoseSink:
+    kind = "firehose"
+    ordered = False
+
+    def __init__(self, config: SinkConfig, governor: UploadGovernor, stop: threading.Event) -> None:
+        assert config.firehose is not None and config.delivery is not None
+        assert config.aws is not None
+        self.name = config.name
+        self.target = config.firehose.delivery_stream
+        self.delivery = config.delivery
+        self.max_record_bytes = config.max_record_bytes
+        self._suffix = b"\n" if config.firehose.newline else b""
+        self.wire_bytes = [0]
+        self._client = make_client("firehose", config.aws, governor, stop, self.wire_bytes)
+
+    def pack(self, candidates: Sequence[LeasedRecord], now: float) -> Packed:
+        packer = RequestPacker(
+            self.delivery.max_request_records, self.delivery.max_request_bytes, ordered=False
+        )
+        packed = Packed(None)
+        for record in candidates:
+            data = record.payload + self._suffix
+            if len(data) > self.max_record_bytes:
+                packed.rejected.append(
+                    (
+                        record,
+                        f"record is {len(data)} bytes; delivery stream {self.target} "
+                        f"accepts at most {self.max_record_bytes}",
+                    )
+                )
+                continue
+            if not packer.has_room(len(data)):
+                if packer.full:
+                    break
+                continue
+            packer.add(Entry([record], data))
+        packed.request = packer.request()
+        return packed
+
+    def send(self, request: Request) -> list[Outcome]:
+        try:
+            response = self._client.put_record_batch(
+                DeliveryStreamName=self.target,
+                Records=[{"Data": entry.data} for entry in request.entries],
+            )
+        except Exception as err:
+            raise sink_error(err) from err
+        outcomes: list[Outcome] = []
+        for result in response["RequestResponses"]:
+            record_id = result.get("RecordId")
+            if record_id is not None and not result.get("ErrorCode"):
+                outcomes.append(Sent(None, str(record_id)))
+            else:
+                outcomes.append(
+                    Failed(str(result.get("ErrorCode")), str(result.get("ErrorMessage", "")))
+                )
+        if len(outcomes) != len(request.entries):
+            raise SinkUnavailable(
+                "InvalidResponse", "PutRecordBatch answered for a different number of records"
+            )
+        return outcomes
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"delivery_stream": self.target, "wire_bytes": self.wire_bytes[0]}
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,338 @@
+"""The Kinesis Data Streams sink: PutRecords, per-shard pacing, KPL aggregation.
+
+Per request: at most ``max_request_records`` entries and ``max_request_bytes``; each
+entry (data plus partition key) at most ``max_record_bytes``; larger records are
+rejected here, before the service sees them. Records are paced per shard (the shard map
+comes from ListShards and is refreshed periodically and whenever the service puts a
+record on a shard other than the predicted one, i.e. after resharding). With
+``aggregate``, records bound for the same shard are packed into KPL aggregated records.
+
+If ListShards is not allowed (a policy granting only kinesis:PutRecords), the sink
+still works: it paces and aggregates per partition key instead of per shard, which is
+always correct for aggregation and approximate for pacing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_agent.config import SinkConfig
+from edge_agent.governor import UploadGovernor
+from edge_agent.records import LeasedRecord
+from edge_agent.sinks.aws import make_client, sink_error
+from edge_agent.sinks.base import Entry, Failed, Outcome, Packed, Request, RequestPacker, Sent
+from edge_agent.sinks.kpl import AggregateBuilder
+from edge_agent.sinks.shard_pacing import ShardPacer
+from edge_agent.sinks.shards import ShardMap
+
+log = logging.getLogger(__name__)
+
+THROTTLED = "ProvisionedThroughputExceededException"
+#: An aggregate that landed on another shard than predicted (after resharding).
+WRONG_SHARD = "AggregateOnWrongShard"
+#: Forget cached key -> shard lookups beyond this many keys.
+MAX_CACHED_KEYS = 50_000
+
+
+@dataclass
+class _PackState:
+    """One pack() call: the request being filled and the aggregates still open."""
+
+    packer: RequestPacker
+    packed: Packed
+    open_aggregates: dict[str, _OpenAggregate] = field(default_factory=dict)
+    seen_shards: set[str] = field(default_factory=set)
+    held_shards: set[str] = field(default_factory=set)
+
+    def wait(self, seconds: float) -> None:
+        current = self.packed.wait
+        self.packed.wait = seconds if current is None else min(current, seconds)
+
+
+@dataclass
+class _OpenAggregate:
+    builder: AggregateBuilder
+    shard: str
+    records: list[LeasedRecord] = field(default_factory=list)
+    keys: set[str] = field(default_factory=set)
+
+
+class KinesisSink:
+    kind = "kinesis"
+
+    def __init__(
+        self,
+        config: SinkConfig,
+        governor: UploadGovernor,
+        stop: threading.Event,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        assert config.kinesis is not None and config.delivery is not None
+        assert config.aws is not None
+        self.name = config.name
+        self.options = options = config.kinesis
+        self.delivery = config.delivery
+        self.target = options.stream
+        self.ordered = options.ordered
+        self.max_record_bytes = config.max_record_bytes
+        self._clock = clock
+        self.wire_bytes = [0]
+        self._client = make_client("kinesis", config.aws, governor, stop, self.wire_bytes)
+        self._map: ShardMap | None = None
+        self._map_checked_at = -1e18
+        self._map_stale = True
+        self._shard_of_key: dict[str, str] = {}
+        self._pacers: dict[str, ShardPacer] = {}
+        self.last_sequence: dict[str, str] = {}
+        self.map_refreshes = 0
+        self.wrong_shard = 0
+
+    # ------------------------------------------------------------------ shard map
+
+    def _refresh_map(self, now: float) -> None:
+        self._map_checked_at = now
+        self._map_stale = False
+        try:
+            shards: list[dict[str, Any]] = []
+            response = self._client.list_shards(StreamName=self.target)
+            shards += response["Shards"]
+            for _ in range(1000):  # bounded: 1000 pages of shards
+                token = response.get("NextToken")
+                if not token:
+                    break
+                response = self._client.list_shards(NextToken=token)
+                shards += response["Shards"]
+            shard_map = ShardMap.from_list_shards(shards)
+        except Exception as err:  # the map is an optimisation: keep going without it
+            log.warning(
+                "sink %s: cannot list the shards of %s (%s); pacing and aggregating per "
+                "partition key instead",
+                self.name,
+                self.target,
+                sink_error(err) if not isinstance(err, ValueError) else err,
+            )
+            return
+        if self._map is None or [s.shard_id for s in self._map.shards] != [
+            s.shard_id for s in shard_map.shards
+        ]:
+            log.info(
+                "sink %s: stream %s has %d open shards",
+                self.name,
+                self.target,
+                len(shard_map.shards),
+            )
+        self._map = shard_map
+        self.map_refreshes += 1
+        self._shard_of_key.clear()
+        open_ids = {shard.shard_id for shard in shard_map.shards}
+        self._pacers = {sid: pacer for sid, pacer in self._pacers.items() if sid in open_ids}
+
+    def _shard_of(self, key: str) -> str:
+        shard = self._shard_of_key.get(key)
+        if shard is None:
+            if self._map is None:
+                shard = "key:" + key
+            else:
+                try:
+                    shard = self._map.shard_for(key, self.options.explicit_hash_key)
+                except LookupError:
+                    self._map_stale = True
+                    shard = "key:" + key
+            if len(self._shard_of_key) >= MAX_CACHED_KEYS:
+                self._shard_of_key.clear()
+            self._shard_of_key[key] = shard
+        return shard
+
+    def _pacer(self, shard: str) -> ShardPacer:
+        pacer = self._pacers.get(shard)
+        if pacer is None:
+            pacer = self._pacers[shard] = ShardPacer(
+                self.options.shard_records_per_second,
+                self.options.shard_bytes_per_second,
+                self._clock,
+            )
+        return pacer
+
+    # ------------------------------------------------------------------ packing
+
+    def pack(self, candidates: Sequence[LeasedRecord], now: float) -> Packed:
+        if self._map_stale or now - self._map_checked_at >= self.options.shard_refresh:
+            self._refresh_map(now)
+        for pacer in self._pacers.values():
+            pacer.recover()
+        packer = RequestPacker(
+            self.delivery.max_request_records, self.delivery.max_request_bytes, ordered=self.ordered
+        )
+        packed = Packed(None)
+        state = _PackState(packer, packed)
+        hash_key = self.options.explicit_hash_key
+        aggregate = self.options.aggregate
+        for record in candidates:
+            key = record.partition_key
+            if packer.blocked(key):
+                continue
+            key_bytes = len(key.encode())
+            size = len(record.payload) + key_bytes
+            if size > self.max_record_bytes:
+                packed.rejected.append(
+                    (
+                        record,
+                        f"record is {size} bytes with its partition key; stream "
+                        f"{self.target} accepts at most {self.max_record_bytes}",
+                    )
+                )
+                continue
+            shard = self._shard_of(key)
+            pacer = self._pacer(shard)
+            if shard not in state.seen_shards:
+                state.seen_shards.add(shard)
+                if not pacer.ready():
+                    state.held_shards.add(shard)
+                    state.wait(pacer.wait_until_ready())
+            if shard in state.held_shards:
+                packer.block(key)
+                continue
+            if not aggregate or size > self.options.aggregate_max_bytes:
+                if not packer.has_room(size) or not pacer.allows(1, size):
+                    self._hold_back(state, shard, pacer, key, size)
+                    if packer.full:
+                        break
+                    continue
+                pacer.take(1, size)
+                packer.add(Entry([record], record.payload, key, hash_key, shard))
+                continue
+            self._aggregate(state, record, shard, pacer)
+            if packer.full and not state.open_aggregates:
+                break
+        for open_aggregate in state.open_aggregates.values():
+            self._close(open_aggregate, packer)
+        packed.request = packer.request()
+        return packed
+
+    @staticmethod
+    def _hold_back(state: _PackState, shard: str, pacer: ShardPacer, key: str, size: int) -> None:
+        """Nothing more for this shard in this request: taking a later record of it
+        (tokens come back while packing) would let it overtake this one."""
+        state.held_shards.add(shard)
+        state.packer.block(key)
+        if not state.packer.full and state.packer.has_room(size):  # held by the pace
+            state.wait(pacer.wait_time(1, size))
+
+    def _aggregate(
+        self, state: _PackState, record: LeasedRecord, shard: str, pacer: ShardPacer
+    ) -> None:
+        packer, open_aggregates = state.packer, state.open_aggregates
+        key = record.partition_key
+        hash_key = self.options.explicit_hash_key
+        current = open_aggregates.get(shard)
+        if current is not None:
+            new_size = current.builder.size_with(key, record.payload, hash_key)
+            grows = new_size - current.builder.size
+            if new_size <= current.builder.max_bytes:
+                if packer.has_room(grows, new_entry=False) and pacer.allows(0, grows):
+                    current.builder.add(key, record.payload, hash_key)
+                    current.records.append(record)
+                    current.keys.add(key)
+                    packer.size += grows
+                    pacer.take(0, grows)
+                else:
+                    self._hold_back(state, shard, pacer, key, grows)
+                return
+            del open_aggregates[shard]
+            self._close(current, packer)
+            if packer.blocked(key):  # ordered: this key already went in the closed entry
+                return
+        fresh = AggregateBuilder(self.options.aggregate_max_bytes)
+        fresh.add(key, record.payload, hash_key)
+        size = fresh.size
+        if not packer.has_room(size) or not pacer.allows(1, size):
+            self._hold_back(state, shard, pacer, key, size)
+            return
+        pacer.take(1, size)
+        packer.size += size
+        packer.open_entries += 1
+        open_aggregates[shard] = _OpenAggregate(fresh, shard, [record], {key})
+
+    def _close(self, open_aggregate: _OpenAggregate, packer: RequestPacker) -> None:
+        built = open_aggregate.builder.build()
+        packer.open_entries -= 1
+        packer.add(
+            Entry(
+                open_aggregate.records,
+                built.data,
+                built.partition_key,
+                built.explicit_hash_key,
+                open_aggregate.shard,
+            ),
+            reserved=open_aggregate.builder.size,
+        )
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, request: Request) -> list[Outcome]:
+        records = []
+        for entry in request.entries:
+            item: dict[str, Any] = {"Data": entry.data, "PartitionKey": entry.partition_key}
+            if entry.explicit_hash_key is not None:
+                item["ExplicitHashKey"] = entry.explicit_hash_key
+            records.append(item)
+        try:
+            response = self._client.put_records(StreamName=self.target, Records=records)
+        except Exception as err:
+            raise sink_error(err) from err
+        outcomes: list[Outcome] = []
+        for entry, result in zip(request.entries, response["Records"], strict=True):
+            sequence = result.get("SequenceNumber")
+            if sequence is not None:
+                shard = str(result.get("ShardId", ""))
+                self.last_sequence[shard] = sequence
+                predicted = entry.shard_id
+                if (
+                    predicted is not None
+                    and shard != predicted
+                    and not predicted.startswith("key:")
+                ):
+                    self._map_stale = True  # resharded: the map is out of date
+                    if len(entry.records) > 1:
+                        # A consumer drops user records of an aggregate that sit on a
+                        # shard their keys do not hash to: send them again, re-packed.
+                        self.wrong_shard += 1
+                        outcomes.append(Failed(WRONG_SHARD, f"predicted {predicted}"))
+                        continue
+                outcomes.append(Sent(shard, sequence))
+                continue
+            code = str(result.get("ErrorCode", "Unknown"))
+            if code == THROTTLED and entry.shard_id is not None:
+                self._pacer(entry.shard_id).on_throttled()
+            outcomes.append(Failed(code, str(result.get("ErrorMessage", ""))))
+        return outcomes
+
+    # ------------------------------------------------------------------ status
+
+    def snapshot(self) -> dict[str, Any]:
+        shards: dict[str, dict[str, Any]] = {}
+        for shard, sequence in self.last_sequence.items():
+            shards.setdefault(shard, {})["last_sequence_number"] = sequence
+        for shard, pacer in self._pacers.items():
+            if pacer.factor < 1.0 or pacer.throttled:
+                entry = shards.setdefault(shard, {})
+                entry["pace"] = round(pacer.factor, 2)
+                entry["throttled"] = pacer.throttled
+        return {
+            "stream": self.target,
+            "open_shards": len(self._map.shards) if self._map else None,
+            "aggregate": self.options.aggregate,
+            "ordered": self.ordered,
+            "shards": shards,
+            "aggregates_resent_after_resharding": self.wrong_shard,
+            "wire_bytes": self.wire_bytes[0],
+        }
+
+    def close(self) -> None:
+        self._client.close()

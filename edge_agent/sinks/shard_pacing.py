@@ -1,0 +1,96 @@
+"""Per-shard pacing: stay under a shard's write limits instead of provoking throttling.
+
+Each shard gets two token buckets (records/s and bytes/s) that together never allow more
+than the limit in any one-second window, however it is measured: they refill at 90% of
+the limit and hold at most 10% of it, so burst plus refill within a second stay under
+the limit (a lone record larger than the burst waits for a full bucket and leaves a
+debt). The limits are the shard limits by default. A shard is sent to once half its
+burst is back, so a busy shard gets fewer, fuller requests instead of one per token.
+
+When the service throttles a shard anyway (other writers share it, or the limits were
+set too high), that shard's rate is cut by 30% (down to 10% of the limit) and grows
+back by 10% of the limit per calm second.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from edge_agent.token_bucket import TokenBucket
+
+#: Share of the limit that may go out at once; the rest is the steady refill rate.
+BURST_SHARE = 0.1
+MIN_FACTOR = 0.1
+CUT = 0.7
+RECOVERY_PER_S = 0.1
+
+
+class ShardPacer:
+    def __init__(
+        self,
+        records_per_s: float,
+        bytes_per_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._limits = (records_per_s, bytes_per_s)
+        self._clock = clock
+        self.factor = 1.0
+        self.throttled = 0
+        self._last_change = clock()
+        self.records = TokenBucket(*_rate_and_burst(records_per_s), clock=clock)
+        self.bytes = TokenBucket(*_rate_and_burst(bytes_per_s), clock=clock)
+
+    def allows(self, records: int, size: int) -> bool:
+        """Enough tokens for this much (a record larger than a full bucket needs a full
+        bucket, and leaves a debt)."""
+        return self.records.available >= min(records, self.records.capacity) and (
+            self.bytes.available >= min(size, self.bytes.capacity)
+        )
+
+    def ready(self) -> bool:
+        """Worth a request: half the burst is there. Sending whenever a single token has
+        come back would mean one tiny request per record on a busy shard."""
+        return (
+            self.records.available >= self.records.capacity / 2
+            and self.bytes.available >= self.bytes.capacity / 2
+        )
+
+    def wait_until_ready(self) -> float:
+        return max(
+            self.records.wait_time(self.records.capacity / 2),
+            self.bytes.wait_time(self.bytes.capacity / 2),
+        )
+
+    def take(self, records: int, size: int) -> None:
+        self.records.take(records)
+        self.bytes.take(size)
+
+    def wait_time(self, records: int, size: int) -> float:
+        return max(self.records.wait_time(records), self.bytes.wait_time(size))
+
+    def on_throttled(self) -> None:
+        self.throttled += 1
+        now = self._clock()
+        if now - self._last_change < 0.2:  # one cut per burst of failures
+            return
+        self._set_factor(max(MIN_FACTOR, self.factor * CUT), now)
+
+    def recover(self) -> None:
+        if self.factor >= 1.0:
+            return
+        now = self._clock()
+        calm = now - self._last_change
+        if calm >= 1.0:
+            self._set_factor(min(1.0, self.factor + RECOVERY_PER_S * calm), now)
+
+    def _set_factor(self, factor: float, now: float) -> None:
+        self.factor = factor
+        self._last_change = now
+        records, size = self._limits
+        self.records.set_rate(*_rate_and_burst(records * factor))
+        self.bytes.set_rate(*_rate_and_burst(size * factor))
+
+
+def _rate_and_burst(limit: float) -> tuple[float, float]:
+    return limit * (1 - BURST_SHARE), max(1.0, limit * BURST_SHARE)

@@ -1,0 +1,146 @@
+"""One contract, every sink: spool -> forwarder -> sink -> a fault-injecting endpoint.
+
+Each test runs against the Kinesis and the Firehose sink alike. The endpoint
+(tests/faulty_kinesis.py) is our own because no emulator fails single records or
+throttles; it stores only what it accepted, so "exactly once" is checked on its side.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from edge_agent.config import parse_config
+from edge_agent.records import Record
+from tests.faulty_kinesis import FaultyKinesis
+from tests.forwarding import Harness
+from tests.support import wait_until
+
+KINDS = ("kinesis", "firehose")
+
+
+@pytest.fixture(params=KINDS)
+def harness(
+    request: pytest.FixtureRequest,
+    endpoint: FaultyKinesis,
+    tmp_path: Path,
+    harnesses: list[Harness],
+) -> Harness:
+    made = Harness(endpoint, request.param, tmp_path)
+    harnesses.append(made)
+    return made
+
+
+def test_delivers_everything_exactly_once(harness: Harness) -> None:
+    seqs = harness.append(1200)
+    harness.start()
+    harness.wait_drained()
+    assert sorted(seq for _, seq in harness.delivered()) == seqs
+    status = harness.status
+    assert status["records_sent"] == 1200
+    assert status["requests"] == 3  # 500 + 500 + 200
+    assert status["retries"] == status["request_errors"] == status["dead_lettered"] == 0
+
+
+def test_partial_failures_retry_only_the_failed_records(harness: Harness) -> None:
+    harness.endpoint.fail_share = 0.3
+    seqs = harness.append(2000)
+    harness.start()
+    harness.wait_drained()
+    assert sorted(seq for _, seq in harness.delivered()) == seqs  # none lost, none twice
+    endpoint = harness.endpoint
+    # Every attempt beyond the first of a record was caused by that record failing.
+    assert endpoint.records_attempted - len(seqs) == endpoint.records_failed
+    assert harness.status["retries"] == endpoint.records_failed > 0
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        (500, "InternalFailure"),
+        (503, "ServiceUnavailable"),
+        (400, "ProvisionedThroughputExceededException"),
+        (400, "ThrottlingException"),
+    ],
+)
+def test_transient_request_errors_back_off_and_retry(
+    harness: Harness, error: tuple[int, str]
+) -> None:
+    harness.endpoint.queue_request_errors(*[error] * 4)
+    seqs = harness.append(300)
+    harness.start()
+    harness.wait_drained()
+    assert sorted(seq for _, seq in harness.delivered()) == seqs
+    status = harness.status
+    assert status["request_errors"] == 4
+    assert error[1] in status["last_error"]
+    assert status["state"] in ("idle", "sending")
+
+
+@pytest.mark.parametrize(
+    "error",
+    ["AccessDeniedException", "ResourceNotFoundException", "KMSDisabledException"],
+)
+def test_refusals_pause_the_sink_keep_the_data_and_probe_slowly(
+    harness: Harness, error: str
+) -> None:
+    endpoint = harness.endpoint
+    endpoint.persistent_request_error = (400, error)
+    seqs = harness.append(100)
+    harness.start()
+    wait_until(lambda: harness.status["state"] == "paused", 10, 0.01, "paused")
+    assert error in harness.status["reason"]
+    paused_at = time.monotonic()
+    wait_until(lambda: endpoint.requests >= 3, 10, 0.01, "two probes")
+    # pause_probe is 1s: the probes came no faster than that.
+    assert time.monotonic() - paused_at >= 1.5
+    assert harness.spool.pending("out")[0] == 100  # nothing dropped meanwhile
+    assert harness.status["state"] == "paused"
+    endpoint.persistent_request_error = None
+    harness.wait_drained(10)
+    assert sorted(seq for _, seq in harness.delivered()) == seqs
+    wait_until(lambda: harness.status["state"] == "idle", 5, 0.01, "idle")
+
+
+def test_an_invalid_record_is_found_and_dead_lettered_alone(harness: Harness) -> None:
+    seqs = harness.append(400)
+    poison = harness.spool
+    poison.append([Record("out", "k1", 1, b'{"seq": -1, "x": "POISON"}')])
+    seqs_after = harness.append(99)
+    harness.endpoint.reject_data_containing = b"POISON"
+    harness.start()
+    harness.wait_drained()
+    assert sorted(seq for _, seq in harness.delivered()) == seqs + seqs_after
+    (dead,) = harness.spool.dead_letters()
+    assert b"POISON" in dead.payload and "InvalidArgumentException" in dead.reason
+    # Bisection: a handful of requests, not one per record.
+    assert harness.endpoint.requests <= 2 * 10 + 2
+
+
+def test_oversize_records_never_reach_the_service(harness: Harness) -> None:
+    limit = 2048
+    harness.config = parse_config(
+        {"sinks": {"out": {**harness.sink_table(), "max_record_bytes": limit}}}
+    ).sinks["out"]
+    seqs = harness.append(50, size=100)
+    harness.spool.append([Record("out", "k0", 1, b"x" * (limit + 1))])
+    harness.start()
+    harness.wait_drained()
+    assert sorted(seq for _, seq in harness.delivered()) == seqs
+    assert harness.endpoint.records_attempted == 50
+    (dead,) = harness.spool.dead_letters()
+    assert f"at most {limit}" in dead.reason
+
+
+def test_stop_releases_what_was_not_delivered(harness: Harness) -> None:
+    harness.endpoint.persistent_request_error = (503, "ServiceUnavailable")
+    harness.append(100)
+    forwarder = harness.start()
+    wait_until(lambda: harness.status["request_errors"] >= 1, 10, 0.01, "a failure")
+    harness.stop.set()
+    harness.spool.wake_waiters()
+    forwarder.join(10)
+    assert harness.spool.stats().queues[0].leased_count == 0
+    assert harness.spool.pending("out")[0] == 100
