@@ -112,6 +112,29 @@ def _clock_time(epoch: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(epoch))
 
 
+def render_sink(name: str, sink: dict[str, Any]) -> list[str]:
+    state = sink["state"] + (f" ({sink['reason']})" if sink.get("reason") else "")
+    lines = [
+        f"sink {name} -> {sink['type']} {sink['target']}: {state} since "
+        f"{_clock_time(sink['since'])}",
+        f"  sent {sink['records_sent']} records ({human_bytes(sink['bytes_sent'])}) in "
+        f"{sink['requests']} requests, now {sink['records_per_s']:.0f} records/s "
+        f"({human_bytes(sink['bytes_per_s'])}/s); retries {sink['retries']}, "
+        f"request errors {sink['request_errors']}, dead-lettered {sink['dead_lettered']}",
+    ]
+    if sink.get("last_error"):
+        at = sink.get("last_error_at")
+        lines.append(f"  last error{f' at {_clock_time(at)}' if at else ''}: {sink['last_error']}")
+    for shard, info in sorted(sink.get("shards", {}).items()):
+        details = []
+        if "last_sequence_number" in info:
+            details.append(f"last sequence number {info['last_sequence_number']}")
+        if "pace" in info:
+            details.append(f"paced at {info['pace']:.0%} after {info['throttled']} throttles")
+        lines.append(f"  {shard}: " + ", ".join(details))
+    return lines
+
+
 def render_status(status: dict[str, Any]) -> str:
     lines: list[str] = []
     agent = status["agent"]
@@ -180,6 +203,8 @@ def render_status(status: dict[str, Any]) -> str:
         )
         if source.get("last_error"):
             lines.append(f"  last error: {source['last_error']}")
+    for name, sink in agent.get("sinks", {}).items() if agent.get("running") else []:
+        lines += render_sink(name, sink)
     if spool["events"]:
         lines.append("recent events:")
         for event in spool["events"]:

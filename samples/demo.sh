@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The local demo: a Mosquitto broker on loopback, the sample sensor publishing QoS 1
-# readings, edge-agent spooling them durably, and `edge-agent status` showing the result.
-# No AWS account needed. State goes to ./.edge-agent-local/ (delete it to start over).
+# The local demo: a Mosquitto broker and a local Kinesis endpoint (kinesalite) on
+# loopback, the sample sensor publishing QoS 1 readings, edge-agent spooling them durably
+# and forwarding them into the stream, `edge-agent status` showing it, and the stream
+# read back as a consumer would. No AWS account needed. State goes to
+# ./.edge-agent-local/ (delete it to start over).
 #
 #   bash samples/demo.sh            # about 15 seconds, then stops everything
 #   MESSAGES=2000 RATE=200 bash samples/demo.sh
@@ -13,8 +15,15 @@ MESSAGES=${MESSAGES:-300}
 RATE=${RATE:-50}
 STATE=.edge-agent-local
 mkdir -p "$STATE/broker"
-PORT=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() {
+  .venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+PORT=$(free_port)
+KINESIS_PORT=$(free_port)
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+# kinesalite takes any credentials; boto3 only needs some to sign with.
+export AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_DEFAULT_REGION=us-east-1
+export KINESIS_ENDPOINT=http://127.0.0.1:$KINESIS_PORT
 
 {
   echo "listener $PORT 127.0.0.1"
@@ -37,6 +46,16 @@ echo "== starting Mosquitto on 127.0.0.1:$PORT"
 "$MOSQUITTO" -c "$STATE/broker/mosquitto.conf" &
 pids+=($!)
 
+echo "== starting kinesalite (local Kinesis Data Streams) on 127.0.0.1:$KINESIS_PORT"
+NODE_PATH=$PWD/.local-tools/node_modules node -e \
+  "require('kinesalite')({createStreamMs: 0}).listen($KINESIS_PORT, '127.0.0.1')" &
+pids+=($!)
+for _ in $(seq 100); do
+  (echo > "/dev/tcp/127.0.0.1/$KINESIS_PORT") 2>/dev/null && break
+  sleep 0.1
+done
+.venv/bin/python samples/kinesis_stream.py --endpoint "$KINESIS_ENDPOINT" create edge-telemetry --shards 2
+
 export MQTT_PORT=$PORT EDGE_AGENT_STATE=$STATE
 echo "== starting edge-agent (configs/local.toml), log in $STATE/agent.log"
 .venv/bin/edge-agent run -c configs/local.toml >"$STATE/agent.log" 2>&1 &
@@ -51,13 +70,22 @@ done
 echo "== publishing $MESSAGES sensor readings at $RATE/s (samples/sensor_publisher.py)"
 .venv/bin/python samples/sensor_publisher.py --port "$PORT" --count "$MESSAGES" --rate "$RATE"
 
+echo "== waiting until the agent has forwarded every reading"
+for _ in $(seq 300); do
+  sent=$(.venv/bin/edge-agent status -c configs/local.toml --json | .venv/bin/python -c \
+    'import json, sys; print(json.load(sys.stdin)["agent"].get("sinks", {}).get("telemetry", {}).get("records_sent", 0))')
+  [ "$sent" -ge "$MESSAGES" ] && break
+  sleep 0.1
+done
+
 echo "== edge-agent status"
-sleep 1  # the running agent refreshes its status twice a second
 .venv/bin/edge-agent status -c configs/local.toml
+
+echo "== reading the stream back (samples/kinesis_stream.py read)"
+.venv/bin/python samples/kinesis_stream.py --endpoint "$KINESIS_ENDPOINT" read edge-telemetry
 
 echo "== stopping the agent (SIGTERM: commit, ack, exit)"
 kill -TERM "$agent"
 wait "$agent"
-echo "== spool: $STATE/spool.db — inspect it with"
-echo "   MQTT_PORT=$PORT EDGE_AGENT_STATE=$STATE .venv/bin/edge-agent status -c configs/local.toml"
-echo "   .venv/bin/python -c \"import sqlite3; [print(r) for r in sqlite3.connect('$STATE/spool.db').execute('select partition_key, payload from records limit 5')]\""
+echo "== done. The spool is $STATE/spool.db; see what it holds (and the last status) with"
+echo "   EDGE_AGENT_STATE=$STATE .venv/bin/edge-agent status -c configs/local.toml"

@@ -221,6 +221,18 @@ class AgentProcess:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``edge-agent ARGS`` and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent", *args],
+        capture_output=True,
+        text=True,
+        check=check,
+        cwd=REPO,
+        timeout=60,
+    )
+
+
 def start_agent(
     config: Path, started: list[AgentProcess], *, connected: bool = True
 ) -> AgentProcess:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from tests.support import (
     REPO,
     AgentProcess,
     Mosquitto,
+    cli,
     run_publisher,
     spool_path,
     spooled_seqs,
@@ -23,17 +22,6 @@ from tests.support import (
     wait_until,
     write_config,
 )
-
-
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edge_agent", *args],
-        capture_output=True,
-        text=True,
-        check=check,
-        cwd=REPO,
-        timeout=60,
-    )
 
 
 def test_check_config_ok_and_errors(tmp_path: Path) -> None:

@@ -55,7 +55,75 @@ def test_full_example_sets_every_section(monkeypatch: pytest.MonkeyPatch) -> Non
     assert config.sinks["telemetry"].max_bytes == 256 * 1024**2
     assert config.sinks["telemetry"].max_age is None
     assert config.mqtt is not None
-    assert config.mqtt.subscriptions[1].sinks == ("alarms", "telemetry")
+    assert config.mqtt.subscriptions[1].sinks == ("alarms", "telemetry", "archive")
+    telemetry = config.sinks["telemetry"]
+    assert telemetry.kinesis is not None and telemetry.aws is not None
+    assert (telemetry.kinesis.stream, telemetry.aws.region) == ("edge-telemetry", "eu-west-1")
+    assert telemetry.kinesis.aggregate_max_bytes == 50 * 1024
+    assert telemetry.delivery is not None and telemetry.delivery.max_request_bytes == 5 * 1024**2
+    archive = config.sinks["archive"]
+    assert archive.firehose is not None and archive.firehose.newline is True
+    assert archive.max_record_bytes == 1000 * 1024
+    assert config.uplink.max_rate is None
+
+
+KINESIS = """
+[agent]
+state_dir = "{state}"
+[sinks.out]
+type = "kinesis"
+stream = "s"
+"""
+
+
+def test_kinesis_and_firehose_defaults(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, KINESIS + '[sinks.fh]\ntype = "firehose"\ndelivery_stream = "d"\n')
+    )
+    out, fh = config.sinks["out"], config.sinks["fh"]
+    assert out.kinesis is not None and out.delivery is not None
+    assert out.kinesis.shard_records_per_second == 1000
+    assert out.kinesis.shard_bytes_per_second == 1024 * 1024
+    assert out.max_record_bytes == 1024 * 1024 and out.delivery.max_request_records == 500
+    assert fh.delivery is not None and fh.delivery.max_request_bytes == 4 * 1024 * 1024
+    assert fh.max_record_bytes == 1000 * 1024
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "reason"),
+    [
+        ("max_request_records = 501", "sinks.out.max_request_records", "between 1 and 500"),
+        ('max_request_bytes = "11MiB"', "sinks.out.max_request_bytes", "10485760 bytes"),
+        ('max_record_bytes = "6MiB"', "sinks.out.max_record_bytes", "max_request_bytes"),
+        ('explicit_hash_key = "12a"', "sinks.out.explicit_hash_key", "decimal integer"),
+        (
+            'aggregate = true\naggregate_max_bytes = "2MiB"',
+            "sinks.out.aggregate_max_bytes",
+            "max_record_bytes",
+        ),
+        ('retry_min = "1m"\nretry_max = "1s"', "sinks.out.retry_max", "retry_min <= retry_max"),
+        ('endpoint_url = "localhost:4567"', "sinks.out.endpoint_url", "http://"),
+        ('request_timeout = "0s"', "sinks.out.request_timeout", "between"),
+        ("shard_bytes_per_second = 10", "sinks.out.shard_bytes_per_second", "at least"),
+        ('ordered = "yes"', "sinks.out.ordered", "true or false"),
+        ("newline = true", "sinks.out.newline", "unknown key"),
+    ],
+)
+def test_bad_sink_settings_name_key_and_reason(
+    tmp_path: Path, extra: str, key: str, reason: str
+) -> None:
+    found = problems(tmp_path, KINESIS + extra + "\n")
+    assert any(k == key and reason in r for k, r in found), found
+
+
+def test_stream_name_is_required_and_uplink_is_checked(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        '[agent]\nstate_dir = "{state}"\n[sinks.out]\ntype = "kinesis"\n'
+        '[uplink]\nmax_rate = "100bit/s"\n',
+    )
+    assert ("sinks.out.stream", "is required") in found
+    assert any(k == "uplink.max_rate" and "at least" in r for k, r in found), found
 
 
 def test_minimal_config_gets_defaults(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from tests.moto_server import MotoServer, delivered_objects, make_firehose_to_s3
 from tests.support import (
     AgentProcess,
     Mosquitto,
+    cli,
     run_publisher,
     spool_path,
     spooled_count,
@@ -80,6 +81,8 @@ def test_a_missing_delivery_stream_pauses_until_it_exists(
     run_publisher(broker.port, 50)
     wait_until(lambda: agent.sink_status("archive").get("state") == "paused", 20, 0.05)
     assert "ResourceNotFoundException" in agent.sink_status("archive")["reason"]
+    text = cli("status", "-c", str(config)).stdout
+    assert "sink archive -> firehose not-yet: paused (ResourceNotFoundException" in text
     assert spooled_count(spool_path(tmp_path)) == 50
     bucket = make_firehose_to_s3(moto, "not-yet")
     wait_until(lambda: spooled_count(spool_path(tmp_path)) == 0, 20, 0.05, "delivery")

@@ -20,6 +20,7 @@ from tests.support import (
     AgentProcess,
     Kinesalite,
     Mosquitto,
+    cli,
     publish,
     run_publisher,
     spool_path,
@@ -74,6 +75,9 @@ def test_telemetry_reaches_the_stream_exactly_once_in_key_order(
     assert len(status["shards"]) == 3
     assert all(shard["last_sequence_number"] for shard in status["shards"].values())
     assert spooled_count(spool_path(tmp_path)) == 0
+    text = cli("status", "-c", str(config)).stdout
+    assert f"sink telemetry -> kinesis {stream}: " in text
+    assert "sent 3000 records" in text and "shardId-000000000002: last sequence number" in text
     assert agent.terminate() == 0
 
 

@@ -38,6 +38,7 @@ class ShardPacer:
         self.factor = 1.0
         self.throttled = 0
         self._last_change = clock()
+        self._last_cut = float("-inf")
         self.records = TokenBucket(*_rate_and_burst(records_per_s), clock=clock)
         self.bytes = TokenBucket(*_rate_and_burst(bytes_per_s), clock=clock)
 
@@ -72,8 +73,9 @@ class ShardPacer:
     def on_throttled(self) -> None:
         self.throttled += 1
         now = self._clock()
-        if now - self._last_change < 0.2:  # one cut per burst of failures
+        if now - self._last_cut < 0.2:  # one cut per burst of failures
             return
+        self._last_cut = now
         self._set_factor(max(MIN_FACTOR, self.factor * CUT), now)
 
     def recover(self) -> None:
