@@ -26,7 +26,7 @@ from types import FrameType
 from typing import Any
 
 from edge_agent import __version__
-from edge_agent.config import Config, load_config
+from edge_agent.config import Config, SinkConfig, load_config
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.forwarder import Forwarder
 from edge_agent.governor import UploadGovernor
@@ -88,6 +88,7 @@ class Agent:
         self._spool: Spool | None = None
         self._mqtt: MqttSource | None = None
         self._forwarders: dict[str, Forwarder] = {}
+        self._failed_sinks: dict[str, str] = {}
         self._stop_forwarding = threading.Event()
         self._governor = UploadGovernor(config.uplink.max_rate, config.uplink.burst)
 
@@ -119,9 +120,7 @@ class Agent:
                 self._mqtt.start()
             for name, sink in config.sinks.items():
                 if sink.type in FORWARDING_TYPES:
-                    forwarder = make_forwarder(sink, spool, self._governor, self._stop_forwarding)
-                    self._forwarders[name] = forwarder
-                    forwarder.start()
+                    self._start_forwarder(name, sink, spool)
             self._notifier.ready(
                 f"spool open, {int(self._mqtt is not None)} sources and "
                 f"{len(self._forwarders)} forwarders started"
@@ -135,10 +134,17 @@ class Agent:
             spool.wake_waiters()
             if self._mqtt is not None:
                 self._mqtt.stop(STOP_TIMEOUT_S)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
             for forwarder in self._forwarders.values():
-                forwarder.join(STOP_TIMEOUT_S)
+                forwarder.join(max(0.0, deadline - time.monotonic()))
             self._write_status(stopped=True)
-            spool.close()
+            busy = [name for name, fw in self._forwarders.items() if fw.running]
+            if busy:
+                # Leave the spool open under a thread that may still settle its request;
+                # the process exit releases it, and what was in flight is sent again.
+                log.warning("stopping with a request still in flight for sinks %s", busy)
+            else:
+                spool.close()
             log.info("stopped")
         return exit_code
 
@@ -175,6 +181,16 @@ class Agent:
                 return 1
             self._stop.wait(tick)
         return 0
+
+    def _start_forwarder(self, name: str, sink: SinkConfig, spool: Spool) -> None:
+        try:
+            forwarder = make_forwarder(sink, spool, self._governor, self._stop_forwarding)
+        except Exception as err:  # e.g. a profile that does not exist: intake goes on
+            log.error("sink %s: cannot start forwarding: %s", name, err)
+            self._failed_sinks[name] = f"{type(err).__name__}: {err}"
+            return
+        self._forwarders[name] = forwarder
+        forwarder.start()
 
     def _workers(self) -> list[tuple[str, bool]]:
         workers = []
@@ -230,7 +246,13 @@ class Agent:
         }
         if self._mqtt is not None:
             data["sources"]["mqtt"] = self._mqtt.snapshot()
-        data["sinks"] = {name: fw.snapshot() for name, fw in self._forwarders.items()}
+        try:
+            data["sinks"] = {name: fw.snapshot() for name, fw in self._forwarders.items()}
+        except Exception:  # status must never take the agent down
+            log.exception("collecting sink status failed")
+            data["sinks"] = {}
+        for name, reason in self._failed_sinks.items():
+            data["sinks"][name] = {"state": "failed", "reason": reason}
         path = runtime_status_path(self.config)
         tmp = path.with_name(path.name + ".tmp")
         try:

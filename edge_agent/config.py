@@ -117,6 +117,7 @@ class DeliveryConfig:
     retry_min: float = 0.1
     retry_max: float = 30.0
     pause_probe: float = 60.0
+    linger: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -416,6 +417,10 @@ def _read_aws(section: _Section) -> AwsEndpoint:
         connect_timeout=section.duration("connect_timeout", 5.0),
         request_timeout=section.duration("request_timeout", 30.0),
     )
+    if aws.region is None and not (
+        os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    ):
+        section.problem("region", "is required (or set AWS_REGION in the environment)")
     if aws.endpoint_url is not None and not re.match(r"^https?://[^/]+", aws.endpoint_url):
         section.problem("endpoint_url", "must be an http:// or https:// URL")
     for name in ("connect_timeout", "request_timeout"):
@@ -434,6 +439,7 @@ def _read_delivery(section: _Section, sink: SinkConfig, limit: int) -> DeliveryC
         retry_min=section.duration("retry_min", 0.1),
         retry_max=section.duration("retry_max", 30.0),
         pause_probe=section.duration("pause_probe", 60.0),
+        linger=section.duration("linger", 0.5),
     )
     if not 1 <= delivery.max_request_bytes <= limit:
         section.problem("max_request_bytes", f"must be between 1 byte and {limit} bytes")
@@ -443,6 +449,8 @@ def _read_delivery(section: _Section, sink: SinkConfig, limit: int) -> DeliveryC
         section.problem("retry_max", "needs 1ms <= retry_min <= retry_max <= 1h")
     if not 1 <= delivery.pause_probe <= 86400:
         section.problem("pause_probe", "must be between 1s and 1d")
+    if not 0 <= delivery.linger <= 60:
+        section.problem("linger", "must be between 0s and 1m")
     return delivery
 
 
@@ -467,11 +475,14 @@ def _read_kinesis(section: _Section, sink: SinkConfig) -> SinkConfig:
         section.problem("explicit_hash_key", "must be a decimal integer below 2**128")
     if options.aggregate and not 1024 <= options.aggregate_max_bytes <= sink.max_record_bytes:
         section.problem("aggregate_max_bytes", "must be between 1KiB and max_record_bytes")
+    _check_name(section, "stream", options.stream)
     if options.shard_bytes_per_second < 1024:
         section.problem("shard_bytes_per_second", "must be at least 1KiB")
     if not 1 <= options.shard_refresh <= 86400:
         section.problem("shard_refresh", "must be between 1s and 1d")
     delivery = _read_delivery(section, sink, MAX_KINESIS_BYTES)
+    if options.aggregate and options.aggregate_max_bytes > delivery.max_request_bytes - 1024:
+        section.problem("aggregate_max_bytes", "must leave at least 1KiB of max_request_bytes free")
     return replace(sink, aws=_read_aws(section), delivery=delivery, kinesis=options)
 
 
@@ -480,8 +491,21 @@ def _read_firehose(section: _Section, sink: SinkConfig) -> SinkConfig:
         delivery_stream=section.string("delivery_stream"),
         newline=section.boolean("newline", False),
     )
+    _check_name(section, "delivery_stream", options.delivery_stream)
+    if sink.max_record_bytes > DEFAULT_MAX_RECORD_BYTES["firehose"]:
+        section.problem("max_record_bytes", "Firehose takes records of at most 1000KiB")
     delivery = _read_delivery(section, sink, DEFAULT_MAX_REQUEST_BYTES["firehose"])
     return replace(sink, aws=_read_aws(section), delivery=delivery, firehose=options)
+
+
+_STREAM_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,128}$")
+
+
+def _check_name(section: _Section, key: str, name: object) -> None:
+    if isinstance(name, str) and not _STREAM_NAME.match(name):
+        section.problem(
+            key, f"{name!r} is not a stream name (1-128 of a-z A-Z 0-9 _ . -; not an ARN)"
+        )
 
 
 def _read_uplink(section: _Section | None) -> UplinkConfig:

@@ -4,10 +4,12 @@
     ->  sink.pack (limits, pacing, aggregation)  ->  governor (inside the sink's client)
     ->  sink.send  ->  settle each record:
             accepted          delete from the spool (the position goes to status)
-            failed            stays leased in the window, due again after full-jitter
-                              backoff on its own failure count
+            failed            back to the spool, due again after full-jitter backoff on
+                              its attempt count (ordered mode: stays in the window and
+                              blocks its key until it is through)
             rejected          dead letter with the reason (too large, refused as invalid;
-                              a refused request is split in halves to find the record)
+                              a refused request is split in halves, an aggregate into
+                              its records, to find the record to blame)
         a whole request failing:
             SinkUnavailable   nothing settled; the sink backs off (full jitter, capped)
             SinkPaused        nothing settled; the sink pauses and probes every
@@ -50,6 +52,8 @@ log = logging.getLogger(__name__)
 IDLE_WAIT_S = 1.0
 #: Throughput in status is averaged over this many seconds.
 RATE_WINDOW_S = 10.0
+#: Shortest pause when nothing could be packed (never spin).
+MIN_WAIT_S = 0.005
 #: A failing spool (full disk, busy) is retried after this long.
 SPOOL_RETRY_S = 1.0
 
@@ -59,6 +63,10 @@ class _Pending:
     record: LeasedRecord
     due: float = 0.0
     failures: int = 0
+
+
+#: Records refused as invalid, and the refusal.
+_Blamed = tuple[list[LeasedRecord], SinkError]
 
 
 @dataclass
@@ -103,6 +111,9 @@ class Forwarder:
         self._unacked: list[LeasedRecord] = []
         self._backoff = Backoff(delivery.retry_min, delivery.retry_max, self._rng)
         self._hold_until = 0.0
+        self._retry_at: float | None = None  # earliest retry handed back to the spool
+        self._answered = 0  # requests the service answered (accepted, or per record)
+        self._last_ok = False  # whether the latest request was answered
         self._rates: collections.deque[tuple[float, int, int]] = collections.deque()
         self._rates_lock = threading.Lock()
         self.stats = ForwarderStats(since=time.time())
@@ -121,6 +132,10 @@ class Forwarder:
     def join(self, timeout: float) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     @property
     def healthy(self) -> bool:
@@ -172,9 +187,21 @@ class Forwarder:
         generation = self.spool.append_generation
         self._refill()
         candidates, next_due = self._candidates(now)
+        if len(candidates) < self.delivery.max_request_records and self._refill(any_room=True):
+            # records waiting for a retry hold part of the window: let new ones in
+            candidates, next_due = self._candidates(now)
+        linger = self._linger_time(candidates)
+        if linger > 0:
+            self.spool.wait_for_append(generation, linger)
+            return
         if not candidates:
-            self._set_state("idle" if not self._window else "waiting to retry")
-            wait = IDLE_WAIT_S if next_due is None else min(IDLE_WAIT_S, next_due - now)
+            if self._retry_at is not None and self._retry_at <= now:
+                self._retry_at = None  # records handed back to the spool are due again
+            waiting = self._window or self._retry_at is not None
+            self._set_state("waiting to retry" if waiting else "idle")
+            wait = min(
+                [IDLE_WAIT_S, *(due - now for due in (next_due, self._retry_at) if due is not None)]
+            )
             if not self._window or len(self._window) < self._window_records:
                 self.spool.wait_for_append(generation, max(wait, 0.001))
             else:
@@ -186,21 +213,51 @@ class Forwarder:
         if packed.request is None:
             if packed.wait is not None:
                 self._set_state("pacing")
-                self._stop.wait(min(max(packed.wait, 0.001), IDLE_WAIT_S))
+            self._stop.wait(min(max(packed.wait or MIN_WAIT_S, MIN_WAIT_S), IDLE_WAIT_S))
             return
         self._deliver(packed.request)
 
-    def _refill(self) -> None:
+    def _refill(self, *, any_room: bool = False) -> bool:
+        """Lease more records when half the window is free (or, with ``any_room``, when
+        any of it is); True if something was leased."""
         room_records = self._window_records - len(self._window)
         room_bytes = self._window_bytes - self._window_size
-        if room_records < self._window_records // 2 or room_bytes < self._window_bytes // 2:
-            return
+        if any_room:
+            if room_records <= 0 or room_bytes <= 0:
+                return False
+        elif room_records < self._window_records // 2 or room_bytes < self._window_bytes // 2:
+            return False
         leased = self.spool.lease(self.sink.name, max_records=room_records, max_bytes=room_bytes)
         for record in leased:
             self._window[record.id] = _Pending(record)
             self._window_size += record.size
+        return bool(leased)
+
+    def _linger_time(self, candidates: list[LeasedRecord]) -> float:
+        """How long to wait for more records rather than send a small request now (each
+        request costs headers, a signature and a round trip on the uplink): until the
+        oldest candidate has been in the spool for ``linger``. A backlog is old and goes
+        at once; so does a full request."""
+        linger = self.delivery.linger
+        if not candidates or linger <= 0 or self._stop.is_set():
+            return 0.0
+        age = time.time() - candidates[0].captured_at_ms / 1000  # spool order: the oldest
+        if not 0 <= age < linger:  # old enough, or the clock stepped back: send
+            return 0.0
+        if len(candidates) >= self.delivery.max_request_records and not self.sink.aggregating:
+            return 0.0
+        size = 0
+        for record in candidates:
+            size += record.size
+            if size >= self.delivery.max_request_bytes:
+                return 0.0
+        if len(self._window) >= self._window_records or self._window_size >= self._window_bytes:
+            return 0.0
+        return linger - age
 
     def _candidates(self, now: float) -> tuple[list[LeasedRecord], float | None]:
+        """Due records in spool order (per-key prefixes in ordered mode), and when the
+        next record falls due."""
         ordered = self.sink.ordered
         blocked: set[str] = set()
         candidates: list[LeasedRecord] = []
@@ -219,13 +276,18 @@ class Forwarder:
 
     # ------------------------------------------------------------------ sending
 
-    def _deliver(self, request: Request) -> None:
+    def _deliver(self, request: Request, blamed: list[_Blamed] | None = None) -> None:
+        """Send one request and settle what the service answered. ``blamed`` collects
+        records refused as invalid while a refused request is being split up."""
         self._set_state("sending")
         self.stats.requests += 1
         try:
             outcomes = self.sink.send(request)
         except RequestRejected as err:
-            self._split(request, err)
+            if blamed is None:
+                self._split(request, err)
+            else:
+                self._bisect(request, err, blamed)
             return
         except SinkPaused as err:
             self._request_failed(err, paused=True)
@@ -238,9 +300,12 @@ class Forwarder:
             self._request_failed(SinkUnavailable(type(err).__name__, str(err)), paused=False)
             return
         self._delivered()
+        self._answered += 1
+        self._last_ok = True
         now = self._clock()
         accepted: list[LeasedRecord] = []
         accepted_bytes = 0
+        failed: list[LeasedRecord] = []
         for entry, outcome in zip(request.entries, outcomes, strict=True):
             if isinstance(outcome, Sent):
                 accepted += entry.records
@@ -249,12 +314,10 @@ class Forwarder:
                 continue
             self.stats.retries += len(entry.records)
             self._set_error(f"{outcome.code}: {outcome.message}", quiet=True)
-            for record in entry.records:
-                pending = self._window[record.id]
-                pending.due = now + full_jitter(
-                    pending.failures, self.delivery.retry_min, self.delivery.retry_max, self._rng
-                )
-                pending.failures += 1
+            if self.sink.ordered:
+                self._retry_in_window(entry.records, now)
+            else:
+                failed += entry.records
         for record in accepted:
             del self._window[record.id]
             self._window_size -= record.size
@@ -265,18 +328,76 @@ class Forwarder:
         self._unacked = accepted
         self.spool.ack(accepted)
         self._unacked = []
+        if failed:
+            self._retry_in_spool(failed, now)
+
+    def _retry_in_window(self, records: list[LeasedRecord], now: float) -> None:
+        """Ordered mode: failed records stay leased, so that they block their keys; the
+        records of one entry fall due together (one wake-up, one entry again)."""
+        pendings = [self._window[record.id] for record in records]
+        failures = max(
+            pending.failures + record.attempts
+            for pending, record in zip(pendings, records, strict=True)
+        )
+        due = now + full_jitter(
+            failures, self.delivery.retry_min, self.delivery.retry_max, self._rng
+        )
+        for pending in pendings:
+            pending.due = due
+            pending.failures += 1
+
+    def _retry_in_spool(self, records: list[LeasedRecord], now: float) -> None:
+        """Unordered: failed records go back to the spool, due again after full jitter
+        on their attempt count (kept in the spool), and free the window for others."""
+        attempts = max(record.attempts for record in records)
+        delay = full_jitter(attempts, self.delivery.retry_min, self.delivery.retry_max, self._rng)
+        self.spool.retry(records, at_ms=int((time.time() + delay) * 1000))
+        for record in records:
+            if self._window.pop(record.id, None) is not None:
+                self._window_size -= record.size
+        due = now + delay
+        self._retry_at = due if self._retry_at is None else min(self._retry_at, due)
 
     def _split(self, request: Request, err: SinkError) -> None:
-        """The service refused the request as invalid: find the record(s) to blame."""
+        """The service refused the request as invalid: find the records to blame.
+
+        If nothing gets through while splitting, and the request before did not either,
+        the refusal is probably not about the records (a stream the service will not
+        take direct puts for, say): the sink pauses and keeps them instead of
+        dead-lettering a whole queue one record at a time."""
+        answered = self._answered
+        blamed: list[_Blamed] = []
+        self._bisect(request, err, blamed)
+        trusted = self._last_ok or self._answered > answered
+        self._last_ok = self._answered > answered
+        if not blamed:
+            return
+        if not trusted:
+            self._request_failed(
+                SinkPaused(err.code, f"every record was refused: {err.message}"), paused=True
+            )
+            return
+        self._reject(
+            [
+                (record, f"refused by {self.sink.kind} {self.sink.target}: {error}")
+                for records, error in blamed
+                for record in records
+            ]
+        )
+
+    def _bisect(self, request: Request, err: SinkError, blamed: list[_Blamed]) -> None:
         if len(request.entries) == 1:
-            reason = f"refused by {self.sink.kind} {self.sink.target}: {err}"
-            self._reject([(record, reason) for record in request.records])
+            (entry,) = request.entries
+            if len(entry.records) > 1:  # an aggregate: its records may each be fine alone
+                self._deliver(Request(self.sink.plain_entries(entry.records)), blamed)
+            else:
+                blamed.append((entry.records, err))
             return
         half = len(request.entries) // 2
         for part in (request.entries[:half], request.entries[half:]):
             if self._clock() < self._hold_until or self._stop.is_set():
-                return  # the other half failed as a whole: both wait for the next round
-            self._deliver(Request(part))
+                return  # a part failed as a whole: the rest waits for the next round
+            self._deliver(Request(part), blamed)
 
     def _request_failed(self, err: SinkError, *, paused: bool) -> None:
         self.stats.request_errors += 1

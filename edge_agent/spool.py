@@ -220,6 +220,7 @@ class Spool:
         self.read_only = read_only
         self._lock_file = lock_file
         self._lock = threading.RLock()
+        self._closed = False
         self._appended = threading.Condition(threading.Lock())
         self._append_generation = 0
         self._queues: dict[str, _QueueState] = {}
@@ -335,6 +336,7 @@ class Spool:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             with contextlib.suppress(sqlite3.Error):
                 if not self.read_only:
                     self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -362,6 +364,8 @@ class Spool:
         if self.read_only:
             raise SpoolError("spool is open read-only")
         with self._lock:
+            if self._closed:
+                raise SpoolError(f"spool is closed ({doing})")
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 yield self._conn

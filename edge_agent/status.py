@@ -113,6 +113,8 @@ def _clock_time(epoch: float) -> str:
 
 
 def render_sink(name: str, sink: dict[str, Any]) -> list[str]:
+    if sink["state"] == "failed":
+        return [f"sink {name}: not forwarding, it could not start ({sink['reason']})"]
     state = sink["state"] + (f" ({sink['reason']})" if sink.get("reason") else "")
     lines = [
         f"sink {name} -> {sink['type']} {sink['target']}: {state} since "

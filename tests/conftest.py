@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.faulty_kinesis import FaultyKinesis
-from tests.forwarding import Harness
+from tests.forwarding import Harness, MakeHarness
 from tests.support import AgentProcess, Kinesalite, Mosquitto
 
 
@@ -76,3 +77,15 @@ def harnesses() -> Iterator[list[Harness]]:
     finally:
         for harness in made:
             harness.close()
+
+
+@pytest.fixture
+def kinesis(endpoint: FaultyKinesis, tmp_path: Path, harnesses: list[Harness]) -> MakeHarness:
+    """Makes Kinesis harnesses (spool + forwarder) against the fault-injecting endpoint."""
+
+    def make(**options: Any) -> Harness:
+        harness = Harness(endpoint, "kinesis", tmp_path, **options)
+        harnesses.append(harness)
+        return harness
+
+    return make

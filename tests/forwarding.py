@@ -7,7 +7,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edge_agent.config import SinkConfig, parse_config
 from edge_agent.forwarder import Forwarder
@@ -17,6 +17,10 @@ from edge_agent.sinks.factory import make_forwarder
 from edge_agent.spool import Spool
 from tests.faulty_kinesis import FaultyKinesis
 from tests.support import wait_until
+
+
+class MakeHarness(Protocol):
+    def __call__(self, **options: Any) -> Harness: ...
 
 
 class Harness:
@@ -46,8 +50,10 @@ class Harness:
             "retry_min": "10ms",
             "retry_max": "200ms",
             "pause_probe": "1s",
+            "linger": "0s",  # the records are appended at once; linger has its own test
             **options,
         }
+        self.table = sink
         self.config: SinkConfig = parse_config({"sinks": {"out": sink}}).sinks["out"]
         self.spool = Spool.open(tmp / f"{self.target}.db")
         self.stop = threading.Event()
@@ -99,21 +105,7 @@ class Harness:
             self.forwarder.join(10)
         self.spool.close()
 
-    def sink_table(self) -> dict[str, Any]:
-        """The sink's config table, to change a key and parse it again."""
-        config = self.config
-        assert config.aws is not None and config.delivery is not None
-        table: dict[str, Any] = {
-            "type": config.type,
-            "region": config.aws.region,
-            "endpoint_url": config.aws.endpoint_url,
-            "retry_min": "10ms",
-            "retry_max": "200ms",
-        }
-        if config.kinesis is not None:
-            table["stream"] = config.kinesis.stream
-            table["shard_records_per_second"] = config.kinesis.shard_records_per_second
-            table["shard_bytes_per_second"] = config.kinesis.shard_bytes_per_second
-        if config.firehose is not None:
-            table["delivery_stream"] = config.firehose.delivery_stream
-        return table
+    def reconfigure(self, **changes: Any) -> None:
+        """Change keys of the sink's config table (before ``start``)."""
+        self.table = {**self.table, **changes}
+        self.config = parse_config({"sinks": {"out": self.table}}).sinks["out"]

@@ -112,8 +112,34 @@ def test_kinesis_and_firehose_defaults(tmp_path: Path) -> None:
 def test_bad_sink_settings_name_key_and_reason(
     tmp_path: Path, extra: str, key: str, reason: str
 ) -> None:
-    found = problems(tmp_path, KINESIS + extra + "\n")
+    document = (
+        KINESIS.replace('stream = "s"', extra)
+        if extra.startswith("stream =")
+        else KINESIS + extra + "\n"
+    )
+    found = problems(tmp_path, document)
     assert any(k == key and reason in r for k, r in found), found
+
+
+def test_region_is_required_unless_the_environment_sets_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    assert ("sinks.out.region", "is required (or set AWS_REGION in the environment)") in (
+        problems(tmp_path, KINESIS)
+    )
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    assert load_config(write(tmp_path, KINESIS)).sinks["out"].aws is not None
+
+
+def test_firehose_records_are_at_most_1000_kib(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        '[agent]\nstate_dir = "{state}"\n[sinks.fh]\ntype = "firehose"\n'
+        'delivery_stream = "d"\nmax_record_bytes = "2MiB"\n',
+    )
+    assert ("sinks.fh.max_record_bytes", "Firehose takes records of at most 1000KiB") in found
 
 
 def test_stream_name_is_required_and_uplink_is_checked(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import parse_config
 from edge_agent.records import Record
 from tests.faulty_kinesis import FaultyKinesis
 from tests.forwarding import Harness
@@ -121,9 +120,7 @@ def test_an_invalid_record_is_found_and_dead_lettered_alone(harness: Harness) ->
 
 def test_oversize_records_never_reach_the_service(harness: Harness) -> None:
     limit = 2048
-    harness.config = parse_config(
-        {"sinks": {"out": {**harness.sink_table(), "max_record_bytes": limit}}}
-    ).sinks["out"]
+    harness.reconfigure(max_record_bytes=limit)
     seqs = harness.append(50, size=100)
     harness.spool.append([Record("out", "k0", 1, b"x" * (limit + 1))])
     harness.start()
@@ -144,3 +141,33 @@ def test_stop_releases_what_was_not_delivered(harness: Harness) -> None:
     forwarder.join(10)
     assert harness.spool.stats().queues[0].leased_count == 0
     assert harness.spool.pending("out")[0] == 100
+
+
+def test_linger_gathers_a_trickle_into_few_requests(harness: Harness) -> None:
+    harness.reconfigure(linger="300ms")
+    harness.start()
+    started = time.monotonic()
+    for _ in range(50):  # a sensor publishing at 50 readings/s for a second
+        harness.append(1)
+        time.sleep(0.02)
+    harness.wait_drained(5)
+    elapsed = time.monotonic() - started
+    assert sorted(seq for _, seq in harness.delivered()) == list(range(50))
+    # One request per ~300 ms instead of one per reading; none waited much past linger.
+    assert harness.status["requests"] <= 2 + elapsed / 0.3
+    assert elapsed < 1.0 + 0.3 + 0.5
+
+
+def test_a_refusal_of_every_record_pauses_instead_of_dead_lettering(harness: Harness) -> None:
+    """InvalidArgument for every request is not about the records (a misconfigured
+    destination, say): nothing may be dead-lettered, the sink pauses and keeps them."""
+    harness.endpoint.persistent_request_error = (400, "InvalidArgumentException")
+    seqs = harness.append(200)
+    harness.start()
+    wait_until(lambda: harness.status["state"] == "paused", 10, 0.01, "paused")
+    assert "every record was refused" in harness.status["reason"]
+    assert harness.spool.dead_letters() == []
+    assert harness.spool.pending("out")[0] == 200
+    harness.endpoint.persistent_request_error = None
+    harness.wait_drained(10)
+    assert sorted(seq for _, seq in harness.delivered()) == seqs

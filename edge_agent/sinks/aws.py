@@ -5,8 +5,9 @@ of temporary credentials) and the wire protocol. Its own retries are switched of
 (``total_max_attempts = 1``): the forwarder retries with full jitter and shows every retry in
 status, and retrying inside botocore would hide throttling from the per-shard pacing.
 
-Every request passes the upload governor just before it is written, with its real size
-(body plus headers), through botocore's ``before-send`` event.
+Every request passes the upload governor with its size on the wire (body, headers and
+the signature's headers), through botocore's ``before-sign`` event: waiting for the
+budget before signing keeps a long wait on a slow uplink from expiring the signature.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ PAUSE_CODES = frozenset(
 )
 #: KMS errors are "pause" errors, except this one.
 KMS_THROTTLING = "KMSThrottlingException"
+#: Authorization, X-Amz-Date and X-Amz-Security-Token (temporary credentials), added
+#: when the request is signed, after it was metered.
+SIGNATURE_HEADER_BYTES = 1200
 #: The request itself is malformed: some record in it can never be accepted.
 REJECT_CODES = frozenset({"InvalidArgumentException", "ValidationException"})
 
@@ -69,15 +73,17 @@ def make_client(
     )
 
     def meter(request: Any, **_: Any) -> None:
-        body = request.body
-        size = len(body) if isinstance(body, bytes | bytearray) else 0
+        # Before signing, not before sending: a request that waited for the budget after
+        # it was signed could expire (AWS refuses signatures older than 5 minutes).
+        body = request.data if isinstance(request.data, bytes | bytearray) else b""
+        size = len(body) + SIGNATURE_HEADER_BYTES
         size += sum(len(name) + len(str(value)) + 4 for name, value in request.headers.items())
         size += len(request.method) + len(request.url) + 12  # request line
         if not governor.acquire(size, stop):
             raise SinkUnavailable("Stopping", "the agent is stopping")
         wire_bytes[0] += size
 
-    client.meta.events.register("before-send", meter)
+    client.meta.events.register("before-sign", meter)
     return client
 
 
@@ -87,6 +93,8 @@ def sink_error(err: Exception) -> SinkError:
 
     if isinstance(err, SinkError):
         return err
+    if isinstance(err, boto.ParamValidationError):  # botocore's own checks of the request
+        return RequestRejected("ParamValidation", str(err))
     if isinstance(err, boto.ClientError):
         error = err.response.get("Error", {})
         code = str(error.get("Code") or "Unknown")
@@ -94,11 +102,13 @@ def sink_error(err: Exception) -> SinkError:
         status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         if code in REJECT_CODES:
             return RequestRejected(code, message)
+        if "Signature expired" in message or code in ("RequestExpired", "ExpiredTokenException"):
+            return SinkUnavailable(code, message)  # signed too long ago / credentials renew
         if code in PAUSE_CODES or (code.startswith("KMS") and code != KMS_THROTTLING):
             return SinkPaused(code, message)
         if status >= 500 or status in (0, 429) or "Throttl" in code or "Exceeded" in code:
             return SinkUnavailable(code, message)
-        if code in ("ExpiredTokenException", "RequestExpired", "ServiceUnavailableException"):
+        if code == "ServiceUnavailableException":
             return SinkUnavailable(code, message)
         return SinkPaused(code, f"HTTP {status}: {message}")
     if isinstance(err, boto.NoCredentialsError | boto.PartialCredentialsError):

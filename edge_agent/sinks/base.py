@@ -7,6 +7,7 @@ service::
                                          service's limits (and the sink's own pacing)
     send(request) -> [Outcome, ...]      one outcome per entry, in order; a whole-request
                                          failure raises a SinkError instead
+    plain_entries(records) -> [Entry]    one entry per record (to find a bad record)
     snapshot() -> dict                   sink-specific status (shards, sequence numbers)
 
 An ``Entry`` is one record as the service sees it. It carries one spooled record, or
@@ -82,10 +83,15 @@ class Sink(Protocol):
     kind: str
     target: str
     ordered: bool
+    aggregating: bool  # many records per entry: a request is not full at 500 records
 
     def pack(self, candidates: Sequence[LeasedRecord], now: float) -> Packed: ...
 
     def send(self, request: Request) -> list[Outcome]: ...
+
+    def plain_entries(self, records: Sequence[LeasedRecord]) -> list[Entry]:
+        """One entry per record, no aggregation (to find a record the service refuses)."""
+        ...
 
     def snapshot(self) -> dict[str, Any]: ...
 

@@ -25,6 +25,7 @@ from edge_agent.sinks.base import Entry, Failed, Outcome, Packed, Request, Reque
 class FirehoseSink:
     kind = "firehose"
     ordered = False
+    aggregating = False
 
     def __init__(self, config: SinkConfig, governor: UploadGovernor, stop: threading.Event) -> None:
         assert config.firehose is not None and config.delivery is not None
@@ -43,7 +44,8 @@ class FirehoseSink:
         )
         packed = Packed(None)
         for record in candidates:
-            data = record.payload + self._suffix
+            (entry,) = self.plain_entries([record])
+            data = entry.data
             if len(data) > self.max_record_bytes:
                 packed.rejected.append(
                     (
@@ -57,9 +59,12 @@ class FirehoseSink:
                 if packer.full:
                     break
                 continue
-            packer.add(Entry([record], data))
+            packer.add(entry)
         packed.request = packer.request()
         return packed
+
+    def plain_entries(self, records: Sequence[LeasedRecord]) -> list[Entry]:
+        return [Entry([record], record.payload + self._suffix) for record in records]
 
     def send(self, request: Request) -> list[Outcome]:
         try:

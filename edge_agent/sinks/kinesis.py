@@ -15,6 +15,7 @@ always correct for aggregation and approximate for pacing.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +34,9 @@ from edge_agent.sinks.shards import ShardMap
 log = logging.getLogger(__name__)
 
 THROTTLED = "ProvisionedThroughputExceededException"
+MAX_PARTITION_KEY_CHARS = 256
+#: Without a shard map pacers are per partition key; keep at most this many.
+MAX_KEY_PACERS = 10_000
 #: An aggregate that landed on another shard than predicted (after resharding).
 WRONG_SHARD = "AggregateOnWrongShard"
 #: Forget cached key -> shard lookups beyond this many keys.
@@ -80,6 +84,7 @@ class KinesisSink:
         self.delivery = config.delivery
         self.target = options.stream
         self.ordered = options.ordered
+        self.aggregating = options.aggregate
         self.max_record_bytes = config.max_record_bytes
         self._clock = clock
         self.wire_bytes = [0]
@@ -111,11 +116,12 @@ class KinesisSink:
             shard_map = ShardMap.from_list_shards(shards)
         except Exception as err:  # the map is an optimisation: keep going without it
             log.warning(
-                "sink %s: cannot list the shards of %s (%s); pacing and aggregating per "
-                "partition key instead",
+                "sink %s: cannot list the shards of %s (%s: %s); pacing and aggregating "
+                "per partition key instead",
                 self.name,
                 self.target,
-                sink_error(err) if not isinstance(err, ValueError) else err,
+                type(err).__name__,
+                err,
             )
             return
         if self._map is None or [s.shard_id for s in self._map.shards] != [
@@ -152,6 +158,8 @@ class KinesisSink:
     def _pacer(self, shard: str) -> ShardPacer:
         pacer = self._pacers.get(shard)
         if pacer is None:
+            if len(self._pacers) >= MAX_KEY_PACERS:  # per-key pacers without a shard map
+                self._pacers = {k: p for k, p in self._pacers.items() if not k.startswith("key:")}
             pacer = self._pacers[shard] = ShardPacer(
                 self.options.shard_records_per_second,
                 self.options.shard_bytes_per_second,
@@ -173,12 +181,21 @@ class KinesisSink:
         state = _PackState(packer, packed)
         hash_key = self.options.explicit_hash_key
         aggregate = self.options.aggregate
+        # What each shard could take in this request, so that a shard short of tokens
+        # waits for enough of them rather than for half its burst (aggregates: unknown
+        # until packed, so half the burst).
+        demand = None if aggregate else self._demand(candidates)
         for record in candidates:
             key = record.partition_key
             if packer.blocked(key):
                 continue
             key_bytes = len(key.encode())
             size = len(record.payload) + key_bytes
+            if not 1 <= len(key) <= MAX_PARTITION_KEY_CHARS:
+                packed.rejected.append(
+                    (record, f"partition key has {len(key)} characters; Kinesis takes 1 to 256")
+                )
+                continue
             if size > self.max_record_bytes:
                 packed.rejected.append(
                     (
@@ -192,13 +209,19 @@ class KinesisSink:
             pacer = self._pacer(shard)
             if shard not in state.seen_shards:
                 state.seen_shards.add(shard)
-                if not pacer.ready():
+                wanted = demand.get(shard, (1, size)) if demand is not None else (math.inf,) * 2
+                if not pacer.ready(*wanted):
                     state.held_shards.add(shard)
-                    state.wait(pacer.wait_until_ready())
+                    state.wait(pacer.wait_until_ready(*wanted))
             if shard in state.held_shards:
                 packer.block(key)
                 continue
             if not aggregate or size > self.options.aggregate_max_bytes:
+                if shard in state.open_aggregates:
+                    # close the shard's aggregate first: spool order within the request
+                    self._close(state.open_aggregates.pop(shard), packer)
+                    if packer.blocked(key):  # ordered: its earlier records are in there
+                        continue
                 if not packer.has_room(size) or not pacer.allows(1, size):
                     self._hold_back(state, shard, pacer, key, size)
                     if packer.full:
@@ -214,6 +237,21 @@ class KinesisSink:
             self._close(open_aggregate, packer)
         packed.request = packer.request()
         return packed
+
+    def _demand(self, candidates: Sequence[LeasedRecord]) -> dict[str, tuple[int, int]]:
+        """Per shard: records and bytes one request could carry (ordered: one per key)."""
+        demand: dict[str, tuple[int, int]] = {}
+        seen_keys: set[str] = set()
+        for record in candidates:
+            key = record.partition_key
+            if self.ordered:
+                if key in seen_keys:
+                    continue
+                seen_keys.add(key)
+            shard = self._shard_of(key)
+            count, size = demand.get(shard, (0, 0))
+            demand[shard] = (count + 1, size + len(record.payload) + len(key))
+        return demand
 
     @staticmethod
     def _hold_back(state: _PackState, shard: str, pacer: ShardPacer, key: str, size: int) -> None:
@@ -275,6 +313,13 @@ class KinesisSink:
 
     # ------------------------------------------------------------------ sending
 
+    def plain_entries(self, records: Sequence[LeasedRecord]) -> list[Entry]:
+        hash_key = self.options.explicit_hash_key
+        return [
+            Entry([r], r.payload, r.partition_key, hash_key, self._shard_of(r.partition_key))
+            for r in records
+        ]
+
     def send(self, request: Request) -> list[Outcome]:
         records = []
         for entry in request.entries:
@@ -316,10 +361,13 @@ class KinesisSink:
     # ------------------------------------------------------------------ status
 
     def snapshot(self) -> dict[str, Any]:
+        # Called from another thread: iterate copies (dict.copy is atomic under the GIL).
         shards: dict[str, dict[str, Any]] = {}
-        for shard, sequence in self.last_sequence.items():
+        for shard, sequence in self.last_sequence.copy().items():
             shards.setdefault(shard, {})["last_sequence_number"] = sequence
-        for shard, pacer in self._pacers.items():
+        for shard, pacer in self._pacers.copy().items():
+            if shard.startswith("key:"):
+                continue
             if pacer.factor < 1.0 or pacer.throttled:
                 entry = shards.setdefault(shard, {})
                 entry["pace"] = round(pacer.factor, 2)

@@ -14,6 +14,7 @@ back by 10% of the limit per calm second.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -49,18 +50,18 @@ class ShardPacer:
             self.bytes.available >= min(size, self.bytes.capacity)
         )
 
-    def ready(self) -> bool:
-        """Worth a request: half the burst is there. Sending whenever a single token has
-        come back would mean one tiny request per record on a busy shard."""
-        return (
-            self.records.available >= self.records.capacity / 2
-            and self.bytes.available >= self.bytes.capacity / 2
-        )
+    def ready(self, records: float = math.inf, size: float = math.inf) -> bool:
+        """Worth a request: half the burst is there, or all that is waiting for this
+        shard (``records``, ``size``). Sending whenever a single token has come back
+        would mean one tiny request per record on a busy shard."""
+        return self.records.available >= min(
+            self.records.capacity / 2, records
+        ) and self.bytes.available >= min(self.bytes.capacity / 2, size)
 
-    def wait_until_ready(self) -> float:
+    def wait_until_ready(self, records: float = math.inf, size: float = math.inf) -> float:
         return max(
-            self.records.wait_time(self.records.capacity / 2),
-            self.bytes.wait_time(self.bytes.capacity / 2),
+            self.records.wait_time(min(self.records.capacity / 2, records)),
+            self.bytes.wait_time(min(self.bytes.capacity / 2, size)),
         )
 
     def take(self, records: int, size: int) -> None:
