@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import queue
 import random
 import threading
 import time
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 IDLE_WAIT_S = 1.0
 #: Throughput in status is averaged over this many seconds.
 RATE_WINDOW_S = 10.0
+#: Batches of accepted records that may wait for deletion while the next request goes.
+ACK_BACKLOG = 2
 #: Shortest pause when nothing could be packed (never spin).
 MIN_WAIT_S = 0.005
 #: A failing spool (full disk, busy) is retried after this long.
@@ -108,7 +111,11 @@ class Forwarder:
         self._rng = rng or random.Random()
         self._window: dict[int, _Pending] = {}
         self._window_size = 0
-        self._unacked: list[LeasedRecord] = []
+        # Deleting what the service accepted runs in its own thread, overlapping the
+        # next request; at most ACK_BACKLOG batches wait (they are re-sent after a crash).
+        self._acks: queue.Queue[list[LeasedRecord] | None] = queue.Queue(ACK_BACKLOG)
+        self._acker: threading.Thread | None = None
+        self._acks_closed = threading.Event()
         self._backoff = Backoff(delivery.retry_min, delivery.retry_max, self._rng)
         self._hold_until = 0.0
         self._retry_at: float | None = None  # earliest retry handed back to the spool
@@ -139,7 +146,8 @@ class Forwarder:
 
     @property
     def healthy(self) -> bool:
-        return not self._failed and (self._thread is None or self._thread.is_alive())
+        acker_ok = self._acker is None or self._acker.is_alive() or self._stop.is_set()
+        return acker_ok and not self._failed and (self._thread is None or self._thread.is_alive())
 
     def _run(self) -> None:
         try:
@@ -151,6 +159,10 @@ class Forwarder:
 
     def run(self) -> None:
         """The loop; returns when the stop event is set."""
+        self._acker = threading.Thread(
+            target=self._ack_loop, name=f"ack-{self.sink.name}", daemon=True
+        )
+        self._acker.start()
         try:
             while not self._stop.is_set():
                 try:
@@ -163,10 +175,30 @@ class Forwarder:
         finally:
             self._shut_down()
 
+    def _ack_loop(self) -> None:
+        """Delete accepted records; a failing spool is retried until it works or the
+        forwarder has stopped (then the leases clear at the next open: re-sent)."""
+        while (batch := self._acks.get()) is not None:
+            while True:
+                try:
+                    self.spool.ack(batch)
+                    break
+                except SpoolError as err:
+                    self._set_error(f"spool: deleting delivered records failed: {err}")
+                    if isinstance(err, SpoolCorrupt):
+                        self.spool_corrupt = True
+                    if self._acks_closed.wait(SPOOL_RETRY_S):
+                        break
+                except Exception:
+                    log.exception("sink %s: deleting delivered records failed", self.sink.name)
+                    break
+
     def _shut_down(self) -> None:
+        if self._acker is not None:
+            self._acks.put(None)
+            self._acker.join(SPOOL_RETRY_S * 5)
+            self._acks_closed.set()
         try:
-            if self._unacked:
-                self.spool.ack(self._unacked)
             self.spool.release([pending.record for pending in self._window.values()])
         except SpoolError as err:  # leases are cleared at the next open anyway
             log.warning("sink %s: releasing leased records at stop failed: %s", self.sink.name, err)
@@ -177,9 +209,6 @@ class Forwarder:
     # ------------------------------------------------------------------ one step
 
     def _step(self) -> None:
-        if self._unacked:
-            self.spool.ack(self._unacked)
-            self._unacked = []
         now = self._clock()
         if now < self._hold_until:
             self._stop.wait(min(self._hold_until - now, IDLE_WAIT_S))
@@ -227,6 +256,10 @@ class Forwarder:
                 return False
         elif room_records < self._window_records // 2 or room_bytes < self._window_bytes // 2:
             return False
+        count, size = self.spool.pending(self.sink.name)
+        if count and size:  # fetch about what fits the bytes, not rows to throw away
+            average = size / count
+            room_records = min(room_records, int(room_bytes / average * 1.1) + 16)
         leased = self.spool.lease(self.sink.name, max_records=room_records, max_bytes=room_bytes)
         for record in leased:
             self._window[record.id] = _Pending(record)
@@ -325,9 +358,8 @@ class Forwarder:
         self.stats.bytes_sent += accepted_bytes
         with self._rates_lock:
             self._rates.append((now, len(accepted), accepted_bytes))
-        self._unacked = accepted
-        self.spool.ack(accepted)
-        self._unacked = []
+        if accepted:
+            self._acks.put(accepted)
         if failed:
             self._retry_in_spool(failed, now)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 
@@ -34,10 +34,10 @@ class LeasedRecord:
     payload: bytes
     attempts: int
     meta: str | None = None
+    size: int = field(init=False)  # len(payload), read often on the hot path
 
-    @property
-    def size(self) -> int:
-        return len(self.payload)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", len(self.payload))
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,7 +48,7 @@ pids+=($!)
 
 echo "== starting kinesalite (local Kinesis Data Streams) on 127.0.0.1:$KINESIS_PORT"
 NODE_PATH=$PWD/.local-tools/node_modules node -e \
-  "require('kinesalite')({createStreamMs: 0}).listen($KINESIS_PORT, '127.0.0.1')" &
+  "process.on('uncaughtException', e => { if (e.code !== 'ECONNRESET') throw e }); require('kinesalite')({createStreamMs: 0}).listen($KINESIS_PORT, '127.0.0.1')" &
 pids+=($!)
 for _ in $(seq 100); do
   (echo > "/dev/tcp/127.0.0.1/$KINESIS_PORT") 2>/dev/null && break

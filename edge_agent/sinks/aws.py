@@ -69,6 +69,10 @@ def make_client(
             read_timeout=endpoint.request_timeout,
             tcp_keepalive=True,
             max_pool_connections=2,
+            # The sinks check every limit themselves before sending; botocore's own
+            # validation walks each of 500 records per request and costs more CPU than
+            # all of the agent's packing.
+            parameter_validation=False,
         ),
     )
 

@@ -14,6 +14,9 @@ from edge_agent.spool import Spool
 FORWARDING_TYPES = ("kinesis", "firehose")
 #: User records a forwarder may hold leased when it aggregates many into one request.
 AGGREGATING_WINDOW_RECORDS = 100_000
+#: Beyond one request's bytes, what an aggregating window holds (aggregation framing
+#: and records paced back for the next request).
+AGGREGATING_WINDOW_EXTRA_BYTES = 1024 * 1024
 
 
 def make_sink(config: SinkConfig, governor: UploadGovernor, stop: threading.Event) -> Sink:
@@ -31,7 +34,8 @@ def make_sink(config: SinkConfig, governor: UploadGovernor, stop: threading.Even
 def make_forwarder(
     config: SinkConfig, spool: Spool, governor: UploadGovernor, stop: threading.Event
 ) -> Forwarder:
-    """A forwarder whose window holds two requests' worth of records."""
+    """A forwarder whose window holds two requests' worth of records (aggregating: one
+    request's bytes and a little more, since a request may hold 25,000 small records)."""
     delivery = config.delivery
     assert delivery is not None
     aggregating = config.kinesis is not None and config.kinesis.aggregate
@@ -43,5 +47,9 @@ def make_forwarder(
         window_records=(
             AGGREGATING_WINDOW_RECORDS if aggregating else 2 * delivery.max_request_records
         ),
-        window_bytes=2 * delivery.max_request_bytes,
+        window_bytes=(
+            delivery.max_request_bytes + AGGREGATING_WINDOW_EXTRA_BYTES
+            if aggregating
+            else 2 * delivery.max_request_bytes
+        ),
     )

@@ -28,7 +28,7 @@ from edge_agent.records import LeasedRecord
 from edge_agent.sinks.aws import make_client, sink_error
 from edge_agent.sinks.base import Entry, Failed, Outcome, Packed, Request, RequestPacker, Sent
 from edge_agent.sinks.kpl import AggregateBuilder
-from edge_agent.sinks.shard_pacing import ShardPacer
+from edge_agent.sinks.shard_pacing import PaceBudget, ShardPacer
 from edge_agent.sinks.shards import ShardMap
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,8 @@ class _PackState:
     packer: RequestPacker
     packed: Packed
     open_aggregates: dict[str, _OpenAggregate] = field(default_factory=dict)
-    seen_shards: set[str] = field(default_factory=set)
     held_shards: set[str] = field(default_factory=set)
+    budgets: dict[str, PaceBudget] = field(default_factory=dict)
 
     def wait(self, seconds: float) -> None:
         current = self.packed.wait
@@ -62,8 +62,9 @@ class _PackState:
 class _OpenAggregate:
     builder: AggregateBuilder
     shard: str
+    budget: PaceBudget
+    room: float  # bytes the shard's pace still allows this aggregate to grow
     records: list[LeasedRecord] = field(default_factory=list)
-    keys: set[str] = field(default_factory=set)
 
 
 class KinesisSink:
@@ -206,35 +207,42 @@ class KinesisSink:
                 )
                 continue
             shard = self._shard_of(key)
-            pacer = self._pacer(shard)
-            if shard not in state.seen_shards:
-                state.seen_shards.add(shard)
+            if shard in state.held_shards:
+                packer.block(key)
+                continue
+            budget = state.budgets.get(shard)
+            if budget is None:
+                pacer = self._pacer(shard)
                 wanted = demand.get(shard, (1, size)) if demand is not None else (math.inf,) * 2
                 if not pacer.ready(*wanted):
                     state.held_shards.add(shard)
                     state.wait(pacer.wait_until_ready(*wanted))
-            if shard in state.held_shards:
-                packer.block(key)
-                continue
+                    packer.block(key)
+                    continue
+                budget = state.budgets[shard] = PaceBudget(pacer)
             if not aggregate or size > self.options.aggregate_max_bytes:
                 if shard in state.open_aggregates:
                     # close the shard's aggregate first: spool order within the request
                     self._close(state.open_aggregates.pop(shard), packer)
                     if packer.blocked(key):  # ordered: its earlier records are in there
                         continue
-                if not packer.has_room(size) or not pacer.allows(1, size):
-                    self._hold_back(state, shard, pacer, key, size)
+                if not packer.has_room(size) or not budget.allows(1, size):
+                    self._hold_back(state, shard, budget.pacer, key, size)
                     if packer.full:
                         break
                     continue
-                pacer.take(1, size)
+                budget.use(1, size)
                 packer.add(Entry([record], record.payload, key, hash_key, shard))
                 continue
-            self._aggregate(state, record, shard, pacer)
+            self._aggregate(state, record, shard, budget)
             if packer.full and not state.open_aggregates:
                 break
+            if self._map is not None and len(state.held_shards) >= len(self._map.shards):
+                break  # every shard is full or paced: the rest waits for the next request
         for open_aggregate in state.open_aggregates.values():
             self._close(open_aggregate, packer)
+        for budget in state.budgets.values():
+            budget.commit()
         packed.request = packer.request()
         return packed
 
@@ -263,24 +271,26 @@ class KinesisSink:
             state.wait(pacer.wait_time(1, size))
 
     def _aggregate(
-        self, state: _PackState, record: LeasedRecord, shard: str, pacer: ShardPacer
+        self, state: _PackState, record: LeasedRecord, shard: str, budget: PaceBudget
     ) -> None:
+        """Add a record to its shard's open aggregate, or start one. Pacing tokens are
+        checked when an aggregate opens (its byte room) and taken when it closes."""
         packer, open_aggregates = state.packer, state.open_aggregates
         key = record.partition_key
         hash_key = self.options.explicit_hash_key
         current = open_aggregates.get(shard)
         if current is not None:
-            new_size = current.builder.size_with(key, record.payload, hash_key)
-            grows = new_size - current.builder.size
-            if new_size <= current.builder.max_bytes:
-                if packer.has_room(grows, new_entry=False) and pacer.allows(0, grows):
-                    current.builder.add(key, record.payload, hash_key)
-                    current.records.append(record)
-                    current.keys.add(key)
-                    packer.size += grows
-                    pacer.take(0, grows)
-                else:
-                    self._hold_back(state, shard, pacer, key, grows)
+            builder = current.builder
+            room = min(current.room, packer.max_bytes - packer.size)
+            limit = min(builder.max_bytes, builder.size + int(room))
+            grows = builder.try_add(key, record.payload, hash_key, limit)
+            if grows >= 0:
+                current.records.append(record)
+                current.room -= grows
+                packer.size += grows
+                return
+            if limit < builder.max_bytes:  # held by the pace or the request's size
+                self._hold_back(state, shard, budget.pacer, key, len(record.payload))
                 return
             del open_aggregates[shard]
             self._close(current, packer)
@@ -289,27 +299,26 @@ class KinesisSink:
         fresh = AggregateBuilder(self.options.aggregate_max_bytes)
         fresh.add(key, record.payload, hash_key)
         size = fresh.size
-        if not packer.has_room(size) or not pacer.allows(1, size):
-            self._hold_back(state, shard, pacer, key, size)
+        if not packer.has_room(size) or not budget.allows(1, size):
+            self._hold_back(state, shard, budget.pacer, key, size)
             return
-        pacer.take(1, size)
         packer.size += size
         packer.open_entries += 1
-        open_aggregates[shard] = _OpenAggregate(fresh, shard, [record], {key})
+        room = budget.bytes - size
+        open_aggregates[shard] = _OpenAggregate(fresh, shard, budget, room, [record])
 
     def _close(self, open_aggregate: _OpenAggregate, packer: RequestPacker) -> None:
         built = open_aggregate.builder.build()
         packer.open_entries -= 1
-        packer.add(
-            Entry(
-                open_aggregate.records,
-                built.data,
-                built.partition_key,
-                built.explicit_hash_key,
-                open_aggregate.shard,
-            ),
-            reserved=open_aggregate.builder.size,
+        entry = Entry(
+            open_aggregate.records,
+            built.data,
+            built.partition_key,
+            built.explicit_hash_key,
+            open_aggregate.shard,
         )
+        open_aggregate.budget.use(1, entry.size)
+        packer.add(entry, reserved=open_aggregate.builder.size)
 
     # ------------------------------------------------------------------ sending
 
@@ -332,6 +341,7 @@ class KinesisSink:
         except Exception as err:
             raise sink_error(err) from err
         outcomes: list[Outcome] = []
+        refreshed = False
         for entry, result in zip(request.entries, response["Records"], strict=True):
             sequence = result.get("SequenceNumber")
             if sequence is not None:
@@ -342,13 +352,17 @@ class KinesisSink:
                     predicted is not None
                     and shard != predicted
                     and not predicted.startswith("key:")
+                    and len(entry.records) > 1
                 ):
-                    self._map_stale = True  # resharded: the map is out of date
-                    if len(entry.records) > 1:
-                        # A consumer drops user records of an aggregate that sit on a
-                        # shard their keys do not hash to: send them again, re-packed.
+                    if not refreshed:  # resharded? one ListShards call tells
+                        self._refresh_map(self._clock())
+                        refreshed = True
+                    if self._map is not None and predicted not in self._map.shard_ids:
+                        # The predicted shard is closed: a consumer drops user records of
+                        # an aggregate that sit on a shard their keys do not hash to.
+                        # Send them again, re-packed with the new map.
                         self.wrong_shard += 1
-                        outcomes.append(Failed(WRONG_SHARD, f"predicted {predicted}"))
+                        outcomes.append(Failed(WRONG_SHARD, f"{predicted} is closed"))
                         continue
                 outcomes.append(Sent(shard, sequence))
                 continue

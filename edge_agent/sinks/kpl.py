@@ -32,7 +32,19 @@ _WIRE_VARINT = 0
 _WIRE_BYTES = 2
 
 
+#: One-byte varints, precomputed: indexes and short lengths are almost always below 128.
+_SMALL_VARINTS = [bytes((value,)) for value in range(0x80)]
+_TAG_PARTITION_KEY_INDEX = bytes((1 << 3 | _WIRE_VARINT,))
+_TAG_HASH_KEY_INDEX = bytes((2 << 3 | _WIRE_VARINT,))
+_TAG_DATA = bytes((3 << 3 | _WIRE_BYTES,))
+_TAG_RECORD = bytes((3 << 3 | _WIRE_BYTES,))
+
+
 def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _SMALL_VARINTS[value]
+    if value < 0x4000:
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -85,6 +97,7 @@ class AggregateBuilder:
     _hash_keys: dict[str, int] = field(default_factory=dict)
     _body: list[bytes] = field(default_factory=list)
     _first: tuple[str, str | None, bytes] | None = None
+    _first_key_bytes: int = 0
     _size: int = 0  # protobuf bytes so far
 
     def __len__(self) -> int:
@@ -95,13 +108,7 @@ class AggregateBuilder:
         """The Kinesis record size so far (data plus partition key); 0 when empty."""
         if self._first is None:
             return 0
-        return len(MAGIC) + self._size + DIGEST_BYTES + len(self._first[0].encode())
-
-    def _record_message(self, key_index: int, hash_index: int | None, data: bytes) -> bytes:
-        message = _tag(1, _WIRE_VARINT) + _varint(key_index)
-        if hash_index is not None:
-            message += _tag(2, _WIRE_VARINT) + _varint(hash_index)
-        return message + _length_delimited(3, data)
+        return len(MAGIC) + self._size + DIGEST_BYTES + self._first_key_bytes
 
     def size_with(self, partition_key: str, data: bytes, explicit_hash_key: str | None) -> int:
         """The Kinesis record size if this user record were added."""
@@ -129,24 +136,50 @@ class AggregateBuilder:
         An empty builder always takes the record, whatever its size: the caller checks
         single records against the service's per-record limit.
         """
-        if self._body and self.size_with(partition_key, data, explicit_hash_key) > self.max_bytes:
-            return False
+        return self.try_add(partition_key, data, explicit_hash_key, self.max_bytes) >= 0
+
+    def try_add(
+        self, partition_key: str, data: bytes, explicit_hash_key: str | None, limit: int
+    ) -> int:
+        """Add a user record if the Kinesis record stays within ``limit`` bytes (an empty
+        builder always takes it); returns by how much the record grew, or -1 (nothing
+        added). Encodes the record once: this is the hot path of aggregation."""
         key_index = self._keys.get(partition_key)
+        new_key = key_index is None
+        added = 0
         if key_index is None:
-            key_index = self._keys[partition_key] = len(self._keys)
-            self._size += _length_delimited_size(len(partition_key.encode()))
+            key_index = len(self._keys)
+            added += _length_delimited_size(len(partition_key.encode()))
+        message = _TAG_PARTITION_KEY_INDEX + _varint(key_index)
         hash_index = None
+        new_hash = False
         if explicit_hash_key is not None:
             hash_index = self._hash_keys.get(explicit_hash_key)
             if hash_index is None:
-                hash_index = self._hash_keys[explicit_hash_key] = len(self._hash_keys)
-                self._size += _length_delimited_size(len(explicit_hash_key.encode()))
-        record = _length_delimited(3, self._record_message(key_index, hash_index, data))
+                new_hash = True
+                hash_index = len(self._hash_keys)
+                added += _length_delimited_size(len(explicit_hash_key.encode()))
+            message += _TAG_HASH_KEY_INDEX + _varint(hash_index)
+        message += _TAG_DATA + _varint(len(data)) + data
+        record = _TAG_RECORD + _varint(len(message)) + message
+        added += len(record)
+        if self._first is None:
+            added += len(MAGIC) + DIGEST_BYTES + len(partition_key.encode())
+        elif self._size + added + len(MAGIC) + DIGEST_BYTES + self._first_key_bytes > limit:
+            return -1
+        if new_key:
+            self._keys[partition_key] = key_index
+        if new_hash:
+            assert explicit_hash_key is not None
+            self._hash_keys[explicit_hash_key] = len(self._hash_keys)
         self._body.append(record)
-        self._size += len(record)
         if self._first is None:
             self._first = (partition_key, explicit_hash_key, data)
-        return True
+            self._first_key_bytes = len(partition_key.encode())
+            self._size += added - len(MAGIC) - DIGEST_BYTES - self._first_key_bytes
+        else:
+            self._size += added
+        return added
 
     def build(self) -> Aggregate:
         """The Kinesis record for everything added (a plain record if only one)."""

@@ -97,3 +97,42 @@ class ShardPacer:
 
 def _rate_and_burst(limit: float) -> tuple[float, float]:
     return limit * (1 - BURST_SHARE), max(1.0, limit * BURST_SHARE)
+
+
+class PaceBudget:
+    """What one shard's pace allows while one request is packed: read once, counted
+    down locally per record, taken from the buckets once at the end (``commit``)."""
+
+    __slots__ = (
+        "bytes",
+        "bytes_cap",
+        "pacer",
+        "records",
+        "records_cap",
+        "used_bytes",
+        "used_records",
+    )
+
+    def __init__(self, pacer: ShardPacer) -> None:
+        self.pacer = pacer
+        self.records = pacer.records.available
+        self.bytes = pacer.bytes.available
+        self.records_cap = pacer.records.capacity
+        self.bytes_cap = pacer.bytes.capacity
+        self.used_records = 0
+        self.used_bytes = 0
+
+    def allows(self, records: int, size: int) -> bool:
+        return self.records >= min(records, self.records_cap) and self.bytes >= min(
+            size, self.bytes_cap
+        )
+
+    def use(self, records: int, size: int) -> None:
+        self.records -= records
+        self.bytes -= size
+        self.used_records += records
+        self.used_bytes += size
+
+    def commit(self) -> None:
+        if self.used_records or self.used_bytes:
+            self.pacer.take(self.used_records, self.used_bytes)

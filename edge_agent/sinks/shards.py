@@ -36,6 +36,7 @@ class ShardMap:
         if not self.shards:
             raise ValueError("a stream has at least one open shard")
         self._starts = [shard.starting_hash_key for shard in self.shards]
+        self.shard_ids = frozenset(shard.shard_id for shard in self.shards)
 
     @classmethod
     def from_list_shards(cls, shards: Iterable[Mapping[str, Any]]) -> ShardMap:
