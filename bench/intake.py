@@ -47,15 +47,38 @@ import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from common import (
+    REPO,
+    ZERO_TIMES,
+    BenchError,
+    LineReader,
+    LoopbackServer,
+    ProcTimes,
+    add_work_arguments,
+    command_output,
+    fmt,
+    make_payload,
+    median,
+    peak_rss_bytes,
+    per,
+    proc_times,
+    read_status,
+    run_or_fail,
+    stop_process,
+    verdict,
+    wait_for_agent_exit,
+    wait_until,
+    work_directory,
+    write_json,
+)
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 SAMPLE_BROKER_CONF = REPO / "samples" / "mosquitto.conf"
 #: Broker settings taken from samples/mosquitto.conf (these values if it lacks them).
@@ -72,81 +95,14 @@ SENSORS = 10
 PUBLISH_WINDOW = 20_000
 #: Messages per write in the unpaced publisher (send times are taken per message).
 PUBLISH_CHUNK = 32
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: How often ``wait_until`` checks its condition.
+WAIT_INTERVAL_S = 0.05
 DISCONNECT = b"\xe0\x00"
 TARGET_RATIO = 0.9
 TARGET_RSS_MB = 60.0
 
 
-class BenchError(Exception):
-    """The benchmark itself could not run (a process died, a wait timed out)."""
-
-
 # ---------------------------------------------------------------------- small helpers
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
-
-
-@dataclass(frozen=True)
-class ProcTimes:
-    """CPU time of a process (all its threads) and how often its threads waited."""
-
-    user: float
-    system: float
-    #: Voluntary context switches: a thread blocked (I/O, a lock, the GIL, a condition).
-    switches: int
-
-    @property
-    def cpu(self) -> float:
-        return self.user + self.system
-
-    def __sub__(self, other: ProcTimes) -> ProcTimes:
-        return ProcTimes(
-            self.user - other.user, self.system - other.system, self.switches - other.switches
-        )
-
-
-def proc_times(pid: int) -> ProcTimes:
-    """From /proc/PID/stat (utime, stime) and /proc/PID/task/*/status."""
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rpartition(")")[2].split()
-    switches = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/status") as handle:
-            for line in handle:
-                if line.startswith("voluntary_ctxt_switches:"):
-                    switches += int(line.split()[1])
-    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return ProcTimes(int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK, switches)
-
-
-def peak_rss_bytes(pid: int) -> int:
-    """VmHWM: the highest resident set size the process has had."""
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise BenchError(f"no VmHWM for pid {pid}")
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
@@ -155,54 +111,6 @@ def percentile(values: Sequence[float], pct: float) -> float:
         return float("nan")
     rank = max(1, min(len(values), math.ceil(pct / 100 * len(values) - 1e-9)))
     return values[rank - 1]
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL after ``timeout``; for processes this script started."""
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
-
-
-class LineReader:
-    """Reads lines from a child's stdout with a timeout."""
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        self._fd = stream.fileno()
-        self._buffer = b""
-
-    def readline(self, timeout: float) -> str | None:
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buffer:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            ready, _, _ = select.select([self._fd], [], [], left)
-            if ready:
-                chunk = os.read(self._fd, 65536)
-                if not chunk:
-                    return None
-                self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line.decode(errors="replace")
-
-
-def make_payload(seq: int, sent: float, size: int) -> bytes:
-    """JSON of exactly ``size`` bytes with the sequence number and the send time."""
-    head = f'{{"seq":{seq},"ts":{sent:.6f},"pad":"'
-    pad = size - len(head) - 2
-    if pad < 0:
-        raise BenchError(f"payload size {size} is too small (at least {len(head) + 2} bytes)")
-    return (head + "x" * pad + '"}').encode()
 
 
 # ---------------------------------------------------------------------- minimal MQTT 3.1.1
@@ -326,7 +234,7 @@ def run_publisher(port: int, count: int, size: int, client_id: str, rate: float)
             print(f"broker stopped acknowledging ({acks.error})", file=sys.stderr)
             return 1
         for number in range(seq, upto):
-            payload = make_payload(number, time.time(), size)
+            payload = make_payload(number, size, time.time())
             topic = topics[number % SENSORS]
             packets.append(
                 b"\x32"
@@ -441,10 +349,12 @@ def broker_settings() -> dict[str, str]:
     return settings
 
 
-class Broker:
+class Broker(LoopbackServer):
+    name = "mosquitto"
+
     def __init__(self, directory: Path) -> None:
+        super().__init__(directory / "mosquitto.log")
         self.directory = directory
-        self.port = free_port()
         directory.mkdir(parents=True, exist_ok=True)
         self.config = directory / "mosquitto.conf"
         lines = [
@@ -453,39 +363,17 @@ class Broker:
             "persistence true",
             f"persistence_location {directory}/",
             *(f"{key} {value}" for key, value in broker_settings().items()),
-            f"log_dest file {directory}/mosquitto.log",
+            f"log_dest file {self.log}",
             "log_type error",
             "log_type warning",
         ]
         if os.geteuid() == 0:
             lines.append("user root")  # else it drops to 'mosquitto', who cannot write here
         self.config.write_text("\n".join(lines) + "\n")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
 
     def start(self) -> Broker:
-        self.process = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        process = self.process
-        wait_until(
-            lambda: port_open(self.port) or process.poll() is not None, 10, "mosquitto to listen"
-        )
-        if process.poll() is not None:
-            log = self.directory / "mosquitto.log"
-            text = log.read_text(errors="replace") if log.exists() else ""
-            raise BenchError(f"mosquitto exited: {text[-2000:]}")
+        self.launch([MOSQUITTO, "-c", str(self.config)], timeout=10, interval=WAIT_INTERVAL_S)
         return self
-
-    def stop(self) -> None:
-        stop_process(self.process)
-        self.process = None
 
 
 # ---------------------------------------------------------------------- results
@@ -535,27 +423,27 @@ class Measurement:
 
     @property
     def cpu_pct(self) -> float:
-        return 100 * self.times.cpu / self.span_s if self.span_s > 0 else float("nan")
+        return per(100 * self.times.cpu, self.span_s)
 
     @property
     def cpu_per_10k(self) -> float:
-        return self.times.cpu / self.received * 10_000 if self.received else float("nan")
+        return per(self.times.cpu, self.received) * 10_000
 
     @property
     def user_us_per_msg(self) -> float:
-        return 1e6 * self.times.user / self.received if self.received else float("nan")
+        return per(1e6 * self.times.user, self.received)
 
     @property
     def sys_us_per_msg(self) -> float:
-        return 1e6 * self.times.system / self.received if self.received else float("nan")
+        return per(1e6 * self.times.system, self.received)
 
     @property
     def switches_per_msg(self) -> float:
-        return self.times.switches / self.received if self.received else float("nan")
+        return per(self.times.switches, self.received)
 
     @property
     def broker_cpu_pct(self) -> float:
-        return 100 * self.broker_cpu_s / self.span_s if self.span_s > 0 else float("nan")
+        return per(100 * self.broker_cpu_s, self.span_s)
 
     @property
     def rss_mib(self) -> float:
@@ -695,14 +583,6 @@ def write_agent_config(directory: Path, port: int, client_id: str) -> Path:
     return config
 
 
-def read_status(path: Path) -> dict[str, Any] | None:
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data
-
-
 @dataclass
 class AgentRun:
     """What one agent run left behind, for the measurement and the commit timing."""
@@ -711,7 +591,7 @@ class AgentRun:
     unparsed: int
     status: dict[str, Any]
     window: tuple[float, float]  # wall-clock time from publish start to all committed
-    times: ProcTimes = ProcTimes(0.0, 0.0, 0)
+    times: ProcTimes = ZERO_TIMES
     rss_bytes: int = 0
     broker_cpu_s: float = 0.0
     commit_log: Path | None = None
@@ -754,7 +634,7 @@ def run_agent(
             status = read_status(status_file)
             return bool(status and status["sources"].get("mqtt", {}).get("state") == "connected")
 
-        wait_until(connected, 30, "the agent to connect")
+        wait_until(connected, 30, "the agent to connect", interval=WAIT_INTERVAL_S)
         status = read_status(status_file)
         assert status is not None
         agent_pid = int(status["pid"])
@@ -775,19 +655,19 @@ def run_agent(
             mqtt = status["sources"].get("mqtt", {}) if status else {}
             return int(mqtt.get("committed", 0)) >= count
 
-        wait_until(all_committed, timeout, f"the agent to commit {count} messages")
+        wait_until(
+            all_committed,
+            timeout,
+            f"the agent to commit {count} messages",
+            interval=WAIT_INTERVAL_S,
+        )
         window_end = time.time()
         cpu_after = proc_times(agent_pid)
         broker_after = proc_times(broker.pid)
         rss = peak_rss_bytes(agent_pid)
         finish_publisher(publisher, 60, pub_log)
         os.kill(agent_pid, signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            raise BenchError("the agent did not stop within 20s of SIGTERM") from None
-        if process.returncode != 0:
-            raise BenchError(f"the agent exited with {process.returncode}")
+        wait_for_agent_exit(process, 20)
     finally:
         stop_process(publisher)
         if process is not None and process.poll() is None:
@@ -971,13 +851,8 @@ def time_commits(
 def environment() -> dict[str, str]:
     import paho.mqtt
 
-    try:
-        banner = subprocess.run(
-            [MOSQUITTO, "-h"], capture_output=True, timeout=10, check=False
-        ).stdout.decode(errors="replace")
-        mosquitto = banner.splitlines()[0] if banner else "?"
-    except (OSError, subprocess.TimeoutExpired):
-        mosquitto = "?"
+    banner = command_output([MOSQUITTO, "-h"])
+    mosquitto = banner.splitlines()[0] if banner else "?"
     return {
         "cpus": str(os.cpu_count()),
         "python": platform.python_version(),
@@ -986,12 +861,6 @@ def environment() -> dict[str, str]:
         "mosquitto": mosquitto,
         "kernel": platform.release(),
     }
-
-
-def _fmt(value: float | None, digits: int = 0) -> str:
-    if value is None or math.isnan(value):
-        return "-"
-    return f"{value:,.{digits}f}"
 
 
 def print_table(measurements: Sequence[Measurement]) -> None:
@@ -1005,10 +874,10 @@ def print_table(measurements: Sequence[Measurement]) -> None:
 
     def row(label: str, subject: str, values: Sequence[float | None], losses: str) -> None:
         received, rate, cpu, per_10k, rss, broker, p50, p99 = values
-        latency = f"{_fmt(p50)} / {_fmt(p99)}" if p50 is not None else "-"
+        latency = f"{fmt(p50)} / {fmt(p99)}" if p50 is not None else "-"
         print(
-            f"{label:>6} {subject:<7} {_fmt(received):>9} {_fmt(rate):>8} {_fmt(cpu):>9} "
-            f"{_fmt(per_10k, 2):>9} {_fmt(rss, 1):>8} {_fmt(broker):>8} {losses} {latency:>21}"
+            f"{label:>6} {subject:<7} {fmt(received):>9} {fmt(rate):>8} {fmt(cpu):>9} "
+            f"{fmt(per_10k, 2):>9} {fmt(rss, 1):>8} {fmt(broker):>8} {losses} {latency:>21}"
         )
 
     def values(m: Measurement) -> list[float | None]:
@@ -1035,7 +904,9 @@ def print_table(measurements: Sequence[Measurement]) -> None:
             continue
         columns = list(zip(*(values(m) for m in group), strict=True))
         medians = [
-            None if any(v is None for v in column) else median([v or 0.0 for v in column])
+            None
+            if any(v is None for v in column)
+            else median([v or 0.0 for v in column], skip_nan=False)
             for column in columns
         ]
         duplicates = sum(m.duplicates or 0 for m in group) if subject == "agent" else None
@@ -1050,10 +921,12 @@ def print_table(measurements: Sequence[Measurement]) -> None:
     for subject in ("bare", "agent"):
         group = [m for m in measurements if m.subject == subject]
         if group:
+            user = median([m.user_us_per_msg for m in group], skip_nan=False)
+            system = median([m.sys_us_per_msg for m in group], skip_nan=False)
+            switches = median([m.switches_per_msg for m in group], skip_nan=False)
             print(
-                f"  {subject:<6} user {median([m.user_us_per_msg for m in group]):5.1f} us"
-                f"   sys {median([m.sys_us_per_msg for m in group]):5.1f} us"
-                f"   switches {median([m.switches_per_msg for m in group]):5.2f}"
+                f"  {subject:<6} user {user:5.1f} us   sys {system:5.1f} us"
+                f"   switches {switches:5.2f}"
             )
 
 
@@ -1082,13 +955,9 @@ def print_timing(timing: CommitTiming, rate: float, seconds: float) -> None:
         print(f"    {label}  p50 {p50:8.1f} ms   p99 {p99:8.1f} ms")
 
 
-def verdict(passed: bool) -> str:
-    return "PASS" if passed else "MISS"
-
-
 def run_benchmark(args: argparse.Namespace) -> int:
     count, size = args.messages, args.payload
-    make_payload(count, time.time(), size)  # fails early if the payload is too small
+    make_payload(count, size, time.time())  # fails early if the payload is too small
     env = environment()
     print(
         f"edge-agent intake benchmark: {count:,} QoS 1 messages of {size} bytes, "
@@ -1097,12 +966,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
     )
     settings = broker_settings()
     print("broker: " + ", ".join(f"{key} {value}" for key, value in settings.items()))
-    base = Path(args.workdir) if args.workdir else None
-    workdir = Path(tempfile.mkdtemp(prefix="edge-agent-bench-", dir=base))
     measurements: list[Measurement] = []
     timings: list[CommitTiming] = []
     began = time.monotonic()
-    try:
+    with work_directory(args.workdir, keep=args.keep) as workdir:
         for round_no in range(args.runs):
             order = ("bare", "agent") if round_no % 2 == 0 else ("agent", "bare")
             broker = Broker(workdir / f"round{round_no + 1}" / "broker").start()
@@ -1144,11 +1011,6 @@ def run_benchmark(args: argparse.Namespace) -> int:
                     )
             finally:
                 broker.stop()
-    finally:
-        if args.keep:
-            print(f"work files kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
 
     print()
     print_table(measurements)
@@ -1161,8 +1023,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
         for timing in timings:
             print_timing(timing, args.paced_rate, args.paced_seconds)
 
-    bare_rate = median([m.rate for m in measurements if m.subject == "bare"])
-    agent_rate = median([m.rate for m in measurements if m.subject == "agent"])
+    bare_rate = median([m.rate for m in measurements if m.subject == "bare"], skip_nan=False)
+    agent_rate = median([m.rate for m in measurements if m.subject == "agent"], skip_nan=False)
     ratio = agent_rate / bare_rate
     ratios = []
     for round_no in range(args.runs):
@@ -1191,27 +1053,25 @@ def run_benchmark(args: argparse.Namespace) -> int:
     )
     print(f"benchmark took {time.monotonic() - began:.0f}s")
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "environment": env,
-                    "broker": settings,
-                    "messages": count,
-                    "payload": size,
-                    "measurements": [
-                        {
-                            **asdict(m),
-                            "cpu_pct": m.cpu_pct,
-                            "cpu_per_10k": m.cpu_per_10k,
-                            "broker_cpu_pct": m.broker_cpu_pct,
-                        }
-                        for m in measurements
-                    ],
-                    "commit_timings": [asdict(timing) for timing in timings],
-                    "ratio": ratio,
-                },
-                indent=1,
-            )
+        write_json(
+            args.json,
+            {
+                "environment": env,
+                "broker": settings,
+                "messages": count,
+                "payload": size,
+                "measurements": [
+                    {
+                        **asdict(m),
+                        "cpu_pct": m.cpu_pct,
+                        "cpu_per_10k": m.cpu_per_10k,
+                        "broker_cpu_pct": m.broker_cpu_pct,
+                    }
+                    for m in measurements
+                ],
+                "commit_timings": [asdict(timing) for timing in timings],
+                "ratio": ratio,
+            },
         )
     return 0
 
@@ -1231,9 +1091,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_false",
         help="skip the two instrumented runs that time commits",
     )
-    parser.add_argument("--workdir", help="where the temporary work directory goes")
-    parser.add_argument("--keep", action="store_true", help="keep spools, logs and commit logs")
-    parser.add_argument("--json", help="also write the results to this file")
+    add_work_arguments(parser, kept="spools, logs and commit logs")
     # Child process roles (the benchmark starts itself in these).
     parser.add_argument("--publisher", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bare-subscriber", action="store_true", help=argparse.SUPPRESS)
@@ -1253,11 +1111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_instrumented_agent(args.config, args.commit_log)
     if args.messages < 2 or args.runs < 1:
         parser.error("need --messages >= 2 and --runs >= 1")
-    try:
-        return run_benchmark(args)
-    except BenchError as err:
-        print(f"benchmark failed: {err}", file=sys.stderr)
-        return 1
+    return run_or_fail(run_benchmark, args)
 
 
 if __name__ == "__main__":

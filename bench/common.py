@@ -1,0 +1,322 @@
+"""What the benchmark scripts share: process and /proc helpers, child I/O, payloads, report
+formatting.
+
+The scripts run as ``.venv/bin/python bench/<name>.py``, which puts this directory first on
+``sys.path``: they import this module as ``common``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import select
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+REPO = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(Exception):
+    """The benchmark itself could not run (a process died, a wait timed out)."""
+
+
+# ---------------------------------------------------------------------- processes, ports
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, *, interval: float
+) -> None:
+    """Check ``condition`` every ``interval`` seconds; BenchError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``; for processes this script started."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+class LoopbackServer:
+    """A server process (a broker, an endpoint) this script runs on a free loopback port."""
+
+    #: What messages call it.
+    name = "the server"
+
+    def __init__(self, log: Path) -> None:
+        self.port = free_port()
+        #: Its log (where ``start`` sends stderr, or the server writes on its own).
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def launch(
+        self,
+        command: Sequence[str],
+        *,
+        timeout: float,
+        interval: float,
+        env: dict[str, str] | None = None,
+        stderr_to_log: bool = False,
+    ) -> None:
+        """Start ``command`` and wait until the port takes connections; BenchError (with
+        the end of the log) if the process exits first."""
+        if stderr_to_log:
+            self.log.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log, "ab") as handle:
+                self.process = subprocess.Popen(
+                    command, env=env, stdout=subprocess.DEVNULL, stderr=handle
+                )
+        else:
+            self.process = subprocess.Popen(
+                command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+        process = self.process
+        wait_until(
+            lambda: port_open(self.port) or process.poll() is not None,
+            timeout,
+            f"{self.name} to listen",
+            interval=interval,
+        )
+        if process.poll() is not None:
+            raise BenchError(f"{self.name} exited: {tail(self.log)}")
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        self.process = None
+
+
+def tail(path: Path, size: int = 2000) -> str:
+    """The last ``size`` characters of a (log) file, "" if there is none."""
+    return path.read_text(errors="replace")[-size:] if path.exists() else ""
+
+
+def command_output(command: Sequence[str]) -> str | None:
+    """What ``command`` printed on stdout (None if it could not run or took over 10 s)."""
+    try:
+        result = subprocess.run(command, capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.decode(errors="replace")
+
+
+@contextlib.contextmanager
+def work_directory(parent: str | None, *, keep: bool) -> Iterator[Path]:
+    """A new temporary directory (in ``parent`` if given), removed afterwards unless
+    ``keep``."""
+    workdir = Path(
+        tempfile.mkdtemp(prefix="edge-agent-bench-", dir=Path(parent) if parent else None)
+    )
+    try:
+        yield workdir
+    finally:
+        if keep:
+            print(f"work files kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def write_json(path: str, data: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(data, indent=1))
+
+
+def wait_for_agent_exit(
+    process: subprocess.Popen[bytes], timeout: int, log: Path | None = None
+) -> None:
+    """Wait for the agent, already sent SIGTERM, to exit with status 0; BenchError (with
+    the end of ``log``, if given) if it does not."""
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"the agent did not stop within {timeout}s of SIGTERM") from None
+    if process.returncode != 0:
+        detail = f":\n{tail(log)}" if log is not None else ""
+        raise BenchError(f"the agent exited with {process.returncode}{detail}")
+
+
+class LineReader:
+    """Reads lines from a child's stdout with a timeout."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._fd = stream.fileno()
+        self._buffer = b""
+
+    def readline(self, timeout: float) -> str | None:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([self._fd], [], [], left)
+            if ready:
+                chunk = os.read(self._fd, 65536)
+                if not chunk:
+                    return None
+                self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode(errors="replace")
+
+
+def read_status(path: Path) -> dict[str, Any] | None:
+    """The agent's status file (None while it is missing or half written)."""
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data
+
+
+# ---------------------------------------------------------------------- /proc
+
+
+@dataclass(frozen=True)
+class ProcTimes:
+    """CPU time of a process (all its threads) and how often its threads waited."""
+
+    user: float
+    system: float
+    #: Voluntary context switches: a thread blocked (I/O, a lock, the GIL, a condition).
+    switches: int
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.system
+
+    def __sub__(self, other: ProcTimes) -> ProcTimes:
+        return ProcTimes(
+            self.user - other.user, self.system - other.system, self.switches - other.switches
+        )
+
+
+ZERO_TIMES = ProcTimes(0.0, 0.0, 0)
+
+
+def proc_times(pid: int) -> ProcTimes:
+    """From /proc/PID/stat (utime, stime) and /proc/PID/task/*/status."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rpartition(")")[2].split()
+    switches = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/status") as handle:
+            for line in handle:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    switches += int(line.split()[1])
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return ProcTimes(int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK, switches)
+
+
+def _status_kib(pid: int, field_name: str) -> int:
+    """A size field (in kB) of /proc/PID/status, in bytes."""
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith(field_name):
+                return int(line.split()[1]) * 1024
+    raise BenchError(f"no {field_name} for pid {pid}")
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """VmHWM: the highest resident set size the process has had."""
+    return _status_kib(pid, "VmHWM:")
+
+
+def rss_bytes(pid: int) -> int:
+    """VmRSS: the resident set size now."""
+    return _status_kib(pid, "VmRSS:")
+
+
+# ---------------------------------------------------------------------- payloads
+
+
+def make_payload(seq: int, size: int, sent: float | None = None) -> bytes:
+    """JSON of exactly ``size`` bytes carrying the sequence number (and the send time
+    ``sent``, when given)."""
+    ts = "" if sent is None else f'"ts":{sent:.6f},'
+    head = f'{{"seq":{seq},{ts}"pad":"'
+    pad = size - len(head) - 2
+    if pad < 0:
+        raise BenchError(f"payload size {size} is too small (at least {len(head) + 2} bytes)")
+    return (head + "x" * pad + '"}').encode()
+
+
+# ---------------------------------------------------------------------- numbers, report
+
+
+def per(amount: float, count: float) -> float:
+    """``amount / count``, NaN unless ``count`` is positive."""
+    return amount / count if count > 0 else float("nan")
+
+
+def median(values: Sequence[float], *, skip_nan: bool = True) -> float:
+    """The median (NaN for no values); NaN values are left out unless ``skip_nan`` is off."""
+    if skip_nan:
+        values = [value for value in values if not math.isnan(value)]
+    return statistics.median(values) if values else float("nan")
+
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def verdict(passed: bool) -> str:
+    return "PASS" if passed else "MISS"
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def add_work_arguments(parser: argparse.ArgumentParser, *, kept: str) -> None:
+    """--workdir, --keep (``kept``: what it keeps) and --json."""
+    parser.add_argument("--workdir", help="where the temporary work directory goes")
+    parser.add_argument("--keep", action="store_true", help=f"keep {kept}")
+    parser.add_argument("--json", help="also write the results to this file")
+
+
+def run_or_fail(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """``run(args)``; if the benchmark breaks (BenchError), says so and returns 1."""
+    try:
+        return run(args)
+    except BenchError as err:
+        print(f"benchmark failed: {err}", file=sys.stderr)
+        return 1
