@@ -706,9 +706,9 @@ class Spool:
             leased: list[LeasedRecord] = []
             total = 0
             for record_id, key, captured, attempts, payload in rows:
-                total += len(payload)
-                if leased and total > max_bytes:
+                if leased and total + len(payload) > max_bytes:
                     break
+                total += len(payload)
                 leased.append(LeasedRecord(record_id, queue, key, captured, payload, attempts))
             if leased:
                 # Within this transaction the rows up to the last one taken that match
@@ -718,7 +718,7 @@ class Spool:
                     " AND next_attempt_ms <= ? AND id <= ?",
                     (state.id, now, leased[-1].id),
                 )
-        state.leased_bytes += sum(record.size for record in leased)
+        state.leased_bytes += total
         return leased
 
     def ack(self, records: Iterable[LeasedRecord]) -> int:
@@ -801,14 +801,6 @@ class Spool:
         if how == "dead_letter" and done:
             log.warning("dead-lettered %d records: %s", done, reason)
         return done
-
-    @staticmethod
-    def _update_ids(
-        conn: sqlite3.Connection, statement: str, records: Sequence[LeasedRecord]
-    ) -> None:
-        for start in range(0, len(records), _ID_CHUNK):
-            ids = [record.id for record in records[start : start + _ID_CHUNK]]
-            conn.execute(statement.format(",".join("?" * len(ids))), ids)
 
     # ------------------------------------------------------------------ inspection
 

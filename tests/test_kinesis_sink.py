@@ -33,6 +33,17 @@ def seqs_by_key(harness: Harness) -> dict[str, list[int]]:
     return dict(by_key)
 
 
+def all_seqs(by_key: dict[str, list[int]]) -> list[int]:
+    return sorted(seq for key_seqs in by_key.values() for seq in key_seqs)
+
+
+def assert_each_once_in_key_order(harness: Harness, seqs: list[int]) -> None:
+    by_key = seqs_by_key(harness)
+    assert all_seqs(by_key) == seqs
+    for key, key_seqs in by_key.items():
+        assert key_seqs == sorted(key_seqs), f"key {key} out of order"
+
+
 def test_ordered_mode_keeps_key_order_through_failures_and_throttling(
     kinesis: MakeHarness, endpoint: FaultyKinesis
 ) -> None:
@@ -49,10 +60,7 @@ def test_ordered_mode_keeps_key_order_through_failures_and_throttling(
     seqs = harness.append(600, keys=60)
     harness.start()
     harness.wait_drained(60)
-    by_key = seqs_by_key(harness)
-    assert sorted(s for key_seqs in by_key.values() for s in key_seqs) == seqs
-    for key, key_seqs in by_key.items():
-        assert key_seqs == sorted(key_seqs), f"key {key} out of order"
+    assert_each_once_in_key_order(harness, seqs)
     assert endpoint.records_failed > 0 and endpoint.throttled_records > 0
 
 
@@ -66,7 +74,7 @@ def test_unordered_mode_can_reorder_under_failures(
     harness.start()
     harness.wait_drained(60)
     by_key = seqs_by_key(harness)
-    assert sorted(s for key_seqs in by_key.values() for s in key_seqs) == seqs
+    assert all_seqs(by_key) == seqs
     assert any(key_seqs != sorted(key_seqs) for key_seqs in by_key.values())
 
 
@@ -83,10 +91,7 @@ def test_aggregated_ordered_mode_survives_failures(
     seqs = harness.append(6000, keys=20)
     harness.start()
     harness.wait_drained(60)
-    by_key = seqs_by_key(harness)
-    assert sorted(s for key_seqs in by_key.values() for s in key_seqs) == seqs
-    for key, key_seqs in by_key.items():
-        assert key_seqs == sorted(key_seqs), f"key {key} out of order"
+    assert_each_once_in_key_order(harness, seqs)
     stored = endpoint.records(harness.target)
     assert len(stored) < 6000 / 5
     assert all(len(r.data) + len(r.partition_key) <= 4096 for r in stored)
@@ -209,7 +214,7 @@ def test_a_refused_aggregate_is_resent_as_plain_records(
     harness.start()
     harness.wait_drained(30)
     assert harness.spool.dead_letters() == []
-    delivered = sorted(s for key_seqs in seqs_by_key(harness).values() for s in key_seqs)
+    delivered = all_seqs(seqs_by_key(harness))
     assert delivered == seqs
 
 
@@ -223,4 +228,4 @@ def test_an_empty_partition_key_is_dead_lettered_not_retried(
     harness.wait_drained()
     (dead,) = harness.spool.dead_letters()
     assert "partition key has 0 characters" in dead.reason
-    assert sorted(s for key_seqs in seqs_by_key(harness).values() for s in key_seqs) == seqs
+    assert all_seqs(seqs_by_key(harness)) == seqs

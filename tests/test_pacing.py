@@ -10,7 +10,7 @@ import pytest
 
 from edge_agent.backoff import Backoff, full_jitter
 from edge_agent.governor import UploadGovernor
-from edge_agent.sinks.shard_pacing import ShardPacer
+from edge_agent.sinks.shard_pacing import PaceBudget, ShardPacer
 from edge_agent.token_bucket import TokenBucket
 
 
@@ -69,9 +69,11 @@ def test_shard_pacer_never_exceeds_the_limit_in_any_second() -> None:
     pacer = ShardPacer(1000, 1024 * 1024, clock)
     sent: list[float] = []
     for _ in range(3000):  # 1 ms steps over 3 s
-        while pacer.allows(1, 100):
-            pacer.take(1, 100)
+        budget = PaceBudget(pacer)  # what packing one request does
+        while budget.allows(1, 100):
+            budget.use(1, 100)
             sent.append(clock.now)
+        budget.commit()
         clock.now += 0.001
     for start in sent:
         in_window = sum(1 for at in sent if start <= at < start + 1.0)

@@ -47,14 +47,21 @@ SIGNATURE_HEADER_BYTES = 1200
 REJECT_CODES = frozenset({"InvalidArgumentException", "ValidationException"})
 
 
+class WireMeter:
+    """Bytes a sink's requests put on the wire (body, headers, request line)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+
 def make_client(
     service: str,
     endpoint: AwsEndpoint,
     governor: UploadGovernor,
     stop: threading.Event,
-    wire_bytes: list[int],
+    meter: WireMeter,
 ) -> Any:
-    """A boto3 client whose requests pass the governor; ``wire_bytes[0]`` counts them."""
+    """A boto3 client whose requests pass the governor and are counted by ``meter``."""
     import boto3
     from botocore.config import Config as BotoConfig
 
@@ -76,7 +83,7 @@ def make_client(
         ),
     )
 
-    def meter(request: Any, **_: Any) -> None:
+    def admit(request: Any, **_: Any) -> None:
         # Before signing, not before sending: a request that waited for the budget after
         # it was signed could expire (AWS refuses signatures older than 5 minutes).
         body = request.data if isinstance(request.data, bytes | bytearray) else b""
@@ -85,9 +92,9 @@ def make_client(
         size += len(request.method) + len(request.url) + 12  # request line
         if not governor.acquire(size, stop):
             raise SinkUnavailable("Stopping", "the agent is stopping")
-        wire_bytes[0] += size
+        meter.bytes += size
 
-    client.meta.events.register("before-sign", meter)
+    client.meta.events.register("before-sign", admit)
     return client
 
 

@@ -114,10 +114,9 @@ class RequestPacker:
     def full(self) -> bool:
         return len(self.entries) + self.open_entries >= self.max_entries
 
-    def has_room(self, size: int, *, new_entry: bool = True) -> bool:
-        if new_entry and self.full:
-            return False
-        return self.size + size <= self.max_bytes
+    def has_room(self, size: int) -> bool:
+        """Room for one more entry of ``size`` bytes."""
+        return not self.full and self.size + size <= self.max_bytes
 
     def blocked(self, key: str) -> bool:
         return key in self._blocked

@@ -18,7 +18,7 @@ from edge_agent.config import SinkConfig
 from edge_agent.errors import SinkUnavailable
 from edge_agent.governor import UploadGovernor
 from edge_agent.records import LeasedRecord
-from edge_agent.sinks.aws import make_client, sink_error
+from edge_agent.sinks.aws import WireMeter, make_client, sink_error
 from edge_agent.sinks.base import Entry, Failed, Outcome, Packed, Request, RequestPacker, Sent
 
 
@@ -35,8 +35,8 @@ class FirehoseSink:
         self.delivery = config.delivery
         self.max_record_bytes = config.max_record_bytes
         self._suffix = b"\n" if config.firehose.newline else b""
-        self.wire_bytes = [0]
-        self._client = make_client("firehose", config.aws, governor, stop, self.wire_bytes)
+        self.wire = WireMeter()
+        self._client = make_client("firehose", config.aws, governor, stop, self.wire)
 
     def pack(self, candidates: Sequence[LeasedRecord], now: float) -> Packed:
         packer = RequestPacker(
@@ -44,7 +44,7 @@ class FirehoseSink:
         )
         packed = Packed(None)
         for record in candidates:
-            (entry,) = self.plain_entries([record])
+            entry = self._entry(record)
             data = entry.data
             if len(data) > self.max_record_bytes:
                 packed.rejected.append(
@@ -64,7 +64,10 @@ class FirehoseSink:
         return packed
 
     def plain_entries(self, records: Sequence[LeasedRecord]) -> list[Entry]:
-        return [Entry([record], record.payload + self._suffix) for record in records]
+        return [self._entry(record) for record in records]
+
+    def _entry(self, record: LeasedRecord) -> Entry:
+        return Entry([record], record.payload + self._suffix)
 
     def send(self, request: Request) -> list[Outcome]:
         try:
@@ -90,7 +93,7 @@ class FirehoseSink:
         return outcomes
 
     def snapshot(self) -> dict[str, Any]:
-        return {"delivery_stream": self.target, "wire_bytes": self.wire_bytes[0]}
+        return {"delivery_stream": self.target, "wire_bytes": self.wire.bytes}
 
     def close(self) -> None:
         self._client.close()

@@ -25,7 +25,7 @@ from typing import Any
 from edge_agent.config import SinkConfig
 from edge_agent.governor import UploadGovernor
 from edge_agent.records import LeasedRecord
-from edge_agent.sinks.aws import make_client, sink_error
+from edge_agent.sinks.aws import WireMeter, make_client, sink_error
 from edge_agent.sinks.base import Entry, Failed, Outcome, Packed, Request, RequestPacker, Sent
 from edge_agent.sinks.kpl import AggregateBuilder
 from edge_agent.sinks.shard_pacing import PaceBudget, ShardPacer
@@ -88,8 +88,8 @@ class KinesisSink:
         self.aggregating = options.aggregate
         self.max_record_bytes = config.max_record_bytes
         self._clock = clock
-        self.wire_bytes = [0]
-        self._client = make_client("kinesis", config.aws, governor, stop, self.wire_bytes)
+        self.wire = WireMeter()
+        self._client = make_client("kinesis", config.aws, governor, stop, self.wire)
         self._map: ShardMap | None = None
         self._map_checked_at = -1e18
         self._map_stale = True
@@ -393,7 +393,7 @@ class KinesisSink:
             "ordered": self.ordered,
             "shards": shards,
             "aggregates_resent_after_resharding": self.wrong_shard,
-            "wire_bytes": self.wire_bytes[0],
+            "wire_bytes": self.wire.bytes,
         }
 
     def close(self) -> None:

@@ -112,23 +112,9 @@ class AggregateBuilder:
 
     def size_with(self, partition_key: str, data: bytes, explicit_hash_key: str | None) -> int:
         """The Kinesis record size if this user record were added."""
-        added = 0
-        key_index = self._keys.get(partition_key)
-        if key_index is None:
-            key_index = len(self._keys)
-            added += _length_delimited_size(len(partition_key.encode()))
-        hash_index = None
-        if explicit_hash_key is not None:
-            hash_index = self._hash_keys.get(explicit_hash_key)
-            if hash_index is None:
-                hash_index = len(self._hash_keys)
-                added += _length_delimited_size(len(explicit_hash_key.encode()))
-        message = _varint_size(key_index) + 1 + _length_delimited_size(len(data))
-        if hash_index is not None:
-            message += 1 + _varint_size(hash_index)
-        added += _length_delimited_size(message)
-        first_key = self._first[0] if self._first else partition_key
-        return len(MAGIC) + self._size + added + DIGEST_BYTES + len(first_key.encode())
+        record, table_bytes = self._encode(partition_key, data, explicit_hash_key)
+        first_key_bytes = self._first_key_bytes if self._first else len(partition_key.encode())
+        return len(MAGIC) + self._size + table_bytes + len(record) + DIGEST_BYTES + first_key_bytes
 
     def add(self, partition_key: str, data: bytes, explicit_hash_key: str | None = None) -> bool:
         """Add a user record; False (nothing added) if it would exceed ``max_bytes``.
@@ -144,42 +130,41 @@ class AggregateBuilder:
         """Add a user record if the Kinesis record stays within ``limit`` bytes (an empty
         builder always takes it); returns by how much the record grew, or -1 (nothing
         added). Encodes the record once: this is the hot path of aggregation."""
-        key_index = self._keys.get(partition_key)
-        new_key = key_index is None
-        added = 0
-        if key_index is None:
-            key_index = len(self._keys)
-            added += _length_delimited_size(len(partition_key.encode()))
-        message = _TAG_PARTITION_KEY_INDEX + _varint(key_index)
-        hash_index = None
-        new_hash = False
-        if explicit_hash_key is not None:
-            hash_index = self._hash_keys.get(explicit_hash_key)
-            if hash_index is None:
-                new_hash = True
-                hash_index = len(self._hash_keys)
-                added += _length_delimited_size(len(explicit_hash_key.encode()))
-            message += _TAG_HASH_KEY_INDEX + _varint(hash_index)
-        message += _TAG_DATA + _varint(len(data)) + data
-        record = _TAG_RECORD + _varint(len(message)) + message
-        added += len(record)
-        if self._first is None:
-            added += len(MAGIC) + DIGEST_BYTES + len(partition_key.encode())
-        elif self._size + added + len(MAGIC) + DIGEST_BYTES + self._first_key_bytes > limit:
-            return -1
-        if new_key:
-            self._keys[partition_key] = key_index
-        if new_hash:
-            assert explicit_hash_key is not None
-            self._hash_keys[explicit_hash_key] = len(self._hash_keys)
-        self._body.append(record)
+        record, table_bytes = self._encode(partition_key, data, explicit_hash_key)
+        grows = table_bytes + len(record)
         if self._first is None:
             self._first = (partition_key, explicit_hash_key, data)
             self._first_key_bytes = len(partition_key.encode())
-            self._size += added - len(MAGIC) - DIGEST_BYTES - self._first_key_bytes
-        else:
-            self._size += added
-        return added
+            grows += len(MAGIC) + DIGEST_BYTES + self._first_key_bytes
+        elif self.size + grows > limit:
+            return -1
+        if partition_key not in self._keys:
+            self._keys[partition_key] = len(self._keys)
+        if explicit_hash_key is not None and explicit_hash_key not in self._hash_keys:
+            self._hash_keys[explicit_hash_key] = len(self._hash_keys)
+        self._body.append(record)
+        self._size += table_bytes + len(record)
+        return grows
+
+    def _encode(
+        self, partition_key: str, data: bytes, explicit_hash_key: str | None
+    ) -> tuple[bytes, int]:
+        """The Record field for a user record, and what adding it adds to the key tables
+        (nothing is changed)."""
+        table_bytes = 0
+        key_index = self._keys.get(partition_key)
+        if key_index is None:
+            key_index = len(self._keys)
+            table_bytes += _length_delimited_size(len(partition_key.encode()))
+        message = _TAG_PARTITION_KEY_INDEX + _varint(key_index)
+        if explicit_hash_key is not None:
+            hash_index = self._hash_keys.get(explicit_hash_key)
+            if hash_index is None:
+                hash_index = len(self._hash_keys)
+                table_bytes += _length_delimited_size(len(explicit_hash_key.encode()))
+            message += _TAG_HASH_KEY_INDEX + _varint(hash_index)
+        message += _TAG_DATA + _varint(len(data)) + data
+        return _TAG_RECORD + _varint(len(message)) + message, table_bytes
 
     def build(self) -> Aggregate:
         """The Kinesis record for everything added (a plain record if only one)."""

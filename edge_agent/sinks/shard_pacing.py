@@ -43,13 +43,6 @@ class ShardPacer:
         self.records = TokenBucket(*_rate_and_burst(records_per_s), clock=clock)
         self.bytes = TokenBucket(*_rate_and_burst(bytes_per_s), clock=clock)
 
-    def allows(self, records: int, size: int) -> bool:
-        """Enough tokens for this much (a record larger than a full bucket needs a full
-        bucket, and leaves a debt)."""
-        return self.records.available >= min(records, self.records.capacity) and (
-            self.bytes.available >= min(size, self.bytes.capacity)
-        )
-
     def ready(self, records: float = math.inf, size: float = math.inf) -> bool:
         """Worth a request: half the burst is there, or all that is waiting for this
         shard (``records``, ``size``). Sending whenever a single token has come back
@@ -123,6 +116,8 @@ class PaceBudget:
         self.used_bytes = 0
 
     def allows(self, records: int, size: int) -> bool:
+        """Enough tokens for this much (a record larger than a full bucket needs a full
+        bucket, and leaves a debt)."""
         return self.records >= min(records, self.records_cap) and self.bytes >= min(
             size, self.bytes_cap
         )
