@@ -30,6 +30,7 @@ from edge_agent.config import Config, SinkConfig, load_config
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.forwarder import Forwarder
 from edge_agent.governor import UploadGovernor
+from edge_agent.malloc_tuning import fix_mmap_threshold
 from edge_agent.sdnotify import SystemdNotifier
 from edge_agent.sinks.factory import FORWARDING_TYPES, make_forwarder
 from edge_agent.sources.mqtt import MqttSource
@@ -112,6 +113,7 @@ class Agent:
 
     def run(self) -> int:
         config = self.config
+        fix_mmap_threshold()
         self._spool = spool = open_spool(config)
         log.info("spool open at %s", config.spool.path)
         try:

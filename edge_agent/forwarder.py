@@ -15,6 +15,12 @@
             SinkPaused        nothing settled; the sink pauses and probes every
                               ``pause_probe`` by trying again
 
+Up to ``requests_in_flight`` requests are on the wire at once, transmitted by sender
+threads while this thread leases and packs the next; answers are landed (settled) in
+the order the requests went out. Records in flight are not candidates, and in ordered
+mode they block their keys like records waiting for a retry, so two requests in flight
+never carry the same key.
+
 Records never leave the spool before the service confirms them, so a crash at any
 point re-sends at most what was in flight. In ordered mode a failed record blocks the
 later records of its key until it is through, and at most one entry per key goes into
@@ -25,11 +31,13 @@ from __future__ import annotations
 
 import collections
 import logging
+import operator
 import queue
 import random
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +52,7 @@ from edge_agent.errors import (
     SpoolError,
 )
 from edge_agent.records import LeasedRecord
+from edge_agent.sender import Sender
 from edge_agent.sinks.base import Request, Sent, Sink
 from edge_agent.spool import Spool
 
@@ -59,17 +68,16 @@ ACK_BACKLOG = 2
 MIN_WAIT_S = 0.005
 #: A failing spool (full disk, busy) is retried after this long.
 SPOOL_RETRY_S = 1.0
-
-
-@dataclass(slots=True)
-class _Pending:
-    record: LeasedRecord
-    due: float = 0.0
-    failures: int = 0
+#: At stop, how long to wait for the answer to the request on the wire.
+LANDING_AT_STOP_S = 10.0
+#: A record's payload size, from the tuple.
+_PAYLOAD = operator.itemgetter(4)
 
 
 #: Records refused as invalid, and the refusal.
 _Blamed = tuple[list[LeasedRecord], SinkError]
+#: A request on the wire, the ids of its records, and its answer to come.
+_Flight = tuple[Request, list[int], "Future[Any]"]
 
 
 @dataclass
@@ -98,6 +106,7 @@ class Forwarder:
         *,
         window_records: int,
         window_bytes: int,
+        requests_in_flight: int = 1,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
@@ -109,12 +118,21 @@ class Forwarder:
         self._window_bytes = window_bytes
         self._clock = clock
         self._rng = rng or random.Random()
-        self._window: dict[int, _Pending] = {}
+        # The window: leased records by id, in spool order. A few of them have more to
+        # say: on the wire (not candidates; in ordered mode they block their keys), or
+        # (ordered mode) waiting for a retry, with how often they failed here.
+        self._window: dict[int, LeasedRecord] = {}
         self._window_size = 0
+        self._in_flight: set[int] = set()
+        self._due: dict[int, float] = {}
+        self._failures: dict[int, int] = {}
         # Deleting what the service accepted runs in its own thread, overlapping the
         # next request; at most ACK_BACKLOG batches wait (they are re-sent after a crash).
         self._acks: queue.Queue[list[LeasedRecord] | None] = queue.Queue(ACK_BACKLOG)
         self._acker: threading.Thread | None = None
+        self._sender: Sender | None = None
+        self._requests_in_flight = requests_in_flight
+        self._flights: collections.deque[_Flight] = collections.deque()
         self._acks_closed = threading.Event()
         self._backoff = Backoff(delivery.retry_min, delivery.retry_max, self._rng)
         self._hold_until = 0.0
@@ -146,8 +164,11 @@ class Forwarder:
 
     @property
     def healthy(self) -> bool:
-        acker_ok = self._acker is None or self._acker.is_alive() or self._stop.is_set()
-        return acker_ok and not self._failed and (self._thread is None or self._thread.is_alive())
+        helpers_ok = self._stop.is_set() or (
+            (self._acker is None or self._acker.is_alive())
+            and (self._sender is None or self._sender.alive)
+        )
+        return helpers_ok and not self._failed and (self._thread is None or self._thread.is_alive())
 
     def _run(self) -> None:
         try:
@@ -163,6 +184,9 @@ class Forwarder:
             target=self._ack_loop, name=f"ack-{self.sink.name}", daemon=True
         )
         self._acker.start()
+        self._sender = Sender(
+            self.sink.transmit, f"send-{self.sink.name}", threads=self._requests_in_flight
+        )
         try:
             while not self._stop.is_set():
                 try:
@@ -194,15 +218,23 @@ class Forwarder:
                     break
 
     def _shut_down(self) -> None:
+        deadline = time.monotonic() + LANDING_AT_STOP_S
+        while self._flights:
+            try:
+                self._land(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:  # whatever it was, the records are released below
+                log.exception("sink %s: settling the last requests failed", self.sink.name)
+        if self._sender is not None:
+            self._sender.close(SPOOL_RETRY_S)
         if self._acker is not None:
             self._acks.put(None)
             self._acker.join(SPOOL_RETRY_S * 5)
             self._acks_closed.set()
         try:
-            self.spool.release([pending.record for pending in self._window.values()])
+            self.spool.release(list(self._window.values()))
         except SpoolError as err:  # leases are cleared at the next open anyway
             log.warning("sink %s: releasing leased records at stop failed: %s", self.sink.name, err)
-        self._window.clear()
+        self._clear_window()
         self.sink.close()
         self._set_state("stopped")
 
@@ -220,6 +252,9 @@ class Forwarder:
             # records waiting for a retry hold part of the window: let new ones in
             candidates, next_due = self._candidates(now)
         linger = self._linger_time(candidates)
+        if (linger > 0 or not candidates) and self._flights:
+            self._land()  # nothing to pack for now: take the answer first
+            return
         if linger > 0:
             self.spool.wait_for_append(generation, linger)
             return
@@ -240,31 +275,58 @@ class Forwarder:
         if packed.rejected:
             self._reject(packed.rejected)
         if packed.request is None:
+            if self._flights:
+                self._land()
+                return
             if packed.wait is not None:
                 self._set_state("pacing")
             self._stop.wait(min(max(packed.wait or MIN_WAIT_S, MIN_WAIT_S), IDLE_WAIT_S))
             return
-        self._deliver(packed.request)
+        if len(self._flights) >= self._requests_in_flight:
+            self._land()
+            if self._clock() < self._hold_until or self._stop.is_set():
+                return  # a request before failed as a whole: this one waits too
+        self._launch(packed.request)
 
     def _refill(self, *, any_room: bool = False) -> bool:
-        """Lease more records when half the window is free (or, with ``any_room``, when
-        any of it is); True if something was leased."""
+        """Lease more records when a request's share of the window is free (or, with
+        ``any_room``, when any of it is); True if something was leased."""
         room_records = self._window_records - len(self._window)
         room_bytes = self._window_bytes - self._window_size
+        shares = self._requests_in_flight + 1
         if any_room:
             if room_records <= 0 or room_bytes <= 0:
                 return False
-        elif room_records < self._window_records // 2 or room_bytes < self._window_bytes // 2:
+        elif (
+            room_records < self._window_records // shares
+            or room_bytes < self._window_bytes // shares
+        ):
             return False
         count, size = self.spool.pending(self.sink.name)
         if count and size:  # fetch about what fits the bytes, not rows to throw away
             average = size / count
             room_records = min(room_records, int(room_bytes / average * 1.1) + 16)
         leased = self.spool.lease(self.sink.name, max_records=room_records, max_bytes=room_bytes)
-        for record in leased:
-            self._window[record.id] = _Pending(record)
-            self._window_size += record.size
+        self._window.update(zip(map(operator.itemgetter(0), leased), leased, strict=True))
+        self._window_size += sum(map(len, map(_PAYLOAD, leased)))
         return bool(leased)
+
+    def _drop(self, records: list[LeasedRecord]) -> None:
+        """Settled: out of the window."""
+        window, due, failures = self._window, self._due, self._failures
+        for record in records:
+            if window.pop(record.id, None) is not None:
+                self._window_size -= len(record.payload)
+                if due:
+                    due.pop(record.id, None)
+                    failures.pop(record.id, None)
+
+    def _clear_window(self) -> None:
+        self._window.clear()
+        self._window_size = 0
+        self._in_flight.clear()
+        self._due.clear()
+        self._failures.clear()
 
     def _linger_time(self, candidates: list[LeasedRecord]) -> float:
         """How long to wait for more records rather than send a small request now (each
@@ -291,14 +353,21 @@ class Forwarder:
     def _candidates(self, now: float) -> tuple[list[LeasedRecord], float | None]:
         """Due records in spool order (per-key prefixes in ordered mode), and when the
         next record falls due."""
+        in_flight, due = self._in_flight, self._due
+        if not due and not (self.sink.ordered and in_flight):  # the common case
+            return [r for i, r in self._window.items() if i not in in_flight], None
         ordered = self.sink.ordered
         blocked: set[str] = set()
         candidates: list[LeasedRecord] = []
         next_due: float | None = None
-        for pending in self._window.values():
-            record = pending.record
-            if pending.due > now:
-                next_due = pending.due if next_due is None else min(next_due, pending.due)
+        for record_id, record in self._window.items():
+            if record_id in in_flight:
+                if ordered:
+                    blocked.add(record.partition_key)
+                continue
+            at = due.get(record_id)
+            if at is not None and at > now:
+                next_due = at if next_due is None else min(next_due, at)
                 if ordered:
                     blocked.add(record.partition_key)
                 continue
@@ -309,28 +378,68 @@ class Forwarder:
 
     # ------------------------------------------------------------------ sending
 
-    def _deliver(self, request: Request, blamed: list[_Blamed] | None = None) -> None:
-        """Send one request and settle what the service answered. ``blamed`` collects
-        records refused as invalid while a refused request is being split up."""
+    def _launch(self, request: Request) -> None:
+        """Put a request on the wire in the sender thread; its records are in flight."""
+        assert self._sender is not None
+        ids = [record.id for entry in request.entries for record in entry.records]
+        self._in_flight.update(ids)
+        self._set_state("sending")
+        self.stats.requests += 1
+        self._flights.append((request, ids, self._sender.launch(request)))
+
+    def _land(self, timeout: float | None = None) -> None:
+        """Wait for the answer to the oldest request on the wire and settle it; whatever
+        the answer did not settle (a whole-request failure) is due again."""
+        request, ids, future = self._flights.popleft()
+        try:
+            answer, error = future.result(timeout), None
+        except TimeoutError:
+            return  # at stop: the records are released with the window
+        except Exception as err:
+            answer, error = None, err
+        finally:
+            self._in_flight.difference_update(ids)
+        self._settle(request, answer, error)
+
+    def _deliver(self, request: Request, blamed: list[_Blamed]) -> None:
+        """Send one part of a refused request in this thread and settle the answer."""
         self._set_state("sending")
         self.stats.requests += 1
         try:
-            outcomes = self.sink.send(request)
-        except RequestRejected as err:
+            answer, error = self.sink.transmit(request), None
+        except Exception as err:
+            answer, error = None, err
+        self._settle(request, answer, error, blamed)
+
+    def _settle(
+        self,
+        request: Request,
+        answer: Any,
+        error: Exception | None,
+        blamed: list[_Blamed] | None = None,
+    ) -> None:
+        """Settle what the service answered. ``blamed`` collects records refused as
+        invalid while a refused request is being split up."""
+        if error is None:
+            try:
+                outcomes = self.sink.outcomes(request, answer)
+            except Exception as err:
+                error = err
+        if isinstance(error, RequestRejected):
             if blamed is None:
-                self._split(request, err)
+                self._split(request, error)
             else:
-                self._bisect(request, err, blamed)
+                self._bisect(request, error, blamed)
             return
-        except SinkPaused as err:
-            self._request_failed(err, paused=True)
+        if isinstance(error, SinkPaused):
+            self._request_failed(error, paused=True)
             return
-        except SinkUnavailable as err:
-            self._request_failed(err, paused=False)
+        if isinstance(error, SinkUnavailable):
+            self._request_failed(error, paused=False)
             return
-        except Exception as err:  # a bug or an unexpected answer: treat as transient
-            log.exception("sink %s: sending failed unexpectedly", self.sink.name)
-            self._request_failed(SinkUnavailable(type(err).__name__, str(err)), paused=False)
+        if error is not None:  # a bug or an unexpected answer: treat as transient
+            log.error("sink %s: sending failed unexpectedly", self.sink.name, exc_info=error)
+            self._request_failed(SinkUnavailable(type(error).__name__, str(error)), paused=False)
             return
         self._delivered()
         self._answered += 1
@@ -342,7 +451,7 @@ class Forwarder:
         for entry, outcome in zip(request.entries, outcomes, strict=True):
             if isinstance(outcome, Sent):
                 accepted += entry.records
-                accepted_bytes += sum(record.size for record in entry.records)
+                accepted_bytes += sum(map(len, map(_PAYLOAD, entry.records)))
                 self.stats.entries_sent += 1
                 continue
             self.stats.retries += len(entry.records)
@@ -351,9 +460,7 @@ class Forwarder:
                 self._retry_in_window(entry.records, now)
             else:
                 failed += entry.records
-        for record in accepted:
-            del self._window[record.id]
-            self._window_size -= record.size
+        self._drop(accepted)
         self.stats.records_sent += len(accepted)
         self.stats.bytes_sent += accepted_bytes
         with self._rates_lock:
@@ -366,17 +473,13 @@ class Forwarder:
     def _retry_in_window(self, records: list[LeasedRecord], now: float) -> None:
         """Ordered mode: failed records stay leased, so that they block their keys; the
         records of one entry fall due together (one wake-up, one entry again)."""
-        pendings = [self._window[record.id] for record in records]
-        failures = max(
-            pending.failures + record.attempts
-            for pending, record in zip(pendings, records, strict=True)
-        )
+        failures = max(self._failures.get(record.id, 0) + record.attempts for record in records)
         due = now + full_jitter(
             failures, self.delivery.retry_min, self.delivery.retry_max, self._rng
         )
-        for pending in pendings:
-            pending.due = due
-            pending.failures += 1
+        for record in records:
+            self._due[record.id] = due
+            self._failures[record.id] = self._failures.get(record.id, 0) + 1
 
     def _retry_in_spool(self, records: list[LeasedRecord], now: float) -> None:
         """Unordered: failed records go back to the spool, due again after full jitter
@@ -384,9 +487,7 @@ class Forwarder:
         attempts = max(record.attempts for record in records)
         delay = full_jitter(attempts, self.delivery.retry_min, self.delivery.retry_max, self._rng)
         self.spool.retry(records, at_ms=int((time.time() + delay) * 1000))
-        for record in records:
-            if self._window.pop(record.id, None) is not None:
-                self._window_size -= record.size
+        self._drop(records)
         due = now + delay
         self._retry_at = due if self._retry_at is None else min(self._retry_at, due)
 
@@ -467,9 +568,7 @@ class Forwarder:
             by_reason[reason].append(record)
         for reason, records in by_reason.items():
             self.spool.dead_letter(records, reason)
-            for record in records:
-                if self._window.pop(record.id, None) is not None:
-                    self._window_size -= record.size
+            self._drop(records)
             self.stats.dead_lettered += len(records)
             self._set_error(f"dead-lettered {len(records)}: {reason}", quiet=True)
 

@@ -31,9 +31,13 @@ def collect_status(config: Config) -> dict[str, Any]:
         result["spool"] = {"path": str(config.spool.path), "error": str(err)}
         return result
     now_ms = int(time.time() * 1000)
+    # Leases live in the agent's memory: what each sink holds is in its status.
+    agent = result["agent"]
+    sinks: dict[str, Any] = agent.get("sinks", {}) if agent.get("running") else {}
     queues = []
     for queue in stats.queues:
         entry = asdict(queue)
+        entry["leased_count"] = int(sinks.get(queue.name, {}).get("in_window", 0))
         sink = config.sinks.get(queue.name)
         entry["oldest_age_s"] = (
             None

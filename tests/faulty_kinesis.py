@@ -136,6 +136,7 @@ class FaultyKinesis:
         self.shard_bytes_per_second = 1048576
         self.persistent_request_error: tuple[int, str] | None = None
         self.reject_data_containing: bytes | None = None
+        self.answer_delay = 0.0  # seconds each Put* answer is held back (a slow link)
         # Counters (Put* operations only).
         self.requests = 0  # every Put* request received
         self.records_attempted = 0  # records in every Put* request, also rejected ones
@@ -145,6 +146,9 @@ class FaultyKinesis:
         self.request_times: list[float] = []  # clock() at each Put* request's arrival
         self.peak_shard_records_per_second = 0  # max accepted by one shard in a 1-s window
         self.peak_shard_bytes_per_second = 0
+        self.peak_requests_in_flight = 0  # Put* requests being handled at the same time
+        self.shared_key_overlaps = 0  # Put* requests that overlapped one with a same key
+        self._active: list[set[str]] = []  # partition keys of each Put* being handled
 
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
@@ -266,17 +270,31 @@ class FaultyKinesis:
             }.get((prefix, op))
             if handler is None:
                 raise AwsError(400, "UnknownOperationException", f"unsupported: {target}")
-            with self._lock:
-                if op in PUT_OPS:
-                    self.requests += 1
-                    self.request_times.append(self.clock())
-                    self.records_attempted += len(request.get("Records") or [])
-                try:
+            if op not in PUT_OPS:
+                with self._lock:
                     return 200, handler(request)
-                except AwsError:
-                    if op in PUT_OPS:
+            keys = {str(r.get("PartitionKey")) for r in request.get("Records") or []}
+            with self._lock:
+                self.requests += 1
+                self.request_times.append(self.clock())
+                self.records_attempted += len(request.get("Records") or [])
+                if any(keys & other for other in self._active):
+                    self.shared_key_overlaps += 1
+                self._active.append(keys)
+                self.peak_requests_in_flight = max(self.peak_requests_in_flight, len(self._active))
+            try:
+                with self._lock:
+                    try:
+                        answer = handler(request)
+                    except AwsError:
                         self.request_errors_sent += 1
-                    raise
+                        raise
+                if self.answer_delay:
+                    time.sleep(self.answer_delay)  # latency of the link, not synchronization
+                return 200, answer
+            finally:
+                with self._lock:
+                    self._active.remove(keys)
         except AwsError as error:
             return error.status, {"__type": error.error_type, "message": error.message}
 

@@ -64,6 +64,22 @@ def test_ordered_mode_keeps_key_order_through_failures_and_throttling(
     assert endpoint.records_failed > 0 and endpoint.throttled_records > 0
 
 
+def test_ordered_requests_on_the_wire_together_never_share_a_key(
+    kinesis: MakeHarness, endpoint: FaultyKinesis
+) -> None:
+    """Two requests in flight, ordered: a key of the first may not be in the second,
+    or the second could land while the first is retried."""
+    harness = kinesis(ordered=True, shards=2, max_request_records=20)
+    endpoint.fail_share = 0.25
+    endpoint.answer_delay = 0.02
+    seqs = harness.append(1200, keys=60)
+    harness.start()
+    harness.wait_drained(60)
+    assert_each_once_in_key_order(harness, seqs)
+    assert endpoint.peak_requests_in_flight == 2
+    assert endpoint.shared_key_overlaps == 0
+
+
 def test_unordered_mode_can_reorder_under_failures(
     kinesis: MakeHarness, endpoint: FaultyKinesis
 ) -> None:

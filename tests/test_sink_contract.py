@@ -43,6 +43,19 @@ def test_delivers_everything_exactly_once(harness: Harness) -> None:
     assert status["retries"] == status["request_errors"] == status["dead_lettered"] == 0
 
 
+def test_the_next_request_goes_out_before_the_answer_to_the_last(harness: Harness) -> None:
+    """Two requests on the wire at once: the service never waits for the agent to
+    settle one answer, lease and pack before it sends again."""
+    harness.endpoint.answer_delay = 0.05
+    harness.reconfigure(max_request_records=100)
+    seqs = harness.append(1500)
+    harness.start()
+    harness.wait_drained()
+    assert sorted(seq for _, seq in harness.delivered()) == seqs
+    assert harness.endpoint.peak_requests_in_flight == 2
+    assert harness.status["requests"] == 15
+
+
 def test_partial_failures_retry_only_the_failed_records(harness: Harness) -> None:
     harness.endpoint.fail_share = 0.3
     seqs = harness.append(2000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
 from pathlib import Path
 
@@ -159,8 +160,54 @@ def test_leases_of_a_dead_process_return_to_pending(tmp_path: Path) -> None:
     with Spool.open(path) as reopened:
         again = reopened.lease("q", max_records=5, max_bytes=100)
         assert [r.payload for r in again] == [b"a", b"b"]
+
+
+def test_leases_marked_by_an_older_agent_are_cleared_at_open(tmp_path: Path) -> None:
+    """Agents before in-memory leases wrote ``leased = 1``; such a spool replays too."""
+    path = tmp_path / "s.db"
+    with Spool.open(path) as spool:
+        spool.append([rec("q", b"a"), rec("q", b"b")])
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE records SET leased = 1")
+    conn.commit()
+    conn.close()
+    with Spool.open(path) as reopened:
+        assert [r.payload for r in reopened.lease("q", max_records=5, max_bytes=100)] == [
+            b"a",
+            b"b",
+        ]
         kinds = [event.kind for event in reopened.stats().events]
         assert "leases_returned" in kinds
+
+
+def test_ids_freed_at_the_top_are_leased_when_reused(tmp_path: Path) -> None:
+    """SQLite hands the id after the highest row to a new one: once a drained queue's
+    top rows are deleted, new records reuse ids at or below what was leased."""
+    with Spool.open(tmp_path / "s.db") as spool:
+        spool.append([rec("q", b"a"), rec("q", b"b")])
+        spool.ack(spool.lease("q", max_records=5, max_bytes=100))
+        spool.append([rec("q", b"c")])
+        (again,) = spool.lease("q", max_records=5, max_bytes=100)
+        assert again.payload == b"c"
+        held = spool.lease("q", max_records=5, max_bytes=100)
+        assert held == []
+
+
+def test_a_retried_record_comes_back_when_due_and_never_twice(tmp_path: Path) -> None:
+    clock = FakeClock()
+    with Spool.open(tmp_path / "s.db", clock_ms=clock) as spool:
+        spool.append([rec("q", bytes([i])) for i in range(4)])
+        first = spool.lease("q", max_records=2, max_bytes=100)
+        spool.retry(first[:1], at_ms=clock.now_ms + 1000)
+        assert [r.payload for r in spool.lease("q", max_records=5, max_bytes=100)] == [
+            b"\x02",
+            b"\x03",
+        ]
+        assert spool.lease("q", max_records=5, max_bytes=100) == []
+        clock.now_ms += 1000
+        (back,) = spool.lease("q", max_records=5, max_bytes=100)
+        assert (back.payload, back.attempts) == (b"\x00", 1)
+        assert spool.stats().queues[0].leased_count == 4
 
 
 def test_garbage_file_is_quarantined_and_a_fresh_spool_opens(tmp_path: Path) -> None:
@@ -270,7 +317,7 @@ class SpoolMachine(RuleBasedStateMachine):
         conn = sqlite3.connect(self.path)
         try:
             rows = conn.execute(
-                "SELECT r.id, r.partition_key, r.leased FROM records r JOIN queues q"
+                "SELECT r.id, r.partition_key, 0 FROM records r JOIN queues q"
                 " ON q.id = r.queue_id WHERE q.name = ? ORDER BY r.id",
                 (queue,),
             ).fetchall()
@@ -328,6 +375,12 @@ class SpoolMachine(RuleBasedStateMachine):
             self.outstanding.discard(self.seq(record))
             self.pending[record.queue].pop(self.seq(record))
             self.dead.add(self.seq(record))
+
+    @rule(batch=consumes(leased))
+    def release(self, batch: list[LeasedRecord]) -> None:
+        live = [r for r in batch if self.seq(r) in self.outstanding]
+        assert self.spool.release(live) == len(live)
+        self.outstanding.difference_update(self.seq(r) for r in live)
 
     @precondition(lambda self: True)
     @rule()
@@ -434,3 +487,24 @@ def test_leased_records_do_not_count_as_room_for_reject_new_queues(tmp_path: Pat
         spool.release(in_flight)
         assert spool.append([rec("telemetry", b"t" * 100)]).stored == 1
         assert spool.pending_bytes <= 1000
+
+
+def test_leased_payloads_are_the_bytes_appended(tmp_path: Path) -> None:
+    """Binary payloads, NUL bytes, invalid UTF-8 and empty payloads come back unchanged,
+    with their keys, in order, and a lease stops at its byte limit."""
+    rng = random.Random(7)
+    small = [bytes(rng.randrange(256) for _ in range(rng.randrange(0, 300))) for _ in range(3000)]
+    small[5] = b""
+    small[6] = b"\x00\xff\xfe\x80 \xc3"
+    large = [bytes([n]) * (20_000 + n) for n in range(40)]
+    with Spool.open(tmp_path / "s.db") as spool:
+        spool.append([rec("small", p, key=f"k\u00e9{n % 13}") for n, p in enumerate(small)])
+        spool.append([rec("large", p) for p in large])
+        got: list[LeasedRecord] = []
+        while batch := spool.lease("small", max_records=700, max_bytes=10**6):
+            got += batch
+        assert [r.payload for r in got] == small
+        assert [r.partition_key for r in got] == [f"k\u00e9{n % 13}" for n in range(3000)]
+        assert [r.id for r in got] == sorted(r.id for r in got)
+        within = spool.lease("large", max_records=100, max_bytes=100_000)
+        assert [r.payload for r in within] == large[:4]

@@ -5,8 +5,15 @@ service::
 
     pack(candidates, now) -> Packed      choose records for one request within the
                                          service's limits (and the sink's own pacing)
-    send(request) -> [Outcome, ...]      one outcome per entry, in order; a whole-request
-                                         failure raises a SinkError instead
+    transmit(request) -> answer          the request on the wire; a whole-request failure
+                                         raises a SinkError. Runs in the forwarder's
+                                         sender thread while the next request is packed,
+                                         so it touches nothing but the client
+    outcomes(request, answer) -> [Outcome, ...]
+                                         one outcome per entry, in order (may raise a
+                                         SinkError for an answer that makes no sense);
+                                         back in the forwarder thread, free to update
+                                         the sink's state (positions, shard map, pace)
     plain_entries(records) -> [Entry]    one entry per record (to find a bad record)
     snapshot() -> dict                   sink-specific status (shards, sequence numbers)
 
@@ -87,7 +94,9 @@ class Sink(Protocol):
 
     def pack(self, candidates: Sequence[LeasedRecord], now: float) -> Packed: ...
 
-    def send(self, request: Request) -> list[Outcome]: ...
+    def transmit(self, request: Request) -> Any: ...
+
+    def outcomes(self, request: Request, answer: Any) -> list[Outcome]: ...
 
     def plain_entries(self, records: Sequence[LeasedRecord]) -> list[Entry]:
         """One entry per record, no aggregation (to find a record the service refuses)."""
@@ -108,7 +117,8 @@ class RequestPacker:
         self.entries: list[Entry] = []
         self.open_entries = 0  # entries still being filled (aggregates)
         self.size = 0
-        self._blocked: set[str] = set()
+        #: Ordered mode: keys that may not go into this request any more.
+        self.blocked_keys: set[str] = set()
 
     @property
     def full(self) -> bool:
@@ -119,19 +129,24 @@ class RequestPacker:
         return not self.full and self.size + size <= self.max_bytes
 
     def blocked(self, key: str) -> bool:
-        return key in self._blocked
+        return key in self.blocked_keys
 
     def block(self, key: str) -> None:
         """Ordered mode: take no more records of this key in this request."""
         if self.ordered:
-            self._blocked.add(key)
+            self.blocked_keys.add(key)
 
     def add(self, entry: Entry, *, reserved: int = 0) -> None:
         """Close an entry; ``reserved`` is what was already counted while it was filled."""
         self.entries.append(entry)
         self.size += entry.size - reserved
-        for record in entry.records:
-            self.block(record.partition_key)
+        if self.ordered:
+            self.blocked_keys.update(record.partition_key for record in entry.records)
 
     def request(self) -> Request | None:
         return Request(self.entries) if self.entries else None
+
+
+def send(sink: Sink, request: Request) -> list[Outcome]:
+    """Transmit a request and read its outcomes, in the calling thread."""
+    return sink.outcomes(request, sink.transmit(request))

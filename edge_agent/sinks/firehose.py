@@ -69,16 +69,18 @@ class FirehoseSink:
     def _entry(self, record: LeasedRecord) -> Entry:
         return Entry([record], record.payload + self._suffix)
 
-    def send(self, request: Request) -> list[Outcome]:
+    def transmit(self, request: Request) -> Any:
         try:
-            response = self._client.put_record_batch(
+            return self._client.put_record_batch(
                 DeliveryStreamName=self.target,
                 Records=[{"Data": entry.data} for entry in request.entries],
             )
         except Exception as err:
             raise sink_error(err) from err
+
+    def outcomes(self, request: Request, answer: Any) -> list[Outcome]:
         outcomes: list[Outcome] = []
-        for result in response["RequestResponses"]:
+        for result in answer.get("RequestResponses") or []:
             record_id = result.get("RecordId")
             if record_id is not None and not result.get("ErrorCode"):
                 outcomes.append(Sent(None, str(record_id)))

@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge_agent.config import SinkConfig
+from edge_agent.errors import SinkUnavailable
 from edge_agent.governor import UploadGovernor
 from edge_agent.records import LeasedRecord
 from edge_agent.sinks.aws import WireMeter, make_client, sink_error
 from edge_agent.sinks.base import Entry, Failed, Outcome, Packed, Request, RequestPacker, Sent
-from edge_agent.sinks.kpl import AggregateBuilder
+from edge_agent.sinks.kpl import NO_ROOM, AggregateBuilder
 from edge_agent.sinks.shard_pacing import PaceBudget, ShardPacer
 from edge_agent.sinks.shards import ShardMap
 
@@ -186,9 +187,11 @@ class KinesisSink:
         # waits for enough of them rather than for half its burst (aggregates: unknown
         # until packed, so half the burst).
         demand = None if aggregate else self._demand(candidates)
+        blocked = packer.blocked_keys
+        shard_of_key = self._shard_of_key
         for record in candidates:
             key = record.partition_key
-            if packer.blocked(key):
+            if key in blocked:
                 continue
             key_bytes = len(key.encode())
             size = len(record.payload) + key_bytes
@@ -206,7 +209,7 @@ class KinesisSink:
                     )
                 )
                 continue
-            shard = self._shard_of(key)
+            shard = shard_of_key.get(key) or self._shard_of(key)
             if shard in state.held_shards:
                 packer.block(key)
                 continue
@@ -235,9 +238,13 @@ class KinesisSink:
                 packer.add(Entry([record], record.payload, key, hash_key, shard))
                 continue
             self._aggregate(state, record, shard, budget)
-            if packer.full and not state.open_aggregates:
+            if not state.open_aggregates and packer.full:
                 break
-            if self._map is not None and len(state.held_shards) >= len(self._map.shards):
+            if (
+                state.held_shards
+                and self._map is not None
+                and len(state.held_shards) >= len(self._map.shards)
+            ):
                 break  # every shard is full or paced: the rest waits for the next request
         for open_aggregate in state.open_aggregates.values():
             self._close(open_aggregate, packer)
@@ -280,16 +287,15 @@ class KinesisSink:
         hash_key = self.options.explicit_hash_key
         current = open_aggregates.get(shard)
         if current is not None:
-            builder = current.builder
-            room = min(current.room, packer.max_bytes - packer.size)
-            limit = min(builder.max_bytes, builder.size + int(room))
-            grows = builder.try_add(key, record.payload, hash_key, limit)
+            room = current.room
+            room = min(room, packer.max_bytes - packer.size)
+            grows = current.builder.try_add(key, record.payload, hash_key, int(room))
             if grows >= 0:
                 current.records.append(record)
                 current.room -= grows
                 packer.size += grows
                 return
-            if limit < builder.max_bytes:  # held by the pace or the request's size
+            if grows == NO_ROOM:  # held by the pace or the request's size
                 self._hold_back(state, shard, budget.pacer, key, len(record.payload))
                 return
             del open_aggregates[shard]
@@ -329,7 +335,7 @@ class KinesisSink:
             for r in records
         ]
 
-    def send(self, request: Request) -> list[Outcome]:
+    def transmit(self, request: Request) -> Any:
         records = []
         for entry in request.entries:
             item: dict[str, Any] = {"Data": entry.data, "PartitionKey": entry.partition_key}
@@ -337,12 +343,19 @@ class KinesisSink:
                 item["ExplicitHashKey"] = entry.explicit_hash_key
             records.append(item)
         try:
-            response = self._client.put_records(StreamName=self.target, Records=records)
+            return self._client.put_records(StreamName=self.target, Records=records)
         except Exception as err:
             raise sink_error(err) from err
+
+    def outcomes(self, request: Request, answer: Any) -> list[Outcome]:
+        results = answer.get("Records")
+        if not isinstance(results, list) or len(results) != len(request.entries):
+            raise SinkUnavailable(
+                "InvalidResponse", "PutRecords answered for a different number of records"
+            )
         outcomes: list[Outcome] = []
         refreshed = False
-        for entry, result in zip(request.entries, response["Records"], strict=True):
+        for entry, result in zip(request.entries, results, strict=True):
             sequence = result.get("SequenceNumber")
             if sequence is not None:
                 shard = str(result.get("ShardId", ""))

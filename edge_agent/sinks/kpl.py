@@ -25,6 +25,10 @@ from dataclasses import dataclass, field
 
 MAGIC = b"\xf3\x89\x9a\xc2"
 DIGEST_BYTES = 16
+_FRAMING_BYTES = len(MAGIC) + DIGEST_BYTES
+#: What ``AggregateBuilder.try_add`` answers when a record does not go in.
+FULL = -1
+NO_ROOM = -2
 #: The KPL's default AggregationMaxSize.
 DEFAULT_MAX_AGGREGATE_BYTES = 51_200
 
@@ -74,6 +78,28 @@ def _length_delimited_size(payload_size: int) -> int:
     return 1 + _varint_size(payload_size) + payload_size
 
 
+#: Record headers by (key index, hash key index or -1, data size): records of one size
+#: under one key share their header, so it is encoded once.
+_HEADERS: dict[tuple[int, int, int], bytes] = {}
+_MAX_HEADERS = 4096
+
+
+def _header(key_index: int, hash_index: int, data_size: int) -> bytes:
+    """Tag and length of a Record field, and its fields up to the data bytes."""
+    cache_key = (key_index, hash_index, data_size)
+    header = _HEADERS.get(cache_key)
+    if header is None:
+        fields = _TAG_PARTITION_KEY_INDEX + _varint(key_index)
+        if hash_index >= 0:
+            fields += _TAG_HASH_KEY_INDEX + _varint(hash_index)
+        fields += _TAG_DATA + _varint(data_size)
+        header = _TAG_RECORD + _varint(len(fields) + data_size) + fields
+        if len(_HEADERS) >= _MAX_HEADERS:
+            _HEADERS.clear()
+        _HEADERS[cache_key] = header
+    return header
+
+
 @dataclass(frozen=True)
 class Aggregate:
     """What to put into PutRecords: one Kinesis record."""
@@ -95,13 +121,14 @@ class AggregateBuilder:
     max_bytes: int = DEFAULT_MAX_AGGREGATE_BYTES
     _keys: dict[str, int] = field(default_factory=dict)
     _hash_keys: dict[str, int] = field(default_factory=dict)
-    _body: list[bytes] = field(default_factory=list)
+    _body: list[bytes] = field(default_factory=list)  # header, data, header, data, ...
+    _count: int = 0
     _first: tuple[str, str | None, bytes] | None = None
     _first_key_bytes: int = 0
     _size: int = 0  # protobuf bytes so far
 
     def __len__(self) -> int:
-        return len(self._body)
+        return self._count
 
     @property
     def size(self) -> int:
@@ -112,9 +139,17 @@ class AggregateBuilder:
 
     def size_with(self, partition_key: str, data: bytes, explicit_hash_key: str | None) -> int:
         """The Kinesis record size if this user record were added."""
-        record, table_bytes = self._encode(partition_key, data, explicit_hash_key)
+        header, table_bytes = self._encode(partition_key, len(data), explicit_hash_key)
         first_key_bytes = self._first_key_bytes if self._first else len(partition_key.encode())
-        return len(MAGIC) + self._size + table_bytes + len(record) + DIGEST_BYTES + first_key_bytes
+        return (
+            len(MAGIC)
+            + self._size
+            + table_bytes
+            + len(header)
+            + len(data)
+            + DIGEST_BYTES
+            + first_key_bytes
+        )
 
     def add(self, partition_key: str, data: bytes, explicit_hash_key: str | None = None) -> bool:
         """Add a user record; False (nothing added) if it would exceed ``max_bytes``.
@@ -125,57 +160,67 @@ class AggregateBuilder:
         return self.try_add(partition_key, data, explicit_hash_key, self.max_bytes) >= 0
 
     def try_add(
-        self, partition_key: str, data: bytes, explicit_hash_key: str | None, limit: int
+        self, partition_key: str, data: bytes, explicit_hash_key: str | None, room: int
     ) -> int:
-        """Add a user record if the Kinesis record stays within ``limit`` bytes (an empty
-        builder always takes it); returns by how much the record grew, or -1 (nothing
-        added). Encodes the record once: this is the hot path of aggregation."""
-        record, table_bytes = self._encode(partition_key, data, explicit_hash_key)
-        grows = table_bytes + len(record)
+        """Add a user record if the Kinesis record stays within ``max_bytes`` and grows
+        by at most ``room`` bytes (an empty builder always takes it). Returns by how much
+        it grew, or FULL (beyond ``max_bytes``) or NO_ROOM (beyond ``room``): nothing
+        added. The hot path of aggregation: the record's header is looked up, and its
+        data is copied once, when the aggregate is built."""
+        key_index = self._keys.get(partition_key)
+        if key_index is not None and explicit_hash_key is None:  # the usual case
+            header = _HEADERS.get((key_index, -1, len(data))) or _header(key_index, -1, len(data))
+            table_bytes = 0
+        else:
+            header, table_bytes = self._encode(partition_key, len(data), explicit_hash_key)
+        body_grows = table_bytes + len(header) + len(data)
+        grows = body_grows
         if self._first is None:
             self._first = (partition_key, explicit_hash_key, data)
             self._first_key_bytes = len(partition_key.encode())
-            grows += len(MAGIC) + DIGEST_BYTES + self._first_key_bytes
-        elif self.size + grows > limit:
-            return -1
-        if partition_key not in self._keys:
-            self._keys[partition_key] = len(self._keys)
-        if explicit_hash_key is not None and explicit_hash_key not in self._hash_keys:
-            self._hash_keys[explicit_hash_key] = len(self._hash_keys)
-        self._body.append(record)
-        self._size += table_bytes + len(record)
+            grows += _FRAMING_BYTES + self._first_key_bytes
+        elif _FRAMING_BYTES + self._size + self._first_key_bytes + body_grows > self.max_bytes:
+            return FULL
+        elif body_grows > room:
+            return NO_ROOM
+        if table_bytes:
+            if partition_key not in self._keys:
+                self._keys[partition_key] = len(self._keys)
+            if explicit_hash_key is not None and explicit_hash_key not in self._hash_keys:
+                self._hash_keys[explicit_hash_key] = len(self._hash_keys)
+        self._body += (header, data)
+        self._count += 1
+        self._size += body_grows
         return grows
 
     def _encode(
-        self, partition_key: str, data: bytes, explicit_hash_key: str | None
+        self, partition_key: str, data_size: int, explicit_hash_key: str | None
     ) -> tuple[bytes, int]:
-        """The Record field for a user record, and what adding it adds to the key tables
-        (nothing is changed)."""
+        """A user record's Record field up to its data (the header), and what adding it
+        adds to the key tables (nothing is changed)."""
         table_bytes = 0
         key_index = self._keys.get(partition_key)
         if key_index is None:
             key_index = len(self._keys)
             table_bytes += _length_delimited_size(len(partition_key.encode()))
-        message = _TAG_PARTITION_KEY_INDEX + _varint(key_index)
+        hash_index = -1
         if explicit_hash_key is not None:
-            hash_index = self._hash_keys.get(explicit_hash_key)
-            if hash_index is None:
+            hash_index = self._hash_keys.get(explicit_hash_key, -1)
+            if hash_index < 0:
                 hash_index = len(self._hash_keys)
                 table_bytes += _length_delimited_size(len(explicit_hash_key.encode()))
-            message += _TAG_HASH_KEY_INDEX + _varint(hash_index)
-        message += _TAG_DATA + _varint(len(data)) + data
-        return _TAG_RECORD + _varint(len(message)) + message, table_bytes
+        return _header(key_index, hash_index, data_size), table_bytes
 
     def build(self) -> Aggregate:
         """The Kinesis record for everything added (a plain record if only one)."""
         if self._first is None:
             raise ValueError("nothing to aggregate")
         key, hash_key, data = self._first
-        if len(self._body) == 1:
+        if self._count == 1:
             return Aggregate(key, hash_key, data, 1)
         tables = b"".join(_length_delimited(1, k.encode()) for k in self._keys)
         tables += b"".join(_length_delimited(2, h.encode()) for h in self._hash_keys)
         protobuf = tables + b"".join(self._body)
         return Aggregate(
-            key, hash_key, MAGIC + protobuf + hashlib.md5(protobuf).digest(), len(self._body)
+            key, hash_key, MAGIC + protobuf + hashlib.md5(protobuf).digest(), self._count
         )
