@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -123,6 +124,10 @@ class Agent:
             for name, sink in config.sinks.items():
                 if sink.type in FORWARDING_TYPES:
                     self._start_forwarder(name, sink, spool)
+            # Start-up made most objects the agent will ever hold (modules, the AWS
+            # service models, clients): leave them out of every later garbage
+            # collection, which otherwise walks them each time records pile up.
+            gc.freeze()
             self._notifier.ready(
                 f"spool open, {int(self._mqtt is not None)} sources and "
                 f"{len(self._forwarders)} forwarders started"
