@@ -18,8 +18,10 @@ from edge_agent.config import SinkConfig
 from edge_agent.errors import SinkUnavailable
 from edge_agent.governor import UploadGovernor
 from edge_agent.records import LeasedRecord
+from edge_agent.sinks import prebuilt_body
 from edge_agent.sinks.aws import WireMeter, make_client, sink_error
 from edge_agent.sinks.base import Entry, Failed, Outcome, Packed, Request, RequestPacker, Sent
+from edge_agent.sinks.prebuilt_body import PREBUILT_BODY, data_record, records_body
 
 
 class FirehoseSink:
@@ -37,6 +39,7 @@ class FirehoseSink:
         self._suffix = b"\n" if config.firehose.newline else b""
         self.wire = WireMeter()
         self._client = make_client("firehose", config.aws, governor, stop, self.wire)
+        prebuilt_body.install(self._client, "PutRecordBatch")
 
     def pack(self, candidates: Sequence[LeasedRecord], now: float) -> Packed:
         packer = RequestPacker(
@@ -70,10 +73,13 @@ class FirehoseSink:
         return Entry([record], record.payload + self._suffix)
 
     def transmit(self, request: Request) -> Any:
+        body = records_body(
+            {"DeliveryStreamName": self.target},
+            (data_record(entry.data) for entry in request.entries),
+        )
         try:
             return self._client.put_record_batch(
-                DeliveryStreamName=self.target,
-                Records=[{"Data": entry.data} for entry in request.entries],
+                DeliveryStreamName=self.target, **{PREBUILT_BODY: body}
             )
         except Exception as err:
             raise sink_error(err) from err

@@ -26,9 +26,11 @@ from edge_agent.config import SinkConfig
 from edge_agent.errors import SinkUnavailable
 from edge_agent.governor import UploadGovernor
 from edge_agent.records import LeasedRecord
+from edge_agent.sinks import prebuilt_body
 from edge_agent.sinks.aws import WireMeter, make_client, sink_error
 from edge_agent.sinks.base import Entry, Failed, Outcome, Packed, Request, RequestPacker, Sent
 from edge_agent.sinks.kpl import NO_ROOM, AggregateBuilder
+from edge_agent.sinks.prebuilt_body import PREBUILT_BODY, data_record, json_string, records_body
 from edge_agent.sinks.shard_pacing import PaceBudget, ShardPacer
 from edge_agent.sinks.shards import ShardMap
 
@@ -91,6 +93,9 @@ class KinesisSink:
         self._clock = clock
         self.wire = WireMeter()
         self._client = make_client("kinesis", config.aws, governor, stop, self.wire)
+        prebuilt_body.install(self._client, "PutRecords")
+        # Partition keys as JSON, for the request bodies (the sender thread's own).
+        self._key_json: dict[str, bytes] = {}
         self._map: ShardMap | None = None
         self._map_checked_at = -1e18
         self._map_stale = True
@@ -336,16 +341,28 @@ class KinesisSink:
         ]
 
     def transmit(self, request: Request) -> Any:
-        records = []
-        for entry in request.entries:
-            item: dict[str, Any] = {"Data": entry.data, "PartitionKey": entry.partition_key}
-            if entry.explicit_hash_key is not None:
-                item["ExplicitHashKey"] = entry.explicit_hash_key
-            records.append(item)
+        body = records_body(
+            {"StreamName": self.target},
+            (self._record_json(entry) for entry in request.entries),
+        )
         try:
-            return self._client.put_records(StreamName=self.target, Records=records)
+            return self._client.put_records(StreamName=self.target, **{PREBUILT_BODY: body})
         except Exception as err:
             raise sink_error(err) from err
+
+    def _record_json(self, entry: Entry) -> tuple[bytes, ...]:
+        key = self._key_json.get(entry.partition_key)
+        if key is None:
+            if len(self._key_json) >= MAX_CACHED_KEYS:
+                self._key_json.clear()
+            key = self._key_json[entry.partition_key] = b',"PartitionKey":' + json_string(
+                entry.partition_key
+            )
+        if entry.explicit_hash_key is None:
+            return data_record(entry.data, key)
+        return data_record(
+            entry.data, key, b',"ExplicitHashKey":' + json_string(entry.explicit_hash_key)
+        )
 
     def outcomes(self, request: Request, answer: Any) -> list[Outcome]:
         results = answer.get("Records")

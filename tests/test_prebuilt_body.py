@@ -1,0 +1,53 @@
+"""The put bodies the sinks write themselves, against botocore's own serializer for the
+same parameters (parsed as JSON: the same document, field for field)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import botocore.session
+from botocore.serialize import create_serializer
+
+from edge_agent.sinks.base import Entry
+from edge_agent.sinks.prebuilt_body import data_record, records_body
+
+
+def botocore_body(service: str, operation: str, params: dict[str, Any]) -> Any:
+    model = botocore.session.get_session().get_service_model(service)
+    serializer = create_serializer(model.metadata["protocol"], include_validation=True)
+    request = serializer.serialize_to_request(params, model.operation_model(operation))
+    return json.loads(request["body"])
+
+
+ENTRIES = [
+    Entry([], b"\x00\xffbinary", "k1"),
+    Entry([], b"", 'k\u00e9"quoted\\'),
+    Entry([], bytes(range(256)) * 40, "sensor-7", "340282366920938463463374607431768211455"),
+]
+
+
+def test_kinesis_body_is_what_botocore_would_send() -> None:
+    from edge_agent.sinks.kinesis import KinesisSink
+
+    sink = KinesisSink.__new__(KinesisSink)  # only the body encoding is under test
+    sink._key_json = {}
+    ours = records_body({"StreamName": "s-1"}, (sink._record_json(e) for e in ENTRIES))
+    records: list[dict[str, Any]] = []
+    for entry in ENTRIES:
+        item: dict[str, Any] = {"Data": entry.data, "PartitionKey": entry.partition_key}
+        if entry.explicit_hash_key is not None:
+            item["ExplicitHashKey"] = entry.explicit_hash_key
+        records.append(item)
+    expected = botocore_body("kinesis", "PutRecords", {"StreamName": "s-1", "Records": records})
+    assert json.loads(ours) == expected
+
+
+def test_firehose_body_is_what_botocore_would_send() -> None:
+    ours = records_body({"DeliveryStreamName": "d-1"}, (data_record(e.data) for e in ENTRIES))
+    expected = botocore_body(
+        "firehose",
+        "PutRecordBatch",
+        {"DeliveryStreamName": "d-1", "Records": [{"Data": e.data} for e in ENTRIES]},
+    )
+    assert json.loads(ours) == expected
