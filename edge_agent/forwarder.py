@@ -30,6 +30,7 @@ a request, so a partial failure can never let a later record overtake an earlier
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import operator
 import queue
@@ -70,7 +71,8 @@ MIN_WAIT_S = 0.005
 SPOOL_RETRY_S = 1.0
 #: At stop, how long to wait for the answer to the request on the wire.
 LANDING_AT_STOP_S = 10.0
-#: A record's payload size, from the tuple.
+#: A record's id and payload, from the tuple.
+_ID = operator.itemgetter(0)
 _PAYLOAD = operator.itemgetter(4)
 
 
@@ -307,19 +309,19 @@ class Forwarder:
             average = size / count
             room_records = min(room_records, int(room_bytes / average * 1.1) + 16)
         leased = self.spool.lease(self.sink.name, max_records=room_records, max_bytes=room_bytes)
-        self._window.update(zip(map(operator.itemgetter(0), leased), leased, strict=True))
+        self._window.update(zip(map(_ID, leased), leased, strict=True))
         self._window_size += sum(map(len, map(_PAYLOAD, leased)))
         return bool(leased)
 
     def _drop(self, records: list[LeasedRecord]) -> None:
         """Settled: out of the window."""
-        window, due, failures = self._window, self._due, self._failures
-        for record in records:
-            if window.pop(record.id, None) is not None:
-                self._window_size -= len(record.payload)
-                if due:
-                    due.pop(record.id, None)
-                    failures.pop(record.id, None)
+        ids = list(map(_ID, records))
+        removed = filter(None, map(self._window.pop, ids, itertools.repeat(None)))
+        self._window_size -= sum(map(len, map(_PAYLOAD, removed)))
+        if self._due:
+            for record_id in ids:
+                self._due.pop(record_id, None)
+                self._failures.pop(record_id, None)
 
     def _clear_window(self) -> None:
         self._window.clear()
@@ -355,7 +357,9 @@ class Forwarder:
         next record falls due."""
         in_flight, due = self._in_flight, self._due
         if not due and not (self.sink.ordered and in_flight):  # the common case
-            return [r for i, r in self._window.items() if i not in in_flight], None
+            window = self._window
+            ready = itertools.filterfalse(in_flight.__contains__, window)
+            return list(map(window.__getitem__, ready)), None
         ordered = self.sink.ordered
         blocked: set[str] = set()
         candidates: list[LeasedRecord] = []

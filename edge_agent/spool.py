@@ -1079,6 +1079,7 @@ _INSERT_ROWS = 256
 
 
 _ID = operator.itemgetter(0)
+_QUEUE = operator.itemgetter(1)
 _FIRST = operator.itemgetter(0)
 _PAYLOAD = operator.itemgetter(4)  # of a LeasedRecord, and of the lease query's rows
 
@@ -1091,9 +1092,9 @@ _as_leased_record = functools.partial(tuple.__new__, LeasedRecord)
 
 def _by_queue(records: list[LeasedRecord]) -> dict[str, list[LeasedRecord]]:
     """Records per queue, in order (a sender's batch is nearly always of one queue)."""
-    first = records[0].queue
-    if all(record.queue == first for record in records):
-        return {first: records}
+    queues = set(map(_QUEUE, records))
+    if len(queues) == 1:
+        return {queues.pop(): records}
     grouped: dict[str, list[LeasedRecord]] = defaultdict(list)
     for record in records:
         grouped[record.queue].append(record)

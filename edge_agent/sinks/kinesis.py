@@ -194,6 +194,10 @@ class KinesisSink:
         demand = None if aggregate else self._demand(candidates)
         blocked = packer.blocked_keys
         shard_of_key = self._shard_of_key
+        held_shards, budgets = state.held_shards, state.budgets
+        open_aggregates = state.open_aggregates
+        max_record_bytes = self.max_record_bytes
+        aggregate_max_bytes = self.options.aggregate_max_bytes if aggregate else -1
         for record in candidates:
             key = record.partition_key
             if key in blocked:
@@ -205,7 +209,7 @@ class KinesisSink:
                     (record, f"partition key has {len(key)} characters; Kinesis takes 1 to 256")
                 )
                 continue
-            if size > self.max_record_bytes:
+            if size > max_record_bytes:
                 packed.rejected.append(
                     (
                         record,
@@ -215,10 +219,21 @@ class KinesisSink:
                 )
                 continue
             shard = shard_of_key.get(key) or self._shard_of(key)
-            if shard in state.held_shards:
+            if shard in held_shards:
                 packer.block(key)
                 continue
-            budget = state.budgets.get(shard)
+            budget = budgets.get(shard)
+            if size <= aggregate_max_bytes and budget is not None:
+                # The common case, inline: the record joins its shard's open aggregate.
+                current = open_aggregates.get(shard)
+                if current is not None:
+                    room = min(current.room, packer.max_bytes - packer.size)
+                    grows = current.builder.try_add(key, record.payload, hash_key, int(room))
+                    if grows >= 0:
+                        current.records.append(record)
+                        current.room -= grows
+                        packer.size += grows
+                        continue
             if budget is None:
                 pacer = self._pacer(shard)
                 wanted = demand.get(shard, (1, size)) if demand is not None else (math.inf,) * 2
@@ -227,8 +242,8 @@ class KinesisSink:
                     state.wait(pacer.wait_until_ready(*wanted))
                     packer.block(key)
                     continue
-                budget = state.budgets[shard] = PaceBudget(pacer)
-            if not aggregate or size > self.options.aggregate_max_bytes:
+                budget = budgets[shard] = PaceBudget(pacer)
+            if size > aggregate_max_bytes:
                 if shard in state.open_aggregates:
                     # close the shard's aggregate first: spool order within the request
                     self._close(state.open_aggregates.pop(shard), packer)
