@@ -52,7 +52,7 @@ def stream_seqs(client: Any, name: str) -> tuple[list[int], dict[str, list[int]]
     return [seq for seqs in by_key.values() for seq in seqs], by_key
 
 
-def test_telemetry_reaches_the_stream_exactly_once_in_key_order(
+def test_telemetry_reaches_the_stream_exactly_once(
     tmp_path: Path, broker: Mosquitto, kinesalite: Kinesalite, agents: list[AgentProcess]
 ) -> None:
     client = kinesalite.client()
@@ -66,10 +66,8 @@ def test_telemetry_reaches_the_stream_exactly_once_in_key_order(
         lambda: agent.sink_status("telemetry").get("records_sent", 0) >= 3000, 60, 0.05, "sent"
     )
     seqs, by_key = stream_seqs(client, stream)
-    assert sorted(seqs) == list(range(3000))
+    assert sorted(seqs) == list(range(3000))  # unordered: two requests overlap
     assert set(by_key) == {f"s{i}" for i in range(7)}
-    for key, key_seqs in by_key.items():
-        assert first_occurrence_order_kept(key_seqs), key
     status = agent.sink_status("telemetry")
     assert status["state"] in ("idle", "sending")
     assert status["retries"] == 0 and status["dead_lettered"] == 0
@@ -107,6 +105,7 @@ def test_aggregated_records_open_with_aws_kinesis_agg(
     seqs, by_key = stream_seqs(client, stream)
     assert sorted(seqs) == list(range(5000))
     assert set(by_key) == {f"s{i}" for i in range(11)}
+    # one aggregated request on the wire at a time, and no failures: order holds
     assert all(first_occurrence_order_kept(key_seqs) for key_seqs in by_key.values())
     wait_until(lambda: agent.sink_status("telemetry")["records_sent"] == 5000, 10, 0.05)
     assert agent.sink_status("telemetry")["entries_sent"] == len(stored)

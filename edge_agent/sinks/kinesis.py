@@ -223,16 +223,17 @@ class KinesisSink:
                 packer.block(key)
                 continue
             budget = budgets.get(shard)
+            tried = None
             if size <= aggregate_max_bytes and budget is not None:
                 # The common case, inline: the record joins its shard's open aggregate.
                 current = open_aggregates.get(shard)
                 if current is not None:
                     room = min(current.room, packer.max_bytes - packer.size)
-                    grows = current.builder.try_add(key, record.payload, hash_key, int(room))
-                    if grows >= 0:
+                    tried = current.builder.try_add(key, record.payload, hash_key, int(room))
+                    if tried >= 0:
                         current.records.append(record)
-                        current.room -= grows
-                        packer.size += grows
+                        current.room -= tried
+                        packer.size += tried
                         continue
             if budget is None:
                 pacer = self._pacer(shard)
@@ -257,7 +258,7 @@ class KinesisSink:
                 budget.use(1, size)
                 packer.add(Entry([record], record.payload, key, hash_key, shard))
                 continue
-            self._aggregate(state, record, shard, budget)
+            self._aggregate(state, record, shard, budget, tried)
             if not state.open_aggregates and packer.full:
                 break
             if (
@@ -298,24 +299,24 @@ class KinesisSink:
             state.wait(pacer.wait_time(1, size))
 
     def _aggregate(
-        self, state: _PackState, record: LeasedRecord, shard: str, budget: PaceBudget
+        self,
+        state: _PackState,
+        record: LeasedRecord,
+        shard: str,
+        budget: PaceBudget,
+        tried: int | None,
     ) -> None:
-        """Add a record to its shard's open aggregate, or start one. Pacing tokens are
-        checked when an aggregate opens (its byte room) and taken when it closes."""
+        """A record that did not fit its shard's open aggregate (``tried``: what
+        ``try_add`` answered), or whose shard has none: close the aggregate and start
+        one, or hold the shard back. Pacing tokens are checked when an aggregate opens
+        (its byte room) and taken when it closes."""
         packer, open_aggregates = state.packer, state.open_aggregates
         key = record.partition_key
         hash_key = self.options.explicit_hash_key
         current = open_aggregates.get(shard)
         if current is not None:
-            room = current.room
-            room = min(room, packer.max_bytes - packer.size)
-            grows = current.builder.try_add(key, record.payload, hash_key, int(room))
-            if grows >= 0:
-                current.records.append(record)
-                current.room -= grows
-                packer.size += grows
-                return
-            if grows == NO_ROOM:  # held by the pace or the request's size
+            assert tried is not None and tried < 0
+            if tried == NO_ROOM:  # held by the pace or the request's size
                 self._hold_back(state, shard, budget.pacer, key, len(record.payload))
                 return
             del open_aggregates[shard]
