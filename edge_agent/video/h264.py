@@ -1,0 +1,113 @@
+"""H.264 bitstreams: Annex-B (start codes, as cameras and RTSP deliver it) to AVCC
+(4-byte length-prefixed NAL units, what Matroska and Kinesis Video Streams take), and
+the parameter sets (SPS, PPS) to the AVCDecoderConfigurationRecord ("avcC") that goes
+into the track's CodecPrivate."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+NAL_IDR = 5
+NAL_SEI = 6
+NAL_SPS = 7
+NAL_PPS = 8
+NAL_AUD = 9
+
+_START_CODE = re.compile(b"\x00\x00\x01")
+
+
+def is_annexb(data: bytes) -> bool:
+    """Whether a packet (or extradata) uses start codes; decided once per stream."""
+    return data.startswith(b"\x00\x00\x01") or data.startswith(b"\x00\x00\x00\x01")
+
+
+def split_annexb(data: bytes) -> list[bytes]:
+    """The NAL units of an Annex-B buffer, without start codes (3 or 4 bytes) and
+    without the zero bytes that pad between units."""
+    starts = [match.end() for match in _START_CODE.finditer(data)]
+    units = []
+    for index, start in enumerate(starts):
+        end = starts[index + 1] - 3 if index + 1 < len(starts) else len(data)
+        unit = data[start:end].rstrip(b"\x00") if index + 1 < len(starts) else data[start:end]
+        if unit:
+            units.append(unit)
+    return units
+
+
+def split_avcc(data: bytes, length_size: int = 4) -> list[bytes]:
+    """The NAL units of a length-prefixed buffer; ValueError if the lengths do not add up."""
+    units = []
+    position = 0
+    while position < len(data):
+        if position + length_size > len(data):
+            raise ValueError("truncated NAL length")
+        size = int.from_bytes(data[position : position + length_size], "big")
+        position += length_size
+        if size == 0 or position + size > len(data):
+            raise ValueError("NAL unit length runs past the packet")
+        units.append(data[position : position + size])
+        position += size
+    return units
+
+
+def nal_type(unit: bytes) -> int:
+    return unit[0] & 0x1F
+
+
+def to_avcc(units: list[bytes]) -> bytes:
+    """NAL units as AVCC; access unit delimiters are dropped (they carry nothing a
+    Matroska reader needs)."""
+    return b"".join(
+        len(unit).to_bytes(4, "big") + unit for unit in units if nal_type(unit) != NAL_AUD
+    )
+
+
+@dataclass(frozen=True)
+class ParameterSets:
+    sps: bytes
+    pps: bytes
+
+    def avcc_record(self) -> bytes:
+        """The AVCDecoderConfigurationRecord (ISO/IEC 14496-15) for one SPS and one PPS,
+        with 4-byte NAL lengths."""
+        if len(self.sps) < 4:
+            raise ValueError("SPS too short")
+        return (
+            bytes((1, self.sps[1], self.sps[2], self.sps[3], 0xFC | 3, 0xE0 | 1))
+            + len(self.sps).to_bytes(2, "big")
+            + self.sps
+            + b"\x01"
+            + len(self.pps).to_bytes(2, "big")
+            + self.pps
+        )
+
+
+def parameter_sets(units: list[bytes]) -> ParameterSets | None:
+    """The last SPS and PPS among these NAL units, if both are there."""
+    sps = pps = None
+    for unit in units:
+        kind = nal_type(unit)
+        if kind == NAL_SPS:
+            sps = unit
+        elif kind == NAL_PPS:
+            pps = unit
+    return ParameterSets(sps, pps) if sps is not None and pps is not None else None
+
+
+def parameter_sets_from_avcc_record(record: bytes) -> ParameterSets:
+    """The first SPS and PPS of an avcC record (extradata of MP4/MKV inputs)."""
+    if len(record) < 7 or record[0] != 1:
+        raise ValueError("not an AVCDecoderConfigurationRecord")
+    position = 6
+    sps_size = int.from_bytes(record[position : position + 2], "big")
+    sps = record[position + 2 : position + 2 + sps_size]
+    position += 2 + sps_size
+    if record[5] & 0x1F == 0 or position >= len(record):
+        raise ValueError("avcC record without SPS or PPS")
+    position += 1  # number of PPS
+    pps_size = int.from_bytes(record[position : position + 2], "big")
+    pps = record[position + 2 : position + 2 + pps_size]
+    if len(sps) != sps_size or len(pps) != pps_size or not sps or not pps:
+        raise ValueError("truncated avcC record")
+    return ParameterSets(sps, pps)

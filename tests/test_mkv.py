@@ -1,0 +1,166 @@
+"""H.264 to Kinesis Video's MKV, checked with independent readers: PyAV (FFmpeg's
+demuxer and decoder), ffprobe and mkvinfo (mkvtoolnix)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import pytest
+
+from edge_agent.video import h264
+from edge_agent.video.ebml import size_vint
+from edge_agent.video.mkv import H264, FragmentError, Frame, VideoTrack, cluster, stream_header
+
+FPS = 30
+FRAMES = 90  # three fragments of one second
+START_MS = 1_795_000_000_000
+
+
+def encoded_frames(count: int = FRAMES) -> tuple[h264.ParameterSets, list[Frame]]:
+    """A test pattern encoded with libx264 as a camera would (one IDR per second, no
+    B-frames), packets in Annex-B, turned into AVCC frames with absolute times."""
+    source = av.open(f"testsrc2=size=320x240:rate={FPS}", format="lavfi")
+    encoder = av.CodecContext.create("libx264", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = 320, 240, "yuv420p"
+    encoder.time_base = Fraction(1, FPS)
+    encoder.framerate = Fraction(FPS)
+    encoder.gop_size = FPS
+    encoder.max_b_frames = 0
+    encoder.options = {
+        "tune": "zerolatency",
+        "preset": "ultrafast",
+        "x264-params": f"keyint={FPS}:min-keyint={FPS}:scenecut=0",
+    }
+    packets = []
+    for index, frame in enumerate(source.decode(video=0)):
+        if index == count:
+            break
+        frame.pict_type = av.video.frame.PictureType.NONE
+        frame.pts = index
+        packets += encoder.encode(frame)
+    packets += encoder.encode(None)
+    source.close()
+    frames, sets = [], None
+    for packet in packets:
+        data = bytes(packet)
+        assert h264.is_annexb(data)
+        units = h264.split_annexb(data)
+        sets = sets or h264.parameter_sets(units)
+        assert packet.pts is not None
+        time_ms = START_MS + packet.pts * 1000 // FPS
+        frames.append(Frame(time_ms, packet.is_keyframe, h264.to_avcc(units)))
+    assert sets is not None
+    return sets, frames
+
+
+def write_mkv(path: Path) -> tuple[list[Frame], list[list[Frame]]]:
+    sets, frames = encoded_frames()
+    fragments: list[list[Frame]] = []
+    for frame in frames:
+        if frame.keyframe:
+            fragments.append([])
+        fragments[-1].append(frame)
+    track = VideoTrack(H264, sets.avcc_record(), 320, 240, frame_duration_ns=10**9 // FPS)
+    path.write_bytes(stream_header(track) + b"".join(cluster(f) for f in fragments))
+    return frames, fragments
+
+
+def test_pyav_reads_every_frame_back_unchanged_with_keyframes_at_cluster_starts(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "stream.mkv"
+    frames, fragments = write_mkv(path)
+    assert [len(f) for f in fragments] == [FPS] * 3
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.name, stream.width, stream.height) == ("h264", 320, 240)
+        packets = [p for p in container.demux(stream) if p.size]
+        assert [bytes(p) for p in packets] == [f.data for f in frames]
+        assert [p.is_keyframe for p in packets] == [f.keyframe for f in frames]
+        times_ms = [int((p.pts or 0) * p.time_base * 1000) for p in packets]
+        assert all(p.pts is not None for p in packets)
+        assert times_ms == [f.time_ms for f in frames]  # absolute ms, cluster + block
+    with av.open(str(path)) as container:
+        decoded = sum(1 for _ in container.decode(video=0))
+    assert decoded == FRAMES
+
+
+def test_ffprobe_counts_every_frame(tmp_path: Path) -> None:
+    path = tmp_path / "stream.mkv"
+    write_mkv(path)
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=codec_name,width,height,nb_read_frames",
+            "-of",
+            "json",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    (stream,) = json.loads(out)["streams"]
+    assert (stream["codec_name"], stream["width"], stream["height"]) == ("h264", 320, 240)
+    assert int(stream["nb_read_frames"]) == FRAMES
+
+
+def test_mkvinfo_sees_three_clusters_of_keyframe_led_blocks(tmp_path: Path) -> None:
+    path = tmp_path / "stream.mkv"
+    write_mkv(path)
+    out = subprocess.run(
+        ["mkvinfo", "-v", str(path)], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
+    lines = out.splitlines()
+    assert "Codec ID: V_MPEG4/ISO/AVC" in out
+    assert lines.count("|+ Cluster") == 3
+    blocks = [line for line in lines if "+ Simple block:" in line]
+    assert len(blocks) == FRAMES
+    keyframes = [i for i, line in enumerate(blocks) if "Simple block: key," in line]
+    assert keyframes == list(range(0, FRAMES, FPS))  # each cluster's first block, only
+
+
+def test_a_fragment_must_start_with_a_keyframe_and_keep_time_moving() -> None:
+    key = Frame(START_MS, True, b"\x00\x00\x00\x01\x65")
+    with pytest.raises(FragmentError, match="keyframe"):
+        cluster([Frame(START_MS, False, b"x")])
+    with pytest.raises(FragmentError, match="increase"):
+        cluster([key, Frame(START_MS, False, b"x")])
+    with pytest.raises(FragmentError, match="spans at most"):
+        cluster([key, Frame(START_MS + 32_768, False, b"x")])
+    with pytest.raises(FragmentError, match="at least one"):
+        cluster([])
+
+
+def test_ebml_sizes_take_the_shortest_form_and_never_all_ones() -> None:
+    assert size_vint(0) == b"\x80"
+    assert size_vint(126) == b"\xfe"
+    assert size_vint(127) == b"\x40\x7f"  # 0xff would mean "unknown size"
+    assert size_vint(16382) == b"\x7f\xfe"
+    assert size_vint(16383) == b"\x20\x3f\xff"
+
+
+def test_annexb_with_three_and_four_byte_start_codes_becomes_avcc() -> None:
+    sps, pps, idr, aud = b"\x67\x42\x00\x1f\xaa", b"\x68\xce\x3c\x80", b"\x65\x88\x84", b"\x09\xf0"
+    annexb = b"\x00\x00\x00\x01" + aud + b"\x00\x00\x01" + sps + b"\x00\x00\x00\x01" + pps
+    annexb += b"\x00\x00\x01" + idr
+    units = h264.split_annexb(annexb)
+    assert units == [aud, sps, pps, idr]
+    avcc = h264.to_avcc(units)
+    assert h264.split_avcc(avcc) == [sps, pps, idr]  # the delimiter is dropped
+    sets = h264.parameter_sets(units)
+    assert sets == h264.ParameterSets(sps, pps)
+    assert h264.parameter_sets_from_avcc_record(sets.avcc_record()) == sets
+    with pytest.raises(ValueError):
+        h264.split_avcc(b"\x00\x00\x00\x09\x65")
