@@ -36,6 +36,7 @@ from edge_agent.sdnotify import SystemdNotifier
 from edge_agent.sinks.factory import FORWARDING_TYPES, make_forwarder
 from edge_agent.sources.mqtt import MqttSource
 from edge_agent.spool import QueuePolicy, Spool, mark_suspect
+from edge_agent.video.camera import Camera
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class Agent:
         self._mqtt: MqttSource | None = None
         self._forwarders: dict[str, Forwarder] = {}
         self._failed_sinks: dict[str, str] = {}
+        self._cameras: dict[str, Camera] = {}
+        self._stop_capture = threading.Event()
         self._stop_forwarding = threading.Event()
         self._governor = UploadGovernor(config.uplink.max_rate, config.uplink.burst)
 
@@ -121,6 +124,9 @@ class Agent:
             if config.mqtt is not None:
                 self._mqtt = MqttSource(config.mqtt, spool, config.spool)
                 self._mqtt.start()
+            for name, camera_config in config.cameras.items():
+                camera = self._cameras[name] = Camera(camera_config, spool, self._stop_capture)
+                camera.start()
             for name, sink in config.sinks.items():
                 if sink.type in FORWARDING_TYPES:
                     self._start_forwarder(name, sink, spool)
@@ -129,23 +135,27 @@ class Agent:
             # collection, which otherwise walks them each time records pile up.
             gc.freeze()
             self._notifier.ready(
-                f"spool open, {int(self._mqtt is not None)} sources and "
-                f"{len(self._forwarders)} forwarders started"
+                f"spool open, {int(self._mqtt is not None)} sources, {len(self._cameras)} "
+                f"cameras and {len(self._forwarders)} forwarders started"
             )
             log.info("edge-agent %s running (pid %d)", __version__, os.getpid())
             exit_code = self._loop(spool)
         finally:
             self._notifier.stopping()
             log.info("stopping: committing and acking what was received")
+            self._stop_capture.set()  # cameras spool the fragment in progress, then end
             self._stop_forwarding.set()
             spool.wake_waiters()
             if self._mqtt is not None:
                 self._mqtt.stop(STOP_TIMEOUT_S)
             deadline = time.monotonic() + STOP_TIMEOUT_S
+            for camera in self._cameras.values():
+                camera.join(max(0.0, deadline - time.monotonic()))
             for forwarder in self._forwarders.values():
                 forwarder.join(max(0.0, deadline - time.monotonic()))
             self._write_status(stopped=True)
             busy = [name for name, fw in self._forwarders.items() if fw.running]
+            busy += [f"camera {name}" for name, cam in self._cameras.items() if cam.running]
             if busy:
                 # Leave the spool open under a thread that may still settle its request;
                 # the process exit releases it, and what was in flight is sent again.
@@ -205,6 +215,8 @@ class Agent:
             workers.append(("mqtt", self._mqtt.healthy))
         for name, forwarder in self._forwarders.items():
             workers.append((f"sink {name}", forwarder.healthy))
+        for name, camera in self._cameras.items():
+            workers.append((f"camera {name}", camera.running))
         return workers
 
     def _expire(self, spool: Spool) -> None:
@@ -229,7 +241,7 @@ class Agent:
             log.info("reload: upload budget now %s", _rate_text(new.uplink.max_rate))
         needs_restart = [
             section
-            for section in ("spool", "mqtt", "sinks")
+            for section in ("spool", "mqtt", "sinks", "cameras")
             if getattr(new, section) != getattr(self.config, section)
         ]
         if needs_restart:
@@ -260,6 +272,7 @@ class Agent:
             data["sinks"] = {}
         for name, reason in self._failed_sinks.items():
             data["sinks"][name] = {"state": "failed", "reason": reason}
+        data["cameras"] = {name: camera.snapshot() for name, camera in self._cameras.items()}
         path = runtime_status_path(self.config)
         tmp = path.with_name(path.name + ".tmp")
         try:

@@ -152,6 +152,38 @@ class SinkConfig:
     firehose: FirehoseOptions | None = None
 
 
+CameraSource = Literal["rtsp", "v4l2", "file", "lavfi"]
+#: Fragments are held whole in one spool record: a sink fed by a camera must take them.
+MIN_VIDEO_RECORD_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    """One camera (``[cameras.NAME]``): where its frames come from, how they are cut."""
+
+    name: str
+    url: str
+    sink: str
+    #: "rtsp", "v4l2", "file" or "lavfi" (a filter graph such as "testsrc2=size=1280x720").
+    source: CameraSource = "rtsp"
+    fragment_ms: int = 2000
+    max_fragment_ms: int = 10_000
+    #: Files: deliver at the recording's own pace (True) or as fast as they read.
+    realtime: bool = True
+    #: V4L2: size ("1280x720"), frame rate, input format ("mjpeg", "yuyv422", "h264").
+    video_size: str | None = None
+    framerate: int | None = None
+    input_format: str | None = None
+    #: Encoding (any input that is not H.264).
+    preset: str = "veryfast"
+    bitrate: int | None = None  # bits/s; None: libx264's CRF default
+    connect_timeout: float = 10.0
+    stall_timeout: float = 10.0
+    reconnect_min: float = 1.0
+    reconnect_max: float = 30.0
+    extra_options: Mapping[str, str] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class UplinkConfig:
     """The device's upload budget, shared by every forwarding sink."""
@@ -168,6 +200,7 @@ class Config:
     mqtt: MqttConfig | None
     sinks: Mapping[str, SinkConfig] = field(default_factory=dict)
     uplink: UplinkConfig = UplinkConfig()
+    cameras: Mapping[str, CameraConfig] = field(default_factory=dict)
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -346,10 +379,90 @@ def parse_config(document: Mapping[str, Any], file: str = "<config>") -> Config:
     uplink = _read_uplink(root.subtable("uplink"))
     mqtt_section = root.subtable("mqtt")
     mqtt = _read_mqtt(mqtt_section, agent, sinks) if mqtt_section else None
+    cameras = _read_cameras(root.subtable("cameras"), sinks)
     root.finish()
     if problems:
         raise ConfigError(problems)
-    return Config(source_file=file, agent=agent, spool=spool, mqtt=mqtt, sinks=sinks, uplink=uplink)
+    return Config(
+        source_file=file,
+        agent=agent,
+        spool=spool,
+        mqtt=mqtt,
+        sinks=sinks,
+        uplink=uplink,
+        cameras=cameras,
+    )
+
+
+_PRESETS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+)
+
+
+def _read_cameras(
+    section: _Section | None, sinks: Mapping[str, SinkConfig]
+) -> dict[str, CameraConfig]:
+    if section is None:
+        return {}
+    cameras: dict[str, CameraConfig] = {}
+    for name in list(section.table):
+        sub = section.subtable(name)
+        assert sub is not None
+        if not _SINK_NAME.match(name):
+            sub.problem("", "camera names use letters, digits, '_', '.', '-' (at most 64)")
+        bitrate = sub.rate("bitrate", None)
+        options = sub.subtable("options")
+        extra: dict[str, str] = {}
+        if options is not None:
+            extra = {key: str(value) for key, value in options.table.items()}
+            options.table.clear()
+        camera = CameraConfig(
+            name=name,
+            url=sub.string("url"),
+            sink=sub.string("sink"),
+            source=sub.choice("source", ("rtsp", "v4l2", "file", "lavfi"), "rtsp"),
+            fragment_ms=round(sub.duration("fragment", 2.0) * 1000),
+            max_fragment_ms=round(sub.duration("max_fragment", 10.0) * 1000),
+            realtime=sub.boolean("realtime", True),
+            video_size=sub.string("video_size", None),
+            framerate=sub.integer("framerate", None, low=1, high=240),
+            input_format=sub.string("input_format", None),
+            preset=sub.choice("preset", _PRESETS, "veryfast"),
+            bitrate=None if bitrate is None else round(bitrate * 8),
+            connect_timeout=sub.duration("connect_timeout", 10.0),
+            stall_timeout=sub.duration("stall_timeout", 10.0),
+            reconnect_min=sub.duration("reconnect_min", 1.0),
+            reconnect_max=sub.duration("reconnect_max", 30.0),
+            extra_options=extra,
+        )
+        if not 0 < camera.fragment_ms <= camera.max_fragment_ms <= 30_000:
+            sub.problem("fragment", "need 0 < fragment <= max_fragment <= 30s")
+        if camera.video_size is not None and not re.fullmatch(
+            r"\d{2,5}x\d{2,5}", camera.video_size
+        ):
+            sub.problem("video_size", "expected WIDTHxHEIGHT, such as '1280x720'")
+        if camera.reconnect_min > camera.reconnect_max:
+            sub.problem("reconnect_min", "must not exceed reconnect_max")
+        sink = sinks.get(camera.sink) if isinstance(camera.sink, str) else None
+        if sink is None:
+            sub.problem("sink", f"no sink named {camera.sink!r} in [sinks]")
+        elif sink.max_record_bytes < MIN_VIDEO_RECORD_BYTES:
+            sub.problem(
+                "sink",
+                f"sink {camera.sink!r} takes records of at most {sink.max_record_bytes} bytes; "
+                f"a fragment of video needs more: set its max_record_bytes to at least 4MiB",
+            )
+        cameras[name] = camera
+        sub.finish()
+    return cameras
 
 
 def _read_agent(section: _Section) -> AgentConfig:

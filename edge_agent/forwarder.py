@@ -56,6 +56,7 @@ from edge_agent.records import LeasedRecord
 from edge_agent.sender import Sender
 from edge_agent.sinks.base import Request, Sent, Sink
 from edge_agent.spool import Spool
+from edge_agent.worker import ThreadWorker
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class ForwarderStats:
     last_error_at: float | None = None
 
 
-class Forwarder:
+class Forwarder(ThreadWorker):
     def __init__(
         self,
         sink: Sink,
@@ -145,24 +146,12 @@ class Forwarder:
         self._rates_lock = threading.Lock()
         self.stats = ForwarderStats(since=time.time())
         self.spool_corrupt = False
-        self._thread: threading.Thread | None = None
         self._failed = False
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._run, name=f"forward-{self.sink.name}", daemon=True
-        )
-        self._thread.start()
-
-    def join(self, timeout: float) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        self._start_thread(self._run, f"forward-{self.sink.name}")
 
     @property
     def healthy(self) -> bool:

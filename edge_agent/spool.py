@@ -915,6 +915,18 @@ class Spool:
     def pending_bytes(self) -> int:
         return sum(state.pending_bytes for state in self._queues.values())
 
+    def newest_captured_at(self, queue: str) -> int | None:
+        """The capture time of the newest record a queue still holds: what a camera
+        continues after at a restart, so that its times keep increasing."""
+        state = self._queues.get(queue)
+        if state is None:
+            return None
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT max(captured_at_ms) FROM records WHERE queue_id = ?", (state.id,)
+            ).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
     def pending(self, queue: str) -> tuple[int, int]:
         """(count, bytes) pending in a queue, leased included."""
         state = self._queues.get(queue)

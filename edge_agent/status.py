@@ -209,6 +209,8 @@ def render_status(status: dict[str, Any]) -> str:
         )
         if source.get("last_error"):
             lines.append(f"  last error: {source['last_error']}")
+    for name, camera in agent.get("cameras", {}).items() if agent.get("running") else []:
+        lines += render_camera(name, camera)
     for name, sink in agent.get("sinks", {}).items() if agent.get("running") else []:
         lines += render_sink(name, sink)
     if spool["events"]:
@@ -217,3 +219,19 @@ def render_status(status: dict[str, Any]) -> str:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["at_ms"] / 1000))
             lines.append(f"  {stamp} {event['level']:<7} {event['kind']}: {event['message']}")
     return "\n".join(lines)
+
+
+def render_camera(name: str, camera: dict[str, Any]) -> list[str]:
+    keyframe = camera.get("last_keyframe_at")
+    lines = [
+        f"camera {name} ({camera.get('url', '')}): {camera['state']} since "
+        f"{_clock_time(camera['since'])}"
+        + (f" ({camera['reason']})" if camera.get("reason") else ""),
+        f"  {camera.get('mode') or '-'}: {camera['frames']} frames, {camera['fragments']} "
+        f"fragments ({human_bytes(camera['bytes'])}), last keyframe "
+        f"{_clock_time(keyframe) if keyframe else '-'}, reconnects {camera['reconnects']}, "
+        f"frames dropped {camera['dropped_frames']}, times repaired {camera['repaired_times']}",
+    ]
+    if camera.get("last_error"):
+        lines.append(f"  last error: {camera['last_error']}")
+    return lines

@@ -311,3 +311,68 @@ def test_tls_files_that_do_not_load_are_config_errors(tmp_path: Path) -> None:
     )
     found = dict(problems(tmp_path, text))
     assert "not a usable CA certificate file" in found["mqtt.tls.ca_file"]
+
+
+CAMERA = """
+[agent]
+state_dir = "{state}"
+[sinks.video]
+type = "hold"
+max_record_bytes = "8MiB"
+[cameras.door]
+url = "rtsp://user:pw@10.0.0.7/stream1"
+sink = "video"
+"""
+
+
+def test_camera_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, CAMERA))
+    door = config.cameras["door"]
+    assert (door.source, door.sink, door.fragment_ms, door.max_fragment_ms) == (
+        "rtsp",
+        "video",
+        2000,
+        10_000,
+    )
+    assert (door.preset, door.bitrate, door.stall_timeout) == ("veryfast", None, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "reason"),
+    [
+        ('sink = "video"', "cameras.door.sink", "no sink named 'nowhere'"),
+        ('max_record_bytes = "8MiB"', "cameras.door.sink", "at least 4MiB"),
+        ('source = "rtsp"', "cameras.door.source", "one of"),
+        ('fragment = "2s"', "cameras.door.fragment", "fragment <= max_fragment"),
+        ('video_size = "big"', "cameras.door.video_size", "WIDTHxHEIGHT"),
+        ('preset = "quick"', "cameras.door.preset", "one of"),
+        ("colour = true", "cameras.door.colour", "unknown key"),
+    ],
+)
+def test_bad_camera_settings_name_key_and_reason(
+    tmp_path: Path, change: str, key: str, reason: str
+) -> None:
+    replacements = {
+        'sink = "video"': 'sink = "nowhere"',
+        'max_record_bytes = "8MiB"': 'max_record_bytes = "1MiB"',
+        'source = "rtsp"': 'source = "webcam"',
+        'fragment = "2s"': 'fragment = "12s"',
+    }
+    if change in replacements:
+        document = (
+            CAMERA.replace(change, replacements[change])
+            if change in CAMERA
+            else (CAMERA + replacements[change] + "\n")
+        )
+    else:
+        document = CAMERA + change + "\n"
+    found = problems(tmp_path, document)
+    assert any(k == key and reason in r for k, r in found), found
+
+
+def test_camera_options_and_bitrate(tmp_path: Path) -> None:
+    text = CAMERA + 'bitrate = "2Mbit/s"\nsource = "v4l2"\nvideo_size = "1280x720"\n'
+    text += "[cameras.door.options]\nthread_queue_size = 512\n"
+    door = load_config(write(tmp_path, text)).cameras["door"]
+    assert door.bitrate == 2_000_000
+    assert door.extra_options == {"thread_queue_size": "512"}

@@ -1,0 +1,343 @@
+"""A camera: frames from PyAV, cut into fragments, appended to the spool. One thread each.
+
+    av.open(url)  ->  packets  ->  H.264? pass through (Annex-B -> AVCC)
+                                   else decode, encode with libx264 (GOP = fragment)
+                  ->  FrameClock (absolute, increasing ms)  ->  Fragmenter
+                  ->  spool record: the fragment's MKV Cluster; meta: track, duration
+
+Sources: RTSP (TCP, connect/read timeouts), V4L2 devices, files (paced to real time or
+as fast as they read) and lavfi test patterns. A source that fails to open, ends, or
+delivers nothing for ``stall_timeout`` is closed, reported, and opened again after a
+full-jitter backoff; the fragment in progress is kept (it is complete up to its last
+frame). Credentials in a URL never reach a log or the status.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from edge_agent.backoff import Backoff
+from edge_agent.config import CameraConfig
+from edge_agent.errors import SpoolError
+from edge_agent.records import Record
+from edge_agent.spool import Spool
+from edge_agent.video import h264
+from edge_agent.video.fragmenter import Fragment, Fragmenter
+from edge_agent.video.mkv import H264, Frame, VideoTrack
+from edge_agent.video.timestamps import FrameClock
+from edge_agent.worker import ThreadWorker
+
+log = logging.getLogger(__name__)
+
+
+def redact(url: str) -> str:
+    """The URL without its password (``rtsp://user:***@host/...``)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass
+class CameraStats:
+    state: str = "starting"
+    reason: str = ""
+    since: float = 0.0
+    connects: int = 0
+    reconnects: int = 0
+    frames: int = 0
+    fragments: int = 0
+    bytes: int = 0
+    mode: str = ""  # "passthrough" or "encode"
+    last_keyframe_at: float | None = None
+    dropped_frames: int = 0
+    repaired_times: int = 0
+    last_error: str = ""
+
+
+class StreamStalled(Exception):
+    """No packet for longer than the stall timeout."""
+
+
+class Camera(ThreadWorker):
+    def __init__(
+        self,
+        settings: CameraConfig,
+        spool: Spool,
+        stop: threading.Event,
+        *,
+        opener: Callable[..., Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.spool = spool
+        self._stop = stop
+        self._open = opener or _open_with_pyav
+        self._backoff = Backoff(settings.reconnect_min, settings.reconnect_max)
+        self.stats = CameraStats(since=time.time())
+        self.clock = FrameClock(resume_after_ms=self._last_stored_ms())
+        self.fragmenter = Fragmenter(settings.fragment_ms, settings.max_fragment_ms)
+        self._track: VideoTrack | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._start_thread(self.run, f"camera-{self.settings.name}")
+
+    def run(self) -> None:
+        """Capture until stopped: open, read, and after any failure open again."""
+        while not self._stop.is_set():
+            try:
+                self._capture_once()
+                reason = "the stream ended"
+            except StreamStalled as err:
+                reason = str(err)
+            except SpoolError as err:
+                reason = f"spool: {err}"
+            except Exception as err:  # PyAV errors, a camera that vanished
+                reason = f"{type(err).__name__}: {err}"
+            self._store(self.fragmenter.flush())
+            if self._stop.is_set():
+                break
+            delay = self._backoff.next_delay()
+            self._set_state("reconnecting", reason)
+            self.stats.last_error = reason
+            self.stats.reconnects += 1
+            log.warning(
+                "camera %s (%s): %s; opening again in %.1fs",
+                self.settings.name,
+                redact(self.settings.url),
+                reason,
+                delay,
+            )
+            self._stop.wait(delay)
+        self._set_state("stopped")
+
+    # ------------------------------------------------------------------ capture
+
+    def _capture_once(self) -> None:
+        settings = self.settings
+        self._set_state("connecting")
+        container = self._open(settings)
+        try:
+            stream = container.streams.video[0]
+            self.stats.connects += 1
+            self.clock.reanchor()
+            passthrough = stream.codec_context.name == "h264"
+            self.stats.mode = "passthrough" if passthrough else "encode"
+            self._set_state("capturing")
+            frames = self._passthrough(container, stream) if passthrough else None
+            if frames is None:
+                frames = self._encode(container, stream)
+            for frame in frames:
+                if self._stop.is_set():
+                    return
+                self._backoff.reset()
+                self.stats.frames += 1
+                if frame.keyframe:
+                    self.stats.last_keyframe_at = time.time()
+                self._store(self.fragmenter.add(frame))
+                self.stats.dropped_frames = self.fragmenter.dropped_frames
+                self.stats.repaired_times = self.clock.repaired
+        finally:
+            container.close()
+
+    def _packets(self, container: Any, stream: Any) -> Iterator[Any]:
+        """The stream's packets, paced for real-time file replay; a read that returns
+        nothing for stall_timeout raises StreamStalled."""
+        settings = self.settings
+        pace = settings.source == "file" and settings.realtime
+        started = time.monotonic()
+        first_pts: float | None = None
+        last_packet = time.monotonic()
+        for packet in container.demux(stream):
+            now = time.monotonic()
+            if now - last_packet > settings.stall_timeout:
+                raise StreamStalled(f"no frames for {now - last_packet:.1f}s")
+            last_packet = now
+            if packet.size == 0:
+                continue
+            if pace and packet.pts is not None and packet.time_base is not None:
+                at = float(packet.pts * packet.time_base)
+                first_pts = at if first_pts is None else first_pts
+                wait = (at - first_pts) - (time.monotonic() - started)
+                if wait > 0 and self._stop.wait(wait):
+                    return
+            yield packet
+
+    def _passthrough(self, container: Any, stream: Any) -> Iterator[Frame]:
+        """H.264 as the camera sent it: no decoding. Annex-B or AVCC is decided from
+        the stream's extradata; parameter sets seen in the stream update the track."""
+        extradata = bytes(stream.codec_context.extradata or b"")
+        annexb = not extradata or h264.is_annexb(extradata)
+        sets = None
+        if extradata and not annexb:
+            sets = h264.parameter_sets_from_avcc_record(extradata)
+        elif extradata:
+            sets = h264.parameter_sets(h264.split_annexb(extradata))
+        width, height = stream.codec_context.width, stream.codec_context.height
+        for packet in self._packets(container, stream):
+            data = bytes(packet)
+            try:
+                units = h264.split_annexb(data) if annexb else h264.split_avcc(data)
+            except ValueError:
+                self.stats.dropped_frames += 1  # a corrupt packet: skip it, keep the stream
+                continue
+            found = h264.parameter_sets(units)
+            if found is not None and found != sets:
+                sets = found
+            if sets is None:
+                continue  # nothing decodable before the first SPS/PPS
+            self._set_track(sets, width, height)
+            yield Frame(
+                self.clock.time_ms(packet.pts, packet.time_base),
+                bool(packet.is_keyframe),
+                h264.to_avcc(units),
+            )
+
+    def _encode(self, container: Any, stream: Any) -> Iterator[Frame]:
+        """Decode whatever the camera sends and encode H.264: one IDR per fragment, no
+        B-frames, so every fragment starts at a keyframe and no frame waits for a later one."""
+        import av
+
+        settings = self.settings
+        rate = stream.average_rate or stream.guessed_rate or Fraction(30)
+        fps = max(1, round(float(rate)))
+        encoder: Any = None
+        index = 0
+        for packet in self._packets(container, stream):
+            for decoded in packet.decode():
+                if encoder is None:
+                    encoder = av.CodecContext.create("libx264", "w")
+                    encoder.width, encoder.height = decoded.width, decoded.height
+                    encoder.pix_fmt = "yuv420p"
+                    encoder.time_base = Fraction(1, fps)
+                    encoder.framerate = Fraction(fps)
+                    gop = max(1, fps * settings.fragment_ms // 1000)
+                    encoder.gop_size = gop
+                    encoder.max_b_frames = 0
+                    if settings.bitrate:
+                        encoder.bit_rate = settings.bitrate
+                    encoder.options = {
+                        "preset": settings.preset,
+                        "tune": "zerolatency",
+                        "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0",
+                    }
+                times = (decoded.pts, decoded.time_base)
+                picture = decoded
+                if picture.format.name != "yuv420p":
+                    picture = picture.reformat(format="yuv420p")
+                picture.pict_type = av.video.frame.PictureType.NONE  # no IDR on every frame
+                picture.pts = index
+                index += 1
+                captured = self.clock.time_ms(*times)
+                for out in encoder.encode(picture):
+                    data = bytes(out)
+                    units = h264.split_annexb(data)
+                    sets = h264.parameter_sets(units)
+                    if sets is not None:
+                        self._set_track(sets, encoder.width, encoder.height)
+                    if self._track is None:
+                        continue
+                    yield Frame(captured, bool(out.is_keyframe), h264.to_avcc(units))
+
+    # ------------------------------------------------------------------ storing
+
+    def _set_track(self, sets: h264.ParameterSets, width: int, height: int) -> None:
+        record = sets.avcc_record()
+        track = self._track
+        if (
+            track is None
+            or track.codec_private != record
+            or (track.width, track.height)
+            != (
+                width,
+                height,
+            )
+        ):
+            self._track = VideoTrack(H264, record, width, height)
+
+    def _store(self, fragment: Fragment | None) -> None:
+        if fragment is None or self._track is None:
+            return
+        track = self._track
+        meta = json.dumps(
+            {
+                "camera": self.settings.name,
+                "frames": len(fragment.frames),
+                "duration_ms": fragment.duration_ms,
+                "codec_id": track.codec_id,
+                "codec_private": base64.b64encode(track.codec_private).decode(),
+                "width": track.width,
+                "height": track.height,
+            },
+            separators=(",", ":"),
+        )
+        payload = fragment.cluster()
+        self.spool.append(
+            [Record(self.settings.sink, self.settings.name, fragment.start_ms, payload, meta)]
+        )
+        self.stats.fragments += 1
+        self.stats.bytes += len(payload)
+
+    def _last_stored_ms(self) -> int:
+        """Where a restart carries on: the newest fragment this camera has spooled."""
+        newest = self.spool.newest_captured_at(self.settings.sink)
+        return newest or 0
+
+    def _set_state(self, state: str, reason: str = "") -> None:
+        if (state, reason) != (self.stats.state, self.stats.reason):
+            self.stats.state, self.stats.reason, self.stats.since = state, reason, time.time()
+
+    def snapshot(self) -> dict[str, Any]:
+        stats = self.stats
+        return {
+            "url": redact(self.settings.url),
+            "state": stats.state,
+            "reason": stats.reason,
+            "since": stats.since,
+            "mode": stats.mode,
+            "connects": stats.connects,
+            "reconnects": stats.reconnects,
+            "frames": stats.frames,
+            "fragments": stats.fragments,
+            "bytes": stats.bytes,
+            "last_keyframe_at": stats.last_keyframe_at,
+            "dropped_frames": stats.dropped_frames,
+            "repaired_times": stats.repaired_times,
+            "last_error": stats.last_error,
+        }
+
+
+def _open_with_pyav(settings: CameraConfig) -> Any:
+    import av
+
+    options = dict(settings.extra_options)
+    fmt: str | None = None
+    if settings.source == "rtsp":
+        options.setdefault("rtsp_transport", "tcp")
+    elif settings.source == "v4l2":
+        fmt = "v4l2"
+        if settings.video_size:
+            options["video_size"] = settings.video_size
+        if settings.framerate:
+            options["framerate"] = str(settings.framerate)
+        if settings.input_format:
+            options["input_format"] = settings.input_format
+    elif settings.source == "lavfi":
+        fmt = "lavfi"
+    return av.open(
+        settings.url,
+        format=fmt,
+        options=options,
+        timeout=(settings.connect_timeout, settings.stall_timeout),
+    )

@@ -1,0 +1,179 @@
+"""Cameras: PyAV sources through the fragmenter into the spool, read back with PyAV.
+
+Sources here: a lavfi test pattern (raw frames: encoded) and H.264 files (passed
+through), both real PyAV/FFmpeg inputs; RTSP comes with the PutMedia work."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from edge_agent.config import CameraConfig
+from edge_agent.spool import Spool
+from edge_agent.video import h264
+from edge_agent.video.camera import Camera, redact
+from edge_agent.video.mkv import VideoTrack, stream_header
+from tests.support import (
+    AgentProcess,
+    Mosquitto,
+    cli,
+    spool_path,
+    start_agent,
+    wait_until,
+    write_config,
+)
+
+FPS = 30
+
+
+def fragments_of(spool: Spool, queue: str) -> list[tuple[int, bytes, dict[str, object]]]:
+    rows = spool._conn.execute(
+        "SELECT r.captured_at_ms, r.payload, r.meta FROM records r JOIN queues q"
+        " ON q.id = r.queue_id WHERE q.name = ? ORDER BY r.id",
+        (queue,),
+    ).fetchall()
+    return [(at, payload, json.loads(meta)) for at, payload, meta in rows]
+
+
+def as_mkv(fragments: list[tuple[int, bytes, dict[str, object]]], path: Path) -> Path:
+    meta = fragments[0][2]
+    track = VideoTrack(
+        str(meta["codec_id"]),
+        base64.b64decode(str(meta["codec_private"])),
+        int(str(meta["width"])),
+        int(str(meta["height"])),
+    )
+    path.write_bytes(stream_header(track) + b"".join(payload for _, payload, _ in fragments))
+    return path
+
+
+def run_until(camera: Camera, stop: threading.Event, done: object, timeout: float = 60) -> None:
+    camera.start()
+    try:
+        wait_until(done, timeout, 0.02, "camera output")  # type: ignore[arg-type]
+    finally:
+        stop.set()
+        camera.join(10)
+    assert not camera.running
+
+
+def h264_file(path: Path, seconds: int = 3) -> Path:
+    """An H.264 MP4 (AVCC extradata, one IDR per second) made with PyAV."""
+    with (
+        av.open(f"testsrc2=size=320x240:rate={FPS}", format="lavfi") as source,
+        av.open(str(path), "w") as out,
+    ):
+        stream = out.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        stream.codec_context.gop_size = FPS
+        stream.codec_context.max_b_frames = 0
+        stream.codec_context.options = {"x264-params": f"keyint={FPS}:min-keyint={FPS}:scenecut=0"}
+        for index, frame in enumerate(source.decode(video=0)):
+            if index == seconds * FPS:
+                break
+            frame.pict_type = av.video.frame.PictureType.NONE
+            frame.pts, frame.time_base = index, Fraction(1, FPS)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def test_a_test_pattern_is_encoded_into_two_second_keyframe_led_fragments(
+    tmp_path: Path,
+) -> None:
+    stop = threading.Event()
+    with Spool.open(tmp_path / "s.db") as spool:
+        settings = CameraConfig("pattern", f"testsrc2=size=320x240:rate={FPS}", "video", "lavfi")
+        camera = Camera(settings, spool, stop)
+        run_until(camera, stop, lambda: spool.pending("video")[0] >= 3)
+        fragments = fragments_of(spool, "video")
+    assert camera.stats.mode == "encode"
+    times = [at for at, _, _ in fragments]
+    assert times == sorted(set(times))
+    full = fragments[:3]
+    assert [meta["frames"] for _, _, meta in full] == [2 * FPS] * 3
+    with av.open(str(as_mkv(full, tmp_path / "out.mkv"))) as container:
+        packets = [p for p in container.demux(video=0) if p.size]
+        assert len(packets) == 6 * FPS
+        assert [i for i, p in enumerate(packets) if p.is_keyframe] == [0, 2 * FPS, 4 * FPS]
+    with av.open(str(tmp_path / "out.mkv")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 6 * FPS
+
+
+def test_h264_files_pass_through_byte_for_byte_and_replay_after_they_end(
+    tmp_path: Path,
+) -> None:
+    source = h264_file(tmp_path / "in.mp4")
+    with av.open(str(source)) as container:
+        expected = [bytes(p) for p in container.demux(video=0) if p.size]
+    stop = threading.Event()
+    with Spool.open(tmp_path / "s.db") as spool:
+        settings = CameraConfig(
+            "replay",
+            str(source),
+            "video",
+            "file",
+            fragment_ms=1000,
+            realtime=False,
+            reconnect_min=0.01,
+            reconnect_max=0.05,
+        )
+        camera = Camera(settings, spool, stop)
+        run_until(
+            camera, stop, lambda: camera.stats.connects >= 2 and spool.pending("video")[0] >= 6
+        )
+        fragments = fragments_of(spool, "video")
+    assert camera.stats.mode == "passthrough"
+    assert camera.stats.reconnects >= 1
+    times = [at for at, _, _ in fragments]
+    assert times == sorted(set(times)), "times keep increasing across the replays"
+    first_pass = fragments[:3]
+    with av.open(str(as_mkv(first_pass, tmp_path / "out.mkv"))) as container:
+        got = [bytes(p) for p in container.demux(video=0) if p.size]
+    assert got == expected  # MP4 packets are AVCC already: the very same bytes
+    assert all(h264.split_avcc(frame) for frame in got)
+
+
+def test_credentials_never_reach_the_status() -> None:
+    assert (
+        redact("rtsp://admin:s3cret@10.0.0.7:554/stream1")
+        == "rtsp://admin:***@10.0.0.7:554/stream1"
+    )
+    assert redact("rtsp://10.0.0.7/stream1") == "rtsp://10.0.0.7/stream1"
+
+
+def test_the_agent_runs_a_camera_into_its_sink_and_shows_it_in_status(
+    tmp_path: Path, broker: Mosquitto, agents: list[AgentProcess]
+) -> None:
+    sinks = (
+        '[sinks.telemetry]\ntype = "hold"\n'
+        '[sinks.video]\ntype = "hold"\nmax_record_bytes = "8MiB"\n'
+    )
+    camera = (
+        '[cameras.pattern]\nsource = "lavfi"\n'
+        f'url = "testsrc2=size=320x240:rate={FPS}"\nsink = "video"\nfragment = "1s"\n'
+    )
+    config = write_config(tmp_path, broker.port, sinks=sinks + camera)
+    agent = start_agent(config, agents)
+
+    def fragments() -> int:
+        return int(agent.status().get("cameras", {}).get("pattern", {}).get("fragments", 0))
+
+    wait_until(lambda: fragments() >= 3, 30, 0.05, "three fragments")
+    text = cli("status", "-c", str(config)).stdout
+    assert "camera pattern (testsrc2=size=320x240:rate=30): capturing" in text
+    assert "encode:" in text
+    assert agent.terminate() == 0
+    with Spool.open(spool_path(tmp_path)) as spool:
+        stored = fragments_of(spool, "video")
+    assert len(stored) >= 3
+    times = [at for at, _, _ in stored]
+    assert times == sorted(set(times))
+    with av.open(str(as_mkv(stored, tmp_path / "agent.mkv"))) as container:
+        decoded = sum(1 for _ in container.decode(video=0))
+    assert decoded == sum(int(str(meta["frames"])) for _, _, meta in stored)

@@ -1,0 +1,99 @@
+"""Frame times that always increase, and fragments cut at keyframes."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import pytest
+
+from edge_agent.video.fragmenter import Fragmenter
+from edge_agent.video.mkv import H264, Frame, VideoTrack, stream_header
+from edge_agent.video.timestamps import FrameClock
+from tests.test_mkv import FPS, FRAMES, encoded_frames
+
+MS = Fraction(1, 1000)
+
+
+class WallClock:
+    def __init__(self, now_ms: int = 1_795_000_000_000) -> None:
+        self.now_ms = now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+def test_frames_follow_their_pts_from_the_wall_clock_anchor() -> None:
+    wall = WallClock()
+    clock = FrameClock(wall_ms=wall)
+    assert clock.time_ms(9000, Fraction(1, 90000)) == wall.now_ms  # the anchor
+    wall.now_ms += 5000  # the wall clock no longer matters within a connection
+    assert clock.time_ms(12000, Fraction(1, 90000)) == 1_795_000_000_000 + 33
+    assert clock.repaired == 0
+
+
+def test_time_keeps_increasing_when_the_clock_steps_back_or_pts_repeat() -> None:
+    wall = WallClock()
+    clock = FrameClock(wall_ms=wall)
+    first = clock.time_ms(0, MS)
+    assert clock.time_ms(0, MS) == first + 1  # a repeated pts
+    clock.reanchor()  # the camera reconnected...
+    wall.now_ms -= 3_600_000  # ...after the wall clock stepped back an hour
+    after = [clock.time_ms(pts, MS) for pts in (0, 40, 80)]
+    assert after == [first + 2, first + 3, first + 4]
+    assert clock.repaired == 4
+
+
+def test_a_restart_carries_on_after_the_last_stored_time() -> None:
+    wall = WallClock()
+    clock = FrameClock(resume_after_ms=wall.now_ms + 10, wall_ms=wall)
+    assert clock.time_ms(0, MS) == wall.now_ms + 11
+    assert clock.time_ms(None, None) == wall.now_ms + 12  # no pts: the wall clock, moved on
+
+
+def frames(count: int, gop: int, step_ms: int = 33, start: int = 1_000) -> list[Frame]:
+    return [Frame(start + i * step_ms, i % gop == 0, bytes([i % 256])) for i in range(count)]
+
+
+def test_fragments_start_at_keyframes_and_last_about_the_target() -> None:
+    fragmenter = Fragmenter(target_ms=2000)
+    out = [f for frame in frames(300, gop=30) if (f := fragmenter.add(frame))]
+    last = fragmenter.flush()
+    assert last is not None
+    fragments = [*out, last]
+    assert [len(f.frames) for f in fragments] == [90, 90, 90, 30]  # 2.97 s: first keyframe >= 2 s
+    assert all(f.frames[0].keyframe for f in fragments)
+    assert sum(len(f.frames) for f in fragments) == 300
+    assert fragmenter.dropped_frames == fragmenter.forced_cuts == 0
+
+
+def test_a_gop_longer_than_the_maximum_is_cut_and_the_wait_for_a_keyframe_counted() -> None:
+    fragmenter = Fragmenter(target_ms=2000, max_ms=5000)
+    out = [f for frame in frames(450, gop=300) if (f := fragmenter.add(frame))]
+    assert [len(f.frames) for f in out] == [152]  # up to 5 s after its keyframe
+    assert fragmenter.forced_cuts == 1
+    assert fragmenter.dropped_frames == 300 - 152
+    rest = fragmenter.flush()
+    assert rest is not None and rest.frames[0].keyframe and len(rest.frames) == 150
+
+
+def test_limits_are_checked() -> None:
+    with pytest.raises(ValueError):
+        Fragmenter(target_ms=3000, max_ms=2000)
+    with pytest.raises(ValueError):
+        Fragmenter(target_ms=2000, max_ms=40_000)
+
+
+def test_encoded_camera_frames_become_fragments_pyav_plays_back(tmp_path: Path) -> None:
+    sets, encoded = encoded_frames()
+    fragmenter = Fragmenter(target_ms=1000)
+    fragments = [f for frame in encoded if (f := fragmenter.add(frame))]
+    if (rest := fragmenter.flush()) is not None:
+        fragments.append(rest)
+    assert [len(f.frames) for f in fragments] == [FPS] * (FRAMES // FPS)
+    track = VideoTrack(H264, sets.avcc_record(), 320, 240)
+    path = tmp_path / "fragments.mkv"
+    path.write_bytes(stream_header(track) + b"".join(f.cluster() for f in fragments))
+    with av.open(str(path)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == FRAMES
