@@ -51,6 +51,32 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     commands.add_parser("check-config", parents=[common], help="validate the config file")
 
+    local = commands.add_parser(
+        "kvs-local",
+        help="run a local Kinesis Video PutMedia endpoint (no AWS account needed)",
+        description="A PutMedia-compatible endpoint on this machine: checks SigV4 "
+        "signatures against the given test credentials, enforces the ingestion rules, "
+        "acknowledges fragments as the service does, and writes what it accepted to "
+        "playable MKV files.",
+    )
+    local.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    local.add_argument("--port", type=int, default=8090, help="port (default 8090)")
+    local.add_argument("--dir", default="kvs-local", help="where MKV files go (./kvs-local)")
+    local.add_argument("--stream", action="append", help="accept only these streams (default: any)")
+    local.add_argument("--region", default="us-east-1")
+    local.add_argument(
+        "--access-key",
+        default=os.environ.get("KVS_LOCAL_ACCESS_KEY", "AKIDLOCALTEST"),
+        help="the test credentials requests must be signed with "
+        "(KVS_LOCAL_ACCESS_KEY / KVS_LOCAL_SECRET_KEY)",
+    )
+    local.add_argument(
+        "--secret-key", default=os.environ.get("KVS_LOCAL_SECRET_KEY", "local-test-secret")
+    )
+    local.add_argument(
+        "--no-retention", action="store_true", help="a stream without retention: no PERSISTED"
+    )
+
     spool = commands.add_parser("spool", help="inspect and manage the spool")
     spool_commands = spool.add_subparsers(dest="spool_command", required=True)
     listing = spool_commands.add_parser(
@@ -77,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "kvs-local":
+        return _kvs_local(args)
     try:
         config = load_config(args.config)
     except ConfigError as err:
@@ -115,6 +143,41 @@ def _run(config: Config, log_level: str | None) -> int:
     agent = Agent(config)
     agent.install_signal_handlers()
     return agent.run()
+
+
+def _kvs_local(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+    from pathlib import Path
+
+    from botocore.credentials import Credentials
+
+    from edge_agent.video.putmedia_server import PutMediaServer
+
+    _configure_logging("info")
+    try:
+        server = PutMediaServer(
+            Path(args.dir),
+            host=args.host,
+            port=args.port,
+            credentials=Credentials(args.access_key, args.secret_key),
+            region=args.region,
+            streams=args.stream,
+            retention=not args.no_retention,
+        ).start()
+    except OSError as err:
+        print(
+            f"edge-agent kvs-local: cannot listen on {args.host}:{args.port}: {err}",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    print(f"kvs-local: PutMedia endpoint at {server.url}, MKV files in {args.dir}", flush=True)
+    stop.wait()
+    server.stop()
+    return EXIT_OK
 
 
 def _status(config: Config, *, as_json: bool) -> int:

@@ -3,8 +3,6 @@ demuxer and decoder), ffprobe and mkvinfo (mkvtoolnix)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 from fractions import Fraction
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 from edge_agent.video import h264
 from edge_agent.video.ebml import size_vint
 from edge_agent.video.mkv import H264, FragmentError, Frame, VideoTrack, cluster, stream_header
+from tests.video_checks import ffprobe_video, mkvinfo_lines
 
 FPS = 30
 FRAMES = 90  # three fragments of one second
@@ -92,26 +91,7 @@ def test_pyav_reads_every_frame_back_unchanged_with_keyframes_at_cluster_starts(
 def test_ffprobe_counts_every_frame(tmp_path: Path) -> None:
     path = tmp_path / "stream.mkv"
     write_mkv(path)
-    out = subprocess.run(
-        [
-            "ffprobe",
-            "-v",
-            "error",
-            "-count_frames",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "stream=codec_name,width,height,nb_read_frames",
-            "-of",
-            "json",
-            str(path),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
-    (stream,) = json.loads(out)["streams"]
+    stream = ffprobe_video(path)
     assert (stream["codec_name"], stream["width"], stream["height"]) == ("h264", 320, 240)
     assert int(stream["nb_read_frames"]) == FRAMES
 
@@ -119,11 +99,8 @@ def test_ffprobe_counts_every_frame(tmp_path: Path) -> None:
 def test_mkvinfo_sees_three_clusters_of_keyframe_led_blocks(tmp_path: Path) -> None:
     path = tmp_path / "stream.mkv"
     write_mkv(path)
-    out = subprocess.run(
-        ["mkvinfo", "-v", str(path)], check=True, capture_output=True, text=True, timeout=60
-    ).stdout
-    lines = out.splitlines()
-    assert "Codec ID: V_MPEG4/ISO/AVC" in out
+    lines = mkvinfo_lines(path)
+    assert any("Codec ID: V_MPEG4/ISO/AVC" in line for line in lines)
     assert lines.count("|+ Cluster") == 3
     blocks = [line for line in lines if "+ Simple block:" in line]
     assert len(blocks) == FRAMES

@@ -34,6 +34,8 @@ class TrackEntry:
     codec_id: str
     codec_private: bytes
     track_type: int
+    width: int = 0
+    height: int = 0
 
 
 @dataclass(frozen=True)
@@ -213,12 +215,15 @@ def _track_entries(payload: bytes) -> list[TrackEntry]:
         if element_id != mkv.TRACK_ENTRY:
             continue
         fields = dict(_children(entry))
+        video = dict(_children(fields.get(mkv.VIDEO, b"")))
         entries.append(
             TrackEntry(
                 int.from_bytes(fields.get(mkv.TRACK_NUMBER, b"\x00"), "big"),
                 fields.get(mkv.CODEC_ID, b"").decode(errors="replace"),
                 fields.get(mkv.CODEC_PRIVATE, b""),
                 int.from_bytes(fields.get(mkv.TRACK_TYPE, b"\x00"), "big"),
+                int.from_bytes(video.get(mkv.PIXEL_WIDTH, b"\x00"), "big"),
+                int.from_bytes(video.get(mkv.PIXEL_HEIGHT, b"\x00"), "big"),
             )
         )
     return entries
