@@ -33,10 +33,11 @@ from edge_agent.forwarder import Forwarder
 from edge_agent.governor import UploadGovernor
 from edge_agent.malloc_tuning import fix_mmap_threshold
 from edge_agent.sdnotify import SystemdNotifier
-from edge_agent.sinks.factory import FORWARDING_TYPES, make_forwarder
+from edge_agent.sinks.factory import FORWARDING_TYPES, make_sender
 from edge_agent.sources.mqtt import MqttSource
 from edge_agent.spool import QueuePolicy, Spool, mark_suspect
 from edge_agent.video.camera import Camera
+from edge_agent.video.kvs_uploader import KvsUploader
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class Agent:
         self._started_at = time.time()
         self._spool: Spool | None = None
         self._mqtt: MqttSource | None = None
-        self._forwarders: dict[str, Forwarder] = {}
+        self._forwarders: dict[str, Forwarder | KvsUploader] = {}
         self._failed_sinks: dict[str, str] = {}
         self._cameras: dict[str, Camera] = {}
         self._stop_capture = threading.Event()
@@ -201,7 +202,7 @@ class Agent:
 
     def _start_forwarder(self, name: str, sink: SinkConfig, spool: Spool) -> None:
         try:
-            forwarder = make_forwarder(sink, spool, self._governor, self._stop_forwarding)
+            forwarder = make_sender(sink, spool, self._governor, self._stop_forwarding)
         except Exception as err:  # e.g. a profile that does not exist: intake goes on
             log.error("sink %s: cannot start forwarding: %s", name, err)
             self._failed_sinks[name] = f"{type(err).__name__}: {err}"

@@ -29,7 +29,7 @@ DEFAULT_STATE_DIR = "/var/lib/edge-agent"
 Durability = Literal["full", "normal"]
 Overflow = Literal["drop_oldest", "reject_new"]
 IntegrityCheck = Literal["quick", "full", "off"]
-SinkType = Literal["hold", "kinesis", "firehose"]
+SinkType = Literal["hold", "kinesis", "firehose", "kvs"]
 
 #: Largest record each sink type accepts, in bytes, when the config does not say. For
 #: Kinesis the partition key counts too.
@@ -37,6 +37,7 @@ DEFAULT_MAX_RECORD_BYTES: dict[str, int] = {
     "hold": 1024 * 1024,
     "kinesis": 1024 * 1024,
     "firehose": 1000 * 1024,
+    "kvs": 16 * 1024 * 1024,
 }
 #: Largest request body (sum of records) per sink type.
 DEFAULT_MAX_REQUEST_BYTES: dict[str, int] = {"kinesis": 5 * 1024 * 1024, "firehose": 4 * 1024**2}
@@ -138,6 +139,30 @@ class FirehoseOptions:
     newline: bool = False
 
 
+AckOn = Literal["persisted", "received"]
+
+
+@dataclass(frozen=True)
+class KvsOptions:
+    """A Kinesis Video stream fed by PutMedia."""
+
+    stream: str
+    #: A fragment leaves the spool when the service says PERSISTED (durably stored), or
+    #: RECEIVED for streams without retention (they never send PERSISTED).
+    ack_on: AckOn = "persisted"
+    #: Fragments on the wire without their acknowledgement, at most.
+    max_in_flight: int = 10
+    #: The service allows 5 fragments a second per stream.
+    fragments_per_second: float = 5.0
+    #: A connection is replaced before the service's 45-minute limit.
+    connection_max_age: float = 40 * 60.0
+    #: No acknowledgement for this long while fragments are in flight: reconnect.
+    ack_timeout: float = 30.0
+    retry_min: float = 1.0
+    retry_max: float = 60.0
+    pause_probe: float = 60.0
+
+
 @dataclass(frozen=True)
 class SinkConfig:
     name: str
@@ -150,6 +175,7 @@ class SinkConfig:
     delivery: DeliveryConfig | None = None
     kinesis: KinesisOptions | None = None
     firehose: FirehoseOptions | None = None
+    kvs: KvsOptions | None = None
 
 
 CameraSource = Literal["rtsp", "v4l2", "file", "lavfi"]
@@ -517,6 +543,8 @@ def _read_sinks(section: _Section | None) -> dict[str, SinkConfig]:
             sink = _read_kinesis(sub, sink)
         elif sink_type == "firehose":
             sink = _read_firehose(sub, sink)
+        elif sink_type == "kvs":
+            sink = _read_kvs(sub, sink)
         sinks[name] = sink
         sub.finish()
     return sinks
@@ -609,6 +637,30 @@ def _read_firehose(section: _Section, sink: SinkConfig) -> SinkConfig:
         section.problem("max_record_bytes", "Firehose takes records of at most 1000KiB")
     delivery = _read_delivery(section, sink, DEFAULT_MAX_REQUEST_BYTES["firehose"])
     return replace(sink, aws=_read_aws(section), delivery=delivery, firehose=options)
+
+
+def _read_kvs(section: _Section, sink: SinkConfig) -> SinkConfig:
+    options = KvsOptions(
+        stream=section.string("stream"),
+        ack_on=section.choice("ack_on", ("persisted", "received"), "persisted"),
+        max_in_flight=section.integer("max_in_flight", 10, low=1, high=100),
+        fragments_per_second=float(section.integer("fragments_per_second", 5, low=1, high=5)),
+        connection_max_age=section.duration("connection_max_age", 40 * 60.0),
+        ack_timeout=section.duration("ack_timeout", 30.0),
+        retry_min=section.duration("retry_min", 1.0),
+        retry_max=section.duration("retry_max", 60.0),
+        pause_probe=section.duration("pause_probe", 60.0),
+    )
+    _check_name(section, "stream", options.stream)
+    if not 60 <= options.connection_max_age <= 44 * 60:
+        section.problem(
+            "connection_max_age", "must be between 1m and 44m (the service ends at 45m)"
+        )
+    if sink.max_record_bytes > 50 * 1000 * 1000:
+        section.problem("max_record_bytes", "Kinesis Video takes fragments of at most 50MB")
+    if options.retry_min > options.retry_max:
+        section.problem("retry_min", "must not exceed retry_max")
+    return replace(sink, aws=_read_aws(section), kvs=options)
 
 
 _STREAM_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,128}$")

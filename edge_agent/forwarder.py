@@ -146,12 +146,11 @@ class Forwarder(ThreadWorker):
         self._rates_lock = threading.Lock()
         self.stats = ForwarderStats(since=time.time())
         self.spool_corrupt = False
-        self._failed = False
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        self._start_thread(self._run, f"forward-{self.sink.name}")
+        self._start_thread(self.run, f"forward-{self.sink.name}")
 
     @property
     def healthy(self) -> bool:
@@ -159,15 +158,7 @@ class Forwarder(ThreadWorker):
             (self._acker is None or self._acker.is_alive())
             and (self._sender is None or self._sender.alive)
         )
-        return helpers_ok and not self._failed and (self._thread is None or self._thread.is_alive())
-
-    def _run(self) -> None:
-        try:
-            self.run()
-        except BaseException:
-            self._failed = True
-            log.exception("sink %s: forwarder failed", self.sink.name)
-            raise
+        return helpers_ok and self.thread_ok
 
     def run(self) -> None:
         """The loop; returns when the stop event is set."""

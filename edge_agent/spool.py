@@ -725,14 +725,21 @@ class Spool:
             self._appended.notify_all()
 
     def lease(
-        self, queue: str, *, max_records: int, max_bytes: int, now_ms: int | None = None
+        self,
+        queue: str,
+        *,
+        max_records: int,
+        max_bytes: int,
+        now_ms: int | None = None,
+        with_meta: bool = False,
     ) -> list[LeasedRecord]:
         """Lease the oldest due records of a queue, within count and bytes: handed-back
         records whose retry time has come first, then records not leased since open
         (whatever their retry time: after a restart everything is due).
 
         At least one record is returned when any is due, even if it alone exceeds
-        max_bytes (a sender decides what to do with it).
+        max_bytes (a sender decides what to do with it). ``with_meta``: also the meta
+        text (a video fragment's track); record senders do not need it.
         """
         state = self._queues.get(queue)
         if state is None or max_records <= 0:
@@ -742,7 +749,7 @@ class Spool:
             if self._closed:
                 raise SpoolError("spool is closed (lease)")
             try:
-                rows, gone = self._lease_rows(state, max_records, now)
+                rows, gone = self._lease_rows(state, max_records, now, with_meta)
             except sqlite3.Error as err:
                 raise translate_sqlite_error(err, "lease") from err
             for record_id in gone:  # handed back, then evicted or expired
@@ -763,13 +770,14 @@ class Spool:
         return leased
 
     def _lease_rows(
-        self, state: _QueueState, max_records: int, now: int
+        self, state: _QueueState, max_records: int, now: int, with_meta: bool = False
     ) -> tuple[list[tuple[object, ...]], list[int]]:
         """Rows to lease, oldest first: handed-back records that are due, then records
         never leased since open; and the handed-back ids that are no longer there."""
         conn = self._conn
         rows: list[tuple[object, ...]] = []
         gone: list[int] = []
+        columns = _LEASE_COLUMNS_WITH_META if with_meta else _LEASE_COLUMNS
         if state.returned:
             due = sorted(i for i, at in state.returned.items() if at <= now)
             start = 0
@@ -777,7 +785,7 @@ class Spool:
                 chunk = due[start : start + min(_ID_CHUNK, max_records - len(rows))]
                 start += len(chunk)
                 found = conn.execute(
-                    f"SELECT {_LEASE_COLUMNS} FROM records WHERE queue_id = ?"
+                    f"SELECT {columns} FROM records WHERE queue_id = ?"
                     f" AND id IN ({','.join('?' * len(chunk))}) ORDER BY id",
                     (state.name, state.id, *chunk),
                 ).fetchall()
@@ -787,8 +795,7 @@ class Spool:
                 rows += found
         if len(rows) < max_records:
             rows += conn.execute(
-                f"SELECT {_LEASE_COLUMNS} FROM records WHERE queue_id = ? AND id > ?"
-                " ORDER BY id LIMIT ?",
+                f"SELECT {columns} FROM records WHERE queue_id = ? AND id > ? ORDER BY id LIMIT ?",
                 (state.name, state.id, state.lease_floor, max_records - len(rows)),
             ).fetchall()
         return rows, gone
@@ -1098,6 +1105,7 @@ _PAYLOAD = operator.itemgetter(4)  # of a LeasedRecord, and of the lease query's
 
 #: A leased row in LeasedRecord's field order (the queue name is the first parameter).
 _LEASE_COLUMNS = "id, ?, partition_key, captured_at_ms, payload, attempts, NULL"
+_LEASE_COLUMNS_WITH_META = "id, ?, partition_key, captured_at_ms, payload, attempts, meta"
 #: Such a row as a LeasedRecord, without a Python call per row (``_make`` is one).
 _as_leased_record = functools.partial(tuple.__new__, LeasedRecord)
 

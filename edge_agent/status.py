@@ -120,6 +120,8 @@ def render_sink(name: str, sink: dict[str, Any]) -> list[str]:
     if sink["state"] == "failed":
         return [f"sink {name}: not forwarding, it could not start ({sink['reason']})"]
     state = sink["state"] + (f" ({sink['reason']})" if sink.get("reason") else "")
+    if sink.get("type") == "kvs":
+        return _render_kvs(name, sink, state)
     lines = [
         f"sink {name} -> {sink['type']} {sink['target']}: {state} since "
         f"{_clock_time(sink['since'])}",
@@ -219,6 +221,21 @@ def render_status(status: dict[str, Any]) -> str:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["at_ms"] / 1000))
             lines.append(f"  {stamp} {event['level']:<7} {event['kind']}: {event['message']}")
     return "\n".join(lines)
+
+
+def _render_kvs(name: str, sink: dict[str, Any], state: str) -> list[str]:
+    latency = sink.get("last_ack_latency_s")
+    lines = [
+        f"sink {name} -> kvs {sink['target']}: {state} since {_clock_time(sink['since'])}",
+        f"  fragments sent {sink['fragments_sent']} ({human_bytes(sink['bytes_sent'])}), "
+        f"acknowledged {sink['fragments_acked']}, resent {sink['resent']}, dead-lettered "
+        f"{sink['dead_lettered']} (out of order {sink['out_of_order']}); connections "
+        f"{sink['connections']}; ack latency {'-' if latency is None else f'{latency:.2f}s'}; "
+        f"last fragment {sink.get('last_fragment_number') or '-'}",
+    ]
+    if sink.get("last_error"):
+        lines.append(f"  last error: {sink['last_error']}")
+    return lines
 
 
 def render_camera(name: str, camera: dict[str, Any]) -> list[str]:

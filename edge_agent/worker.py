@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
 
 
 class ThreadWorker:
     _thread: threading.Thread | None = None
+    #: The thread ended with an exception (reported; the worker is not healthy).
+    failed = False
 
     def _start_thread(self, target: Callable[[], None], name: str) -> None:
-        self._thread = threading.Thread(target=target, name=name, daemon=True)
+        def guarded() -> None:
+            try:
+                target()
+            except BaseException:
+                self.failed = True
+                log.exception("%s failed", name)
+                raise
+
+        self._thread = threading.Thread(target=guarded, name=name, daemon=True)
         self._thread.start()
 
     def join(self, timeout: float) -> None:
@@ -20,3 +35,21 @@ class ThreadWorker:
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def thread_ok(self) -> bool:
+        """Not failed, and alive once started."""
+        return not self.failed and (self._thread is None or self._thread.is_alive())
+
+
+@dataclass
+class WorkerState:
+    """What a worker is doing, why, and since when (for status)."""
+
+    state: str = "starting"
+    reason: str = ""
+    since: float = field(default_factory=time.time)
+
+    def set(self, state: str, reason: str = "") -> None:
+        if (state, reason) != (self.state, self.reason):
+            self.state, self.reason, self.since = state, reason, time.time()

@@ -376,3 +376,24 @@ def test_camera_options_and_bitrate(tmp_path: Path) -> None:
     door = load_config(write(tmp_path, text)).cameras["door"]
     assert door.bitrate == 2_000_000
     assert door.extra_options == {"thread_queue_size": "512"}
+
+
+def test_kvs_sink_defaults_and_limits(tmp_path: Path) -> None:
+    text = KVS_SINK
+    sink = load_config(write(tmp_path, text)).sinks["video"]
+    assert sink.kvs is not None
+    assert (sink.kvs.stream, sink.kvs.ack_on, sink.kvs.max_in_flight) == ("cam", "persisted", 10)
+    assert sink.max_record_bytes == 16 * 1024 * 1024
+    found = problems(tmp_path, text + 'connection_max_age = "50m"\nack_on = "stored"\n')
+    keys = {key for key, _ in found}
+    assert {"sinks.video.connection_max_age", "sinks.video.ack_on"} <= keys
+
+
+KVS_SINK = """
+[agent]
+state_dir = "{state}"
+[sinks.video]
+type = "kvs"
+stream = "cam"
+region = "us-east-1"
+"""

@@ -9,9 +9,10 @@ from edge_agent.forwarder import Forwarder
 from edge_agent.governor import UploadGovernor
 from edge_agent.sinks.base import Sink
 from edge_agent.spool import Spool
+from edge_agent.video.kvs_uploader import KvsUploader
 
 #: Kinds of sink that forward (a "hold" sink only keeps records in the spool).
-FORWARDING_TYPES = ("kinesis", "firehose")
+FORWARDING_TYPES = ("kinesis", "firehose", "kvs")
 #: Requests a forwarder keeps on the wire at once.
 REQUESTS_IN_FLIGHT = 2
 AGGREGATING_REQUESTS_IN_FLIGHT = 1
@@ -32,6 +33,15 @@ def make_sink(config: SinkConfig, governor: UploadGovernor, stop: threading.Even
 
         return FirehoseSink(config, governor, stop)
     raise ValueError(f"sink type {config.type!r} does not forward")
+
+
+def make_sender(
+    config: SinkConfig, spool: Spool, governor: UploadGovernor, stop: threading.Event
+) -> Forwarder | KvsUploader:
+    """What sends a sink's queue: a Kinesis Video uploader for video, else a forwarder."""
+    if config.type == "kvs":  # video: fragments over one streaming connection
+        return KvsUploader(config, spool, governor, stop)
+    return make_forwarder(config, spool, governor, stop)
 
 
 def make_forwarder(

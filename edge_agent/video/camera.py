@@ -34,7 +34,7 @@ from edge_agent.video import h264
 from edge_agent.video.fragmenter import Fragment, Fragmenter
 from edge_agent.video.mkv import H264, Frame, VideoTrack
 from edge_agent.video.timestamps import FrameClock
-from edge_agent.worker import ThreadWorker
+from edge_agent.worker import ThreadWorker, WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,7 @@ def redact(url: str) -> str:
 
 
 @dataclass
-class CameraStats:
-    state: str = "starting"
-    reason: str = ""
-    since: float = 0.0
+class CameraStats(WorkerState):
     connects: int = 0
     reconnects: int = 0
     frames: int = 0
@@ -83,7 +80,7 @@ class Camera(ThreadWorker):
         self._stop = stop
         self._open = opener or _open_with_pyav
         self._backoff = Backoff(settings.reconnect_min, settings.reconnect_max)
-        self.stats = CameraStats(since=time.time())
+        self.stats = CameraStats()
         self.clock = FrameClock(resume_after_ms=self._last_stored_ms())
         self.fragmenter = Fragmenter(settings.fragment_ms, settings.max_fragment_ms)
         self._track: VideoTrack | None = None
@@ -295,8 +292,7 @@ class Camera(ThreadWorker):
         return newest or 0
 
     def _set_state(self, state: str, reason: str = "") -> None:
-        if (state, reason) != (self.stats.state, self.stats.reason):
-            self.stats.state, self.stats.reason, self.stats.since = state, reason, time.time()
+        self.stats.set(state, reason)
 
     def snapshot(self) -> dict[str, Any]:
         stats = self.stats

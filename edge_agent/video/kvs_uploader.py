@@ -1,0 +1,359 @@
+"""The Kinesis Video sink: a video queue's fragments, in order, over PutMedia.
+
+    GetDataEndpoint (cached; asked again after a failure)
+    -> one PutMedia connection: the stream header, then each fragment's Cluster as it
+       is leased (at most ``max_in_flight`` unacknowledged, at most 5 a second)
+    -> acknowledgements: PERSISTED (or RECEIVED) deletes the fragment from the spool
+       and records its fragment number; ERROR by ErrorId:
+         the fragment can never be taken (4001, 4002, 4006, ...)  dead letter, reason
+         its time is not after the previous one (4004, 4007)      dead letter, counted
+         the stream or its key is not usable (4008, 45xx)         pause, probe slowly
+         anything else (4000, 5xxx, 4003)                          reconnect, resend
+    -> a new connection when the track changes (new SPS/PPS), before 40 minutes, when
+       acknowledgements stop coming (``ack_timeout``), or after any error.
+
+What was on the wire without its acknowledgement goes back to the spool and is sent
+again on the next connection, oldest first: a crash or an outage re-sends at most
+``max_in_flight`` fragments, and loses none.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from edge_agent.backoff import Backoff
+from edge_agent.config import SinkConfig
+from edge_agent.errors import SinkPaused, SpoolCorrupt, SpoolError
+from edge_agent.governor import UploadGovernor
+from edge_agent.records import LeasedRecord
+from edge_agent.sinks.aws import sink_error
+from edge_agent.spool import Spool
+from edge_agent.video.acks import ERROR, Ack, ErrorAction, error_action, error_name
+from edge_agent.video.mkv import VideoTrack, stream_header
+from edge_agent.video.putmedia_client import PutMediaConnection, PutMediaRefused
+from edge_agent.worker import ThreadWorker, WorkerState
+
+log = logging.getLogger(__name__)
+
+#: HTTP error types after which the sink pauses (nothing works until someone acts).
+PAUSE_ERROR_TYPES = frozenset(
+    {"ResourceNotFoundException", "NotAuthorizedException", "AccessDeniedException"}
+)
+#: A fragment is at most this large (what a lease may return).
+MAX_FRAGMENT_BYTES = 50 * 1000 * 1000
+
+
+class _Reconnect(Exception):
+    pass
+
+
+class _Pause(Exception):
+    pass
+
+
+@dataclass
+class KvsStats(WorkerState):
+    connections: int = 0
+    fragments_sent: int = 0
+    fragments_acked: int = 0
+    bytes_sent: int = 0
+    resent: int = 0
+    dead_lettered: int = 0
+    out_of_order: int = 0
+    last_fragment_number: str | None = None
+    last_ack_latency_s: float | None = None
+    last_error: str = ""
+
+
+class KvsUploader(ThreadWorker):
+    def __init__(
+        self,
+        config: SinkConfig,
+        spool: Spool,
+        governor: UploadGovernor,
+        stop: threading.Event,
+    ) -> None:
+        import boto3
+        from botocore.config import Config as BotoConfig
+
+        assert config.kvs is not None and config.aws is not None
+        self.name = config.name
+        self.options = config.kvs
+        self.spool = spool
+        self._governor = governor
+        self._stop = stop
+        aws = config.aws
+        self._session = boto3.session.Session(profile_name=aws.profile)
+        self._control = self._session.client(
+            "kinesisvideo",
+            region_name=aws.region,
+            endpoint_url=aws.endpoint_url,
+            config=BotoConfig(
+                retries={"total_max_attempts": 1, "mode": "standard"},
+                connect_timeout=aws.connect_timeout,
+                read_timeout=aws.request_timeout,
+            ),
+        )
+        self._region = str(self._control.meta.region_name)
+        self._connect_timeout = aws.connect_timeout
+        self._data_endpoint: str | None = None
+        self._backoff = Backoff(self.options.retry_min, self.options.retry_max)
+        self._in_flight: OrderedDict[int, tuple[LeasedRecord, float]] = OrderedDict()
+        self._sent_times: list[float] = []
+        self.stats = KvsStats()
+        self.spool_corrupt = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._start_thread(self.run, f"kvs-{self.name}")
+
+    @property
+    def healthy(self) -> bool:
+        return self.thread_ok
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._connection_once()
+                self._backoff.reset()
+                continue
+            except _Pause as err:
+                delay = self.options.pause_probe
+                self._set_state("paused", str(err))
+            except (_Reconnect, PutMediaRefused, OSError) as err:
+                delay = self._backoff.next_delay()
+                self._data_endpoint = None if isinstance(err, OSError) else self._data_endpoint
+                self._set_state("backing off", str(err))
+            except SpoolError as err:
+                self.spool_corrupt = isinstance(err, SpoolCorrupt)
+                delay = 1.0
+                self._set_state("backing off", f"spool: {err}")
+            except Exception as err:  # the control plane, credentials
+                delay = self._backoff.next_delay()
+                self._data_endpoint = None
+                self._set_state("backing off", f"{type(err).__name__}: {err}")
+            finally:
+                self._release_in_flight()
+            self.stats.last_error = self.stats.reason
+            log.warning("sink %s: %s; again in %.1fs", self.name, self.stats.reason, delay)
+            self._stop.wait(delay)
+        self._set_state("stopped")
+
+    # ------------------------------------------------------------------ one connection
+
+    def _connection_once(self) -> None:
+        first = self._next_fragment(wait=True)
+        if first is None:
+            return
+        track = _track_of(first)
+        endpoint = self._endpoint()
+        credentials = self._session.get_credentials()
+        if credentials is None:
+            self.spool.release([first])
+            raise _Pause("no AWS credentials found")
+        connection = PutMediaConnection(
+            endpoint,
+            self.options.stream,
+            credentials.get_frozen_credentials(),
+            region=self._region,
+            governor=self._governor,
+            stop=self._stop,
+            timeout=self._connect_timeout,
+        )
+        try:
+            connection.open()
+            self.stats.connections += 1
+            connection.send(stream_header(track))
+            self._set_state("sending")
+            self._send(connection, first)
+            self._stream(connection, track)
+        finally:
+            connection.close()
+
+    def _stream(self, connection: PutMediaConnection, track: VideoTrack) -> None:
+        options = self.options
+        last_ack = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now - connection.opened_at > options.connection_max_age:
+                self._finish(connection)
+                return
+            if self._in_flight and now - last_ack > options.ack_timeout:
+                raise _Reconnect(f"no acknowledgement for {options.ack_timeout:.0f}s")
+            if len(self._in_flight) < options.max_in_flight and self._rate_allows(now):
+                record = self._next_fragment(wait=False)
+                if record is not None:
+                    if _track_of(record) != track:  # new parameter sets: a new header
+                        self.spool.release([record])
+                        self._finish(connection)
+                        return
+                    self._send(connection, record)
+                    continue
+            try:
+                item = connection.acks.get(timeout=0.05 if not self._in_flight else 0.02)
+            except Exception:  # queue.Empty
+                if not self._in_flight:
+                    self.spool.wait_for_append(self.spool.append_generation, 0.2)
+                continue
+            if item is None:
+                raise _Reconnect("the endpoint closed the connection")
+            if isinstance(item, PutMediaRefused):
+                self._refused(item)
+            last_ack = time.monotonic()
+            self._on_ack(item)
+
+    def _finish(self, connection: PutMediaConnection) -> None:
+        """End the request and take the acknowledgements still due."""
+        connection.finish()
+        deadline = time.monotonic() + self.options.ack_timeout
+        while self._in_flight and time.monotonic() < deadline and not self._stop.is_set():
+            try:
+                item = connection.acks.get(timeout=0.1)
+            except Exception:
+                continue
+            if item is None or isinstance(item, PutMediaRefused):
+                break
+            self._on_ack(item)
+
+    def _send(self, connection: PutMediaConnection, record: LeasedRecord) -> None:
+        connection.send(record.payload)
+        now = time.monotonic()
+        self._in_flight[record.captured_at_ms] = (record, now)
+        self._sent_times.append(now)
+        self.stats.fragments_sent += 1
+        self.stats.bytes_sent += len(record.payload)
+        if record.attempts:
+            self.stats.resent += 1
+
+    def _rate_allows(self, now: float) -> bool:
+        self._sent_times = [t for t in self._sent_times if now - t < 1.0]
+        return len(self._sent_times) < self.options.fragments_per_second
+
+    def _next_fragment(self, *, wait: bool) -> LeasedRecord | None:
+        while not self._stop.is_set():
+            generation = self.spool.append_generation
+            leased = self.spool.lease(
+                self.name, max_records=1, max_bytes=MAX_FRAGMENT_BYTES, with_meta=True
+            )
+            if leased:
+                return leased[0]
+            if not wait:
+                return None
+            self._set_state("idle")
+            self.spool.wait_for_append(generation, 1.0)
+        return None
+
+    # ------------------------------------------------------------------ acknowledgements
+
+    def _on_ack(self, ack: Ack) -> None:
+        wanted = "PERSISTED" if self.options.ack_on == "persisted" else "RECEIVED"
+        if ack.event_type == ERROR:
+            self._on_error(ack)
+            return
+        if ack.event_type != wanted or ack.fragment_timecode is None:
+            return
+        entry = self._in_flight.pop(ack.fragment_timecode, None)
+        if entry is None:
+            return
+        record, sent_at = entry
+        self.spool.ack([record])
+        self.stats.fragments_acked += 1
+        self.stats.last_fragment_number = ack.fragment_number
+        self.stats.last_ack_latency_s = round(time.monotonic() - sent_at, 3)
+
+    def _on_error(self, ack: Ack) -> None:
+        error_id = ack.error_id if ack.error_id is not None else 5000
+        name = f"{error_name(error_id)} ({error_id})"
+        action = error_action(error_id)
+        entry = (
+            self._in_flight.pop(ack.fragment_timecode, None)
+            if ack.fragment_timecode is not None
+            else None
+        )
+        if entry is not None and action in (
+            ErrorAction.DEAD_LETTER,
+            ErrorAction.REPAIR_TIMESTAMPS,
+        ):
+            record = entry[0]
+            if action is ErrorAction.REPAIR_TIMESTAMPS:
+                self.stats.out_of_order += 1
+            self.spool.dead_letter([record], f"Kinesis Video refused the fragment: {name}")
+            self.stats.dead_lettered += 1
+            self.stats.last_error = name
+            return
+        if entry is not None:
+            self._in_flight[entry[0].captured_at_ms] = entry  # sent again after reconnecting
+        if action is ErrorAction.PAUSE:
+            raise _Pause(f"Kinesis Video: {name}")
+        raise _Reconnect(f"Kinesis Video: {name}")
+
+    def _refused(self, refused: PutMediaRefused) -> NoReturn:
+        if refused.error_type in PAUSE_ERROR_TYPES or refused.status in (401, 403):
+            raise _Pause(str(refused))
+        if refused.error_type == "InvalidEndpointException":
+            self._data_endpoint = None
+        raise _Reconnect(str(refused))
+
+    def _release_in_flight(self) -> None:
+        if self._in_flight:
+            self.spool.release([record for record, _ in self._in_flight.values()])
+            self._in_flight.clear()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _endpoint(self) -> str:
+        if self._data_endpoint is None:
+            try:
+                answer = self._control.get_data_endpoint(
+                    StreamName=self.options.stream, APIName="PUT_MEDIA"
+                )
+            except Exception as err:  # the same classification as the record sinks
+                error = sink_error(err)
+                if isinstance(error, SinkPaused):
+                    raise _Pause(f"GetDataEndpoint: {error}") from err
+                raise _Reconnect(f"GetDataEndpoint: {error}") from err
+            self._data_endpoint = str(answer["DataEndpoint"])
+        return self._data_endpoint
+
+    def _set_state(self, state: str, reason: str = "") -> None:
+        self.stats.set(state, reason)
+
+    def snapshot(self) -> dict[str, Any]:
+        stats = self.stats
+        return {
+            "type": "kvs",
+            "target": self.options.stream,
+            "state": stats.state,
+            "reason": stats.reason,
+            "since": stats.since,
+            "connections": stats.connections,
+            "fragments_sent": stats.fragments_sent,
+            "fragments_acked": stats.fragments_acked,
+            "bytes_sent": stats.bytes_sent,
+            "resent": stats.resent,
+            "dead_lettered": stats.dead_lettered,
+            "out_of_order": stats.out_of_order,
+            "last_fragment_number": stats.last_fragment_number,
+            "last_ack_latency_s": stats.last_ack_latency_s,
+            "last_error": stats.last_error,
+            "in_window": len(self._in_flight),
+        }
+
+
+def _track_of(record: LeasedRecord) -> VideoTrack:
+    """The track a fragment belongs to, from what the camera stored with it."""
+    meta = json.loads(record.meta or "{}")
+    return VideoTrack(
+        str(meta.get("codec_id", "V_MPEG4/ISO/AVC")),
+        base64.b64decode(str(meta.get("codec_private", ""))),
+        int(meta.get("width", 0)),
+        int(meta.get("height", 0)),
+    )

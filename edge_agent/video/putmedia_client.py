@@ -1,0 +1,153 @@
+"""One PutMedia connection: a SigV4-signed, chunked POST that stays open while fragments
+are written into it, and the acknowledgements read back on the same connection.
+
+boto3 has no PutMedia; botocore's SigV4 signer signs the request (service
+``kinesisvideo``, the empty payload's hash, as the producer SDKs do), and a reader
+thread parses the response as it streams in. Every chunk passes the upload governor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import queue
+import socket
+import ssl
+import threading
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import ReadOnlyCredentials
+
+from edge_agent.governor import UploadGovernor
+from edge_agent.video.acks import Ack, AckParser
+
+#: Chunk framing on the wire: the hex size line and two CRLFs.
+CHUNK_OVERHEAD = 12
+
+
+class PutMediaRefused(Exception):
+    """The endpoint answered the request with an HTTP error."""
+
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(f"HTTP {status} {error_type}: {message}")
+        self.status, self.error_type = status, error_type
+
+
+class PutMediaConnection:
+    def __init__(
+        self,
+        endpoint_url: str,
+        stream: str,
+        credentials: ReadOnlyCredentials,
+        *,
+        region: str,
+        governor: UploadGovernor,
+        stop: threading.Event,
+        timeout: float = 10.0,
+    ) -> None:
+        self.endpoint_url = endpoint_url.rstrip("/")
+        self.stream = stream
+        self._credentials = credentials
+        self._region = region
+        self._governor = governor
+        self._stop = stop
+        self._timeout = timeout
+        self._sock: socket.socket | None = None
+        self.acks: queue.Queue[Ack | PutMediaRefused | None] = queue.Queue()
+        self.opened_at = time.monotonic()
+        self.bytes_sent = 0
+
+    def open(self) -> None:
+        parts = urlsplit(self.endpoint_url)
+        secure = parts.scheme == "https"
+        port = parts.port or (443 if secure else 80)
+        assert parts.hostname is not None
+        connection: http.client.HTTPConnection
+        if secure:
+            connection = http.client.HTTPSConnection(
+                parts.hostname, port, timeout=self._timeout, context=ssl.create_default_context()
+            )
+        else:
+            connection = http.client.HTTPConnection(parts.hostname, port, timeout=self._timeout)
+        headers = {
+            "x-amzn-stream-name": self.stream,
+            "x-amzn-fragment-timecode-type": "ABSOLUTE",
+            "x-amzn-producer-start-timestamp": f"{time.time():.3f}",
+            "x-amzn-fragment-acknowledgment-required": "1",
+            "Transfer-Encoding": "chunked",
+            "Connection": "keep-alive",
+            "Content-Type": "application/json",
+        }
+        request = AWSRequest(
+            method="POST", url=f"{self.endpoint_url}/putMedia", data=b"", headers=headers
+        )
+        SigV4Auth(self._credentials, "kinesisvideo", self._region).add_auth(request)
+        connection.putrequest("POST", "/putMedia", skip_host=True, skip_accept_encoding=True)
+        connection.putheader("Host", parts.netloc)
+        for name, value in request.headers.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        self._sock = connection.sock
+        self.opened_at = time.monotonic()
+        threading.Thread(
+            target=self._read, args=(connection.sock,), name=f"acks-{self.stream}", daemon=True
+        ).start()
+
+    def send(self, data: bytes) -> None:
+        """One chunk; waits for the upload budget first (False from it: stopping)."""
+        assert self._sock is not None
+        if not self._governor.acquire(len(data) + CHUNK_OVERHEAD, self._stop):
+            raise ConnectionAbortedError("the agent is stopping")
+        self._sock.sendall(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.bytes_sent += len(data) + CHUNK_OVERHEAD
+
+    def finish(self) -> None:
+        """The last chunk: the endpoint acknowledges what it has and ends the answer."""
+        if self._sock is not None:
+            self._sock.sendall(b"0\r\n\r\n")
+
+    def close(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            self._sock = None
+
+    def _read(self, sock: Any) -> None:
+        """The answer: status line, headers, then chunks of acknowledgements."""
+        try:
+            stream = sock.makefile("rb")
+            status_line = stream.readline(4096).decode("latin-1").split()
+            if len(status_line) < 2:
+                raise ConnectionError("no answer from the endpoint")
+            status = int(status_line[1])
+            headers: dict[str, str] = {}
+            while (line := stream.readline(8192)) not in (b"\r\n", b"\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                headers[name.strip().lower()] = value.strip()
+            if status != 200:
+                length = int(headers.get("content-length") or 0)
+                body = stream.read(min(length, 65536)).decode(errors="replace") if length else ""
+                self.acks.put(
+                    PutMediaRefused(status, headers.get("x-amzn-errortype", "Unknown"), body)
+                )
+                return
+            parser = AckParser()
+            while True:
+                size_line = stream.readline(64)
+                if not size_line:
+                    break
+                size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    break
+                data = stream.read(size)
+                stream.readline(8)
+                for ack in parser.feed(data):
+                    self.acks.put(ack)
+        except (OSError, ValueError):
+            pass  # the connection ended; the sender sees None and decides
+        finally:
+            self.acks.put(None)

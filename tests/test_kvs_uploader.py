@@ -1,0 +1,135 @@
+"""The Kinesis Video sink end to end on loopback: a camera (lavfi, encoded) spools
+fragments, the uploader streams them over PutMedia to `kvs-local`, which checks the
+signature and the ingestion rules and stores what it accepted; read back with PyAV."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import pytest
+from botocore.credentials import Credentials
+
+from edge_agent.config import parse_config
+from edge_agent.governor import UploadGovernor
+from edge_agent.spool import Spool
+from edge_agent.video.camera import Camera
+from edge_agent.video.kvs_uploader import KvsUploader
+from edge_agent.video.putmedia_server import PutMediaServer
+from tests.support import wait_until
+
+KEY, SECRET = "AKIDKVSTEST", "kvs-test-secret"
+
+
+@pytest.fixture
+def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PutMediaServer]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    endpoint = PutMediaServer(
+        tmp_path / "received", credentials=Credentials(KEY, SECRET), streams=["cam"]
+    ).start()
+    yield endpoint
+    endpoint.stop()
+
+
+def make(
+    server: PutMediaServer, tmp_path: Path, **kvs: object
+) -> tuple[Spool, Camera, KvsUploader, threading.Event]:
+    document = {
+        "sinks": {
+            "video": {
+                "type": "kvs",
+                "stream": "cam",
+                "region": "us-east-1",
+                "endpoint_url": server.url,
+                "retry_min": "50ms",
+                "retry_max": "200ms",
+                **kvs,
+            }
+        },
+        "cameras": {
+            "pattern": {
+                "source": "lavfi",
+                "url": "testsrc2=size=320x240:rate=30",
+                "sink": "video",
+                "fragment": "1s",
+            }
+        },
+    }
+    config = parse_config(document)
+    spool = Spool.open(tmp_path / "spool.db")
+    stop = threading.Event()
+    camera = Camera(config.cameras["pattern"], spool, stop)
+    uploader = KvsUploader(config.sinks["video"], spool, UploadGovernor(None, 1024), stop)
+    return spool, camera, uploader, stop
+
+
+def run_until(
+    parts: tuple[Spool, Camera, KvsUploader, threading.Event], done: object, what: str
+) -> None:
+    """Run the camera and the uploader until ``done()``; then stop both (the spool stays
+    open for the test to look at)."""
+    _, camera, uploader, stop = parts
+    camera.start()
+    uploader.start()
+    try:
+        wait_until(done, 60, 0.02, what)  # type: ignore[arg-type]
+    finally:
+        stop.set()
+        camera.join(10)
+        uploader.join(10)
+
+
+def test_camera_fragments_reach_kvs_local_persisted_and_play_back(
+    server: PutMediaServer, tmp_path: Path
+) -> None:
+    parts = make(server, tmp_path)
+    spool, _, uploader, _ = parts
+    with spool:
+        run_until(parts, lambda: uploader.stats.fragments_acked >= 4, "4 fragments acked")
+    assert uploader.stats.connections == 1 and uploader.stats.dead_lettered == 0
+    assert uploader.stats.last_fragment_number is not None
+    stored = server.streams["cam"]
+    assert stored.fragments >= 4
+    (path,) = stored.files
+    with av.open(str(path)) as container:
+        packets = [p for p in container.demux(video=0) if p.size]
+    keyframes = [i for i, p in enumerate(packets) if p.is_keyframe]
+    assert keyframes == list(range(0, 30 * len(keyframes), 30))  # one per 1 s fragment
+    with av.open(str(path)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == len(packets)
+    snapshot = uploader.snapshot()
+    assert snapshot["fragments_acked"] >= 4 and snapshot["last_ack_latency_s"] is not None
+
+
+def test_a_fragment_the_service_refuses_is_dead_lettered_and_the_rest_go_on(
+    server: PutMediaServer, tmp_path: Path
+) -> None:
+    server.streams["cam"].last_fragment_ms = 2**62  # everything looks "in the past": 4004
+    parts = make(server, tmp_path)
+    spool, _, uploader, _ = parts
+    with spool:
+        run_until(parts, lambda: uploader.stats.dead_lettered >= 2, "two refused")
+        dead = spool.dead_letters(limit=10)
+    assert uploader.stats.out_of_order >= 2
+    assert all("FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS (4004)" in d.reason for d in dead)
+    assert server.streams["cam"].fragments == 0
+
+
+def test_wrong_credentials_pause_the_sink_and_keep_the_fragments(
+    server: PutMediaServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    parts = make(server, tmp_path, pause_probe="1s")
+    spool, _, uploader, _ = parts
+    with spool:
+        run_until(
+            parts,
+            lambda: uploader.stats.state == "paused" and spool.pending("video")[0] >= 2,
+            "paused, fragments kept",
+        )
+        pending = spool.pending("video")[0]
+    assert "InvalidSignatureException" in uploader.stats.last_error
+    assert pending >= 2 and server.streams["cam"].fragments == 0
