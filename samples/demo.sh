@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The local demo: a Mosquitto broker and a local Kinesis endpoint (kinesalite) on
-# loopback, the sample sensor publishing QoS 1 readings, edge-agent spooling them durably
-# and forwarding them into the stream, `edge-agent status` showing it, and the stream
-# read back as a consumer would. No AWS account needed. State goes to
-# ./.edge-agent-local/ (delete it to start over).
+# The local demo: a Mosquitto broker, a local Kinesis endpoint (kinesalite) and a local
+# Kinesis Video endpoint (edge-agent kvs-local) on loopback; the sample sensor publishing
+# QoS 1 readings and a test-pattern camera; edge-agent spooling both durably and
+# forwarding them; `edge-agent status` showing it; the stream read back as a consumer
+# would, and the video the endpoint stored as an MKV file to play. No AWS account
+# needed. State goes to ./.edge-agent-local/ (delete it to start over).
 #
 #   bash samples/demo.sh            # about 15 seconds, then stops everything
 #   MESSAGES=2000 RATE=200 bash samples/demo.sh
@@ -20,10 +21,12 @@ free_port() {
 }
 PORT=$(free_port)
 KINESIS_PORT=$(free_port)
+KVS_PORT=$(free_port)
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 # kinesalite takes any credentials; boto3 only needs some to sign with.
 export AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_DEFAULT_REGION=us-east-1
 export KINESIS_ENDPOINT=http://127.0.0.1:$KINESIS_PORT
+export KVS_ENDPOINT=http://127.0.0.1:$KVS_PORT
 
 {
   echo "listener $PORT 127.0.0.1"
@@ -56,6 +59,16 @@ for _ in $(seq 100); do
 done
 .venv/bin/python samples/kinesis_stream.py --endpoint "$KINESIS_ENDPOINT" create edge-telemetry --shards 2
 
+echo "== starting edge-agent kvs-local (local Kinesis Video Streams) on 127.0.0.1:$KVS_PORT"
+rm -rf "$STATE/kvs"
+.venv/bin/edge-agent kvs-local --port "$KVS_PORT" --dir "$STATE/kvs" --stream edge-camera \
+  --access-key local --secret-key local >"$STATE/kvs-local.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+  (echo > "/dev/tcp/127.0.0.1/$KVS_PORT") 2>/dev/null && break
+  sleep 0.1
+done
+
 export MQTT_PORT=$PORT EDGE_AGENT_STATE=$STATE
 echo "== starting edge-agent (configs/local.toml), log in $STATE/agent.log"
 .venv/bin/edge-agent run -c configs/local.toml >"$STATE/agent.log" 2>&1 &
@@ -78,6 +91,14 @@ for _ in $(seq 300); do
   sleep 0.1
 done
 
+echo "== waiting until the camera's first fragments are persisted"
+for _ in $(seq 300); do
+  acked=$(.venv/bin/edge-agent status -c configs/local.toml --json | .venv/bin/python -c \
+    'import json, sys; print(json.load(sys.stdin)["agent"].get("sinks", {}).get("video", {}).get("fragments_acked", 0))')
+  [ "$acked" -ge 3 ] && break
+  sleep 0.1
+done
+
 echo "== edge-agent status"
 .venv/bin/edge-agent status -c configs/local.toml
 
@@ -87,5 +108,8 @@ echo "== reading the stream back (samples/kinesis_stream.py read)"
 echo "== stopping the agent (SIGTERM: commit, ack, exit)"
 kill -TERM "$agent"
 wait "$agent"
+echo "== the video kvs-local received and stored:"
+ls -l "$STATE"/kvs/*.mkv
+echo "   play it with: ffplay $(ls "$STATE"/kvs/*.mkv | head -1)   (or mpv, VLC)"
 echo "== done. The spool is $STATE/spool.db; see what it holds (and the last status) with"
 echo "   EDGE_AGENT_STATE=$STATE .venv/bin/edge-agent status -c configs/local.toml"

@@ -9,7 +9,7 @@ from pathlib import Path
 import av
 import pytest
 
-from edge_agent.video.mkv import H264, Frame, VideoTrack, cluster, stream_header
+from edge_agent.video.mkv import H264, Frame, VideoTrack, cluster, end_of_fragment, stream_header
 from edge_agent.video.mkv_reader import Block, ClusterEnd, ClusterStart, MkvError, MkvReader, Tracks
 from tests.test_mkv import FPS, FRAMES, encoded_frames, write_mkv
 
@@ -76,3 +76,13 @@ def test_broken_streams_raise() -> None:
         read_all(header + cluster([key])[:-3], [])
     with pytest.raises(MkvError):
         read_all(b"\x1a\x45\xdf\xa3\x00" + b"\xff" * 20, [])
+
+
+def test_the_end_of_fragment_tag_closes_a_cluster_at_once() -> None:
+    """Without it an unknown-size cluster ends only when the next one begins."""
+    key = Frame(1000, True, b"\x00\x00\x00\x02\x65\x88")
+    header = stream_header(VideoTrack(H264, b"\x01\x42\x00\x1f\xff\xe1", 16, 16))
+    reader = MkvReader()
+    without = reader.feed(header + cluster([key]))
+    assert not any(isinstance(e, ClusterEnd) for e in without)
+    assert isinstance(reader.feed(end_of_fragment())[-1], ClusterEnd)

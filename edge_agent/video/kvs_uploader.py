@@ -36,7 +36,7 @@ from edge_agent.records import LeasedRecord
 from edge_agent.sinks.aws import sink_error
 from edge_agent.spool import Spool
 from edge_agent.video.acks import ERROR, Ack, ErrorAction, error_action, error_name
-from edge_agent.video.mkv import VideoTrack, stream_header
+from edge_agent.video.mkv import VideoTrack, end_of_fragment, stream_header
 from edge_agent.video.putmedia_client import PutMediaConnection, PutMediaRefused
 from edge_agent.worker import ThreadWorker, WorkerState
 
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 PAUSE_ERROR_TYPES = frozenset(
     {"ResourceNotFoundException", "NotAuthorizedException", "AccessDeniedException"}
 )
+END_OF_FRAGMENT_TAGS = end_of_fragment()
 #: A fragment is at most this large (what a lease may return).
 MAX_FRAGMENT_BYTES = 50 * 1000 * 1000
 
@@ -224,7 +225,9 @@ class KvsUploader(ThreadWorker):
             self._on_ack(item)
 
     def _send(self, connection: PutMediaConnection, record: LeasedRecord) -> None:
-        connection.send(record.payload)
+        # The end-of-fragment tag lets the service acknowledge the fragment now rather
+        # than when the next one begins (a whole fragment duration later).
+        connection.send(record.payload + END_OF_FRAGMENT_TAGS)
         now = time.monotonic()
         self._in_flight[record.captured_at_ms] = (record, now)
         self._sent_times.append(now)

@@ -56,6 +56,12 @@ PIXEL_WIDTH = 0xB0
 PIXEL_HEIGHT = 0xBA
 DEFAULT_DURATION = 0x23E383
 CLUSTER = 0x1F43B675
+TAGS = 0x1254C367
+TAG = 0x7373
+TARGETS = 0x63C0
+SIMPLE_TAG = 0x67C8
+TAG_NAME = 0x45A3
+TAG_STRING = 0x4487
 TIMECODE = 0xE7
 SIMPLE_BLOCK = 0xA3
 
@@ -127,6 +133,23 @@ def stream_header(track: VideoTrack, *, segment_uid: bytes | None = None) -> byt
         + unknown_size_master(SEGMENT)
         + info
         + master(TRACKS, master(TRACK_ENTRY, *entry))
+    )
+
+
+#: The tag the producer SDKs write after each fragment: it tells the service the fragment
+#: is complete now, instead of when the next Cluster begins (one fragment later).
+END_OF_FRAGMENT = "AWS_KINESISVIDEO_END_OF_FRAGMENT"
+
+
+def end_of_fragment() -> bytes:
+    """A Tags element with the (empty) end-of-fragment tag, written after a Cluster."""
+    return master(
+        TAGS,
+        master(
+            TAG,
+            master(TARGETS),
+            master(SIMPLE_TAG, string(TAG_NAME, END_OF_FRAGMENT), string(TAG_STRING, "")),
+        ),
     )
 
 
