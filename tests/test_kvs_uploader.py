@@ -18,7 +18,14 @@ from edge_agent.spool import Spool
 from edge_agent.video.camera import Camera
 from edge_agent.video.kvs_uploader import KvsUploader
 from edge_agent.video.putmedia_server import PutMediaServer
-from tests.support import wait_until
+from tests.support import (
+    AgentProcess,
+    Mosquitto,
+    spool_path,
+    start_agent,
+    wait_until,
+    write_config,
+)
 
 KEY, SECRET = "AKIDKVSTEST", "kvs-test-secret"
 
@@ -135,3 +142,41 @@ def test_wrong_credentials_pause_the_sink_and_keep_the_fragments(
         pending = spool.pending("video")[0]
     assert "InvalidSignatureException" in uploader.stats.last_error
     assert pending >= 2 and server.streams["cam"].fragments == 0
+
+
+def test_sigkill_during_capture_and_upload_loses_no_persisted_fragment(
+    server: PutMediaServer, tmp_path: Path, broker: Mosquitto, agents: list[AgentProcess]
+) -> None:
+    """The agent is killed (SIGKILL) while the camera captures and fragments are on the
+    wire, then started again: every fragment the endpoint persisted is in its files
+    and decodes; times keep increasing across the restart (the endpoint refuses anything
+    else); what was on the wire at the kill is at most re-sent, and the endpoint refuses
+    a re-sent fragment it already stored (4004), which is then dead-lettered."""
+    sinks = (
+        '[sinks.telemetry]\ntype = "hold"\n'
+        f'[sinks.video]\ntype = "kvs"\nstream = "cam"\nregion = "us-east-1"\n'
+        f'endpoint_url = "{server.url}"\nretry_min = "50ms"\nretry_max = "200ms"\n'
+        '[cameras.pattern]\nsource = "lavfi"\n'
+        'url = "testsrc2=size=320x240:rate=30,realtime"\nsink = "video"\nfragment = "1s"\n'
+        'preset = "ultrafast"\n'
+    )
+    config = write_config(tmp_path, broker.port, sinks=sinks)
+    stored = server.streams["cam"]
+    first = start_agent(config, agents)
+    wait_until(lambda: stored.fragments >= 3, 60, 0.02, "three fragments persisted")
+    assert first.process is not None
+    first.process.kill()
+    first.process.wait(10)
+    before = stored.fragments
+    second = start_agent(config, agents)
+    wait_until(lambda: stored.fragments >= before + 3, 60, 0.02, "three more after restart")
+    assert second.terminate() == 0
+    frames = 0
+    for path in stored.files:
+        with av.open(str(path)) as container:
+            frames += sum(1 for _ in container.decode(video=0))
+    assert frames >= 30 * stored.fragments - 1  # every persisted fragment plays back
+    with Spool.open(spool_path(tmp_path)) as spool:
+        dead = spool.dead_letters(limit=100)
+    assert len(dead) <= 10 + 1  # at most what was in flight (max_in_flight) re-sent
+    assert all("(4004)" in d.reason for d in dead)
