@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.support import (
     AgentProcess,
     Mosquitto,
     cli,
+    free_port,
     spool_path,
     start_agent,
     wait_until,
@@ -177,3 +179,54 @@ def test_the_agent_runs_a_camera_into_its_sink_and_shows_it_in_status(
     with av.open(str(as_mkv(stored, tmp_path / "agent.mkv"))) as container:
         decoded = sum(1 for _ in container.decode(video=0))
     assert decoded == sum(int(str(meta["frames"])) for _, _, meta in stored)
+
+
+def test_rtsp_h264_passes_through_with_every_slice_unchanged(tmp_path: Path) -> None:
+    """A real RTSP session: Debian's ffmpeg pushes an H.264 recording (-c copy, RTP over
+    TCP) to the camera's RTSP input in listen mode. Every frame's slice NAL units arrive
+    byte for byte (the parameter sets travel in the SDP and may be repeated in-band)."""
+    source = h264_file(tmp_path / "in.mp4")
+    with av.open(str(source)) as container:
+        expected = [_slices(bytes(p)) for p in container.demux(video=0) if p.size]
+    port = free_port()
+    url = f"rtsp://127.0.0.1:{port}/live"
+    stop = threading.Event()
+    with Spool.open(tmp_path / "s.db") as spool:
+        settings = CameraConfig(
+            "rtsp",
+            url,
+            "video",
+            "rtsp",
+            fragment_ms=1000,
+            reconnect_min=0.05,
+            reconnect_max=0.1,
+            extra_options={"rtsp_flags": "listen", "listen_timeout": "20"},
+        )
+        camera = Camera(settings, spool, stop)
+        camera.start()
+        try:
+            wait_until(lambda: camera.stats.state == "connecting", 10, 0.01, "listening")
+            push = ["ffmpeg", "-v", "error", "-re", "-i", str(source), "-c", "copy"]
+            push += ["-f", "rtsp", "-rtsp_transport", "tcp", url]
+            for _ in range(50):  # the listening socket may not be bound yet: refused
+                pushed = subprocess.run(
+                    push, check=False, capture_output=True, text=True, timeout=60
+                )
+                if pushed.returncode == 0 or "refused" not in pushed.stderr:
+                    break
+                threading.Event().wait(0.1)  # a retry's pause, bounded by the loop
+            assert pushed.returncode == 0, pushed.stderr
+            wait_until(lambda: camera.stats.reconnects >= 1, 20, 0.01, "the push to end")
+        finally:
+            stop.set()
+            camera.join(10)
+        fragments = fragments_of(spool, "video")
+    assert camera.stats.mode == "passthrough"
+    with av.open(str(as_mkv(fragments, tmp_path / "out.mkv"))) as container:
+        got = [_slices(bytes(p)) for p in container.demux(video=0) if p.size]
+    assert got == expected
+    assert [int(str(meta["frames"])) for _, _, meta in fragments] == [FPS] * 3
+
+
+def _slices(avcc: bytes) -> list[bytes]:
+    return [unit for unit in h264.split_avcc(avcc) if h264.nal_type(unit) in (1, 5)]

@@ -1,7 +1,9 @@
 """Encoded frames -> fragments: each starts at a keyframe and lasts about the target.
 
-A fragment closes when a keyframe arrives at least ``target_ms`` after the fragment's
-first frame, and also before a frame would take it past ``max_ms`` (the service's
+A fragment closes when a keyframe arrives at about ``target_ms`` after the fragment's
+first frame (90 % of it or more: a camera whose GOP is the fragment duration delivers
+its keyframes a few ms early as often as late, and a strict bound would make every
+other fragment twice as long), and also before a frame would take it past ``max_ms`` (the service's
 limit, and the 32.767 s a Matroska block can sit after its cluster). Frames between
 such a forced close and the next keyframe cannot start a fragment; they are dropped
 and counted (an encoder set to a GOP of the fragment duration never causes this; a
@@ -47,6 +49,7 @@ class Fragmenter:
             )
         self.target_ms = target_ms
         self.max_ms = max_ms
+        self._cut_ms = target_ms * 9 // 10
         self._frames: list[Frame] = []
         self.dropped_frames = 0  # waiting for a keyframe to start a fragment
         self.forced_cuts = 0  # fragments closed at max_ms instead of at a keyframe
@@ -56,7 +59,7 @@ class Fragmenter:
         done = None
         if self._frames:
             span = frame.time_ms - self._frames[0].time_ms
-            if frame.keyframe and span >= self.target_ms:
+            if frame.keyframe and span >= self._cut_ms:
                 done = self._close()
             elif span > self.max_ms:
                 done = self._close()
