@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import subprocess
 import threading
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 
@@ -188,21 +190,9 @@ def test_rtsp_h264_passes_through_with_every_slice_unchanged(tmp_path: Path) -> 
     source = h264_file(tmp_path / "in.mp4")
     with av.open(str(source)) as container:
         expected = [_slices(bytes(p)) for p in container.demux(video=0) if p.size]
-    port = free_port()
-    url = f"rtsp://127.0.0.1:{port}/live"
     stop = threading.Event()
     with Spool.open(tmp_path / "s.db") as spool:
-        settings = CameraConfig(
-            "rtsp",
-            url,
-            "video",
-            "rtsp",
-            fragment_ms=1000,
-            reconnect_min=0.05,
-            reconnect_max=0.1,
-            extra_options={"rtsp_flags": "listen", "listen_timeout": "20"},
-        )
-        camera = Camera(settings, spool, stop)
+        url, camera = rtsp_listener("rtsp", spool, stop)
         camera.start()
         try:
             wait_until(lambda: camera.stats.state == "connecting", 10, 0.01, "listening")
@@ -228,5 +218,61 @@ def test_rtsp_h264_passes_through_with_every_slice_unchanged(tmp_path: Path) -> 
     assert [int(str(meta["frames"])) for _, _, meta in fragments] == [FPS] * 3
 
 
+def rtsp_listener(
+    name: str, spool: Spool, stop: threading.Event, **settings: Any
+) -> tuple[str, Camera]:
+    """A camera whose RTSP input listens on a free port for a pusher (ffmpeg)."""
+    url = f"rtsp://127.0.0.1:{free_port()}/live"
+    config = CameraConfig(
+        name, url, "video", "rtsp", fragment_ms=1000, reconnect_min=0.05, reconnect_max=0.1,
+        extra_options={"rtsp_flags": "listen", "listen_timeout": "20"}, **settings,
+    )  # fmt: skip
+    return url, Camera(config, spool, stop)
+
+
 def _slices(avcc: bytes) -> list[bytes]:
     return [unit for unit in h264.split_avcc(avcc) if h264.nal_type(unit) in (1, 5)]
+
+
+def test_a_camera_that_stops_sending_is_reported_and_opened_again(tmp_path: Path) -> None:
+    """ffmpeg pushes over RTSP and is then frozen (SIGSTOP): no packet arrives, the
+    read times out after stall_timeout, the camera reports it and listens again; what
+    it had captured is spooled and plays back."""
+    source = h264_file(tmp_path / "in.mp4")
+    stop = threading.Event()
+    with Spool.open(tmp_path / "s.db") as spool:
+        url, camera = rtsp_listener("frozen", spool, stop, stall_timeout=1.0)
+        camera.start()
+        push = ["ffmpeg", "-v", "error", "-re", "-stream_loop", "-1", "-i", str(source)]
+        push += ["-c", "copy", "-f", "rtsp", "-rtsp_transport", "tcp", url]
+        pusher = None
+        try:
+            wait_until(lambda: camera.stats.state == "connecting", 10, 0.01, "listening")
+            for _ in range(50):  # the listening socket may not be bound yet: refused
+                pusher = subprocess.Popen(push, stderr=subprocess.DEVNULL)
+                attempt = pusher
+                wait_until(
+                    lambda: camera.stats.frames > 0 or attempt.poll() is not None,  # noqa: B023
+                    20,
+                    0.01,
+                    "frames or a refused push",
+                )
+                if camera.stats.frames > 0:
+                    break
+                threading.Event().wait(0.1)  # a retry's pause, bounded by the loop
+            wait_until(lambda: camera.stats.frames >= 2 * FPS, 20, 0.01, "two seconds")
+            assert pusher is not None
+            pusher.send_signal(signal.SIGSTOP)  # the camera freezes: nothing more arrives
+            wait_until(lambda: camera.stats.reconnects >= 1, 20, 0.01, "the stall noticed")
+        finally:
+            stop.set()
+            if pusher is not None:
+                pusher.kill()
+                pusher.wait(10)
+            camera.join(10)
+        fragments = fragments_of(spool, "video")
+    assert camera.stats.last_error
+    assert len(fragments) >= 2
+    with av.open(str(as_mkv(fragments, tmp_path / "out.mkv"))) as container:
+        decoded = sum(1 for _ in container.decode(video=0))
+    assert decoded == sum(int(str(meta["frames"])) for _, _, meta in fragments)
