@@ -97,6 +97,9 @@ def test_camera_fragments_reach_kvs_local_persisted_and_play_back(
     with spool:
         run_until(parts, lambda: uploader.stats.fragments_acked >= 4, "4 fragments acked")
     assert uploader.stats.connections == 1 and uploader.stats.dead_lettered == 0
+    # Stopping waits for the acknowledgements of what is on the wire: nothing is left to
+    # be sent again after a restart.
+    assert uploader.stats.fragments_acked == uploader.stats.fragments_sent
     assert uploader.stats.last_fragment_number is not None
     stored = server.streams["cam"]
     assert stored.fragments >= 4

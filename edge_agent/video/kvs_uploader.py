@@ -47,6 +47,8 @@ PAUSE_ERROR_TYPES = frozenset(
     {"ResourceNotFoundException", "NotAuthorizedException", "AccessDeniedException"}
 )
 END_OF_FRAGMENT_TAGS = end_of_fragment()
+#: At stop, how long to wait for the acknowledgements of what is on the wire.
+STOP_ACK_WAIT_S = 5.0
 #: A fragment is at most this large (what a lease may return).
 MAX_FRAGMENT_BYTES = 50 * 1000 * 1000
 
@@ -210,12 +212,18 @@ class KvsUploader(ThreadWorker):
                 self._refused(item)
             last_ack = time.monotonic()
             self._on_ack(item)
+        self._finish(connection, STOP_ACK_WAIT_S)  # stopping
 
-    def _finish(self, connection: PutMediaConnection) -> None:
-        """End the request and take the acknowledgements still due."""
-        connection.finish()
-        deadline = time.monotonic() + self.options.ack_timeout
-        while self._in_flight and time.monotonic() < deadline and not self._stop.is_set():
+    def _finish(self, connection: PutMediaConnection, timeout: float | None = None) -> None:
+        """End the request and take the acknowledgements still due (also at stop, for
+        a while: a fragment acknowledged now is not sent again after a restart)."""
+        try:
+            connection.finish()
+        except OSError:
+            return
+        wait = self.options.ack_timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        while self._in_flight and time.monotonic() < deadline:
             try:
                 item = connection.acks.get(timeout=0.1)
             except Exception:
