@@ -837,10 +837,12 @@ class Spool:
             return done
         with self._write(how, durable=how == "dead_letter") as conn:
             deltas: dict[str, _Delta] = defaultdict(_Delta)
+            released: dict[str, int] = {}
             for name, queued in by_queue.items():
                 delta = deltas[name]
                 state = self._queues.get(name)
                 held = state.leased if state is not None else None
+                released[name] = 0  # payload bytes of these records, no longer held
                 for start in range(0, len(queued), _ID_CHUNK):
                     ids = list(map(_ID, queued[start : start + _ID_CHUNK]))
                     marks = ",".join("?" * len(ids))
@@ -866,11 +868,14 @@ class Spool:
                         conn.execute(f"DELETE FROM records WHERE id IN ({marks})", ids)
                         count = len(ids)
                         size = sum(map(len, map(_PAYLOAD, queued[start : start + _ID_CHUNK])))
+                        released[name] += size
                     else:  # only the rows still there count
                         sizes = conn.execute(
                             f"DELETE FROM records WHERE id IN ({marks}) RETURNING size", ids
                         ).fetchall()
                         count, size = len(sizes), sum(map(_FIRST, sizes))
+                        chunk = queued[start : start + _ID_CHUNK]
+                        released[name] += sum(map(len, map(_PAYLOAD, chunk)))
                     delta.pending_count -= count
                     delta.pending_bytes -= size
                     if how == "ack":
@@ -886,20 +891,25 @@ class Spool:
                 if how == "retry":
                     self._hand_back(name, queued, at_ms)
                 else:
-                    self._forget(name, queued)
+                    self._forget(name, queued, released.get(name))
         if how == "dead_letter" and done:
             log.warning("dead-lettered %d records: %s", done, reason)
         return done
 
-    def _forget(self, name: str, records: list[LeasedRecord]) -> int:
-        """No longer held by a sender; returns how many were. Under the lock."""
+    def _forget(
+        self, name: str, records: list[LeasedRecord], payload_bytes: int | None = None
+    ) -> int:
+        """No longer held by a sender; returns how many were. Under the lock.
+        ``payload_bytes``: the records' payload total, if the caller has it already."""
         state = self._queues.get(name)
         if state is None:
             return 0
         held = state.leased
         before = len(held)
         held.difference_update(map(_ID, records))
-        state.leased_bytes = max(0, state.leased_bytes - sum(map(len, map(_PAYLOAD, records))))
+        if payload_bytes is None:
+            payload_bytes = sum(map(len, map(_PAYLOAD, records)))
+        state.leased_bytes = max(0, state.leased_bytes - payload_bytes)
         return before - len(held)
 
     def _hand_back(self, name: str, records: list[LeasedRecord], due_ms: int) -> int:

@@ -60,12 +60,15 @@ def make_client(
     governor: UploadGovernor,
     stop: threading.Event,
     meter: WireMeter,
+    *,
+    session: Any = None,
 ) -> Any:
-    """A boto3 client whose requests pass the governor and are counted by ``meter``."""
+    """A boto3 client whose requests pass the governor and are counted by ``meter``
+    (from ``session`` if given: a caller that also needs its credentials)."""
     import boto3
     from botocore.config import Config as BotoConfig
 
-    session = boto3.session.Session(profile_name=endpoint.profile)
+    session = session or boto3.session.Session(profile_name=endpoint.profile)
     client = session.client(
         service,
         region_name=endpoint.region,

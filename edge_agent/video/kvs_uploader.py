@@ -33,7 +33,7 @@ from edge_agent.config import SinkConfig
 from edge_agent.errors import SinkPaused, SpoolCorrupt, SpoolError
 from edge_agent.governor import UploadGovernor
 from edge_agent.records import LeasedRecord
-from edge_agent.sinks.aws import sink_error
+from edge_agent.sinks.aws import WireMeter, make_client, sink_error
 from edge_agent.spool import Spool
 from edge_agent.video.acks import ERROR, Ack, ErrorAction, error_action, error_name
 from edge_agent.video.mkv import VideoTrack, end_of_fragment, stream_header
@@ -84,7 +84,6 @@ class KvsUploader(ThreadWorker):
         stop: threading.Event,
     ) -> None:
         import boto3
-        from botocore.config import Config as BotoConfig
 
         assert config.kvs is not None and config.aws is not None
         self.name = config.name
@@ -94,15 +93,8 @@ class KvsUploader(ThreadWorker):
         self._stop = stop
         aws = config.aws
         self._session = boto3.session.Session(profile_name=aws.profile)
-        self._control = self._session.client(
-            "kinesisvideo",
-            region_name=aws.region,
-            endpoint_url=aws.endpoint_url,
-            config=BotoConfig(
-                retries={"total_max_attempts": 1, "mode": "standard"},
-                connect_timeout=aws.connect_timeout,
-                read_timeout=aws.request_timeout,
-            ),
+        self._control = make_client(
+            "kinesisvideo", aws, governor, stop, WireMeter(), session=self._session
         )
         self._region = str(self._control.meta.region_name)
         self._connect_timeout = aws.connect_timeout
