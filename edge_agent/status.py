@@ -225,6 +225,7 @@ def render_status(status: dict[str, Any]) -> str:
 
 def _render_kvs(name: str, sink: dict[str, Any], state: str) -> list[str]:
     latency = sink.get("last_ack_latency_s")
+    captured = sink.get("capture_latency_s")
     lines = [
         f"sink {name} -> kvs {sink['target']}: {state} since {_clock_time(sink['since'])}",
         f"  fragments sent {sink['fragments_sent']} ({human_bytes(sink['bytes_sent'])}), "
@@ -233,6 +234,11 @@ def _render_kvs(name: str, sink: dict[str, Any], state: str) -> list[str]:
         f"{sink['connections']}; ack latency {'-' if latency is None else f'{latency:.2f}s'}; "
         f"last fragment {sink.get('last_fragment_number') or '-'}",
     ]
+    if captured:
+        lines.append(
+            f"  capture to acknowledgement: median {captured['p50']:.2f}s, "
+            f"max {captured['max']:.2f}s (last 100 fragments)"
+        )
     if sink.get("last_error"):
         lines.append(f"  last error: {sink['last_error']}")
     return lines

@@ -21,6 +21,18 @@ REPO = Path(__file__).resolve().parent.parent
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
+def terminate(process: subprocess.Popen[Any] | None, timeout: float = 10.0) -> None:
+    """SIGTERM a process a test started (if it still runs); SIGKILL after ``timeout``."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -96,13 +108,7 @@ class Mosquitto:
 
     def stop(self) -> None:
         """Graceful stop: Mosquitto writes its persistence file on SIGTERM."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        terminate(self.process)
         self.process = None
 
     def restart(self) -> None:
@@ -346,9 +352,7 @@ class Kinesalite:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
+        terminate(self.process)
         self.process = None
 
     def client(self, service: str = "kinesis") -> Any:

@@ -1,26 +1,32 @@
 """Cameras: PyAV sources through the fragmenter into the spool, read back with PyAV.
 
-Sources here: a lavfi test pattern (raw frames: encoded) and H.264 files (passed
-through), both real PyAV/FFmpeg inputs; RTSP comes with the PutMedia work."""
+Sources here, all real PyAV/FFmpeg inputs: a lavfi test pattern (raw frames: encoded),
+H.264 files (passed through), RTSP pushed by Debian's ffmpeg to a listening camera, and
+RTSP pulled from GStreamer's gst-rtsp-server as from an IP camera."""
 
 from __future__ import annotations
 
 import base64
 import json
+import random
 import signal
 import subprocess
 import threading
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import av
+import pytest
 
 from edge_agent.config import CameraConfig
 from edge_agent.spool import Spool
 from edge_agent.video import h264
 from edge_agent.video.camera import Camera, redact
 from edge_agent.video.mkv import VideoTrack, stream_header
+from tests import gst_rtsp_server
+from tests.gst_rtsp_server import RtspServer
 from tests.support import (
     AgentProcess,
     Mosquitto,
@@ -31,6 +37,7 @@ from tests.support import (
     wait_until,
     write_config,
 )
+from tests.video_checks import ffprobe_video
 
 FPS = 30
 
@@ -141,6 +148,48 @@ def test_h264_files_pass_through_byte_for_byte_and_replay_after_they_end(
         got = [bytes(p) for p in container.demux(video=0) if p.size]
     assert got == expected  # MP4 packets are AVCC already: the very same bytes
     assert all(h264.split_avcc(frame) for frame in got)
+
+
+def test_corrupt_and_truncated_h264_is_survived_and_what_is_whole_still_plays(
+    tmp_path: Path,
+) -> None:
+    """A raw H.264 recording with a burst of garbage in its second second and cut off in
+    the middle of its last frame, passed through twice: the camera keeps running,
+    every fragment it stores starts at a keyframe and PyAV and ffprobe read them all.
+    Raw H.264 carries no timestamps: frames are timed by the stream's frame rate."""
+    clean = tmp_path / "clean.h264"
+    convert = ["ffmpeg", "-v", "error", "-i", str(h264_file(tmp_path / "in.mp4"))]
+    subprocess.run([*convert, "-c", "copy", "-f", "h264", str(clean)], check=True, timeout=60)
+    data = bytearray(clean.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 2000] = random.Random(7).randbytes(2000)
+    broken = tmp_path / "broken.h264"
+    broken.write_bytes(bytes(data[: len(data) - 300]))
+    stop = threading.Event()
+    with Spool.open(tmp_path / "s.db") as spool:
+        settings = CameraConfig(
+            "broken", str(broken), "video", "file", fragment_ms=1000, realtime=False,
+            reconnect_min=0.01, reconnect_max=0.05,
+        )  # fmt: skip
+        camera = Camera(settings, spool, stop)
+        run_until(camera, stop, lambda: camera.stats.connects >= 3)
+        fragments = fragments_of(spool, "video")
+    assert camera.stats.mode == "passthrough"
+    assert len(fragments) >= 4
+    first = fragments[0][2]  # raw H.264 has no timestamps: 1/30 s per frame is assumed
+    assert first["frames"] == FPS
+    assert first["duration_ms"] == round((FPS - 1) * 1000 / FPS)  # first to last frame
+    mkv = as_mkv(fragments, tmp_path / "out.mkv")
+    with av.open(str(mkv)) as container:
+        packets = [p for p in container.demux(video=0) if p.size]
+    assert len(packets) == sum(int(str(meta["frames"])) for _, _, meta in fragments)
+    starts = {0}
+    for _, _, meta in fragments[:-1]:
+        starts.add(max(starts) + int(str(meta["frames"])))
+    assert all(packets[i].is_keyframe for i in starts)
+    probed = ffprobe_video(mkv)  # garbage decodes to nothing, the rest to pictures
+    assert probed["codec_name"] == "h264"
+    assert int(probed["nb_read_frames"]) >= len(packets) - FPS
 
 
 def test_credentials_never_reach_the_status() -> None:
@@ -274,5 +323,56 @@ def test_a_camera_that_stops_sending_is_reported_and_opened_again(tmp_path: Path
     assert camera.stats.last_error
     assert len(fragments) >= 2
     with av.open(str(as_mkv(fragments, tmp_path / "out.mkv"))) as container:
+        decoded = sum(1 for _ in container.decode(video=0))
+    assert decoded == sum(int(str(meta["frames"])) for _, _, meta in fragments)
+
+
+@pytest.fixture
+def rtsp_server(tmp_path: Path) -> Iterator[RtspServer]:
+    """gst-rtsp-server on a free loopback port, serving a 3 s H.264 recording at /live."""
+    missing = gst_rtsp_server.available()
+    if missing:
+        pytest.fail(missing)  # not a skip: CI must not pass without the RTSP tests
+    server = RtspServer(free_port(), {"/live": (h264_file(tmp_path / "served.mp4"), "h264")})
+    with server:
+        yield server
+
+
+def test_a_camera_pulls_from_an_rtsp_server_and_comes_back_after_it_restarts(
+    tmp_path: Path, rtsp_server: RtspServer
+) -> None:
+    """An IP camera's setup: the camera pulls from a real RTSP server (GStreamer's
+    gst-rtsp-server) over RTP/TCP. Every slice of the served recording arrives byte for
+    byte; the server is then stopped (the camera drops) and started again on the same
+    port: the camera reconnects by itself and its timecodes keep increasing."""
+    with av.open(str(rtsp_server.mounts["/live"][0])) as container:
+        expected = [_slices(bytes(p)) for p in container.demux(video=0) if p.size]
+    config = CameraConfig(
+        "ipcam", rtsp_server.url("/live"), "video", "rtsp", fragment_ms=1000,
+        reconnect_min=0.05, reconnect_max=0.2, stall_timeout=2.0,
+    )  # fmt: skip
+    stop = threading.Event()
+    with Spool.open(tmp_path / "s.db") as spool:
+        camera = Camera(config, spool, stop)
+        camera.start()
+        try:
+            wait_until(lambda: camera.stats.frames >= len(expected), 30, 0.01, "the recording")
+            rtsp_server.stop()  # the camera drops off the network
+            wait_until(lambda: "refused" in camera.stats.last_error, 20, 0.01, "the drop")
+            connects, frames = camera.stats.connects, camera.stats.frames
+            rtsp_server.start()
+            wait_until(lambda: camera.stats.connects > connects, 30, 0.01, "a reconnect")
+            wait_until(lambda: camera.stats.frames >= frames + FPS, 30, 0.01, "frames again")
+        finally:
+            stop.set()
+            camera.join(10)
+        fragments = fragments_of(spool, "video")
+    assert camera.stats.mode == "passthrough"
+    with av.open(str(as_mkv(fragments[:3], tmp_path / "first.mkv"))) as container:
+        got = [_slices(bytes(p)) for p in container.demux(video=0) if p.size]
+    assert got == expected
+    times = [at for at, _, _ in fragments]
+    assert times == sorted(set(times))
+    with av.open(str(as_mkv(fragments, tmp_path / "all.mkv"))) as container:
         decoded = sum(1 for _ in container.decode(video=0))
     assert decoded == sum(int(str(meta["frames"])) for _, _, meta in fragments)

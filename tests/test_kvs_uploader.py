@@ -42,8 +42,9 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PutMedia
 
 
 def make(
-    server: PutMediaServer, tmp_path: Path, **kvs: object
+    server: PutMediaServer, tmp_path: Path, *, realtime: bool = False, **kvs: object
 ) -> tuple[Spool, Camera, KvsUploader, threading.Event]:
+    """A lavfi camera (as fast as it encodes, or at real-time pace) and a KVS sink."""
     document = {
         "sinks": {
             "video": {
@@ -59,7 +60,7 @@ def make(
         "cameras": {
             "pattern": {
                 "source": "lavfi",
-                "url": "testsrc2=size=320x240:rate=30",
+                "url": "testsrc2=size=320x240:rate=30" + (",realtime" if realtime else ""),
                 "sink": "video",
                 "fragment": "1s",
             }
@@ -92,7 +93,7 @@ def run_until(
 def test_camera_fragments_reach_kvs_local_persisted_and_play_back(
     server: PutMediaServer, tmp_path: Path
 ) -> None:
-    parts = make(server, tmp_path)
+    parts = make(server, tmp_path, realtime=True)  # a live camera's pace: 1 s fragments
     spool, _, uploader, _ = parts
     with spool:
         run_until(parts, lambda: uploader.stats.fragments_acked >= 4, "4 fragments acked")
@@ -114,6 +115,10 @@ def test_camera_fragments_reach_kvs_local_persisted_and_play_back(
     assert snapshot["fragments_acked"] >= 4
     # The end-of-fragment tag: acknowledged at once, not when the next fragment begins.
     assert snapshot["last_ack_latency_s"] is not None and snapshot["last_ack_latency_s"] < 0.5
+    # From the capture of a fragment's first frame to its PERSISTED: the fragment's own
+    # second (it is complete when the next keyframe arrives) and little more.
+    captured = snapshot["capture_latency_s"]
+    assert 0.95 <= captured["p50"] <= captured["max"] < 1.5
 
 
 def test_a_fragment_the_service_refuses_is_dead_lettered_and_the_rest_go_on(

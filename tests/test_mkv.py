@@ -141,3 +141,22 @@ def test_annexb_with_three_and_four_byte_start_codes_becomes_avcc() -> None:
     assert h264.parameter_sets_from_avcc_record(sets.avcc_record()) == sets
     with pytest.raises(ValueError):
         h264.split_avcc(b"\x00\x00\x00\x09\x65")
+
+
+def test_the_later_slices_of_a_picture_are_told_from_a_new_picture() -> None:
+    """libx264 with two slices per picture: the second slice (and SPS/PPS repeated in
+    front of it, as some RTSP servers send) continues the picture; the first does not."""
+    encoder = av.CodecContext.create("libx264", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = 320, 240, "yuv420p"
+    encoder.time_base = Fraction(1, FPS)
+    encoder.options = {"preset": "ultrafast", "x264-params": "slices=2"}
+    frame = av.VideoFrame(320, 240, "yuv420p")
+    units = [
+        u for p in encoder.encode(frame) + encoder.encode(None) for u in h264.split_annexb(bytes(p))
+    ]
+    slices = [u for u in units if h264.nal_type(u) in (1, h264.NAL_IDR)]
+    sets = [u for u in units if h264.nal_type(u) in (h264.NAL_SPS, h264.NAL_PPS)]
+    assert len(slices) == 2
+    assert not h264.continues_picture(units)
+    assert h264.continues_picture(sets + slices[1:])
+    assert not h264.continues_picture(sets)  # no slice: nothing to continue

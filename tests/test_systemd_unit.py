@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import terminate
+
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "edge-agent.service"
 MOSQUITTO_SAMPLE = REPO / "samples" / "mosquitto.conf"
@@ -237,13 +239,7 @@ class Broker:
     log: Path
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        terminate(self.process)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

@@ -62,6 +62,17 @@ class CameraStats(WorkerState):
     last_error: str = ""
 
 
+@dataclass
+class _Picture:
+    """The packets of one picture, gathered before it becomes a frame."""
+
+    pts: int | None
+    time_base: Fraction | None
+    keyframe: bool
+    units: list[bytes]
+    sets: h264.ParameterSets
+
+
 class StreamStalled(Exception):
     """No packet for longer than the stall timeout."""
 
@@ -150,12 +161,15 @@ class Camera(ThreadWorker):
 
     def _packets(self, container: Any, stream: Any) -> Iterator[Any]:
         """The stream's packets, paced for real-time file replay; a read that returns
-        nothing for stall_timeout raises StreamStalled."""
+        nothing for stall_timeout raises StreamStalled. A packet without a timestamp
+        (raw H.264 files, the first packet of some RTSP sessions) takes its dts or the
+        time its predecessor ends."""
         settings = self.settings
         pace = settings.source == "file" and settings.realtime
         started = time.monotonic()
         first_pts: float | None = None
         last_packet = time.monotonic()
+        next_pts = 0
         for packet in container.demux(stream):
             now = time.monotonic()
             if now - last_packet > settings.stall_timeout:
@@ -163,6 +177,10 @@ class Camera(ThreadWorker):
             last_packet = now
             if packet.size == 0:
                 continue
+            if packet.pts is None:
+                packet.pts = packet.dts if packet.dts is not None else next_pts
+            if packet.pts is not None and packet.duration:
+                next_pts = packet.pts + packet.duration
             if pace and packet.pts is not None and packet.time_base is not None:
                 at = float(packet.pts * packet.time_base)
                 first_pts = at if first_pts is None else first_pts
@@ -173,7 +191,10 @@ class Camera(ThreadWorker):
 
     def _passthrough(self, container: Any, stream: Any) -> Iterator[Frame]:
         """H.264 as the camera sent it: no decoding. Annex-B or AVCC is decided from
-        the stream's extradata; parameter sets seen in the stream update the track."""
+        the stream's extradata; parameter sets seen in the stream update the track.
+        A packet holding the later slices of a picture joins the packet before it: some
+        servers repeat SPS/PPS between the slices of an IDR, and FFmpeg's parser then
+        splits the picture in two."""
         extradata = bytes(stream.codec_context.extradata or b"")
         annexb = not extradata or h264.is_annexb(extradata)
         sets = None
@@ -182,6 +203,7 @@ class Camera(ThreadWorker):
         elif extradata:
             sets = h264.parameter_sets(h264.split_annexb(extradata))
         width, height = stream.codec_context.width, stream.codec_context.height
+        picture: _Picture | None = None
         for packet in self._packets(container, stream):
             data = bytes(packet)
             try:
@@ -194,12 +216,23 @@ class Camera(ThreadWorker):
                 sets = found
             if sets is None:
                 continue  # nothing decodable before the first SPS/PPS
-            self._set_track(sets, width, height)
-            yield Frame(
-                self.clock.time_ms(packet.pts, packet.time_base),
-                bool(packet.is_keyframe),
-                h264.to_avcc(units),
-            )
+            if picture is not None and h264.continues_picture(units):
+                picture.units += units
+                picture.keyframe |= bool(packet.is_keyframe)
+                continue
+            if picture is not None:
+                yield self._passthrough_frame(picture, width, height)
+            picture = _Picture(packet.pts, packet.time_base, bool(packet.is_keyframe), units, sets)
+        if picture is not None:
+            yield self._passthrough_frame(picture, width, height)
+
+    def _passthrough_frame(self, picture: _Picture, width: int, height: int) -> Frame:
+        self._set_track(picture.sets, width, height)
+        return Frame(
+            self.clock.time_ms(picture.pts, picture.time_base),
+            picture.keyframe,
+            h264.to_avcc(picture.units),
+        )
 
     def _encode(self, container: Any, stream: Any) -> Iterator[Frame]:
         """Decode whatever the camera sends and encode H.264: one IDR per fragment, no

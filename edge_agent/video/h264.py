@@ -55,6 +55,16 @@ def nal_type(unit: bytes) -> int:
     return unit[0] & 0x1F
 
 
+def continues_picture(units: list[bytes]) -> bool:
+    """True if these NAL units carry the later slices of a picture begun in an earlier
+    packet: the first slice here does not start at macroblock 0. (first_mb_in_slice is
+    the slice header's first field, Exp-Golomb coded: 0 is a single 1 bit.)"""
+    for unit in units:
+        if 1 <= nal_type(unit) <= NAL_IDR:
+            return len(unit) > 1 and not unit[1] & 0x80
+    return False
+
+
 def to_avcc(units: list[bytes]) -> bytes:
     """NAL units as AVCC; access unit delimiters are dropped (they carry nothing a
     Matroska reader needs)."""

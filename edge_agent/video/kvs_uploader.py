@@ -24,8 +24,8 @@ import json
 import logging
 import threading
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from edge_agent.backoff import Backoff
@@ -72,6 +72,8 @@ class KvsStats(WorkerState):
     out_of_order: int = 0
     last_fragment_number: str | None = None
     last_ack_latency_s: float | None = None
+    #: Capture of each recent fragment's first frame to its acknowledgement, seconds.
+    capture_latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=100))
     last_error: str = ""
 
 
@@ -271,6 +273,7 @@ class KvsUploader(ThreadWorker):
         self.stats.fragments_acked += 1
         self.stats.last_fragment_number = ack.fragment_number
         self.stats.last_ack_latency_s = round(time.monotonic() - sent_at, 3)
+        self.stats.capture_latencies_s.append(time.time() - record.captured_at_ms / 1000)
 
     def _on_error(self, ack: Ack) -> None:
         error_id = ack.error_id if ack.error_id is not None else 5000
@@ -346,9 +349,17 @@ class KvsUploader(ThreadWorker):
             "out_of_order": stats.out_of_order,
             "last_fragment_number": stats.last_fragment_number,
             "last_ack_latency_s": stats.last_ack_latency_s,
+            "capture_latency_s": _median_and_max(stats.capture_latencies_s),
             "last_error": stats.last_error,
             "in_window": len(self._in_flight),
         }
+
+
+def _median_and_max(values: deque[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return {"p50": round(ordered[len(ordered) // 2], 3), "max": round(ordered[-1], 3)}
 
 
 def _track_of(record: LeasedRecord) -> VideoTrack:

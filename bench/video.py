@@ -1,0 +1,442 @@
+"""Video benchmark: cameras pulled over RTSP, through the spool and PutMedia into
+``edge-agent kvs-local``, against Debian's ffmpeg remuxing (or encoding) the same
+stream to MKV, side by side in the same run.
+
+Parts (``--parts``, all by default):
+
+* ``pass720`` / ``pass1080``: one 720p30 / 1080p30 H.264 camera, passed through. The
+  baseline is ``ffmpeg -i rtsp://... -c copy -f matroska``; target: the agent's CPU at
+  most 1.5 x the baseline's.
+* ``encode720``: one 720p30 Motion JPEG camera, decoded and encoded with libx264
+  (veryfast); the baseline is ffmpeg doing the same.
+* ``four720``: four 720p30 H.264 cameras in one agent; target: under 20 % of one core
+  together (baseline: four ffmpeg remuxes).
+
+Every camera part also checks: the agent's peak RSS under 100 MiB per camera part with
+one camera, and capture-to-PERSISTED latency (first frame of a fragment captured to its
+PERSISTED acknowledgement, as the KVS sink's status reports it) at most the fragment
+duration + 1 s.
+
+The cameras are a real RTSP server (GStreamer's gst-rtsp-server, ``tests/
+gst_rtsp_server.py``) serving recordings made here with ffmpeg (a noisy test pattern
+at a camera's bit rate: 2 Mbit/s at 720p, 4 Mbit/s at 1080p, a keyframe every 2 s, no
+B-frames); each agent camera and each baseline ffmpeg pulls its own RTSP session over
+TCP. CPU is read from /proc for each process over the same measuring window, after a
+warm-up in which every KVS sink has had fragments acknowledged. The stored MKV files
+of the endpoint and of the baselines are checked with ffprobe afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common import (
+    REPO,
+    BenchError,
+    LoopbackServer,
+    ProcTimes,
+    add_work_arguments,
+    command_output,
+    fmt,
+    free_port,
+    peak_rss_bytes,
+    proc_times,
+    read_status,
+    rss_bytes,
+    run_or_fail,
+    stop_process,
+    tail,
+    verdict,
+    wait_until,
+    work_directory,
+    write_json,
+)
+
+sys.path.insert(0, str(REPO))
+from tests.gst_rtsp_server import RtspServer, available
+
+FRAGMENT_S = 2
+FPS = 30
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Source:
+    """A recording the RTSP server plays as a camera would send it."""
+
+    mount: str
+    size: str
+    codec: str  # as the RTSP server names it: "h264" or "jpeg"
+    bitrate: str
+
+    def file(self, cache: Path, seconds: int) -> Path:
+        suffix = "mp4" if self.codec == "h264" else "mkv"
+        return cache / f"{self.mount.strip('/')}-{seconds}s.{suffix}"
+
+
+H264_720 = Source("/h264_720", "1280x720", "h264", "2M")
+H264_1080 = Source("/h264_1080", "1920x1080", "h264", "4M")
+MJPEG_720 = Source("/mjpeg_720", "1280x720", "jpeg", "")
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str
+    label: str
+    source: Source
+    cameras: int
+    encode: bool = False
+
+
+PARTS = {
+    "pass720": Part("pass720", "720p30 H.264 passthrough", H264_720, 1),
+    "pass1080": Part("pass1080", "1080p30 H.264 passthrough", H264_1080, 1),
+    "encode720": Part("encode720", "720p30 MJPEG -> H.264 veryfast", MJPEG_720, 1, True),
+    "four720": Part("four720", "4 x 720p30 H.264 passthrough", H264_720, 4),
+}
+
+
+def make_recording(source: Source, path: Path, seconds: int) -> None:
+    """A noisy test pattern (so it costs a camera's bit rate), made once and cached."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pattern = f"testsrc2=size={source.size}:rate={FPS},noise=alls=10:allf=t"
+    command = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", pattern]
+    command += ["-t", str(seconds)]
+    if source.codec == "h264":
+        gop = FRAGMENT_S * FPS
+        command += ["-c:v", "libx264", "-preset", "veryfast", "-profile:v", "main"]
+        command += ["-pix_fmt", "yuv420p", "-b:v", source.bitrate, "-maxrate", source.bitrate]
+        command += ["-bufsize", source.bitrate, "-bf", "0"]
+        command += ["-x264-params", f"keyint={gop}:min-keyint={gop}:scenecut=0"]
+    else:
+        command += ["-c:v", "mjpeg", "-q:v", "5", "-pix_fmt", "yuvj420p"]
+    partial = path.with_suffix(".partial" + path.suffix)
+    print(f"making {path.name} ({seconds} s) ...", flush=True)
+    subprocess.run([*command, str(partial)], check=True, timeout=1800)
+    partial.rename(path)
+
+
+class KvsLocal(LoopbackServer):
+    name = "edge-agent kvs-local"
+
+    def start(self, directory: Path) -> KvsLocal:
+        command = [sys.executable, "-m", "edge_agent", "kvs-local", "--port", str(self.port)]
+        command += ["--dir", str(directory), "--access-key", "bench", "--secret-key", "bench"]
+        self.launch(command, timeout=30, interval=0.1, stderr_to_log=True)
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def write_agent_config(directory: Path, part: Part, url: str, endpoint: str) -> Path:
+    lines = [
+        '[agent]\ndevice_name = "bench"',
+        f'state_dir = "{directory / "state"}"\nstatus_interval = "500ms"\n',
+        f'[spool]\npath = "{directory / "state" / "spool.db"}"\nmax_bytes = "2GiB"\n',
+    ]
+    for index in range(part.cameras):
+        name = f"cam{index}"
+        lines.append(
+            f'[sinks.{name}]\ntype = "kvs"\nstream = "{name}"\nregion = "us-east-1"\n'
+            f'endpoint_url = "{endpoint}"\nmax_bytes = "512MiB"\n'
+        )
+        camera = f'[cameras.{name}]\nsource = "rtsp"\nurl = "{url}"\nsink = "{name}"\n'
+        camera += f"fragment_ms = {FRAGMENT_S * 1000}\n"
+        if part.encode:
+            camera += 'preset = "veryfast"\nbitrate = 2000000\n'
+        lines.append(camera)
+    config = directory / "edge-agent.toml"
+    config.write_text("\n".join(lines))
+    return config
+
+
+def baseline_command(part: Part, url: str, out: Path) -> list[str]:
+    command = ["ffmpeg", "-nostdin", "-v", "error", "-rtsp_transport", "tcp", "-i", url]
+    if part.encode:
+        gop = FRAGMENT_S * FPS
+        command += ["-c:v", "libx264", "-preset", "veryfast", "-b:v", "2M", "-g", str(gop)]
+        command += ["-bf", "0"]
+    else:
+        command += ["-c", "copy"]
+    return [*command, "-f", "matroska", "-y", str(out)]
+
+
+@dataclass
+class Usage:
+    """CPU (% of one core) and RSS of one process over the measuring window."""
+
+    cpu_pct: float = 0.0
+    rss_peak_mib: float = 0.0
+    rss_samples: list[float] = field(default_factory=list)
+
+    @property
+    def rss_last_mib(self) -> float:
+        return self.rss_samples[-1] if self.rss_samples else float("nan")
+
+
+@dataclass
+class PartResult:
+    part: str
+    label: str
+    cameras: int
+    agent: Usage
+    baseline: Usage  # all baseline processes together
+    endpoint_cpu_pct: float
+    other_cpu_pct: float
+    fragments_acked: int
+    capture_latency_p50_s: float
+    capture_latency_max_s: float
+    received_frames: int
+    baseline_frames: int
+
+    @property
+    def cpu_ratio(self) -> float:
+        return self.agent.cpu_pct / self.baseline.cpu_pct if self.baseline.cpu_pct else float("nan")
+
+
+def machine_cpu_s() -> float:
+    """Busy CPU seconds of the whole machine so far (from /proc/stat)."""
+    with open("/proc/stat") as handle:
+        fields = [int(value) for value in handle.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def sinks_acked(status: dict[str, Any] | None, cameras: int, at_least: int) -> bool:
+    sinks = (status or {}).get("sinks", {})
+    names = [f"cam{index}" for index in range(cameras)]
+    return all(int(sinks.get(name, {}).get("fragments_acked", 0)) >= at_least for name in names)
+
+
+def ffprobe_frames(path: Path) -> int:
+    out = command_output(
+        ["ffprobe", "-v", "error", "-count_packets", "-select_streams", "v:0", "-show_entries",
+         "stream=nb_read_packets", "-of", "csv=p=0", str(path)]
+    )  # fmt: skip
+    try:
+        return int((out or "").strip() or 0)
+    except ValueError:
+        return 0
+
+
+def measure_part(
+    part: Part, server: RtspServer, workdir: Path, seconds: int, warmup_timeout: float
+) -> PartResult:
+    directory = workdir / part.name
+    directory.mkdir(parents=True)
+    url = server.url(part.source.mount)
+    endpoint = KvsLocal(directory / "kvs-local.log").start(directory / "kvs")
+    agent: subprocess.Popen[bytes] | None = None
+    baselines: list[subprocess.Popen[bytes]] = []
+    log = directory / "agent.log"
+    status_file = directory / "state" / "spool.db.status.json"
+    try:
+        config = write_agent_config(directory, part, url, endpoint.endpoint)
+        env = {**os.environ, **CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"}
+        with open(log, "ab") as handle:
+            agent = subprocess.Popen(
+                [sys.executable, "-m", "edge_agent", "run", "-c", str(config)],
+                stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+            )  # fmt: skip
+        for index in range(part.cameras):
+            out = directory / f"baseline{index}.mkv"
+            baselines.append(
+                subprocess.Popen(baseline_command(part, url, out), stderr=subprocess.DEVNULL)
+            )
+        process = agent
+        wait_until(
+            lambda: (
+                process.poll() is not None or sinks_acked(read_status(status_file), part.cameras, 2)
+            ),
+            warmup_timeout,
+            "every camera's first fragments to be acknowledged",
+            interval=0.2,
+        )
+        if agent.poll() is not None:
+            raise BenchError(f"the agent exited ({agent.returncode}):\n{tail(log)}")
+        pids = [agent.pid, endpoint.pid, *(b.pid for b in baselines)]
+        before = {pid: proc_times(pid) for pid in pids}
+        machine_before, started = machine_cpu_s(), time.monotonic()
+        samples: dict[int, list[float]] = {pid: [] for pid in pids}
+        while time.monotonic() - started < seconds:
+            for pid in pids:
+                samples[pid].append(rss_bytes(pid) / MIB)
+            time.sleep(0.5)
+            if agent.poll() is not None or any(b.poll() is not None for b in baselines):
+                raise BenchError(f"a process ended during the measurement:\n{tail(log)}")
+        wall = time.monotonic() - started
+        after = {pid: proc_times(pid) for pid in pids}
+        machine = machine_cpu_s() - machine_before
+        peaks = {pid: peak_rss_bytes(pid) / MIB for pid in pids}
+        status = read_status(status_file) or {}
+    finally:
+        stop_process(agent, timeout=20)
+        for copier in baselines:
+            stop_process(copier)
+        endpoint.stop()
+
+    def usage(pid: int) -> Usage:
+        spent: ProcTimes = after[pid] - before[pid]
+        return Usage(100 * spent.cpu / wall, peaks[pid], samples[pid])
+
+    base = [usage(b.pid) for b in baselines]
+    baseline = Usage(
+        sum(u.cpu_pct for u in base),
+        max(u.rss_peak_mib for u in base),
+        [sum(values) for values in zip(*(u.rss_samples for u in base), strict=True)],
+    )
+    agent_usage, endpoint_cpu = usage(pids[0]), usage(pids[1]).cpu_pct
+    measured = agent_usage.cpu_pct + endpoint_cpu + baseline.cpu_pct
+    sinks = status.get("sinks", {})
+    latencies = [sink.get("capture_latency_s") or {} for sink in sinks.values()]
+    stored = sorted((directory / "kvs").rglob("*.mkv"))
+    copies = [directory / f"baseline{index}.mkv" for index in range(part.cameras)]
+    return PartResult(
+        part=part.name,
+        label=part.label,
+        cameras=part.cameras,
+        agent=agent_usage,
+        baseline=baseline,
+        endpoint_cpu_pct=endpoint_cpu,
+        other_cpu_pct=max(0.0, 100 * machine / wall - measured),
+        fragments_acked=sum(int(sink.get("fragments_acked", 0)) for sink in sinks.values()),
+        capture_latency_p50_s=_worst(latencies, "p50"),
+        capture_latency_max_s=_worst(latencies, "max"),
+        received_frames=sum(ffprobe_frames(path) for path in stored),
+        baseline_frames=sum(ffprobe_frames(path) for path in copies),
+    )  # fmt: skip
+
+
+def _worst(latencies: list[dict[str, float]], key: str) -> float:
+    return max((float(lat.get(key, "nan")) for lat in latencies), default=float("nan"))
+
+
+def print_results(results: Sequence[PartResult]) -> None:
+    header = f"{'part':<34} {'process':<12} {'CPU %':>6} {'RSS peak':>9} {'RSS end':>8}"
+    print("\n" + header + "\n" + "-" * len(header))
+    for result in results:
+        rows = (("edge-agent", result.agent), ("ffmpeg", result.baseline))
+        for index, (who, usage) in enumerate(rows):
+            label = result.label if index == 0 else ""
+            print(
+                f"{label:<34} {who:<12} {fmt(usage.cpu_pct, 1):>6} "
+                f"{fmt(usage.rss_peak_mib, 1):>9} {fmt(usage.rss_last_mib, 1):>8}"
+            )
+        print(
+            f"{'':<34} agent/ffmpeg CPU {fmt(result.cpu_ratio, 2)} x; kvs-local "
+            f"{fmt(result.endpoint_cpu_pct, 1)} %; other {fmt(result.other_cpu_pct, 0)} %; "
+            f"fragments acked {result.fragments_acked}; capture->PERSISTED p50 "
+            f"{fmt(result.capture_latency_p50_s, 2)} s, "
+            f"max {fmt(result.capture_latency_max_s, 2)} s; "
+            f"frames stored {result.received_frames} (ffmpeg {result.baseline_frames})"
+        )  # fmt: skip
+
+
+def targets(results: Sequence[PartResult]) -> list[tuple[str, bool]]:
+    checks: list[tuple[str, bool]] = []
+    for result in results:
+        if result.part in ("pass720", "pass1080"):
+            checks.append(
+                (f"{result.label}: agent CPU <= 1.5 x ffmpeg -c copy "
+                 f"({fmt(result.cpu_ratio, 2)} x)", result.cpu_ratio <= 1.5)
+            )  # fmt: skip
+        if result.cameras == 1:
+            checks.append(
+                (f"{result.label}: agent RSS < 100 MiB ({fmt(result.agent.rss_peak_mib, 1)} MiB)",
+                 result.agent.rss_peak_mib < 100)
+            )  # fmt: skip
+        if result.part == "four720":
+            checks.append(
+                (f"{result.label}: agent CPU < 20 % of one core "
+                 f"({fmt(result.agent.cpu_pct, 1)} %)", result.agent.cpu_pct < 20)
+            )  # fmt: skip
+        limit = FRAGMENT_S + 1.0
+        checks.append(
+            (f"{result.label}: capture->PERSISTED max <= {limit:.0f} s "
+             f"({fmt(result.capture_latency_max_s, 2)} s)", result.capture_latency_max_s <= limit)
+        )  # fmt: skip
+        checks.append(
+            (f"{result.label}: the endpoint stored playable video ({result.received_frames} "
+             f"frames)", result.received_frames > 0)
+        )  # fmt: skip
+    return checks
+
+
+def environment() -> dict[str, str]:
+    import av
+
+    ffmpeg = (command_output(["ffmpeg", "-version"]) or "?").split("\n")[0]
+    commit = command_output(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]) or "?"
+    return {
+        "code": commit.strip(),
+        "cpus": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "pyav": av.__version__,
+        "ffmpeg": ffmpeg,
+        "kernel": platform.release(),
+    }
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    missing = available()
+    if missing:
+        raise BenchError(missing)
+    parts = [PARTS[name] for name in args.parts.split(",")]
+    length = args.seconds + int(args.warmup_timeout) + 30  # the recording must outlast a part
+    cache = Path(args.cache)
+    sources = {part.source for part in parts}
+    for source in sorted(sources, key=lambda s: s.mount):
+        make_recording(source, source.file(cache, length), length)
+    print(json.dumps(environment()))
+    results: list[PartResult] = []
+    with work_directory(args.workdir, keep=args.keep) as workdir:
+        mounts = {s.mount: (s.file(cache, length), s.codec) for s in sources}
+        for part in parts:
+            # A fresh server per part: every part's cameras start the recording at 0.
+            with RtspServer(free_port(), mounts) as server:
+                print(f"measuring {part.label} for {args.seconds} s ...", flush=True)
+                results.append(
+                    measure_part(part, server, workdir, args.seconds, args.warmup_timeout)
+                )
+    print_results(results)
+    print()
+    for what, passed in targets(results):
+        print(f"{verdict(passed)}  {what}")
+    if args.json:
+        write_json(args.json, {"environment": environment(), "results": [
+            {**r.__dict__, "agent": r.agent.__dict__, "baseline": r.baseline.__dict__}
+            for r in results]})  # fmt: skip
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", default=",".join(PARTS), help="which parts, comma-separated")
+    parser.add_argument("--seconds", type=int, default=30, help="measuring window per part")
+    parser.add_argument("--warmup-timeout", type=float, default=30.0)
+    parser.add_argument(
+        "--cache",
+        default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "edge-agent-bench-video"),
+        help="where the recordings are made once and kept",
+    )
+    add_work_arguments(parser, kept="the spools, logs and stored MKV files")
+    return run_or_fail(run_benchmark, parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
