@@ -44,13 +44,11 @@ from common import (
     REPO,
     BenchError,
     LoopbackServer,
-    ProcTimes,
     add_work_arguments,
     command_output,
     fmt,
     free_port,
     peak_rss_bytes,
-    proc_times,
     read_status,
     rss_bytes,
     run_or_fail,
@@ -146,7 +144,7 @@ class KvsLocal(LoopbackServer):
 def write_agent_config(directory: Path, part: Part, url: str, endpoint: str) -> Path:
     lines = [
         '[agent]\ndevice_name = "bench"',
-        f'state_dir = "{directory / "state"}"\nstatus_interval = "500ms"\n',
+        f'state_dir = "{directory / "state"}"\n',  # default status interval (2 s)
         f'[spool]\npath = "{directory / "state" / "spool.db"}"\nmax_bytes = "2GiB"\n',
     ]
     for index in range(part.cameras):
@@ -156,9 +154,9 @@ def write_agent_config(directory: Path, part: Part, url: str, endpoint: str) -> 
             f'endpoint_url = "{endpoint}"\nmax_bytes = "512MiB"\n'
         )
         camera = f'[cameras.{name}]\nsource = "rtsp"\nurl = "{url}"\nsink = "{name}"\n'
-        camera += f"fragment_ms = {FRAGMENT_S * 1000}\n"
+        camera += f'fragment = "{FRAGMENT_S}s"\n'
         if part.encode:
-            camera += 'preset = "veryfast"\nbitrate = 2000000\n'
+            camera += 'preset = "veryfast"\nbitrate = "2Mbit/s"\n'
         lines.append(camera)
     config = directory / "edge-agent.toml"
     config.write_text("\n".join(lines))
@@ -174,6 +172,16 @@ def baseline_command(part: Part, url: str, out: Path) -> list[str]:
     else:
         command += ["-c", "copy"]
     return [*command, "-f", "matroska", "-y", str(out)]
+
+
+#: The library floor: PyAV reading the same RTSP session (as the camera opens it) and
+#: doing nothing with the packets. Shows what the agent adds on top of its demuxer.
+PYAV_DEMUX = """
+import sys, av
+with av.open(sys.argv[1], options={"rtsp_transport": "tcp"}, timeout=(10, 10)) as source:
+    for packet in source.demux(video=0):
+        bytes(packet)
+"""
 
 
 @dataclass
@@ -196,6 +204,7 @@ class PartResult:
     cameras: int
     agent: Usage
     baseline: Usage  # all baseline processes together
+    library: Usage | None  # PyAV demuxing the same sessions, nothing else
     endpoint_cpu_pct: float
     other_cpu_pct: float
     fragments_acked: int
@@ -207,6 +216,19 @@ class PartResult:
     @property
     def cpu_ratio(self) -> float:
         return self.agent.cpu_pct / self.baseline.cpu_pct if self.baseline.cpu_pct else float("nan")
+
+
+def cpu_s(pid: int) -> float:
+    """CPU time of a process's threads, in ns precision (/proc/PID/task/*/schedstat; the
+    10 ms ticks of /proc/PID/stat are too coarse for a process using 1 % of a core)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as handle:
+                total += int(handle.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended
+    return total / 1e9
 
 
 def machine_cpu_s() -> float:
@@ -243,6 +265,7 @@ def measure_part(
     endpoint = KvsLocal(directory / "kvs-local.log").start(directory / "kvs")
     agent: subprocess.Popen[bytes] | None = None
     baselines: list[subprocess.Popen[bytes]] = []
+    readers: list[subprocess.Popen[bytes]] = []  # PyAV demux only (passthrough parts)
     log = directory / "agent.log"
     status_file = directory / "state" / "spool.db.status.json"
     try:
@@ -258,6 +281,8 @@ def measure_part(
             baselines.append(
                 subprocess.Popen(baseline_command(part, url, out), stderr=subprocess.DEVNULL)
             )
+            if not part.encode:
+                readers.append(subprocess.Popen([sys.executable, "-c", PYAV_DEMUX, url]))
         process = agent
         wait_until(
             lambda: (
@@ -269,39 +294,36 @@ def measure_part(
         )
         if agent.poll() is not None:
             raise BenchError(f"the agent exited ({agent.returncode}):\n{tail(log)}")
-        pids = [agent.pid, endpoint.pid, *(b.pid for b in baselines)]
-        before = {pid: proc_times(pid) for pid in pids}
+        others = [*baselines, *readers]
+        pids = [agent.pid, endpoint.pid, *(b.pid for b in others)]
+        before = {pid: cpu_s(pid) for pid in pids}
         machine_before, started = machine_cpu_s(), time.monotonic()
         samples: dict[int, list[float]] = {pid: [] for pid in pids}
         while time.monotonic() - started < seconds:
             for pid in pids:
                 samples[pid].append(rss_bytes(pid) / MIB)
             time.sleep(0.5)
-            if agent.poll() is not None or any(b.poll() is not None for b in baselines):
+            if agent.poll() is not None or any(b.poll() is not None for b in others):
                 raise BenchError(f"a process ended during the measurement:\n{tail(log)}")
         wall = time.monotonic() - started
-        after = {pid: proc_times(pid) for pid in pids}
+        after = {pid: cpu_s(pid) for pid in pids}
         machine = machine_cpu_s() - machine_before
         peaks = {pid: peak_rss_bytes(pid) / MIB for pid in pids}
         status = read_status(status_file) or {}
     finally:
         stop_process(agent, timeout=20)
-        for copier in baselines:
+        for copier in [*baselines, *readers]:
             stop_process(copier)
         endpoint.stop()
 
     def usage(pid: int) -> Usage:
-        spent: ProcTimes = after[pid] - before[pid]
-        return Usage(100 * spent.cpu / wall, peaks[pid], samples[pid])
+        return Usage(100 * (after[pid] - before[pid]) / wall, peaks[pid], samples[pid])
 
-    base = [usage(b.pid) for b in baselines]
-    baseline = Usage(
-        sum(u.cpu_pct for u in base),
-        max(u.rss_peak_mib for u in base),
-        [sum(values) for values in zip(*(u.rss_samples for u in base), strict=True)],
-    )
+    baseline = _together([usage(b.pid) for b in baselines])
+    library = _together([usage(r.pid) for r in readers]) if readers else None
     agent_usage, endpoint_cpu = usage(pids[0]), usage(pids[1]).cpu_pct
     measured = agent_usage.cpu_pct + endpoint_cpu + baseline.cpu_pct
+    measured += library.cpu_pct if library else 0.0
     sinks = status.get("sinks", {})
     latencies = [sink.get("capture_latency_s") or {} for sink in sinks.values()]
     stored = sorted((directory / "kvs").rglob("*.mkv"))
@@ -312,6 +334,7 @@ def measure_part(
         cameras=part.cameras,
         agent=agent_usage,
         baseline=baseline,
+        library=library,
         endpoint_cpu_pct=endpoint_cpu,
         other_cpu_pct=max(0.0, 100 * machine / wall - measured),
         fragments_acked=sum(int(sink.get("fragments_acked", 0)) for sink in sinks.values()),
@@ -322,6 +345,15 @@ def measure_part(
     )  # fmt: skip
 
 
+def _together(usages: list[Usage]) -> Usage:
+    """Several processes doing one job: CPU and RSS added up, peak of the largest."""
+    return Usage(
+        sum(u.cpu_pct for u in usages),
+        max(u.rss_peak_mib for u in usages),
+        [sum(values) for values in zip(*(u.rss_samples for u in usages), strict=True)],
+    )
+
+
 def _worst(latencies: list[dict[str, float]], key: str) -> float:
     return max((float(lat.get(key, "nan")) for lat in latencies), default=float("nan"))
 
@@ -330,7 +362,9 @@ def print_results(results: Sequence[PartResult]) -> None:
     header = f"{'part':<34} {'process':<12} {'CPU %':>6} {'RSS peak':>9} {'RSS end':>8}"
     print("\n" + header + "\n" + "-" * len(header))
     for result in results:
-        rows = (("edge-agent", result.agent), ("ffmpeg", result.baseline))
+        rows = [("edge-agent", result.agent), ("ffmpeg", result.baseline)]
+        if result.library is not None:
+            rows.append(("pyav demux", result.library))
         for index, (who, usage) in enumerate(rows):
             label = result.label if index == 0 else ""
             print(
@@ -419,7 +453,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
         print(f"{verdict(passed)}  {what}")
     if args.json:
         write_json(args.json, {"environment": environment(), "results": [
-            {**r.__dict__, "agent": r.agent.__dict__, "baseline": r.baseline.__dict__}
+            {**r.__dict__, "agent": r.agent.__dict__, "baseline": r.baseline.__dict__,
+             "library": r.library.__dict__ if r.library else None}
             for r in results]})  # fmt: skip
     return 0
 

@@ -280,7 +280,7 @@ def rtsp_listener(
 
 
 def _slices(avcc: bytes) -> list[bytes]:
-    return [unit for unit in h264.split_avcc(avcc) if h264.nal_type(unit) in (1, 5)]
+    return [bytes(unit) for unit in h264.split_avcc(avcc) if h264.nal_type(unit) in (1, 5)]
 
 
 def test_a_camera_that_stops_sending_is_reported_and_opened_again(tmp_path: Path) -> None:

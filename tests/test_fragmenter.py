@@ -33,6 +33,27 @@ def test_frames_follow_their_pts_from_the_wall_clock_anchor() -> None:
     assert clock.repaired == 0
 
 
+def test_frames_read_while_probing_do_not_put_the_stream_ahead_of_real_time() -> None:
+    """FFmpeg returns the frames it buffered while probing in one burst: the first
+    28 frames (0..900 ms) arrive at once, 900 ms late; then frames arrive 5 ms after
+    they are made. The anchor is the least-delayed frame: no frame is stamped after it
+    arrived, and the first is not stamped 900 ms late."""
+    wall = WallClock()
+    start = wall.now_ms
+    arrivals = [start + max(900, round(index * 1000 / 30) + 5) for index in range(60)]
+    clock = FrameClock(wall_ms=wall)
+    stream = []
+    for index, arrived in enumerate(arrivals):
+        wall.now_ms = arrived
+        stream.append(clock.stream_ms(index * 3000, Fraction(1, 90000)))
+    placed = [clock.absolute_ms(ms) for ms in stream]  # the fragment is stored
+    assert placed[0] == start + 5
+    assert all(at <= arrived for at, arrived in zip(placed, arrivals, strict=True))
+    assert clock.repaired == 0
+    wall.now_ms -= 60_000  # a clock step within the connection changes nothing
+    assert clock.absolute_ms(clock.stream_ms(60 * 3000, Fraction(1, 90000))) == start + 2005
+
+
 def test_time_keeps_increasing_when_the_clock_steps_back_or_pts_repeat() -> None:
     wall = WallClock()
     clock = FrameClock(wall_ms=wall)

@@ -2,7 +2,7 @@
 
     av.open(url)  ->  packets  ->  H.264? pass through (Annex-B -> AVCC)
                                    else decode, encode with libx264 (GOP = fragment)
-                  ->  FrameClock (absolute, increasing ms)  ->  Fragmenter
+                  ->  FrameClock.stream_ms  ->  Fragmenter  ->  FrameClock.absolute_ms
                   ->  spool record: the fragment's MKV Cluster; meta: track, duration
 
 Sources: RTSP (TCP, connect/read timeouts), V4L2 devices, files (paced to real time or
@@ -69,7 +69,7 @@ class _Picture:
     pts: int | None
     time_base: Fraction | None
     keyframe: bool
-    units: list[bytes]
+    units: list[h264.NalUnit]
     sets: h264.ParameterSets
 
 
@@ -95,6 +95,7 @@ class Camera(ThreadWorker):
         self.clock = FrameClock(resume_after_ms=self._last_stored_ms())
         self.fragmenter = Fragmenter(settings.fragment_ms, settings.max_fragment_ms)
         self._track: VideoTrack | None = None
+        self._track_source: tuple[h264.ParameterSets, int, int] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -170,6 +171,7 @@ class Camera(ThreadWorker):
         first_pts: float | None = None
         last_packet = time.monotonic()
         next_pts = 0
+        time_base = stream.time_base  # the packets' own; read once (each read is a Fraction)
         for packet in container.demux(stream):
             now = time.monotonic()
             if now - last_packet > settings.stall_timeout:
@@ -181,8 +183,8 @@ class Camera(ThreadWorker):
                 packet.pts = packet.dts if packet.dts is not None else next_pts
             if packet.pts is not None and packet.duration:
                 next_pts = packet.pts + packet.duration
-            if pace and packet.pts is not None and packet.time_base is not None:
-                at = float(packet.pts * packet.time_base)
+            if pace and packet.pts is not None and time_base is not None:
+                at = packet.pts * time_base.numerator / time_base.denominator
                 first_pts = at if first_pts is None else first_pts
                 wait = (at - first_pts) - (time.monotonic() - started)
                 if wait > 0 and self._stop.wait(wait):
@@ -203,6 +205,7 @@ class Camera(ThreadWorker):
         elif extradata:
             sets = h264.parameter_sets(h264.split_annexb(extradata))
         width, height = stream.codec_context.width, stream.codec_context.height
+        time_base = stream.time_base
         picture: _Picture | None = None
         for packet in self._packets(container, stream):
             data = bytes(packet)
@@ -222,14 +225,14 @@ class Camera(ThreadWorker):
                 continue
             if picture is not None:
                 yield self._passthrough_frame(picture, width, height)
-            picture = _Picture(packet.pts, packet.time_base, bool(packet.is_keyframe), units, sets)
+            picture = _Picture(packet.pts, time_base, bool(packet.is_keyframe), units, sets)
         if picture is not None:
             yield self._passthrough_frame(picture, width, height)
 
     def _passthrough_frame(self, picture: _Picture, width: int, height: int) -> Frame:
         self._set_track(picture.sets, width, height)
         return Frame(
-            self.clock.time_ms(picture.pts, picture.time_base),
+            self.clock.stream_ms(picture.pts, picture.time_base),
             picture.keyframe,
             h264.to_avcc(picture.units),
         )
@@ -269,7 +272,7 @@ class Camera(ThreadWorker):
                 picture.pict_type = av.video.frame.PictureType.NONE  # no IDR on every frame
                 picture.pts = index
                 index += 1
-                captured = self.clock.time_ms(*times)
+                captured = self.clock.stream_ms(*times)
                 for out in encoder.encode(picture):
                     data = bytes(out)
                     units = h264.split_annexb(data)
@@ -283,22 +286,27 @@ class Camera(ThreadWorker):
     # ------------------------------------------------------------------ storing
 
     def _set_track(self, sets: h264.ParameterSets, width: int, height: int) -> None:
+        if self._track is not None and (sets, width, height) == self._track_source:
+            return  # the same parameter sets as the previous frame (nearly always)
+        self._track_source = (sets, width, height)
         record = sets.avcc_record()
         track = self._track
-        if (
-            track is None
-            or track.codec_private != record
-            or (track.width, track.height)
-            != (
-                width,
-                height,
-            )
+        if track is None or (track.codec_private, track.width, track.height) != (
+            record,
+            width,
+            height,
         ):
             self._track = VideoTrack(H264, record, width, height)
 
     def _store(self, fragment: Fragment | None) -> None:
         if fragment is None or self._track is None:
             return
+        fragment = Fragment(  # from the stream's timeline to the wall clock
+            tuple(
+                Frame(self.clock.absolute_ms(frame.time_ms), frame.keyframe, frame.data)
+                for frame in fragment.frames
+            )
+        )
         track = self._track
         meta = json.dumps(
             {

@@ -5,7 +5,6 @@ into the track's CodecPrivate."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 NAL_IDR = 5
@@ -14,7 +13,9 @@ NAL_SPS = 7
 NAL_PPS = 8
 NAL_AUD = 9
 
-_START_CODE = re.compile(b"\x00\x00\x01")
+START_CODE = b"\x00\x00\x01"
+#: A NAL unit as the splitters return it: a view into the packet (no copy) or bytes.
+NalUnit = bytes | memoryview
 
 
 def is_annexb(data: bytes) -> bool:
@@ -22,40 +23,49 @@ def is_annexb(data: bytes) -> bool:
     return data.startswith(b"\x00\x00\x01") or data.startswith(b"\x00\x00\x00\x01")
 
 
-def split_annexb(data: bytes) -> list[bytes]:
+def split_annexb(data: bytes) -> list[NalUnit]:
     """The NAL units of an Annex-B buffer, without start codes (3 or 4 bytes) and
-    without the zero bytes that pad between units."""
-    starts = [match.end() for match in _START_CODE.finditer(data)]
-    units = []
-    for index, start in enumerate(starts):
-        end = starts[index + 1] - 3 if index + 1 < len(starts) else len(data)
-        unit = data[start:end].rstrip(b"\x00") if index + 1 < len(starts) else data[start:end]
-        if unit:
-            units.append(unit)
+    without the zero bytes that pad between units; views into ``data``, not copies."""
+    view = memoryview(data)
+    units: list[NalUnit] = []
+    find = data.find
+    start = find(START_CODE)
+    while start >= 0:
+        start += 3
+        following = find(START_CODE, start)
+        end = len(data) if following < 0 else following
+        if following >= 0:
+            while end > start and data[end - 1] == 0:  # trailing zeros, a 4-byte code's first
+                end -= 1
+        if end > start:
+            units.append(view[start:end])
+        start = following
     return units
 
 
-def split_avcc(data: bytes, length_size: int = 4) -> list[bytes]:
-    """The NAL units of a length-prefixed buffer; ValueError if the lengths do not add up."""
-    units = []
+def split_avcc(data: bytes, length_size: int = 4) -> list[NalUnit]:
+    """The NAL units of a length-prefixed buffer (views into ``data``); ValueError if
+    the lengths do not add up."""
+    view = memoryview(data)
+    units: list[NalUnit] = []
     position = 0
     while position < len(data):
         if position + length_size > len(data):
             raise ValueError("truncated NAL length")
-        size = int.from_bytes(data[position : position + length_size], "big")
+        size = int.from_bytes(view[position : position + length_size], "big")
         position += length_size
         if size == 0 or position + size > len(data):
             raise ValueError("NAL unit length runs past the packet")
-        units.append(data[position : position + size])
+        units.append(view[position : position + size])
         position += size
     return units
 
 
-def nal_type(unit: bytes) -> int:
+def nal_type(unit: NalUnit) -> int:
     return unit[0] & 0x1F
 
 
-def continues_picture(units: list[bytes]) -> bool:
+def continues_picture(units: list[NalUnit]) -> bool:
     """True if these NAL units carry the later slices of a picture begun in an earlier
     packet: the first slice here does not start at macroblock 0. (first_mb_in_slice is
     the slice header's first field, Exp-Golomb coded: 0 is a single 1 bit.)"""
@@ -65,12 +75,15 @@ def continues_picture(units: list[bytes]) -> bool:
     return False
 
 
-def to_avcc(units: list[bytes]) -> bytes:
-    """NAL units as AVCC; access unit delimiters are dropped (they carry nothing a
-    Matroska reader needs)."""
-    return b"".join(
-        len(unit).to_bytes(4, "big") + unit for unit in units if nal_type(unit) != NAL_AUD
-    )
+def to_avcc(units: list[NalUnit]) -> bytes:
+    """NAL units as AVCC, in one copy; access unit delimiters are dropped (they carry
+    nothing a Matroska reader needs)."""
+    parts: list[NalUnit] = []
+    for unit in units:
+        if unit[0] & 0x1F != NAL_AUD:
+            parts.append(len(unit).to_bytes(4, "big"))
+            parts.append(unit)
+    return b"".join(parts)
 
 
 @dataclass(frozen=True)
@@ -93,16 +106,19 @@ class ParameterSets:
         )
 
 
-def parameter_sets(units: list[bytes]) -> ParameterSets | None:
-    """The last SPS and PPS among these NAL units, if both are there."""
-    sps = pps = None
+def parameter_sets(units: list[NalUnit]) -> ParameterSets | None:
+    """The last SPS and PPS among these NAL units (as bytes), if both are there."""
+    sps: NalUnit | None = None
+    pps: NalUnit | None = None
     for unit in units:
         kind = nal_type(unit)
         if kind == NAL_SPS:
             sps = unit
         elif kind == NAL_PPS:
             pps = unit
-    return ParameterSets(sps, pps) if sps is not None and pps is not None else None
+    if sps is None or pps is None:
+        return None
+    return ParameterSets(bytes(sps), bytes(pps))
 
 
 def parameter_sets_from_avcc_record(record: bytes) -> ParameterSets:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import queue
 import threading
 import time
 from collections import OrderedDict, deque
@@ -49,6 +50,8 @@ PAUSE_ERROR_TYPES = frozenset(
 END_OF_FRAGMENT_TAGS = end_of_fragment()
 #: At stop, how long to wait for the acknowledgements of what is on the wire.
 STOP_ACK_WAIT_S = 5.0
+#: The longest the sender sleeps with nothing to do (it checks its deadlines then).
+IDLE_WAKE_S = 1.0
 #: A fragment is at most this large (what a lease may return).
 MAX_FRAGMENT_BYTES = 50 * 1000 * 1000
 
@@ -164,6 +167,7 @@ class KvsUploader(ThreadWorker):
             governor=self._governor,
             stop=self._stop,
             timeout=self._connect_timeout,
+            on_answer=self.spool.wake_waiters,  # an acknowledgement ends the wait below
         )
         try:
             connection.open()
@@ -176,8 +180,12 @@ class KvsUploader(ThreadWorker):
             connection.close()
 
     def _stream(self, connection: PutMediaConnection, track: VideoTrack) -> None:
+        """Send fragments as the window and the rate allow; take acknowledgements. The
+        thread sleeps until a fragment is appended or an acknowledgement arrives (both
+        wake the spool's waiters), and reads the spool only when something changed."""
         options = self.options
         last_ack = time.monotonic()
+        drained_at: int | None = None  # the spool generation at which nothing was left
         while not self._stop.is_set():
             now = time.monotonic()
             if now - connection.opened_at > options.connection_max_age:
@@ -185,7 +193,10 @@ class KvsUploader(ThreadWorker):
                 return
             if self._in_flight and now - last_ack > options.ack_timeout:
                 raise _Reconnect(f"no acknowledgement for {options.ack_timeout:.0f}s")
-            if len(self._in_flight) < options.max_in_flight and self._rate_allows(now):
+            generation = self.spool.append_generation
+            window_open = len(self._in_flight) < options.max_in_flight
+            rate_wait = self._rate_wait(now)
+            if window_open and rate_wait == 0 and generation != drained_at:
                 record = self._next_fragment(wait=False)
                 if record is not None:
                     if _track_of(record) != track:  # new parameter sets: a new header
@@ -194,11 +205,12 @@ class KvsUploader(ThreadWorker):
                         return
                     self._send(connection, record)
                     continue
+                drained_at = generation
             try:
-                item = connection.acks.get(timeout=0.05 if not self._in_flight else 0.02)
-            except Exception:  # queue.Empty
-                if not self._in_flight:
-                    self.spool.wait_for_append(self.spool.append_generation, 0.2)
+                item = connection.acks.get_nowait()
+            except queue.Empty:
+                wait = rate_wait if window_open and rate_wait else IDLE_WAKE_S
+                self.spool.wait_for_append(generation, wait)
                 continue
             if item is None:
                 raise _Reconnect("the endpoint closed the connection")
@@ -238,9 +250,12 @@ class KvsUploader(ThreadWorker):
         if record.attempts:
             self.stats.resent += 1
 
-    def _rate_allows(self, now: float) -> bool:
+    def _rate_wait(self, now: float) -> float:
+        """0 if a fragment may go now, else how long until one may (fragments_per_second)."""
         self._sent_times = [t for t in self._sent_times if now - t < 1.0]
-        return len(self._sent_times) < self.options.fragments_per_second
+        if len(self._sent_times) < self.options.fragments_per_second:
+            return 0.0
+        return max(0.001, self._sent_times[0] + 1.0 - now)
 
     def _next_fragment(self, *, wait: bool) -> LeasedRecord | None:
         while not self._stop.is_set():

@@ -15,6 +15,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -48,7 +49,10 @@ class PutMediaConnection:
         governor: UploadGovernor,
         stop: threading.Event,
         timeout: float = 10.0,
+        on_answer: Callable[[], None] | None = None,
     ) -> None:
+        """``on_answer`` is called (in the reader thread) after each item put on
+        ``acks``: the sender can sleep until then instead of polling the queue."""
         self.endpoint_url = endpoint_url.rstrip("/")
         self.stream = stream
         self._credentials = credentials
@@ -56,6 +60,7 @@ class PutMediaConnection:
         self._governor = governor
         self._stop = stop
         self._timeout = timeout
+        self._on_answer = on_answer or (lambda: None)
         self._sock: socket.socket | None = None
         self.acks: queue.Queue[Ack | PutMediaRefused | None] = queue.Queue()
         self.opened_at = time.monotonic()
@@ -131,7 +136,7 @@ class PutMediaConnection:
             if status != 200:
                 length = int(headers.get("content-length") or 0)
                 body = stream.read(min(length, 65536)).decode(errors="replace") if length else ""
-                self.acks.put(
+                self._answer(
                     PutMediaRefused(status, headers.get("x-amzn-errortype", "Unknown"), body)
                 )
                 return
@@ -146,8 +151,12 @@ class PutMediaConnection:
                 data = stream.read(size)
                 stream.readline(8)
                 for ack in parser.feed(data):
-                    self.acks.put(ack)
+                    self._answer(ack)
         except (OSError, ValueError):
             pass  # the connection ended; the sender sees None and decides
         finally:
-            self.acks.put(None)
+            self._answer(None)
+
+    def _answer(self, item: Ack | PutMediaRefused | None) -> None:
+        self.acks.put(item)
+        self._on_answer()

@@ -2,12 +2,20 @@
 increasing, across frames, fragments, reconnects and restarts, whatever the clocks do.
 
 A camera's own timestamps (pts) are steady but start anywhere and restart with every
-connection; the wall clock is absolute but may step (NTP, a dead RTC battery). So a
-stream is anchored to the wall clock once, when its first frame arrives, and its frames
-then follow their pts. A new connection re-anchors. Whatever comes out is at least one
-ms after the previous frame: a frame that would not be (the wall clock stepped back,
-a camera repeated a pts) is moved forward and counted. A restart carries on from the
-last time the spool holds (``resume_after``).
+connection; the wall clock is absolute but may step (NTP, a dead RTC battery). So each
+frame first gets its time on the stream's own timeline (``stream_ms``, from its pts)
+and the arrival time is noted; when a fragment is stored, its frames are placed on the
+wall clock (``absolute_ms``) by the connection's anchor: the smallest
+``arrival - stream time`` seen, that is the frame that came with the least delay. The
+anchor is settled by the first fragment of a connection and kept until the next one
+(``reanchor``), so a wall-clock step within a connection changes nothing. Anchoring at
+the first frame instead would be wrong by up to a second: FFmpeg hands over the frames
+it read while probing a stream in one burst, late, and the whole stream would be
+stamped ahead of real time.
+
+Whatever comes out is at least one ms after the previous frame: a frame that would not
+be (the wall clock stepped back, a camera repeated a pts) is moved forward and counted.
+A restart carries on from the last time the spool holds (``resume_after``).
 """
 
 from __future__ import annotations
@@ -23,7 +31,9 @@ class FrameClock:
     ) -> None:
         self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
         self._last_ms = resume_after_ms
-        self._anchor: tuple[int, float] | None = None  # (wall ms, pts in seconds)
+        self._offset: int | None = None  # wall ms - stream ms, the anchor
+        self._settled = False  # the anchor is fixed once a fragment has been placed
+        self._last_stream: tuple[int, int] | None = None  # (stream ms, wall ms) last seen
         self.repaired = 0  # frames moved forward to keep time increasing
 
     @property
@@ -31,21 +41,39 @@ class FrameClock:
         return self._last_ms
 
     def reanchor(self) -> None:
-        """A new connection: its pts start afresh; the next frame anchors again."""
-        self._anchor = None
+        """A new connection: its pts start afresh; its frames anchor again."""
+        self._offset = None
+        self._settled = False
+        self._last_stream = None
 
-    def time_ms(self, pts: int | None, time_base: Fraction | None) -> int:
-        """The frame's absolute time; a frame without pts takes the wall clock."""
-        seconds = float(pts * time_base) if pts is not None and time_base is not None else None
-        if seconds is None:
-            at = self._wall_ms()
+    def stream_ms(self, pts: int | None, time_base: Fraction | None) -> int:
+        """A frame just arrived: its time on the stream's timeline. Without a pts, the
+        time elapsed since the previous frame arrived is added to that frame's time."""
+        now = self._wall_ms()
+        if pts is not None and time_base is not None:
+            num, den = time_base.numerator * 1000, time_base.denominator  # ints: no Fraction
+            stream = (2 * pts * num + den) // (2 * den)  # rounded to the nearest ms
+        elif self._last_stream is not None:
+            stream = self._last_stream[0] + max(1, now - self._last_stream[1])
         else:
-            if self._anchor is None:
-                self._anchor = (self._wall_ms(), seconds)
-            wall, first = self._anchor
-            at = wall + round((seconds - first) * 1000)
+            stream = 0
+        self._last_stream = (stream, now)
+        if not self._settled and (self._offset is None or now - stream < self._offset):
+            self._offset = now - stream
+        return stream
+
+    def absolute_ms(self, stream_ms: int) -> int:
+        """A frame being stored: its absolute time, after the previous frame's."""
+        if self._offset is None:  # never seen: anchor it now
+            self._offset = self._wall_ms() - stream_ms
+        self._settled = True
+        at = self._offset + stream_ms
         if at <= self._last_ms:
             self.repaired += 1
             at = self._last_ms + 1
         self._last_ms = at
         return at
+
+    def time_ms(self, pts: int | None, time_base: Fraction | None) -> int:
+        """Both steps at once, for a frame that is stored as soon as it arrives."""
+        return self.absolute_ms(self.stream_ms(pts, time_base))
