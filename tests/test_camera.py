@@ -22,6 +22,7 @@ import pytest
 
 from edge_agent.config import CameraConfig
 from edge_agent.spool import Spool
+from edge_agent.video import camera as camera_module
 from edge_agent.video import h264
 from edge_agent.video.camera import Camera, redact
 from edge_agent.video.mkv import VideoTrack, stream_header
@@ -376,3 +377,28 @@ def test_a_camera_pulls_from_an_rtsp_server_and_comes_back_after_it_restarts(
     with av.open(str(as_mkv(fragments, tmp_path / "all.mkv"))) as container:
         decoded = sum(1 for _ in container.decode(video=0))
     assert decoded == sum(int(str(meta["frames"])) for _, _, meta in fragments)
+
+
+class _Packet:
+    def __init__(self, pts: int | None, duration: int = 0) -> None:
+        self.pts, self.dts, self.duration = pts, None, duration
+
+
+class _Stream:
+    average_rate = Fraction(30)
+    guessed_rate = None
+    time_base = Fraction(1, 90000)
+
+
+def test_packets_without_timestamps_are_timed_from_their_neighbours() -> None:
+    """A joined RTSP session: the first packet has no pts, the rest start at 7 s (the
+    server was already streaming): the first is timed one frame before the second, not
+    at 0 (which would open a 7 s gap). Raw H.264 has none at all: counted from 0 by the
+    packets' durations."""
+    joined = [_Packet(None)] + [_Packet(630_000 + 3000 * i) for i in range(3)]
+    timed = [p.pts for p in camera_module._timed(iter(joined), _Stream())]
+    assert timed == [627_000, 630_000, 633_000, 636_000]
+    raw = [_Packet(None, duration=3000) for _ in range(4)]
+    assert [p.pts for p in camera_module._timed(iter(raw), _Stream())] == [0, 3000, 6000, 9000]
+    whole = [_Packet(9000 * i) for i in range(3)]
+    assert [p.pts for p in camera_module._timed(iter(whole), _Stream())] == [0, 9000, 18000]

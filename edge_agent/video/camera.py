@@ -39,6 +39,37 @@ from edge_agent.worker import ThreadWorker, WorkerState
 log = logging.getLogger(__name__)
 
 
+def _timed(packets: Iterator[Any], stream: Any) -> Iterator[Any]:
+    """Every packet with a pts. One without takes its dts, or the end of the packet
+    before it (raw H.264 has no timestamps at all). The first packet of some RTSP
+    sessions has none while the rest have large ones (a server that was already
+    streaming): it is held until the next packet and timed one frame before it, so it
+    cannot open a gap of many seconds at the start of the stream."""
+    rate = stream.average_rate or stream.guessed_rate or 30
+    frame_ticks = max(1, round(1 / (rate * stream.time_base))) if stream.time_base else 1
+    held = None
+    next_pts: int | None = None
+    for packet in packets:
+        if packet.pts is None:
+            packet.pts = packet.dts if packet.dts is not None else next_pts
+        if packet.pts is None:
+            if held is None:
+                held = packet  # the first packet: wait for the next one's time
+                continue
+            held.pts = 0  # two without any: a stream with no timestamps, count from 0
+            packet.pts = held.duration or frame_ticks
+        if held is not None:
+            if held.pts is None:
+                held.pts = max(0, packet.pts - (held.duration or frame_ticks))
+            yield held
+            held = None
+        next_pts = packet.pts + (packet.duration or frame_ticks)
+        yield packet
+    if held is not None:
+        held.pts = 0
+        yield held
+
+
 def redact(url: str) -> str:
     """The URL without its password (``rtsp://user:***@host/...``)."""
     parts = urlsplit(url)
@@ -161,28 +192,14 @@ class Camera(ThreadWorker):
             container.close()
 
     def _packets(self, container: Any, stream: Any) -> Iterator[Any]:
-        """The stream's packets, paced for real-time file replay; a read that returns
-        nothing for stall_timeout raises StreamStalled. A packet without a timestamp
-        (raw H.264 files, the first packet of some RTSP sessions) takes its dts or the
-        time its predecessor ends."""
+        """The stream's packets, timed (``_timed``) and paced for real-time file replay;
+        a read that returns nothing for stall_timeout raises StreamStalled."""
         settings = self.settings
         pace = settings.source == "file" and settings.realtime
         started = time.monotonic()
         first_pts: float | None = None
-        last_packet = time.monotonic()
-        next_pts = 0
         time_base = stream.time_base  # the packets' own; read once (each read is a Fraction)
-        for packet in container.demux(stream):
-            now = time.monotonic()
-            if now - last_packet > settings.stall_timeout:
-                raise StreamStalled(f"no frames for {now - last_packet:.1f}s")
-            last_packet = now
-            if packet.size == 0:
-                continue
-            if packet.pts is None:
-                packet.pts = packet.dts if packet.dts is not None else next_pts
-            if packet.pts is not None and packet.duration:
-                next_pts = packet.pts + packet.duration
+        for packet in _timed(self._received(container, stream), stream):
             if pace and packet.pts is not None and time_base is not None:
                 at = packet.pts * time_base.numerator / time_base.denominator
                 first_pts = at if first_pts is None else first_pts
@@ -190,6 +207,18 @@ class Camera(ThreadWorker):
                 if wait > 0 and self._stop.wait(wait):
                     return
             yield packet
+
+    def _received(self, container: Any, stream: Any) -> Iterator[Any]:
+        """Non-empty packets as they arrive; StreamStalled after stall_timeout without."""
+        stall_timeout = self.settings.stall_timeout
+        last_packet = time.monotonic()
+        for packet in container.demux(stream):
+            now = time.monotonic()
+            if now - last_packet > stall_timeout:
+                raise StreamStalled(f"no frames for {now - last_packet:.1f}s")
+            last_packet = now
+            if packet.size:
+                yield packet
 
     def _passthrough(self, container: Any, stream: Any) -> Iterator[Frame]:
         """H.264 as the camera sent it: no decoding. Annex-B or AVCC is decided from
