@@ -4,8 +4,12 @@ signature and the ingestion rules and stores what it accepted; read back with Py
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import av
@@ -188,3 +192,76 @@ def test_sigkill_during_capture_and_upload_loses_no_persisted_fragment(
         dead = spool.dead_letters(limit=100)
     assert len(dead) <= 10 + 1  # at most what was in flight (max_in_flight) re-sent
     assert all("(4004)" in d.reason for d in dead)
+
+
+class RotatingCredentials(ThreadingHTTPServer):
+    """A container credentials endpoint (what ECS and EKS Pod Identity serve, and what
+    botocore's own provider reads): every fetch hands out new temporary keys that
+    expire in five minutes, so botocore must fetch again before each use."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _CredentialsHandler)
+        self.fetches = 0
+
+    def keys(self, count: int) -> list[Credentials]:
+        return [Credentials(f"ASIAROTATE{n}", f"secret-{n}", f"token-{n}") for n in range(count)]
+
+
+class _CredentialsHandler(BaseHTTPRequestHandler):
+    server: RotatingCredentials
+
+    def do_GET(self) -> None:
+        number = self.server.fetches
+        self.server.fetches += 1
+        expires = datetime.now(UTC) + timedelta(minutes=5)
+        body = json.dumps({
+            "AccessKeyId": f"ASIAROTATE{number}", "SecretAccessKey": f"secret-{number}",
+            "Token": f"token-{number}", "Expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }).encode()  # fmt: skip
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_each_connection_signs_with_credentials_refreshed_when_they_expire(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Temporary credentials from botocore's container provider (a real HTTP endpoint
+    on loopback): the keys expire in five minutes, inside botocore's refresh window, so
+    every new PutMedia connection must carry freshly fetched keys, with their session
+    token signed. The endpoint accepts only those temporary keys."""
+    issuer = RotatingCredentials()
+    threading.Thread(target=issuer.serve_forever, daemon=True).start()
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv(
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI", f"http://127.0.0.1:{issuer.server_port}/creds"
+    )
+    server = PutMediaServer(
+        tmp_path / "received", credentials=issuer.keys(50), streams=["cam"]
+    ).start()
+    try:
+        parts = make(server, tmp_path)
+        spool, _, uploader, _ = parts
+        # Connections are replaced after 0.5 s instead of 40 min, so the test sees several.
+        uploader.options = replace(uploader.options, connection_max_age=0.5)
+        with spool:
+            run_until(
+                parts,
+                lambda: uploader.stats.connections >= 3 and uploader.stats.fragments_acked >= 6,
+                "three connections",
+            )
+    finally:
+        server.stop()
+        issuer.shutdown()
+        issuer.server_close()
+    used = [key for key in server.signed_with if key.startswith("ASIAROTATE")]
+    assert len(used) == len(server.signed_with) >= 3  # every request: temporary keys
+    assert len(set(used)) == len(used), "each connection signed with keys fetched for it"
+    assert issuer.fetches >= 3
+    assert uploader.stats.dead_lettered == 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -74,7 +75,7 @@ class PutMediaServer:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        credentials: Credentials | None = None,
+        credentials: Credentials | Sequence[Credentials] | None = None,
         region: str = "us-east-1",
         streams: list[str] | None = None,
         retention: bool = True,
@@ -83,7 +84,15 @@ class PutMediaServer:
         idle_timeout: float = IDLE_TIMEOUT_S,
     ) -> None:
         self.directory = directory
-        self.credentials = credentials
+        #: The test credentials requests must be signed with (any of them; None: no check).
+        self.credentials: list[Credentials] | None = (
+            None
+            if credentials is None
+            else [credentials]
+            if isinstance(credentials, Credentials)
+            else list(credentials)
+        )
+        self.signed_with: list[str] = []  # the access key of every accepted request
         self.region = region
         self.retention = retention
         self.max_fragment_ms = max_fragment_ms
@@ -198,19 +207,27 @@ class _Handler(BaseHTTPRequestHandler):
         if endpoint.credentials is None:
             return
         host = self.headers.get("Host", "")
-        try:
-            check_signature(
-                "POST",
-                f"http://{host}{self.path}",
-                {name: value for name, value in self.headers.items()},
-                endpoint.credentials,
-                region=endpoint.region,
-                service="kinesisvideo",
-                payload=body,
-            )
-        except SignatureRejected as err:
-            status = 401 if err.error_type == "UnrecognizedClientException" else 403
-            raise _Refused(status, err.error_type, str(err)) from None
+        refusal = SignatureRejected("UnrecognizedClientException", "unknown access key")
+        for credentials in endpoint.credentials:
+            try:
+                check_signature(
+                    "POST",
+                    f"http://{host}{self.path}",
+                    {name: value for name, value in self.headers.items()},
+                    credentials,
+                    region=endpoint.region,
+                    service="kinesisvideo",
+                    payload=body,
+                )
+            except SignatureRejected as err:
+                if err.error_type != "UnrecognizedClientException":
+                    refusal = err
+                continue
+            with endpoint.lock:
+                endpoint.signed_with.append(credentials.access_key)
+            return
+        status = 401 if refusal.error_type == "UnrecognizedClientException" else 403
+        raise _Refused(status, refusal.error_type, str(refusal))
 
     def _put_media(self) -> None:
         self._check_signature()
