@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,12 @@ import av
 import boto3
 import pytest
 from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
 
+from edge_agent.errors import SinkPaused
+from edge_agent.governor import UploadGovernor
+from edge_agent.sinks.aws import sink_error
+from edge_agent.video.kvs_control import control_endpoint, get_data_endpoint
 from edge_agent.video.mkv import H264, Frame, VideoTrack, cluster, stream_header
 from edge_agent.video.putmedia_server import PutMediaServer
 from tests.putmedia_client import (
@@ -179,3 +185,28 @@ def test_edge_agent_kvs_local_serves_until_terminated(tmp_path: Path) -> None:
             if process.poll() is None:
                 process.kill()
                 process.wait(10)
+
+
+def test_the_sinks_getdataendpoint_call_and_how_its_refusals_are_classified(
+    server: PutMediaServer,
+) -> None:
+    """The KVS sink's own signed GetDataEndpoint (video/kvs_control.py) against
+    kvs-local: the data endpoint for a known stream; for an unknown one botocore's
+    ClientError with the service's code, which the sinks' classifier turns into a pause;
+    and the default endpoints, China regions included."""
+
+    def ask(stream: str) -> str:
+        return get_data_endpoint(
+            server.url, stream, CREDENTIALS.get_frozen_credentials(), region="us-east-1",
+            timeout=5, governor=UploadGovernor(None, 1024), stop=threading.Event(),
+        )  # fmt: skip
+
+    assert ask("cam") == server.url
+    with pytest.raises(ClientError) as refused:
+        ask("nope")
+    assert refused.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    assert isinstance(sink_error(refused.value), SinkPaused)
+    assert ("/getDataEndpoint", CREDENTIALS.access_key) in server.signed_with
+    assert control_endpoint("eu-west-1", None) == "https://kinesisvideo.eu-west-1.amazonaws.com"
+    assert control_endpoint("cn-north-1", None).endswith(".amazonaws.com.cn")
+    assert control_endpoint("us-east-1", "http://127.0.0.1:8090/") == "http://127.0.0.1:8090"

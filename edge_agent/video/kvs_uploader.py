@@ -29,14 +29,18 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from botocore.credentials import ReadOnlyCredentials
+from botocore.exceptions import ClientError
+
 from edge_agent.backoff import Backoff
 from edge_agent.config import SinkConfig
 from edge_agent.errors import SinkPaused, SpoolCorrupt, SpoolError
 from edge_agent.governor import UploadGovernor
 from edge_agent.records import LeasedRecord
-from edge_agent.sinks.aws import WireMeter, make_client, sink_error
+from edge_agent.sinks.aws import sink_error
 from edge_agent.spool import Spool
 from edge_agent.video.acks import ERROR, Ack, ErrorAction, error_action, error_name
+from edge_agent.video.kvs_control import control_endpoint, get_data_endpoint
 from edge_agent.video.mkv import VideoTrack, end_of_fragment, stream_header
 from edge_agent.video.putmedia_client import PutMediaConnection, PutMediaRefused
 from edge_agent.worker import ThreadWorker, WorkerState
@@ -97,11 +101,8 @@ class KvsUploader(ThreadWorker):
         self._governor = governor
         self._stop = stop
         aws = config.aws
+        self._aws = aws
         self._session = boto3.session.Session(profile_name=aws.profile)
-        self._control = make_client(
-            "kinesisvideo", aws, governor, stop, WireMeter(), session=self._session
-        )
-        self._region = str(self._control.meta.region_name)
         self._connect_timeout = aws.connect_timeout
         self._data_endpoint: str | None = None
         self._backoff = Backoff(self.options.retry_min, self.options.retry_max)
@@ -154,23 +155,23 @@ class KvsUploader(ThreadWorker):
         if first is None:
             return
         track = _track_of(first)
-        endpoint = self._endpoint()
-        credentials = self._session.get_credentials()
-        if credentials is None:
-            self.spool.release([first])
-            raise _Pause("no AWS credentials found")
-        connection = PutMediaConnection(
-            endpoint,
-            self.options.stream,
-            credentials.get_frozen_credentials(),
-            region=self._region,
-            governor=self._governor,
-            stop=self._stop,
-            timeout=self._connect_timeout,
-            on_answer=self.spool.wake_waiters,  # an acknowledgement ends the wait below
-        )
         try:
+            credentials = self._credentials()
+            connection = PutMediaConnection(
+                self._endpoint(credentials),
+                self.options.stream,
+                credentials,
+                region=self._region(),
+                governor=self._governor,
+                stop=self._stop,
+                timeout=self._connect_timeout,
+                on_answer=self.spool.wake_waiters,  # an acknowledgement ends the wait below
+            )
             connection.open()
+        except BaseException:
+            self.spool.release([first])  # not on the wire: it goes first next time
+            raise
+        try:
             self.stats.connections += 1
             connection.send(stream_header(track))
             self._set_state("sending")
@@ -330,18 +331,38 @@ class KvsUploader(ThreadWorker):
 
     # ------------------------------------------------------------------ plumbing
 
-    def _endpoint(self) -> str:
+    def _credentials(self) -> ReadOnlyCredentials:
+        """Fresh from botocore's chain for each connection (temporary ones are fetched
+        again before they expire)."""
+        credentials = self._session.get_credentials()
+        if credentials is None:
+            raise _Pause("no AWS credentials found")
+        return credentials.get_frozen_credentials()
+
+    def _region(self) -> str:
+        region = self._aws.region or self._session.region_name
+        if not region:
+            raise _Pause("no region: set region in the sink's config")
+        return str(region)
+
+    def _endpoint(self, credentials: ReadOnlyCredentials) -> str:
         if self._data_endpoint is None:
+            region = self._region()
             try:
-                answer = self._control.get_data_endpoint(
-                    StreamName=self.options.stream, APIName="PUT_MEDIA"
+                self._data_endpoint = get_data_endpoint(
+                    control_endpoint(region, self._aws.endpoint_url),
+                    self.options.stream,
+                    credentials,
+                    region=region,
+                    timeout=self._connect_timeout,
+                    governor=self._governor,
+                    stop=self._stop,
                 )
-            except Exception as err:  # the same classification as the record sinks
+            except ClientError as err:  # the same classification as the record sinks
                 error = sink_error(err)
                 if isinstance(error, SinkPaused):
                     raise _Pause(f"GetDataEndpoint: {error}") from err
                 raise _Reconnect(f"GetDataEndpoint: {error}") from err
-            self._data_endpoint = str(answer["DataEndpoint"])
         return self._data_endpoint
 
     def _set_state(self, state: str, reason: str = "") -> None:

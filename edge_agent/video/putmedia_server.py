@@ -92,7 +92,8 @@ class PutMediaServer:
             if isinstance(credentials, Credentials)
             else list(credentials)
         )
-        self.signed_with: list[str] = []  # the access key of every accepted request
+        #: (path, access key) of every request whose signature was accepted
+        self.signed_with: list[tuple[str, str]] = []
         self.region = region
         self.retention = retention
         self.max_fragment_ms = max_fragment_ms
@@ -224,7 +225,7 @@ class _Handler(BaseHTTPRequestHandler):
                     refusal = err
                 continue
             with endpoint.lock:
-                endpoint.signed_with.append(credentials.access_key)
+                endpoint.signed_with.append((self.path, credentials.access_key))
             return
         status = 401 if refusal.error_type == "UnrecognizedClientException" else 403
         raise _Refused(status, refusal.error_type, str(refusal))
