@@ -263,6 +263,7 @@ class Agent:
             "updated_at": time.time(),
             "running": not stopped,
             "sources": {},
+            "uplink": {"max_rate": self._governor.max_rate},  # bytes/s, None: no budget
         }
         if self._mqtt is not None:
             data["sources"]["mqtt"] = self._mqtt.snapshot()

@@ -95,6 +95,17 @@ class SinkUnavailable(SinkError):
 
     retryable = True
 
+    @property
+    def unreachable(self) -> bool:
+        """No answer came back at all (as opposed to a 5xx or throttling answer)."""
+        return self.code in NETWORK_ERROR_CODES
+
+
+#: The codes ``sinks.aws.sink_error`` gives failures where no answer came back.
+NETWORK_ERROR_CODES = frozenset(
+    {"ConnectionRefused", "DnsFailure", "Timeout", "TlsError", "ConnectionError"}
+)
+
 
 class SinkPaused(SinkError):
     """Not transient: credentials, permissions, a missing stream or an unusable KMS key.

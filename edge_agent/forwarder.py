@@ -56,7 +56,7 @@ from edge_agent.records import LeasedRecord
 from edge_agent.sender import Sender
 from edge_agent.sinks.base import Request, Sent, Sink
 from edge_agent.spool import Spool
-from edge_agent.worker import ThreadWorker
+from edge_agent.worker import LinkState, ThreadWorker
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,7 @@ class Forwarder(ThreadWorker):
         self._rates: collections.deque[tuple[float, int, int]] = collections.deque()
         self._rates_lock = threading.Lock()
         self.stats = ForwarderStats(since=time.time())
+        self.link = LinkState()
         self.spool_corrupt = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -518,6 +519,10 @@ class Forwarder(ThreadWorker):
 
     def _request_failed(self, err: SinkError, *, paused: bool) -> None:
         self.stats.request_errors += 1
+        if isinstance(err, SinkUnavailable) and err.unreachable:
+            self.link.down()
+        else:
+            self.link.up()  # refused, throttled or a 5xx: an answer came back
         now = self._clock()
         if paused:
             delay = self.delivery.pause_probe
@@ -572,6 +577,7 @@ class Forwarder(ThreadWorker):
     def _delivered(self) -> None:
         """A request got an answer: the sink is reachable (again)."""
         self._backoff.reset()
+        self.link.up()
         stats = self.stats
         if stats.state in ("paused", "backing off"):
             log.info(
@@ -614,5 +620,6 @@ class Forwarder(ThreadWorker):
             "records_per_s": round(sum(r[1] for r in rates) / RATE_WINDOW_S, 1),
             "bytes_per_s": round(sum(r[2] for r in rates) / RATE_WINDOW_S, 1),
             "in_window": len(self._window),
+            **self.link.snapshot(),
             **self.sink.snapshot(),
         }

@@ -143,6 +143,36 @@ def render_sink(name: str, sink: dict[str, Any]) -> list[str]:
     return lines
 
 
+def render_link(sink: dict[str, Any], queue: dict[str, Any] | None, budget: float | None) -> str:
+    """Reachability since when, the sink's backlog, and how long it takes to drain."""
+    online, since = sink.get("online"), sink.get("link_since")
+    if online is None:
+        link = "link not tried yet"
+    else:
+        when = (
+            f" since {_clock_time(since)} ({human_duration(time.time() - since)})" if since else ""
+        )
+        link = f"{'online' if online else 'OFFLINE'}{when}"
+    if queue is None or not queue["pending_count"]:
+        return f"  {link}; no backlog"
+    backlog_bytes = int(queue["pending_bytes"])
+    backlog = (
+        f"backlog {queue['pending_count']} records ({human_bytes(backlog_bytes)}), "
+        f"oldest {human_duration(queue['oldest_age_s'])}"
+    )
+    rate = float(sink.get("bytes_per_s") or 0)
+    if not online:
+        drain = "drains once the link is back"
+    elif budget:
+        eta = human_duration(backlog_bytes / budget)
+        drain = f"drains in ~{eta} at the {human_bytes(budget)}/s budget"
+    elif rate > 0:
+        drain = f"drains in ~{human_duration(backlog_bytes / rate)} at the current rate"
+    else:
+        drain = "drain time unknown until it sends"
+    return f"  {link}; {backlog}; {drain}"
+
+
 def render_status(status: dict[str, Any]) -> str:
     lines: list[str] = []
     agent = status["agent"]
@@ -213,8 +243,12 @@ def render_status(status: dict[str, Any]) -> str:
             lines.append(f"  last error: {source['last_error']}")
     for name, camera in agent.get("cameras", {}).items() if agent.get("running") else []:
         lines += render_camera(name, camera)
+    queues = {queue["name"]: queue for queue in spool["queues"]}
+    budget = (agent.get("uplink") or {}).get("max_rate")
     for name, sink in agent.get("sinks", {}).items() if agent.get("running") else []:
         lines += render_sink(name, sink)
+        if sink["state"] != "failed":
+            lines.append(render_link(sink, queues.get(name), budget))
     if spool["events"]:
         lines.append("recent events:")
         for event in spool["events"]:

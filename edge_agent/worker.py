@@ -53,3 +53,25 @@ class WorkerState:
     def set(self, state: str, reason: str = "") -> None:
         if (state, reason) != (self.state, self.reason):
             self.state, self.reason, self.since = state, reason, time.time()
+
+
+@dataclass
+class LinkState:
+    """Whether a sink's endpoint can be reached, and since when (for status): down when
+    a request fails for want of a connection or an answer (refused, DNS, timeout, TLS,
+    5xx, throttling), up again with the next answer. A refusal (access denied, no such
+    stream) is an answer: the link is up, the sink is paused."""
+
+    online: bool | None = None  # None: nothing tried yet
+    since: float | None = None
+
+    def up(self) -> None:
+        if self.online is not True:
+            self.online, self.since = True, time.time()
+
+    def down(self) -> None:
+        if self.online is not False:
+            self.online, self.since = False, time.time()
+
+    def snapshot(self) -> dict[str, object]:
+        return {"online": self.online, "link_since": self.since}

@@ -43,7 +43,7 @@ from edge_agent.video.acks import ERROR, Ack, ErrorAction, error_action, error_n
 from edge_agent.video.kvs_control import control_endpoint, get_data_endpoint
 from edge_agent.video.mkv import VideoTrack, end_of_fragment, stream_header
 from edge_agent.video.putmedia_client import PutMediaConnection, PutMediaRefused
-from edge_agent.worker import ThreadWorker, WorkerState
+from edge_agent.worker import LinkState, ThreadWorker, WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,9 @@ MAX_FRAGMENT_BYTES = 50 * 1000 * 1000
 
 
 class _Reconnect(Exception):
-    pass
+    def __init__(self, reason: str, *, silent: bool = False) -> None:
+        super().__init__(reason)
+        self.silent = silent  # the endpoint stopped answering (a dead route, a crash)
 
 
 class _Pause(Exception):
@@ -109,6 +111,7 @@ class KvsUploader(ThreadWorker):
         self._in_flight: OrderedDict[int, tuple[LeasedRecord, float]] = OrderedDict()
         self._sent_times: list[float] = []
         self.stats = KvsStats()
+        self.link = LinkState()
         self.spool_corrupt = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -130,6 +133,8 @@ class KvsUploader(ThreadWorker):
                 delay = self.options.pause_probe
                 self._set_state("paused", str(err))
             except (_Reconnect, PutMediaRefused, OSError) as err:
+                if isinstance(err, OSError) or (isinstance(err, _Reconnect) and err.silent):
+                    self.link.down()
                 delay = self._backoff.next_delay()
                 self._data_endpoint = None if isinstance(err, OSError) else self._data_endpoint
                 self._set_state("backing off", str(err))
@@ -193,7 +198,7 @@ class KvsUploader(ThreadWorker):
                 self._finish(connection)
                 return
             if self._in_flight and now - last_ack > options.ack_timeout:
-                raise _Reconnect(f"no acknowledgement for {options.ack_timeout:.0f}s")
+                raise _Reconnect(f"no acknowledgement for {options.ack_timeout:.0f}s", silent=True)
             generation = self.spool.append_generation
             window_open = len(self._in_flight) < options.max_in_flight
             rate_wait = self._rate_wait(now)
@@ -214,7 +219,8 @@ class KvsUploader(ThreadWorker):
                 self.spool.wait_for_append(generation, wait)
                 continue
             if item is None:
-                raise _Reconnect("the endpoint closed the connection")
+                raise _Reconnect("the endpoint closed the connection", silent=True)
+            self.link.up()  # an answer: acknowledgement or refusal
             if isinstance(item, PutMediaRefused):
                 self._refused(item)
             last_ack = time.monotonic()
@@ -358,7 +364,9 @@ class KvsUploader(ThreadWorker):
                     governor=self._governor,
                     stop=self._stop,
                 )
+                self.link.up()
             except ClientError as err:  # the same classification as the record sinks
+                self.link.up()  # refused, but it answered
                 error = sink_error(err)
                 if isinstance(error, SinkPaused):
                     raise _Pause(f"GetDataEndpoint: {error}") from err
@@ -388,6 +396,7 @@ class KvsUploader(ThreadWorker):
             "capture_latency_s": _median_and_max(stats.capture_latencies_s),
             "last_error": stats.last_error,
             "in_window": len(self._in_flight),
+            **self.link.snapshot(),
         }
 
 

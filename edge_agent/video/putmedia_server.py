@@ -183,7 +183,9 @@ class _Handler(BaseHTTPRequestHandler):
         if state is None:
             raise _Refused(404, "ResourceNotFoundException", f"stream {name} not found")
         if self.path == "/getDataEndpoint":
-            body: dict[str, Any] = {"DataEndpoint": self.endpoint.url}
+            # Where the caller reached us (a proxy in front stays in the path).
+            host = self.headers.get("Host")
+            body: dict[str, Any] = {"DataEndpoint": f"http://{host}" if host else self.endpoint.url}
         else:
             body = {
                 "StreamInfo": {
