@@ -22,12 +22,14 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from edge_agent import __version__
-from edge_agent.config import Config, SinkConfig, load_config
+from edge_agent.config import Config, SinkConfig, UploadShare, load_config
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.forwarder import Forwarder
 from edge_agent.governor import UploadGovernor
@@ -76,6 +78,16 @@ def open_spool(config: Config) -> Spool:
         max_age_s=spool.max_age,
         integrity_check=spool.integrity_check,
     )
+
+
+def _without_upload(section: object) -> object:
+    """A config section with the sinks' upload shares left out (they apply live)."""
+    if isinstance(section, Mapping):
+        return {
+            name: replace(value, upload=UploadShare()) if isinstance(value, SinkConfig) else value
+            for name, value in section.items()
+        }
+    return section
 
 
 def _rate_text(max_rate: float | None) -> str:
@@ -202,7 +214,8 @@ class Agent:
 
     def _start_forwarder(self, name: str, sink: SinkConfig, spool: Spool) -> None:
         try:
-            forwarder = make_sender(sink, spool, self._governor, self._stop_forwarding)
+            lane = self._governor.lane(name, sink.upload)
+            forwarder = make_sender(sink, spool, lane, self._stop_forwarding)
         except Exception as err:  # e.g. a profile that does not exist: intake goes on
             log.error("sink %s: cannot start forwarding: %s", name, err)
             self._failed_sinks[name] = f"{type(err).__name__}: {err}"
@@ -240,10 +253,16 @@ class Agent:
         if new.uplink != self.config.uplink:
             self._governor.configure(new.uplink.max_rate, new.uplink.burst)
             log.info("reload: upload budget now %s", _rate_text(new.uplink.max_rate))
+        for name, sink in new.sinks.items():
+            old = self.config.sinks.get(name)
+            if old is not None and old.upload != sink.upload:
+                self._governor.lane(name, sink.upload)
+                log.info("reload: sink %s: priority, max_rate and schedule updated", name)
         needs_restart = [
             section
             for section in ("spool", "mqtt", "sinks", "cameras")
-            if getattr(new, section) != getattr(self.config, section)
+            if _without_upload(getattr(new, section))
+            != _without_upload(getattr(self.config, section))
         ]
         if needs_restart:
             log.warning(
@@ -268,7 +287,10 @@ class Agent:
         if self._mqtt is not None:
             data["sources"]["mqtt"] = self._mqtt.snapshot()
         try:
-            data["sinks"] = {name: fw.snapshot() for name, fw in self._forwarders.items()}
+            data["sinks"] = {
+                name: {**fw.snapshot(), "upload": self._governor.lane_snapshot(name)}
+                for name, fw in self._forwarders.items()
+            }
         except Exception:  # status must never take the agent down
             log.exception("collecting sink status failed")
             data["sinks"] = {}

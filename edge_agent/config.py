@@ -163,6 +163,49 @@ class KvsOptions:
     pause_probe: float = 60.0
 
 
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class ScheduleWindow:
+    """A time-of-day window (local time) in a sink's schedule: from ``start`` up to
+    ``end`` ("HH:MM"; an end before the start runs past midnight) on ``days``."""
+
+    start: str
+    end: str
+    action: Literal["allow", "pause", "cap"]
+    max_rate: float | None = None  # bytes/s, for "cap"
+    days: frozenset[int] = frozenset(range(7))  # 0 = Monday, the day the window starts
+
+    @property
+    def start_minute(self) -> int:
+        return _minute_of_day(self.start)
+
+    @property
+    def end_minute(self) -> int:
+        return _minute_of_day(self.end)
+
+
+def _minute_of_day(clock: str) -> int:
+    hours, _, minutes = clock.partition(":")
+    return int(hours) * 60 + int(minutes)
+
+
+@dataclass(frozen=True)
+class UploadShare:
+    """A sink's part of the upload budget: its priority (a smaller number goes first),
+    an optional cap of its own, and a schedule (the first matching window applies;
+    outside every window uploads are allowed)."""
+
+    priority: int = 0
+    max_rate: float | None = None
+    schedule: tuple[ScheduleWindow, ...] = ()
+
+
+#: Telemetry goes before video unless a sink says otherwise.
+DEFAULT_PRIORITY = {"kvs": 10}
+
+
 @dataclass(frozen=True)
 class SinkConfig:
     name: str
@@ -176,6 +219,7 @@ class SinkConfig:
     kinesis: KinesisOptions | None = None
     firehose: FirehoseOptions | None = None
     kvs: KvsOptions | None = None
+    upload: UploadShare = UploadShare()
 
 
 CameraSource = Literal["rtsp", "v4l2", "file", "lavfi"]
@@ -538,6 +582,7 @@ def _read_sinks(section: _Section | None) -> dict[str, SinkConfig]:
             max_age=sub.duration("max_age", None, optional=True),
             overflow=sub.choice("overflow", ("drop_oldest", "reject_new"), "drop_oldest"),
             max_record_bytes=sub.size("max_record_bytes", default_record_bytes),
+            upload=_read_upload_share(sub, DEFAULT_PRIORITY.get(str(sink_type), 0)),
         )
         if sink_type == "kinesis":
             sink = _read_kinesis(sub, sink)
@@ -548,6 +593,42 @@ def _read_sinks(section: _Section | None) -> dict[str, SinkConfig]:
         sinks[name] = sink
         sub.finish()
     return sinks
+
+
+_CLOCK = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$|^24:00$")
+
+
+def _read_upload_share(section: _Section, default_priority: int) -> UploadShare:
+    share = UploadShare(
+        priority=section.integer("priority", default_priority, low=0, high=100),
+        max_rate=section.rate("max_rate", None),
+        schedule=tuple(_read_window(sub) for sub in section.table_list("schedule")),
+    )
+    if share.max_rate is not None and share.max_rate < 1000 / 8:
+        section.problem("max_rate", "must be at least 1kbit/s (or off)")
+    return share
+
+
+def _read_window(section: _Section) -> ScheduleWindow:
+    days = section.string_list("days", WEEKDAYS)
+    window = ScheduleWindow(
+        start=section.string("from"),
+        end=section.string("to"),
+        action=section.choice("action", ("allow", "pause", "cap"), _MISSING),
+        max_rate=section.rate("max_rate", None),
+        days=frozenset(WEEKDAYS.index(day) for day in days if day in WEEKDAYS),
+    )
+    for key, clock in (("from", window.start), ("to", window.end)):
+        if not isinstance(clock, str) or not _CLOCK.match(clock):
+            section.problem(key, f"expected a local time 'HH:MM', got {clock!r}")
+    if any(day not in WEEKDAYS for day in days):
+        section.problem("days", f"days are {', '.join(WEEKDAYS)}")
+    if window.action == "cap" and not window.max_rate:
+        section.problem("max_rate", "a capping window needs max_rate")
+    if window.action != "cap" and window.max_rate is not None:
+        section.problem("max_rate", 'only a window with action = "cap" takes max_rate')
+    section.finish()
+    return window
 
 
 def _read_aws(section: _Section) -> AwsEndpoint:

@@ -1,20 +1,44 @@
-"""The upload governor: one byte budget for everything the device sends upstream.
+"""The upload governor: one byte budget for everything the device sends upstream,
+shared by the sinks by priority, with per-sink caps and time-of-day schedules.
 
-Every forwarding sink asks the governor before it writes a request to the network, with
-the request's size on the wire (body plus headers). With no budget set the governor
-admits everything at once. With a budget it is a token bucket of ``max_rate`` bytes per
-second and ``burst`` bytes of allowance; a caller waits until its bytes fit. A request
-larger than the burst is admitted when the bucket is full and leaves a debt that later
-requests wait out, so the long-run rate still holds.
+Every forwarding sink asks before it writes to the network, with the size on the wire
+(request body plus headers; a PutMedia stream in slices as it is written). It asks its
+own lane (``UploadGovernor.lane``):
+
+    lane:   schedule (local time)  ->  pause: wait for the window to end
+                                       cap:   the window's rate applies
+            own cap (max_rate)     ->  a token bucket of the sink's own
+    shared: the device budget      ->  one token bucket (max_rate, burst); a caller
+                                       waits while a caller of a higher priority (a
+                                       smaller number) waits for it
+
+With no budget the shared step admits at once. A request larger than the burst is
+admitted when the bucket is full and leaves a debt that later requests wait out, so the
+long-run rate still holds. Budgets, priorities, caps and schedules can all change while
+running (a configuration reload).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from typing import Protocol
 
+from edge_agent.config import ScheduleWindow, UploadShare
 from edge_agent.token_bucket import TokenBucket
+
+#: The longest a waiting caller sleeps before it looks at its stop event again.
+MAX_SLEEP_S = 0.2
+#: A lane's own bucket: how much may go out at once above its cap.
+LANE_BURST_S = 0.25
+
+
+class UploadBudget(Protocol):
+    """What a sink holds: ask before writing ``size`` bytes; False if stopping."""
+
+    def acquire(self, size: int, stop: threading.Event) -> bool: ...
 
 
 class UploadGovernor:
@@ -24,38 +48,159 @@ class UploadGovernor:
         burst: int,
         *,
         clock: Callable[[], float] = time.monotonic,
+        local_time: Callable[[], time.struct_time] = time.localtime,
     ) -> None:
-        self._lock = threading.Lock()
+        self._cond = threading.Condition(threading.Lock())
         self._clock = clock
+        self._local_time = local_time
         self._bucket: TokenBucket | None = None
+        self._waiting: Counter[int] = Counter()  # priority -> callers waiting for the budget
+        self._lanes: dict[str, UploadLane] = {}
         self.admitted_bytes = 0
         self.configure(max_rate, burst)
 
     def configure(self, max_rate: float | None, burst: int) -> None:
         """Change the budget while running (e.g. on a configuration reload)."""
-        with self._lock:
+        with self._cond:
             if max_rate is None:
                 self._bucket = None
             elif self._bucket is None:
                 self._bucket = TokenBucket(max_rate, burst, clock=self._clock)
             else:
                 self._bucket.set_rate(max_rate, burst)
+            self._cond.notify_all()
 
     @property
     def max_rate(self) -> float | None:
         bucket = self._bucket
         return bucket.rate if bucket else None
 
+    def lane(self, name: str, share: UploadShare) -> UploadLane:
+        """The budget as sink ``name`` sees it (the same lane again for the same name,
+        reconfigured)."""
+        lane = self._lanes.get(name)
+        if lane is None:
+            lane = self._lanes[name] = UploadLane(self, name, share)
+        else:
+            lane.configure(share)
+        return lane
+
+    def lane_snapshot(self, name: str) -> dict[str, object] | None:
+        lane = self._lanes.get(name)
+        return lane.snapshot() if lane is not None else None
+
     def acquire(self, size: int, stop: threading.Event) -> bool:
-        """Wait until ``size`` bytes may go out; False if ``stop`` was set meanwhile."""
+        """Wait for the shared budget only, at the highest priority (tests, tools)."""
+        return self._take_shared(size, stop, priority=0)
+
+    def _take_shared(self, size: int, stop: threading.Event, *, priority: int) -> bool:
+        with self._cond:
+            self._waiting[priority] += 1
+            try:
+                while True:
+                    ahead = any(n for p, n in self._waiting.items() if p < priority)
+                    bucket = self._bucket
+                    wait = MAX_SLEEP_S if ahead else 0.0
+                    if not ahead and bucket is not None:
+                        wait = bucket.wait_time(size)
+                    if wait <= 0:
+                        if bucket is not None:
+                            bucket.take(size)
+                        self.admitted_bytes += size
+                        return True
+                    if stop.is_set():
+                        return False  # it would have to wait: give up, the agent stops
+                    self._cond.wait(min(wait, MAX_SLEEP_S))
+            finally:
+                self._waiting[priority] -= 1
+                self._cond.notify_all()
+
+
+class UploadLane:
+    """One sink's view of the budget: its priority, cap and schedule, then the shared
+    bucket. Status reads ``snapshot``."""
+
+    def __init__(self, governor: UploadGovernor, name: str, share: UploadShare) -> None:
+        self.name = name
+        self._governor = governor
+        self._lock = threading.Lock()
+        self._bucket: TokenBucket | None = None
+        self.share = share
+        self.admitted_bytes = 0
+        self.scheduled = ""  # what the schedule does right now, for status
+        self.configure(share)
+
+    def configure(self, share: UploadShare) -> None:
+        with self._lock:
+            self.share = share
+
+    def acquire(self, size: int, stop: threading.Event) -> bool:
+        if not self._own_turn(size, stop):
+            return False
+        if not self._governor._take_shared(size, stop, priority=self.share.priority):
+            return False
+        self.admitted_bytes += size
+        return True
+
+    def _own_turn(self, size: int, stop: threading.Event) -> bool:
+        """Wait out a scheduled pause, then this sink's cap (the tighter of its own
+        max_rate and a capping window's)."""
         while True:
+            window = active_window(self.share.schedule, self._governor._local_time())
+            if window is not None and window.action == "pause":
+                self.scheduled = f"paused by the schedule until {window.end}"
+                if stop.wait(1.0):
+                    return False
+                continue
+            caps = [self.share.max_rate]
+            if window is not None and window.action == "cap":
+                caps.append(window.max_rate)
+            cap = min((c for c in caps if c), default=None)
+            self.scheduled = ""
+            if window is not None and window.action == "cap":
+                self.scheduled = f"capped by the schedule until {window.end}"
+            if cap is None:
+                return True
             with self._lock:
                 bucket = self._bucket
-                wait = 0.0 if bucket is None else bucket.wait_time(size)
+                if bucket is None:
+                    bucket = self._bucket = TokenBucket(
+                        cap, max(cap * LANE_BURST_S, 1024), clock=self._governor._clock
+                    )
+                elif bucket.rate != cap:
+                    bucket.set_rate(cap, max(cap * LANE_BURST_S, 1024))
+                wait = bucket.wait_time(size)
                 if wait <= 0:
-                    if bucket is not None:
-                        bucket.take(size)
-                    self.admitted_bytes += size
+                    bucket.take(size)
                     return True
-            if stop.wait(min(wait, 0.5)):
+            if stop.wait(min(wait, MAX_SLEEP_S)):
                 return False
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "priority": self.share.priority,
+            "max_rate": self.share.max_rate,
+            "scheduled": self.scheduled,
+            "admitted_bytes": self.admitted_bytes,
+        }
+
+
+def active_window(
+    schedule: tuple[ScheduleWindow, ...], now: time.struct_time
+) -> ScheduleWindow | None:
+    """The first window of ``schedule`` that ``now`` (local time) falls in, if any. A
+    window that ends before it starts runs past midnight; its days are the days it
+    starts on."""
+    minute = now.tm_hour * 60 + now.tm_min
+    today, yesterday = now.tm_wday, (now.tm_wday - 1) % 7
+    for window in schedule:
+        start, end = window.start_minute, window.end_minute
+        if start < end:
+            inside = start <= minute < end and today in window.days
+        else:
+            inside = (minute >= start and today in window.days) or (
+                minute < end and yesterday in window.days
+            )
+        if inside:
+            return window
+    return None

@@ -153,6 +153,13 @@ def render_link(sink: dict[str, Any], queue: dict[str, Any] | None, budget: floa
             f" since {_clock_time(since)} ({human_duration(time.time() - since)})" if since else ""
         )
         link = f"{'online' if online else 'OFFLINE'}{when}"
+    upload = sink.get("upload") or {}
+    if upload:
+        link += f"; upload priority {upload['priority']}"
+        if upload.get("max_rate"):
+            link += f", cap {human_bytes(upload['max_rate'])}/s"
+        if upload.get("scheduled"):
+            link += f", {upload['scheduled']}"
     if queue is None or not queue["pending_count"]:
         return f"  {link}; no backlog"
     backlog_bytes = int(queue["pending_bytes"])

@@ -15,6 +15,7 @@ from tests.support import (
     AgentProcess,
     Mosquitto,
     cli,
+    free_port,
     run_publisher,
     spool_path,
     spooled_seqs,
@@ -105,6 +106,32 @@ def test_sighup_rereads_config_and_keeps_running_on_errors(
     agent.process.send_signal(signal.SIGHUP)
     wait_until(lambda: "keeping the running one" in agent.log_text(), 10, what="bad reload")
     assert agent.process.poll() is None
+    assert agent.terminate() == 0
+
+
+def test_sighup_changes_a_sinks_priority_cap_and_schedule_live(
+    tmp_path: Path, broker: Mosquitto, agents: list[AgentProcess]
+) -> None:
+    sink = (
+        '[sinks.telemetry]\ntype = "kinesis"\nstream = "s"\nregion = "us-east-1"\n'
+        f'endpoint_url = "http://127.0.0.1:{free_port()}"\n'
+    )
+    config = write_config(tmp_path, broker.port, sinks=sink)
+    agent = start_agent(config, agents)
+    assert agent.process is not None
+    wait_until(lambda: agent.sink_status("telemetry").get("upload"), 10, what="status")
+    assert agent.sink_status("telemetry")["upload"]["priority"] == 0
+    window = '[[sinks.telemetry.schedule]]\nfrom = "00:00"\nto = "24:00"\naction = "pause"\n'
+    config.write_text(
+        config.read_text().replace(sink, sink + 'priority = 3\nmax_rate = "64kbit/s"\n' + window)
+    )
+    agent.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: "schedule updated" in agent.log_text(), 10, what="reload")
+    wait_until(
+        lambda: agent.sink_status("telemetry")["upload"]["priority"] == 3, 10, what="applied"
+    )
+    assert agent.sink_status("telemetry")["upload"]["max_rate"] == 8000
+    assert "take effect after a restart" not in agent.log_text()
     assert agent.terminate() == 0
 
 

@@ -397,3 +397,35 @@ type = "kvs"
 stream = "cam"
 region = "us-east-1"
 """
+
+
+def test_upload_priority_cap_and_schedule(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            MINIMAL + '[sinks.video]\ntype = "kvs"\nstream = "cam"\nregion = "eu-west-1"\n'
+            'max_rate = "4Mbit/s"\n'
+            '[[sinks.video.schedule]]\nfrom = "00:00"\nto = "06:00"\naction = "allow"\n'
+            '[[sinks.video.schedule]]\nfrom = "18:00"\nto = "22:30"\naction = "cap"\n'
+            'max_rate = "1Mbit/s"\ndays = ["mon", "fri"]\n',
+        )
+    )
+    video, telemetry = config.sinks["video"].upload, config.sinks["telemetry"].upload
+    assert (telemetry.priority, video.priority) == (0, 10)  # telemetry first by default
+    assert video.max_rate == 500_000
+    night, evening = video.schedule
+    assert (night.start_minute, night.end_minute, night.action) == (0, 360, "allow")
+    assert (evening.max_rate, evening.days) == (125_000, frozenset({0, 4}))
+
+
+def test_bad_schedules_name_the_window_key_and_reason(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        MINIMAL.replace('type = "hold"', 'type = "hold"\npriority = 500')
+        + '[[sinks.telemetry.schedule]]\nfrom = "25:00"\nto = "06:00"\naction = "cap"\n'
+        'days = ["funday"]\n',
+    )
+    assert any(k == "sinks.telemetry.priority" for k, _ in found), found
+    assert any(k == "sinks.telemetry.schedule[0].from" and "HH:MM" in r for k, r in found), found
+    assert any(k == "sinks.telemetry.schedule[0].days" for k, _ in found), found
+    assert any(k == "sinks.telemetry.schedule[0].max_rate" for k, _ in found), found

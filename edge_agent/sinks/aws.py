@@ -18,7 +18,7 @@ from typing import Any
 
 from edge_agent.config import AwsEndpoint
 from edge_agent.errors import RequestRejected, SinkError, SinkPaused, SinkUnavailable
-from edge_agent.governor import UploadGovernor
+from edge_agent.governor import UploadBudget
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class WireMeter:
 def make_client(
     service: str,
     endpoint: AwsEndpoint,
-    governor: UploadGovernor,
+    governor: UploadBudget,
     stop: threading.Event,
     meter: WireMeter,
     *,

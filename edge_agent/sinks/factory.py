@@ -6,7 +6,7 @@ import threading
 
 from edge_agent.config import SinkConfig
 from edge_agent.forwarder import Forwarder
-from edge_agent.governor import UploadGovernor
+from edge_agent.governor import UploadBudget
 from edge_agent.sinks.base import Sink
 from edge_agent.spool import Spool
 from edge_agent.video.kvs_uploader import KvsUploader
@@ -23,7 +23,7 @@ AGGREGATING_WINDOW_RECORDS = 100_000
 AGGREGATING_WINDOW_EXTRA_BYTES = 1024 * 1024
 
 
-def make_sink(config: SinkConfig, governor: UploadGovernor, stop: threading.Event) -> Sink:
+def make_sink(config: SinkConfig, governor: UploadBudget, stop: threading.Event) -> Sink:
     if config.type == "kinesis":
         from edge_agent.sinks.kinesis import KinesisSink
 
@@ -36,7 +36,7 @@ def make_sink(config: SinkConfig, governor: UploadGovernor, stop: threading.Even
 
 
 def make_sender(
-    config: SinkConfig, spool: Spool, governor: UploadGovernor, stop: threading.Event
+    config: SinkConfig, spool: Spool, governor: UploadBudget, stop: threading.Event
 ) -> Forwarder | KvsUploader:
     """What sends a sink's queue: a Kinesis Video uploader for video, else a forwarder."""
     if config.type == "kvs":  # video: fragments over one streaming connection
@@ -45,7 +45,7 @@ def make_sender(
 
 
 def make_forwarder(
-    config: SinkConfig, spool: Spool, governor: UploadGovernor, stop: threading.Event
+    config: SinkConfig, spool: Spool, governor: UploadBudget, stop: threading.Event
 ) -> Forwarder:
     """A forwarder whose window holds what is in flight plus one request being packed.
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from edge_agent.config import SinkConfig
 from edge_agent.errors import SinkUnavailable
-from edge_agent.governor import UploadGovernor
+from edge_agent.governor import UploadBudget
 from edge_agent.records import LeasedRecord
 from edge_agent.sinks import prebuilt_body
 from edge_agent.sinks.aws import WireMeter, make_client, sink_error
@@ -29,7 +29,7 @@ class FirehoseSink:
     ordered = False
     aggregating = False
 
-    def __init__(self, config: SinkConfig, governor: UploadGovernor, stop: threading.Event) -> None:
+    def __init__(self, config: SinkConfig, governor: UploadBudget, stop: threading.Event) -> None:
         assert config.firehose is not None and config.delivery is not None
         assert config.aws is not None
         self.name = config.name

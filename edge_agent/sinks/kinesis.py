@@ -24,7 +24,7 @@ from typing import Any
 
 from edge_agent.config import SinkConfig
 from edge_agent.errors import SinkUnavailable
-from edge_agent.governor import UploadGovernor
+from edge_agent.governor import UploadBudget
 from edge_agent.records import LeasedRecord
 from edge_agent.sinks import prebuilt_body
 from edge_agent.sinks.aws import WireMeter, make_client, sink_error
@@ -76,7 +76,7 @@ class KinesisSink:
     def __init__(
         self,
         config: SinkConfig,
-        governor: UploadGovernor,
+        governor: UploadBudget,
         stop: threading.Event,
         *,
         clock: Callable[[], float] = time.monotonic,

@@ -22,7 +22,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import ClientError
 
-from edge_agent.governor import UploadGovernor
+from edge_agent.governor import UploadBudget
 
 #: What a request line and the headers botocore does not list add on the wire (about).
 REQUEST_LINE_BYTES = 64
@@ -44,7 +44,7 @@ def get_data_endpoint(
     *,
     region: str,
     timeout: float,
-    governor: UploadGovernor,
+    governor: UploadBudget,
     stop: threading.Event,
 ) -> str:
     """The PUT_MEDIA data endpoint of ``stream``; ClientError if the service refuses."""

@@ -35,7 +35,7 @@ from botocore.exceptions import ClientError
 from edge_agent.backoff import Backoff
 from edge_agent.config import SinkConfig
 from edge_agent.errors import SinkPaused, SpoolCorrupt, SpoolError
-from edge_agent.governor import UploadGovernor
+from edge_agent.governor import UploadBudget
 from edge_agent.records import LeasedRecord
 from edge_agent.sinks.aws import sink_error
 from edge_agent.spool import Spool
@@ -91,7 +91,7 @@ class KvsUploader(ThreadWorker):
         self,
         config: SinkConfig,
         spool: Spool,
-        governor: UploadGovernor,
+        governor: UploadBudget,
         stop: threading.Event,
     ) -> None:
         import boto3

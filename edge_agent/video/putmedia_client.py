@@ -23,10 +23,12 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 
-from edge_agent.governor import UploadGovernor
+from edge_agent.governor import UploadBudget
 from edge_agent.video.acks import Ack, AckParser
 
 #: Chunk framing on the wire: the hex size line and two CRLFs.
+#: The budget is asked for this much of a fragment at a time.
+METER_SLICE_BYTES = 8 * 1024
 CHUNK_OVERHEAD = 12
 
 
@@ -46,7 +48,7 @@ class PutMediaConnection:
         credentials: ReadOnlyCredentials,
         *,
         region: str,
-        governor: UploadGovernor,
+        governor: UploadBudget,
         stop: threading.Event,
         timeout: float = 10.0,
         on_answer: Callable[[], None] | None = None,
@@ -103,12 +105,23 @@ class PutMediaConnection:
         ).start()
 
     def send(self, data: bytes) -> None:
-        """One chunk; waits for the upload budget first (False from it: stopping)."""
-        assert self._sock is not None
-        if not self._governor.acquire(len(data) + CHUNK_OVERHEAD, self._stop):
-            raise ConnectionAbortedError("the agent is stopping")
-        self._sock.sendall(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        self.bytes_sent += len(data) + CHUNK_OVERHEAD
+        """One chunk, written in slices that each wait for the upload budget: a fragment
+        never holds the budget for longer than a slice takes, so a sink of a higher
+        priority gets its turn in between."""
+        sock = self._sock
+        assert sock is not None
+        if not data:
+            return  # an empty chunk would end the request
+        view = memoryview(data)
+        for offset in range(0, max(len(data), 1), METER_SLICE_BYTES):
+            piece = view[offset : offset + METER_SLICE_BYTES]
+            first, last = offset == 0, offset + METER_SLICE_BYTES >= len(data)
+            wire = len(piece) + (CHUNK_OVERHEAD if first else 0)
+            if not self._governor.acquire(wire, self._stop):
+                raise ConnectionAbortedError("the agent is stopping")
+            head = f"{len(data):x}\r\n".encode() if first else b""
+            sock.sendall(b"".join((head, piece, b"\r\n" if last else b"")))
+            self.bytes_sent += wire
 
     def finish(self) -> None:
         """The last chunk: the endpoint acknowledges what it has and ends the answer."""
