@@ -56,6 +56,10 @@ Overflow = Literal["drop_oldest", "reject_new"]
 
 #: How many events (quarantines, recoveries, errors) the spool keeps for status.
 MAX_EVENTS = 200
+#: A queue (or the spool) past this share of its byte cap is warned about, once...
+PRESSURE_WARN = 0.8
+#: ...and again only after it fell below this share.
+PRESSURE_CLEAR = 0.7
 #: Ids per statement when a batch of ids is acked, retried or dead-lettered.
 _ID_CHUNK = 500
 #: Records fetched per round while evicting or expiring.
@@ -236,6 +240,7 @@ class Spool:
         self._full_sync = not read_only and conn.execute("PRAGMA synchronous").fetchone()[0] == 2
         self._appended = threading.Condition(threading.Lock())
         self._append_generation = 0
+        self._pressure_warned: set[str] = set()  # queues (and "the spool") warned about
         self._queues: dict[str, _QueueState] = {}
         self._queue_names: dict[int, str] = {}
         self._load_queues()
@@ -528,6 +533,8 @@ class Spool:
             evicted = self._enforce_byte_caps(conn, states, deltas, projected, projected_total)
             apply = self._commit_deltas(conn, deltas, states)
         apply()
+        added = {name: delta.pending_bytes for name, delta in deltas.items()}
+        self._watch_pressure(projected, projected_total, added)
         if rows:
             with self._appended:
                 self._append_generation += 1
@@ -538,6 +545,34 @@ class Spool:
             dead_lettered=sum(delta.dead_count for delta in deltas.values()),
             evicted=evicted,
         )
+
+    def _watch_pressure(
+        self, queue_bytes: dict[str, int], total_bytes: int, added: dict[str, int]
+    ) -> None:
+        """Warn once when a queue (or the whole spool) passes PRESSURE_WARN of its cap,
+        before anything is dropped; warn again once it was below PRESSURE_CLEAR (as
+        seen by an append: the level before it)."""
+        levels = [
+            (name, size, self.policy(name).max_bytes, added.get(name, 0))
+            for name, size in queue_bytes.items()
+        ]
+        levels.append(("the spool", total_bytes, self._max_bytes, sum(added.values())))
+        for name, size, cap, grew in levels:
+            if not cap:
+                continue
+            if (size - grew) / cap < PRESSURE_CLEAR:
+                self._pressure_warned.discard(name)
+            ratio = size / cap
+            if ratio >= PRESSURE_WARN and name not in self._pressure_warned:
+                self._pressure_warned.add(name)
+                policy = "" if name == "the spool" else f" ({self.policy(name).overflow})"
+                message = (
+                    f"{name} is at {ratio:.0%} of its cap ({size} of {cap} bytes){policy}: "
+                    "the uplink is not keeping up; at the cap the oldest records are dropped"
+                )
+                log.warning("spool pressure: %s", message)
+                with contextlib.suppress(SpoolError):
+                    self.record_event("warning", "spool_pressure", message)
 
     def _would_overflow(
         self,

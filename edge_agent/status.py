@@ -205,6 +205,7 @@ def render_status(status: dict[str, Any]) -> str:
         "QUEUE",
         "PENDING",
         "BYTES",
+        "OF CAP",
         "OLDEST",
         "LEASED",
         "ACKED",
@@ -220,6 +221,9 @@ def render_status(status: dict[str, Any]) -> str:
                 queue["name"],
                 str(queue["pending_count"]),
                 human_bytes(queue["pending_bytes"]),
+                f"{queue['pending_bytes'] / queue['max_bytes']:.0%}"
+                if queue.get("max_bytes")
+                else "-",
                 human_duration(queue["oldest_age_s"]),
                 str(queue["leased_count"]),
                 str(queue["acked_count"]),
@@ -272,7 +276,8 @@ def _render_kvs(name: str, sink: dict[str, Any], state: str) -> list[str]:
         f"  fragments sent {sink['fragments_sent']} ({human_bytes(sink['bytes_sent'])}), "
         f"acknowledged {sink['fragments_acked']}, resent {sink['resent']}, dead-lettered "
         f"{sink['dead_lettered']} (out of order {sink['out_of_order']}); connections "
-        f"{sink['connections']}; ack latency {'-' if latency is None else f'{latency:.2f}s'}; "
+        f"{sink['connections']}; now {human_bytes(sink.get('bytes_per_s') or 0)}/s; "
+        f"ack latency {'-' if latency is None else f'{latency:.2f}s'}; "
         f"last fragment {sink.get('last_fragment_number') or '-'}",
     ]
     if captured:

@@ -114,6 +114,24 @@ def test_drop_oldest_cap_evicts_and_counts(tmp_path: Path) -> None:
         assert (stats.dropped_count, stats.dropped_bytes) == (5, 500)
 
 
+def test_a_queue_filling_up_is_warned_about_once_before_anything_is_dropped(
+    tmp_path: Path,
+) -> None:
+    policies = {"video": QueuePolicy(max_bytes=1000, overflow="drop_oldest")}
+    with Spool.open(tmp_path / "s.db", policies=policies) as spool:
+        for i in range(7):
+            spool.append([rec("video", bytes([i]) * 100)])
+        assert not [e for e in spool.stats().events if e.kind == "spool_pressure"]
+        for i in range(7, 10):  # 80 %, 90 %, 100 %: one warning, nothing dropped yet
+            spool.append([rec("video", bytes([i]) * 100)])
+        warnings = [e for e in spool.stats().events if e.kind == "spool_pressure"]
+        assert len(warnings) == 1 and "video is at 80% of its cap" in warnings[0].message
+        assert spool.stats().queues[0].dropped_count == 0
+        spool.ack(spool.lease("video", max_records=5, max_bytes=10**6))  # drained to 50 %
+        spool.append([rec("video", b"x" * 300)])  # 80 % again: warned again
+        warnings = [e for e in spool.stats().events if e.kind == "spool_pressure"]
+        assert len(warnings) == 2
+
 def test_reject_new_cap_refuses_and_counts(tmp_path: Path) -> None:
     policies = {"alarms": QueuePolicy(max_bytes=300, overflow="reject_new")}
     with Spool.open(tmp_path / "s.db", policies=policies) as spool:

@@ -54,6 +54,8 @@ PAUSE_ERROR_TYPES = frozenset(
 END_OF_FRAGMENT_TAGS = end_of_fragment()
 #: At stop, how long to wait for the acknowledgements of what is on the wire.
 STOP_ACK_WAIT_S = 5.0
+#: The send rate in status is over this many seconds.
+RATE_WINDOW_S = 10.0
 #: The longest the sender sleeps with nothing to do (it checks its deadlines then).
 IDLE_WAKE_S = 1.0
 #: A fragment is at most this large (what a lease may return).
@@ -110,6 +112,7 @@ class KvsUploader(ThreadWorker):
         self._backoff = Backoff(self.options.retry_min, self.options.retry_max)
         self._in_flight: OrderedDict[int, tuple[LeasedRecord, float]] = OrderedDict()
         self._sent_times: list[float] = []
+        self._sent_bytes: deque[tuple[float, int]] = deque()  # for the send rate
         self.stats = KvsStats()
         self.link = LinkState()
         self.spool_corrupt = False
@@ -252,6 +255,7 @@ class KvsUploader(ThreadWorker):
         now = time.monotonic()
         self._in_flight[record.captured_at_ms] = (record, now)
         self._sent_times.append(now)
+        self._sent_bytes.append((now, len(record.payload)))
         self.stats.fragments_sent += 1
         self.stats.bytes_sent += len(record.payload)
         if record.attempts:
@@ -378,6 +382,9 @@ class KvsUploader(ThreadWorker):
 
     def snapshot(self) -> dict[str, Any]:
         stats = self.stats
+        horizon = time.monotonic() - RATE_WINDOW_S
+        while self._sent_bytes and self._sent_bytes[0][0] < horizon:
+            self._sent_bytes.popleft()
         return {
             "type": "kvs",
             "target": self.options.stream,
@@ -396,6 +403,9 @@ class KvsUploader(ThreadWorker):
             "capture_latency_s": _median_and_max(stats.capture_latencies_s),
             "last_error": stats.last_error,
             "in_window": len(self._in_flight),
+            "bytes_per_s": round(
+                sum(size for _, size in list(self._sent_bytes)) / RATE_WINDOW_S, 1
+            ),
             **self.link.snapshot(),
         }
 
