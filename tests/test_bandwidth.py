@@ -5,16 +5,13 @@ telemetry keeps its latency while video fills the budget."""
 
 from __future__ import annotations
 
-import base64
 import json
 import statistics
 import threading
 import time
 from collections.abc import Iterator
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import pytest
 from botocore.credentials import Credentials
 
@@ -25,11 +22,11 @@ from edge_agent.sinks.factory import make_forwarder
 from edge_agent.spool import Spool
 from edge_agent.video import h264
 from edge_agent.video.kvs_uploader import KvsUploader
-from edge_agent.video.mkv import H264, Frame, cluster
 from edge_agent.video.putmedia_server import PutMediaServer
 from tests.fault_proxy import FaultProxy
 from tests.kinesis_streams import make_stream
 from tests.support import Kinesalite, wait_until
+from tests.video_backlog import encode_one_second, fill_backlog
 
 FPS = 30
 WARM_UP_S = 2.0
@@ -38,41 +35,7 @@ WINDOW_S = 10.0
 
 @pytest.fixture(scope="module")
 def one_second() -> tuple[h264.ParameterSets, list[bytes]]:
-    """One second of noisy 640x360 video at about 8 Mbit/s (about 1 MB): AVCC frames."""
-    encoder = av.CodecContext.create("libx264", "w")
-    encoder.width, encoder.height, encoder.pix_fmt = 640, 360, "yuv420p"
-    encoder.time_base, encoder.framerate = Fraction(1, FPS), Fraction(FPS)
-    encoder.gop_size, encoder.max_b_frames, encoder.bit_rate = FPS, 0, 8_000_000
-    encoder.options = {"preset": "ultrafast", "x264-params": f"keyint={FPS}:scenecut=0"}
-    source = av.open(f"testsrc2=size=640x360:rate={FPS},noise=alls=40:allf=t", format="lavfi")
-    units: list[list[h264.NalUnit]] = []
-    for index, frame in enumerate(source.decode(video=0)):
-        if index == FPS:
-            break
-        frame.pts = index
-        units += [h264.split_annexb(bytes(p)) for p in encoder.encode(frame)]
-    units += [h264.split_annexb(bytes(p)) for p in encoder.encode(None)]
-    source.close()
-    sets = h264.parameter_sets([u for frame in units for u in frame])
-    assert sets is not None
-    return sets, [h264.to_avcc(frame) for frame in units]
-
-
-def fill_backlog(
-    spool: Spool, video: tuple[h264.ParameterSets, list[bytes]], fragments: int
-) -> None:
-    """``fragments`` one-second fragments, times increasing, as a camera would spool them."""
-    sets, frames = video
-    meta = json.dumps({
-        "camera": "cam", "frames": FPS, "duration_ms": 967, "codec_id": H264,
-        "codec_private": base64.b64encode(sets.avcc_record()).decode(),
-        "width": 640, "height": 360,
-    })  # fmt: skip
-    start = int(time.time() * 1000) - fragments * 1000
-    for number in range(fragments):
-        at = start + number * 1000
-        clip = [Frame(at + i * 1000 // FPS, i == 0, data) for i, data in enumerate(frames)]
-        spool.append([Record("video", "cam", at, cluster(clip), meta)])
+    return encode_one_second()
 
 
 @pytest.fixture

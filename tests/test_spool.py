@@ -132,6 +132,7 @@ def test_a_queue_filling_up_is_warned_about_once_before_anything_is_dropped(
         warnings = [e for e in spool.stats().events if e.kind == "spool_pressure"]
         assert len(warnings) == 2
 
+
 def test_reject_new_cap_refuses_and_counts(tmp_path: Path) -> None:
     policies = {"alarms": QueuePolicy(max_bytes=300, overflow="reject_new")}
     with Spool.open(tmp_path / "s.db", policies=policies) as spool:
