@@ -196,7 +196,12 @@ class FaultProxy:
 
 
 def _close(sock: socket.socket, *, reset: bool) -> None:
+    """Close now: a reset (RST) or a shutdown, which also wakes a pump blocked on the
+    socket (a bare close would wait for it, and the peer would see nothing)."""
     with contextlib.suppress(OSError):
         if reset:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:
+            sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
         sock.close()

@@ -53,7 +53,7 @@ def video_uploader(
 ) -> KvsUploader:
     sink = {
         "type": "kvs", "stream": "cam", "region": "us-east-1", "endpoint_url": proxy.url,
-        "ack_timeout": "120s", "max_bytes": "1GiB",
+        "ack_timeout": "120s", "max_bytes": "1GiB", "retry_min": "100ms", "retry_max": "1s",
     }  # fmt: skip
     config = parse_config({"sinks": {"video": sink}}).sinks["video"]
     return KvsUploader(config, spool, governor.lane("video", config.upload), stop)
@@ -147,3 +147,31 @@ def test_telemetry_stays_fast_while_video_fills_the_budget(
     print(f"telemetry under video: p50 {statistics.median(latencies):.2f}s, p99 {p99:.2f}s")
     assert p99 < 2.0, f"p99 {p99:.2f}s"
     assert video_sent > 500_000  # video did fill the budget meanwhile
+
+
+def test_a_fragment_cut_off_in_the_middle_of_its_write_is_sent_again(
+    tmp_path: Path,
+    kvs_local: tuple[PutMediaServer, FaultProxy],
+    one_second: tuple[h264.ParameterSets, list[bytes]],
+) -> None:
+    """The link is cut while a fragment is half written (a slow budget makes the write
+    last seconds): the write fails, the fragment goes back to the spool with the others
+    on the wire, and once the link is back every fragment is stored, in order."""
+    server, proxy = kvs_local
+    stop = threading.Event()
+    with Spool.open(tmp_path / "spool.db") as spool:
+        fill_backlog(spool, one_second, 3)
+        uploader = video_uploader(proxy, spool, UploadGovernor(400_000, 64 * 1024), stop)
+        uploader.start()
+        try:
+            wait_until(lambda: proxy.upstream_bytes() > 300_000, 20, 0.005, "mid-fragment")
+            proxy.set_mode("cut")
+            wait_until(lambda: uploader.link.online is False, 20, 0.01, "the write failing")
+            proxy.set_mode("pass")
+            wait_until(lambda: spool.pending("video")[0] == 0, 90, 0.05, "all stored")
+        finally:
+            stop.set()
+            spool.wake_waiters()
+            uploader.join(10)
+    assert server.streams["cam"].fragments == 3
+    assert uploader.stats.dead_lettered == 0

@@ -67,7 +67,9 @@ def pending(config: Path, queue: str) -> int:
         conn.close()
 
 
-def test_an_outage_loses_nothing_and_a_power_cut_during_replay_keeps_the_place(
+@pytest.mark.parametrize("video_outage", ["blackhole", "cut"])
+def test_an_outage_loses_nothing_and_a_power_cut_during_replay_keeps_the_place(  # noqa: PLR0917
+    video_outage: str,
     tmp_path: Path,
     broker: Mosquitto,
     kinesalite: Kinesalite,
@@ -105,10 +107,11 @@ def test_an_outage_loses_nothing_and_a_power_cut_during_replay_keeps_the_place(
             lambda: agent.sink_status("telemetry").get("records_sent", 0) >= 1000, 60, 0.05, "sent"
         )
 
-        # The outage: the Kinesis endpoint refuses connections, the Kinesis Video route
-        # goes dead (connections accepted, nothing answered).
+        # The outage: the Kinesis endpoint refuses connections; the Kinesis Video route
+        # goes dead (connections accepted, nothing answered) or is cut as well (open
+        # connections closed mid-fragment, new ones refused).
         telemetry_link.set_mode("cut")
-        video_link.set_mode("blackhole")
+        video_link.set_mode(video_outage)
         run_publisher(broker.port, 4000, extra=("--sensors", "5", "--start-seq", "1000"))
         wait_until(lambda: pending(config, "video") >= 20, 60, 0.1, "20 fragments held")
         wait_until(lambda: pending(config, "telemetry") >= 4000, 60, 0.05, "the backlog held")

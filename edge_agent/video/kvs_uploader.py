@@ -163,6 +163,7 @@ class KvsUploader(ThreadWorker):
         if first is None:
             return
         track = _track_of(first)
+        connection: PutMediaConnection | None = None
         try:
             credentials = self._credentials()
             connection = PutMediaConnection(
@@ -176,12 +177,14 @@ class KvsUploader(ThreadWorker):
                 on_answer=self.spool.wake_waiters,  # an acknowledgement ends the wait below
             )
             connection.open()
+            connection.send(stream_header(track))
         except BaseException:
+            if connection is not None:
+                connection.close()
             self.spool.release([first])  # not on the wire: it goes first next time
             raise
         try:
             self.stats.connections += 1
-            connection.send(stream_header(track))
             self._set_state("sending")
             self._send(connection, first)
             self._stream(connection, track)
@@ -249,11 +252,13 @@ class KvsUploader(ThreadWorker):
             self._on_ack(item)
 
     def _send(self, connection: PutMediaConnection, record: LeasedRecord) -> None:
+        # In flight before the write: if the write fails, the fragment is given back
+        # with the others (a fragment leased and in no list would wait for a restart).
+        now = time.monotonic()
+        self._in_flight[record.captured_at_ms] = (record, now)
         # The end-of-fragment tag lets the service acknowledge the fragment now rather
         # than when the next one begins (a whole fragment duration later).
         connection.send(record.payload + END_OF_FRAGMENT_TAGS)
-        now = time.monotonic()
-        self._in_flight[record.captured_at_ms] = (record, now)
         self._sent_times.append(now)
         self._sent_bytes.append((now, len(record.payload)))
         self.stats.fragments_sent += 1
