@@ -136,6 +136,8 @@ class KvsUploader(ThreadWorker):
                 delay = self.options.pause_probe
                 self._set_state("paused", str(err))
             except (_Reconnect, PutMediaRefused, OSError) as err:
+                if self._stop.is_set():
+                    break  # the agent is stopping (a write gave up): not an outage
                 if isinstance(err, OSError) or (isinstance(err, _Reconnect) and err.silent):
                     self.link.down()
                 delay = self._backoff.next_delay()
