@@ -30,7 +30,6 @@ import base64
 import json
 import os
 import platform
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -62,6 +61,7 @@ from edge_agent.records import Record
 from edge_agent.spool import Spool
 from edge_agent.units import parse_rate
 from tests.fault_proxy import FaultProxy
+from tests.support import spooled_count
 from tests.video_backlog import encode_one_second, fill_backlog
 
 MIB = 1024 * 1024
@@ -113,19 +113,7 @@ def write_config(
 
 def pending(spool: Path, queue: str | None = None) -> int:
     """Records in the spool (of ``queue``, or all)."""
-    conn = sqlite3.connect(f"file:{spool}?mode=ro", uri=True)
-    try:
-        if queue is None:
-            return int(conn.execute("SELECT count(*) FROM records").fetchone()[0])
-        return int(
-            conn.execute(
-                "SELECT count(*) FROM records r JOIN queues q ON q.id = r.queue_id"
-                " WHERE q.name = ?",
-                (queue,),
-            ).fetchone()[0]
-        )
-    finally:
-        conn.close()
+    return spooled_count(spool, queue)
 
 
 def backlog_left(spool: Path) -> bool:

@@ -31,6 +31,8 @@ from edge_agent.token_bucket import TokenBucket
 
 #: The longest a waiting caller sleeps before it looks at its stop event again.
 MAX_SLEEP_S = 0.2
+#: What status says a sink's schedule does right now, by window action.
+SCHEDULE_STATUS = {"pause": "paused", "cap": "capped", "allow": ""}
 #: A lane's own bucket: how much may go out at once above its cap.
 LANE_BURST_S = 0.25
 
@@ -146,19 +148,23 @@ class UploadLane:
         """Wait out a scheduled pause, then this sink's cap (the tighter of its own
         max_rate and a capping window's)."""
         while True:
-            window = active_window(self.share.schedule, self._governor._local_time())
-            if window is not None and window.action == "pause":
-                self.scheduled = f"paused by the schedule until {window.end}"
+            share = self.share
+            window = (
+                active_window(share.schedule, self._governor._local_time())
+                if share.schedule
+                else None
+            )
+            action = window.action if window is not None else "allow"
+            doing = SCHEDULE_STATUS[action]
+            self.scheduled = (
+                f"{doing} by the schedule until {window.end}" if window and doing else ""
+            )
+            if action == "pause":
                 if stop.wait(1.0):
                     return False
                 continue
-            caps = [self.share.max_rate]
-            if window is not None and window.action == "cap":
-                caps.append(window.max_rate)
+            caps = (share.max_rate, window.max_rate if window and action == "cap" else None)
             cap = min((c for c in caps if c), default=None)
-            self.scheduled = ""
-            if window is not None and window.action == "cap":
-                self.scheduled = f"capped by the schedule until {window.end}"
             if cap is None:
                 return True
             with self._lock:

@@ -305,13 +305,21 @@ def spooled_seqs(path: Path, queue: str = "telemetry") -> list[int]:
     return [int(item["seq"]) for item in spooled_payloads(path, queue)]
 
 
-def spooled_count(path: Path) -> int:
-    """Rows in the spool's records table (cheap enough to poll)."""
+def spooled_count(path: Path, queue: str | None = None) -> int:
+    """Rows in the spool's records table, of ``queue`` or all (cheap enough to poll)."""
     if not path.exists():
         return 0
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return int(conn.execute("SELECT count(*) FROM records").fetchone()[0])
+        if queue is None:
+            return int(conn.execute("SELECT count(*) FROM records").fetchone()[0])
+        return int(
+            conn.execute(
+                "SELECT count(*) FROM records r JOIN queues q ON q.id = r.queue_id"
+                " WHERE q.name = ?",
+                (queue,),
+            ).fetchone()[0]
+        )
     except sqlite3.OperationalError:
         return 0
     finally:

@@ -6,7 +6,6 @@ replay does not lose the place."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from tests.support import (
     cli,
     run_publisher,
     spool_path,
+    spooled_count,
     start_agent,
     wait_until,
     write_config,
@@ -51,20 +51,7 @@ def kvs_local(tmp_path: Path) -> Iterator[PutMediaServer]:
 
 def pending(config: Path, queue: str) -> int:
     """Records of ``queue`` still in the spool file (read with sqlite3 directly)."""
-    path = spool_path(config.parent)
-    if not path.exists():
-        return 0
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        row = conn.execute(
-            "SELECT count(*) FROM records r JOIN queues q ON q.id = r.queue_id WHERE q.name = ?",
-            (queue,),
-        ).fetchone()
-        return int(row[0])
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        conn.close()
+    return spooled_count(spool_path(config.parent), queue)
 
 
 @pytest.mark.parametrize("video_outage", ["blackhole", "cut"])

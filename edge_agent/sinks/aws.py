@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 from edge_agent.config import AwsEndpoint
@@ -54,6 +55,15 @@ class WireMeter:
         self.bytes = 0
 
 
+def wire_bytes(
+    method: str, url: str, headers: Iterable[tuple[str, Any]], body: bytes | bytearray
+) -> int:
+    """What a request puts on the wire: request line, headers and body."""
+    size = len(method) + len(url) + 12  # request line
+    size += sum(len(name) + len(str(value)) + 4 for name, value in headers)
+    return size + len(body)
+
+
 def make_client(
     service: str,
     endpoint: AwsEndpoint,
@@ -90,9 +100,9 @@ def make_client(
         # Before signing, not before sending: a request that waited for the budget after
         # it was signed could expire (AWS refuses signatures older than 5 minutes).
         body = request.data if isinstance(request.data, bytes | bytearray) else b""
-        size = len(body) + SIGNATURE_HEADER_BYTES
-        size += sum(len(name) + len(str(value)) + 4 for name, value in request.headers.items())
-        size += len(request.method) + len(request.url) + 12  # request line
+        size = SIGNATURE_HEADER_BYTES + wire_bytes(
+            request.method, request.url, request.headers.items(), body
+        )
         if not governor.acquire(size, stop):
             raise SinkUnavailable("Stopping", "the agent is stopping")
         meter.bytes += size

@@ -23,9 +23,8 @@ from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import ClientError
 
 from edge_agent.governor import UploadBudget
+from edge_agent.sinks.aws import wire_bytes
 
-#: What a request line and the headers botocore does not list add on the wire (about).
-REQUEST_LINE_BYTES = 64
 MAX_ANSWER_BYTES = 64 * 1024
 
 
@@ -55,8 +54,7 @@ def get_data_endpoint(
     )
     SigV4Auth(credentials, "kinesisvideo", region).add_auth(request)
     headers = dict(request.headers.items())
-    wire = len(body) + REQUEST_LINE_BYTES + sum(len(k) + len(v) + 4 for k, v in headers.items())
-    if not governor.acquire(wire, stop):
+    if not governor.acquire(wire_bytes("POST", url, headers.items(), body), stop):
         raise ConnectionAbortedError("the agent is stopping")
     parts = urlsplit(url)
     assert parts.hostname is not None

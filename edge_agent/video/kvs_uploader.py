@@ -111,8 +111,9 @@ class KvsUploader(ThreadWorker):
         self._data_endpoint: str | None = None
         self._backoff = Backoff(self.options.retry_min, self.options.retry_max)
         self._in_flight: OrderedDict[int, tuple[LeasedRecord, float]] = OrderedDict()
-        self._sent_times: list[float] = []
-        self._sent_bytes: deque[tuple[float, int]] = deque()  # for the send rate
+        #: (time, size) of the fragments sent in the last RATE_WINDOW_S: the
+        #: fragments-per-second limit and the send rate in status both read it.
+        self._sends: deque[tuple[float, int]] = deque()
         self.stats = KvsStats()
         self.link = LinkState()
         self.spool_corrupt = False
@@ -261,8 +262,9 @@ class KvsUploader(ThreadWorker):
         # The end-of-fragment tag lets the service acknowledge the fragment now rather
         # than when the next one begins (a whole fragment duration later).
         connection.send(record.payload + END_OF_FRAGMENT_TAGS)
-        self._sent_times.append(now)
-        self._sent_bytes.append((now, len(record.payload)))
+        self._sends.append((now, len(record.payload)))
+        while self._sends[0][0] < now - RATE_WINDOW_S:
+            self._sends.popleft()
         self.stats.fragments_sent += 1
         self.stats.bytes_sent += len(record.payload)
         if record.attempts:
@@ -270,10 +272,10 @@ class KvsUploader(ThreadWorker):
 
     def _rate_wait(self, now: float) -> float:
         """0 if a fragment may go now, else how long until one may (fragments_per_second)."""
-        self._sent_times = [t for t in self._sent_times if now - t < 1.0]
-        if len(self._sent_times) < self.options.fragments_per_second:
+        last_second = [at for at, _ in self._sends if now - at < 1.0]
+        if len(last_second) < self.options.fragments_per_second:
             return 0.0
-        return max(0.001, self._sent_times[0] + 1.0 - now)
+        return max(0.001, last_second[0] + 1.0 - now)
 
     def _next_fragment(self, *, wait: bool) -> LeasedRecord | None:
         while not self._stop.is_set():
@@ -390,8 +392,6 @@ class KvsUploader(ThreadWorker):
     def snapshot(self) -> dict[str, Any]:
         stats = self.stats
         horizon = time.monotonic() - RATE_WINDOW_S
-        while self._sent_bytes and self._sent_bytes[0][0] < horizon:
-            self._sent_bytes.popleft()
         return {
             "type": "kvs",
             "target": self.options.stream,
@@ -411,7 +411,7 @@ class KvsUploader(ThreadWorker):
             "last_error": stats.last_error,
             "in_window": len(self._in_flight),
             "bytes_per_s": round(
-                sum(size for _, size in list(self._sent_bytes)) / RATE_WINDOW_S, 1
+                sum(size for at, size in list(self._sends) if at >= horizon) / RATE_WINDOW_S, 1
             ),
             **self.link.snapshot(),
         }

@@ -73,7 +73,3 @@ class FrameClock:
             at = self._last_ms + 1
         self._last_ms = at
         return at
-
-    def time_ms(self, pts: int | None, time_base: Fraction | None) -> int:
-        """Both steps at once, for a frame that is stored as soon as it arrives."""
-        return self.absolute_ms(self.stream_ms(pts, time_base))
