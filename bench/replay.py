@@ -19,8 +19,15 @@ Reported:
 * the agent's RSS during the drain (median of 0.5 s samples, and the peak), for backlogs
   of different sizes (``--scales``): the peak must not grow with the backlog.
 
+With ``--camera``, a test-pattern camera records live video (640x360, 1 Mbit/s, 2 s
+fragments) into the same stream during the drain, and the video sink replays its backlog
+``--replay`` oldest-first or live-first. Also reported then: how far behind capture the
+newest video acknowledged by the endpoint is (sampled every 0.5 s from the status), the
+live-first trade-off against the drain rate.
+
     .venv/bin/python bench/replay.py        # 60 MB video + 50k records, then 3 x that
     .venv/bin/python bench/replay.py --video-mb 1000 --records 1000000 --scales 1
+    .venv/bin/python bench/replay.py --camera --replay live-first --scales 1
 """
 
 from __future__ import annotations
@@ -90,35 +97,62 @@ def fill_spool(path: Path, video_mb: int, records: int, payload: int) -> tuple[i
     return fragments * fragment, records * payload
 
 
+CAMERA = (
+    '[cameras.live]\nsource = "lavfi"\nurl = "testsrc2=size=640x360:rate=30,realtime"\n'
+    'sink = "video"\nfragment = "2s"\npreset = "ultrafast"\nbitrate = "1Mbit/s"\n'
+)
+
+
 def write_config(
-    directory: Path, spool: Path, budget: str, *, kinesis: str, stream: str, kvs: str, mqtt: int
+    directory: Path,
+    spool: Path,
+    args: argparse.Namespace,
+    *,
+    kinesis: str,
+    stream: str,
+    kvs: str,
+    mqtt: int,
 ) -> Path:
     config = directory / "edge-agent.toml"
     config.write_text(
         f'[agent]\ndevice_name = "bench"\nstate_dir = "{directory / "state"}"\n'
         'status_interval = "500ms"\n\n'
         f'[spool]\npath = "{spool}"\nmax_bytes = "off"\nmax_age = "off"\n\n'
-        f'[uplink]\nmax_rate = "{budget}"\n\n'
+        f'[uplink]\nmax_rate = "{args.budget}"\n\n'
         f'[sinks.telemetry]\ntype = "kinesis"\nstream = "{stream}"\nregion = "us-east-1"\n'
         f'endpoint_url = "{kinesis}"\naggregate = true\nmax_bytes = "off"\nmax_age = "off"\n'
         'linger = "100ms"\n\n'
         f'[sinks.video]\ntype = "kvs"\nstream = "cam"\nregion = "us-east-1"\n'
-        f'endpoint_url = "{kvs}"\nack_timeout = "60s"\nmax_bytes = "off"\nmax_age = "off"\n\n'
-        f'[mqtt]\nhost = "127.0.0.1"\nport = {mqtt}\nclient_id = "bench-replay"\n\n'
+        f'endpoint_url = "{kvs}"\nack_timeout = "60s"\nmax_bytes = "off"\nmax_age = "off"\n'
+        f'replay = "{args.replay}"\n\n'
+        + (CAMERA + "\n" if args.camera else "")
+        + f'[mqtt]\nhost = "127.0.0.1"\nport = {mqtt}\nclient_id = "bench-replay"\n\n'
         '[[mqtt.subscriptions]]\ntopic = "sensors/#"\nqos = 1\nsinks = ["telemetry"]\n'
         'partition_key = "live-{topic[1]}"\n'
     )
     return config
 
 
-def pending(spool: Path, queue: str | None = None) -> int:
-    """Records in the spool (of ``queue``, or all)."""
-    return spooled_count(spool, queue)
+def pending(spool: Path, queue: str | None = None, before_ms: int | None = None) -> int:
+    """Records in the spool (of ``queue``, or all; captured before ``before_ms``)."""
+    return spooled_count(spool, queue, captured_before_ms=before_ms)
 
 
-def backlog_left(spool: Path) -> bool:
-    """Anything of the backlog still there (a few live readings do not count)."""
-    return pending(spool, "video") > 0 or pending(spool, "telemetry") > 2 * LIVE_RATE
+def backlog_left(spool: Path, started_ms: int) -> bool:
+    """Anything of the backlog still there (live readings and video do not count)."""
+    return (
+        pending(spool, "video", started_ms) > 0
+        or pending(spool, "telemetry", started_ms) > 2 * LIVE_RATE
+    )
+
+
+def video_lag(status: Path) -> float | None:
+    """Seconds from the capture of the newest fragment the endpoint acknowledged to now."""
+    try:
+        newest = json.loads(status.read_text())["sinks"]["video"].get("newest_acked_ms")
+    except (OSError, ValueError, KeyError):
+        return None
+    return time.time() - newest / 1000 if newest else None
 
 
 def live_latencies(endpoint: str, stream: str, *, since: float) -> list[float]:
@@ -171,6 +205,7 @@ class Drain:
     latencies: list[float]
     rss_peak_mib: float
     rss_median_mib: float
+    lags: list[float]  # newest acknowledged video behind capture, s (with --camera)
 
     def p99(self) -> float:
         if len(self.latencies) >= 100:
@@ -192,9 +227,11 @@ def drain_once(args: argparse.Namespace, workdir: Path, scale: int) -> Drain:
         stream = kinesalite.create_stream(4)
         with FaultProxy(kinesalite.port) as kinesis_link, FaultProxy(kvs.port) as kvs_link:
             config = write_config(
-                workdir, spool, args.budget, kinesis=kinesis_link.url, stream=stream,
+                workdir, spool, args, kinesis=kinesis_link.url, stream=stream,
                 kvs=kvs_link.url, mqtt=broker.port,
             )  # fmt: skip
+            started_ms = int(time.time() * 1000)  # what is captured from now on is live
+            status = spool.with_name(spool.name + ".status.json")
             env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
             log = workdir / "agent.log"
             with open(log, "ab") as handle:
@@ -208,9 +245,10 @@ def drain_once(args: argparse.Namespace, workdir: Path, scale: int) -> Drain:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             rss: list[float] = []
+            lags: list[float] = []
             deadline = time.monotonic() + args.timeout
             video_only_since: float | None = None  # wall time the telemetry backlog was gone
-            while backlog_left(spool):
+            while backlog_left(spool, started_ms):
                 if video_only_since is None and pending(spool, "telemetry") <= 2 * LIVE_RATE:
                     video_only_since = time.time()
                 if agent.poll() is not None:
@@ -218,11 +256,16 @@ def drain_once(args: argparse.Namespace, workdir: Path, scale: int) -> Drain:
                 if time.monotonic() > deadline:
                     raise BenchError(f"not drained in {args.timeout:.0f}s:\n{tail(log)}")
                 rss.append(rss_bytes(agent.pid) / MIB)
+                lag = video_lag(status) if args.camera else None
+                if lag is not None and time.time() - started_ms / 1000 > 5:  # camera running
+                    lags.append(lag)
                 time.sleep(0.5)
             drained_at = time.monotonic()
             rss_peak = peak_rss_bytes(agent.pid) / MIB
             stop_process(publisher)
-            wait_until(lambda: pending(spool) == 0, 30, "the last readings", interval=0.2)
+            wait_until(
+                lambda: pending(spool, "telemetry") == 0, 30, "the last readings", interval=0.2
+            )
             ups = sorted(kinesis_link.upstream + kvs_link.upstream)
         latencies = live_latencies(kinesalite.endpoint, stream, since=video_only_since or 0.0)
     finally:
@@ -248,6 +291,7 @@ def drain_once(args: argparse.Namespace, workdir: Path, scale: int) -> Drain:
         latencies=latencies,
         rss_peak_mib=rss_peak,
         rss_median_mib=statistics.median(rss) if rss else float("nan"),
+        lags=lags,
     )
 
 
@@ -259,6 +303,7 @@ def run(args: argparse.Namespace) -> int:
             drains.append(drain_once(args, workdir / f"x{scale}", scale))
     print(json.dumps({"python": platform.python_version(), "cpus": os.cpu_count()}))
     print(f"budget {args.budget} = {budget:,.0f} B/s; 10 s windows after the first 2 s")
+    print(f"video replay {args.replay}" + (", a live camera recording" if args.camera else ""))
     for d in drains:
         low = min(d.windows) / budget if d.windows else float("nan")
         high = max(d.windows) / budget if d.windows else float("nan")
@@ -269,6 +314,12 @@ def run(args: argparse.Namespace) -> int:
             f"{fmt(statistics.median(d.latencies) if d.latencies else None, 3)} s, p99 "
             f"{fmt(d.p99(), 3)} s; RSS median {d.rss_median_mib:.1f} MiB, peak "
             f"{d.rss_peak_mib:.1f} MiB"
+            + (
+                f"; newest video acknowledged behind capture: median "
+                f"{fmt(statistics.median(d.lags), 1)} s, max {fmt(max(d.lags), 1)} s"
+                if d.lags
+                else ""
+            )
         )
     print()
     worst = min(d.rate for d in drains) / budget
@@ -295,6 +346,8 @@ def main() -> int:
     parser.add_argument("--scales", default="1,3", help="backlog multiples to drain")
     parser.add_argument("--payload", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--replay", choices=("oldest-first", "live-first"), default="oldest-first")
+    parser.add_argument("--camera", action="store_true", help="live video during the drain")
     add_work_arguments(parser, kept="the spool and the logs")
     return run_or_fail(run, parser.parse_args())
 

@@ -288,7 +288,7 @@ class Agent:
             data["sources"]["mqtt"] = self._mqtt.snapshot()
         try:
             data["sinks"] = {
-                name: {**fw.snapshot(), "upload": self._governor.lane_snapshot(name)}
+                name: sink_with_upload(fw.snapshot(), self._governor.lane_snapshot(name))
                 for name, fw in self._forwarders.items()
             }
         except Exception:  # status must never take the agent down
@@ -304,3 +304,11 @@ class Agent:
             os.replace(tmp, path)
         except OSError as err:
             log.warning("cannot write status file %s: %s", path, err)
+
+
+def sink_with_upload(sink: dict[str, Any], upload: dict[str, object] | None) -> dict[str, Any]:
+    """A sink's status with its share of the budget; a sink whose uploads a schedule
+    window pauses says so, rather than that it is sending."""
+    if upload and upload.get("paused") and str(sink.get("state", "")).startswith("sending"):
+        sink = {**sink, "state": "paused by the schedule", "reason": upload.get("scheduled", "")}
+    return {**sink, "upload": upload}

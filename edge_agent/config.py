@@ -140,6 +140,10 @@ class FirehoseOptions:
 
 
 AckOn = Literal["persisted", "received"]
+#: How a video sink sends a backlog: everything in capture order, or the newest
+#: fragments live first with the backlog in separate sessions behind them.
+ReplayOrder = Literal["oldest-first", "live-first"]
+REPLAY_ORDERS: tuple[ReplayOrder, ...] = ("oldest-first", "live-first")
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,7 @@ class KvsOptions:
     #: A fragment leaves the spool when the service says PERSISTED (durably stored), or
     #: RECEIVED for streams without retention (they never send PERSISTED).
     ack_on: AckOn = "persisted"
+    replay: ReplayOrder = "oldest-first"
     #: Fragments on the wire without their acknowledgement, at most.
     max_in_flight: int = 10
     #: The service allows 5 fragments a second per stream.
@@ -176,6 +181,9 @@ class ScheduleWindow:
     action: Literal["allow", "pause", "cap"]
     max_rate: float | None = None  # bytes/s, for "cap"
     days: frozenset[int] = frozenset(range(7))  # 0 = Monday, the day the window starts
+    #: What it governs: all of the sink's uploads, or only a live-first video sink's
+    #: backlog sessions (live fragments then go at any time).
+    traffic: Literal["all", "backlog"] = "all"
 
     @property
     def start_minute(self) -> int:
@@ -590,6 +598,13 @@ def _read_sinks(section: _Section | None) -> dict[str, SinkConfig]:
             sink = _read_firehose(sub, sink)
         elif sink_type == "kvs":
             sink = _read_kvs(sub, sink)
+        live_first = sink.kvs is not None and sink.kvs.replay == "live-first"
+        if not live_first and any(w.traffic == "backlog" for w in sink.upload.schedule):
+            sub.problem(
+                "schedule",
+                'traffic = "backlog" is for kvs sinks with replay = "live-first"'
+                " (other sinks have no live traffic apart from their backlog)",
+            )
         sinks[name] = sink
         sub.finish()
     return sinks
@@ -617,6 +632,7 @@ def _read_window(section: _Section) -> ScheduleWindow:
         action=section.choice("action", ("allow", "pause", "cap"), _MISSING),
         max_rate=section.rate("max_rate", None),
         days=frozenset(WEEKDAYS.index(day) for day in days if day in WEEKDAYS),
+        traffic=section.choice("traffic", ("all", "backlog"), "all"),
     )
     for key, clock in (("from", window.start), ("to", window.end)):
         if not isinstance(clock, str) or not _CLOCK.match(clock):
@@ -724,6 +740,7 @@ def _read_kvs(section: _Section, sink: SinkConfig) -> SinkConfig:
     options = KvsOptions(
         stream=section.string("stream"),
         ack_on=section.choice("ack_on", ("persisted", "received"), "persisted"),
+        replay=section.choice("replay", REPLAY_ORDERS, "oldest-first"),
         max_in_flight=section.integer("max_in_flight", 10, low=1, high=100),
         fragments_per_second=float(section.integer("fragments_per_second", 5, low=1, high=5)),
         connection_max_age=section.duration("connection_max_age", 40 * 60.0),

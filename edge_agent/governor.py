@@ -5,7 +5,8 @@ Every forwarding sink asks before it writes to the network, with the size on the
 (request body plus headers; a PutMedia stream in slices as it is written). It asks its
 own lane (``UploadGovernor.lane``):
 
-    lane:   schedule (local time)  ->  pause: wait for the window to end
+    lane:   schedule (local time)  ->  pause: wait for the window to end (a live-first
+                                              video sink's backlog: BacklogHeld)
                                        cap:   the window's rate applies
             own cap (max_rate)     ->  a token bucket of the sink's own
     shared: the device budget      ->  one token bucket (max_rate, burst); a caller
@@ -41,6 +42,21 @@ class UploadBudget(Protocol):
     """What a sink holds: ask before writing ``size`` bytes; False if stopping."""
 
     def acquire(self, size: int, stop: threading.Event) -> bool: ...
+
+
+class TrafficBudget(UploadBudget, Protocol):
+    """What a live-first video sink holds: the budget for live fragments (``acquire``)
+    and for its backlog sessions, which a schedule may govern on their own."""
+
+    def backlog(self) -> UploadBudget: ...
+
+    def backlog_held(self) -> str:
+        """Why the backlog may not go now ("" if it may)."""
+        ...
+
+
+class BacklogHeld(Exception):
+    """A schedule window pauses the backlog: the sink ends its backlog session."""
 
 
 class UploadGovernor:
@@ -95,6 +111,12 @@ class UploadGovernor:
         """Wait for the shared budget only, at the highest priority (tests, tools)."""
         return self._take_shared(size, stop, priority=0)
 
+    def backlog(self) -> UploadBudget:
+        return self
+
+    def backlog_held(self) -> str:
+        return ""
+
     def _take_shared(self, size: int, stop: threading.Event, *, priority: int) -> bool:
         with self._cond:
             self._waiting[priority] += 1
@@ -129,37 +151,48 @@ class UploadLane:
         self._bucket: TokenBucket | None = None
         self.share = share
         self.admitted_bytes = 0
-        self.scheduled = ""  # what the schedule does right now, for status
         self.configure(share)
 
     def configure(self, share: UploadShare) -> None:
         with self._lock:
             self.share = share
 
-    def acquire(self, size: int, stop: threading.Event) -> bool:
-        if not self._own_turn(size, stop):
+    def acquire(self, size: int, stop: threading.Event, *, backlog: bool = False) -> bool:
+        """Wait for the schedule, this sink's cap and the shared budget. ``backlog``: the
+        bytes are a live-first sink's backlog (BacklogHeld when a window pauses it)."""
+        if not self._own_turn(size, stop, backlog):
             return False
         if not self._governor._take_shared(size, stop, priority=self.share.priority):
             return False
         self.admitted_bytes += size
         return True
 
-    def _own_turn(self, size: int, stop: threading.Event) -> bool:
+    def backlog(self) -> UploadBudget:
+        return _BacklogBudget(self)
+
+    def backlog_held(self) -> str:
+        window = self._window(backlog=True)
+        return _doing(window) if window is not None and window.action == "pause" else ""
+
+    def _window(self, *, backlog: bool) -> ScheduleWindow | None:
+        """The schedule window in force now for live (all) or backlog traffic."""
+        schedule = self.share.schedule
+        if not schedule:
+            return None  # no schedule: the local time is not even read
+        if not backlog:
+            schedule = tuple(w for w in schedule if w.traffic == "all")
+        return active_window(schedule, self._governor._local_time())
+
+    def _own_turn(self, size: int, stop: threading.Event, backlog: bool) -> bool:
         """Wait out a scheduled pause, then this sink's cap (the tighter of its own
         max_rate and a capping window's)."""
         while True:
             share = self.share
-            window = (
-                active_window(share.schedule, self._governor._local_time())
-                if share.schedule
-                else None
-            )
+            window = self._window(backlog=backlog)
             action = window.action if window is not None else "allow"
-            doing = SCHEDULE_STATUS[action]
-            self.scheduled = (
-                f"{doing} by the schedule until {window.end}" if window and doing else ""
-            )
             if action == "pause":
+                if backlog:
+                    raise BacklogHeld(_doing(window))
                 if stop.wait(1.0):
                     return False
                 continue
@@ -183,12 +216,37 @@ class UploadLane:
                 return False
 
     def snapshot(self) -> dict[str, object]:
+        """What status shows: priority, cap, and what the schedule does right now (to
+        all of the sink's uploads, and to a live-first sink's backlog if that differs)."""
+        live = self._window(backlog=False)
+        backlog = self._window(backlog=True)
+        scheduled = _doing(live)
+        if backlog is not live and _doing(backlog):
+            scheduled = ", ".join(filter(None, (scheduled, "backlog " + _doing(backlog))))
         return {
             "priority": self.share.priority,
             "max_rate": self.share.max_rate,
-            "scheduled": self.scheduled,
+            "scheduled": scheduled,
+            "paused": live is not None and live.action == "pause",
             "admitted_bytes": self.admitted_bytes,
         }
+
+
+class _BacklogBudget:
+    """A lane as a live-first sink's backlog sessions use it."""
+
+    def __init__(self, lane: UploadLane) -> None:
+        self._lane = lane
+
+    def acquire(self, size: int, stop: threading.Event) -> bool:
+        return self._lane.acquire(size, stop, backlog=True)
+
+
+def _doing(window: ScheduleWindow | None) -> str:
+    """What a window does, for status and logs ("" for none, or one that allows)."""
+    if window is None or not SCHEDULE_STATUS[window.action]:
+        return ""
+    return f"{SCHEDULE_STATUS[window.action]} by the schedule until {window.end}"
 
 
 def active_window(

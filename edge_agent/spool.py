@@ -62,6 +62,10 @@ PRESSURE_WARN = 0.8
 PRESSURE_CLEAR = 0.7
 #: Ids per statement when a batch of ids is acked, retried or dead-lettered.
 _ID_CHUNK = 500
+#: Above every record id (SQLite's rowids are signed 64-bit).
+_NO_ID_LIMIT = 2**63 - 1
+#: A single record is leased whatever its size.
+MAX_LEASE_BYTES = 2**62
 #: Records fetched per round while evicting or expiring.
 _EVICT_CHUNK = 512
 #: How long a writer waits for another connection's write lock.
@@ -767,6 +771,7 @@ class Spool:
         max_bytes: int,
         now_ms: int | None = None,
         with_meta: bool = False,
+        below_id: int | None = None,
     ) -> list[LeasedRecord]:
         """Lease the oldest due records of a queue, within count and bytes: handed-back
         records whose retry time has come first, then records not leased since open
@@ -774,7 +779,8 @@ class Spool:
 
         At least one record is returned when any is due, even if it alone exceeds
         max_bytes (a sender decides what to do with it). ``with_meta``: also the meta
-        text (a video fragment's track); record senders do not need it.
+        text (a video fragment's track); record senders do not need it. ``below_id``:
+        only records older than that one (a video backlog behind live fragments).
         """
         state = self._queues.get(queue)
         if state is None or max_records <= 0:
@@ -784,28 +790,104 @@ class Spool:
             if self._closed:
                 raise SpoolError("spool is closed (lease)")
             try:
-                rows, gone = self._lease_rows(state, max_records, now, with_meta)
+                rows, gone = self._lease_rows(state, max_records, now, with_meta, below_id)
             except sqlite3.Error as err:
                 raise translate_sqlite_error(err, "lease") from err
-            for record_id in gone:  # handed back, then evicted or expired
-                del state.returned[record_id]
-            if not rows:
-                return []
-            running = list(itertools.accumulate(map(len, map(_PAYLOAD, rows))))
-            taken = max(1, bisect.bisect_right(running, max_bytes))
-            leased = list(map(_as_leased_record, rows[:taken]))
-            ids = list(map(_ID, leased))
-            if state.returned:
-                for record_id in ids:
-                    if record_id <= state.lease_floor:
-                        del state.returned[record_id]
-            state.lease_floor = max(state.lease_floor, ids[-1])
-            state.leased.update(ids)
-            state.leased_bytes += running[taken - 1]
+            return self._take(state, rows, gone, max_bytes)
+
+    def lease_newest(
+        self, queue: str, *, above_id: int = 0, with_meta: bool = False
+    ) -> LeasedRecord | None:
+        """Lease the newest record of a queue that no sender holds and whose id is above
+        ``above_id``, whatever its retry time: a live video session sends it. The
+        records between the last lease and it stay pending, handed back and due now
+        (the backlog behind it)."""
+        state = self._queues.get(queue)
+        if state is None:
+            return None
+        with self._lock:
+            if self._closed:
+                raise SpoolError("spool is closed (lease)")
+            columns = _LEASE_COLUMNS_WITH_META if with_meta else _LEASE_COLUMNS
+            try:
+                row = self._conn.execute(
+                    f"SELECT {columns} FROM records WHERE queue_id = ? AND id > ?"
+                    " ORDER BY id DESC LIMIT 1",
+                    (state.name, state.id, max(state.lease_floor, above_id)),
+                ).fetchone()
+                if row is not None:  # skip over the fresh records below it
+                    skipped = self._conn.execute(
+                        "SELECT id FROM records WHERE queue_id = ? AND id > ? AND id < ?",
+                        (state.id, state.lease_floor, _ID(row)),
+                    ).fetchall()
+                    state.returned.update((record_id, 0) for (record_id,) in skipped)
+                    rows, gone = [row], list[int]()
+                else:  # nothing new since the last lease: the newest handed back
+                    rows, gone = self._newest_returned(state, columns, above_id)
+            except sqlite3.Error as err:
+                raise translate_sqlite_error(err, "lease") from err
+            leased = self._take(state, rows, gone, MAX_LEASE_BYTES)
+            return leased[0] if leased else None
+
+    def _newest_returned(
+        self, state: _QueueState, columns: str, above_id: int
+    ) -> tuple[list[tuple[object, ...]], list[int]]:
+        gone: list[int] = []
+        for record_id in sorted((i for i in state.returned if i > above_id), reverse=True):
+            row = self._conn.execute(
+                f"SELECT {columns} FROM records WHERE queue_id = ? AND id = ?",
+                (state.name, state.id, record_id),
+            ).fetchone()
+            if row is not None:
+                return [row], gone
+            gone.append(record_id)
+        return [], gone
+
+    def has_newer(self, queue: str, than_id: int) -> bool:
+        """Whether the queue holds a record newer than ``than_id`` (held or not)."""
+        state = self._queues.get(queue)
+        if state is None:
+            return False
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT 1 FROM records WHERE queue_id = ? AND id > ? LIMIT 1",
+                (state.id, than_id),
+            ).fetchone()
+        return row is not None
+
+    def _take(
+        self,
+        state: _QueueState,
+        rows: list[tuple[object, ...]],
+        gone: list[int],
+        max_bytes: int,
+    ) -> list[LeasedRecord]:
+        """Hold ``rows`` (the first ones within ``max_bytes``, at least one) for a
+        sender; forget handed-back ids that are ``gone``. Under the lock."""
+        for record_id in gone:  # handed back, then evicted or expired
+            state.returned.pop(record_id, None)
+        if not rows:
+            return []
+        running = list(itertools.accumulate(map(len, map(_PAYLOAD, rows))))
+        taken = max(1, bisect.bisect_right(running, max_bytes))
+        leased = list(map(_as_leased_record, rows[:taken]))
+        ids = list(map(_ID, leased))
+        if state.returned:
+            for record_id in ids:
+                if record_id <= state.lease_floor:
+                    state.returned.pop(record_id, None)
+        state.lease_floor = max(state.lease_floor, ids[-1])
+        state.leased.update(ids)
+        state.leased_bytes += running[taken - 1]
         return leased
 
     def _lease_rows(
-        self, state: _QueueState, max_records: int, now: int, with_meta: bool = False
+        self,
+        state: _QueueState,
+        max_records: int,
+        now: int,
+        with_meta: bool = False,
+        below_id: int | None = None,
     ) -> tuple[list[tuple[object, ...]], list[int]]:
         """Rows to lease, oldest first: handed-back records that are due, then records
         never leased since open; and the handed-back ids that are no longer there."""
@@ -813,8 +895,9 @@ class Spool:
         rows: list[tuple[object, ...]] = []
         gone: list[int] = []
         columns = _LEASE_COLUMNS_WITH_META if with_meta else _LEASE_COLUMNS
+        below = _NO_ID_LIMIT if below_id is None else below_id
         if state.returned:
-            due = sorted(i for i, at in state.returned.items() if at <= now)
+            due = sorted(i for i, at in state.returned.items() if at <= now and i < below)
             start = 0
             while start < len(due) and len(rows) < max_records:  # some may be gone
                 chunk = due[start : start + min(_ID_CHUNK, max_records - len(rows))]
@@ -830,8 +913,9 @@ class Spool:
                 rows += found
         if len(rows) < max_records:
             rows += conn.execute(
-                f"SELECT {columns} FROM records WHERE queue_id = ? AND id > ? ORDER BY id LIMIT ?",
-                (state.name, state.id, state.lease_floor, max_records - len(rows)),
+                f"SELECT {columns} FROM records WHERE queue_id = ? AND id > ? AND id < ?"
+                " ORDER BY id LIMIT ?",
+                (state.name, state.id, state.lease_floor, below, max_records - len(rows)),
             ).fetchall()
         return rows, gone
 

@@ -285,6 +285,14 @@ def _render_kvs(name: str, sink: dict[str, Any], state: str) -> list[str]:
             f"  capture to acknowledgement: median {captured['p50']:.2f}s, "
             f"max {captured['max']:.2f}s (last 100 fragments)"
         )
+    if sink.get("newest_acked_ms"):
+        behind = max(0.0, time.time() - sink["newest_acked_ms"] / 1000)
+        lines.append(f"  newest fragment acknowledged: captured {human_duration(behind)} ago")
+    if sink.get("replay") == "live-first":
+        lines.append(
+            f"  live first: {sink['live_sessions']} live and {sink['backlog_sessions']} "
+            f"backlog sessions, {sink['backlog_sent']} fragments sent behind live video"
+        )
     if sink.get("last_error"):
         lines.append(f"  last error: {sink['last_error']}")
     return lines

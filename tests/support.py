@@ -305,19 +305,27 @@ def spooled_seqs(path: Path, queue: str = "telemetry") -> list[int]:
     return [int(item["seq"]) for item in spooled_payloads(path, queue)]
 
 
-def spooled_count(path: Path, queue: str | None = None) -> int:
-    """Rows in the spool's records table, of ``queue`` or all (cheap enough to poll)."""
+def spooled_count(
+    path: Path, queue: str | None = None, *, captured_before_ms: int | None = None
+) -> int:
+    """Rows in the spool's records table, of ``queue`` or all, and only those captured
+    before ``captured_before_ms`` if given (cheap enough to poll)."""
     if not path.exists():
         return 0
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    before = 2**63 - 1 if captured_before_ms is None else captured_before_ms
     try:
         if queue is None:
-            return int(conn.execute("SELECT count(*) FROM records").fetchone()[0])
+            return int(
+                conn.execute(
+                    "SELECT count(*) FROM records WHERE captured_at_ms < ?", (before,)
+                ).fetchone()[0]
+            )
         return int(
             conn.execute(
                 "SELECT count(*) FROM records r JOIN queues q ON q.id = r.queue_id"
-                " WHERE q.name = ?",
-                (queue,),
+                " WHERE q.name = ? AND r.captured_at_ms < ?",
+                (queue, before),
             ).fetchone()[0]
         )
     except sqlite3.OperationalError:

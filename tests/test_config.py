@@ -383,10 +383,13 @@ def test_kvs_sink_defaults_and_limits(tmp_path: Path) -> None:
     sink = load_config(write(tmp_path, text)).sinks["video"]
     assert sink.kvs is not None
     assert (sink.kvs.stream, sink.kvs.ack_on, sink.kvs.max_in_flight) == ("cam", "persisted", 10)
+    assert sink.kvs.replay == "oldest-first"
     assert sink.max_record_bytes == 16 * 1024 * 1024
-    found = problems(tmp_path, text + 'connection_max_age = "50m"\nack_on = "stored"\n')
+    found = problems(
+        tmp_path, text + 'connection_max_age = "50m"\nack_on = "stored"\nreplay = "newest"\n'
+    )
     keys = {key for key, _ in found}
-    assert {"sinks.video.connection_max_age", "sinks.video.ack_on"} <= keys
+    assert {"sinks.video.connection_max_age", "sinks.video.ack_on", "sinks.video.replay"} <= keys
 
 
 KVS_SINK = """
@@ -429,3 +432,19 @@ def test_bad_schedules_name_the_window_key_and_reason(tmp_path: Path) -> None:
     assert any(k == "sinks.telemetry.schedule[0].from" and "HH:MM" in r for k, r in found), found
     assert any(k == "sinks.telemetry.schedule[0].days" for k, _ in found), found
     assert any(k == "sinks.telemetry.schedule[0].max_rate" for k, _ in found), found
+
+
+def test_backlog_windows_are_for_live_first_video_sinks(tmp_path: Path) -> None:
+    backlog_window = (
+        '[[sinks.video.schedule]]\nfrom = "06:00"\nto = "00:00"\naction = "pause"\n'
+        'traffic = "backlog"\n'
+    )
+    config = load_config(write(tmp_path, KVS_SINK + 'replay = "live-first"\n' + backlog_window))
+    video = config.sinks["video"]
+    assert video.kvs is not None and video.kvs.replay == "live-first"
+    (window,) = video.upload.schedule
+    assert (window.action, window.traffic) == ("pause", "backlog")
+    found = problems(tmp_path, KVS_SINK + backlog_window)  # oldest-first has no live part
+    assert [(k, "live-first" in r) for k, r in found] == [("sinks.video.schedule", True)]
+    found = problems(tmp_path, KVS_SINK + backlog_window.replace('"backlog"', '"live"'))
+    assert [k for k, _ in found] == ["sinks.video.schedule[0].traffic"]

@@ -5,8 +5,11 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
+from edge_agent.agent import sink_with_upload
 from edge_agent.config import ScheduleWindow, UploadShare
-from edge_agent.governor import UploadGovernor, UploadLane, active_window
+from edge_agent.governor import BacklogHeld, UploadGovernor, UploadLane, active_window
 from tests.support import wait_until
 
 
@@ -44,9 +47,10 @@ def test_a_scheduled_pause_holds_a_sink_until_its_window_ends() -> None:
             done.set()
 
     threading.Thread(target=send, daemon=True).start()
-    wait_until(lambda: lane.scheduled.startswith("paused"), 5, 0.01, "the pause")
     assert not done.wait(0.3)
-    assert "until 00:00" in lane.snapshot()["scheduled"]  # type: ignore[operator]
+    snapshot = lane.snapshot()
+    assert snapshot["scheduled"] == "paused by the schedule until 00:00"
+    assert snapshot["paused"] is True
     now[0] = at(0, 30)  # the night window: uploads allowed
     assert done.wait(3)
     assert lane.admitted_bytes == 100
@@ -101,5 +105,39 @@ def test_a_reload_changes_a_lane_in_place() -> None:
     again = governor.lane("video", UploadShare(priority=3, max_rate=1e6))
     assert again is lane and lane.share.priority == 3
     assert governor.lane_snapshot("video") == {
-        "priority": 3, "max_rate": 1e6, "scheduled": "", "admitted_bytes": 0,
+        "priority": 3, "max_rate": 1e6, "scheduled": "", "paused": False, "admitted_bytes": 0,
     }  # fmt: skip
+
+
+def test_a_backlog_window_holds_only_a_live_first_sinks_backlog() -> None:
+    """Video backlog only at night, live video always: the backlog's budget refuses in
+    the day (the sink ends its backlog session), the live budget admits at once."""
+    backlog_by_day = ScheduleWindow("06:00", "00:00", "pause", traffic="backlog")
+    now = [at(12, 0)]
+    governor = UploadGovernor(None, 1024, local_time=lambda: now[0])
+    lane = governor.lane("video", UploadShare(priority=10, schedule=(backlog_by_day,)))
+    stop = threading.Event()
+    assert lane.acquire(100, stop)  # live
+    assert lane.backlog_held() == "paused by the schedule until 00:00"
+    with pytest.raises(BacklogHeld, match="until 00:00"):
+        lane.backlog().acquire(100, stop)
+    snapshot = lane.snapshot()
+    assert snapshot["scheduled"] == "backlog paused by the schedule until 00:00"
+    assert snapshot["paused"] is False
+    now[0] = at(0, 30)
+    assert lane.backlog_held() == "" and lane.backlog().acquire(100, stop)
+    assert lane.admitted_bytes == 200 and lane.snapshot()["scheduled"] == ""
+
+
+def test_a_sink_paused_by_its_schedule_says_so_in_status() -> None:
+    now = [at(12, 0)]
+    governor = UploadGovernor(None, 1024, local_time=lambda: now[0])
+    governor.lane("video", UploadShare(priority=10, schedule=(NIGHT, DAY_PAUSE)))
+    sending = {"state": "sending", "reason": ""}
+    shown = sink_with_upload(sending, governor.lane_snapshot("video"))
+    assert (shown["state"], shown["reason"]) == (
+        "paused by the schedule",
+        "paused by the schedule until 00:00",
+    )
+    now[0] = at(1, 0)
+    assert sink_with_upload(sending, governor.lane_snapshot("video"))["state"] == "sending"

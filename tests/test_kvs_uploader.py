@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,7 @@ from tests.support import (
     wait_until,
     write_config,
 )
+from tests.video_backlog import encode_one_second, fill_backlog
 
 KEY, SECRET = "AKIDKVSTEST", "kvs-test-secret"
 
@@ -128,15 +130,30 @@ def test_camera_fragments_reach_kvs_local_persisted_and_play_back(
 def test_a_fragment_the_service_refuses_is_dead_lettered_and_the_rest_go_on(
     server: PutMediaServer, tmp_path: Path
 ) -> None:
-    server.streams["cam"].last_fragment_ms = 2**62  # everything looks "in the past": 4004
-    parts = make(server, tmp_path)
-    spool, _, uploader, _ = parts
+    """Within one PutMedia session times must increase: a fragment spooled after a
+    later one (as from a camera whose clock was set back without repair) is refused
+    with 4004, dead-lettered and counted, and the fragments after it go on."""
+    spool, _, uploader, stop = make(server, tmp_path)
+    video = encode_one_second()
+    now = int(time.time() * 1000)
     with spool:
-        run_until(parts, lambda: uploader.stats.dead_lettered >= 2, "two refused")
+        for start in (now - 20_000, now - 30_000, now - 10_000):  # the second goes back
+            fill_backlog(spool, video, 1, start_ms=start)
+        uploader.start()
+        try:
+            wait_until(
+                lambda: uploader.stats.dead_lettered == 1 and spool.pending("video")[0] == 0,
+                60, 0.02, "one refused, the rest taken",
+            )  # fmt: skip
+        finally:
+            stop.set()
+            uploader.join(10)
         dead = spool.dead_letters(limit=10)
-    assert uploader.stats.out_of_order >= 2
-    assert all("FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS (4004)" in d.reason for d in dead)
-    assert server.streams["cam"].fragments == 0
+    assert uploader.stats.out_of_order == 1
+    assert [d.reason for d in dead] == [
+        "Kinesis Video refused the fragment: FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS (4004)"
+    ]
+    assert server.streams["cam"].timecodes == [now - 20_000, now - 10_000]
 
 
 def test_wrong_credentials_pause_the_sink_and_keep_the_fragments(
@@ -195,9 +212,9 @@ def test_sigkill_during_capture_and_upload_loses_no_persisted_fragment(
 ) -> None:
     """The agent is killed (SIGKILL) while the camera captures and fragments are on the
     wire, then started again: every fragment the endpoint persisted is in its files
-    and decodes; times keep increasing across the restart (the endpoint refuses anything
-    else); what was on the wire at the kill is at most re-sent, and the endpoint refuses
-    a re-sent fragment it already stored (4004), which is then dead-lettered."""
+    and decodes; times keep increasing across the restart; what was on the wire at the
+    kill is at most re-sent (the endpoint takes a fragment it already has again in a
+    new session, as the service does), and nothing is dead-lettered."""
     sinks = (
         '[sinks.telemetry]\ntype = "hold"\n'
         f'[sinks.video]\ntype = "kvs"\nstream = "cam"\nregion = "us-east-1"\n'
@@ -223,9 +240,12 @@ def test_sigkill_during_capture_and_upload_loses_no_persisted_fragment(
             frames += sum(1 for _ in container.decode(video=0))
     assert frames >= 30 * stored.fragments - 1  # every persisted fragment plays back
     with Spool.open(spool_path(tmp_path)) as spool:
-        dead = spool.dead_letters(limit=100)
-    assert len(dead) <= 10 + 1  # at most what was in flight (max_in_flight) re-sent
-    assert all("(4004)" in d.reason for d in dead)
+        assert spool.dead_letters(limit=100) == []
+    timecodes = stored.timecodes
+    resent = len(timecodes) - len(set(timecodes))
+    assert resent <= 10 + 1  # at most what was in flight (max_in_flight) re-sent
+    # Fragments after the restart continue after the ones before it.
+    assert sorted(set(timecodes)) == list(dict.fromkeys(timecodes))
 
 
 class RotatingCredentials(ThreadingHTTPServer):

@@ -55,6 +55,31 @@ def test_append_lease_ack_oldest_first(tmp_path: Path) -> None:
         assert (stats.acked_count, stats.leased_count, stats.pending_count) == (4, 6, 6)
 
 
+def test_the_newest_record_can_be_leased_first_and_the_older_ones_after_it(
+    tmp_path: Path,
+) -> None:
+    """What a live-first video sink does: the newest fragment first, then the backlog
+    below it in order, while records newer than it are kept for the next live lease."""
+    with Spool.open(tmp_path / "s.db") as spool:
+        spool.append([rec("v", f"f{i}".encode()) for i in range(6)])
+        newest = spool.lease_newest("v")
+        assert newest is not None and newest.payload == b"f5"
+        assert not spool.has_newer("v", newest.id)
+        spool.append([rec("v", b"f6")])
+        assert spool.has_newer("v", newest.id)
+        backlog = spool.lease("v", max_records=3, max_bytes=10**6, below_id=newest.id)
+        assert [r.payload for r in backlog] == [b"f0", b"f1", b"f2"]
+        live = spool.lease_newest("v", above_id=newest.id)
+        assert live is not None and live.payload == b"f6"
+        assert spool.lease_newest("v", above_id=live.id) is None  # nothing newer
+        spool.release(backlog[1:])
+        rest = spool.lease("v", max_records=10, max_bytes=10**6, below_id=newest.id)
+        assert [r.payload for r in rest] == [b"f1", b"f2", b"f3", b"f4"]
+        spool.release([live])  # a live fragment given back is the newest again
+        again = spool.lease_newest("v")
+        assert again is not None and again.payload == b"f6"
+
+
 def test_lease_respects_byte_budget_but_returns_at_least_one(tmp_path: Path) -> None:
     with Spool.open(tmp_path / "s.db") as spool:
         spool.append([rec("q", b"x" * 100) for _ in range(5)])
@@ -368,6 +393,37 @@ class SpoolMachine(RuleBasedStateMachine):
         assert seqs == sorted(seqs), "lease must return oldest first"
         eligible = sorted(s for s in self.pending[queue] if s not in self.outstanding)
         assert seqs == eligible[: len(seqs)]
+        self.outstanding.update(seqs)
+        return got
+
+    @rule(target=leased, queue=st.sampled_from(QUEUES))
+    def lease_newest(self, queue: str) -> list[LeasedRecord]:
+        got = self.spool.lease_newest(queue)
+        eligible = sorted(s for s in self.pending[queue] if s not in self.outstanding)
+        if not eligible:
+            assert got is None
+            return []
+        assert got is not None and self.seq(got) == eligible[-1], "the newest not held"
+        self.outstanding.add(self.seq(got))
+        return [got]
+
+    @rule(
+        target=leased,
+        queue=st.sampled_from(QUEUES),
+        count=st.integers(1, 6),
+        cut=st.integers(0, 40),
+    )
+    def lease_below(self, queue: str, count: int, cut: int) -> list[LeasedRecord]:
+        """Only records older than one of the queue's (a backlog behind live video)."""
+        rows = self._peek(queue)
+        if not rows:
+            return []
+        below = rows[cut % len(rows)]
+        got = self.spool.lease(queue, max_records=count, max_bytes=10**6, below_id=below.id)
+        seqs = [self.seq(r) for r in got]
+        older = {self.seq(r) for r in rows if r.id < below.id}
+        eligible = sorted(s for s in older if s not in self.outstanding)
+        assert seqs == eligible[: len(seqs)] and len(seqs) == min(count, len(eligible))
         self.outstanding.update(seqs)
         return got
 

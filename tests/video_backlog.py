@@ -47,15 +47,18 @@ def fill_backlog(
     video: tuple[h264.ParameterSets, list[bytes]],
     fragments: int,
     queue: str = "video",
+    *,
+    start_ms: int | None = None,
 ) -> None:
-    """``fragments`` one-second fragments, times increasing, as a camera would spool them."""
+    """``fragments`` one-second fragments, times increasing, as a camera would spool them
+    (the last one a second ago, unless ``start_ms`` says when the first begins)."""
     sets, frames = video
     meta = json.dumps({
         "camera": "cam", "frames": FPS, "duration_ms": 967, "codec_id": H264,
         "codec_private": base64.b64encode(sets.avcc_record()).decode(),
         "width": 640, "height": 360,
     })  # fmt: skip
-    start = int(time.time() * 1000) - fragments * 1000
+    start = int(time.time() * 1000) - fragments * 1000 if start_ms is None else start_ms
     for number in range(fragments):
         at = start + number * 1000
         clip = [Frame(at + i * 1000 // FPS, i == 0, data) for i, data in enumerate(frames)]

@@ -6,7 +6,7 @@ import threading
 
 from edge_agent.config import SinkConfig
 from edge_agent.forwarder import Forwarder
-from edge_agent.governor import UploadBudget
+from edge_agent.governor import TrafficBudget, UploadBudget
 from edge_agent.sinks.base import Sink
 from edge_agent.spool import Spool
 from edge_agent.video.kvs_uploader import KvsUploader
@@ -36,7 +36,7 @@ def make_sink(config: SinkConfig, governor: UploadBudget, stop: threading.Event)
 
 
 def make_sender(
-    config: SinkConfig, spool: Spool, governor: UploadBudget, stop: threading.Event
+    config: SinkConfig, spool: Spool, governor: TrafficBudget, stop: threading.Event
 ) -> Forwarder | KvsUploader:
     """What sends a sink's queue: a Kinesis Video uploader for video, else a forwarder."""
     if config.type == "kvs":  # video: fragments over one streaming connection

@@ -13,8 +13,21 @@
        acknowledgements stop coming (``ack_timeout``), or after any error.
 
 What was on the wire without its acknowledgement goes back to the spool and is sent
-again on the next connection, oldest first: a crash or an outage re-sends at most
-``max_in_flight`` fragments, and loses none.
+again on the next connection: a crash or an outage re-sends at most ``max_in_flight``
+fragments, and loses none.
+
+The order of a backlog (``replay``):
+
+    oldest-first   one session sends everything in capture order; live video waits
+                   until the backlog is through
+    live-first     a live session starts at the newest fragment and follows the
+                   camera; each time it has caught up (all acknowledged, nothing new),
+                   a backlog session sends the older fragments in capture order until
+                   a new fragment is captured, then the next live session starts with
+                   it. Sessions take turns on the one connection a stream may have;
+                   within each, times increase (the service's rule is per PutMedia
+                   call). A schedule window with traffic = "backlog" holds only the
+                   backlog sessions.
 """
 
 from __future__ import annotations
@@ -27,7 +40,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import ClientError
@@ -35,7 +48,7 @@ from botocore.exceptions import ClientError
 from edge_agent.backoff import Backoff
 from edge_agent.config import SinkConfig
 from edge_agent.errors import SinkPaused, SpoolCorrupt, SpoolError
-from edge_agent.governor import UploadBudget
+from edge_agent.governor import BacklogHeld, TrafficBudget, UploadBudget
 from edge_agent.records import LeasedRecord
 from edge_agent.sinks.aws import sink_error
 from edge_agent.spool import Spool
@@ -54,12 +67,19 @@ PAUSE_ERROR_TYPES = frozenset(
 END_OF_FRAGMENT_TAGS = end_of_fragment()
 #: At stop, how long to wait for the acknowledgements of what is on the wire.
 STOP_ACK_WAIT_S = 5.0
+#: Once every fragment of an ended session is acknowledged, how long to wait for the
+#: endpoint to end its answer before the next session opens.
+END_OF_ANSWER_WAIT_S = 2.0
 #: The send rate in status is over this many seconds.
 RATE_WINDOW_S = 10.0
 #: The longest the sender sleeps with nothing to do (it checks its deadlines then).
 IDLE_WAKE_S = 1.0
 #: A fragment is at most this large (what a lease may return).
 MAX_FRAGMENT_BYTES = 50 * 1000 * 1000
+
+#: What a session sends: everything in order (oldest-first), or, live-first, the
+#: newest fragments as they come, or the backlog behind them.
+SessionKind = Literal["all", "live", "backlog"]
 
 
 class _Reconnect(Exception):
@@ -83,9 +103,15 @@ class KvsStats(WorkerState):
     out_of_order: int = 0
     last_fragment_number: str | None = None
     last_ack_latency_s: float | None = None
-    #: Capture of each recent fragment's first frame to its acknowledgement, seconds.
+    #: Capture of each recent fragment's first frame to its acknowledgement, seconds
+    #: (not those of live-first backlog sessions).
     capture_latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=100))
     last_error: str = ""
+    #: Capture time (ms) of the newest fragment acknowledged: how current the stream is.
+    newest_acked_ms: int | None = None
+    live_sessions: int = 0
+    backlog_sessions: int = 0
+    backlog_sent: int = 0  # fragments sent in backlog sessions
 
 
 class KvsUploader(ThreadWorker):
@@ -93,7 +119,7 @@ class KvsUploader(ThreadWorker):
         self,
         config: SinkConfig,
         spool: Spool,
-        governor: UploadBudget,
+        governor: TrafficBudget,
         stop: threading.Event,
     ) -> None:
         import boto3
@@ -110,13 +136,18 @@ class KvsUploader(ThreadWorker):
         self._connect_timeout = aws.connect_timeout
         self._data_endpoint: str | None = None
         self._backoff = Backoff(self.options.retry_min, self.options.retry_max)
-        self._in_flight: OrderedDict[int, tuple[LeasedRecord, float]] = OrderedDict()
+        #: Fragments on the wire by time: (fragment, when sent, sent as backlog).
+        self._in_flight: OrderedDict[int, tuple[LeasedRecord, float, bool]] = OrderedDict()
         #: (time, size) of the fragments sent in the last RATE_WINDOW_S: the
         #: fragments-per-second limit and the send rate in status both read it.
         self._sends: deque[tuple[float, int]] = deque()
         self.stats = KvsStats()
         self.link = LinkState()
         self.spool_corrupt = False
+        self._live_first = self.options.replay == "live-first"
+        #: Live-first: the id of the newest fragment a live session sent (everything
+        #: older still in the spool is backlog); None until the first live session.
+        self._live_last_id: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -132,6 +163,10 @@ class KvsUploader(ThreadWorker):
             try:
                 self._connection_once()
                 self._backoff.reset()
+                continue
+            except BacklogHeld as held:  # a schedule window began: back to live video
+                log.info("sink %s: backlog %s", self.name, held)
+                self._release_in_flight()
                 continue
             except _Pause as err:
                 delay = self.options.pause_probe
@@ -162,10 +197,11 @@ class KvsUploader(ThreadWorker):
     # ------------------------------------------------------------------ one connection
 
     def _connection_once(self) -> None:
-        first = self._next_fragment(wait=True)
+        kind, first = self._first_fragment()
         if first is None:
             return
         track = _track_of(first)
+        budget: UploadBudget = self._governor.backlog() if kind == "backlog" else self._governor
         connection: PutMediaConnection | None = None
         try:
             credentials = self._credentials()
@@ -174,7 +210,7 @@ class KvsUploader(ThreadWorker):
                 self.options.stream,
                 credentials,
                 region=self._region(),
-                governor=self._governor,
+                governor=budget,
                 stop=self._stop,
                 timeout=self._connect_timeout,
                 on_answer=self.spool.wake_waiters,  # an acknowledgement ends the wait below
@@ -188,16 +224,58 @@ class KvsUploader(ThreadWorker):
             raise
         try:
             self.stats.connections += 1
-            self._set_state("sending")
-            self._send(connection, first)
-            self._stream(connection, track)
+            if kind == "live":
+                self.stats.live_sessions += 1
+            elif kind == "backlog":
+                self.stats.backlog_sessions += 1
+            self._set_state("sending" if kind == "all" else f"sending {kind}")
+            self._send(connection, first, kind)
+            self._stream(connection, track, kind)
         finally:
             connection.close()
 
-    def _stream(self, connection: PutMediaConnection, track: VideoTrack) -> None:
+    def _first_fragment(self) -> tuple[SessionKind, LeasedRecord | None]:
+        """What the next session sends, and its first fragment (waiting for one)."""
+        while not self._stop.is_set():
+            generation = self.spool.append_generation
+            kind = self._next_session_kind()
+            record = self._lease(kind)
+            if record is not None:
+                return kind, record
+            self._set_state("idle")
+            self.spool.wait_for_append(generation, IDLE_WAKE_S)
+        return "all", None
+
+    def _next_session_kind(self) -> SessionKind:
+        if not self._live_first:
+            return "all"
+        if self._live_last_id is None or self.spool.has_newer(self.name, self._live_last_id):
+            return "live"
+        return "backlog" if self._backlog_may_go() else "live"
+
+    def _backlog_may_go(self) -> bool:
+        """Live-first: a backlog is waiting and no schedule window holds it (checked
+        when nothing newer is waiting and nothing is in flight: whatever the spool
+        still holds for the sink is older)."""
+        return self.spool.pending(self.name)[0] > 0 and not self._governor.backlog_held()
+
+    def _lease(self, kind: SessionKind) -> LeasedRecord | None:
+        """The next fragment for a session of this kind, if there is one."""
+        if kind == "live":
+            return self.spool.lease_newest(
+                self.name, above_id=self._live_last_id or 0, with_meta=True
+            )
+        below = None if kind == "all" or self._live_last_id is None else self._live_last_id + 1
+        leased = self.spool.lease(
+            self.name, max_records=1, max_bytes=MAX_FRAGMENT_BYTES, with_meta=True, below_id=below
+        )
+        return leased[0] if leased else None
+
+    def _stream(self, connection: PutMediaConnection, track: VideoTrack, kind: SessionKind) -> None:
         """Send fragments as the window and the rate allow; take acknowledgements. The
         thread sleeps until a fragment is appended or an acknowledgement arrives (both
-        wake the spool's waiters), and reads the spool only when something changed."""
+        wake the spool's waiters), and reads the spool only when something changed.
+        Live-first sessions end when it is the other kind's turn."""
         options = self.options
         last_ack = time.monotonic()
         drained_at: int | None = None  # the spool generation at which nothing was left
@@ -211,16 +289,22 @@ class KvsUploader(ThreadWorker):
             generation = self.spool.append_generation
             window_open = len(self._in_flight) < options.max_in_flight
             rate_wait = self._rate_wait(now)
+            if kind == "backlog" and self.spool.has_newer(self.name, self._live_last_id or 0):
+                self._finish(connection)  # a new fragment: live goes first
+                return
             if window_open and rate_wait == 0 and generation != drained_at:
-                record = self._next_fragment(wait=False)
+                record = self._lease(kind)
                 if record is not None:
                     if _track_of(record) != track:  # new parameter sets: a new header
                         self.spool.release([record])
                         self._finish(connection)
                         return
-                    self._send(connection, record)
+                    self._send(connection, record, kind)
                     continue
                 drained_at = generation
+            if drained_at == generation and not self._in_flight and self._turn_over(kind):
+                self._finish(connection)
+                return
             try:
                 item = connection.acks.get_nowait()
             except queue.Empty:
@@ -236,6 +320,14 @@ class KvsUploader(ThreadWorker):
             self._on_ack(item)
         self._finish(connection, STOP_ACK_WAIT_S)  # stopping
 
+    def _turn_over(self, kind: SessionKind) -> bool:
+        """A live-first session that has sent all it may and had it acknowledged: a
+        live session hands over to a waiting backlog, a backlog session that has
+        nothing left to live video."""
+        if kind == "live":
+            return self._backlog_may_go()
+        return kind == "backlog"
+
     def _finish(self, connection: PutMediaConnection, timeout: float | None = None) -> None:
         """End the request and take the acknowledgements still due (also at stop, for
         a while: a fragment acknowledged now is not sent again after a restart)."""
@@ -245,20 +337,28 @@ class KvsUploader(ThreadWorker):
             return
         wait = self.options.ack_timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
-        while self._in_flight and time.monotonic() < deadline:
+        # Then until the endpoint ends its answer (briefly once nothing is due): the
+        # stream's next connection opens only when this one is over.
+        answered_at: float | None = None
+        while time.monotonic() < deadline:
+            if not self._in_flight and answered_at is None:
+                answered_at = time.monotonic()
+                deadline = min(deadline, answered_at + END_OF_ANSWER_WAIT_S)
             try:
                 item = connection.acks.get(timeout=0.1)
-            except Exception:
+            except queue.Empty:
                 continue
             if item is None or isinstance(item, PutMediaRefused):
                 break
             self._on_ack(item)
 
-    def _send(self, connection: PutMediaConnection, record: LeasedRecord) -> None:
+    def _send(
+        self, connection: PutMediaConnection, record: LeasedRecord, kind: SessionKind
+    ) -> None:
         # In flight before the write: if the write fails, the fragment is given back
         # with the others (a fragment leased and in no list would wait for a restart).
         now = time.monotonic()
-        self._in_flight[record.captured_at_ms] = (record, now)
+        self._in_flight[record.captured_at_ms] = (record, now, kind == "backlog")
         # The end-of-fragment tag lets the service acknowledge the fragment now rather
         # than when the next one begins (a whole fragment duration later).
         connection.send(record.payload + END_OF_FRAGMENT_TAGS)
@@ -269,6 +369,10 @@ class KvsUploader(ThreadWorker):
         self.stats.bytes_sent += len(record.payload)
         if record.attempts:
             self.stats.resent += 1
+        if kind == "live":
+            self._live_last_id = record.id  # what is older (and not sent) is backlog
+        elif kind == "backlog":
+            self.stats.backlog_sent += 1
 
     def _rate_wait(self, now: float) -> float:
         """0 if a fragment may go now, else how long until one may (fragments_per_second)."""
@@ -276,20 +380,6 @@ class KvsUploader(ThreadWorker):
         if len(last_second) < self.options.fragments_per_second:
             return 0.0
         return max(0.001, last_second[0] + 1.0 - now)
-
-    def _next_fragment(self, *, wait: bool) -> LeasedRecord | None:
-        while not self._stop.is_set():
-            generation = self.spool.append_generation
-            leased = self.spool.lease(
-                self.name, max_records=1, max_bytes=MAX_FRAGMENT_BYTES, with_meta=True
-            )
-            if leased:
-                return leased[0]
-            if not wait:
-                return None
-            self._set_state("idle")
-            self.spool.wait_for_append(generation, 1.0)
-        return None
 
     # ------------------------------------------------------------------ acknowledgements
 
@@ -303,12 +393,16 @@ class KvsUploader(ThreadWorker):
         entry = self._in_flight.pop(ack.fragment_timecode, None)
         if entry is None:
             return
-        record, sent_at = entry
+        record, sent_at, backlog = entry
         self.spool.ack([record])
         self.stats.fragments_acked += 1
         self.stats.last_fragment_number = ack.fragment_number
         self.stats.last_ack_latency_s = round(time.monotonic() - sent_at, 3)
-        self.stats.capture_latencies_s.append(time.time() - record.captured_at_ms / 1000)
+        if not backlog:  # how current the video is (a backlog session's is old by design)
+            self.stats.capture_latencies_s.append(time.time() - record.captured_at_ms / 1000)
+        newest = self.stats.newest_acked_ms
+        if newest is None or record.captured_at_ms > newest:
+            self.stats.newest_acked_ms = record.captured_at_ms
 
     def _on_error(self, ack: Ack) -> None:
         error_id = ack.error_id if ack.error_id is not None else 5000
@@ -345,7 +439,7 @@ class KvsUploader(ThreadWorker):
 
     def _release_in_flight(self) -> None:
         if self._in_flight:
-            self.spool.release([record for record, _ in self._in_flight.values()])
+            self.spool.release([entry[0] for entry in self._in_flight.values()])
             self._in_flight.clear()
 
     # ------------------------------------------------------------------ plumbing
@@ -395,6 +489,7 @@ class KvsUploader(ThreadWorker):
         return {
             "type": "kvs",
             "target": self.options.stream,
+            "replay": self.options.replay,
             "state": stats.state,
             "reason": stats.reason,
             "since": stats.since,
@@ -408,8 +503,12 @@ class KvsUploader(ThreadWorker):
             "last_fragment_number": stats.last_fragment_number,
             "last_ack_latency_s": stats.last_ack_latency_s,
             "capture_latency_s": _median_and_max(stats.capture_latencies_s),
+            "newest_acked_ms": stats.newest_acked_ms,
             "last_error": stats.last_error,
             "in_window": len(self._in_flight),
+            "live_sessions": stats.live_sessions,
+            "backlog_sessions": stats.backlog_sessions,
+            "backlog_sent": stats.backlog_sent,
             "bytes_per_s": round(
                 sum(size for at, size in list(self._sends) if at >= horizon) / RATE_WINDOW_S, 1
             ),

@@ -9,8 +9,10 @@ agent (and anyone) can be tried without an AWS account:
 For each PutMedia connection it checks the signature (botocore's signer, the test
 credentials it was given), the stream name (one connection per stream), the timecode
 type, and then reads the MKV as it arrives, enforcing the ingestion rules: a keyframe
-at every cluster start, frames and fragments in increasing time, fragment size and
-duration limits, known track numbers, AVCC frames. It answers on the same connection
+at every cluster start, frames and fragments in increasing time within the connection
+(the service's rule is per PutMedia call: a later connection may send older fragments,
+as an offline replay does), fragment size and duration limits, known track numbers,
+AVCC frames. It answers on the same connection
 with the service's acknowledgement events (BUFFERING, RECEIVED, PERSISTED, ERROR with
 the service's ErrorId) and writes every fragment it accepted to a playable MKV file,
 one per stream and connection, under its directory.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -62,9 +65,16 @@ MORE_THAN_ALLOWED_TRACKS_FOUND = 4012
 @dataclass
 class StreamState:
     name: str
-    last_fragment_ms: int = -1
     active: bool = False
     fragments: int = 0
+    #: PutMedia connections accepted for the stream, so far.
+    connections: int = 0
+    #: Connections refused because the stream had one (ConnectionLimitExceeded).
+    refused_connections: int = 0
+    #: Every accepted fragment's timecode, in the order they were accepted, and when
+    #: each was accepted (wall clock, seconds).
+    timecodes: list[int] = field(default_factory=list)
+    accepted_at: list[float] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
 
 
@@ -244,10 +254,12 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Refused(404, "ResourceNotFoundException", f"stream {name!r} not found")
         with self.endpoint.lock:
             if state.active:
+                state.refused_connections += 1
                 raise _Refused(
                     400, "ConnectionLimitExceededException", f"stream {name} has a connection"
                 )
             state.active = True
+            state.connections += 1
         try:
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -255,11 +267,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.connection.settimeout(self.endpoint.idle_timeout)
             _Ingest(self, state).run()
-            self.wfile.write(b"0\r\n\r\n")
         finally:
             with self.endpoint.lock:
                 state.active = False
             self.close_connection = True
+        # The answer ends once the stream takes a new connection: a producer that waits
+        # for the end before it opens the next one is never refused.
+        self.wfile.write(b"0\r\n\r\n")
 
     def send_event(self, event: dict[str, Any]) -> None:
         data = json.dumps(event, separators=(",", ":")).encode() + b"\n"
@@ -305,6 +319,8 @@ class _Ingest:
         self.track_numbers: set[int] = set()
         self.frames: list[Frame] = []
         self.fragment_ms: int | None = None
+        #: The last fragment accepted on this connection: the next must be later.
+        self.last_fragment_ms = -1
         self.fragment_bytes = 0
         self.skip = False  # the current fragment was refused: ignore its blocks
         self.file: BinaryIO | None = None
@@ -351,11 +367,11 @@ class _Ingest:
     def _cluster_start(self, timecode: int) -> bool:
         self.frames, self.fragment_bytes, self.skip = [], 0, False
         self.fragment_ms = timecode
-        if timecode <= self.state.last_fragment_ms:
+        if timecode <= self.last_fragment_ms:
             self.skip = True
             return self._error(
                 FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS,
-                f"fragment at {timecode} is not after {self.state.last_fragment_ms}",
+                f"fragment at {timecode} is not after {self.last_fragment_ms}",
                 timecode,
             )
         self._ack("BUFFERING", timecode)
@@ -387,8 +403,11 @@ class _Ingest:
         if self.skip or not self.frames or self.fragment_ms is None:
             return True
         self._write(self.frames)
-        self.state.last_fragment_ms = self.fragment_ms
-        self.state.fragments += 1
+        self.last_fragment_ms = self.fragment_ms
+        with self.endpoint.lock:
+            self.state.fragments += 1
+            self.state.timecodes.append(self.fragment_ms)
+            self.state.accepted_at.append(time.time())
         number = self.endpoint.next_fragment_number()
         self._ack("RECEIVED", self.fragment_ms, number)
         if self.endpoint.retention:
