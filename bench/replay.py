@@ -21,13 +21,14 @@ Reported:
 
 With ``--camera``, a test-pattern camera records live video (640x360, 1 Mbit/s, 2 s
 fragments) into the same stream during the drain, and the video sink replays its backlog
-``--replay`` oldest-first or live-first. Also reported then: how far behind capture the
-newest video acknowledged by the endpoint is (sampled every 0.5 s from the status), the
-live-first trade-off against the drain rate.
+``--replay`` oldest-first or live-first (comma-separated: each in turn). Also reported
+then: how far behind capture the newest video acknowledged by the endpoint is, sampled
+every 0.5 s from the status once the telemetry backlog (which goes first) is through:
+what live-first buys with its lower drain rate.
 
     .venv/bin/python bench/replay.py        # 60 MB video + 50k records, then 3 x that
     .venv/bin/python bench/replay.py --video-mb 1000 --records 1000000 --scales 1
-    .venv/bin/python bench/replay.py --camera --replay live-first --scales 1
+    .venv/bin/python bench/replay.py --camera --replay oldest-first,live-first --scales 1
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ def write_config(
     directory: Path,
     spool: Path,
     args: argparse.Namespace,
+    replay: str,
     *,
     kinesis: str,
     stream: str,
@@ -124,7 +126,7 @@ def write_config(
         'linger = "100ms"\n\n'
         f'[sinks.video]\ntype = "kvs"\nstream = "cam"\nregion = "us-east-1"\n'
         f'endpoint_url = "{kvs}"\nack_timeout = "60s"\nmax_bytes = "off"\nmax_age = "off"\n'
-        f'replay = "{args.replay}"\n\n'
+        f'replay = "{replay}"\n\n'
         + (CAMERA + "\n" if args.camera else "")
         + f'[mqtt]\nhost = "127.0.0.1"\nport = {mqtt}\nclient_id = "bench-replay"\n\n'
         '[[mqtt.subscriptions]]\ntopic = "sensors/#"\nqos = 1\nsinks = ["telemetry"]\n'
@@ -197,6 +199,7 @@ def live_latencies(endpoint: str, stream: str, *, since: float) -> list[float]:
 @dataclass
 class Drain:
     scale: int
+    replay: str
     backlog_mib: float
     link_mib: float
     seconds: float
@@ -213,7 +216,7 @@ class Drain:
         return max(self.latencies or [float("nan")])
 
 
-def drain_once(args: argparse.Namespace, workdir: Path, scale: int) -> Drain:
+def drain_once(args: argparse.Namespace, workdir: Path, scale: int, replay: str) -> Drain:
     spool = workdir / "state" / "spool.db"
     spool.parent.mkdir(parents=True)
     video_mb, records = args.video_mb * scale, args.records * scale
@@ -227,7 +230,7 @@ def drain_once(args: argparse.Namespace, workdir: Path, scale: int) -> Drain:
         stream = kinesalite.create_stream(4)
         with FaultProxy(kinesalite.port) as kinesis_link, FaultProxy(kvs.port) as kvs_link:
             config = write_config(
-                workdir, spool, args, kinesis=kinesis_link.url, stream=stream,
+                workdir, spool, args, replay, kinesis=kinesis_link.url, stream=stream,
                 kvs=kvs_link.url, mqtt=broker.port,
             )  # fmt: skip
             started_ms = int(time.time() * 1000)  # what is captured from now on is live
@@ -256,8 +259,9 @@ def drain_once(args: argparse.Namespace, workdir: Path, scale: int) -> Drain:
                 if time.monotonic() > deadline:
                     raise BenchError(f"not drained in {args.timeout:.0f}s:\n{tail(log)}")
                 rss.append(rss_bytes(agent.pid) / MIB)
-                lag = video_lag(status) if args.camera else None
-                if lag is not None and time.time() - started_ms / 1000 > 5:  # camera running
+                # Once telemetry (priority 0) has its backlog through, video has the link.
+                lag = video_lag(status) if args.camera and video_only_since else None
+                if lag is not None:
                     lags.append(lag)
                 time.sleep(0.5)
             drained_at = time.monotonic()
@@ -283,6 +287,7 @@ def drain_once(args: argparse.Namespace, workdir: Path, scale: int) -> Drain:
         start += WINDOW_S
     return Drain(
         scale=scale,
+        replay=replay,
         backlog_mib=(video_bytes + telemetry_bytes) / MIB,
         link_mib=total / MIB,
         seconds=drained_at - first,
@@ -299,17 +304,21 @@ def run(args: argparse.Namespace) -> int:
     budget = parse_rate(args.budget)
     drains = []
     with work_directory(args.workdir, keep=args.keep) as workdir:
-        for scale in (int(part) for part in args.scales.split(",")):
-            drains.append(drain_once(args, workdir / f"x{scale}", scale))
+        for replay in args.replay.split(","):
+            for scale in (int(part) for part in args.scales.split(",")):
+                where = workdir / f"{replay}-x{scale}"
+                drains.append(drain_once(args, where, scale, replay))
     print(json.dumps({"python": platform.python_version(), "cpus": os.cpu_count()}))
     print(f"budget {args.budget} = {budget:,.0f} B/s; 10 s windows after the first 2 s")
-    print(f"video replay {args.replay}" + (", a live camera recording" if args.camera else ""))
+    if args.camera:
+        print("a live camera records during the drain")
     for d in drains:
         low = min(d.windows) / budget if d.windows else float("nan")
         high = max(d.windows) / budget if d.windows else float("nan")
         print(
-            f"x{d.scale}: backlog {d.backlog_mib:,.0f} MiB -> {d.link_mib:,.1f} MiB at the link "
-            f"in {d.seconds:,.1f} s = {d.rate / budget:.3f} x the budget; windows "
+            f"{d.replay} x{d.scale}: backlog {d.backlog_mib:,.0f} MiB -> "
+            f"{d.link_mib:,.1f} MiB at the link in {d.seconds:,.1f} s = "
+            f"{d.rate / budget:.3f} x the budget; windows "
             f"{fmt(low, 3)}..{fmt(high, 3)} x; live readings {len(d.latencies)}, p50 "
             f"{fmt(statistics.median(d.latencies) if d.latencies else None, 3)} s, p99 "
             f"{fmt(d.p99(), 3)} s; RSS median {d.rss_median_mib:.1f} MiB, peak "
@@ -322,17 +331,25 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     print()
-    worst = min(d.rate for d in drains) / budget
+    # The drain target is for replay in capture order; live-first gives up some of the
+    # drain rate for current live video (printed, not judged).
+    judged = [d for d in drains if d.replay == "oldest-first"] or drains
+    worst = min(d.rate for d in judged) / budget
     print(f"{verdict(worst >= 0.95)}  drain rate >= 0.95 x the budget ({worst:.3f})")
+    for d in drains:
+        if d not in judged:
+            print(f"      {d.replay} x{d.scale}: drain rate {d.rate / budget:.3f} x the budget")
     highest = max((max(d.windows) for d in drains if d.windows), default=float("nan")) / budget
     print(f"{verdict(highest <= 1.05)}  no 10 s window above the budget + 5 % ({fmt(highest, 3)})")
     p99 = max(d.p99() for d in drains)
     print(f"{verdict(p99 < 2.0)}  live readings p99 < 2 s while video fills the budget ({p99:.3f})")
-    growth = drains[-1].rss_peak_mib / drains[0].rss_peak_mib
-    print(
-        f"{verdict(growth <= 1.1)}  peak RSS does not grow with the backlog "
-        f"(x{drains[-1].scale} / x{drains[0].scale}: {growth:.2f})"
-    )
+    for replay in dict.fromkeys(d.replay for d in drains):
+        same = [d for d in drains if d.replay == replay]
+        growth = same[-1].rss_peak_mib / same[0].rss_peak_mib
+        print(
+            f"{verdict(growth <= 1.1)}  peak RSS does not grow with the backlog ({replay}, "
+            f"x{same[-1].scale} / x{same[0].scale}: {growth:.2f})"
+        )
     if args.json:
         write_json(args.json, {"budget": budget, "drains": [asdict(d) for d in drains]})
     return 0
@@ -346,7 +363,9 @@ def main() -> int:
     parser.add_argument("--scales", default="1,3", help="backlog multiples to drain")
     parser.add_argument("--payload", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=1800)
-    parser.add_argument("--replay", choices=("oldest-first", "live-first"), default="oldest-first")
+    parser.add_argument(
+        "--replay", default="oldest-first", help="video replay orders to run, comma-separated"
+    )
     parser.add_argument("--camera", action="store_true", help="live video during the drain")
     add_work_arguments(parser, kept="the spool and the logs")
     return run_or_fail(run, parser.parse_args())

@@ -62,8 +62,8 @@ PRESSURE_WARN = 0.8
 PRESSURE_CLEAR = 0.7
 #: Ids per statement when a batch of ids is acked, retried or dead-lettered.
 _ID_CHUNK = 500
-#: Above every record id (SQLite's rowids are signed 64-bit).
-_NO_ID_LIMIT = 2**63 - 1
+#: Later than every capture time.
+_NO_TIME_LIMIT = 2**63 - 1
 #: A single record is leased whatever its size.
 MAX_LEASE_BYTES = 2**62
 #: Records fetched per round while evicting or expiring.
@@ -771,7 +771,7 @@ class Spool:
         max_bytes: int,
         now_ms: int | None = None,
         with_meta: bool = False,
-        below_id: int | None = None,
+        captured_before_ms: int | None = None,
     ) -> list[LeasedRecord]:
         """Lease the oldest due records of a queue, within count and bytes: handed-back
         records whose retry time has come first, then records not leased since open
@@ -779,29 +779,31 @@ class Spool:
 
         At least one record is returned when any is due, even if it alone exceeds
         max_bytes (a sender decides what to do with it). ``with_meta``: also the meta
-        text (a video fragment's track); record senders do not need it. ``below_id``:
-        only records older than that one (a video backlog behind live fragments).
+        text (a video fragment's track); record senders do not need it.
+        ``captured_before_ms``: only records captured before then (a video backlog
+        behind live fragments).
         """
         state = self._queues.get(queue)
         if state is None or max_records <= 0:
             return []
         now = self._clock_ms() if now_ms is None else now_ms
+        before = _NO_TIME_LIMIT if captured_before_ms is None else captured_before_ms
         with self._lock:
             if self._closed:
                 raise SpoolError("spool is closed (lease)")
             try:
-                rows, gone = self._lease_rows(state, max_records, now, with_meta, below_id)
+                rows, gone = self._lease_rows(state, max_records, now, with_meta, before)
             except sqlite3.Error as err:
                 raise translate_sqlite_error(err, "lease") from err
             return self._take(state, rows, gone, max_bytes)
 
     def lease_newest(
-        self, queue: str, *, above_id: int = 0, with_meta: bool = False
+        self, queue: str, *, captured_after_ms: int = -1, with_meta: bool = False
     ) -> LeasedRecord | None:
-        """Lease the newest record of a queue that no sender holds and whose id is above
-        ``above_id``, whatever its retry time: a live video session sends it. The
-        records between the last lease and it stay pending, handed back and due now
-        (the backlog behind it)."""
+        """Lease the newest record of a queue that no sender holds, if it was captured
+        after ``captured_after_ms``, whatever its retry time: a live video session sends
+        it. The records between the last lease and it stay pending, handed back and due
+        now (the backlog behind it)."""
         state = self._queues.get(queue)
         if state is None:
             return None
@@ -813,47 +815,50 @@ class Spool:
                 row = self._conn.execute(
                     f"SELECT {columns} FROM records WHERE queue_id = ? AND id > ?"
                     " ORDER BY id DESC LIMIT 1",
-                    (state.name, state.id, max(state.lease_floor, above_id)),
+                    (state.name, state.id, state.lease_floor),
                 ).fetchone()
-                if row is not None:  # skip over the fresh records below it
-                    skipped = self._conn.execute(
+                if row is not None and _CAPTURED(row) > captured_after_ms:
+                    skipped = self._conn.execute(  # the fresh records below it
                         "SELECT id FROM records WHERE queue_id = ? AND id > ? AND id < ?",
                         (state.id, state.lease_floor, _ID(row)),
                     ).fetchall()
                     state.returned.update((record_id, 0) for (record_id,) in skipped)
                     rows, gone = [row], list[int]()
+                elif row is not None:  # the newest of all is not new enough
+                    rows, gone = list[tuple[object, ...]](), list[int]()
                 else:  # nothing new since the last lease: the newest handed back
-                    rows, gone = self._newest_returned(state, columns, above_id)
+                    rows, gone = self._newest_returned(state, columns, captured_after_ms)
             except sqlite3.Error as err:
                 raise translate_sqlite_error(err, "lease") from err
             leased = self._take(state, rows, gone, MAX_LEASE_BYTES)
             return leased[0] if leased else None
 
     def _newest_returned(
-        self, state: _QueueState, columns: str, above_id: int
+        self, state: _QueueState, columns: str, captured_after_ms: int
     ) -> tuple[list[tuple[object, ...]], list[int]]:
         gone: list[int] = []
-        for record_id in sorted((i for i in state.returned if i > above_id), reverse=True):
+        for record_id in sorted(state.returned, reverse=True):
             row = self._conn.execute(
                 f"SELECT {columns} FROM records WHERE queue_id = ? AND id = ?",
                 (state.name, state.id, record_id),
             ).fetchone()
-            if row is not None:
-                return [row], gone
-            gone.append(record_id)
+            if row is None:
+                gone.append(record_id)
+                continue
+            return ([row] if _CAPTURED(row) > captured_after_ms else []), gone
         return [], gone
 
-    def has_newer(self, queue: str, than_id: int) -> bool:
-        """Whether the queue holds a record newer than ``than_id`` (held or not)."""
+    def newest_is_after(self, queue: str, captured_ms: int) -> bool:
+        """Whether the queue's newest record (held or not) was captured after then."""
         state = self._queues.get(queue)
         if state is None:
             return False
         with self._lock:
             row = self._conn.execute(
-                "SELECT 1 FROM records WHERE queue_id = ? AND id > ? LIMIT 1",
-                (state.id, than_id),
+                "SELECT captured_at_ms FROM records WHERE queue_id = ? ORDER BY id DESC LIMIT 1",
+                (state.id,),
             ).fetchone()
-        return row is not None
+        return row is not None and int(row[0]) > captured_ms
 
     def _take(
         self,
@@ -887,17 +892,18 @@ class Spool:
         max_records: int,
         now: int,
         with_meta: bool = False,
-        below_id: int | None = None,
+        captured_before_ms: int = _NO_TIME_LIMIT,
     ) -> tuple[list[tuple[object, ...]], list[int]]:
         """Rows to lease, oldest first: handed-back records that are due, then records
-        never leased since open; and the handed-back ids that are no longer there."""
+        never leased since open (up to the first captured from ``captured_before_ms``
+        on: the fresh ones stay a run above the floor); and the handed-back ids that
+        are no longer there."""
         conn = self._conn
         rows: list[tuple[object, ...]] = []
         gone: list[int] = []
         columns = _LEASE_COLUMNS_WITH_META if with_meta else _LEASE_COLUMNS
-        below = _NO_ID_LIMIT if below_id is None else below_id
         if state.returned:
-            due = sorted(i for i, at in state.returned.items() if at <= now and i < below)
+            due = sorted(i for i, at in state.returned.items() if at <= now)
             start = 0
             while start < len(due) and len(rows) < max_records:  # some may be gone
                 chunk = due[start : start + min(_ID_CHUNK, max_records - len(rows))]
@@ -910,13 +916,13 @@ class Spool:
                 if len(found) < len(chunk):
                     present = set(map(_ID, found))
                     gone += [i for i in chunk if i not in present]
-                rows += found
+                rows += [row for row in found if _CAPTURED(row) < captured_before_ms]
         if len(rows) < max_records:
-            rows += conn.execute(
-                f"SELECT {columns} FROM records WHERE queue_id = ? AND id > ? AND id < ?"
-                " ORDER BY id LIMIT ?",
-                (state.name, state.id, state.lease_floor, below, max_records - len(rows)),
+            fresh = conn.execute(
+                f"SELECT {columns} FROM records WHERE queue_id = ? AND id > ? ORDER BY id LIMIT ?",
+                (state.name, state.id, state.lease_floor, max_records - len(rows)),
             ).fetchall()
+            rows += itertools.takewhile(lambda row: _CAPTURED(row) < captured_before_ms, fresh)
         return rows, gone
 
     def ack(self, records: Iterable[LeasedRecord]) -> int:
@@ -1229,7 +1235,8 @@ _INSERT_ROWS = 256
 _ID = operator.itemgetter(0)
 _QUEUE = operator.itemgetter(1)
 _FIRST = operator.itemgetter(0)
-_PAYLOAD = operator.itemgetter(4)  # of a LeasedRecord, and of the lease query's rows
+_CAPTURED = operator.itemgetter(3)  # of a LeasedRecord, and of the lease query's rows
+_PAYLOAD = operator.itemgetter(4)
 
 
 #: A leased row in LeasedRecord's field order (the queue name is the first parameter).

@@ -127,6 +127,20 @@ def test_camera_fragments_reach_kvs_local_persisted_and_play_back(
     assert 0.95 <= captured["p50"] <= captured["max"] < 1.5
 
 
+def test_an_answer_quiet_for_longer_than_the_socket_timeout_keeps_the_connection(
+    server: PutMediaServer, tmp_path: Path
+) -> None:
+    """Between fragments (and while the upload budget holds video back) the endpoint has
+    nothing to say for longer than the socket's timeout: that is not the end of the
+    connection, and the sink does not reconnect."""
+    parts = make(server, tmp_path, realtime=True, connect_timeout="300ms")
+    spool, _, uploader, _ = parts
+    with spool:
+        run_until(parts, lambda: uploader.stats.fragments_acked >= 3, "3 fragments acked")
+    assert uploader.stats.connections == 1
+    assert uploader.stats.last_error == ""
+
+
 def test_a_fragment_the_service_refuses_is_dead_lettered_and_the_rest_go_on(
     server: PutMediaServer, tmp_path: Path
 ) -> None:

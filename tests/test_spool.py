@@ -61,19 +61,19 @@ def test_the_newest_record_can_be_leased_first_and_the_older_ones_after_it(
     """What a live-first video sink does: the newest fragment first, then the backlog
     below it in order, while records newer than it are kept for the next live lease."""
     with Spool.open(tmp_path / "s.db") as spool:
-        spool.append([rec("v", f"f{i}".encode()) for i in range(6)])
+        spool.append([rec("v", f"f{i}".encode(), at=i * 1000) for i in range(6)])
         newest = spool.lease_newest("v")
         assert newest is not None and newest.payload == b"f5"
-        assert not spool.has_newer("v", newest.id)
-        spool.append([rec("v", b"f6")])
-        assert spool.has_newer("v", newest.id)
-        backlog = spool.lease("v", max_records=3, max_bytes=10**6, below_id=newest.id)
+        assert not spool.newest_is_after("v", newest.captured_at_ms)
+        spool.append([rec("v", b"f6", at=6000)])
+        assert spool.newest_is_after("v", newest.captured_at_ms)
+        backlog = spool.lease("v", max_records=3, max_bytes=10**6, captured_before_ms=5000)
         assert [r.payload for r in backlog] == [b"f0", b"f1", b"f2"]
-        live = spool.lease_newest("v", above_id=newest.id)
+        live = spool.lease_newest("v", captured_after_ms=newest.captured_at_ms)
         assert live is not None and live.payload == b"f6"
-        assert spool.lease_newest("v", above_id=live.id) is None  # nothing newer
+        assert spool.lease_newest("v", captured_after_ms=live.captured_at_ms) is None
         spool.release(backlog[1:])
-        rest = spool.lease("v", max_records=10, max_bytes=10**6, below_id=newest.id)
+        rest = spool.lease("v", max_records=10, max_bytes=10**6, captured_before_ms=5000)
         assert [r.payload for r in rest] == [b"f1", b"f2", b"f3", b"f4"]
         spool.release([live])  # a live fragment given back is the newest again
         again = spool.lease_newest("v")
@@ -361,19 +361,20 @@ class SpoolMachine(RuleBasedStateMachine):
         conn = sqlite3.connect(self.path)
         try:
             rows = conn.execute(
-                "SELECT r.id, r.partition_key, 0 FROM records r JOIN queues q"
+                "SELECT r.id, r.partition_key, r.captured_at_ms FROM records r JOIN queues q"
                 " ON q.id = r.queue_id WHERE q.name = ? ORDER BY r.id",
                 (queue,),
             ).fetchall()
         finally:
             conn.close()
-        return [LeasedRecord(rid, queue, key, 0, b"", 0) for rid, key, _ in rows]
+        return [LeasedRecord(rid, queue, key, at, b"", 0) for rid, key, at in rows]
 
     @rule(queue=st.sampled_from(QUEUES), sizes=st.lists(st.integers(1, 500), max_size=8))
     def append(self, queue: str, sizes: list[int]) -> None:
         records = []
         for size in sizes:
             records.append(rec(queue, b"x" * size, key=str(self.next_seq), at=self.clock.now_ms))
+            self.clock.now_ms += 1  # capture times increase, as a camera's do
             self.pending[queue][self.next_seq] = size
             self.next_seq += 1
         result = self.spool.append(records)
@@ -413,15 +414,15 @@ class SpoolMachine(RuleBasedStateMachine):
         count=st.integers(1, 6),
         cut=st.integers(0, 40),
     )
-    def lease_below(self, queue: str, count: int, cut: int) -> list[LeasedRecord]:
-        """Only records older than one of the queue's (a backlog behind live video)."""
+    def lease_older(self, queue: str, count: int, cut: int) -> list[LeasedRecord]:
+        """Only records captured before one of the queue's (a backlog behind live video)."""
         rows = self._peek(queue)
         if not rows:
             return []
-        below = rows[cut % len(rows)]
-        got = self.spool.lease(queue, max_records=count, max_bytes=10**6, below_id=below.id)
+        before = rows[cut % len(rows)].captured_at_ms
+        got = self.spool.lease(queue, max_records=count, max_bytes=10**6, captured_before_ms=before)
         seqs = [self.seq(r) for r in got]
-        older = {self.seq(r) for r in rows if r.id < below.id}
+        older = {self.seq(r) for r in rows if r.captured_at_ms < before}
         eligible = sorted(s for s in older if s not in self.outstanding)
         assert seqs == eligible[: len(seqs)] and len(seqs) == min(count, len(eligible))
         self.outstanding.update(seqs)

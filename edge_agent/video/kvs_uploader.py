@@ -145,9 +145,9 @@ class KvsUploader(ThreadWorker):
         self.link = LinkState()
         self.spool_corrupt = False
         self._live_first = self.options.replay == "live-first"
-        #: Live-first: the id of the newest fragment a live session sent (everything
-        #: older still in the spool is backlog); None until the first live session.
-        self._live_last_id: int | None = None
+        #: Live-first: when the newest fragment a live session sent was captured (what
+        #: the spool holds from before is backlog); None until the first live session.
+        self._live_last_ms: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -229,6 +229,7 @@ class KvsUploader(ThreadWorker):
             elif kind == "backlog":
                 self.stats.backlog_sessions += 1
             self._set_state("sending" if kind == "all" else f"sending {kind}")
+            log.debug("sink %s: %s session from fragment %d", self.name, kind, first.id)
             self._send(connection, first, kind)
             self._stream(connection, track, kind)
         finally:
@@ -249,7 +250,7 @@ class KvsUploader(ThreadWorker):
     def _next_session_kind(self) -> SessionKind:
         if not self._live_first:
             return "all"
-        if self._live_last_id is None or self.spool.has_newer(self.name, self._live_last_id):
+        if self._live_last_ms is None or self._live_waiting():
             return "live"
         return "backlog" if self._backlog_may_go() else "live"
 
@@ -262,14 +263,24 @@ class KvsUploader(ThreadWorker):
     def _lease(self, kind: SessionKind) -> LeasedRecord | None:
         """The next fragment for a session of this kind, if there is one."""
         if kind == "live":
-            return self.spool.lease_newest(
-                self.name, above_id=self._live_last_id or 0, with_meta=True
-            )
-        below = None if kind == "all" or self._live_last_id is None else self._live_last_id + 1
+            after = -1 if self._live_last_ms is None else self._live_last_ms
+            return self.spool.lease_newest(self.name, captured_after_ms=after, with_meta=True)
+        before = None
+        if kind == "backlog" and self._live_last_ms is not None:
+            before = self._live_last_ms + 1  # a live fragment given back is backlog now
         leased = self.spool.lease(
-            self.name, max_records=1, max_bytes=MAX_FRAGMENT_BYTES, with_meta=True, below_id=below
+            self.name,
+            max_records=1,
+            max_bytes=MAX_FRAGMENT_BYTES,
+            with_meta=True,
+            captured_before_ms=before,
         )
         return leased[0] if leased else None
+
+    def _live_waiting(self) -> bool:
+        """Live-first: a fragment captured after the last live one is in the spool."""
+        last = self._live_last_ms
+        return last is not None and self.spool.newest_is_after(self.name, last)
 
     def _stream(self, connection: PutMediaConnection, track: VideoTrack, kind: SessionKind) -> None:
         """Send fragments as the window and the rate allow; take acknowledgements. The
@@ -289,7 +300,7 @@ class KvsUploader(ThreadWorker):
             generation = self.spool.append_generation
             window_open = len(self._in_flight) < options.max_in_flight
             rate_wait = self._rate_wait(now)
-            if kind == "backlog" and self.spool.has_newer(self.name, self._live_last_id or 0):
+            if kind == "backlog" and self._live_waiting():
                 self._finish(connection)  # a new fragment: live goes first
                 return
             if window_open and rate_wait == 0 and generation != drained_at:
@@ -370,7 +381,7 @@ class KvsUploader(ThreadWorker):
         if record.attempts:
             self.stats.resent += 1
         if kind == "live":
-            self._live_last_id = record.id  # what is older (and not sent) is backlog
+            self._live_last_ms = record.captured_at_ms  # what is older (unsent) is backlog
         elif kind == "backlog":
             self.stats.backlog_sent += 1
 

@@ -30,6 +30,8 @@ from edge_agent.video.acks import Ack, AckParser
 #: The budget is asked for this much of a fragment at a time.
 METER_SLICE_BYTES = 8 * 1024
 CHUNK_OVERHEAD = 12
+#: The reader takes the answer off the socket this much at a time.
+READ_BYTES = 64 * 1024
 
 
 class PutMediaRefused(Exception):
@@ -64,6 +66,7 @@ class PutMediaConnection:
         self._timeout = timeout
         self._on_answer = on_answer or (lambda: None)
         self._sock: socket.socket | None = None
+        self._closing = threading.Event()
         self.acks: queue.Queue[Ack | PutMediaRefused | None] = queue.Queue()
         self.opened_at = time.monotonic()
         self.bytes_sent = 0
@@ -129,6 +132,7 @@ class PutMediaConnection:
             self._sock.sendall(b"0\r\n\r\n")
 
     def close(self) -> None:
+        self._closing.set()
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.close()
@@ -137,7 +141,7 @@ class PutMediaConnection:
     def _read(self, sock: Any) -> None:
         """The answer: status line, headers, then chunks of acknowledgements."""
         try:
-            stream = sock.makefile("rb")
+            stream = _AnswerStream(sock, self._closing)
             status_line = stream.readline(4096).decode("latin-1").split()
             if len(status_line) < 2:
                 raise ConnectionError("no answer from the endpoint")
@@ -173,3 +177,48 @@ class PutMediaConnection:
     def _answer(self, item: Ack | PutMediaRefused | None) -> None:
         self.acks.put(item)
         self._on_answer()
+
+
+class _AnswerStream:
+    """The answer as it comes off the socket, for the reader thread. The socket's
+    timeout guards the sender's writes; for the reader a timeout only means that the
+    endpoint had nothing to say (nothing is due while the sender waits for its budget
+    or the camera), so it reads on until the connection is closed. A stalled
+    connection is the sender's to judge (``ack_timeout``)."""
+
+    def __init__(self, sock: socket.socket, closing: threading.Event) -> None:
+        self._sock = sock
+        self._closing = closing
+        self._buffer = bytearray()
+
+    def readline(self, limit: int) -> bytes:
+        while True:
+            end = self._buffer.find(b"\n", 0, limit)
+            if end >= 0:
+                return self._take(end + 1)
+            if len(self._buffer) >= limit or not self._fill():
+                return self._take(min(limit, len(self._buffer)))
+
+    def read(self, size: int) -> bytes:
+        while len(self._buffer) < size and self._fill():
+            pass
+        return self._take(min(size, len(self._buffer)))
+
+    def _take(self, size: int) -> bytes:
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    def _fill(self) -> bool:
+        """More bytes into the buffer; False at the end of the connection."""
+        while True:
+            try:
+                data = self._sock.recv(READ_BYTES)
+            except TimeoutError:
+                if self._closing.is_set():
+                    return False
+                continue
+            if not data:
+                return False
+            self._buffer += data
+            return True
