@@ -26,7 +26,7 @@ then: how far behind capture the newest video acknowledged by the endpoint is, s
 every 0.5 s from the status once the telemetry backlog (which goes first) is through:
 what live-first buys with its lower drain rate.
 
-    .venv/bin/python bench/replay.py        # 60 MB video + 50k records, then 3 x that
+    .venv/bin/python bench/replay.py        # 60 MB video + 200k records, then 3 x that
     .venv/bin/python bench/replay.py --video-mb 1000 --records 1000000 --scales 1
     .venv/bin/python bench/replay.py --camera --replay oldest-first,live-first --scales 1
 """
@@ -359,7 +359,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", default="20Mbit/s")
     parser.add_argument("--video-mb", type=int, default=60, help="video backlog at x1")
-    parser.add_argument("--records", type=int, default=50_000, help="telemetry backlog at x1")
+    parser.add_argument("--records", type=int, default=200_000, help="telemetry backlog at x1")
     parser.add_argument("--scales", default="1,3", help="backlog multiples to drain")
     parser.add_argument("--payload", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=1800)

@@ -33,7 +33,7 @@ from edge_agent.config import Config, SinkConfig, UploadShare, load_config
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.forwarder import Forwarder
 from edge_agent.governor import UploadGovernor
-from edge_agent.malloc_tuning import fix_mmap_threshold
+from edge_agent.malloc_tuning import tune_malloc
 from edge_agent.sdnotify import SystemdNotifier
 from edge_agent.sinks.factory import FORWARDING_TYPES, make_sender
 from edge_agent.sources.mqtt import MqttSource
@@ -130,7 +130,7 @@ class Agent:
 
     def run(self) -> int:
         config = self.config
-        fix_mmap_threshold()
+        tune_malloc()
         self._spool = spool = open_spool(config)
         log.info("spool open at %s", config.spool.path)
         try:
