@@ -8,7 +8,8 @@ Design, in brief:
 * **WAL mode, group commit.** ``append`` takes a whole batch in one transaction. With
   ``durability = "full"`` (synchronous=FULL) a committed batch survives power loss; with
   ``"normal"`` it survives a crash of the process but maybe not of the machine.
-* **Oldest first.** A record's id is its arrival order; every queue drains by id.
+* **Oldest first.** A record's id is its arrival order; a queue drains by id (a
+  live-first video sink leases its newest record first, then the older ones by id).
 * **Leases live in memory.** A leased record stays in ``records``; which records a
   sender holds, and which it handed back for a retry, is kept in this object, not
   written to the file: a lease costs one read and no write, and whatever a dead process
@@ -165,7 +166,8 @@ class _QueueState:
     lease_floor: int = 0
     #: Ids a sender holds.
     leased: set[int] = field(default_factory=set)
-    #: Ids at or below the floor handed back (retry, release), and when each is due (ms).
+    #: Ids at or below the floor handed back (retry, release) or skipped by
+    #: ``lease_newest``, and when each is due (ms).
     returned: dict[int, int] = field(default_factory=dict)
 
 
@@ -854,11 +856,25 @@ class Spool:
         if state is None:
             return False
         with self._lock:
-            row = self._conn.execute(
-                "SELECT captured_at_ms FROM records WHERE queue_id = ? ORDER BY id DESC LIMIT 1",
-                (state.id,),
-            ).fetchone()
+            if self._closed:
+                raise SpoolError("spool is closed (newest_is_after)")
+            try:
+                row = self._conn.execute(
+                    "SELECT captured_at_ms FROM records WHERE queue_id = ?"
+                    " ORDER BY id DESC LIMIT 1",
+                    (state.id,),
+                ).fetchone()
+            except sqlite3.Error as err:
+                raise translate_sqlite_error(err, "newest_is_after") from err
         return row is not None and int(row[0]) > captured_ms
+
+    def unheld(self, queue: str) -> int:
+        """How many of a queue's pending records no sender holds."""
+        state = self._queues.get(queue)
+        if state is None:
+            return 0
+        with self._lock:
+            return state.pending_count - len(state.leased)
 
     def _take(
         self,

@@ -170,6 +170,27 @@ def test_a_fragment_the_service_refuses_is_dead_lettered_and_the_rest_go_on(
     assert server.streams["cam"].timecodes == [now - 20_000, now - 10_000]
 
 
+def test_a_fragment_whose_track_cannot_be_read_is_dead_lettered(
+    server: PutMediaServer, tmp_path: Path
+) -> None:
+    spool, _, uploader, stop = make(server, tmp_path)
+    video = encode_one_second()
+    now = int(time.time() * 1000)
+    with spool:
+        fill_backlog(spool, video, 1, start_ms=now - 20_000)
+        spool._conn.execute("UPDATE records SET meta = '{not json'")  # damaged on disk
+        fill_backlog(spool, video, 1, start_ms=now - 10_000)
+        uploader.start()
+        try:
+            wait_until(lambda: spool.pending("video")[0] == 0, 30, 0.02, "both settled")
+        finally:
+            stop.set()
+            uploader.join(10)
+        (dead,) = spool.dead_letters(limit=10)
+    assert dead.reason.startswith("the fragment's track (meta) is unreadable")
+    assert server.streams["cam"].timecodes == [now - 10_000]
+
+
 def test_wrong_credentials_pause_the_sink_and_keep_the_fragments(
     server: PutMediaServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

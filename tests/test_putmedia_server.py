@@ -22,6 +22,7 @@ from edge_agent.governor import UploadGovernor
 from edge_agent.sinks.aws import sink_error
 from edge_agent.video.kvs_control import control_endpoint, get_data_endpoint
 from edge_agent.video.mkv import H264, Frame, VideoTrack, cluster, stream_header
+from edge_agent.video.putmedia_client import PutMediaConnection
 from edge_agent.video.putmedia_server import PutMediaServer
 from tests.putmedia_client import (
     CREDENTIALS,
@@ -115,6 +116,39 @@ def test_unknown_streams_and_a_second_connection_are_refused(server: PutMediaSer
     )
     send_chunks(first, [])
     assert [a.event_type for a in read_answer(first).acks].count("PERSISTED") == 1
+
+
+def test_a_connection_the_sink_closes_frees_the_stream_at_once(server: PutMediaServer) -> None:
+    """The sink's reader thread is waiting for acknowledgements when the sink drops the
+    connection (a schedule window holds the backlog mid-fragment): the end goes out on
+    the wire at once, not when the reader's socket timeout (30 s here) runs out, so the
+    stream's next connection is taken."""
+    header, fragments = stream_chunks()
+
+    def connect() -> PutMediaConnection:
+        connection = PutMediaConnection(
+            server.url, "cam", CREDENTIALS.get_frozen_credentials(), region="us-east-1",
+            governor=UploadGovernor(None, 1024), stop=threading.Event(), timeout=30,
+        )  # fmt: skip
+        connection.open()
+        connection.send(header)
+        return connection
+
+    first = connect()
+    first.send(cluster(fragments[0])[:1000])  # a fragment cut short
+    assert first.answered.wait(10)  # the reader now waits for acknowledgements
+    assert server.streams["cam"].active
+    first.close()
+    wait_until(lambda: not server.streams["cam"].active, 2, 0.01, "the stream free again")
+    second = connect()
+    second.send(cluster(fragments[1]))
+    second.finish()
+    answers = [second.acks.get(timeout=10) for _ in range(3)]
+    second.close()
+    assert [a.event_type for a in answers if a is not None and not isinstance(a, Exception)] == [
+        "BUFFERING", "RECEIVED", "PERSISTED",
+    ]  # fmt: skip
+    assert server.streams["cam"].refused_connections == 0
 
 
 def test_fragments_that_break_the_rules_get_the_services_error_ids(

@@ -167,6 +167,7 @@ class KvsUploader(ThreadWorker):
             except BacklogHeld as held:  # a schedule window began: back to live video
                 log.info("sink %s: backlog %s", self.name, held)
                 self._release_in_flight()
+                self._stop.wait(self.options.retry_min)  # the endpoint ends the old one
                 continue
             except _Pause as err:
                 delay = self.options.pause_probe
@@ -200,7 +201,9 @@ class KvsUploader(ThreadWorker):
         kind, first = self._first_fragment()
         if first is None:
             return
-        track = _track_of(first)
+        track = self._track(first)
+        if track is None:
+            return
         budget: UploadBudget = self._governor.backlog() if kind == "backlog" else self._governor
         connection: PutMediaConnection | None = None
         try:
@@ -232,6 +235,11 @@ class KvsUploader(ThreadWorker):
             log.debug("sink %s: %s session from fragment %d", self.name, kind, first.id)
             self._send(connection, first, kind)
             self._stream(connection, track, kind)
+        except BacklogHeld:
+            # Mid-fragment: the session cannot be ended cleanly. Take what was
+            # acknowledged of the fragments written whole, then drop the connection.
+            self._take_arrived_acks(connection)
+            raise
         finally:
             connection.close()
 
@@ -258,7 +266,7 @@ class KvsUploader(ThreadWorker):
         """Live-first: a backlog is waiting and no schedule window holds it (checked
         when nothing newer is waiting and nothing is in flight: whatever the spool
         still holds for the sink is older)."""
-        return self.spool.pending(self.name)[0] > 0 and not self._governor.backlog_held()
+        return self.spool.unheld(self.name) > 0 and not self._governor.backlog_held()
 
     def _lease(self, kind: SessionKind) -> LeasedRecord | None:
         """The next fragment for a session of this kind, if there is one."""
@@ -306,7 +314,10 @@ class KvsUploader(ThreadWorker):
             if window_open and rate_wait == 0 and generation != drained_at:
                 record = self._lease(kind)
                 if record is not None:
-                    if _track_of(record) != track:  # new parameter sets: a new header
+                    record_track = self._track(record)
+                    if record_track is None:
+                        continue
+                    if record_track != track:  # new parameter sets: a new header
                         self.spool.release([record])
                         self._finish(connection)
                         return
@@ -401,11 +412,12 @@ class KvsUploader(ThreadWorker):
             return
         if ack.event_type != wanted or ack.fragment_timecode is None:
             return
-        entry = self._in_flight.pop(ack.fragment_timecode, None)
+        entry = self._in_flight.get(ack.fragment_timecode)
         if entry is None:
             return
         record, sent_at, backlog = entry
-        self.spool.ack([record])
+        self.spool.ack([record])  # if this fails, the fragment is given back with the rest
+        del self._in_flight[ack.fragment_timecode]
         self.stats.fragments_acked += 1
         self.stats.last_fragment_number = ack.fragment_number
         self.stats.last_ack_latency_s = round(time.monotonic() - sent_at, 3)
@@ -419,11 +431,8 @@ class KvsUploader(ThreadWorker):
         error_id = ack.error_id if ack.error_id is not None else 5000
         name = f"{error_name(error_id)} ({error_id})"
         action = error_action(error_id)
-        entry = (
-            self._in_flight.pop(ack.fragment_timecode, None)
-            if ack.fragment_timecode is not None
-            else None
-        )
+        timecode = ack.fragment_timecode
+        entry = self._in_flight.get(timecode) if timecode is not None else None
         if entry is not None and action in (
             ErrorAction.DEAD_LETTER,
             ErrorAction.REPAIR_TIMESTAMPS,
@@ -432,11 +441,11 @@ class KvsUploader(ThreadWorker):
             if action is ErrorAction.REPAIR_TIMESTAMPS:
                 self.stats.out_of_order += 1
             self.spool.dead_letter([record], f"Kinesis Video refused the fragment: {name}")
+            del self._in_flight[record.captured_at_ms]
             self.stats.dead_lettered += 1
             self.stats.last_error = name
             return
-        if entry is not None:
-            self._in_flight[entry[0].captured_at_ms] = entry  # sent again after reconnecting
+        # Anything else: the fragment stays in flight and is sent again after reconnecting.
         if action is ErrorAction.PAUSE:
             raise _Pause(f"Kinesis Video: {name}")
         raise _Reconnect(f"Kinesis Video: {name}")
@@ -447,6 +456,32 @@ class KvsUploader(ThreadWorker):
         if refused.error_type == "InvalidEndpointException":
             self._data_endpoint = None
         raise _Reconnect(str(refused))
+
+    def _take_arrived_acks(self, connection: PutMediaConnection) -> None:
+        """Acknowledgements due for fragments written whole (all in flight but the last),
+        for a moment: what the service has is not sent again."""
+        deadline = time.monotonic() + END_OF_ANSWER_WAIT_S
+        while len(self._in_flight) > 1 and time.monotonic() < deadline:
+            try:
+                item = connection.acks.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is None or isinstance(item, PutMediaRefused):
+                return
+            try:
+                self._on_ack(item)
+            except (_Reconnect, _Pause):
+                return
+
+    def _track(self, record: LeasedRecord) -> VideoTrack | None:
+        """A fragment's track, from what the camera stored with it; a fragment whose
+        track cannot be read can never be sent: dead letter."""
+        try:
+            return _track_of(record)
+        except (ValueError, TypeError) as err:
+            self.spool.dead_letter([record], f"the fragment's track (meta) is unreadable: {err}")
+            self.stats.dead_lettered += 1
+            return None
 
     def _release_in_flight(self) -> None:
         if self._in_flight:

@@ -67,6 +67,8 @@ class PutMediaConnection:
         self._on_answer = on_answer or (lambda: None)
         self._sock: socket.socket | None = None
         self._closing = threading.Event()
+        #: Set when the endpoint's answer has begun (status line and headers read).
+        self.answered = threading.Event()
         self.acks: queue.Queue[Ack | PutMediaRefused | None] = queue.Queue()
         self.opened_at = time.monotonic()
         self.bytes_sent = 0
@@ -132,8 +134,13 @@ class PutMediaConnection:
             self._sock.sendall(b"0\r\n\r\n")
 
     def close(self) -> None:
+        """End the connection on the wire at once: a reader blocked in ``recv`` would
+        otherwise keep it open until its timeout, and the endpoint would still count it
+        when the stream's next connection arrives."""
         self._closing.set()
         if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 self._sock.close()
             self._sock = None
@@ -150,6 +157,7 @@ class PutMediaConnection:
             while (line := stream.readline(8192)) not in (b"\r\n", b"\n", b""):
                 name, _, value = line.decode("latin-1").partition(":")
                 headers[name.strip().lower()] = value.strip()
+            self.answered.set()
             if status != 200:
                 length = int(headers.get("content-length") or 0)
                 body = stream.read(min(length, 65536)).decode(errors="replace") if length else ""
