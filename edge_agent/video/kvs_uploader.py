@@ -361,18 +361,13 @@ class KvsUploader(ThreadWorker):
         deadline = time.monotonic() + wait
         # Then until the endpoint ends its answer (briefly once nothing is due): the
         # stream's next connection opens only when this one is over.
-        answered_at: float | None = None
-        while time.monotonic() < deadline:
-            if not self._in_flight and answered_at is None:
-                answered_at = time.monotonic()
-                deadline = min(deadline, answered_at + END_OF_ANSWER_WAIT_S)
-            try:
-                item = connection.acks.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if item is None or isinstance(item, PutMediaRefused):
-                break
-            self._on_ack(item)
+        while True:
+            if not self._in_flight:
+                deadline = min(deadline, time.monotonic() + END_OF_ANSWER_WAIT_S)
+            ack = _next_ack(connection, deadline)
+            if ack is None:
+                return
+            self._on_ack(ack)
 
     def _send(
         self, connection: PutMediaConnection, record: LeasedRecord, kind: SessionKind
@@ -461,15 +456,12 @@ class KvsUploader(ThreadWorker):
         """Acknowledgements due for fragments written whole (all in flight but the last),
         for a moment: what the service has is not sent again."""
         deadline = time.monotonic() + END_OF_ANSWER_WAIT_S
-        while len(self._in_flight) > 1 and time.monotonic() < deadline:
-            try:
-                item = connection.acks.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if item is None or isinstance(item, PutMediaRefused):
+        while len(self._in_flight) > 1:
+            ack = _next_ack(connection, deadline)
+            if ack is None:
                 return
             try:
-                self._on_ack(item)
+                self._on_ack(ack)
             except (_Reconnect, _Pause):
                 return
 
@@ -560,6 +552,18 @@ class KvsUploader(ThreadWorker):
             ),
             **self.link.snapshot(),
         }
+
+
+def _next_ack(connection: PutMediaConnection, deadline: float) -> Ack | None:
+    """The connection's next acknowledgement; None at the end of the answer, at a
+    refusal, or when the deadline (monotonic) passes first."""
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            item = connection.acks.get(timeout=min(left, 0.1))
+        except queue.Empty:
+            continue
+        return None if item is None or isinstance(item, PutMediaRefused) else item
+    return None
 
 
 def _median_and_max(values: deque[float]) -> dict[str, float] | None:
