@@ -538,6 +538,12 @@ def _read_cameras(
                 f"sink {camera.sink!r} takes records of at most {sink.max_record_bytes} bytes; "
                 f"a fragment of video needs more: set its max_record_bytes to at least 4MiB",
             )
+        elif sink.type == "kvs" and any(c.sink == camera.sink for c in cameras.values()):
+            sub.problem(
+                "sink",
+                f"sink {camera.sink!r} already takes another camera; a Kinesis Video stream "
+                "takes one camera (one track, one timeline): give each camera its own sink",
+            )
         cameras[name] = camera
         sub.finish()
     return cameras

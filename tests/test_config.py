@@ -370,6 +370,15 @@ def test_bad_camera_settings_name_key_and_reason(
     assert any(k == key and reason in r for k, r in found), found
 
 
+def test_a_kinesis_video_sink_takes_one_camera(tmp_path: Path) -> None:
+    two = (
+        KVS_SINK + '[cameras.door]\nurl = "rtsp://10.0.0.7/1"\nsink = "video"\n'
+        '[cameras.yard]\nurl = "rtsp://10.0.0.8/1"\nsink = "video"\n'
+    )
+    found = problems(tmp_path, two)
+    assert [(k, "one camera" in r) for k, r in found] == [("cameras.yard.sink", True)]
+
+
 def test_camera_options_and_bitrate(tmp_path: Path) -> None:
     text = CAMERA + 'bitrate = "2Mbit/s"\nsource = "v4l2"\nvideo_size = "1280x720"\n'
     text += "[cameras.door.options]\nthread_queue_size = 512\n"
