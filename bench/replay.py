@@ -229,6 +229,7 @@ def drain_once(args: argparse.Namespace, workdir: Path, scale: int, replay: str)
     try:
         stream = kinesalite.create_stream(4)
         with FaultProxy(kinesalite.port) as kinesis_link, FaultProxy(kvs.port) as kvs_link:
+            kinesis_link.latency = kvs_link.latency = args.latency_ms / 1000
             config = write_config(
                 workdir, spool, args, replay, kinesis=kinesis_link.url, stream=stream,
                 kvs=kvs_link.url, mqtt=broker.port,
@@ -312,6 +313,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"budget {args.budget} = {budget:,.0f} B/s; 10 s windows after the first 2 s")
     if args.camera:
         print("a live camera records during the drain")
+    if args.latency_ms:
+        print(f"links {args.latency_ms:.0f} ms each way ({2 * args.latency_ms:.0f} ms round trip)")
     for d in drains:
         low = min(d.windows) / budget if d.windows else float("nan")
         high = max(d.windows) / budget if d.windows else float("nan")
@@ -367,6 +370,9 @@ def main() -> int:
         "--replay", default="oldest-first", help="video replay orders to run, comma-separated"
     )
     parser.add_argument("--camera", action="store_true", help="live video during the drain")
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="one-way latency of the links (a long route)"
+    )
     add_work_arguments(parser, kept="the spool and the logs")
     return run_or_fail(run, parser.parse_args())
 

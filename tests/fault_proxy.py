@@ -8,7 +8,8 @@ endpoint on 127.0.0.1 and does to the link what bad uplinks do, switched by the 
                timeouts); when the route comes back, those connections are reset, as
                TCP would give up on them
     reset      every connection, new or open, is reset (RST)
-    latency    each chunk is held ``latency`` seconds before it is forwarded
+    latency    each chunk is forwarded ``latency`` seconds after it arrived (a delay
+               line: a long route's latency, its throughput intact)
     rate       the agent -> endpoint direction is limited to ``rate`` bytes/s
 
 It counts what the agent sent through it (``upstream``: time and size of every chunk
@@ -18,6 +19,7 @@ forwarded), so a test can measure the upload rate where the network would.
 from __future__ import annotations
 
 import contextlib
+import queue
 import socket
 import struct
 import threading
@@ -157,6 +159,12 @@ class FaultProxy:
         _close(client, reset=False)
 
     def _pump(self, source: socket.socket, sink: socket.socket, upstream: bool) -> None:
+        """Read one direction; a delivery thread forwards each chunk once ``latency``
+        has passed since it was read (a delay line: the latency of a long route
+        without its throughput falling)."""
+        line: queue.Queue[tuple[float, bytes] | None] = queue.Queue()
+        delivery = threading.Thread(target=self._deliver, args=(line, sink, upstream), daemon=True)
+        delivery.start()
         try:
             while True:
                 data = source.recv(CHUNK)
@@ -164,10 +172,23 @@ class FaultProxy:
                     break
                 if self.mode == "blackhole":
                     continue  # a dead route: what is sent is lost
-                if self.latency:
-                    time.sleep(self.latency)
                 if upstream:
-                    self._take(len(data))
+                    self._take(len(data))  # the sender feels a slow link here
+                line.put((time.monotonic() + self.latency, data))
+        except OSError:
+            pass
+        finally:
+            line.put(None)
+
+    def _deliver(
+        self, line: queue.Queue[tuple[float, bytes] | None], sink: socket.socket, upstream: bool
+    ) -> None:
+        try:
+            while (item := line.get()) is not None:
+                due, data = item
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)  # the chunk is on the long route
                 sink.sendall(data)
                 if upstream:
                     with self._lock:
