@@ -384,6 +384,18 @@ class Spool:
     # ------------------------------------------------------------------ plumbing
 
     @contextlib.contextmanager
+    def _read(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """The connection under the lock, for reads and the in-memory lease state;
+        SQLite's errors as the agent's."""
+        with self._lock:
+            if self._closed:
+                raise SpoolError(f"spool is closed ({doing})")
+            try:
+                yield self._conn
+            except sqlite3.Error as err:
+                raise translate_sqlite_error(err, doing) from err
+
+    @contextlib.contextmanager
     def _write(self, doing: str, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction. ``durable=False`` skips the fsync at commit (WAL with
         synchronous=NORMAL) for changes whose loss in a power cut costs nothing but a
@@ -790,13 +802,8 @@ class Spool:
             return []
         now = self._clock_ms() if now_ms is None else now_ms
         before = _NO_TIME_LIMIT if captured_before_ms is None else captured_before_ms
-        with self._lock:
-            if self._closed:
-                raise SpoolError("spool is closed (lease)")
-            try:
-                rows, gone = self._lease_rows(state, max_records, now, with_meta, before)
-            except sqlite3.Error as err:
-                raise translate_sqlite_error(err, "lease") from err
+        with self._read("lease"):
+            rows, gone = self._lease_rows(state, max_records, now, with_meta, before)
             return self._take(state, rows, gone, max_bytes)
 
     def lease_newest(
@@ -809,29 +816,24 @@ class Spool:
         state = self._queues.get(queue)
         if state is None:
             return None
-        with self._lock:
-            if self._closed:
-                raise SpoolError("spool is closed (lease)")
-            columns = _LEASE_COLUMNS_WITH_META if with_meta else _LEASE_COLUMNS
-            try:
-                row = self._conn.execute(
-                    f"SELECT {columns} FROM records WHERE queue_id = ? AND id > ?"
-                    " ORDER BY id DESC LIMIT 1",
-                    (state.name, state.id, state.lease_floor),
-                ).fetchone()
-                if row is not None and _CAPTURED(row) > captured_after_ms:
-                    skipped = self._conn.execute(  # the fresh records below it
-                        "SELECT id FROM records WHERE queue_id = ? AND id > ? AND id < ?",
-                        (state.id, state.lease_floor, _ID(row)),
-                    ).fetchall()
-                    state.returned.update((record_id, 0) for (record_id,) in skipped)
-                    rows, gone = [row], list[int]()
-                elif row is not None:  # the newest of all is not new enough
-                    rows, gone = list[tuple[object, ...]](), list[int]()
-                else:  # nothing new since the last lease: the newest handed back
-                    rows, gone = self._newest_returned(state, columns, captured_after_ms)
-            except sqlite3.Error as err:
-                raise translate_sqlite_error(err, "lease") from err
+        columns = _LEASE_COLUMNS_WITH_META if with_meta else _LEASE_COLUMNS
+        with self._read("lease") as conn:
+            row = conn.execute(
+                f"SELECT {columns} FROM records WHERE queue_id = ? AND id > ?"
+                " ORDER BY id DESC LIMIT 1",
+                (state.name, state.id, state.lease_floor),
+            ).fetchone()
+            if row is not None and _CAPTURED(row) > captured_after_ms:
+                skipped = conn.execute(  # the fresh records below it
+                    "SELECT id FROM records WHERE queue_id = ? AND id > ? AND id < ?",
+                    (state.id, state.lease_floor, _ID(row)),
+                ).fetchall()
+                state.returned.update((record_id, 0) for (record_id,) in skipped)
+                rows, gone = [row], list[int]()
+            elif row is not None:  # the newest of all is not new enough
+                rows, gone = list[tuple[object, ...]](), list[int]()
+            else:  # nothing new since the last lease: the newest handed back
+                rows, gone = self._newest_returned(state, columns, captured_after_ms)
             leased = self._take(state, rows, gone, MAX_LEASE_BYTES)
             return leased[0] if leased else None
 
@@ -855,17 +857,11 @@ class Spool:
         state = self._queues.get(queue)
         if state is None:
             return False
-        with self._lock:
-            if self._closed:
-                raise SpoolError("spool is closed (newest_is_after)")
-            try:
-                row = self._conn.execute(
-                    "SELECT captured_at_ms FROM records WHERE queue_id = ?"
-                    " ORDER BY id DESC LIMIT 1",
-                    (state.id,),
-                ).fetchone()
-            except sqlite3.Error as err:
-                raise translate_sqlite_error(err, "newest_is_after") from err
+        with self._read("newest_is_after") as conn:
+            row = conn.execute(
+                "SELECT captured_at_ms FROM records WHERE queue_id = ? ORDER BY id DESC LIMIT 1",
+                (state.id,),
+            ).fetchone()
         return row is not None and int(row[0]) > captured_ms
 
     def unheld(self, queue: str) -> int:
@@ -1102,11 +1098,8 @@ class Spool:
             )
 
     def stats(self, *, events: int = 10) -> SpoolStats:
-        with self._lock:
-            try:
-                return self._stats(events)
-            except sqlite3.Error as err:
-                raise translate_sqlite_error(err, "status") from err
+        with self._read("status"):
+            return self._stats(events)
 
     def _stats(self, events: int) -> SpoolStats:
         conn = self._conn
@@ -1184,11 +1177,8 @@ class Spool:
             params.append(queue)
         query += " ORDER BY d.id LIMIT ?"
         params.append(limit)
-        with self._lock:
-            try:
-                rows = self._conn.execute(query, params).fetchall()
-            except sqlite3.Error as err:
-                raise translate_sqlite_error(err, "dead-letter listing") from err
+        with self._read("dead-letter listing") as conn:
+            rows = conn.execute(query, params).fetchall()
         return [
             DeadLetter(rid, name, key, captured, size, attempts, reason, dead_at, meta, bytes(data))
             for rid, name, key, captured, size, attempts, reason, dead_at, meta, data in rows

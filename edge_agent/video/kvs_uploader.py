@@ -144,7 +144,6 @@ class KvsUploader(ThreadWorker):
         self.stats = KvsStats()
         self.link = LinkState()
         self.spool_corrupt = False
-        self._live_first = self.options.replay == "live-first"
         #: Live-first: when the newest fragment a live session sent was captured (what
         #: the spool holds from before is backlog); None until the first live session.
         self._live_last_ms: int | None = None
@@ -256,7 +255,7 @@ class KvsUploader(ThreadWorker):
         return "all", None
 
     def _next_session_kind(self) -> SessionKind:
-        if not self._live_first:
+        if self.options.replay == "oldest-first":
             return "all"
         if self._live_last_ms is None or self._live_waiting():
             return "live"
