@@ -231,6 +231,7 @@ class SinkConfig:
 
 
 CameraSource = Literal["rtsp", "v4l2", "file", "lavfi"]
+RtspClient = Literal["auto", "builtin", "pyav"]
 #: Fragments are held whole in one spool record: a sink fed by a camera must take them.
 MIN_VIDEO_RECORD_BYTES = 4 * 1024 * 1024
 
@@ -260,6 +261,10 @@ class CameraConfig:
     reconnect_min: float = 1.0
     reconnect_max: float = 30.0
     extra_options: Mapping[str, str] = field(default_factory=dict)
+    #: RTSP: "builtin" (edge-agent's own client: H.264 over TCP, least CPU), "pyav"
+    #: (FFmpeg's: UDP, listen mode, any codec, FFmpeg options) or "auto" (builtin
+    #: unless FFmpeg options are given).
+    rtsp_client: RtspClient = "auto"
 
 
 @dataclass(frozen=True)
@@ -520,6 +525,7 @@ def _read_cameras(
             reconnect_min=sub.duration("reconnect_min", 1.0),
             reconnect_max=sub.duration("reconnect_max", 30.0),
             extra_options=extra,
+            rtsp_client=sub.choice("rtsp_client", ("auto", "builtin", "pyav"), "auto"),
         )
         if not 0 < camera.fragment_ms <= camera.max_fragment_ms <= 30_000:
             sub.problem("fragment", "need 0 < fragment <= max_fragment <= 30s")
@@ -527,6 +533,14 @@ def _read_cameras(
             r"\d{2,5}x\d{2,5}", camera.video_size
         ):
             sub.problem("video_size", "expected WIDTHxHEIGHT, such as '1280x720'")
+        if camera.rtsp_client == "builtin" and camera.extra_options:
+            sub.problem(
+                "rtsp_client",
+                "the built-in RTSP client takes no FFmpeg [options]: remove them, or set "
+                'rtsp_client = "pyav"',
+            )
+        if camera.rtsp_client != "auto" and camera.source != "rtsp":
+            sub.problem("rtsp_client", f"only RTSP cameras have one (source is {camera.source!r})")
         if camera.reconnect_min > camera.reconnect_max:
             sub.problem("reconnect_min", "must not exceed reconnect_max")
         sink = sinks.get(camera.sink) if isinstance(camera.sink, str) else None

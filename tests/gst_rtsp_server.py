@@ -45,9 +45,18 @@ def available() -> str | None:
 class RtspServer:
     """gst-rtsp-server on 127.0.0.1:``port`` serving ``mounts`` (path -> (file, codec))."""
 
-    def __init__(self, port: int, mounts: Mapping[str, tuple[Path, str]]) -> None:
+    def __init__(
+        self,
+        port: int,
+        mounts: Mapping[str, tuple[Path, str]],
+        *,
+        auth: tuple[str, str, str] | None = None,
+    ) -> None:
+        """``auth``: (method, user, password), method "basic" or "digest": clients must
+        authenticate, as most IP cameras ask."""
         self.port = port
         self.mounts = dict(mounts)
+        self.auth = auth
         self.process: subprocess.Popen[bytes] | None = None
 
     def url(self, path: str) -> str:
@@ -57,6 +66,8 @@ class RtspServer:
         command = [SYSTEM_PYTHON, __file__, "--port", str(self.port)]
         for path, (file, codec) in self.mounts.items():
             command += ["--mount", f"{path}={file}:{codec}"]
+        if self.auth is not None:
+            command += ["--auth", ":".join(self.auth)]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE)
         assert self.process.stdout is not None
         deadline = time.monotonic() + timeout
@@ -100,24 +111,47 @@ def _launch_line(file: str, codec: str) -> str:
     return f"( filesrc location={file} ! {demuxer} ! {PAYLOADERS[codec]} name=pay0 pt=96 )"
 
 
-def _serve(port: int, mounts: list[str]) -> None:  # pragma: no cover - runs under gi
+def _serve(port: int, mounts: list[str], auth: str | None) -> None:  # pragma: no cover - gi
     import gi  # type: ignore[import-not-found]  # Debian's PyGObject, not in the venv
 
     gi.require_version("Gst", "1.0")
     gi.require_version("GstRtspServer", "1.0")
-    from gi.repository import GLib, Gst, GstRtspServer  # type: ignore[import-not-found]
+    gi.require_version("GstRtsp", "1.0")
+    from gi.repository import (  # type: ignore[import-not-found]
+        GLib,
+        Gst,
+        GstRtsp,
+        GstRtspServer,
+    )
 
     Gst.init(None)
     server = GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
     server.set_service(str(port))
     points = server.get_mount_points()
+    permissions = None
+    if auth:
+        method, user, password = auth.split(":", 2)
+        token = GstRtspServer.RTSPToken()
+        token.set_string("media.factory.role", "viewer")
+        checker = GstRtspServer.RTSPAuth()
+        if method == "digest":
+            checker.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)
+            checker.add_digest(user, password, token)
+        else:
+            checker.add_basic(GstRtspServer.RTSPAuth.make_basic(user, password), token)
+        server.set_auth(checker)
+        permissions = GstRtspServer.RTSPPermissions()
+        permissions.add_permission_for_role("viewer", "media.factory.access", True)
+        permissions.add_permission_for_role("viewer", "media.factory.construct", True)
     for mount in mounts:
         path, _, source = mount.partition("=")
         file, _, codec = source.rpartition(":")
         factory = GstRtspServer.RTSPMediaFactory()
         factory.set_launch(_launch_line(file, codec))
         factory.set_shared(True)  # one pipeline for every client, as a camera has
+        if permissions is not None:
+            factory.set_permissions(permissions)
         points.add_factory(path, factory)
     if server.attach(None) == 0:
         sys.exit(f"cannot listen on 127.0.0.1:{port}")
@@ -131,5 +165,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--mount", action="append", default=[], help="PATH=FILE:CODEC")
+    parser.add_argument("--auth", help="METHOD:USER:PASSWORD (basic or digest)")
     arguments = parser.parse_args()
-    _serve(arguments.port, arguments.mount)
+    _serve(arguments.port, arguments.mount, arguments.auth)

@@ -33,6 +33,9 @@ from edge_agent.spool import Spool
 from edge_agent.video import h264
 from edge_agent.video.fragmenter import Fragment, Fragmenter
 from edge_agent.video.mkv import H264, Frame, VideoTrack
+from edge_agent.video.rtp_h264 import H264Depacketizer
+from edge_agent.video.rtsp_client import RtspSession
+from edge_agent.video.sdp import VideoMedia
 from edge_agent.video.timestamps import FrameClock
 from edge_agent.worker import ThreadWorker, WorkerState
 
@@ -88,9 +91,11 @@ class CameraStats(WorkerState):
     bytes: int = 0
     mode: str = ""  # "passthrough" or "encode"
     last_keyframe_at: float | None = None
+    #: Frames lost before the fragmenter (corrupt, undecodable, unsupported packets);
+    #: status adds the fragmenter's own (frames before a fragment's first keyframe).
     dropped_frames: int = 0
-    repaired_times: int = 0
     last_error: str = ""
+    lost_packets: int = 0  # RTP sequence gaps (the built-in RTSP client)
 
 
 @dataclass
@@ -125,8 +130,10 @@ class Camera(ThreadWorker):
         self.stats = CameraStats()
         self.clock = FrameClock(resume_after_ms=self._last_stored_ms())
         self.fragmenter = Fragmenter(settings.fragment_ms, settings.max_fragment_ms)
-        self._track: VideoTrack | None = None
+        self._track: VideoTrack | None = None  # the newest frames'
+        self._fragment_track: VideoTrack | None = None  # the fragment in progress'
         self._track_source: tuple[h264.ParameterSets, int, int] | None = None
+        self._builtin_rtsp = uses_builtin_rtsp(settings)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -167,29 +174,56 @@ class Camera(ThreadWorker):
     def _capture_once(self) -> None:
         settings = self.settings
         self._set_state("connecting")
+        if self._builtin_rtsp:
+            session = RtspSession(
+                settings.url,
+                connect_timeout=settings.connect_timeout,
+                stall_timeout=settings.stall_timeout,
+            )
+            try:
+                media = session.open()
+                if media.encoding == "H264":
+                    self._capture(self._rtsp_frames(session, media), "passthrough")
+                    return
+            finally:
+                session.close()
+            self._builtin_rtsp = False  # not H.264: PyAV decodes it, from now on
+            log.info(
+                "camera %s sends %s over RTSP: decoded and encoded with PyAV",
+                settings.name,
+                media.encoding,
+            )
         container = self._open(settings)
         try:
             stream = container.streams.video[0]
-            self.stats.connects += 1
-            self.clock.reanchor()
-            passthrough = stream.codec_context.name == "h264"
-            self.stats.mode = "passthrough" if passthrough else "encode"
-            self._set_state("capturing")
-            frames = self._passthrough(container, stream) if passthrough else None
-            if frames is None:
-                frames = self._encode(container, stream)
-            for frame in frames:
-                if self._stop.is_set():
-                    return
-                self._backoff.reset()
-                self.stats.frames += 1
-                if frame.keyframe:
-                    self.stats.last_keyframe_at = time.time()
-                self._store(self.fragmenter.add(frame))
-                self.stats.dropped_frames = self.fragmenter.dropped_frames
-                self.stats.repaired_times = self.clock.repaired
+            if stream.codec_context.name == "h264":
+                self._capture(self._passthrough(container, stream), "passthrough")
+            else:
+                self._capture(self._encode(container, stream), "encode")
         finally:
             container.close()
+
+    def _capture(self, frames: Iterator[Frame], mode: str) -> None:
+        """Frames of one connection into fragments, each stored with the track its
+        first frame was captured with (parameter sets change at keyframes)."""
+        self.stats.connects += 1
+        self.clock.reanchor()
+        self.stats.mode = mode
+        self._set_state("capturing")
+        stats, fragmenter = self.stats, self.fragmenter
+        for frame in frames:
+            if self._stop.is_set():
+                return
+            stats.frames += 1
+            if frame.keyframe:
+                self._backoff.reset()
+                stats.last_keyframe_at = time.time()
+            starts_fragment = frame.keyframe and fragmenter.fragment_would_start(frame)
+            done = fragmenter.add(frame)
+            if done is not None:
+                self._store(done)
+            if starts_fragment:
+                self._fragment_track = self._track
 
     def _packets(self, container: Any, stream: Any) -> Iterator[Any]:
         """The stream's packets, timed (``_timed``) and paced for real-time file replay;
@@ -266,6 +300,45 @@ class Camera(ThreadWorker):
             h264.to_avcc(picture.units),
         )
 
+    def _rtsp_frames(self, session: RtspSession, media: VideoMedia) -> Iterator[Frame]:
+        """H.264 from the built-in RTSP client: RTP packets straight to AVCC frames. The
+        parameter sets come from the description and from the stream (where they may
+        change); the picture size from the SPS."""
+        depacketizer = H264Depacketizer()
+        sets = media.parameter_sets
+        if sets is not None:
+            self._set_rtsp_track(sets)
+        seen_changes = 0
+        time_base = Fraction(1, media.clock_rate)
+        stats, stream_ms = self.stats, self.clock.stream_ms
+        try:
+            for packet in session.packets():
+                for unit in depacketizer.push(packet):
+                    if depacketizer.parameter_changes != seen_changes:
+                        seen_changes = depacketizer.parameter_changes
+                        if depacketizer.sps and depacketizer.pps:
+                            found = h264.ParameterSets(depacketizer.sps, depacketizer.pps)
+                            if found != sets and self._set_rtsp_track(found):
+                                sets = found
+                    if self._track is None:
+                        stats.dropped_frames += 1  # nothing decodable before an SPS
+                        continue
+                    yield Frame(stream_ms(unit.timestamp, time_base), unit.keyframe, unit.data)
+        finally:
+            stats.lost_packets += depacketizer.lost_packets
+            stats.dropped_frames += depacketizer.unsupported_packets
+
+    def _set_rtsp_track(self, sets: h264.ParameterSets) -> bool:
+        """The track of these parameter sets, sized by the SPS; False (and the track
+        unchanged) if the SPS cannot be read."""
+        try:
+            width, height = h264.sps_dimensions(sets.sps)
+        except ValueError as err:
+            log.warning("camera %s: an SPS that cannot be read (%s)", self.settings.name, err)
+            return False
+        self._set_track(sets, width, height)
+        return True
+
     def _encode(self, container: Any, stream: Any) -> Iterator[Frame]:
         """Decode whatever the camera sends and encode H.264: one IDR per fragment, no
         B-frames, so every fragment starts at a keyframe and no frame waits for a later one."""
@@ -328,7 +401,8 @@ class Camera(ThreadWorker):
             self._track = VideoTrack(H264, record, width, height)
 
     def _store(self, fragment: Fragment | None) -> None:
-        if fragment is None or self._track is None:
+        track = self._fragment_track
+        if fragment is None or track is None:
             return
         fragment = Fragment(  # from the stream's timeline to the wall clock
             tuple(
@@ -336,7 +410,6 @@ class Camera(ThreadWorker):
                 for frame in fragment.frames
             )
         )
-        track = self._track
         meta = json.dumps(
             {
                 "camera": self.settings.name,
@@ -378,10 +451,21 @@ class Camera(ThreadWorker):
             "fragments": stats.fragments,
             "bytes": stats.bytes,
             "last_keyframe_at": stats.last_keyframe_at,
-            "dropped_frames": stats.dropped_frames,
-            "repaired_times": stats.repaired_times,
+            "dropped_frames": stats.dropped_frames + self.fragmenter.dropped_frames,
+            "repaired_times": self.clock.repaired,
+            "lost_packets": stats.lost_packets,
             "last_error": stats.last_error,
         }
+
+
+def uses_builtin_rtsp(settings: CameraConfig) -> bool:
+    """Whether the camera is read by the built-in RTSP client (``rtsp_client``): "auto"
+    takes it for RTSP cameras without FFmpeg ``options`` (those are for PyAV)."""
+    if settings.source != "rtsp":
+        return False
+    if settings.rtsp_client == "auto":
+        return not settings.extra_options
+    return settings.rtsp_client == "builtin"
 
 
 def _open_with_pyav(settings: CameraConfig) -> Any:

@@ -137,3 +137,108 @@ def parameter_sets_from_avcc_record(record: bytes) -> ParameterSets:
     if len(sps) != sps_size or len(pps) != pps_size or not sps or not pps:
         raise ValueError("truncated avcC record")
     return ParameterSets(sps, pps)
+
+
+def unescape_rbsp(unit: bytes) -> bytes:
+    """A NAL unit's payload without its emulation prevention bytes (00 00 03 -> 00 00)."""
+    if b"\x00\x00\x03" not in unit:
+        return unit
+    out = bytearray()
+    zeros = 0
+    for byte in unit:
+        if zeros >= 2 and byte == 3:
+            zeros = 0
+            continue
+        out.append(byte)
+        zeros = zeros + 1 if byte == 0 else 0
+    return bytes(out)
+
+
+class _Bits:
+    """An Exp-Golomb bit reader over an RBSP; ValueError past its end."""
+
+    def __init__(self, data: bytes) -> None:
+        self._value = int.from_bytes(data, "big")
+        self._left = len(data) * 8
+
+    def bits(self, count: int) -> int:
+        if count > self._left:
+            raise ValueError("SPS ends early")
+        self._left -= count
+        return (self._value >> self._left) & ((1 << count) - 1)
+
+    def ue(self) -> int:
+        zeros = 0
+        while self.bits(1) == 0:
+            zeros += 1
+            if zeros > 31:
+                raise ValueError("Exp-Golomb code too long")
+        return (1 << zeros) - 1 + self.bits(zeros)
+
+    def se(self) -> int:
+        code = self.ue()
+        return (code + 1) // 2 if code % 2 else -(code // 2)
+
+
+#: Profiles whose SPS carries chroma format, bit depths and scaling matrices.
+_HIGH_PROFILES = frozenset({100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135})
+
+
+def sps_dimensions(sps: bytes) -> tuple[int, int]:
+    """The picture size an SPS declares, after its cropping (ITU-T H.264 7.3.2.1.1):
+    what a camera that sends no SDP size or codec context still tells in-band."""
+    bits = _Bits(unescape_rbsp(sps[1:]))
+    profile = bits.bits(8)
+    bits.bits(16)  # constraint flags, level
+    bits.ue()  # seq_parameter_set_id
+    chroma_format = 1
+    separate_planes = 0
+    if profile in _HIGH_PROFILES:
+        chroma_format = bits.ue()
+        if chroma_format == 3:
+            separate_planes = bits.bits(1)
+        bits.ue()  # bit depth luma
+        bits.ue()  # bit depth chroma
+        bits.bits(1)  # qpprime_y_zero_transform_bypass
+        if bits.bits(1):  # seq_scaling_matrix_present
+            for index in range(8 if chroma_format != 3 else 12):
+                if bits.bits(1):
+                    _skip_scaling_list(bits, 16 if index < 6 else 64)
+    bits.ue()  # log2_max_frame_num - 4
+    order_type = bits.ue()
+    if order_type == 0:
+        bits.ue()
+    elif order_type == 1:
+        bits.bits(1)
+        bits.se()
+        bits.se()
+        for _ in range(bits.ue()):
+            bits.se()
+    bits.ue()  # max_num_ref_frames
+    bits.bits(1)  # gaps_in_frame_num_allowed
+    width_mbs = bits.ue() + 1
+    height_map_units = bits.ue() + 1
+    frame_mbs_only = bits.bits(1)
+    if not frame_mbs_only:
+        bits.bits(1)  # mb_adaptive_frame_field
+    bits.bits(1)  # direct_8x8_inference
+    width = width_mbs * 16
+    height = height_map_units * 16 * (2 - frame_mbs_only)
+    if bits.bits(1):  # frame_cropping
+        left, right, top, bottom = bits.ue(), bits.ue(), bits.ue(), bits.ue()
+        chroma = 0 if separate_planes else chroma_format
+        crop_x = 1 if chroma in (0, 3) else 2
+        crop_y = (1 if chroma in (0, 2, 3) else 2) * (2 - frame_mbs_only)
+        width -= crop_x * (left + right)
+        height -= crop_y * (top + bottom)
+    if width <= 0 or height <= 0:
+        raise ValueError("SPS crops the picture away")
+    return width, height
+
+
+def _skip_scaling_list(bits: _Bits, size: int) -> None:
+    last = following = 8
+    for _ in range(size):
+        if following:
+            following = (last + bits.se() + 256) % 256
+        last = following or last

@@ -1,0 +1,437 @@
+"""The built-in RTSP client (RFC 2326): an IP camera's H.264 over RTP interleaved in
+the RTSP connection (TCP), read in large, few reads.
+
+    connect -> OPTIONS -> DESCRIBE (SDP) -> SETUP video, interleaved=0-1 -> PLAY
+            -> '$' channel length RTP ... (and the answers to our keepalives)
+            -> TEARDOWN
+
+Why not FFmpeg's RTSP demuxer (through PyAV): it reads every RTP packet with its own
+system calls and hands each picture to Python as a packet object, which made the
+demuxer alone cost more than a whole ``ffmpeg -c copy`` of the same camera. Here the
+socket's low-water mark (``SO_RCVLOWAT``) lets the kernel wake the thread once per
+~32 KiB instead of once per 1.4 KiB packet, and a receive timeout (``SO_RCVTIMEO``)
+bounds how long a slow camera's data waits (``READ_SLICE_S``). docs/BENCHMARKS.md has
+the numbers. Anything this client does not do (UDP transport, listen mode, codecs other
+than H.264, FFmpeg options) stays with PyAV (``rtsp_client`` in the camera's config).
+
+Credentials come from the URL (``rtsp://user:password@host/path``); the server picks
+Basic or Digest (RFC 2617: MD5 or SHA-256, with or without ``qop=auth``). The session
+is kept alive with GET_PARAMETER (or OPTIONS, if the server lists no GET_PARAMETER)
+at half the session timeout the server names.
+
+Errors (all ``SourceError``: the camera reconnects with backoff)::
+
+    RtspError                 the connection or the protocol failed
+    ├── RtspRefused           the server answered a request with an error status
+    └── RtspStalled           no data for the stall timeout
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from edge_agent import __version__
+from edge_agent.errors import SourceError
+from edge_agent.video.sdp import SdpError, VideoMedia, video_media
+
+#: The kernel wakes the reader once this much has arrived (or READ_SLICE_S has passed).
+LOW_WATER_BYTES = 32 * 1024
+READ_SLICE_S = 0.25
+RECEIVE_BUFFER_BYTES = 1024 * 1024
+READ_BYTES = 256 * 1024
+#: An answer's headers and body, at most (a description is a few KiB).
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_REDIRECTS = 3
+#: Servers that name no session timeout drop sessions after 60 s (RFC 2326 12.37).
+DEFAULT_SESSION_TIMEOUT_S = 60
+RTP_CHANNEL = 0
+USER_AGENT = f"edge-agent/{__version__}"
+_REQUEST_LINE = re.compile(rb"[A-Z_]{3,20} \S+ RTSP/1\.0\r\n")
+
+
+class RtspError(SourceError):
+    """The RTSP connection failed or the server broke the protocol."""
+
+
+class RtspRefused(RtspError):
+    """The server answered with an error status (``status``: 401, 404, 454, ...)."""
+
+    def __init__(self, method: str, status: int, reason: str) -> None:
+        self.status = status
+        hint = {401: ": the camera refused the credentials in the URL"}.get(status, "")
+        super().__init__(f"{method} answered {status} {reason}{hint}")
+
+
+class RtspStalled(RtspError):
+    """Nothing arrived for the stall timeout."""
+
+
+@dataclass
+class _Answer:
+    status: int
+    reason: str
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+
+class RtspSession:
+    """One RTSP session with one camera: ``open`` it, iterate ``packets``, ``close``."""
+
+    def __init__(self, url: str, *, connect_timeout: float, stall_timeout: float) -> None:
+        parts = urlsplit(url)
+        if parts.scheme.lower() != "rtsp" or not parts.hostname:
+            raise RtspError("the built-in RTSP client takes rtsp://host[:port]/path URLs")
+        self._user = unquote(parts.username or "")
+        self._password = unquote(parts.password or "")
+        self.url = _without_credentials(url)
+        self._connect_timeout = connect_timeout
+        self._stall_timeout = stall_timeout
+        self._sock: socket.socket | None = None
+        self._pending = b""  # read past the last answer: the start of the stream
+        self._sequence = 0
+        self._session = ""
+        self._authorization: tuple[str, dict[str, str]] | None = None  # scheme, challenge
+        self._nonce_count = 0
+        self._keepalive_method = "OPTIONS"
+        self._keepalive_every = DEFAULT_SESSION_TIMEOUT_S / 2
+        self.interleaved_errors = 0  # bytes skipped to find the next '$' frame
+        self.server = ""
+
+    # ------------------------------------------------------------------ handshake
+
+    def open(self) -> VideoMedia:
+        """Connect, describe, set up the video over TCP and play; the video's media."""
+        for _ in range(MAX_REDIRECTS + 1):
+            self._connect()
+            options = self._request("OPTIONS", self.url, required=False)
+            if options is not None and "GET_PARAMETER" in options.headers.get("public", ""):
+                self._keepalive_method = "GET_PARAMETER"
+            described = self._request("DESCRIBE", self.url, {"Accept": "application/sdp"})
+            if described is None:  # redirected: self.url changed
+                continue
+            base = described.headers.get("content-base") or self.url
+            try:
+                media = video_media(described.body.decode("utf-8", "replace"), base)
+            except SdpError as err:
+                raise RtspError(f"DESCRIBE: {err}") from None
+            transport = f"RTP/AVP/TCP;unicast;interleaved={RTP_CHANNEL}-{RTP_CHANNEL + 1}"
+            setup = self._request("SETUP", media.control, {"Transport": transport})
+            assert setup is not None
+            self._take_session(setup.headers.get("session", ""))
+            answered = setup.headers.get("transport", "")
+            if "interleaved" in answered and f"interleaved={RTP_CHANNEL}" not in answered:
+                raise RtspError(f"SETUP: the server chose other channels ({answered})")
+            self._request("PLAY", self.url, {"Range": "npt=0.000-"})
+            self._stream_mode()
+            return media
+        raise RtspError(f"more than {MAX_REDIRECTS} redirects")
+
+    def _connect(self) -> None:
+        self.close(teardown=False)
+        parts = urlsplit(self.url)
+        try:
+            sock = socket.create_connection(
+                (parts.hostname or "", parts.port or 554), timeout=self._connect_timeout
+            )
+        except OSError as err:
+            raise RtspError(f"connect: {_describe(err)}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+        self._sock = sock
+        self._pending = b""
+
+    def _take_session(self, value: str) -> None:
+        session, _, rest = value.partition(";")
+        if not session.strip():
+            raise RtspError("SETUP: the answer has no Session")
+        self._session = session.strip()
+        found = re.search(r"timeout\s*=\s*(\d+)", rest)
+        if found and int(found.group(1)) > 0:
+            self._keepalive_every = max(1.0, int(found.group(1)) / 2)
+
+    def _stream_mode(self) -> None:
+        """From here on: blocking reads that wake once per LOW_WATER_BYTES or slice."""
+        sock = self._sock
+        assert sock is not None
+        sock.settimeout(None)
+        seconds = int(READ_SLICE_S)
+        slice_timeval = struct.pack("ll", seconds, int((READ_SLICE_S - seconds) * 1e6))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, slice_timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, LOW_WATER_BYTES)
+
+    def _request(
+        self, method: str, url: str, headers: dict[str, str] | None = None, *, required: bool = True
+    ) -> _Answer | None:
+        """Send a request and read its answer (during the handshake). Retries once with
+        credentials on 401; follows a redirect of DESCRIBE (None: ``self.url`` moved).
+        ``required=False``: an error answer is not fatal (OPTIONS)."""
+        for attempt in range(2):
+            self._send(method, url, headers or {})
+            answer = self._read_answer(method)
+            if answer.status == 401 and attempt == 0 and self._user:
+                self._authorization = _challenge(answer.headers.get("www-authenticate", ""))
+                if self._authorization is not None:
+                    continue
+            if method == "DESCRIBE" and answer.status in (301, 302, 303, 307):
+                location = answer.headers.get("location", "")
+                if not location.lower().startswith("rtsp://"):
+                    raise RtspError(f"DESCRIBE: redirect to {location!r}")
+                self.url = _without_credentials(location)
+                return None
+            if answer.status >= 300:
+                if not required:
+                    return None
+                raise RtspRefused(method, answer.status, answer.reason)
+            return answer
+        raise RtspRefused(method, 401, "Unauthorized")  # pragma: no cover - loop returns
+
+    def _send(self, method: str, url: str, headers: dict[str, str]) -> None:
+        assert self._sock is not None
+        self._sequence += 1
+        lines = [f"{method} {url} RTSP/1.0", f"CSeq: {self._sequence}", f"User-Agent: {USER_AGENT}"]
+        if self._session:
+            lines.append(f"Session: {self._session}")
+        authorization = self._authorization_header(method, url)
+        if authorization:
+            lines.append(f"Authorization: {authorization}")
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        try:
+            self._sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        except OSError as err:
+            raise RtspError(f"{method}: {_describe(err)}") from None
+
+    def _read_answer(self, method: str) -> _Answer:
+        """The next answer; interleaved data before it (a server that starts streaming
+        early) is dropped: it precedes the first keyframe the camera waits for anyway."""
+        data = self._pending
+        while True:
+            if data[:1] == b"$" and len(data) >= 4:
+                frame_end = 4 + int.from_bytes(data[2:4], "big")
+                if len(data) >= frame_end:
+                    data = data[frame_end:]
+                    continue
+            elif data:
+                start = data.find(b"RTSP/1.0")
+                if start > 0:
+                    data = data[start:]  # not an answer: a request of the server's, or noise
+                head_end = data.find(b"\r\n\r\n") if start >= 0 else -1
+                if head_end >= 0:
+                    answer, consumed = _parse_answer(data, head_end)
+                    if answer is not None:
+                        self._pending = data[consumed:]
+                        return answer
+            if len(data) > MAX_MESSAGE_BYTES:
+                raise RtspError(f"{method}: no RTSP answer in {len(data)} bytes")
+            data += self._recv_handshake(method)
+
+    def _recv_handshake(self, method: str) -> bytes:
+        assert self._sock is not None
+        try:
+            chunk = self._sock.recv(READ_BYTES)
+        except TimeoutError:
+            raise RtspError(f"{method}: no answer within {self._connect_timeout:g}s") from None
+        except OSError as err:
+            raise RtspError(f"{method}: {_describe(err)}") from None
+        if not chunk:
+            raise RtspError(f"{method}: the server closed the connection")
+        return chunk
+
+    def _authorization_header(self, method: str, url: str) -> str:
+        if self._authorization is None:
+            return ""
+        scheme, challenge = self._authorization
+        if scheme == "basic":
+            token = base64.b64encode(f"{self._user}:{self._password}".encode()).decode()
+            return f"Basic {token}"
+        self._nonce_count += 1
+        return digest_authorization(
+            challenge,
+            self._user,
+            self._password,
+            method=method,
+            uri=url,
+            nonce_count=self._nonce_count,
+        )
+
+    # ------------------------------------------------------------------ streaming
+
+    def packets(self) -> Iterator[memoryview]:
+        """The video's RTP packets as they arrive (views, valid until the next one is
+        asked for). Raises RtspStalled after the stall timeout without data, RtspError
+        when the server closes the connection."""
+        sock = self._sock
+        assert sock is not None
+        stall_timeout = self._stall_timeout
+        data = self._pending
+        self._pending = b""
+        last_data = time.monotonic()
+        next_keepalive = last_data + self._keepalive_every
+        recv = sock.recv
+        while True:
+            position, size = 0, len(data)
+            view = memoryview(data)
+            while size - position >= 4:
+                if data[position] != 0x24:  # not '$' (interleaved data): a message
+                    after = self._skip_message(data, position)
+                    if after < 0:
+                        break  # its end has not arrived yet
+                    position = after
+                    continue
+                end = position + 4 + ((data[position + 2] << 8) | data[position + 3])
+                if end > size:
+                    break
+                if data[position + 1] == RTP_CHANNEL:
+                    yield view[position + 4 : end]
+                position = end
+            rest = data[position:]
+            try:
+                chunk: bytes | None = recv(READ_BYTES)
+            except BlockingIOError:  # SO_RCVTIMEO: nothing arrived in this slice
+                chunk = None
+            except OSError as err:
+                raise RtspError(f"reading the stream: {_describe(err)}") from None
+            if chunk == b"":
+                raise RtspError("the server closed the connection")
+            now = time.monotonic()
+            if chunk is None:
+                if now - last_data > stall_timeout:
+                    raise RtspStalled(f"no data for {now - last_data:.1f}s")
+                data = rest
+            else:
+                last_data = now
+                data = rest + chunk if rest else chunk
+            if now >= next_keepalive:
+                next_keepalive = now + self._keepalive_every
+                self._send(self._keepalive_method, self.url, {})
+
+    def _skip_message(self, data: bytes, position: int) -> int:
+        """At something other than '$': an RTSP answer (to a keepalive) or a request of
+        the server's, skipped whole; anything else is skipped to the next '$'. The new
+        position, or -1 to read more first."""
+        if data.startswith(b"RTSP/1.0", position) or _REQUEST_LINE.match(data, position):
+            head_end = data.find(b"\r\n\r\n", position)
+            if head_end >= 0:
+                answer, consumed = _parse_answer(data[position:], head_end - position)
+                if answer is not None:
+                    return position + consumed
+                return -1  # the body is still coming
+            if len(data) - position < MAX_MESSAGE_BYTES:
+                return -1
+        found = data.find(b"$", position + 1)
+        after = found if found >= 0 else len(data)
+        self.interleaved_errors += after - position
+        return after
+
+    def close(self, *, teardown: bool = True) -> None:
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        if teardown and self._session:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 1, 0))
+                self._sock = sock
+                self._send("TEARDOWN", self.url, {})
+            except (OSError, RtspError):
+                pass  # the camera is gone: nothing to tear down
+            finally:
+                self._sock = None
+        self._session = ""
+        sock.close()
+
+
+def _parse_answer(data: bytes, head_end: int) -> tuple[_Answer | None, int]:
+    """An answer whose headers end at ``head_end``: the answer and the bytes it took, or
+    (None, 0) while its body has not all arrived."""
+    lines = data[:head_end].decode("utf-8", "replace").split("\r\n")
+    status_line = lines[0].split(" ", 2)
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    try:
+        length = int(headers.get("content-length", "0"))
+    except ValueError:
+        length = 0
+    body_start = head_end + 4
+    if len(data) < body_start + length:
+        return None, 0
+    status = int(status_line[1]) if len(status_line) > 1 and status_line[1].isdigit() else 0
+    reason = status_line[2] if len(status_line) > 2 else ""
+    return _Answer(status, reason, headers, data[body_start : body_start + length]), (
+        body_start + length
+    )
+
+
+def _challenge(header: str) -> tuple[str, dict[str, str]] | None:
+    """The scheme to answer a 401 with: Digest if offered, else Basic."""
+    scheme, _, rest = header.strip().partition(" ")
+    scheme = scheme.lower()
+    if scheme not in ("basic", "digest"):
+        return None
+    params = {key.lower(): value for key, value in re.findall(r'(\w+)\s*=\s*"?([^",]*)"?', rest)}
+    return scheme, params
+
+
+def digest_authorization(
+    challenge: dict[str, str],
+    user: str,
+    password: str,
+    *,
+    method: str,
+    uri: str,
+    nonce_count: int,
+    cnonce: str | None = None,
+) -> str:
+    """The Authorization header for a Digest challenge (RFC 2617; RFC 7616's SHA-256)."""
+    algorithm = challenge.get("algorithm", "MD5")
+    hash_name = "sha256" if algorithm.upper().startswith("SHA-256") else "md5"
+
+    def digest(text: str) -> str:
+        return hashlib.new(hash_name, text.encode()).hexdigest()
+
+    realm, nonce = challenge.get("realm", ""), challenge.get("nonce", "")
+    first = digest(f"{user}:{realm}:{password}")
+    cnonce = cnonce or os.urandom(8).hex()
+    if algorithm.upper().endswith("-SESS"):
+        first = digest(f"{first}:{nonce}:{cnonce}")
+    second = digest(f"{method}:{uri}")
+    qop = "auth" if "auth" in challenge.get("qop", "").split(",") else ""
+    fields = [f'username="{user}"', f'realm="{realm}"', f'nonce="{nonce}"', f'uri="{uri}"']
+    if qop:
+        count = f"{nonce_count:08x}"
+        response = digest(f"{first}:{nonce}:{count}:{cnonce}:{qop}:{second}")
+        fields += [f"qop={qop}", f"nc={count}", f'cnonce="{cnonce}"']
+    else:
+        response = digest(f"{first}:{nonce}:{second}")
+    fields.append(f'response="{response}"')
+    if "algorithm" in challenge:
+        fields.append(f"algorithm={algorithm}")
+    if "opaque" in challenge:
+        fields.append(f'opaque="{challenge["opaque"]}"')
+    return "Digest " + ", ".join(fields)
+
+
+def _without_credentials(url: str) -> str:
+    """What goes into requests and logs: the URL without user and password."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    netloc += f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _describe(err: OSError) -> str:
+    if isinstance(err, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(err, TimeoutError | socket.timeout):
+        return "timed out"
+    return err.strerror or str(err)
