@@ -41,7 +41,7 @@ def frames_of(path: Path) -> list[SourceFrame]:
     frames = []
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        sets = h264.parameter_sets_from_avcc_record(bytes(stream.codec_context.extradata))
+        sets = h264.parameter_sets_from_avcc_record(bytes(stream.codec_context.extradata or b""))
         assert stream.time_base is not None
         for packet in container.demux(stream):
             if not packet.size or packet.pts is None:

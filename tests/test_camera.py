@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from edge_agent.video.camera import Camera, redact
 from edge_agent.video.mkv import VideoTrack, stream_header
 from tests import gst_rtsp_server
 from tests.gst_rtsp_server import RtspServer
+from tests.rtp_packets import frames_of
+from tests.scripted_rtsp import Script, ScriptedRtspServer
 from tests.support import (
     AgentProcess,
     Mosquitto,
@@ -74,14 +77,15 @@ def run_until(camera: Camera, stop: threading.Event, done: object, timeout: floa
     assert not camera.running
 
 
-def h264_file(path: Path, seconds: int = 3) -> Path:
+def h264_file(path: Path, seconds: int = 3, size: tuple[int, int] = (320, 240)) -> Path:
     """An H.264 MP4 (AVCC extradata, one IDR per second) made with PyAV."""
+    width, height = size
     with (
-        av.open(f"testsrc2=size=320x240:rate={FPS}", format="lavfi") as source,
+        av.open(f"testsrc2=size={width}x{height}:rate={FPS}", format="lavfi") as source,
         av.open(str(path), "w") as out,
     ):
         stream = out.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.gop_size = FPS
         stream.codec_context.max_b_frames = 0
         stream.codec_context.options = {"x264-params": f"keyint={FPS}:min-keyint={FPS}:scenecut=0"}
@@ -339,18 +343,21 @@ def rtsp_server(tmp_path: Path) -> Iterator[RtspServer]:
         yield server
 
 
+@pytest.mark.parametrize("client", ["builtin", "pyav"])
 def test_a_camera_pulls_from_an_rtsp_server_and_comes_back_after_it_restarts(
-    tmp_path: Path, rtsp_server: RtspServer
+    tmp_path: Path, rtsp_server: RtspServer, client: str
 ) -> None:
     """An IP camera's setup: the camera pulls from a real RTSP server (GStreamer's
-    gst-rtsp-server) over RTP/TCP. Every slice of the served recording arrives byte for
-    byte; the server is then stopped (the camera drops) and started again on the same
-    port: the camera reconnects by itself and its timecodes keep increasing."""
+    gst-rtsp-server) over RTP/TCP, with either RTSP client. Every slice of the served
+    recording arrives byte for byte; the server is then stopped (the camera drops) and
+    started again on the same port: the camera reconnects by itself and its timecodes
+    keep increasing."""
     with av.open(str(rtsp_server.mounts["/live"][0])) as container:
         expected = [_slices(bytes(p)) for p in container.demux(video=0) if p.size]
     config = CameraConfig(
         "ipcam", rtsp_server.url("/live"), "video", "rtsp", fragment_ms=1000,
         reconnect_min=0.05, reconnect_max=0.2, stall_timeout=2.0,
+        rtsp_client=client,  # type: ignore[arg-type]
     )  # fmt: skip
     stop = threading.Event()
     with Spool.open(tmp_path / "s.db") as spool:
@@ -402,3 +409,70 @@ def test_packets_without_timestamps_are_timed_from_their_neighbours() -> None:
     assert [p.pts for p in camera_module._timed(iter(raw), _Stream())] == [0, 3000, 6000, 9000]
     whole = [_Packet(9000 * i) for i in range(3)]
     assert [p.pts for p in camera_module._timed(iter(whole), _Stream())] == [0, 9000, 18000]
+
+
+def mjpeg_file(path: Path, seconds: int = 2) -> Path:
+    """A Motion JPEG recording (what many USB and older IP cameras send), made with PyAV."""
+    with (
+        av.open(f"testsrc2=size=320x240:rate={FPS}", format="lavfi") as source,
+        av.open(str(path), "w") as out,
+    ):
+        stream = out.add_stream("mjpeg", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuvj420p"
+        for index, frame in enumerate(source.decode(video=0)):
+            if index == seconds * FPS:
+                break
+            frame.pts, frame.time_base = index, Fraction(1, FPS)
+            out.mux(stream.encode(frame.reformat(format="yuvj420p")))
+        out.mux(stream.encode(None))
+    return path
+
+
+def test_an_rtsp_camera_that_sends_motion_jpeg_is_encoded_through_pyav(tmp_path: Path) -> None:
+    """The built-in client takes H.264 only: for anything else it hands the camera to
+    PyAV, which decodes it, and libx264 encodes keyframe-led fragments."""
+    missing = gst_rtsp_server.available()
+    if missing:
+        pytest.fail(missing)
+    mounts = {"/mjpeg": (mjpeg_file(tmp_path / "served.mkv"), "jpeg")}
+    config = CameraConfig(
+        "usbcam", "", "video", "rtsp", fragment_ms=1000, reconnect_min=0.05, reconnect_max=0.2
+    )
+    stop = threading.Event()
+    with RtspServer(free_port(), mounts) as server, Spool.open(tmp_path / "s.db") as spool:
+        camera = Camera(replace(config, url=server.url("/mjpeg")), spool, stop)
+        run_until(camera, stop, lambda: camera.stats.fragments >= 1, timeout=60)
+        fragments = fragments_of(spool, "video")
+    assert camera.stats.mode == "encode"
+    assert not camera._builtin_rtsp
+    with av.open(str(as_mkv(fragments, tmp_path / "out.mkv"))) as container:
+        decoded = sum(1 for _ in container.decode(video=0))
+    assert decoded == sum(int(str(meta["frames"])) for _, _, meta in fragments) > 0
+
+
+def test_a_new_picture_size_mid_stream_starts_fragments_with_their_own_track(
+    tmp_path: Path,
+) -> None:
+    """The camera switches from 320x240 to 480x272 at a keyframe (new SPS in-band):
+    every fragment is stored with the parameter sets and size of its own frames, and
+    each plays back with PyAV at that size."""
+    small = frames_of(h264_file(tmp_path / "small.mp4", seconds=2))
+    large = frames_of(h264_file(tmp_path / "large.mp4", seconds=2, size=(480, 272)))
+    step = 90_000 // FPS
+    shifted = [replace(f, timestamp=f.timestamp + small[-1].timestamp + step) for f in large]
+    config = CameraConfig("cam", "", "video", "rtsp", fragment_ms=1000, stall_timeout=0.5)
+    stop = threading.Event()
+    with (
+        ScriptedRtspServer(Script(small + shifted)) as server,
+        Spool.open(tmp_path / "s.db") as spool,
+    ):
+        camera = Camera(replace(config, url=server.url()), spool, stop)
+        run_until(camera, stop, lambda: camera.stats.fragments >= 4, timeout=30)
+        fragments = fragments_of(spool, "video")
+    sizes = [(meta["width"], meta["height"]) for _, _, meta in fragments]
+    assert sizes[:4] == [(320, 240), (320, 240), (480, 272), (480, 272)]
+    for index, fragment in enumerate(fragments[:4]):
+        with av.open(str(as_mkv([fragment], tmp_path / f"{index}.mkv"))) as container:
+            pictures = list(container.decode(video=0))
+        assert {(p.width, p.height) for p in pictures} == {sizes[index]}
+        assert len(pictures) == fragment[2]["frames"]

@@ -83,7 +83,7 @@ def test_the_sps_tells_the_picture_size_pyav_decodes(
         out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     with av.open(str(path)) as container:
-        extradata = bytes(container.streams.video[0].codec_context.extradata)
+        extradata = bytes(container.streams.video[0].codec_context.extradata or b"")
         decoded = next(container.decode(video=0))
     sets = h264.parameter_sets_from_avcc_record(extradata)
     assert h264.sps_dimensions(sets.sps) == (decoded.width, decoded.height) == (width, height)
