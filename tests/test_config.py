@@ -335,6 +335,7 @@ def test_camera_defaults(tmp_path: Path) -> None:
         10_000,
     )
     assert (door.preset, door.bitrate, door.stall_timeout) == ("veryfast", None, 10.0)
+    assert door.rtsp_client == "auto"
 
 
 @pytest.mark.parametrize(
@@ -347,6 +348,17 @@ def test_camera_defaults(tmp_path: Path) -> None:
         ('video_size = "big"', "cameras.door.video_size", "WIDTHxHEIGHT"),
         ('preset = "quick"', "cameras.door.preset", "one of"),
         ("colour = true", "cameras.door.colour", "unknown key"),
+        ('rtsp_client = "gst"', "cameras.door.rtsp_client", "one of auto, builtin, pyav"),
+        (
+            'rtsp_client = "builtin"\n[cameras.door.options]\nrtsp_transport = "udp"',
+            "cameras.door.rtsp_client",
+            "takes no FFmpeg [options]",
+        ),
+        (
+            'rtsp_client = "pyav"\nsource = "lavfi"',
+            "cameras.door.rtsp_client",
+            "only RTSP cameras",
+        ),
     ],
 )
 def test_bad_camera_settings_name_key_and_reason(

@@ -9,8 +9,8 @@ Why not FFmpeg's RTSP demuxer (through PyAV): it reads every RTP packet with its
 system calls and hands each picture to Python as a packet object, which made the
 demuxer alone cost more than a whole ``ffmpeg -c copy`` of the same camera. Here the
 socket's low-water mark (``SO_RCVLOWAT``) lets the kernel wake the thread once per
-~32 KiB instead of once per 1.4 KiB packet, and a receive timeout (``SO_RCVTIMEO``)
-bounds how long a slow camera's data waits (``READ_SLICE_S``). docs/BENCHMARKS.md has
+~32 KiB instead of once per 1.4 KiB packet (``poll`` honours it), and the poll's
+timeout bounds how long a slow camera's data waits (``READ_SLICE_S``). docs/BENCHMARKS.md has
 the numbers. Anything this client does not do (UDP transport, listen mode, codecs other
 than H.264, FFmpeg options) stays with PyAV (``rtsp_client`` in the camera's config).
 
@@ -32,8 +32,8 @@ import base64
 import hashlib
 import os
 import re
+import select
 import socket
-import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -103,6 +103,7 @@ class RtspSession:
         self._nonce_count = 0
         self._keepalive_method = "OPTIONS"
         self._keepalive_every = DEFAULT_SESSION_TIMEOUT_S / 2
+        self._aggregate_url = self.url  # PLAY, keepalives and TEARDOWN go here
         self.interleaved_errors = 0  # bytes skipped to find the next '$' frame
         self.server = ""
 
@@ -130,8 +131,8 @@ class RtspSession:
             answered = setup.headers.get("transport", "")
             if "interleaved" in answered and f"interleaved={RTP_CHANNEL}" not in answered:
                 raise RtspError(f"SETUP: the server chose other channels ({answered})")
-            self._request("PLAY", self.url, {"Range": "npt=0.000-"})
-            self._stream_mode()
+            self._aggregate_url = media.aggregate
+            self._request("PLAY", self._aggregate_url, {"Range": "npt=0.000-"})
             return media
         raise RtspError(f"more than {MAX_REDIRECTS} redirects")
 
@@ -158,15 +159,16 @@ class RtspSession:
         if found and int(found.group(1)) > 0:
             self._keepalive_every = max(1.0, int(found.group(1)) / 2)
 
-    def _stream_mode(self) -> None:
-        """From here on: blocking reads that wake once per LOW_WATER_BYTES or slice."""
+    def _stream_mode(self) -> select.poll:
+        """From here on: non-blocking reads after a poll that wakes once LOW_WATER_BYTES
+        have arrived (or the slice has passed)."""
         sock = self._sock
         assert sock is not None
-        sock.settimeout(None)
-        seconds = int(READ_SLICE_S)
-        slice_timeval = struct.pack("ll", seconds, int((READ_SLICE_S - seconds) * 1e6))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, slice_timeval)
+        sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, LOW_WATER_BYTES)
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return poller
 
     def _request(
         self, method: str, url: str, headers: dict[str, str] | None = None, *, required: bool = True
@@ -270,6 +272,8 @@ class RtspSession:
         when the server closes the connection."""
         sock = self._sock
         assert sock is not None
+        wait = self._stream_mode().poll
+        slice_ms = round(READ_SLICE_S * 1000)
         stall_timeout = self._stall_timeout
         data = self._pending
         self._pending = b""
@@ -293,9 +297,10 @@ class RtspSession:
                     yield view[position + 4 : end]
                 position = end
             rest = data[position:]
+            wait(slice_ms)  # a slice later, what has arrived is taken even if it is little
             try:
                 chunk: bytes | None = recv(READ_BYTES)
-            except BlockingIOError:  # SO_RCVTIMEO: nothing arrived in this slice
+            except BlockingIOError:  # nothing arrived in this slice
                 chunk = None
             except OSError as err:
                 raise RtspError(f"reading the stream: {_describe(err)}") from None
@@ -311,7 +316,7 @@ class RtspSession:
                 data = rest + chunk if rest else chunk
             if now >= next_keepalive:
                 next_keepalive = now + self._keepalive_every
-                self._send(self._keepalive_method, self.url, {})
+                self._send(self._keepalive_method, self._aggregate_url, {})
 
     def _skip_message(self, data: bytes, position: int) -> int:
         """At something other than '$': an RTSP answer (to a keepalive) or a request of
@@ -337,9 +342,9 @@ class RtspSession:
             return
         if teardown and self._session:
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 1, 0))
+                sock.settimeout(1.0)
                 self._sock = sock
-                self._send("TEARDOWN", self.url, {})
+                self._send("TEARDOWN", self._aggregate_url, {})
             except (OSError, RtspError):
                 pass  # the camera is gone: nothing to tear down
             finally:

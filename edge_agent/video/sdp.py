@@ -25,6 +25,8 @@ class SdpError(ValueError):
 class VideoMedia:
     #: The URL to SETUP the video with (absolute).
     control: str
+    #: The session's URL (PLAY, keepalives, TEARDOWN): its own control, else the base.
+    aggregate: str
     payload_type: int
     #: As the rtpmap names it, upper case: "H264", "H265", "JPEG", ...
     encoding: str
@@ -85,7 +87,7 @@ def _video(lines: list[str], fields: list[str], base_url: str) -> VideoMedia:
     sets = None
     if encoding == "H264" and "sprop-parameter-sets" in parameters:
         sets = _parameter_sets(parameters["sprop-parameter-sets"])
-    return VideoMedia(control, payload_type, encoding, clock_rate, sets)
+    return VideoMedia(control, base_url, payload_type, encoding, clock_rate, sets)
 
 
 def _static_encoding(payload_type: int) -> tuple[str, int]:
