@@ -43,6 +43,11 @@ class UploadBudget(Protocol):
 
     def acquire(self, size: int, stop: threading.Event) -> bool: ...
 
+    def rate_limit(self) -> float | None:
+        """The tightest rate (bytes/s) that applies to these uploads now; None if none
+        does. A streaming writer sizes its metered slices by it."""
+        ...
+
 
 class TrafficBudget(UploadBudget, Protocol):
     """What a live-first video sink holds: the budget for live fragments (``acquire``)
@@ -92,6 +97,9 @@ class UploadGovernor:
     def max_rate(self) -> float | None:
         bucket = self._bucket
         return bucket.rate if bucket else None
+
+    def rate_limit(self) -> float | None:
+        return self.max_rate
 
     def lane(self, name: str, share: UploadShare) -> UploadLane:
         """The budget as sink ``name`` sees it (the same lane again for the same name,
@@ -170,6 +178,12 @@ class UploadLane:
     def backlog(self) -> UploadBudget:
         return _BacklogBudget(self)
 
+    def rate_limit(self, *, backlog: bool = False) -> float | None:
+        window = self._window(backlog=backlog)
+        capped = window.max_rate if window is not None and window.action == "cap" else None
+        limits = (self.share.max_rate, capped, self._governor.max_rate)
+        return min((limit for limit in limits if limit), default=None)
+
     def backlog_held(self) -> str:
         window = self._window(backlog=True)
         return _doing(window) if window is not None and window.action == "pause" else ""
@@ -240,6 +254,9 @@ class _BacklogBudget:
 
     def acquire(self, size: int, stop: threading.Event) -> bool:
         return self._lane.acquire(size, stop, backlog=True)
+
+    def rate_limit(self) -> float | None:
+        return self._lane.rate_limit(backlog=True)
 
 
 def _doing(window: ScheduleWindow | None) -> str:

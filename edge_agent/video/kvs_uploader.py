@@ -377,7 +377,8 @@ class KvsUploader(ThreadWorker):
         self._in_flight[record.captured_at_ms] = (record, now, kind == "backlog")
         # The end-of-fragment tag lets the service acknowledge the fragment now rather
         # than when the next one begins (a whole fragment duration later).
-        connection.send(record.payload + END_OF_FRAGMENT_TAGS)
+        connection.send(record.payload)
+        connection.send(END_OF_FRAGMENT_TAGS)  # a chunk of its own: no copy of the payload
         self._sends.append((now, len(record.payload)))
         while self._sends[0][0] < now - RATE_WINDOW_S:
             self._sends.popleft()

@@ -26,12 +26,23 @@ from botocore.credentials import ReadOnlyCredentials
 from edge_agent.governor import UploadBudget
 from edge_agent.video.acks import Ack, AckParser
 
+#: The budget is asked for a fragment a slice at a time: what the tightest rate in force
+#: admits in METER_SLICE_S, within these bounds (the largest when nothing limits uploads:
+#: fewer system calls, and nothing to share the budget with).
+METER_SLICE_S = 0.02
+MIN_METER_SLICE_BYTES = 8 * 1024
+MAX_METER_SLICE_BYTES = 64 * 1024
 #: Chunk framing on the wire: the hex size line and two CRLFs.
-#: The budget is asked for this much of a fragment at a time.
-METER_SLICE_BYTES = 8 * 1024
 CHUNK_OVERHEAD = 12
 #: The reader takes the answer off the socket this much at a time.
 READ_BYTES = 64 * 1024
+
+
+def meter_slice_bytes(rate: float | None) -> int:
+    """How much of a fragment is metered at once at ``rate`` bytes/s (None: no limit)."""
+    if rate is None:
+        return MAX_METER_SLICE_BYTES
+    return max(MIN_METER_SLICE_BYTES, min(MAX_METER_SLICE_BYTES, int(rate * METER_SLICE_S)))
 
 
 class PutMediaRefused(Exception):
@@ -118,9 +129,10 @@ class PutMediaConnection:
         if not data:
             return  # an empty chunk would end the request
         view = memoryview(data)
-        for offset in range(0, max(len(data), 1), METER_SLICE_BYTES):
-            piece = view[offset : offset + METER_SLICE_BYTES]
-            first, last = offset == 0, offset + METER_SLICE_BYTES >= len(data)
+        step = meter_slice_bytes(self._governor.rate_limit())
+        for offset in range(0, len(data), step):
+            piece = view[offset : offset + step]
+            first, last = offset == 0, offset + step >= len(data)
             wire = len(piece) + (CHUNK_OVERHEAD if first else 0)
             if not self._governor.acquire(wire, self._stop):
                 raise ConnectionAbortedError("the agent is stopping")

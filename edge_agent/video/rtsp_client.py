@@ -47,7 +47,9 @@ from edge_agent.video.sdp import SdpError, VideoMedia, video_media
 LOW_WATER_BYTES = 32 * 1024
 READ_SLICE_S = 0.25
 RECEIVE_BUFFER_BYTES = 1024 * 1024
-READ_BYTES = 256 * 1024
+#: At most this much per read: below glibc's mmap threshold (malloc_tuning.py), so a
+#: read's buffer comes from the heap instead of a fresh mapping that faults page by page.
+READ_BYTES = 128 * 1024
 #: An answer's headers and body, at most (a description is a few KiB).
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_REDIRECTS = 3
