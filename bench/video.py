@@ -6,7 +6,9 @@ Parts (``--parts``, all by default):
 
 * ``pass720`` / ``pass1080``: one 720p30 / 1080p30 H.264 camera, passed through. The
   baseline is ``ffmpeg -i rtsp://... -c copy -f matroska``; target: the agent's CPU at
-  most 1.5 x the baseline's.
+  most 1.5 x the baseline's. Two more readers of the same stream show where the cost
+  lies: PyAV demuxing it (FFmpeg's RTSP client, the agent's with ``rtsp_client =
+  "pyav"``) and the agent's built-in RTSP client alone (no fragments, spool or upload).
 * ``encode720``: one 720p30 Motion JPEG camera, decoded and encoded with libx264
   (veryfast); the baseline is ffmpeg doing the same.
 * ``four720``: four 720p30 H.264 cameras in one agent; target: under 20 % of one core
@@ -184,6 +186,21 @@ with av.open(sys.argv[1], options={"rtsp_transport": "tcp"}, timeout=(10, 10)) a
 """
 
 
+#: The built-in RTSP client alone, reading the same stream into access units and
+#: dropping them: what the agent's cameras cost before fragments, spool and upload.
+BUILTIN_RTSP_READ = """
+import sys
+sys.path.insert(0, sys.argv[2])
+from edge_agent.video.rtp_h264 import H264Depacketizer
+from edge_agent.video.rtsp_client import RtspSession
+session = RtspSession(sys.argv[1], connect_timeout=10, stall_timeout=10)
+session.open()
+depacketizer = H264Depacketizer()
+for packet in session.packets():
+    depacketizer.push(packet)
+"""
+
+
 @dataclass
 class Usage:
     """CPU (% of one core) and RSS of one process over the measuring window."""
@@ -205,6 +222,7 @@ class PartResult:
     agent: Usage
     baseline: Usage  # all baseline processes together
     library: Usage | None  # PyAV demuxing the same sessions, nothing else
+    client: Usage | None  # the built-in RTSP client reading them, nothing else
     endpoint_cpu_pct: float
     other_cpu_pct: float
     fragments_acked: int
@@ -266,6 +284,7 @@ def measure_part(
     agent: subprocess.Popen[bytes] | None = None
     baselines: list[subprocess.Popen[bytes]] = []
     readers: list[subprocess.Popen[bytes]] = []  # PyAV demux only (passthrough parts)
+    clients: list[subprocess.Popen[bytes]] = []  # the built-in client only (passthrough)
     log = directory / "agent.log"
     status_file = directory / "state" / "spool.db.status.json"
     try:
@@ -283,6 +302,9 @@ def measure_part(
             )
             if not part.encode:
                 readers.append(subprocess.Popen([sys.executable, "-c", PYAV_DEMUX, url]))
+                clients.append(
+                    subprocess.Popen([sys.executable, "-c", BUILTIN_RTSP_READ, url, str(REPO)])
+                )
         process = agent
         wait_until(
             lambda: (
@@ -294,7 +316,7 @@ def measure_part(
         )
         if agent.poll() is not None:
             raise BenchError(f"the agent exited ({agent.returncode}):\n{tail(log)}")
-        others = [*baselines, *readers]
+        others = [*baselines, *readers, *clients]
         pids = [agent.pid, endpoint.pid, *(b.pid for b in others)]
         before = {pid: cpu_s(pid) for pid in pids}
         machine_before, started = machine_cpu_s(), time.monotonic()
@@ -312,7 +334,7 @@ def measure_part(
         status = read_status(status_file) or {}
     finally:
         stop_process(agent, timeout=20)
-        for copier in [*baselines, *readers]:
+        for copier in [*baselines, *readers, *clients]:
             stop_process(copier)
         endpoint.stop()
 
@@ -321,9 +343,11 @@ def measure_part(
 
     baseline = _together([usage(b.pid) for b in baselines])
     library = _together([usage(r.pid) for r in readers]) if readers else None
+    client = _together([usage(c.pid) for c in clients]) if clients else None
     agent_usage, endpoint_cpu = usage(pids[0]), usage(pids[1]).cpu_pct
     measured = agent_usage.cpu_pct + endpoint_cpu + baseline.cpu_pct
     measured += library.cpu_pct if library else 0.0
+    measured += client.cpu_pct if client else 0.0
     sinks = status.get("sinks", {})
     latencies = [sink.get("capture_latency_s") or {} for sink in sinks.values()]
     stored = sorted((directory / "kvs").rglob("*.mkv"))
@@ -335,6 +359,7 @@ def measure_part(
         agent=agent_usage,
         baseline=baseline,
         library=library,
+        client=client,
         endpoint_cpu_pct=endpoint_cpu,
         other_cpu_pct=max(0.0, 100 * machine / wall - measured),
         fragments_acked=sum(int(sink.get("fragments_acked", 0)) for sink in sinks.values()),
@@ -365,6 +390,8 @@ def print_results(results: Sequence[PartResult]) -> None:
         rows = [("edge-agent", result.agent), ("ffmpeg", result.baseline)]
         if result.library is not None:
             rows.append(("pyav demux", result.library))
+        if result.client is not None:
+            rows.append(("rtsp client", result.client))
         for index, (who, usage) in enumerate(rows):
             label = result.label if index == 0 else ""
             print(
@@ -454,7 +481,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, {"environment": environment(), "results": [
             {**r.__dict__, "agent": r.agent.__dict__, "baseline": r.baseline.__dict__,
-             "library": r.library.__dict__ if r.library else None}
+             "library": r.library.__dict__ if r.library else None,
+             "client": r.client.__dict__ if r.client else None}
             for r in results]})  # fmt: skip
     return 0
 

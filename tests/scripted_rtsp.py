@@ -31,6 +31,7 @@ class Script:
     #: After the last frame: keep the connection open and send nothing, or close it.
     then: Literal["silence", "close"] = "silence"
     redirect_to: str | None = None  # DESCRIBE answers 302 to this URL
+    channel: int = 0  # the interleaved channel the server chooses for RTP
 
 
 @dataclass
@@ -129,7 +130,8 @@ class ScriptedRtspServer:
                 body = self._description().encode()
                 extra = f"Content-Base: {request.url}/\r\nContent-Type: application/sdp\r\n"
         elif request.method == "SETUP":
-            extra = session + "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n"
+            channels = f"{self.script.channel}-{self.script.channel + 1}"
+            extra = session + f"Transport: RTP/AVP/TCP;unicast;interleaved={channels}\r\n"
         elif request.method in ("PLAY", "GET_PARAMETER", "TEARDOWN"):
             extra = session
         else:
@@ -155,12 +157,11 @@ class ScriptedRtspServer:
         for index, frame in enumerate(script.frames):
             if self._stop.is_set():
                 return
-            out = b"".join(
-                b"$\x00" + len(packet).to_bytes(2, "big") + packet
-                for packet in packetizer.packets(frame)
-            )
+            rtp, rtcp = bytes((0x24, script.channel)), bytes((0x24, script.channel + 1))
+            packets = packetizer.packets(frame)
+            out = b"".join(rtp + len(packet).to_bytes(2, "big") + packet for packet in packets)
             if script.rtcp_every and index % script.rtcp_every == 0:
-                out += b"$\x01" + len(RTCP_SENDER_REPORT).to_bytes(2, "big") + RTCP_SENDER_REPORT
+                out += rtcp + len(RTCP_SENDER_REPORT).to_bytes(2, "big") + RTCP_SENDER_REPORT
             if script.noise_every and index % script.noise_every == 1:
                 out = b"\r\n\x00noise" + out
             connection.sendall(out)

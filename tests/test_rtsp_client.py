@@ -153,8 +153,11 @@ def test_keepalives_go_out_at_half_the_session_timeout_and_their_answers_are_ski
     assert [unit.data for unit in units] == [frame.avcc for frame in frames]
 
 
-def test_rtcp_and_noise_between_frames_are_skipped(frames: list[SourceFrame]) -> None:
-    with ScriptedRtspServer(Script(frames, rtcp_every=5, noise_every=7)) as server:
+def test_rtcp_and_noise_between_frames_are_skipped_on_the_channels_the_server_chose(
+    frames: list[SourceFrame],
+) -> None:
+    script = Script(frames, rtcp_every=5, noise_every=7, channel=2)
+    with ScriptedRtspServer(script) as server:
         session = RtspSession(server.url(), connect_timeout=5, stall_timeout=5)
         try:
             units = read_units(session, len(frames))

@@ -9,7 +9,7 @@ Why not FFmpeg's RTSP demuxer (through PyAV): it reads every RTP packet with its
 system calls and hands each picture to Python as a packet object, which made the
 demuxer alone cost more than a whole ``ffmpeg -c copy`` of the same camera. Here the
 socket's low-water mark (``SO_RCVLOWAT``) lets the kernel wake the thread once per
-~32 KiB instead of once per 1.4 KiB packet (``poll`` honours it), and the poll's
+~64 KiB instead of once per 1.4 KiB packet (``poll`` honours it), and the poll's
 timeout bounds how long a slow camera's data waits (``READ_SLICE_S``). docs/BENCHMARKS.md has
 the numbers. Anything this client does not do (UDP transport, listen mode, codecs other
 than H.264, FFmpeg options) stays with PyAV (``rtsp_client`` in the camera's config).
@@ -44,7 +44,7 @@ from edge_agent.errors import SourceError
 from edge_agent.video.sdp import SdpError, VideoMedia, video_media
 
 #: The kernel wakes the reader once this much has arrived (or READ_SLICE_S has passed).
-LOW_WATER_BYTES = 32 * 1024
+LOW_WATER_BYTES = 64 * 1024
 READ_SLICE_S = 0.25
 RECEIVE_BUFFER_BYTES = 1024 * 1024
 #: At most this much per read: below glibc's mmap threshold (malloc_tuning.py), so a
@@ -55,6 +55,7 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_REDIRECTS = 3
 #: Servers that name no session timeout drop sessions after 60 s (RFC 2326 12.37).
 DEFAULT_SESSION_TIMEOUT_S = 60
+#: The interleaved channel asked for RTP (RTCP on the next); the server may choose others.
 RTP_CHANNEL = 0
 USER_AGENT = f"edge-agent/{__version__}"
 _REQUEST_LINE = re.compile(rb"[A-Z_]{3,20} \S+ RTSP/1\.0\r\n")
@@ -69,7 +70,10 @@ class RtspRefused(RtspError):
 
     def __init__(self, method: str, status: int, reason: str) -> None:
         self.status = status
-        hint = {401: ": the camera refused the credentials in the URL"}.get(status, "")
+        hint = {
+            401: ": the camera refused the credentials in the URL",
+            461: ': the camera offers no RTP over TCP (rtsp_client = "pyav" can take UDP)',
+        }.get(status, "")
         super().__init__(f"{method} answered {status} {reason}{hint}")
 
 
@@ -106,6 +110,7 @@ class RtspSession:
         self._keepalive_method = "OPTIONS"
         self._keepalive_every = DEFAULT_SESSION_TIMEOUT_S / 2
         self._aggregate_url = self.url  # PLAY, keepalives and TEARDOWN go here
+        self._rtp_channel = RTP_CHANNEL  # as the server's SETUP answer chose
         self.interleaved_errors = 0  # bytes skipped to find the next '$' frame
         self.server = ""
 
@@ -131,8 +136,10 @@ class RtspSession:
             assert setup is not None
             self._take_session(setup.headers.get("session", ""))
             answered = setup.headers.get("transport", "")
-            if "interleaved" in answered and f"interleaved={RTP_CHANNEL}" not in answered:
-                raise RtspError(f"SETUP: the server chose other channels ({answered})")
+            if answered and "TCP" not in answered.upper():
+                raise RtspError(f"SETUP: the camera answered another transport ({answered})")
+            chosen = re.search(r"interleaved=(\d+)", answered)
+            self._rtp_channel = int(chosen.group(1)) if chosen else RTP_CHANNEL
             self._aggregate_url = media.aggregate
             self._request("PLAY", self._aggregate_url, {"Range": "npt=0.000-"})
             return media
@@ -277,6 +284,7 @@ class RtspSession:
         wait = self._stream_mode().poll
         slice_ms = round(READ_SLICE_S * 1000)
         stall_timeout = self._stall_timeout
+        channel = self._rtp_channel
         data = self._pending
         self._pending = b""
         last_data = time.monotonic()
@@ -295,7 +303,7 @@ class RtspSession:
                 end = position + 4 + ((data[position + 2] << 8) | data[position + 3])
                 if end > size:
                     break
-                if data[position + 1] == RTP_CHANNEL:
+                if data[position + 1] == channel:
                     yield view[position + 4 : end]
                 position = end
             rest = data[position:]
