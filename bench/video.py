@@ -66,6 +66,8 @@ sys.path.insert(0, str(REPO))
 from tests.gst_rtsp_server import RtspServer, available
 
 FRAGMENT_S = 2
+#: Between the reference readers' starts.
+READER_STAGGER_S = 0.5
 FPS = 30
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
 MIB = 1024 * 1024
@@ -288,6 +290,21 @@ def measure_part(
     log = directory / "agent.log"
     status_file = directory / "state" / "spool.db.status.json"
     try:
+        # The reference readers join first, one at a time: gst-rtsp-server's shared media
+        # can refuse a client that arrives while another is being set up (PyAV reported
+        # it as EPERM), and every client's PLAY seeks the shared recording to its start,
+        # a jump back in the stream's times for the clients already there.
+        for index in range(part.cameras):
+            out = directory / f"baseline{index}.mkv"
+            commands = [baseline_command(part, url, out)]
+            if not part.encode:
+                commands += [
+                    [sys.executable, "-c", PYAV_DEMUX, url],
+                    [sys.executable, "-c", BUILTIN_RTSP_READ, url, str(REPO)],
+                ]
+            for command, group in zip(commands, (baselines, readers, clients), strict=False):
+                group.append(subprocess.Popen(command, stderr=subprocess.DEVNULL))
+                time.sleep(READER_STAGGER_S)
         config = write_agent_config(directory, part, url, endpoint.endpoint)
         env = {**os.environ, **CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"}
         with open(log, "ab") as handle:
@@ -295,16 +312,6 @@ def measure_part(
                 [sys.executable, "-m", "edge_agent", "run", "-c", str(config)],
                 stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env,
             )  # fmt: skip
-        for index in range(part.cameras):
-            out = directory / f"baseline{index}.mkv"
-            baselines.append(
-                subprocess.Popen(baseline_command(part, url, out), stderr=subprocess.DEVNULL)
-            )
-            if not part.encode:
-                readers.append(subprocess.Popen([sys.executable, "-c", PYAV_DEMUX, url]))
-                clients.append(
-                    subprocess.Popen([sys.executable, "-c", BUILTIN_RTSP_READ, url, str(REPO)])
-                )
         process = agent
         wait_until(
             lambda: (

@@ -308,7 +308,8 @@ def render_camera(name: str, camera: dict[str, Any]) -> list[str]:
         f"fragments ({human_bytes(camera['bytes'])}), last keyframe "
         f"{_clock_time(keyframe) if keyframe else '-'}, reconnects {camera['reconnects']}, "
         f"frames dropped {camera['dropped_frames']}, times repaired {camera['repaired_times']}"
-        + (f", RTP packets lost {camera['lost_packets']}" if camera.get("lost_packets") else ""),
+        + (f", RTP packets lost {camera['lost_packets']}" if camera.get("lost_packets") else "")
+        + (f", jumps in its times {camera['time_jumps']}" if camera.get("time_jumps") else ""),
     ]
     if camera.get("last_error"):
         lines.append(f"  last error: {camera['last_error']}")

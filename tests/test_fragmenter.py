@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from fractions import Fraction
 from pathlib import Path
 
@@ -76,6 +77,27 @@ def test_a_restart_carries_on_after_the_last_stored_time() -> None:
     clock = FrameClock(resume_after_ms=wall.now_ms + 10, wall_ms=wall)
     assert placed(clock, 0, MS) == wall.now_ms + 11
     assert placed(clock, None, None) == wall.now_ms + 12  # no pts: the wall clock, moved on
+
+
+def test_a_jump_in_the_cameras_own_times_is_joined_where_the_frame_arrived() -> None:
+    """The camera's pts jump back a minute (a shared stream sought to its start for a
+    client that joined), later ahead an hour: the stored times go on 33 ms a frame as
+    the frames arrived, not bunched 1 ms apart for a minute nor leaping an hour; a frame
+    3 s late is a delay, not a jump."""
+    wall = WallClock()
+    start = wall.now_ms
+    clock = FrameClock(wall_ms=wall, monotonic_ms=lambda: wall.now_ms - start)
+    pts = [3000 * (i + 1800) for i in range(100)]  # a minute in
+    pts += [3000 * i for i in range(100)]  # back to the start
+    pts += [3000 * (i + 120_000) for i in range(100)]  # an hour ahead
+    times = []
+    for index, frame_pts in enumerate(pts):
+        wall.now_ms = start + index * 1000 // 30 + (3000 if index == 250 else 0)
+        times.append(clock.absolute_ms(clock.stream_ms(frame_pts, Fraction(1, 90000))))
+    steps = {later - earlier for earlier, later in itertools.pairwise(times)}
+    assert steps <= {33, 34}
+    assert clock.discontinuities == 2
+    assert clock.repaired == 0
 
 
 def frames(count: int, gop: int, step_ms: int = 33, start: int = 1_000) -> list[Frame]:

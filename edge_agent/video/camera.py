@@ -453,6 +453,7 @@ class Camera(ThreadWorker):
             "last_keyframe_at": stats.last_keyframe_at,
             "dropped_frames": stats.dropped_frames + self.fragmenter.dropped_frames,
             "repaired_times": self.clock.repaired,
+            "time_jumps": self.clock.discontinuities,
             "lost_packets": stats.lost_packets,
             "last_error": stats.last_error,
         }

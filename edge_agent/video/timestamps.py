@@ -16,6 +16,14 @@ stamped ahead of real time.
 Whatever comes out is at least one ms after the previous frame: a frame that would not
 be (the wall clock stepped back, a camera repeated a pts) is moved forward and counted.
 A restart carries on from the last time the spool holds (``resume_after``).
+
+A camera's own times may also jump within a connection (an encoder that restarts, a
+server that seeks a shared stream for a client that joined): a frame whose delay, by
+the monotonic clock, differs from the least delay seen by more than
+``DISCONTINUITY_MS`` starts a new stretch of the stream's timeline, joined to the old
+one where the frame arrived, so times neither bunch up (a jump back) nor leap (a jump
+ahead). The cost: a frame held up by the network for longer than that is placed at its
+arrival.
 """
 
 from __future__ import annotations
@@ -24,17 +32,28 @@ import time
 from collections.abc import Callable
 from fractions import Fraction
 
+#: A frame this much earlier or later than the stream's own times say is a jump in them.
+DISCONTINUITY_MS = 5_000
+
 
 class FrameClock:
     def __init__(
-        self, *, resume_after_ms: int = 0, wall_ms: Callable[[], int] | None = None
+        self,
+        *,
+        resume_after_ms: int = 0,
+        wall_ms: Callable[[], int] | None = None,
+        monotonic_ms: Callable[[], int] | None = None,
     ) -> None:
         self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
+        self._monotonic_ms = monotonic_ms or (lambda: time.monotonic_ns() // 1_000_000)
         self._last_ms = resume_after_ms
         self._offset: int | None = None  # wall ms - stream ms, the anchor
         self._settled = False  # the anchor is fixed once a fragment has been placed
         self._last_stream: tuple[int, int] | None = None  # (stream ms, wall ms) last seen
+        self._shift = 0  # added to the stream's own times: the jumps joined so far
+        self._least_delay: int | None = None  # monotonic arrival - stream time, the least
         self.repaired = 0  # frames moved forward to keep time increasing
+        self.discontinuities = 0  # jumps in the stream's own times
 
     @property
     def last_ms(self) -> int:
@@ -45,6 +64,8 @@ class FrameClock:
         self._offset = None
         self._settled = False
         self._last_stream = None
+        self._shift = 0
+        self._least_delay = None
 
     def stream_ms(self, pts: int | None, time_base: Fraction | None) -> int:
         """A frame just arrived: its time on the stream's timeline. Without a pts, the
@@ -52,7 +73,15 @@ class FrameClock:
         now = self._wall_ms()
         if pts is not None and time_base is not None:
             num, den = time_base.numerator * 1000, time_base.denominator  # ints: no Fraction
-            stream = (2 * pts * num + den) // (2 * den)  # rounded to the nearest ms
+            stream = (2 * pts * num + den) // (2 * den) + self._shift  # rounded to the ms
+            delay = self._monotonic_ms() - stream
+            least = self._least_delay
+            if least is not None and abs(delay - least) > DISCONTINUITY_MS:
+                self._shift += delay - least  # a jump: carry on where this frame arrived
+                stream += delay - least
+                self.discontinuities += 1
+            elif least is None or delay < least:
+                self._least_delay = delay
         elif self._last_stream is not None:
             stream = self._last_stream[0] + max(1, now - self._last_stream[1])
         else:
