@@ -181,6 +181,25 @@ def test_a_silent_camera_is_a_stall_after_the_stall_timeout(frames: list[SourceF
     assert 0.6 <= waited < 0.6 + 1.0  # a receive slice (0.25 s) past the timeout at most
 
 
+def test_a_stop_ends_the_reading_of_a_silent_camera_within_a_slice(
+    frames: list[SourceFrame],
+) -> None:
+    stop = threading.Event()
+    with ScriptedRtspServer(Script(frames[:10], then="silence")) as server:
+        session = RtspSession(server.url(), connect_timeout=5, stall_timeout=60, stop=stop)
+        session.open()
+        read, stopped_at = 0, 0.0
+        for _ in session.packets():  # the camera goes silent after its tenth frame
+            read += 1
+            if read == 5:
+                stop.set()
+                stopped_at = time.monotonic()
+        ended = time.monotonic()
+        session.close()
+    assert ended - stopped_at < 2  # not the 60 s stall timeout
+    assert read > 5  # what had arrived was still read
+
+
 def test_a_camera_that_closes_the_connection_ends_the_session(frames: list[SourceFrame]) -> None:
     with ScriptedRtspServer(Script(frames[:10], then="close")) as server:
         session = RtspSession(server.url(), connect_timeout=5, stall_timeout=30)

@@ -179,6 +179,7 @@ class Camera(ThreadWorker):
                 settings.url,
                 connect_timeout=settings.connect_timeout,
                 stall_timeout=settings.stall_timeout,
+                stop=self._stop,
             )
             try:
                 media = session.open()

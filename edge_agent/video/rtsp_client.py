@@ -34,6 +34,7 @@ import os
 import re
 import select
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -92,7 +93,16 @@ class _Answer:
 class RtspSession:
     """One RTSP session with one camera: ``open`` it, iterate ``packets``, ``close``."""
 
-    def __init__(self, url: str, *, connect_timeout: float, stall_timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float,
+        stall_timeout: float,
+        stop: threading.Event | None = None,
+    ) -> None:
+        """``stop``: when set, ``packets`` ends within a read slice (a silent camera does
+        not hold up a stop for the stall timeout)."""
         parts = urlsplit(url)
         if parts.scheme.lower() != "rtsp" or not parts.hostname:
             raise RtspError("the built-in RTSP client takes rtsp://host[:port]/path URLs")
@@ -101,6 +111,7 @@ class RtspSession:
         self.url = _without_credentials(url)
         self._connect_timeout = connect_timeout
         self._stall_timeout = stall_timeout
+        self._stop = stop or threading.Event()
         self._sock: socket.socket | None = None
         self._pending = b""  # read past the last answer: the start of the stream
         self._sequence = 0
@@ -318,6 +329,8 @@ class RtspSession:
                 raise RtspError("the server closed the connection")
             now = time.monotonic()
             if chunk is None:
+                if self._stop.is_set():
+                    return
                 if now - last_data > stall_timeout:
                     raise RtspStalled(f"no data for {now - last_data:.1f}s")
                 data = rest
