@@ -28,8 +28,11 @@ class Script:
     session_timeout: int = 60
     rtcp_every: int = 0  # an RTCP sender report on channel 1 every N frames
     noise_every: int = 0  # bytes that are no interleaved frame, every N frames
-    #: After the last frame: keep the connection open and send nothing, or close it.
-    then: Literal["silence", "close"] = "silence"
+    #: After the last frame: keep the connection open and send nothing (or only RTCP
+    #: sender reports, as a server does whose source stopped), or close it.
+    then: Literal["silence", "rtcp", "close"] = "silence"
+    #: During the handshake, a request of the server's (SET_PARAMETER) before each answer.
+    server_requests: bool = False
     redirect_to: str | None = None  # DESCRIBE answers 302 to this URL
     channel: int = 0  # the interleaved channel the server chooses for RTP
 
@@ -136,6 +139,11 @@ class ScriptedRtspServer:
             extra = session
         else:
             status = "501 Not Implemented"
+        if self.script.server_requests and request.method != "GET_PARAMETER":
+            connection.sendall(
+                f"SET_PARAMETER {request.url} RTSP/1.0\r\nCSeq: 90\r\n"
+                "Content-Type: text/parameters\r\nContent-Length: 7\r\n\r\nping: 1".encode()
+            )
         head = f"RTSP/1.0 {status}\r\nCSeq: {cseq}\r\n{extra}"
         connection.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
         return request.method == "PLAY"
@@ -169,7 +177,10 @@ class ScriptedRtspServer:
             buffer = self._answer_waiting(connection, buffer, started + (index + 1) * FRAME_S)
         if script.then == "close":
             return
-        while not self._stop.is_set():  # silence: answer requests, send nothing
+        rtcp = bytes((0x24, script.channel + 1)) + len(RTCP_SENDER_REPORT).to_bytes(2, "big")
+        while not self._stop.is_set():  # answer requests, send no video
+            if script.then == "rtcp":
+                connection.sendall(rtcp + RTCP_SENDER_REPORT)
             buffer = self._answer_waiting(connection, buffer, time.monotonic() + 0.1)
 
     def _answer_waiting(self, connection: socket.socket, buffer: bytes, until: float) -> bytes:

@@ -453,25 +453,27 @@ def test_an_rtsp_camera_that_sends_motion_jpeg_is_encoded_through_pyav(tmp_path:
 def test_a_new_picture_size_mid_stream_starts_fragments_with_their_own_track(
     tmp_path: Path,
 ) -> None:
-    """The camera switches from 320x240 to 480x272 at a keyframe (new SPS in-band):
-    every fragment is stored with the parameter sets and size of its own frames, and
-    each plays back with PyAV at that size."""
-    small = frames_of(h264_file(tmp_path / "small.mp4", seconds=2))
-    large = frames_of(h264_file(tmp_path / "large.mp4", seconds=2, size=(480, 272)))
+    """The camera switches from 320x240 to 480x272 at a keyframe (new SPS in-band) one
+    second into a two-second fragment: that fragment ends there, and every fragment is
+    stored with the parameter sets and size of its own frames and plays back with PyAV
+    at that size."""
+    small = frames_of(h264_file(tmp_path / "small.mp4", seconds=3))
+    large = frames_of(h264_file(tmp_path / "large.mp4", seconds=3, size=(480, 272)))
     step = 90_000 // FPS
     shifted = [replace(f, timestamp=f.timestamp + small[-1].timestamp + step) for f in large]
-    config = CameraConfig("cam", "", "video", "rtsp", fragment_ms=1000, stall_timeout=0.5)
+    config = CameraConfig("cam", "", "video", "rtsp", fragment_ms=2000, stall_timeout=0.5)
     stop = threading.Event()
     with (
         ScriptedRtspServer(Script(small + shifted)) as server,
         Spool.open(tmp_path / "s.db") as spool,
     ):
         camera = Camera(replace(config, url=server.url()), spool, stop)
-        run_until(camera, stop, lambda: camera.stats.fragments >= 4, timeout=30)
+        run_until(camera, stop, lambda: camera.stats.fragments >= 3, timeout=30)
         fragments = fragments_of(spool, "video")
     sizes = [(meta["width"], meta["height"]) for _, _, meta in fragments]
-    assert sizes[:4] == [(320, 240), (320, 240), (480, 272), (480, 272)]
-    for index, fragment in enumerate(fragments[:4]):
+    assert sizes[:3] == [(320, 240), (320, 240), (480, 272)]
+    assert [meta["frames"] for _, _, meta in fragments[:2]] == [2 * FPS, FPS]
+    for index, fragment in enumerate(fragments[:3]):
         with av.open(str(as_mkv([fragment], tmp_path / f"{index}.mkv"))) as container:
             pictures = list(container.decode(video=0))
         assert {(p.width, p.height) for p in pictures} == {sizes[index]}

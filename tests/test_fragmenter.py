@@ -83,7 +83,7 @@ def test_a_jump_in_the_cameras_own_times_is_joined_where_the_frame_arrived() -> 
     """The camera's pts jump back a minute (a shared stream sought to its start for a
     client that joined), later ahead an hour: the stored times go on 33 ms a frame as
     the frames arrived, not bunched 1 ms apart for a minute nor leaping an hour; a frame
-    3 s late is a delay, not a jump."""
+    3 s late is a delay, not a jump, and neither is a source slower than real time."""
     wall = WallClock()
     start = wall.now_ms
     clock = FrameClock(wall_ms=wall, monotonic_ms=lambda: wall.now_ms - start)
@@ -98,6 +98,11 @@ def test_a_jump_in_the_cameras_own_times_is_joined_where_the_frame_arrived() -> 
     assert steps <= {33, 34}
     assert clock.discontinuities == 2
     assert clock.repaired == 0
+    slow = FrameClock(wall_ms=wall, monotonic_ms=lambda: wall.now_ms - start)
+    for index in range(600):  # 20 s of video delivered at half speed
+        wall.now_ms += 66
+        slow.stream_ms(3000 * index, Fraction(1, 90000))
+    assert slow.discontinuities == 0
 
 
 def frames(count: int, gop: int, step_ms: int = 33, start: int = 1_000) -> list[Frame]:

@@ -37,8 +37,9 @@ def packetize(frames: list[SourceFrame], packetizer: Packetizer, offset: int = 0
         Packetizer(max_payload=200),  # nearly every slice in FU-A pieces
         Packetizer(csrcs=2, extension_words=3, padding=5),
         Packetizer(marker=False),  # a camera that never marks the end of a picture
+        Packetizer(sequence=0xFFF0),  # the sequence number wraps
     ],
-    ids=["plain", "small-mtu", "header-options", "no-marker"],
+    ids=["plain", "small-mtu", "header-options", "no-marker", "sequence-wrap"],
 )
 def test_every_access_unit_comes_out_as_sent(
     frames: list[SourceFrame], packetizer: Packetizer
@@ -51,12 +52,39 @@ def test_every_access_unit_comes_out_as_sent(
     assert [unit.timestamp for unit in units] == [frame.timestamp for frame in frames]
 
 
-def test_a_unit_completes_at_its_marker_not_one_packet_later(frames: list[SourceFrame]) -> None:
+def test_a_picture_is_complete_when_the_next_begins_whatever_the_markers_say(
+    frames: list[SourceFrame],
+) -> None:
+    """Cameras set the marker on every slice, or on parameter sets of their own: a
+    picture is everything with its timestamp, complete when the next picture starts."""
     depacketizer = H264Depacketizer()
-    packets = Packetizer().packets(frames[0])
-    for packet in packets[:-1]:
-        assert depacketizer.push(packet) == []
-    assert [unit.data for unit in depacketizer.push(packets[-1])] == [frames[0].avcc]
+    every_packet_marked = [
+        packet[:1] + bytes((packet[1] | 0x80,)) + packet[2:]
+        for packet in packetize(frames[:3], Packetizer())
+    ]
+    units = [unit for packet in every_packet_marked for unit in depacketizer.push(packet)]
+    assert [unit.data for unit in units] == [frames[0].avcc, frames[1].avcc]
+    last = depacketizer.flush()
+    assert last is not None and last.data == frames[2].avcc
+
+
+def test_parameter_sets_stamped_with_the_previous_picture_go_with_the_next(
+    frames: list[SourceFrame],
+) -> None:
+    """Some cameras send the SPS and PPS before a keyframe with the time of the picture
+    before it: they belong to the keyframe, and a unit of parameter sets alone is no
+    frame."""
+    second_keyframe = next(i for i, frame in enumerate(frames) if frame.keyframe and i)
+    before, keyframe = frames[second_keyframe - 1], frames[second_keyframe]
+    sets, pictures = keyframe.units[:2], keyframe.units[2:]
+    shuffled = [
+        before,
+        SourceFrame(before.timestamp, False, sets),  # the same time as the picture before
+        SourceFrame(keyframe.timestamp, True, pictures),
+    ]
+    units = depacketize(packetize(shuffled, Packetizer()))
+    assert [unit.data for unit in units] == [before.avcc, keyframe.avcc]
+    assert [unit.keyframe for unit in units] == [False, True]
 
 
 def test_parameter_sets_seen_in_band_are_kept_and_counted(frames: list[SourceFrame]) -> None:
@@ -88,13 +116,24 @@ def test_a_lost_piece_loses_its_unit_only_and_is_counted(frames: list[SourceFram
     assert [unit.data for unit in units] == [frames[0].avcc, damaged.avcc, frames[2].avcc]
 
 
+def test_a_repeated_packet_is_skipped_not_counted_as_65535_lost(
+    frames: list[SourceFrame],
+) -> None:
+    packets = packetize(frames[:3], Packetizer())
+    depacketizer = H264Depacketizer()
+    units = depacketize([*packets[:5], packets[3], *packets[5:]], depacketizer)
+    assert depacketizer.lost_packets == 0
+    assert [unit.data for unit in units] == [frame.avcc for frame in frames[:3]]
+
+
 def test_malformed_and_unsupported_packets_are_skipped_and_counted(
     frames: list[SourceFrame],
 ) -> None:
     packetizer = Packetizer()
     good = packetize(frames[:2], packetizer)
     header = good[0][:12]
-    fu_b = bytes((header[0], header[1] & 0x7F)) + header[2:] + bytes((29, 0x85, 0))
+    before = ((int.from_bytes(header[2:4], "big") - 1) & 0xFFFF).to_bytes(2, "big")
+    fu_b = bytes((header[0], header[1] & 0x7F)) + before + header[4:] + bytes((29, 0x85, 0))
     bad = [
         b"\x80\x60",  # too short
         b"\x40" + good[0][1:],  # RTP version 1

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -18,7 +19,13 @@ from edge_agent.config import CameraConfig
 from edge_agent.spool import Spool
 from edge_agent.video.camera import Camera, uses_builtin_rtsp
 from edge_agent.video.rtp_h264 import AccessUnit, H264Depacketizer
-from edge_agent.video.rtsp_client import RtspError, RtspRefused, RtspSession, RtspStalled
+from edge_agent.video.rtsp_client import (
+    RtspError,
+    RtspRefused,
+    RtspSession,
+    RtspStalled,
+    choose_challenge,
+)
 from tests import gst_rtsp_server
 from tests.gst_rtsp_server import RtspServer
 from tests.rtp_packets import SourceFrame, frames_of
@@ -38,7 +45,8 @@ def frames(recording: Path) -> list[SourceFrame]:
 
 
 def read_units(session: RtspSession, count: int) -> list[AccessUnit]:
-    """Open the session and read ``count`` access units (bounded by the stall timeout)."""
+    """Open the session and read ``count`` access units (bounded by the stall timeout).
+    A picture is complete when the next one begins: the last one sent never is."""
     depacketizer = H264Depacketizer()
     units: list[AccessUnit] = []
     session.open()
@@ -75,11 +83,12 @@ def test_every_slice_of_a_gstreamer_stream_arrives_unchanged(
 ) -> None:
     session = RtspSession(gst_server.url("/live"), connect_timeout=10, stall_timeout=10)
     try:
-        units = read_units(session, len(frames))
+        units = read_units(session, len(frames) - 1)
     finally:
         session.close()
-    assert [slices(unit.data) for unit in units] == [slices(frame.avcc) for frame in frames]
-    assert [unit.keyframe for unit in units] == [frame.keyframe for frame in frames]
+    sent = frames[:-1]
+    assert [slices(unit.data) for unit in units] == [slices(frame.avcc) for frame in sent]
+    assert [unit.keyframe for unit in units] == [frame.keyframe for frame in sent]
     steps = {later.timestamp - unit.timestamp for unit, later in itertools.pairwise(units)}
     assert all(abs(step - 90_000 // FPS) <= 1 for step in steps)  # 90 kHz, rounded
 
@@ -143,14 +152,14 @@ def test_keepalives_go_out_at_half_the_session_timeout_and_their_answers_are_ski
     with ScriptedRtspServer(Script(frames, session_timeout=2)) as server:
         session = RtspSession(server.url(), connect_timeout=5, stall_timeout=5)
         try:
-            units = read_units(session, len(frames))
+            units = read_units(session, len(frames) - 1)
         finally:
             session.close()
         wait_until(lambda: "TEARDOWN" in server.methods(), 5, 0.01, "the teardown")
     methods = server.methods()
     assert methods[:4] == ["OPTIONS", "DESCRIBE", "SETUP", "PLAY"]
     assert methods.count("GET_PARAMETER") >= 2  # 3 s of video
-    assert [unit.data for unit in units] == [frame.avcc for frame in frames]
+    assert [unit.data for unit in units] == [frame.avcc for frame in frames[:-1]]
 
 
 def test_rtcp_and_noise_between_frames_are_skipped_on_the_channels_the_server_chose(
@@ -160,20 +169,24 @@ def test_rtcp_and_noise_between_frames_are_skipped_on_the_channels_the_server_ch
     with ScriptedRtspServer(script) as server:
         session = RtspSession(server.url(), connect_timeout=5, stall_timeout=5)
         try:
-            units = read_units(session, len(frames))
+            units = read_units(session, len(frames) - 1)
         finally:
             session.close()
-    assert [unit.data for unit in units] == [frame.avcc for frame in frames]
+    assert [unit.data for unit in units] == [frame.avcc for frame in frames[:-1]]
     assert session.interleaved_errors > 0  # the noise was seen and counted
 
 
-def test_a_silent_camera_is_a_stall_after_the_stall_timeout(frames: list[SourceFrame]) -> None:
-    with ScriptedRtspServer(Script(frames[:10], then="silence")) as server:
+@pytest.mark.parametrize("then", ["silence", "rtcp"])
+def test_a_camera_without_video_is_a_stall_after_the_stall_timeout(
+    frames: list[SourceFrame], then: Literal["silence", "rtcp"]
+) -> None:
+    """Silence, or RTCP reports and keepalive answers without video: both are a stall."""
+    with ScriptedRtspServer(Script(frames[:10], then=then, session_timeout=1)) as server:
         session = RtspSession(server.url(), connect_timeout=5, stall_timeout=0.6)
         depacketizer = H264Depacketizer()
         session.open()
         started = time.monotonic()
-        with pytest.raises(RtspStalled, match="no data for"):
+        with pytest.raises(RtspStalled, match="no video for"):
             for packet in session.packets():
                 depacketizer.push(packet)
         waited = time.monotonic() - started
@@ -210,7 +223,9 @@ def test_a_camera_that_closes_the_connection_ends_the_session(frames: list[Sourc
             for packet in session.packets():
                 units += depacketizer.push(packet)
         session.close()
-    assert [unit.data for unit in units] == [frame.avcc for frame in frames[:10]]
+    assert [unit.data for unit in units] == [frame.avcc for frame in frames[:9]]
+    last = depacketizer.flush()  # the tenth: nothing came after it
+    assert last is not None and last.data == frames[9].avcc
 
 
 def test_a_redirect_is_followed_without_the_credentials_in_the_log(
@@ -239,3 +254,29 @@ def test_which_cameras_take_the_built_in_client() -> None:
     assert not uses_builtin_rtsp(camera(extra_options={"rtsp_transport": "udp"}))
     assert not uses_builtin_rtsp(camera(rtsp_client="pyav"))
     assert not uses_builtin_rtsp(camera(source="file"))
+
+
+def test_requests_of_the_server_during_the_handshake_are_not_taken_for_answers(
+    frames: list[SourceFrame],
+) -> None:
+    with ScriptedRtspServer(Script(frames, server_requests=True)) as server:
+        session = RtspSession(server.url(), connect_timeout=5, stall_timeout=5)
+        try:
+            units = read_units(session, 3)
+        finally:
+            session.close()
+    assert [unit.data for unit in units] == [frame.avcc for frame in frames[:3]]
+
+
+def test_digest_is_chosen_over_basic_whatever_order_the_camera_offers_them() -> None:
+    """Hikvision-style: Digest first, Basic second, each in a header of its own; a
+    quoted realm may hold commas, a qop list spaces."""
+    digest = 'Digest realm="Hik, Inc", nonce="abc", qop="auth-int, auth", stale="FALSE"'
+    for offered in ([digest, 'Basic realm="Hik"'], ['Basic realm="Hik"', digest]):
+        chosen = choose_challenge(offered)
+        assert chosen is not None
+        scheme, params = chosen
+        assert scheme == "digest"
+        assert params["realm"] == "Hik, Inc" and params["qop"] == "auth-int, auth"
+    assert choose_challenge(['Basic realm="cam"']) == ("basic", {"realm": "cam"})
+    assert choose_challenge(["Negotiate abc"]) is None

@@ -34,7 +34,7 @@ from edge_agent.video import h264
 from edge_agent.video.fragmenter import Fragment, Fragmenter
 from edge_agent.video.mkv import H264, Frame, VideoTrack
 from edge_agent.video.rtp_h264 import H264Depacketizer
-from edge_agent.video.rtsp_client import RtspSession
+from edge_agent.video.rtsp_client import RtspError, RtspSession, RtspStalled
 from edge_agent.video.sdp import VideoMedia
 from edge_agent.video.timestamps import FrameClock
 from edge_agent.worker import ThreadWorker, WorkerState
@@ -219,6 +219,8 @@ class Camera(ThreadWorker):
             if frame.keyframe:
                 self._backoff.reset()
                 stats.last_keyframe_at = time.time()
+                if self._track is not self._fragment_track:
+                    self._store(fragmenter.flush())  # new parameter sets: a new fragment
             starts_fragment = frame.keyframe and fragmenter.fragment_would_start(frame)
             done = fragmenter.add(frame)
             if done is not None:
@@ -304,7 +306,8 @@ class Camera(ThreadWorker):
     def _rtsp_frames(self, session: RtspSession, media: VideoMedia) -> Iterator[Frame]:
         """H.264 from the built-in RTSP client: RTP packets straight to AVCC frames. The
         parameter sets come from the description and from the stream (where they may
-        change); the picture size from the SPS."""
+        change); the picture size from the SPS. A picture is complete when the next one
+        begins: the last one of a session is taken when the session ends."""
         depacketizer = H264Depacketizer()
         sets = media.parameter_sets
         if sets is not None:
@@ -312,6 +315,7 @@ class Camera(ThreadWorker):
         seen_changes = 0
         time_base = Fraction(1, media.clock_rate)
         stats, stream_ms = self.stats, self.clock.stream_ms
+        opened = time.monotonic()
         try:
             for packet in session.packets():
                 for unit in depacketizer.push(packet):
@@ -323,11 +327,22 @@ class Camera(ThreadWorker):
                                 sets = found
                     if self._track is None:
                         stats.dropped_frames += 1  # nothing decodable before an SPS
+                        waited = time.monotonic() - opened
+                        if waited > self.settings.stall_timeout:
+                            raise RtspStalled(f"no usable SPS and PPS in {waited:.0f}s")
                         continue
                     yield Frame(stream_ms(unit.timestamp, time_base), unit.keyframe, unit.data)
+            ended: RtspError | None = None
+        except RtspError as err:
+            ended = err
         finally:
             stats.lost_packets += depacketizer.lost_packets
             stats.dropped_frames += depacketizer.unsupported_packets
+        last = depacketizer.flush()
+        if last is not None and self._track is not None:
+            yield Frame(stream_ms(last.timestamp, time_base), last.keyframe, last.data)
+        if ended is not None:
+            raise ended
 
     def _set_rtsp_track(self, sets: h264.ParameterSets) -> bool:
         """The track of these parameter sets, sized by the SPS; False (and the track

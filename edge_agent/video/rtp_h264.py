@@ -5,13 +5,17 @@
                 with a 16-bit size) or FU-A (28: one unit in pieces, start and end bits)
 
 An access unit (one picture and the parameter sets or SEI before it) is every NAL unit
-with the same RTP timestamp; it is complete at the marker bit, or when a packet with
-another timestamp arrives (a camera that never sets the marker). Units come out as AVCC
-(each behind its 4-byte length), access unit delimiters dropped, as Matroska takes them.
-Timestamps are extended past their 32-bit wrap (13 hours at 90 kHz).
+with the same RTP timestamp; it is complete when a packet with another timestamp
+arrives. The marker bit is not trusted: cameras set it on every slice, on parameter
+sets of their own, or never. Parameter sets and SEI after a unit's last slice (a camera
+that stamps them with the previous picture's time) go on to the next picture, and a
+unit without any slice is not a frame. Units come out as AVCC (each behind its 4-byte
+length), access unit delimiters dropped, as Matroska takes them. Timestamps are
+extended past their 32-bit wrap (13 hours at 90 kHz).
 
 A gap in the sequence numbers (a server that dropped packets; TCP itself loses none)
-loses the unit a fragmented packet was building, and is counted. Interleaved modes
+loses the unit a fragmented packet was building, and is counted; a packet from before
+the expected one (repeated) is skipped. Interleaved modes
 (STAP-B, MTAP, FU-B: packetization-mode 2) are not used by cameras; such packets are
 counted as unsupported and skipped.
 
@@ -42,6 +46,7 @@ class AccessUnit(NamedTuple):
 class H264Depacketizer:
     def __init__(self) -> None:
         self._parts: list[bytes] = []  # the access unit being built, AVCC pieces
+        self._after_slice = -1  # len(_parts) after its last slice; -1: no slice yet
         self._keyframe = False
         self._timestamp: int | None = None  # raw 32-bit timestamp of the unit being built
         self._fragments: list[bytes] | None = None  # an FU-A unit being built
@@ -57,8 +62,8 @@ class H264Depacketizer:
         self.malformed_packets = 0
 
     def push(self, packet: bytes | memoryview) -> list[AccessUnit]:
-        """Take one RTP packet; returns the access units it completed (usually none or
-        one; two when a camera that never marks the end sends a one-packet picture)."""
+        """Take one RTP packet; returns the access unit it completed, if any (the one
+        before it, when this packet begins another picture)."""
         size = len(packet)
         if size < 13 or packet[0] >> 6 != 2:
             self.malformed_packets += 1
@@ -75,14 +80,18 @@ class H264Depacketizer:
             self.malformed_packets += 1
             return []
         sequence = (packet[2] << 8) | packet[3]
-        if self._expected_sequence is not None and sequence != self._expected_sequence:
-            self.lost_packets += (sequence - self._expected_sequence) & 0xFFFF
+        expected = self._expected_sequence
+        if expected is not None and sequence != expected:
+            gap = (sequence - expected) & 0xFFFF
+            if gap >= 0x8000:
+                return []  # from before the expected one: a repeat
+            self.lost_packets += gap
             self._fragments = None  # the unit in pieces lost some of them
         self._expected_sequence = (sequence + 1) & 0xFFFF
         timestamp = int.from_bytes(packet[4:8], "big")
         done: list[AccessUnit] = []
         if timestamp != self._timestamp:
-            if self._parts:
+            if self._after_slice >= 0:
                 done.append(self._complete())
             self._timestamp = timestamp
             self._fragments = None
@@ -96,20 +105,21 @@ class H264Depacketizer:
             self._aggregate(packet, start + 1, end)
         else:
             self.unsupported_packets += 1
-        if packet[1] & 0x80 and self._parts:  # marker: the access unit is complete
-            done.append(self._complete())
         return done
 
     def flush(self) -> AccessUnit | None:
-        """The access unit in progress (at the end of a session)."""
-        return self._complete() if self._parts else None
+        """The access unit in progress (at the end of a session), if it has a picture."""
+        return self._complete() if self._after_slice >= 0 else None
 
     def _unit(self, unit: bytes, kind: int) -> None:
-        if kind == NAL_AUD:
+        if kind in (NAL_AUD, 0):
             return
-        if kind == NAL_IDR:
-            self._keyframe = True
-        elif kind == NAL_SPS and unit != self.sps:
+        if 0 < kind <= NAL_IDR:  # a slice (1-5)
+            self._keyframe |= kind == NAL_IDR
+            self._parts += (len(unit).to_bytes(4, "big"), unit)
+            self._after_slice = len(self._parts)
+            return
+        if kind == NAL_SPS and unit != self.sps:
             self.sps = unit
             self.parameter_changes += 1
         elif kind == NAL_PPS and unit != self.pps:
@@ -143,6 +153,8 @@ class H264Depacketizer:
             position += size
 
     def _complete(self) -> AccessUnit:
+        """The access unit of the picture built so far; what followed its last slice
+        (parameter sets, SEI) is kept for the next one."""
         raw = self._timestamp or 0
         if self._last_raw is None:
             extended = raw
@@ -152,7 +164,9 @@ class H264Depacketizer:
                 delta -= _WRAP  # a timestamp a little before the last one
             extended = self._extended_base + delta
         self._last_raw, self._extended_base = raw, extended
-        unit = AccessUnit(extended, self._keyframe, b"".join(self._parts))
-        self._parts = []
+        parts, cut = self._parts, self._after_slice
+        unit = AccessUnit(extended, self._keyframe, b"".join(parts[:cut]))
+        self._parts = parts[cut:]
+        self._after_slice = -1
         self._keyframe = False
         return unit

@@ -83,11 +83,18 @@ class RtspStalled(RtspError):
 
 
 @dataclass
-class _Answer:
+class _Message:
+    """An answer (``status`` > 0) or a request of the server's (``status`` 0)."""
+
     status: int
     reason: str
-    headers: dict[str, str]  # lower-case names
+    headers: dict[str, str]  # lower-case names; a repeated header: its last value
+    challenges: list[str]  # every WWW-Authenticate value, in order
     body: bytes
+
+    @property
+    def cseq(self) -> str:
+        return self.headers.get("cseq", "")
 
 
 class RtspSession:
@@ -104,6 +111,10 @@ class RtspSession:
         """``stop``: when set, ``packets`` ends within a read slice (a silent camera does
         not hold up a stop for the stall timeout)."""
         parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 - raises for a port that is no number or out of range
+        except ValueError as err:
+            raise RtspError(f"the camera's URL: {err}") from None
         if parts.scheme.lower() != "rtsp" or not parts.hostname:
             raise RtspError("the built-in RTSP client takes rtsp://host[:port]/path URLs")
         self._user = unquote(parts.username or "")
@@ -192,7 +203,7 @@ class RtspSession:
 
     def _request(
         self, method: str, url: str, headers: dict[str, str] | None = None, *, required: bool = True
-    ) -> _Answer | None:
+    ) -> _Message | None:
         """Send a request and read its answer (during the handshake). Retries once with
         credentials on 401; follows a redirect of DESCRIBE (None: ``self.url`` moved).
         ``required=False``: an error answer is not fatal (OPTIONS)."""
@@ -200,7 +211,7 @@ class RtspSession:
             self._send(method, url, headers or {})
             answer = self._read_answer(method)
             if answer.status == 401 and attempt == 0 and self._user:
-                self._authorization = _challenge(answer.headers.get("www-authenticate", ""))
+                self._take_challenge(answer)
                 if self._authorization is not None:
                     continue
             if method == "DESCRIBE" and answer.status in (301, 302, 303, 307):
@@ -231,41 +242,73 @@ class RtspSession:
         except OSError as err:
             raise RtspError(f"{method}: {_describe(err)}") from None
 
-    def _read_answer(self, method: str) -> _Answer:
-        """The next answer; interleaved data before it (a server that starts streaming
-        early) is dropped: it precedes the first keyframe the camera waits for anyway."""
-        data = self._pending
+    def _read_answer(self, method: str) -> _Message:
+        """The answer to the request just sent (by its CSeq), within the connect timeout.
+        Interleaved data before it (a server that starts streaming early) is dropped: it
+        precedes the first keyframe the camera waits for anyway; requests of the
+        server's and stale answers are skipped."""
+        deadline = time.monotonic() + self._connect_timeout
+        cseq = str(self._sequence)
+        data, position = self._pending, 0
         while True:
-            if data[:1] == b"$" and len(data) >= 4:
-                frame_end = 4 + int.from_bytes(data[2:4], "big")
-                if len(data) >= frame_end:
-                    data = data[frame_end:]
-                    continue
-            elif data:
-                start = data.find(b"RTSP/1.0")
-                if start > 0:
-                    data = data[start:]  # not an answer: a request of the server's, or noise
-                head_end = data.find(b"\r\n\r\n") if start >= 0 else -1
-                if head_end >= 0:
-                    answer, consumed = _parse_answer(data, head_end)
-                    if answer is not None:
-                        self._pending = data[consumed:]
-                        return answer
-            if len(data) > MAX_MESSAGE_BYTES:
+            while len(data) - position >= 4:
+                if data[position] == 0x24:  # '$': interleaved data
+                    end = position + 4 + int.from_bytes(data[position + 2 : position + 4], "big")
+                    if end > len(data):
+                        break
+                    position = end
+                elif _is_message(data, position):
+                    message, end = _parse_message(data, position)
+                    if message is None:
+                        break
+                    position = end
+                    if message.status and message.cseq in ("", cseq):
+                        self._pending = data[position:]
+                        return message
+                else:  # noise: on to the next frame or message
+                    found = [
+                        at
+                        for at in (
+                            data.find(b"$", position + 1),
+                            data.find(b"RTSP/1.0 ", position + 1),
+                        )
+                        if at >= 0
+                    ]
+                    position = min(found) if found else len(data)
+            data, position = data[position:], 0
+            if len(data) > 2 * MAX_MESSAGE_BYTES:
                 raise RtspError(f"{method}: no RTSP answer in {len(data)} bytes")
-            data += self._recv_handshake(method)
+            data += self._recv_handshake(method, deadline)
 
-    def _recv_handshake(self, method: str) -> bytes:
-        assert self._sock is not None
-        try:
-            chunk = self._sock.recv(READ_BYTES)
-        except TimeoutError:
-            raise RtspError(f"{method}: no answer within {self._connect_timeout:g}s") from None
-        except OSError as err:
-            raise RtspError(f"{method}: {_describe(err)}") from None
-        if not chunk:
-            raise RtspError(f"{method}: the server closed the connection")
-        return chunk
+    def _recv_handshake(self, method: str, deadline: float) -> bytes:
+        """What arrives next, by the deadline; a stop ends the wait within a slice."""
+        sock = self._sock
+        assert sock is not None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RtspError(f"{method}: no answer within {self._connect_timeout:g}s")
+            if self._stop.is_set():
+                raise RtspError(f"{method}: stopping")
+            sock.settimeout(min(READ_SLICE_S, remaining))
+            try:
+                chunk = sock.recv(READ_BYTES)
+            except TimeoutError:
+                continue
+            except OSError as err:
+                raise RtspError(f"{method}: {_describe(err)}") from None
+            if not chunk:
+                raise RtspError(f"{method}: the server closed the connection")
+            return chunk
+
+    def _take_challenge(self, answer: _Message) -> None:
+        chosen = choose_challenge(answer.challenges)
+        if chosen is None:
+            return
+        previous = self._authorization
+        if previous is None or previous[1].get("nonce") != chosen[1].get("nonce"):
+            self._nonce_count = 0  # a new nonce counts from 1
+        self._authorization = chosen
 
     def _authorization_header(self, method: str, url: str) -> str:
         if self._authorization is None:
@@ -288,21 +331,22 @@ class RtspSession:
 
     def packets(self) -> Iterator[memoryview]:
         """The video's RTP packets as they arrive (views, valid until the next one is
-        asked for). Raises RtspStalled after the stall timeout without data, RtspError
+        asked for). Ends when ``stop`` is set; raises RtspStalled when no video packet
+        came for the stall timeout (RTCP and keepalive answers do not count), RtspError
         when the server closes the connection."""
         sock = self._sock
         assert sock is not None
         wait = self._stream_mode().poll
         slice_ms = round(READ_SLICE_S * 1000)
-        stall_timeout = self._stall_timeout
+        stall_timeout, stop = self._stall_timeout, self._stop
         channel = self._rtp_channel
         data = self._pending
         self._pending = b""
-        last_data = time.monotonic()
-        next_keepalive = last_data + self._keepalive_every
+        last_video = time.monotonic()
+        next_keepalive = last_video + self._keepalive_every
         recv = sock.recv
         while True:
-            position, size = 0, len(data)
+            position, size, video = 0, len(data), False
             view = memoryview(data)
             while size - position >= 4:
                 if data[position] != 0x24:  # not '$' (interleaved data): a message
@@ -315,9 +359,12 @@ class RtspSession:
                 if end > size:
                     break
                 if data[position + 1] == channel:
+                    video = True
                     yield view[position + 4 : end]
                 position = end
             rest = data[position:]
+            if stop.is_set():
+                return
             wait(slice_ms)  # a slice later, what has arrived is taken even if it is little
             try:
                 chunk: bytes | None = recv(READ_BYTES)
@@ -328,32 +375,30 @@ class RtspSession:
             if chunk == b"":
                 raise RtspError("the server closed the connection")
             now = time.monotonic()
-            if chunk is None:
-                if self._stop.is_set():
-                    return
-                if now - last_data > stall_timeout:
-                    raise RtspStalled(f"no data for {now - last_data:.1f}s")
-                data = rest
-            else:
-                last_data = now
-                data = rest + chunk if rest else chunk
+            if video:
+                last_video = now
+            elif now - last_video > stall_timeout:
+                raise RtspStalled(f"no video for {now - last_video:.1f}s")
+            data = rest + chunk if rest and chunk else (chunk or rest)
             if now >= next_keepalive:
                 next_keepalive = now + self._keepalive_every
                 self._send(self._keepalive_method, self._aggregate_url, {})
 
     def _skip_message(self, data: bytes, position: int) -> int:
-        """At something other than '$': an RTSP answer (to a keepalive) or a request of
-        the server's, skipped whole; anything else is skipped to the next '$'. The new
-        position, or -1 to read more first."""
-        if data.startswith(b"RTSP/1.0", position) or _REQUEST_LINE.match(data, position):
-            head_end = data.find(b"\r\n\r\n", position)
-            if head_end >= 0:
-                answer, consumed = _parse_answer(data[position:], head_end - position)
-                if answer is not None:
-                    return position + consumed
-                return -1  # the body is still coming
-            if len(data) - position < MAX_MESSAGE_BYTES:
-                return -1
+        """At something other than '$': an RTSP answer (to a keepalive: a 401 renews the
+        credentials' challenge) or a request of the server's, skipped whole; anything
+        else is skipped to the next '$'. The new position, or -1 to read more first."""
+        if _is_message(data, position):
+            try:
+                message, after = _parse_message(data, position)
+            except RtspError:
+                message, after = None, -2  # not a message after all: resynchronize
+            if message is not None:
+                if message.status == 401:
+                    self._take_challenge(message)
+                return after
+            if after == -1:
+                return -1  # the rest is still coming
         found = data.find(b"$", position + 1)
         after = found if found >= 0 else len(data)
         self.interleaved_errors += after - position
@@ -376,36 +421,68 @@ class RtspSession:
         sock.close()
 
 
-def _parse_answer(data: bytes, head_end: int) -> tuple[_Answer | None, int]:
-    """An answer whose headers end at ``head_end``: the answer and the bytes it took, or
-    (None, 0) while its body has not all arrived."""
-    lines = data[:head_end].decode("utf-8", "replace").split("\r\n")
-    status_line = lines[0].split(" ", 2)
+def _is_message(data: bytes, position: int) -> bool:
+    """Whether an answer ("RTSP/1.0 200 OK") or a request line starts at ``position``."""
+    return data.startswith(b"RTSP/1.0 ", position) or bool(_REQUEST_LINE.match(data, position))
+
+
+def _parse_message(data: bytes, position: int) -> tuple[_Message | None, int]:
+    """The message at ``position`` and the position after it; (None, -1) while it has
+    not all arrived. RtspError if it cannot be one (too large, a bad length)."""
+    head_end = data.find(b"\r\n\r\n", position, position + MAX_MESSAGE_BYTES)
+    if head_end < 0:
+        if len(data) - position >= MAX_MESSAGE_BYTES:
+            raise RtspError(f"a message of the server's is over {MAX_MESSAGE_BYTES} bytes")
+        return None, -1
+    lines = data[position:head_end].decode("utf-8", "replace").split("\r\n")
     headers: dict[str, str] = {}
+    challenges: list[str] = []
     for line in lines[1:]:
         name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    try:
-        length = int(headers.get("content-length", "0"))
-    except ValueError:
-        length = 0
-    body_start = head_end + 4
-    if len(data) < body_start + length:
-        return None, 0
-    status = int(status_line[1]) if len(status_line) > 1 and status_line[1].isdigit() else 0
-    reason = status_line[2] if len(status_line) > 2 else ""
-    return _Answer(status, reason, headers, data[body_start : body_start + length]), (
-        body_start + length
-    )
+        name, value = name.strip().lower(), value.strip()
+        headers[name] = value
+        if name == "www-authenticate":
+            challenges.append(value)
+    length_text = headers.get("content-length", "0")
+    if not length_text.isdigit() or int(length_text) > MAX_MESSAGE_BYTES:
+        raise RtspError(f"a message of the server's has Content-Length {length_text!r}")
+    body_end = head_end + 4 + int(length_text)
+    if len(data) < body_end:
+        return None, -1
+    first = lines[0].split(" ", 2)
+    status = 0
+    if first[0] == "RTSP/1.0":
+        if len(first) < 2 or not first[1].isdigit() or not 100 <= int(first[1]) <= 999:
+            raise RtspError(f"a bad status line: {lines[0][:80]!r}")
+        status = int(first[1])
+    reason = first[2] if status and len(first) > 2 else ""
+    return _Message(status, reason, headers, challenges, data[head_end + 4 : body_end]), body_end
 
 
-def _challenge(header: str) -> tuple[str, dict[str, str]] | None:
-    """The scheme to answer a 401 with: Digest if offered, else Basic."""
-    scheme, _, rest = header.strip().partition(" ")
-    scheme = scheme.lower()
-    if scheme not in ("basic", "digest"):
+_AUTH_PARAM = re.compile(r'([A-Za-z][\w-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
+
+
+def choose_challenge(challenges: list[str]) -> tuple[str, dict[str, str]] | None:
+    """The challenge to answer a 401 with, of all the server offered: Digest (SHA-256
+    before MD5) before Basic, which would send the password in the clear. Cameras often
+    offer both, each in a WWW-Authenticate header of its own."""
+    offered: list[tuple[int, str, dict[str, str]]] = []
+    for header in challenges:
+        scheme, _, rest = header.strip().partition(" ")
+        params = {
+            key.lower(): quoted if quoted or bare == "" else bare
+            for key, quoted, bare in _AUTH_PARAM.findall(rest)
+        }
+        params = {key: value.replace('\\"', '"') for key, value in params.items()}
+        scheme = scheme.lower()
+        if scheme == "digest":
+            sha256 = params.get("algorithm", "MD5").upper().startswith("SHA-256")
+            offered.append((0 if sha256 else 1, scheme, params))
+        elif scheme == "basic":
+            offered.append((2, scheme, params))
+    if not offered:
         return None
-    params = {key.lower(): value for key, value in re.findall(r'(\w+)\s*=\s*"?([^",]*)"?', rest)}
+    _, scheme, params = min(offered, key=lambda item: item[0])
     return scheme, params
 
 
@@ -432,7 +509,7 @@ def digest_authorization(
     if algorithm.upper().endswith("-SESS"):
         first = digest(f"{first}:{nonce}:{cnonce}")
     second = digest(f"{method}:{uri}")
-    qop = "auth" if "auth" in challenge.get("qop", "").split(",") else ""
+    qop = "auth" if "auth" in (q.strip() for q in challenge.get("qop", "").split(",")) else ""
     fields = [f'username="{user}"', f'realm="{realm}"', f'nonce="{nonce}"', f'uri="{uri}"']
     if qop:
         count = f"{nonce_count:08x}"

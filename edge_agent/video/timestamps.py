@@ -18,12 +18,13 @@ be (the wall clock stepped back, a camera repeated a pts) is moved forward and c
 A restart carries on from the last time the spool holds (``resume_after``).
 
 A camera's own times may also jump within a connection (an encoder that restarts, a
-server that seeks a shared stream for a client that joined): a frame whose delay, by
-the monotonic clock, differs from the least delay seen by more than
-``DISCONTINUITY_MS`` starts a new stretch of the stream's timeline, joined to the old
-one where the frame arrived, so times neither bunch up (a jump back) nor leap (a jump
-ahead). The cost: a frame held up by the network for longer than that is placed at its
-arrival.
+server that seeks a shared stream for a client that joined): a frame whose pts goes
+back more than ``REORDER_MS`` (B-frames go back a few frames), or ahead of the previous
+frame's by more than ``DISCONTINUITY_MS``, starts a new
+stretch of the stream's timeline, joined to the old one by the time that passed between
+the two frames' arrivals (monotonic clock), so times neither bunch up (a jump back) nor
+leap (a jump ahead). Network delays and sources slower or faster than real time do not
+change the pts steps, so they are not taken for jumps.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ import time
 from collections.abc import Callable
 from fractions import Fraction
 
-#: A frame this much earlier or later than the stream's own times say is a jump in them.
+#: A pts step forward larger than this, or back by more than REORDER_MS, is a jump in
+#: the stream's own times.
 DISCONTINUITY_MS = 5_000
+REORDER_MS = 1_000
 
 
 class FrameClock:
@@ -51,7 +54,7 @@ class FrameClock:
         self._settled = False  # the anchor is fixed once a fragment has been placed
         self._last_stream: tuple[int, int] | None = None  # (stream ms, wall ms) last seen
         self._shift = 0  # added to the stream's own times: the jumps joined so far
-        self._least_delay: int | None = None  # monotonic arrival - stream time, the least
+        self._previous: tuple[int, int] | None = None  # (own ms, monotonic arrival ms)
         self.repaired = 0  # frames moved forward to keep time increasing
         self.discontinuities = 0  # jumps in the stream's own times
 
@@ -65,7 +68,7 @@ class FrameClock:
         self._settled = False
         self._last_stream = None
         self._shift = 0
-        self._least_delay = None
+        self._previous = None
 
     def stream_ms(self, pts: int | None, time_base: Fraction | None) -> int:
         """A frame just arrived: its time on the stream's timeline. Without a pts, the
@@ -73,15 +76,16 @@ class FrameClock:
         now = self._wall_ms()
         if pts is not None and time_base is not None:
             num, den = time_base.numerator * 1000, time_base.denominator  # ints: no Fraction
-            stream = (2 * pts * num + den) // (2 * den) + self._shift  # rounded to the ms
-            delay = self._monotonic_ms() - stream
-            least = self._least_delay
-            if least is not None and abs(delay - least) > DISCONTINUITY_MS:
-                self._shift += delay - least  # a jump: carry on where this frame arrived
-                stream += delay - least
+            own = (2 * pts * num + den) // (2 * den)  # rounded to the nearest ms
+            arrived = self._monotonic_ms()
+            previous = self._previous
+            if previous is not None and not -REORDER_MS <= own - previous[0] <= DISCONTINUITY_MS:
+                # a jump: this frame follows the previous one by the time between them
+                step = max(1, arrived - previous[1])
+                self._shift = previous[0] + self._shift + step - own
                 self.discontinuities += 1
-            elif least is None or delay < least:
-                self._least_delay = delay
+            self._previous = (own, arrived)
+            stream = own + self._shift
         elif self._last_stream is not None:
             stream = self._last_stream[0] + max(1, now - self._last_stream[1])
         else:
