@@ -11,8 +11,9 @@ Parts (``--parts``, all by default):
   "pyav"``) and the agent's built-in RTSP client alone (no fragments, spool or upload).
 * ``encode720``: one 720p30 Motion JPEG camera, decoded and encoded with libx264
   (veryfast); the baseline is ffmpeg doing the same.
-* ``four720``: four 720p30 H.264 cameras in one agent; target: under 20 % of one core
-  together (baseline: four ffmpeg remuxes).
+* ``four720``: four 720p30 H.264 cameras in one agent, each a stream of its own (the
+  same recording behind four paths); target: under 20 % of one core together
+  (baseline: four ffmpeg remuxes).
 
 Every camera part also checks: the agent's peak RSS under 100 MiB per camera part with
 one camera, and capture-to-PERSISTED latency (first frame of a fragment captured to its
@@ -145,7 +146,14 @@ class KvsLocal(LoopbackServer):
         return f"http://127.0.0.1:{self.port}"
 
 
-def write_agent_config(directory: Path, part: Part, url: str, endpoint: str) -> Path:
+def camera_mount(part: Part, index: int) -> str:
+    """Each camera of a part is a stream of its own, as four cameras are (the same
+    recording behind each): gst-rtsp-server's shared media could stop answering when
+    several clients set up the same stream at once."""
+    return part.source.mount if part.cameras == 1 else f"{part.source.mount}_{index}"
+
+
+def write_agent_config(directory: Path, part: Part, urls: list[str], endpoint: str) -> Path:
     lines = [
         '[agent]\ndevice_name = "bench"',
         f'state_dir = "{directory / "state"}"\n',  # default status interval (2 s)
@@ -157,7 +165,7 @@ def write_agent_config(directory: Path, part: Part, url: str, endpoint: str) -> 
             f'[sinks.{name}]\ntype = "kvs"\nstream = "{name}"\nregion = "us-east-1"\n'
             f'endpoint_url = "{endpoint}"\nmax_bytes = "512MiB"\n'
         )
-        camera = f'[cameras.{name}]\nsource = "rtsp"\nurl = "{url}"\nsink = "{name}"\n'
+        camera = f'[cameras.{name}]\nsource = "rtsp"\nurl = "{urls[index]}"\nsink = "{name}"\n'
         camera += f'fragment = "{FRAGMENT_S}s"\n'
         if part.encode:
             camera += 'preset = "veryfast"\nbitrate = "2Mbit/s"\n'
@@ -281,7 +289,7 @@ def measure_part(
 ) -> PartResult:
     directory = workdir / part.name
     directory.mkdir(parents=True)
-    url = server.url(part.source.mount)
+    urls = [server.url(camera_mount(part, index)) for index in range(part.cameras)]
     endpoint = KvsLocal(directory / "kvs-local.log").start(directory / "kvs")
     agent: subprocess.Popen[bytes] | None = None
     baselines: list[subprocess.Popen[bytes]] = []
@@ -294,7 +302,7 @@ def measure_part(
         # can refuse a client that arrives while another is being set up (PyAV reported
         # it as EPERM), and every client's PLAY seeks the shared recording to its start,
         # a jump back in the stream's times for the clients already there.
-        for index in range(part.cameras):
+        for index, url in enumerate(urls):
             out = directory / f"baseline{index}.mkv"
             commands = [baseline_command(part, url, out)]
             if not part.encode:
@@ -305,7 +313,7 @@ def measure_part(
             for command, group in zip(commands, (baselines, readers, clients), strict=False):
                 group.append(subprocess.Popen(command, stderr=subprocess.DEVNULL))
                 time.sleep(READER_STAGGER_S)
-        config = write_agent_config(directory, part, url, endpoint.endpoint)
+        config = write_agent_config(directory, part, urls, endpoint.endpoint)
         env = {**os.environ, **CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"}
         with open(log, "ab") as handle:
             agent = subprocess.Popen(
@@ -473,8 +481,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
     print(json.dumps(environment()))
     results: list[PartResult] = []
     with work_directory(args.workdir, keep=args.keep) as workdir:
-        mounts = {s.mount: (s.file(cache, length), s.codec) for s in sources}
         for part in parts:
+            source = part.source
+            recording = (source.file(cache, length), source.codec)
+            mounts = {camera_mount(part, index): recording for index in range(part.cameras)}
             # A fresh server per part: every part's cameras start the recording at 0.
             with RtspServer(free_port(), mounts) as server:
                 print(f"measuring {part.label} for {args.seconds} s ...", flush=True)
