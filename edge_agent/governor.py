@@ -179,10 +179,13 @@ class UploadLane:
         return _BacklogBudget(self)
 
     def rate_limit(self, *, backlog: bool = False) -> float | None:
-        window = self._window(backlog=backlog)
-        capped = window.max_rate if window is not None and window.action == "cap" else None
-        limits = (self.share.max_rate, capped, self._governor.max_rate)
+        limits = (self._cap(self._window(backlog=backlog)), self._governor.max_rate)
         return min((limit for limit in limits if limit), default=None)
+
+    def _cap(self, window: ScheduleWindow | None) -> float | None:
+        """This sink's own limit: the tighter of its max_rate and a capping window's."""
+        capped = window.max_rate if window is not None and window.action == "cap" else None
+        return min((c for c in (self.share.max_rate, capped) if c), default=None)
 
     def backlog_held(self) -> str:
         window = self._window(backlog=True)
@@ -201,17 +204,14 @@ class UploadLane:
         """Wait out a scheduled pause, then this sink's cap (the tighter of its own
         max_rate and a capping window's)."""
         while True:
-            share = self.share
             window = self._window(backlog=backlog)
-            action = window.action if window is not None else "allow"
-            if action == "pause":
+            if window is not None and window.action == "pause":
                 if backlog:
                     raise BacklogHeld(_doing(window))
                 if stop.wait(1.0):
                     return False
                 continue
-            caps = (share.max_rate, window.max_rate if window and action == "cap" else None)
-            cap = min((c for c in caps if c), default=None)
+            cap = self._cap(window)
             if cap is None:
                 return True
             with self._lock:

@@ -243,7 +243,7 @@ def test_rtsp_h264_passes_through_with_every_slice_unchanged(tmp_path: Path) -> 
     byte for byte (the parameter sets travel in the SDP and may be repeated in-band)."""
     source = h264_file(tmp_path / "in.mp4")
     with av.open(str(source)) as container:
-        expected = [_slices(bytes(p)) for p in container.demux(video=0) if p.size]
+        expected = [slice_units(bytes(p)) for p in container.demux(video=0) if p.size]
     stop = threading.Event()
     with Spool.open(tmp_path / "s.db") as spool:
         url, camera = rtsp_listener("rtsp", spool, stop)
@@ -267,7 +267,7 @@ def test_rtsp_h264_passes_through_with_every_slice_unchanged(tmp_path: Path) -> 
         fragments = fragments_of(spool, "video")
     assert camera.stats.mode == "passthrough"
     with av.open(str(as_mkv(fragments, tmp_path / "out.mkv"))) as container:
-        got = [_slices(bytes(p)) for p in container.demux(video=0) if p.size]
+        got = [slice_units(bytes(p)) for p in container.demux(video=0) if p.size]
     assert got == expected
     assert [int(str(meta["frames"])) for _, _, meta in fragments] == [FPS] * 3
 
@@ -284,7 +284,8 @@ def rtsp_listener(
     return url, Camera(config, spool, stop)
 
 
-def _slices(avcc: bytes) -> list[bytes]:
+def slice_units(avcc: bytes) -> list[bytes]:
+    """The slice NAL units of an AVCC frame (servers may add or drop SPS/PPS/SEI)."""
     return [bytes(unit) for unit in h264.split_avcc(avcc) if h264.nal_type(unit) in (1, 5)]
 
 
@@ -353,7 +354,7 @@ def test_a_camera_pulls_from_an_rtsp_server_and_comes_back_after_it_restarts(
     started again on the same port: the camera reconnects by itself and its timecodes
     keep increasing."""
     with av.open(str(rtsp_server.mounts["/live"][0])) as container:
-        expected = [_slices(bytes(p)) for p in container.demux(video=0) if p.size]
+        expected = [slice_units(bytes(p)) for p in container.demux(video=0) if p.size]
     config = CameraConfig(
         "ipcam", rtsp_server.url("/live"), "video", "rtsp", fragment_ms=1000,
         reconnect_min=0.05, reconnect_max=0.2, stall_timeout=2.0,
@@ -377,7 +378,7 @@ def test_a_camera_pulls_from_an_rtsp_server_and_comes_back_after_it_restarts(
         fragments = fragments_of(spool, "video")
     assert camera.stats.mode == "passthrough"
     with av.open(str(as_mkv(fragments[:3], tmp_path / "first.mkv"))) as container:
-        got = [_slices(bytes(p)) for p in container.demux(video=0) if p.size]
+        got = [slice_units(bytes(p)) for p in container.demux(video=0) if p.size]
     assert got == expected
     times = [at for at, _, _ in fragments]
     assert times == sorted(set(times))

@@ -31,7 +31,7 @@ from tests.gst_rtsp_server import RtspServer
 from tests.rtp_packets import SourceFrame, frames_of
 from tests.scripted_rtsp import Script, ScriptedRtspServer
 from tests.support import free_port, wait_until
-from tests.test_camera import FPS, h264_file
+from tests.test_camera import FPS, h264_file, slice_units
 
 
 @pytest.fixture(scope="module")
@@ -57,18 +57,6 @@ def read_units(session: RtspSession, count: int) -> list[AccessUnit]:
     return units[:count]
 
 
-def slices(data: bytes) -> list[bytes]:
-    """The slice NAL units of an AVCC frame (servers may add or drop SPS/PPS/SEI)."""
-    units, position = [], 0
-    while position < len(data):
-        size = int.from_bytes(data[position : position + 4], "big")
-        unit = data[position + 4 : position + 4 + size]
-        if unit[0] & 0x1F in (1, 5):
-            units.append(unit)
-        position += 4 + size
-    return units
-
-
 @pytest.fixture
 def gst_server(recording: Path) -> Iterator[RtspServer]:
     missing = gst_rtsp_server.available()
@@ -87,7 +75,7 @@ def test_every_slice_of_a_gstreamer_stream_arrives_unchanged(
     finally:
         session.close()
     sent = frames[:-1]
-    assert [slices(unit.data) for unit in units] == [slices(frame.avcc) for frame in sent]
+    assert [slice_units(unit.data) for unit in units] == [slice_units(frame.avcc) for frame in sent]
     assert [unit.keyframe for unit in units] == [frame.keyframe for frame in sent]
     steps = {later.timestamp - unit.timestamp for unit, later in itertools.pairwise(units)}
     assert all(abs(step - 90_000 // FPS) <= 1 for step in steps)  # 90 kHz, rounded

@@ -221,11 +221,10 @@ class Camera(ThreadWorker):
                 stats.last_keyframe_at = time.time()
                 if self._track is not self._fragment_track:
                     self._store(fragmenter.flush())  # new parameter sets: a new fragment
-            starts_fragment = frame.keyframe and fragmenter.fragment_would_start(frame)
             done = fragmenter.add(frame)
             if done is not None:
                 self._store(done)
-            if starts_fragment:
+            if fragmenter.pending == 1:  # this frame began a fragment
                 self._fragment_track = self._track
 
     def _packets(self, container: Any, stream: Any) -> Iterator[Any]:

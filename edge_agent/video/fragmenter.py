@@ -70,15 +70,10 @@ class Fragmenter:
         self._frames.append(frame)
         return done
 
-    def fragment_would_start(self, frame: Frame) -> bool:
-        """Whether ``add(frame)`` begins a new fragment with it (a keyframe after none,
-        or one that closes the fragment in progress)."""
-        if not frame.keyframe:
-            return False
-        if not self._frames:
-            return True
-        span = frame.time_ms - self._frames[0].time_ms
-        return span >= self._cut_ms or span > self.max_ms
+    @property
+    def pending(self) -> int:
+        """Frames of the fragment in progress (1 right after a frame began one)."""
+        return len(self._frames)
 
     def flush(self) -> Fragment | None:
         """The fragment in progress (at the end of a stream or a connection)."""

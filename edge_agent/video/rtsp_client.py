@@ -134,7 +134,6 @@ class RtspSession:
         self._aggregate_url = self.url  # PLAY, keepalives and TEARDOWN go here
         self._rtp_channel = RTP_CHANNEL  # as the server's SETUP answer chose
         self.interleaved_errors = 0  # bytes skipped to find the next '$' frame
-        self.server = ""
 
     # ------------------------------------------------------------------ handshake
 
