@@ -535,7 +535,7 @@ def build_template(path: Path, count: int, size: int, keys: int) -> float:
     returns the seconds it took. Closed afterwards, so the file is complete on its own."""
     sys.path.insert(0, str(REPO))
     from edge_agent.records import Record
-    from edge_agent.spool import Spool
+    from edge_agent.spool.store import Spool
 
     began = time.monotonic()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -840,10 +840,10 @@ def measure_agent(
 def run_profile(args: argparse.Namespace, workdir: Path) -> None:
     """The agent's forwarder in this process under cProfile, on a pre-filled spool."""
     sys.path.insert(0, str(REPO))
-    from edge_agent.config import load_config
-    from edge_agent.governor import UploadGovernor
-    from edge_agent.sinks.factory import make_forwarder
-    from edge_agent.spool import Spool
+    from edge_agent.assembly import make_forwarder
+    from edge_agent.config.loading import load_config
+    from edge_agent.delivery.budget import UploadGovernor
+    from edge_agent.spool.store import Spool
 
     count = args.records
     aggregate = args.profile == "aggregated"

@@ -762,7 +762,7 @@ def run_instrumented_agent(config: str, commit_log: str) -> int:
     from edge_agent import cli
     from edge_agent.records import AppendResult, Record
     from edge_agent.sources.mqtt import MqttSource
-    from edge_agent.spool import Spool
+    from edge_agent.spool.store import Spool
 
     appends: list[tuple[float, float, int]] = []
     steps: list[tuple[float, float, int]] = []

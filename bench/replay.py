@@ -65,9 +65,9 @@ from intake import Broker
 from video import KvsLocal
 
 sys.path.insert(0, str(REPO))
+from edge_agent.config.units import parse_rate
 from edge_agent.records import Record
-from edge_agent.spool import Spool
-from edge_agent.units import parse_rate
+from edge_agent.spool.store import Spool
 from tests.fault_proxy import FaultProxy
 from tests.support import spooled_count
 from tests.video_backlog import encode_one_second, fill_backlog

@@ -201,8 +201,8 @@ with av.open(sys.argv[1], options={"rtsp_transport": "tcp"}, timeout=(10, 10)) a
 BUILTIN_RTSP_READ = """
 import sys
 sys.path.insert(0, sys.argv[2])
-from edge_agent.video.rtp_h264 import H264Depacketizer
-from edge_agent.video.rtsp_client import RtspSession
+from edge_agent.sources.camera.rtp_h264 import H264Depacketizer
+from edge_agent.sources.camera.rtsp_client import RtspSession
 session = RtspSession(sys.argv[1], connect_timeout=10, stall_timeout=10)
 session.open()
 depacketizer = H264Depacketizer()

@@ -29,17 +29,17 @@ from types import FrameType
 from typing import Any
 
 from edge_agent import __version__
-from edge_agent.config import Config, SinkConfig, UploadShare, load_config
+from edge_agent.assembly import FORWARDING_TYPES, make_sender
+from edge_agent.config.loading import Config, SinkConfig, UploadShare, load_config
+from edge_agent.delivery.budget import UploadGovernor
+from edge_agent.delivery.forwarder import Forwarder
 from edge_agent.errors import ConfigError, EdgeAgentError
-from edge_agent.forwarder import Forwarder
-from edge_agent.governor import UploadGovernor
 from edge_agent.malloc_tuning import tune_malloc
 from edge_agent.sdnotify import SystemdNotifier
-from edge_agent.sinks.factory import FORWARDING_TYPES, make_sender
+from edge_agent.sinks.kvs.uploader import KvsUploader
+from edge_agent.sources.camera.camera import Camera
 from edge_agent.sources.mqtt import MqttSource
-from edge_agent.spool import QueuePolicy, Spool, mark_suspect
-from edge_agent.video.camera import Camera
-from edge_agent.video.kvs_uploader import KvsUploader
+from edge_agent.spool.store import QueuePolicy, Spool, mark_suspect
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from edge_agent import __version__
-from edge_agent.config import DEFAULT_CONFIG_PATH, Config, load_config
+from edge_agent.config.loading import DEFAULT_CONFIG_PATH, Config, load_config
 from edge_agent.errors import ConfigError, EdgeAgentError
-from edge_agent.spool import DeadLetter, Spool
+from edge_agent.spool.store import DeadLetter, Spool
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -152,7 +152,7 @@ def _kvs_local(args: argparse.Namespace) -> int:
 
     from botocore.credentials import Credentials
 
-    from edge_agent.video.putmedia_server import PutMediaServer
+    from edge_agent.kvs_local.server import PutMediaServer
 
     _configure_logging("info")
     try:

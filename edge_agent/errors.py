@@ -11,7 +11,7 @@ whether retrying the same operation later can succeed::
     │   └── SpoolBusy                   yes  -- another writer holds the lock for too long
     ├── SourceError                     yes  -- a source lost its input (broker, camera)
     │   └── RtspError                   yes  -- the built-in RTSP client; its subtree
-    │                                           (refused, stalled) in video/rtsp_client.py
+    │                                           (refused, stalled) in sources/camera/rtsp_client.py
     └── SinkError                       --   -- a whole request to a destination failed
         ├── SinkUnavailable             yes  -- throttled, 5xx, network: back off, retry
         ├── SinkPaused                  no   -- access denied, stream missing, KMS key

@@ -14,9 +14,9 @@ from dataclasses import asdict
 from typing import Any
 
 from edge_agent.agent import runtime_status_path
-from edge_agent.config import Config
+from edge_agent.config.loading import Config
 from edge_agent.errors import SpoolError
-from edge_agent.spool import Spool
+from edge_agent.spool.store import Spool
 
 #: A status file older than this many status intervals means the agent is not running.
 STALE_INTERVALS = 5

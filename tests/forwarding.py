@@ -9,12 +9,12 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
-from edge_agent.config import SinkConfig, parse_config
-from edge_agent.forwarder import Forwarder
-from edge_agent.governor import UploadGovernor
+from edge_agent.assembly import make_forwarder
+from edge_agent.config.loading import SinkConfig, parse_config
+from edge_agent.delivery.budget import UploadGovernor
+from edge_agent.delivery.forwarder import Forwarder
 from edge_agent.records import Record
-from edge_agent.sinks.factory import make_forwarder
-from edge_agent.spool import Spool
+from edge_agent.spool.store import Spool
 from tests.faulty_kinesis import FaultyKinesis
 from tests.support import wait_until
 

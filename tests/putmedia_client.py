@@ -12,7 +12,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from edge_agent.video.acks import Ack, AckParser
+from edge_agent.sinks.kvs.acks import Ack, AckParser
 
 CREDENTIALS = Credentials("AKIDLOCALTEST", "local-test-secret")
 

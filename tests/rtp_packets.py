@@ -13,7 +13,7 @@ from pathlib import Path
 
 import av
 
-from edge_agent.video import h264
+from edge_agent.media import h264
 
 PAYLOAD_TYPE = 96
 MAX_PAYLOAD = 1400

@@ -1,8 +1,8 @@
-"""The PutMedia acknowledgement stream parser (edge_agent/video/acks.py)."""
+"""The PutMedia acknowledgement stream parser (edge_agent/sinks/kvs/acks.py)."""
 
 from __future__ import annotations
 
-from edge_agent.video.acks import Ack, AckParser, ErrorAction, error_action, error_name
+from edge_agent.sinks.kvs.acks import Ack, AckParser, ErrorAction, error_action, error_name
 
 NUMBER = "91343852333181432392682062607743920146264440663"
 STREAM = (

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from botocore.credentials import Credentials
 
-from edge_agent.config import UploadShare, parse_config
-from edge_agent.governor import UploadGovernor
+from edge_agent.assembly import make_forwarder
+from edge_agent.config.loading import UploadShare, parse_config
+from edge_agent.delivery.budget import UploadGovernor
+from edge_agent.kvs_local.server import PutMediaServer
+from edge_agent.media import h264
 from edge_agent.records import Record
-from edge_agent.sinks.factory import make_forwarder
-from edge_agent.spool import Spool
-from edge_agent.video import h264
-from edge_agent.video.kvs_uploader import KvsUploader
-from edge_agent.video.putmedia_server import PutMediaServer
+from edge_agent.sinks.kvs.uploader import KvsUploader
+from edge_agent.spool.store import Spool
 from tests.fault_proxy import FaultProxy
 from tests.kinesis_streams import make_stream
 from tests.support import Kinesalite, wait_until

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from edge_agent.records import Record
-from edge_agent.spool import QueuePolicy, Spool
+from edge_agent.spool.store import QueuePolicy, Spool
 from tests.support import (
     REPO,
     AgentProcess,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import load_config
+from edge_agent.config.loading import load_config
+from edge_agent.config.units import parse_duration, parse_rate, parse_size
 from edge_agent.errors import ConfigError
-from edge_agent.units import parse_duration, parse_rate, parse_size
 from tests.support import REPO
 
 MINIMAL = """

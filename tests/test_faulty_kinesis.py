@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from edge_agent.sinks.shards import ShardMap, hash_key_of
+from edge_agent.sinks.kinesis.shards import ShardMap, hash_key_of
 from tests.faulty_kinesis import FaultyKinesis
 
 PTE = "ProvisionedThroughputExceededException"

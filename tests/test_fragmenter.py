@@ -9,9 +9,9 @@ from pathlib import Path
 import av
 import pytest
 
-from edge_agent.video.fragmenter import Fragmenter
-from edge_agent.video.mkv import H264, Frame, VideoTrack, stream_header
-from edge_agent.video.timestamps import FrameClock
+from edge_agent.media.mkv import H264, Frame, VideoTrack, stream_header
+from edge_agent.sources.camera.fragmenter import Fragmenter
+from edge_agent.sources.camera.timestamps import FrameClock
 from tests.test_mkv import FPS, FRAMES, encoded_frames
 
 MS = Fraction(1, 1000)

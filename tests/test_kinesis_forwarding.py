@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.forwarder import ACK_BACKLOG
+from edge_agent.delivery.forwarder import ACK_BACKLOG
 from tests.kinesis_streams import (
     first_occurrence_order_kept,
     make_stream,

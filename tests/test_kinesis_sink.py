@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from edge_agent.records import Record
-from edge_agent.sinks.shards import ShardMap
+from edge_agent.sinks.kinesis.shards import ShardMap
 from tests.faulty_kinesis import FaultyKinesis
 from tests.forwarding import Harness, MakeHarness
 from tests.kinesis_streams import StreamRecord, user_records

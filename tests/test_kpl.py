@@ -9,7 +9,7 @@ from aws_kinesis_agg.deaggregator import iter_deaggregate_records
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.sinks.kpl import MAGIC, AggregateBuilder
+from edge_agent.sinks.kinesis.kpl import MAGIC, AggregateBuilder
 
 user_records = st.lists(
     st.tuples(

@@ -17,12 +17,12 @@ import av
 import pytest
 from botocore.credentials import Credentials
 
-from edge_agent.config import parse_config
-from edge_agent.governor import UploadGovernor
-from edge_agent.spool import Spool
-from edge_agent.video.camera import Camera
-from edge_agent.video.kvs_uploader import KvsUploader
-from edge_agent.video.putmedia_server import PutMediaServer
+from edge_agent.config.loading import parse_config
+from edge_agent.delivery.budget import UploadGovernor
+from edge_agent.kvs_local.server import PutMediaServer
+from edge_agent.sinks.kvs.uploader import KvsUploader
+from edge_agent.sources.camera.camera import Camera
+from edge_agent.spool.store import Spool
 from tests.support import (
     AgentProcess,
     Mosquitto,

@@ -9,9 +9,9 @@ from pathlib import Path
 import av
 import pytest
 
-from edge_agent.video import h264
-from edge_agent.video.ebml import size_vint
-from edge_agent.video.mkv import H264, FragmentError, Frame, VideoTrack, cluster, stream_header
+from edge_agent.media import h264
+from edge_agent.media.ebml import size_vint
+from edge_agent.media.mkv import H264, FragmentError, Frame, VideoTrack, cluster, stream_header
 from tests.video_checks import ffprobe_video, mkvinfo_lines
 
 FPS = 30

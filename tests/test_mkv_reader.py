@@ -9,8 +9,15 @@ from pathlib import Path
 import av
 import pytest
 
-from edge_agent.video.mkv import H264, Frame, VideoTrack, cluster, end_of_fragment, stream_header
-from edge_agent.video.mkv_reader import Block, ClusterEnd, ClusterStart, MkvError, MkvReader, Tracks
+from edge_agent.kvs_local.mkv_reader import (
+    Block,
+    ClusterEnd,
+    ClusterStart,
+    MkvError,
+    MkvReader,
+    Tracks,
+)
+from edge_agent.media.mkv import H264, Frame, VideoTrack, cluster, end_of_fragment, stream_header
 from tests.test_mkv import FPS, FRAMES, encoded_frames, write_mkv
 
 

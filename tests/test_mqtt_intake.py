@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import load_config
+from edge_agent.config.loading import load_config
 from edge_agent.errors import SpoolFull
 from edge_agent.records import AppendResult, Record
 from edge_agent.sources.mqtt import MqttSource
-from edge_agent.spool import Spool
+from edge_agent.spool.store import Spool
 from tests.support import (
     AgentProcess,
     Mosquitto,

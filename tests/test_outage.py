@@ -14,9 +14,9 @@ import av
 import pytest
 from botocore.credentials import Credentials
 
-from edge_agent.forwarder import ACK_BACKLOG
-from edge_agent.spool import Spool
-from edge_agent.video.putmedia_server import PutMediaServer
+from edge_agent.delivery.forwarder import ACK_BACKLOG
+from edge_agent.kvs_local.server import PutMediaServer
+from edge_agent.spool.store import Spool
 from tests.fault_proxy import FaultProxy
 from tests.kinesis_streams import (
     first_occurrence_order_kept,

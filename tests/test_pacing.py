@@ -8,10 +8,10 @@ import threading
 
 import pytest
 
-from edge_agent.backoff import Backoff, full_jitter
-from edge_agent.governor import UploadGovernor
-from edge_agent.sinks.shard_pacing import PaceBudget, ShardPacer
-from edge_agent.token_bucket import TokenBucket
+from edge_agent.delivery.backoff import Backoff, full_jitter
+from edge_agent.delivery.budget import UploadGovernor
+from edge_agent.delivery.token_bucket import TokenBucket
+from edge_agent.sinks.kinesis.pacing import PaceBudget, ShardPacer
 
 
 class FakeClock:

@@ -28,7 +28,7 @@ ENTRIES = [
 
 
 def test_kinesis_body_is_what_botocore_would_send() -> None:
-    from edge_agent.sinks.kinesis import KinesisSink
+    from edge_agent.sinks.kinesis.sink import KinesisSink
 
     sink = KinesisSink.__new__(KinesisSink)  # only the body encoding is under test
     sink._key_json = {}

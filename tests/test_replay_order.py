@@ -20,13 +20,13 @@ import av
 import pytest
 from botocore.credentials import Credentials
 
-from edge_agent.config import ScheduleWindow, UploadShare, parse_config
-from edge_agent.governor import TrafficBudget, UploadGovernor
-from edge_agent.spool import Spool
-from edge_agent.video import h264
-from edge_agent.video.camera import Camera
-from edge_agent.video.kvs_uploader import KvsUploader
-from edge_agent.video.putmedia_server import PutMediaServer, StreamState
+from edge_agent.config.loading import ScheduleWindow, UploadShare, parse_config
+from edge_agent.delivery.budget import TrafficBudget, UploadGovernor
+from edge_agent.kvs_local.server import PutMediaServer, StreamState
+from edge_agent.media import h264
+from edge_agent.sinks.kvs.uploader import KvsUploader
+from edge_agent.sources.camera.camera import Camera
+from edge_agent.spool.store import Spool
 from tests.support import wait_until
 from tests.video_backlog import encode_one_second, fill_backlog
 

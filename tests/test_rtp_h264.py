@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge_agent.video.rtp_h264 import AccessUnit, H264Depacketizer
+from edge_agent.sources.camera.rtp_h264 import AccessUnit, H264Depacketizer
 from tests.rtp_packets import Packetizer, SourceFrame, frames_of
 from tests.test_camera import h264_file
 

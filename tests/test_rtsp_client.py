@@ -15,17 +15,17 @@ from typing import Literal
 
 import pytest
 
-from edge_agent.config import CameraConfig
-from edge_agent.spool import Spool
-from edge_agent.video.camera import Camera, uses_builtin_rtsp
-from edge_agent.video.rtp_h264 import AccessUnit, H264Depacketizer
-from edge_agent.video.rtsp_client import (
+from edge_agent.config.loading import CameraConfig
+from edge_agent.sources.camera.camera import Camera, uses_builtin_rtsp
+from edge_agent.sources.camera.rtp_h264 import AccessUnit, H264Depacketizer
+from edge_agent.sources.camera.rtsp_client import (
     RtspError,
     RtspRefused,
     RtspSession,
     RtspStalled,
     choose_challenge,
 )
+from edge_agent.spool.store import Spool
 from tests import gst_rtsp_server
 from tests.gst_rtsp_server import RtspServer
 from tests.rtp_packets import SourceFrame, frames_of

@@ -10,9 +10,9 @@ from pathlib import Path
 import av
 import pytest
 
-from edge_agent.video import h264
-from edge_agent.video.rtsp_client import digest_authorization
-from edge_agent.video.sdp import SdpError, video_media
+from edge_agent.media import h264
+from edge_agent.sources.camera.rtsp_client import digest_authorization
+from edge_agent.sources.camera.sdp import SdpError, video_media
 
 CAMERA_SDP = """v=0
 o=- 1 1 IN IP4 192.168.1.64

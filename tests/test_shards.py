@@ -6,7 +6,7 @@ import random
 import uuid
 from typing import Any
 
-from edge_agent.sinks.shards import ShardMap, hash_key_of
+from edge_agent.sinks.kinesis.shards import ShardMap, hash_key_of
 from tests.kinesis_streams import make_stream
 from tests.support import Kinesalite, wait_until
 

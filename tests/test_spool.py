@@ -20,7 +20,7 @@ from hypothesis.stateful import (
 
 from edge_agent.errors import SpoolCorrupt, SpoolError, SpoolFull
 from edge_agent.records import LeasedRecord, Record
-from edge_agent.spool import QueuePolicy, Spool, mark_suspect
+from edge_agent.spool.store import QueuePolicy, Spool, mark_suspect
 
 
 class FakeClock:

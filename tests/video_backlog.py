@@ -10,10 +10,10 @@ from fractions import Fraction
 
 import av
 
+from edge_agent.media import h264
+from edge_agent.media.mkv import H264, Frame, cluster
 from edge_agent.records import Record
-from edge_agent.spool import Spool
-from edge_agent.video import h264
-from edge_agent.video.mkv import H264, Frame, cluster
+from edge_agent.spool.store import Spool
 
 FPS = 30
 

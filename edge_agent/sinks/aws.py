@@ -17,9 +17,9 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from edge_agent.config import AwsEndpoint
+from edge_agent.config.loading import AwsEndpoint
+from edge_agent.delivery.budget import UploadBudget
 from edge_agent.errors import RequestRejected, SinkError, SinkPaused, SinkUnavailable
-from edge_agent.governor import UploadBudget
 
 log = logging.getLogger(__name__)
 

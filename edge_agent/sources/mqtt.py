@@ -34,10 +34,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.config import MqttConfig, SpoolConfig, Subscription
+from edge_agent.config.loading import MqttConfig, SpoolConfig, Subscription
 from edge_agent.errors import SpoolCorrupt, SpoolError
 from edge_agent.records import Record
-from edge_agent.spool import Spool
+from edge_agent.spool.store import Spool
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,625 @@
+"""The forwarder: one thread per sink that moves records from the spool to the service.
+
+    lease (a bounded window)  ->  choose due records (per-key prefixes in ordered mode)
+    ->  sink.pack (limits, pacing, aggregation)  ->  governor (inside the sink's client)
+    ->  sink.send  ->  settle each record:
+            accepted          delete from the spool (the position goes to status)
+            failed            back to the spool, due again after full-jitter backoff on
+                              its attempt count (ordered mode: stays in the window and
+                              blocks its key until it is through)
+            rejected          dead letter with the reason (too large, refused as invalid;
+                              a refused request is split in halves, an aggregate into
+                              its records, to find the record to blame)
+        a whole request failing:
+            SinkUnavailable   nothing settled; the sink backs off (full jitter, capped)
+            SinkPaused        nothing settled; the sink pauses and probes every
+                              ``pause_probe`` by trying again
+
+Up to ``requests_in_flight`` requests are on the wire at once, transmitted by sender
+threads while this thread leases and packs the next; answers are landed (settled) in
+the order the requests went out. Records in flight are not candidates, and in ordered
+mode they block their keys like records waiting for a retry, so two requests in flight
+never carry the same key.
+
+Records never leave the spool before the service confirms them, so a crash at any
+point re-sends at most what was in flight. In ordered mode a failed record blocks the
+later records of its key until it is through, and at most one entry per key goes into
+a request, so a partial failure can never let a later record overtake an earlier one.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import operator
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from edge_agent.config.loading import DeliveryConfig
+from edge_agent.delivery.backoff import Backoff, full_jitter
+from edge_agent.delivery.transmit_pool import Sender
+from edge_agent.errors import (
+    RequestRejected,
+    SinkError,
+    SinkPaused,
+    SinkUnavailable,
+    SpoolCorrupt,
+    SpoolError,
+)
+from edge_agent.records import LeasedRecord
+from edge_agent.sinks.base import Request, Sent, Sink
+from edge_agent.spool.store import Spool
+from edge_agent.worker import LinkState, ThreadWorker
+
+log = logging.getLogger(__name__)
+
+#: Longest idle wait between looks at the spool (new data also wakes the forwarder).
+IDLE_WAIT_S = 1.0
+#: Throughput in status is averaged over this many seconds.
+RATE_WINDOW_S = 10.0
+#: Batches of accepted records that may wait for deletion while the next request goes.
+ACK_BACKLOG = 2
+#: Shortest pause when nothing could be packed (never spin).
+MIN_WAIT_S = 0.005
+#: A failing spool (full disk, busy) is retried after this long.
+SPOOL_RETRY_S = 1.0
+#: At stop, how long to wait for the answer to the request on the wire.
+LANDING_AT_STOP_S = 10.0
+#: A record's id and payload, from the tuple.
+_ID = operator.itemgetter(0)
+_PAYLOAD = operator.itemgetter(4)
+
+
+#: Records refused as invalid, and the refusal.
+_Blamed = tuple[list[LeasedRecord], SinkError]
+#: A request on the wire, the ids of its records, and its answer to come.
+_Flight = tuple[Request, list[int], "Future[Any]"]
+
+
+@dataclass
+class ForwarderStats:
+    state: str = "starting"
+    reason: str = ""
+    since: float = 0.0
+    requests: int = 0
+    records_sent: int = 0
+    entries_sent: int = 0
+    bytes_sent: int = 0
+    retries: int = 0
+    request_errors: int = 0
+    dead_lettered: int = 0
+    last_error: str = ""
+    last_error_at: float | None = None
+
+
+class Forwarder(ThreadWorker):
+    def __init__(
+        self,
+        sink: Sink,
+        spool: Spool,
+        delivery: DeliveryConfig,
+        stop: threading.Event,
+        *,
+        window_records: int,
+        window_bytes: int,
+        requests_in_flight: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.sink = sink
+        self.spool = spool
+        self.delivery = delivery
+        self._stop = stop
+        self._window_records = window_records
+        self._window_bytes = window_bytes
+        self._clock = clock
+        self._rng = rng or random.Random()
+        # The window: leased records by id, in spool order. A few of them have more to
+        # say: on the wire (not candidates; in ordered mode they block their keys), or
+        # (ordered mode) waiting for a retry, with how often they failed here.
+        self._window: dict[int, LeasedRecord] = {}
+        self._window_size = 0
+        self._in_flight: set[int] = set()
+        self._due: dict[int, float] = {}
+        self._failures: dict[int, int] = {}
+        # Deleting what the service accepted runs in its own thread, overlapping the
+        # next request; at most ACK_BACKLOG batches wait (they are re-sent after a crash).
+        self._acks: queue.Queue[list[LeasedRecord] | None] = queue.Queue(ACK_BACKLOG)
+        self._acker: threading.Thread | None = None
+        self._sender: Sender | None = None
+        self._requests_in_flight = requests_in_flight
+        self._flights: collections.deque[_Flight] = collections.deque()
+        self._acks_closed = threading.Event()
+        self._backoff = Backoff(delivery.retry_min, delivery.retry_max, self._rng)
+        self._hold_until = 0.0
+        self._retry_at: float | None = None  # earliest retry handed back to the spool
+        self._answered = 0  # requests the service answered (accepted, or per record)
+        self._last_ok = False  # whether the latest request was answered
+        self._rates: collections.deque[tuple[float, int, int]] = collections.deque()
+        self._rates_lock = threading.Lock()
+        self.stats = ForwarderStats(since=time.time())
+        self.link = LinkState()
+        self.spool_corrupt = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._start_thread(self.run, f"forward-{self.sink.name}")
+
+    @property
+    def healthy(self) -> bool:
+        helpers_ok = self._stop.is_set() or (
+            (self._acker is None or self._acker.is_alive())
+            and (self._sender is None or self._sender.alive)
+        )
+        return helpers_ok and self.thread_ok
+
+    def run(self) -> None:
+        """The loop; returns when the stop event is set."""
+        self._acker = threading.Thread(
+            target=self._ack_loop, name=f"ack-{self.sink.name}", daemon=True
+        )
+        self._acker.start()
+        self._sender = Sender(
+            self.sink.transmit, f"send-{self.sink.name}", threads=self._requests_in_flight
+        )
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._step()
+                except SpoolError as err:
+                    self._set_error(f"spool: {err}")
+                    if isinstance(err, SpoolCorrupt):
+                        self.spool_corrupt = True
+                    self._stop.wait(SPOOL_RETRY_S)
+        finally:
+            self._shut_down()
+
+    def _ack_loop(self) -> None:
+        """Delete accepted records; a failing spool is retried until it works or the
+        forwarder has stopped (then the leases clear at the next open: re-sent)."""
+        while (batch := self._acks.get()) is not None:
+            while True:
+                try:
+                    self.spool.ack(batch)
+                    break
+                except SpoolError as err:
+                    self._set_error(f"spool: deleting delivered records failed: {err}")
+                    if isinstance(err, SpoolCorrupt):
+                        self.spool_corrupt = True
+                    if self._acks_closed.wait(SPOOL_RETRY_S):
+                        break
+                except Exception:
+                    log.exception("sink %s: deleting delivered records failed", self.sink.name)
+                    break
+
+    def _shut_down(self) -> None:
+        deadline = time.monotonic() + LANDING_AT_STOP_S
+        while self._flights:
+            try:
+                self._land(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:  # whatever it was, the records are released below
+                log.exception("sink %s: settling the last requests failed", self.sink.name)
+        if self._sender is not None:
+            self._sender.close(SPOOL_RETRY_S)
+        if self._acker is not None:
+            self._acks.put(None)
+            self._acker.join(SPOOL_RETRY_S * 5)
+            self._acks_closed.set()
+        try:
+            self.spool.release(list(self._window.values()))
+        except SpoolError as err:  # leases are cleared at the next open anyway
+            log.warning("sink %s: releasing leased records at stop failed: %s", self.sink.name, err)
+        self._clear_window()
+        self.sink.close()
+        self._set_state("stopped")
+
+    # ------------------------------------------------------------------ one step
+
+    def _step(self) -> None:
+        now = self._clock()
+        if now < self._hold_until:
+            self._stop.wait(min(self._hold_until - now, IDLE_WAIT_S))
+            return
+        generation = self.spool.append_generation
+        self._refill()
+        candidates, next_due = self._candidates(now)
+        if len(candidates) < self.delivery.max_request_records and self._refill(any_room=True):
+            # records waiting for a retry hold part of the window: let new ones in
+            candidates, next_due = self._candidates(now)
+        linger = self._linger_time(candidates)
+        if (linger > 0 or not candidates) and self._flights:
+            self._land()  # nothing to pack for now: take the answer first
+            return
+        if linger > 0:
+            self.spool.wait_for_append(generation, linger)
+            return
+        if not candidates:
+            if self._retry_at is not None and self._retry_at <= now:
+                self._retry_at = None  # records handed back to the spool are due again
+            waiting = self._window or self._retry_at is not None
+            self._set_state("waiting to retry" if waiting else "idle")
+            wait = min(
+                [IDLE_WAIT_S, *(due - now for due in (next_due, self._retry_at) if due is not None)]
+            )
+            if not self._window or len(self._window) < self._window_records:
+                self.spool.wait_for_append(generation, max(wait, 0.001))
+            else:
+                self._stop.wait(max(wait, 0.001))
+            return
+        packed = self.sink.pack(candidates, now)
+        if packed.rejected:
+            self._reject(packed.rejected)
+        if packed.request is None:
+            if self._flights:
+                self._land()
+                return
+            if packed.wait is not None:
+                self._set_state("pacing")
+            self._stop.wait(min(max(packed.wait or MIN_WAIT_S, MIN_WAIT_S), IDLE_WAIT_S))
+            return
+        if len(self._flights) >= self._requests_in_flight:
+            self._land()
+            if self._clock() < self._hold_until or self._stop.is_set():
+                return  # a request before failed as a whole: this one waits too
+        self._launch(packed.request)
+
+    def _refill(self, *, any_room: bool = False) -> bool:
+        """Lease more records when a request's share of the window is free (or, with
+        ``any_room``, when any of it is); True if something was leased."""
+        room_records = self._window_records - len(self._window)
+        room_bytes = self._window_bytes - self._window_size
+        shares = self._requests_in_flight + 1
+        if any_room:
+            if room_records <= 0 or room_bytes <= 0:
+                return False
+        elif (
+            room_records < self._window_records // shares
+            or room_bytes < self._window_bytes // shares
+        ):
+            return False
+        count, size = self.spool.pending(self.sink.name)
+        if count and size:  # fetch about what fits the bytes, not rows to throw away
+            average = size / count
+            room_records = min(room_records, int(room_bytes / average * 1.1) + 16)
+        leased = self.spool.lease(self.sink.name, max_records=room_records, max_bytes=room_bytes)
+        self._window.update(zip(map(_ID, leased), leased, strict=True))
+        self._window_size += sum(map(len, map(_PAYLOAD, leased)))
+        return bool(leased)
+
+    def _drop(self, records: list[LeasedRecord]) -> None:
+        """Settled: out of the window."""
+        ids = list(map(_ID, records))
+        removed = filter(None, map(self._window.pop, ids, itertools.repeat(None)))
+        self._window_size -= sum(map(len, map(_PAYLOAD, removed)))
+        if self._due:
+            for record_id in ids:
+                self._due.pop(record_id, None)
+                self._failures.pop(record_id, None)
+
+    def _clear_window(self) -> None:
+        self._window.clear()
+        self._window_size = 0
+        self._in_flight.clear()
+        self._due.clear()
+        self._failures.clear()
+
+    def _linger_time(self, candidates: list[LeasedRecord]) -> float:
+        """How long to wait for more records rather than send a small request now (each
+        request costs headers, a signature and a round trip on the uplink): until the
+        oldest candidate has been in the spool for ``linger``. A backlog is old and goes
+        at once; so does a full request."""
+        linger = self.delivery.linger
+        if not candidates or linger <= 0 or self._stop.is_set():
+            return 0.0
+        age = time.time() - candidates[0].captured_at_ms / 1000  # spool order: the oldest
+        if not 0 <= age < linger:  # old enough, or the clock stepped back: send
+            return 0.0
+        if len(candidates) >= self.delivery.max_request_records and not self.sink.aggregating:
+            return 0.0
+        size = 0
+        for record in candidates:
+            size += record.size
+            if size >= self.delivery.max_request_bytes:
+                return 0.0
+        if len(self._window) >= self._window_records or self._window_size >= self._window_bytes:
+            return 0.0
+        return linger - age
+
+    def _candidates(self, now: float) -> tuple[list[LeasedRecord], float | None]:
+        """Due records in spool order (per-key prefixes in ordered mode), and when the
+        next record falls due."""
+        in_flight, due = self._in_flight, self._due
+        if not due and not (self.sink.ordered and in_flight):  # the common case
+            window = self._window
+            ready = itertools.filterfalse(in_flight.__contains__, window)
+            return list(map(window.__getitem__, ready)), None
+        ordered = self.sink.ordered
+        blocked: set[str] = set()
+        candidates: list[LeasedRecord] = []
+        next_due: float | None = None
+        for record_id, record in self._window.items():
+            if record_id in in_flight:
+                if ordered:
+                    blocked.add(record.partition_key)
+                continue
+            at = due.get(record_id)
+            if at is not None and at > now:
+                next_due = at if next_due is None else min(next_due, at)
+                if ordered:
+                    blocked.add(record.partition_key)
+                continue
+            if ordered and record.partition_key in blocked:
+                continue
+            candidates.append(record)
+        return candidates, next_due
+
+    # ------------------------------------------------------------------ sending
+
+    def _launch(self, request: Request) -> None:
+        """Put a request on the wire in the sender thread; its records are in flight."""
+        assert self._sender is not None
+        ids = [record.id for entry in request.entries for record in entry.records]
+        self._in_flight.update(ids)
+        self._set_state("sending")
+        self.stats.requests += 1
+        self._flights.append((request, ids, self._sender.launch(request)))
+
+    def _land(self, timeout: float | None = None) -> None:
+        """Wait for the answer to the oldest request on the wire and settle it; whatever
+        the answer did not settle (a whole-request failure) is due again."""
+        request, ids, future = self._flights.popleft()
+        try:
+            answer, error = future.result(timeout), None
+        except TimeoutError:
+            return  # at stop: the records are released with the window
+        except Exception as err:
+            answer, error = None, err
+        finally:
+            self._in_flight.difference_update(ids)
+        self._settle(request, answer, error)
+
+    def _deliver(self, request: Request, blamed: list[_Blamed]) -> None:
+        """Send one part of a refused request in this thread and settle the answer."""
+        self._set_state("sending")
+        self.stats.requests += 1
+        try:
+            answer, error = self.sink.transmit(request), None
+        except Exception as err:
+            answer, error = None, err
+        self._settle(request, answer, error, blamed)
+
+    def _settle(
+        self,
+        request: Request,
+        answer: Any,
+        error: Exception | None,
+        blamed: list[_Blamed] | None = None,
+    ) -> None:
+        """Settle what the service answered. ``blamed`` collects records refused as
+        invalid while a refused request is being split up."""
+        if error is None:
+            try:
+                outcomes = self.sink.outcomes(request, answer)
+            except Exception as err:
+                error = err
+        if isinstance(error, RequestRejected):
+            if blamed is None:
+                self._split(request, error)
+            else:
+                self._bisect(request, error, blamed)
+            return
+        if isinstance(error, SinkPaused):
+            self._request_failed(error, paused=True)
+            return
+        if isinstance(error, SinkUnavailable):
+            self._request_failed(error, paused=False)
+            return
+        if error is not None:  # a bug or an unexpected answer: treat as transient
+            log.error("sink %s: sending failed unexpectedly", self.sink.name, exc_info=error)
+            self._request_failed(SinkUnavailable(type(error).__name__, str(error)), paused=False)
+            return
+        self._delivered()
+        self._answered += 1
+        self._last_ok = True
+        now = self._clock()
+        accepted: list[LeasedRecord] = []
+        accepted_bytes = 0
+        failed: list[LeasedRecord] = []
+        for entry, outcome in zip(request.entries, outcomes, strict=True):
+            if isinstance(outcome, Sent):
+                accepted += entry.records
+                accepted_bytes += sum(map(len, map(_PAYLOAD, entry.records)))
+                self.stats.entries_sent += 1
+                continue
+            self.stats.retries += len(entry.records)
+            self._set_error(f"{outcome.code}: {outcome.message}", quiet=True)
+            if self.sink.ordered:
+                self._retry_in_window(entry.records, now)
+            else:
+                failed += entry.records
+        self._drop(accepted)
+        self.stats.records_sent += len(accepted)
+        self.stats.bytes_sent += accepted_bytes
+        with self._rates_lock:
+            self._rates.append((now, len(accepted), accepted_bytes))
+        if accepted:
+            self._acks.put(accepted)
+        if failed:
+            self._retry_in_spool(failed, now)
+
+    def _retry_in_window(self, records: list[LeasedRecord], now: float) -> None:
+        """Ordered mode: failed records stay leased, so that they block their keys; the
+        records of one entry fall due together (one wake-up, one entry again)."""
+        failures = max(self._failures.get(record.id, 0) + record.attempts for record in records)
+        due = now + full_jitter(
+            failures, self.delivery.retry_min, self.delivery.retry_max, self._rng
+        )
+        for record in records:
+            self._due[record.id] = due
+            self._failures[record.id] = self._failures.get(record.id, 0) + 1
+
+    def _retry_in_spool(self, records: list[LeasedRecord], now: float) -> None:
+        """Unordered: failed records go back to the spool, due again after full jitter
+        on their attempt count (kept in the spool), and free the window for others."""
+        attempts = max(record.attempts for record in records)
+        delay = full_jitter(attempts, self.delivery.retry_min, self.delivery.retry_max, self._rng)
+        self.spool.retry(records, at_ms=int((time.time() + delay) * 1000))
+        self._drop(records)
+        due = now + delay
+        self._retry_at = due if self._retry_at is None else min(self._retry_at, due)
+
+    def _split(self, request: Request, err: SinkError) -> None:
+        """The service refused the request as invalid: find the records to blame.
+
+        If nothing gets through while splitting, and the request before did not either,
+        the refusal is probably not about the records (a stream the service will not
+        take direct puts for, say): the sink pauses and keeps them instead of
+        dead-lettering a whole queue one record at a time."""
+        answered = self._answered
+        blamed: list[_Blamed] = []
+        self._bisect(request, err, blamed)
+        trusted = self._last_ok or self._answered > answered
+        self._last_ok = self._answered > answered
+        if not blamed:
+            return
+        if not trusted:
+            self._request_failed(
+                SinkPaused(err.code, f"every record was refused: {err.message}"), paused=True
+            )
+            return
+        self._reject(
+            [
+                (record, f"refused by {self.sink.kind} {self.sink.target}: {error}")
+                for records, error in blamed
+                for record in records
+            ]
+        )
+
+    def _bisect(self, request: Request, err: SinkError, blamed: list[_Blamed]) -> None:
+        if len(request.entries) == 1:
+            (entry,) = request.entries
+            if len(entry.records) > 1:  # an aggregate: its records may each be fine alone
+                self._deliver(Request(self.sink.plain_entries(entry.records)), blamed)
+            else:
+                blamed.append((entry.records, err))
+            return
+        half = len(request.entries) // 2
+        for part in (request.entries[:half], request.entries[half:]):
+            if self._clock() < self._hold_until or self._stop.is_set():
+                return  # a part failed as a whole: the rest waits for the next round
+            self._deliver(Request(part), blamed)
+
+    def _request_failed(self, err: SinkError, *, paused: bool) -> None:
+        self.stats.request_errors += 1
+        if isinstance(err, SinkUnavailable) and err.unreachable:
+            self.link.down()
+        else:
+            self.link.up()  # refused, throttled or a 5xx: an answer came back
+        now = self._clock()
+        if paused:
+            delay = self.delivery.pause_probe
+            if self.stats.state != "paused":
+                log.error(
+                    "sink %s: paused, %s %s refuses: %s; keeping the data, trying again "
+                    "every %.0fs",
+                    self.sink.name,
+                    self.sink.kind,
+                    self.sink.target,
+                    err,
+                    delay,
+                )
+            self._set_state("paused", str(err))
+        else:
+            delay = self._backoff.next_delay()
+            if self._backoff.failures in (1, 5, 20) or self._backoff.failures % 100 == 0:
+                log.warning(
+                    "sink %s: %s (failure %d in a row); retrying in %.1fs",
+                    self.sink.name,
+                    err,
+                    self._backoff.failures,
+                    delay,
+                )
+            self._set_state("backing off", str(err))
+        self._set_error(str(err), quiet=True)
+        self._hold_until = now + delay
+
+    def _reject(self, rejected: list[tuple[LeasedRecord, str]]) -> None:
+        by_reason: dict[str, list[LeasedRecord]] = collections.defaultdict(list)
+        for record, reason in rejected:
+            by_reason[reason].append(record)
+        for reason, records in by_reason.items():
+            self.spool.dead_letter(records, reason)
+            self._drop(records)
+            self.stats.dead_lettered += len(records)
+            self._set_error(f"dead-lettered {len(records)}: {reason}", quiet=True)
+
+    # ------------------------------------------------------------------ status
+
+    def _set_state(self, state: str, reason: str = "") -> None:
+        stats = self.stats
+        if stats.state in ("paused", "backing off") and state in (
+            "sending",
+            "pacing",
+            "waiting to retry",
+        ):
+            return  # probing: paused or backing off until a request gets through
+        if (state, reason) != (stats.state, stats.reason):
+            stats.state, stats.reason, stats.since = state, reason, time.time()
+
+    def _delivered(self) -> None:
+        """A request got an answer: the sink is reachable (again)."""
+        self._backoff.reset()
+        self.link.up()
+        stats = self.stats
+        if stats.state in ("paused", "backing off"):
+            log.info(
+                "sink %s: delivering again (%s for %.0fs: %s)",
+                self.sink.name,
+                stats.state,
+                time.time() - stats.since,
+                stats.reason,
+            )
+            stats.state, stats.reason, stats.since = "sending", "", time.time()
+
+    def _set_error(self, message: str, *, quiet: bool = False) -> None:
+        self.stats.last_error = message
+        self.stats.last_error_at = time.time()
+        if not quiet:
+            log.error("sink %s: %s", self.sink.name, message)
+
+    def snapshot(self) -> dict[str, Any]:
+        now = self._clock()
+        with self._rates_lock:
+            while self._rates and self._rates[0][0] < now - RATE_WINDOW_S:
+                self._rates.popleft()
+            rates = list(self._rates)
+        stats = self.stats
+        return {
+            "type": self.sink.kind,
+            "target": self.sink.target,
+            "state": stats.state,
+            "reason": stats.reason,
+            "since": stats.since,
+            "requests": stats.requests,
+            "records_sent": stats.records_sent,
+            "entries_sent": stats.entries_sent,
+            "bytes_sent": stats.bytes_sent,
+            "retries": stats.retries,
+            "request_errors": stats.request_errors,
+            "dead_lettered": stats.dead_lettered,
+            "last_error": stats.last_error,
+            "last_error_at": stats.last_error_at,
+            "records_per_s": round(sum(r[1] for r in rates) / RATE_WINDOW_S, 1),
+            "bytes_per_s": round(sum(r[2] for r in rates) / RATE_WINDOW_S, 1),
+            "in_window": len(self._window),
+            **self.link.snapshot(),
+            **self.sink.snapshot(),
+        }

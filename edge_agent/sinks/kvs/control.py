@@ -1,0 +1,91 @@
+"""GetDataEndpoint, the one Kinesis Video control-plane call the KVS sink makes, as a
+single SigV4-signed JSON request: botocore signs it and supplies the credentials, as
+for PutMedia. A generated boto3 client for this one call would load the kinesisvideo
+service model and its endpoint rules: 8 MiB resident on a device (docs/BENCHMARKS.md,
+video). Refusals are raised as botocore's own ``ClientError``, so ``sinks.aws.sink_error``
+classifies them like every other AWS answer; network failures stay ``OSError``.
+
+The default endpoint is ``https://kinesisvideo.REGION.amazonaws.com`` (``.com.cn`` in the
+China regions); FIPS or other endpoints are set with the sink's ``endpoint_url``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+import threading
+from urllib.parse import urlsplit
+
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import ReadOnlyCredentials
+from botocore.exceptions import ClientError
+
+from edge_agent.delivery.budget import UploadBudget
+from edge_agent.sinks.aws import wire_bytes
+
+MAX_ANSWER_BYTES = 64 * 1024
+
+
+def control_endpoint(region: str, endpoint_url: str | None) -> str:
+    """Where the control plane of ``region`` answers (``endpoint_url`` if set)."""
+    if endpoint_url:
+        return endpoint_url.rstrip("/")
+    domain = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    return f"https://kinesisvideo.{region}.{domain}"
+
+
+def get_data_endpoint(
+    endpoint: str,
+    stream: str,
+    credentials: ReadOnlyCredentials,
+    *,
+    region: str,
+    timeout: float,
+    governor: UploadBudget,
+    stop: threading.Event,
+) -> str:
+    """The PUT_MEDIA data endpoint of ``stream``; ClientError if the service refuses."""
+    body = json.dumps({"StreamName": stream, "APIName": "PUT_MEDIA"}).encode()
+    url = f"{endpoint}/getDataEndpoint"
+    request = AWSRequest(
+        method="POST", url=url, data=body, headers={"Content-Type": "application/json"}
+    )
+    SigV4Auth(credentials, "kinesisvideo", region).add_auth(request)
+    headers = dict(request.headers.items())
+    if not governor.acquire(wire_bytes("POST", url, headers.items(), body), stop):
+        raise ConnectionAbortedError("the agent is stopping")
+    parts = urlsplit(url)
+    assert parts.hostname is not None
+    connection: http.client.HTTPConnection
+    if parts.scheme == "https":
+        connection = http.client.HTTPSConnection(
+            parts.hostname, parts.port, timeout=timeout, context=ssl.create_default_context()
+        )
+    else:
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        connection.request("POST", parts.path, body=body, headers=headers)
+        response = connection.getresponse()
+        answer = response.read(MAX_ANSWER_BYTES)
+        error_type = response.getheader("x-amzn-ErrorType", "")
+    finally:
+        connection.close()
+    try:
+        document = json.loads(answer or b"{}")
+    except ValueError:
+        document = {}
+    if response.status == 200 and isinstance(document.get("DataEndpoint"), str):
+        return str(document["DataEndpoint"])
+    code = error_type.split(":")[0] or str(document.get("__type", "")).rpartition("#")[2]
+    message = (
+        document.get("Message") or document.get("message") or answer[:200].decode(errors="replace")
+    )
+    raise ClientError(
+        {
+            "Error": {"Code": code or f"HTTP{response.status}", "Message": str(message)},
+            "ResponseMetadata": {"HTTPStatusCode": response.status},
+        },
+        "GetDataEndpoint",
+    )

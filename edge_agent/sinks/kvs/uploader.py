@@ -1,0 +1,584 @@
+"""The Kinesis Video sink: a video queue's fragments, in order, over PutMedia.
+
+    GetDataEndpoint (cached; asked again after a failure)
+    -> one PutMedia connection: the stream header, then each fragment's Cluster as it
+       is leased (at most ``max_in_flight`` unacknowledged, at most 5 a second)
+    -> acknowledgements: PERSISTED (or RECEIVED) deletes the fragment from the spool
+       and records its fragment number; ERROR by ErrorId:
+         the fragment can never be taken (4001, 4002, 4006, ...)  dead letter, reason
+         its time is not after the previous one (4004, 4007)      dead letter, counted
+         the stream or its key is not usable (4008, 45xx)         pause, probe slowly
+         anything else (4000, 5xxx, 4003)                          reconnect, resend
+    -> a new connection when the track changes (new SPS/PPS), before 40 minutes, when
+       acknowledgements stop coming (``ack_timeout``), or after any error.
+
+What was on the wire without its acknowledgement goes back to the spool and is sent
+again on the next connection: a crash or an outage re-sends at most ``max_in_flight``
+fragments, and loses none.
+
+The order of a backlog (``replay``):
+
+    oldest-first   one session sends everything in capture order; live video waits
+                   until the backlog is through
+    live-first     a live session starts at the newest fragment and follows the
+                   camera; each time it has caught up (all acknowledged, nothing new),
+                   a backlog session sends the older fragments in capture order until
+                   a new fragment is captured, then the next live session starts with
+                   it. Sessions take turns on the one connection a stream may have;
+                   within each, times increase (the service's rule is per PutMedia
+                   call). A schedule window with traffic = "backlog" holds only the
+                   backlog sessions.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any, Literal, NoReturn
+
+from botocore.credentials import ReadOnlyCredentials
+from botocore.exceptions import ClientError
+
+from edge_agent.config.loading import SinkConfig
+from edge_agent.delivery.backoff import Backoff
+from edge_agent.delivery.budget import BacklogHeld, TrafficBudget, UploadBudget
+from edge_agent.errors import SinkPaused, SpoolCorrupt, SpoolError
+from edge_agent.media.mkv import VideoTrack, end_of_fragment, stream_header
+from edge_agent.records import LeasedRecord
+from edge_agent.sinks.aws import sink_error
+from edge_agent.sinks.kvs.acks import ERROR, Ack, ErrorAction, error_action, error_name
+from edge_agent.sinks.kvs.control import control_endpoint, get_data_endpoint
+from edge_agent.sinks.kvs.putmedia import PutMediaConnection, PutMediaRefused
+from edge_agent.spool.store import Spool
+from edge_agent.worker import LinkState, ThreadWorker, WorkerState
+
+log = logging.getLogger(__name__)
+
+#: HTTP error types after which the sink pauses (nothing works until someone acts).
+PAUSE_ERROR_TYPES = frozenset(
+    {"ResourceNotFoundException", "NotAuthorizedException", "AccessDeniedException"}
+)
+END_OF_FRAGMENT_TAGS = end_of_fragment()
+#: At stop, how long to wait for the acknowledgements of what is on the wire.
+STOP_ACK_WAIT_S = 5.0
+#: Once every fragment of an ended session is acknowledged, how long to wait for the
+#: endpoint to end its answer before the next session opens.
+END_OF_ANSWER_WAIT_S = 2.0
+#: The send rate in status is over this many seconds.
+RATE_WINDOW_S = 10.0
+#: The longest the sender sleeps with nothing to do (it checks its deadlines then).
+IDLE_WAKE_S = 1.0
+#: A fragment is at most this large (what a lease may return).
+MAX_FRAGMENT_BYTES = 50 * 1000 * 1000
+
+#: What a session sends: everything in order (oldest-first), or, live-first, the
+#: newest fragments as they come, or the backlog behind them.
+SessionKind = Literal["all", "live", "backlog"]
+
+
+class _Reconnect(Exception):
+    def __init__(self, reason: str, *, silent: bool = False) -> None:
+        super().__init__(reason)
+        self.silent = silent  # the endpoint stopped answering (a dead route, a crash)
+
+
+class _Pause(Exception):
+    pass
+
+
+@dataclass
+class KvsStats(WorkerState):
+    connections: int = 0
+    fragments_sent: int = 0
+    fragments_acked: int = 0
+    bytes_sent: int = 0
+    resent: int = 0
+    dead_lettered: int = 0
+    out_of_order: int = 0
+    last_fragment_number: str | None = None
+    last_ack_latency_s: float | None = None
+    #: Capture of each recent fragment's first frame to its acknowledgement, seconds
+    #: (not those of live-first backlog sessions).
+    capture_latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=100))
+    last_error: str = ""
+    #: Capture time (ms) of the newest fragment acknowledged: how current the stream is.
+    newest_acked_ms: int | None = None
+    live_sessions: int = 0
+    backlog_sessions: int = 0
+    backlog_sent: int = 0  # fragments sent in backlog sessions
+
+
+class KvsUploader(ThreadWorker):
+    def __init__(
+        self,
+        config: SinkConfig,
+        spool: Spool,
+        governor: TrafficBudget,
+        stop: threading.Event,
+    ) -> None:
+        import boto3
+
+        assert config.kvs is not None and config.aws is not None
+        self.name = config.name
+        self.options = config.kvs
+        self.spool = spool
+        self._governor = governor
+        self._stop = stop
+        aws = config.aws
+        self._aws = aws
+        self._session = boto3.session.Session(profile_name=aws.profile)
+        self._connect_timeout = aws.connect_timeout
+        self._data_endpoint: str | None = None
+        self._backoff = Backoff(self.options.retry_min, self.options.retry_max)
+        #: Fragments on the wire by time: (fragment, when sent, sent as backlog).
+        self._in_flight: OrderedDict[int, tuple[LeasedRecord, float, bool]] = OrderedDict()
+        #: (time, size) of the fragments sent in the last RATE_WINDOW_S: the
+        #: fragments-per-second limit and the send rate in status both read it.
+        self._sends: deque[tuple[float, int]] = deque()
+        self.stats = KvsStats()
+        self.link = LinkState()
+        self.spool_corrupt = False
+        #: Live-first: when the newest fragment a live session sent was captured (what
+        #: the spool holds from before is backlog); None until the first live session.
+        self._live_last_ms: int | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._start_thread(self.run, f"kvs-{self.name}")
+
+    @property
+    def healthy(self) -> bool:
+        return self.thread_ok
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._connection_once()
+                self._backoff.reset()
+                continue
+            except BacklogHeld as held:  # a schedule window began: back to live video
+                log.info("sink %s: backlog %s", self.name, held)
+                self._release_in_flight()
+                self._stop.wait(self.options.retry_min)  # the endpoint ends the old one
+                continue
+            except _Pause as err:
+                delay = self.options.pause_probe
+                self._set_state("paused", str(err))
+            except (_Reconnect, PutMediaRefused, OSError) as err:
+                if self._stop.is_set():
+                    break  # the agent is stopping (a write gave up): not an outage
+                if isinstance(err, OSError) or (isinstance(err, _Reconnect) and err.silent):
+                    self.link.down()
+                delay = self._backoff.next_delay()
+                self._data_endpoint = None if isinstance(err, OSError) else self._data_endpoint
+                self._set_state("backing off", str(err))
+            except SpoolError as err:
+                self.spool_corrupt = isinstance(err, SpoolCorrupt)
+                delay = 1.0
+                self._set_state("backing off", f"spool: {err}")
+            except Exception as err:  # the control plane, credentials
+                delay = self._backoff.next_delay()
+                self._data_endpoint = None
+                self._set_state("backing off", f"{type(err).__name__}: {err}")
+            finally:
+                self._release_in_flight()
+            self.stats.last_error = self.stats.reason
+            log.warning("sink %s: %s; again in %.1fs", self.name, self.stats.reason, delay)
+            self._stop.wait(delay)
+        self._set_state("stopped")
+
+    # ------------------------------------------------------------------ one connection
+
+    def _connection_once(self) -> None:
+        kind, first = self._first_fragment()
+        if first is None:
+            return
+        track = self._track(first)
+        if track is None:
+            return
+        budget: UploadBudget = self._governor.backlog() if kind == "backlog" else self._governor
+        connection: PutMediaConnection | None = None
+        try:
+            credentials = self._credentials()
+            connection = PutMediaConnection(
+                self._endpoint(credentials),
+                self.options.stream,
+                credentials,
+                region=self._region(),
+                governor=budget,
+                stop=self._stop,
+                timeout=self._connect_timeout,
+                on_answer=self.spool.wake_waiters,  # an acknowledgement ends the wait below
+            )
+            connection.open()
+            connection.send(stream_header(track))
+        except BaseException:
+            if connection is not None:
+                connection.close()
+            self.spool.release([first])  # not on the wire: it goes first next time
+            raise
+        try:
+            self.stats.connections += 1
+            if kind == "live":
+                self.stats.live_sessions += 1
+            elif kind == "backlog":
+                self.stats.backlog_sessions += 1
+            self._set_state("sending" if kind == "all" else f"sending {kind}")
+            log.debug("sink %s: %s session from fragment %d", self.name, kind, first.id)
+            self._send(connection, first, kind)
+            self._stream(connection, track, kind)
+        except BacklogHeld:
+            # Mid-fragment: the session cannot be ended cleanly. Take what was
+            # acknowledged of the fragments written whole, then drop the connection.
+            self._take_arrived_acks(connection)
+            raise
+        finally:
+            connection.close()
+
+    def _first_fragment(self) -> tuple[SessionKind, LeasedRecord | None]:
+        """What the next session sends, and its first fragment (waiting for one)."""
+        while not self._stop.is_set():
+            generation = self.spool.append_generation
+            kind = self._next_session_kind()
+            record = self._lease(kind)
+            if record is not None:
+                return kind, record
+            self._set_state("idle")
+            self.spool.wait_for_append(generation, IDLE_WAKE_S)
+        return "all", None
+
+    def _next_session_kind(self) -> SessionKind:
+        if self.options.replay == "oldest-first":
+            return "all"
+        if self._live_last_ms is None or self._live_waiting():
+            return "live"
+        return "backlog" if self._backlog_may_go() else "live"
+
+    def _backlog_may_go(self) -> bool:
+        """Live-first: a backlog is waiting and no schedule window holds it (checked
+        when nothing newer is waiting and nothing is in flight: whatever the spool
+        still holds for the sink is older)."""
+        return self.spool.unheld(self.name) > 0 and not self._governor.backlog_held()
+
+    def _lease(self, kind: SessionKind) -> LeasedRecord | None:
+        """The next fragment for a session of this kind, if there is one."""
+        if kind == "live":
+            after = -1 if self._live_last_ms is None else self._live_last_ms
+            return self.spool.lease_newest(self.name, captured_after_ms=after, with_meta=True)
+        before = None
+        if kind == "backlog" and self._live_last_ms is not None:
+            before = self._live_last_ms + 1  # a live fragment given back is backlog now
+        leased = self.spool.lease(
+            self.name,
+            max_records=1,
+            max_bytes=MAX_FRAGMENT_BYTES,
+            with_meta=True,
+            captured_before_ms=before,
+        )
+        return leased[0] if leased else None
+
+    def _live_waiting(self) -> bool:
+        """Live-first: a fragment captured after the last live one is in the spool."""
+        last = self._live_last_ms
+        return last is not None and self.spool.newest_is_after(self.name, last)
+
+    def _stream(self, connection: PutMediaConnection, track: VideoTrack, kind: SessionKind) -> None:
+        """Send fragments as the window and the rate allow; take acknowledgements. The
+        thread sleeps until a fragment is appended or an acknowledgement arrives (both
+        wake the spool's waiters), and reads the spool only when something changed.
+        Live-first sessions end when it is the other kind's turn."""
+        options = self.options
+        last_ack = time.monotonic()
+        drained_at: int | None = None  # the spool generation at which nothing was left
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now - connection.opened_at > options.connection_max_age:
+                self._finish(connection)
+                return
+            if self._in_flight and now - last_ack > options.ack_timeout:
+                raise _Reconnect(f"no acknowledgement for {options.ack_timeout:.0f}s", silent=True)
+            generation = self.spool.append_generation
+            window_open = len(self._in_flight) < options.max_in_flight
+            rate_wait = self._rate_wait(now)
+            if kind == "backlog" and self._live_waiting():
+                self._finish(connection)  # a new fragment: live goes first
+                return
+            if window_open and rate_wait == 0 and generation != drained_at:
+                record = self._lease(kind)
+                if record is not None:
+                    record_track = self._track(record)
+                    if record_track is None:
+                        continue
+                    if record_track != track:  # new parameter sets: a new header
+                        self.spool.release([record])
+                        self._finish(connection)
+                        return
+                    self._send(connection, record, kind)
+                    continue
+                drained_at = generation
+            if drained_at == generation and not self._in_flight and self._turn_over(kind):
+                self._finish(connection)
+                return
+            try:
+                item = connection.acks.get_nowait()
+            except queue.Empty:
+                wait = rate_wait if window_open and rate_wait else IDLE_WAKE_S
+                self.spool.wait_for_append(generation, wait)
+                continue
+            if item is None:
+                raise _Reconnect("the endpoint closed the connection", silent=True)
+            self.link.up()  # an answer: acknowledgement or refusal
+            if isinstance(item, PutMediaRefused):
+                self._refused(item)
+            last_ack = time.monotonic()
+            self._on_ack(item)
+        self._finish(connection, STOP_ACK_WAIT_S)  # stopping
+
+    def _turn_over(self, kind: SessionKind) -> bool:
+        """A live-first session that has sent all it may and had it acknowledged: a
+        live session hands over to a waiting backlog, a backlog session that has
+        nothing left to live video."""
+        if kind == "live":
+            return self._backlog_may_go()
+        return kind == "backlog"
+
+    def _finish(self, connection: PutMediaConnection, timeout: float | None = None) -> None:
+        """End the request and take the acknowledgements still due (also at stop, for
+        a while: a fragment acknowledged now is not sent again after a restart)."""
+        try:
+            connection.finish()
+        except OSError:
+            return
+        wait = self.options.ack_timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        # Then until the endpoint ends its answer (briefly once nothing is due): the
+        # stream's next connection opens only when this one is over.
+        while True:
+            if not self._in_flight:
+                deadline = min(deadline, time.monotonic() + END_OF_ANSWER_WAIT_S)
+            ack = _next_ack(connection, deadline)
+            if ack is None:
+                return
+            self._on_ack(ack)
+
+    def _send(
+        self, connection: PutMediaConnection, record: LeasedRecord, kind: SessionKind
+    ) -> None:
+        # In flight before the write: if the write fails, the fragment is given back
+        # with the others (a fragment leased and in no list would wait for a restart).
+        now = time.monotonic()
+        self._in_flight[record.captured_at_ms] = (record, now, kind == "backlog")
+        # The end-of-fragment tag lets the service acknowledge the fragment now rather
+        # than when the next one begins (a whole fragment duration later).
+        connection.send(record.payload)
+        connection.send(END_OF_FRAGMENT_TAGS)  # a chunk of its own: no copy of the payload
+        self._sends.append((now, len(record.payload)))
+        while self._sends[0][0] < now - RATE_WINDOW_S:
+            self._sends.popleft()
+        self.stats.fragments_sent += 1
+        self.stats.bytes_sent += len(record.payload)
+        if record.attempts:
+            self.stats.resent += 1
+        if kind == "live":
+            self._live_last_ms = record.captured_at_ms  # what is older (unsent) is backlog
+        elif kind == "backlog":
+            self.stats.backlog_sent += 1
+
+    def _rate_wait(self, now: float) -> float:
+        """0 if a fragment may go now, else how long until one may (fragments_per_second)."""
+        last_second = [at for at, _ in self._sends if now - at < 1.0]
+        if len(last_second) < self.options.fragments_per_second:
+            return 0.0
+        return max(0.001, last_second[0] + 1.0 - now)
+
+    # ------------------------------------------------------------------ acknowledgements
+
+    def _on_ack(self, ack: Ack) -> None:
+        wanted = "PERSISTED" if self.options.ack_on == "persisted" else "RECEIVED"
+        if ack.event_type == ERROR:
+            self._on_error(ack)
+            return
+        if ack.event_type != wanted or ack.fragment_timecode is None:
+            return
+        entry = self._in_flight.get(ack.fragment_timecode)
+        if entry is None:
+            return
+        record, sent_at, backlog = entry
+        self.spool.ack([record])  # if this fails, the fragment is given back with the rest
+        del self._in_flight[ack.fragment_timecode]
+        self.stats.fragments_acked += 1
+        self.stats.last_fragment_number = ack.fragment_number
+        self.stats.last_ack_latency_s = round(time.monotonic() - sent_at, 3)
+        if not backlog:  # how current the video is (a backlog session's is old by design)
+            self.stats.capture_latencies_s.append(time.time() - record.captured_at_ms / 1000)
+        newest = self.stats.newest_acked_ms
+        if newest is None or record.captured_at_ms > newest:
+            self.stats.newest_acked_ms = record.captured_at_ms
+
+    def _on_error(self, ack: Ack) -> None:
+        error_id = ack.error_id if ack.error_id is not None else 5000
+        name = f"{error_name(error_id)} ({error_id})"
+        action = error_action(error_id)
+        timecode = ack.fragment_timecode
+        entry = self._in_flight.get(timecode) if timecode is not None else None
+        if entry is not None and action in (
+            ErrorAction.DEAD_LETTER,
+            ErrorAction.REPAIR_TIMESTAMPS,
+        ):
+            record = entry[0]
+            if action is ErrorAction.REPAIR_TIMESTAMPS:
+                self.stats.out_of_order += 1
+            self.spool.dead_letter([record], f"Kinesis Video refused the fragment: {name}")
+            del self._in_flight[record.captured_at_ms]
+            self.stats.dead_lettered += 1
+            self.stats.last_error = name
+            return
+        # Anything else: the fragment stays in flight and is sent again after reconnecting.
+        if action is ErrorAction.PAUSE:
+            raise _Pause(f"Kinesis Video: {name}")
+        raise _Reconnect(f"Kinesis Video: {name}")
+
+    def _refused(self, refused: PutMediaRefused) -> NoReturn:
+        if refused.error_type in PAUSE_ERROR_TYPES or refused.status in (401, 403):
+            raise _Pause(str(refused))
+        if refused.error_type == "InvalidEndpointException":
+            self._data_endpoint = None
+        raise _Reconnect(str(refused))
+
+    def _take_arrived_acks(self, connection: PutMediaConnection) -> None:
+        """Acknowledgements due for fragments written whole (all in flight but the last),
+        for a moment: what the service has is not sent again."""
+        deadline = time.monotonic() + END_OF_ANSWER_WAIT_S
+        while len(self._in_flight) > 1:
+            ack = _next_ack(connection, deadline)
+            if ack is None:
+                return
+            try:
+                self._on_ack(ack)
+            except (_Reconnect, _Pause):
+                return
+
+    def _track(self, record: LeasedRecord) -> VideoTrack | None:
+        """A fragment's track, from what the camera stored with it; a fragment whose
+        track cannot be read can never be sent: dead letter."""
+        try:
+            return _track_of(record)
+        except (ValueError, TypeError) as err:
+            self.spool.dead_letter([record], f"the fragment's track (meta) is unreadable: {err}")
+            self.stats.dead_lettered += 1
+            return None
+
+    def _release_in_flight(self) -> None:
+        if self._in_flight:
+            self.spool.release([entry[0] for entry in self._in_flight.values()])
+            self._in_flight.clear()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _credentials(self) -> ReadOnlyCredentials:
+        """Fresh from botocore's chain for each connection (temporary ones are fetched
+        again before they expire)."""
+        credentials = self._session.get_credentials()
+        if credentials is None:
+            raise _Pause("no AWS credentials found")
+        return credentials.get_frozen_credentials()
+
+    def _region(self) -> str:
+        region = self._aws.region or self._session.region_name
+        if not region:
+            raise _Pause("no region: set region in the sink's config")
+        return str(region)
+
+    def _endpoint(self, credentials: ReadOnlyCredentials) -> str:
+        if self._data_endpoint is None:
+            region = self._region()
+            try:
+                self._data_endpoint = get_data_endpoint(
+                    control_endpoint(region, self._aws.endpoint_url),
+                    self.options.stream,
+                    credentials,
+                    region=region,
+                    timeout=self._connect_timeout,
+                    governor=self._governor,
+                    stop=self._stop,
+                )
+                self.link.up()
+            except ClientError as err:  # the same classification as the record sinks
+                self.link.up()  # refused, but it answered
+                error = sink_error(err)
+                if isinstance(error, SinkPaused):
+                    raise _Pause(f"GetDataEndpoint: {error}") from err
+                raise _Reconnect(f"GetDataEndpoint: {error}") from err
+        return self._data_endpoint
+
+    def _set_state(self, state: str, reason: str = "") -> None:
+        self.stats.set(state, reason)
+
+    def snapshot(self) -> dict[str, Any]:
+        stats = self.stats
+        horizon = time.monotonic() - RATE_WINDOW_S
+        return {
+            "type": "kvs",
+            "target": self.options.stream,
+            "replay": self.options.replay,
+            "state": stats.state,
+            "reason": stats.reason,
+            "since": stats.since,
+            "connections": stats.connections,
+            "fragments_sent": stats.fragments_sent,
+            "fragments_acked": stats.fragments_acked,
+            "bytes_sent": stats.bytes_sent,
+            "resent": stats.resent,
+            "dead_lettered": stats.dead_lettered,
+            "out_of_order": stats.out_of_order,
+            "last_fragment_number": stats.last_fragment_number,
+            "last_ack_latency_s": stats.last_ack_latency_s,
+            "capture_latency_s": _median_and_max(stats.capture_latencies_s),
+            "newest_acked_ms": stats.newest_acked_ms,
+            "last_error": stats.last_error,
+            "in_window": len(self._in_flight),
+            "live_sessions": stats.live_sessions,
+            "backlog_sessions": stats.backlog_sessions,
+            "backlog_sent": stats.backlog_sent,
+            "bytes_per_s": round(
+                sum(size for at, size in list(self._sends) if at >= horizon) / RATE_WINDOW_S, 1
+            ),
+            **self.link.snapshot(),
+        }
+
+
+def _next_ack(connection: PutMediaConnection, deadline: float) -> Ack | None:
+    """The connection's next acknowledgement; None at the end of the answer, at a
+    refusal, or when the deadline (monotonic) passes first."""
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            item = connection.acks.get(timeout=min(left, 0.1))
+        except queue.Empty:
+            continue
+        return None if item is None or isinstance(item, PutMediaRefused) else item
+    return None
+
+
+def _median_and_max(values: deque[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return {"p50": round(ordered[len(ordered) // 2], 3), "max": round(ordered[-1], 3)}
+
+
+def _track_of(record: LeasedRecord) -> VideoTrack:
+    """The track a fragment belongs to, from what the camera stored with it."""
+    meta = json.loads(record.meta or "{}")
+    return VideoTrack(
+        str(meta.get("codec_id", "V_MPEG4/ISO/AVC")),
+        base64.b64decode(str(meta.get("codec_private", ""))),
+        int(meta.get("width", 0)),
+        int(meta.get("height", 0)),
+    )

@@ -1,0 +1,509 @@
+"""A camera: frames from PyAV, cut into fragments, appended to the spool. One thread each.
+
+    av.open(url)  ->  packets  ->  H.264? pass through (Annex-B -> AVCC)
+                                   else decode, encode with libx264 (GOP = fragment)
+                  ->  FrameClock.stream_ms  ->  Fragmenter  ->  FrameClock.absolute_ms
+                  ->  spool record: the fragment's MKV Cluster; meta: track, duration
+
+Sources: RTSP (TCP, connect/read timeouts), V4L2 devices, files (paced to real time or
+as fast as they read) and lavfi test patterns. A source that fails to open, ends, or
+delivers nothing for ``stall_timeout`` is closed, reported, and opened again after a
+full-jitter backoff; the fragment in progress is kept (it is complete up to its last
+frame). Credentials in a URL never reach a log or the status.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from edge_agent.config.loading import CameraConfig
+from edge_agent.delivery.backoff import Backoff
+from edge_agent.errors import SpoolError
+from edge_agent.media import h264
+from edge_agent.media.mkv import H264, Frame, VideoTrack
+from edge_agent.records import Record
+from edge_agent.sources.camera.fragmenter import Fragment, Fragmenter
+from edge_agent.sources.camera.rtp_h264 import H264Depacketizer
+from edge_agent.sources.camera.rtsp_client import RtspError, RtspSession, RtspStalled
+from edge_agent.sources.camera.sdp import VideoMedia
+from edge_agent.sources.camera.timestamps import FrameClock
+from edge_agent.spool.store import Spool
+from edge_agent.worker import ThreadWorker, WorkerState
+
+log = logging.getLogger(__name__)
+
+
+def _timed(packets: Iterator[Any], stream: Any) -> Iterator[Any]:
+    """Every packet with a pts. One without takes its dts, or the end of the packet
+    before it (raw H.264 has no timestamps at all). The first packet of some RTSP
+    sessions has none while the rest have large ones (a server that was already
+    streaming): it is held until the next packet and timed one frame before it, so it
+    cannot open a gap of many seconds at the start of the stream."""
+    rate = stream.average_rate or stream.guessed_rate or 30
+    frame_ticks = max(1, round(1 / (rate * stream.time_base))) if stream.time_base else 1
+    held = None
+    next_pts: int | None = None
+    for packet in packets:
+        if packet.pts is None:
+            packet.pts = packet.dts if packet.dts is not None else next_pts
+        if packet.pts is None:
+            if held is None:
+                held = packet  # the first packet: wait for the next one's time
+                continue
+            held.pts = 0  # two without any: a stream with no timestamps, count from 0
+            packet.pts = held.duration or frame_ticks
+        if held is not None:
+            if held.pts is None:
+                held.pts = max(0, packet.pts - (held.duration or frame_ticks))
+            yield held
+            held = None
+        next_pts = packet.pts + (packet.duration or frame_ticks)
+        yield packet
+    if held is not None:
+        held.pts = 0
+        yield held
+
+
+def redact(url: str) -> str:
+    """The URL without its password (``rtsp://user:***@host/...``)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass
+class CameraStats(WorkerState):
+    connects: int = 0
+    reconnects: int = 0
+    frames: int = 0
+    fragments: int = 0
+    bytes: int = 0
+    mode: str = ""  # "passthrough" or "encode"
+    last_keyframe_at: float | None = None
+    #: Frames lost before the fragmenter (corrupt, undecodable, unsupported packets);
+    #: status adds the fragmenter's own (frames before a fragment's first keyframe).
+    dropped_frames: int = 0
+    last_error: str = ""
+    lost_packets: int = 0  # RTP sequence gaps (the built-in RTSP client)
+
+
+@dataclass
+class _Picture:
+    """The packets of one picture, gathered before it becomes a frame."""
+
+    pts: int | None
+    time_base: Fraction | None
+    keyframe: bool
+    units: list[h264.NalUnit]
+    sets: h264.ParameterSets
+
+
+class StreamStalled(Exception):
+    """No packet for longer than the stall timeout."""
+
+
+class Camera(ThreadWorker):
+    def __init__(
+        self,
+        settings: CameraConfig,
+        spool: Spool,
+        stop: threading.Event,
+        *,
+        opener: Callable[..., Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.spool = spool
+        self._stop = stop
+        self._open = opener or _open_with_pyav
+        self._backoff = Backoff(settings.reconnect_min, settings.reconnect_max)
+        self.stats = CameraStats()
+        self.clock = FrameClock(resume_after_ms=self._last_stored_ms())
+        self.fragmenter = Fragmenter(settings.fragment_ms, settings.max_fragment_ms)
+        self._track: VideoTrack | None = None  # the newest frames'
+        self._fragment_track: VideoTrack | None = None  # the fragment in progress'
+        self._track_source: tuple[h264.ParameterSets, int, int] | None = None
+        self._builtin_rtsp = uses_builtin_rtsp(settings)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._start_thread(self.run, f"camera-{self.settings.name}")
+
+    def run(self) -> None:
+        """Capture until stopped: open, read, and after any failure open again."""
+        while not self._stop.is_set():
+            try:
+                self._capture_once()
+                reason = "the stream ended"
+            except StreamStalled as err:
+                reason = str(err)
+            except SpoolError as err:
+                reason = f"spool: {err}"
+            except Exception as err:  # PyAV errors, a camera that vanished
+                reason = f"{type(err).__name__}: {err}"
+            self._store(self.fragmenter.flush())
+            if self._stop.is_set():
+                break
+            delay = self._backoff.next_delay()
+            self._set_state("reconnecting", reason)
+            self.stats.last_error = reason
+            self.stats.reconnects += 1
+            log.warning(
+                "camera %s (%s): %s; opening again in %.1fs",
+                self.settings.name,
+                redact(self.settings.url),
+                reason,
+                delay,
+            )
+            self._stop.wait(delay)
+        self._set_state("stopped")
+
+    # ------------------------------------------------------------------ capture
+
+    def _capture_once(self) -> None:
+        settings = self.settings
+        self._set_state("connecting")
+        if self._builtin_rtsp:
+            session = RtspSession(
+                settings.url,
+                connect_timeout=settings.connect_timeout,
+                stall_timeout=settings.stall_timeout,
+                stop=self._stop,
+            )
+            try:
+                media = session.open()
+                if media.encoding == "H264":
+                    self._capture(self._rtsp_frames(session, media), "passthrough")
+                    return
+            finally:
+                session.close()
+            self._builtin_rtsp = False  # not H.264: PyAV decodes it, from now on
+            log.info(
+                "camera %s sends %s over RTSP: decoded and encoded with PyAV",
+                settings.name,
+                media.encoding,
+            )
+        container = self._open(settings)
+        try:
+            stream = container.streams.video[0]
+            if stream.codec_context.name == "h264":
+                self._capture(self._passthrough(container, stream), "passthrough")
+            else:
+                self._capture(self._encode(container, stream), "encode")
+        finally:
+            container.close()
+
+    def _capture(self, frames: Iterator[Frame], mode: str) -> None:
+        """Frames of one connection into fragments, each stored with the track its
+        first frame was captured with (parameter sets change at keyframes)."""
+        self.stats.connects += 1
+        self.clock.reanchor()
+        self.stats.mode = mode
+        self._set_state("capturing")
+        stats, fragmenter = self.stats, self.fragmenter
+        for frame in frames:
+            if self._stop.is_set():
+                return
+            stats.frames += 1
+            if frame.keyframe:
+                self._backoff.reset()
+                stats.last_keyframe_at = time.time()
+                if self._track is not self._fragment_track:
+                    self._store(fragmenter.flush())  # new parameter sets: a new fragment
+            done = fragmenter.add(frame)
+            if done is not None:
+                self._store(done)
+            if fragmenter.pending == 1:  # this frame began a fragment
+                self._fragment_track = self._track
+
+    def _packets(self, container: Any, stream: Any) -> Iterator[Any]:
+        """The stream's packets, timed (``_timed``) and paced for real-time file replay;
+        a read that returns nothing for stall_timeout raises StreamStalled."""
+        settings = self.settings
+        pace = settings.source == "file" and settings.realtime
+        started = time.monotonic()
+        first_pts: float | None = None
+        time_base = stream.time_base  # the packets' own; read once (each read is a Fraction)
+        for packet in _timed(self._received(container, stream), stream):
+            if pace and packet.pts is not None and time_base is not None:
+                at = packet.pts * time_base.numerator / time_base.denominator
+                first_pts = at if first_pts is None else first_pts
+                wait = (at - first_pts) - (time.monotonic() - started)
+                if wait > 0 and self._stop.wait(wait):
+                    return
+            yield packet
+
+    def _received(self, container: Any, stream: Any) -> Iterator[Any]:
+        """Non-empty packets as they arrive; StreamStalled after stall_timeout without."""
+        stall_timeout = self.settings.stall_timeout
+        last_packet = time.monotonic()
+        for packet in container.demux(stream):
+            now = time.monotonic()
+            if now - last_packet > stall_timeout:
+                raise StreamStalled(f"no frames for {now - last_packet:.1f}s")
+            last_packet = now
+            if packet.size:
+                yield packet
+
+    def _passthrough(self, container: Any, stream: Any) -> Iterator[Frame]:
+        """H.264 as the camera sent it: no decoding. Annex-B or AVCC is decided from
+        the stream's extradata; parameter sets seen in the stream update the track.
+        A packet holding the later slices of a picture joins the packet before it: some
+        servers repeat SPS/PPS between the slices of an IDR, and FFmpeg's parser then
+        splits the picture in two."""
+        extradata = bytes(stream.codec_context.extradata or b"")
+        annexb = not extradata or h264.is_annexb(extradata)
+        sets = None
+        if extradata and not annexb:
+            sets = h264.parameter_sets_from_avcc_record(extradata)
+        elif extradata:
+            sets = h264.parameter_sets(h264.split_annexb(extradata))
+        width, height = stream.codec_context.width, stream.codec_context.height
+        time_base = stream.time_base
+        picture: _Picture | None = None
+        for packet in self._packets(container, stream):
+            data = bytes(packet)
+            try:
+                units = h264.split_annexb(data) if annexb else h264.split_avcc(data)
+            except ValueError:
+                self.stats.dropped_frames += 1  # a corrupt packet: skip it, keep the stream
+                continue
+            found = h264.parameter_sets(units)
+            if found is not None and found != sets:
+                sets = found
+            if sets is None:
+                continue  # nothing decodable before the first SPS/PPS
+            if picture is not None and h264.continues_picture(units):
+                picture.units += units
+                picture.keyframe |= bool(packet.is_keyframe)
+                continue
+            if picture is not None:
+                yield self._passthrough_frame(picture, width, height)
+            picture = _Picture(packet.pts, time_base, bool(packet.is_keyframe), units, sets)
+        if picture is not None:
+            yield self._passthrough_frame(picture, width, height)
+
+    def _passthrough_frame(self, picture: _Picture, width: int, height: int) -> Frame:
+        self._set_track(picture.sets, width, height)
+        return Frame(
+            self.clock.stream_ms(picture.pts, picture.time_base),
+            picture.keyframe,
+            h264.to_avcc(picture.units),
+        )
+
+    def _rtsp_frames(self, session: RtspSession, media: VideoMedia) -> Iterator[Frame]:
+        """H.264 from the built-in RTSP client: RTP packets straight to AVCC frames. The
+        parameter sets come from the description and from the stream (where they may
+        change); the picture size from the SPS. A picture is complete when the next one
+        begins: the last one of a session is taken when the session ends."""
+        depacketizer = H264Depacketizer()
+        sets = media.parameter_sets
+        if sets is not None:
+            self._set_rtsp_track(sets)
+        seen_changes = 0
+        time_base = Fraction(1, media.clock_rate)
+        stats, stream_ms = self.stats, self.clock.stream_ms
+        opened = time.monotonic()
+        try:
+            for packet in session.packets():
+                for unit in depacketizer.push(packet):
+                    if depacketizer.parameter_changes != seen_changes:
+                        seen_changes = depacketizer.parameter_changes
+                        if depacketizer.sps and depacketizer.pps:
+                            found = h264.ParameterSets(depacketizer.sps, depacketizer.pps)
+                            if found != sets and self._set_rtsp_track(found):
+                                sets = found
+                    if self._track is None:
+                        stats.dropped_frames += 1  # nothing decodable before an SPS
+                        waited = time.monotonic() - opened
+                        if waited > self.settings.stall_timeout:
+                            raise RtspStalled(f"no usable SPS and PPS in {waited:.0f}s")
+                        continue
+                    yield Frame(stream_ms(unit.timestamp, time_base), unit.keyframe, unit.data)
+            ended: RtspError | None = None
+        except RtspError as err:
+            ended = err
+        finally:
+            stats.lost_packets += depacketizer.lost_packets
+            stats.dropped_frames += depacketizer.unsupported_packets
+        last = depacketizer.flush()
+        if last is not None and self._track is not None:
+            yield Frame(stream_ms(last.timestamp, time_base), last.keyframe, last.data)
+        if ended is not None:
+            raise ended
+
+    def _set_rtsp_track(self, sets: h264.ParameterSets) -> bool:
+        """The track of these parameter sets, sized by the SPS; False (and the track
+        unchanged) if the SPS cannot be read."""
+        try:
+            width, height = h264.sps_dimensions(sets.sps)
+        except ValueError as err:
+            log.warning("camera %s: an SPS that cannot be read (%s)", self.settings.name, err)
+            return False
+        self._set_track(sets, width, height)
+        return True
+
+    def _encode(self, container: Any, stream: Any) -> Iterator[Frame]:
+        """Decode whatever the camera sends and encode H.264: one IDR per fragment, no
+        B-frames, so every fragment starts at a keyframe and no frame waits for a later one."""
+        import av
+
+        settings = self.settings
+        rate = stream.average_rate or stream.guessed_rate or Fraction(30)
+        fps = max(1, round(float(rate)))
+        encoder: Any = None
+        index = 0
+        for packet in self._packets(container, stream):
+            for decoded in packet.decode():
+                if encoder is None:
+                    encoder = av.CodecContext.create("libx264", "w")
+                    encoder.width, encoder.height = decoded.width, decoded.height
+                    encoder.pix_fmt = "yuv420p"
+                    encoder.time_base = Fraction(1, fps)
+                    encoder.framerate = Fraction(fps)
+                    gop = max(1, fps * settings.fragment_ms // 1000)
+                    encoder.gop_size = gop
+                    encoder.max_b_frames = 0
+                    if settings.bitrate:
+                        encoder.bit_rate = settings.bitrate
+                    encoder.options = {
+                        "preset": settings.preset,
+                        "tune": "zerolatency",
+                        "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0",
+                    }
+                times = (decoded.pts, decoded.time_base)
+                picture = decoded
+                if picture.format.name != "yuv420p":
+                    picture = picture.reformat(format="yuv420p")
+                picture.pict_type = av.video.frame.PictureType.NONE  # no IDR on every frame
+                picture.pts = index
+                index += 1
+                captured = self.clock.stream_ms(*times)
+                for out in encoder.encode(picture):
+                    data = bytes(out)
+                    units = h264.split_annexb(data)
+                    sets = h264.parameter_sets(units)
+                    if sets is not None:
+                        self._set_track(sets, encoder.width, encoder.height)
+                    if self._track is None:
+                        continue
+                    yield Frame(captured, bool(out.is_keyframe), h264.to_avcc(units))
+
+    # ------------------------------------------------------------------ storing
+
+    def _set_track(self, sets: h264.ParameterSets, width: int, height: int) -> None:
+        if self._track is not None and (sets, width, height) == self._track_source:
+            return  # the same parameter sets as the previous frame (nearly always)
+        self._track_source = (sets, width, height)
+        record = sets.avcc_record()
+        track = self._track
+        if track is None or (track.codec_private, track.width, track.height) != (
+            record,
+            width,
+            height,
+        ):
+            self._track = VideoTrack(H264, record, width, height)
+
+    def _store(self, fragment: Fragment | None) -> None:
+        track = self._fragment_track
+        if fragment is None or track is None:
+            return
+        fragment = Fragment(  # from the stream's timeline to the wall clock
+            tuple(
+                Frame(self.clock.absolute_ms(frame.time_ms), frame.keyframe, frame.data)
+                for frame in fragment.frames
+            )
+        )
+        meta = json.dumps(
+            {
+                "camera": self.settings.name,
+                "frames": len(fragment.frames),
+                "duration_ms": fragment.duration_ms,
+                "codec_id": track.codec_id,
+                "codec_private": base64.b64encode(track.codec_private).decode(),
+                "width": track.width,
+                "height": track.height,
+            },
+            separators=(",", ":"),
+        )
+        payload = fragment.cluster()
+        self.spool.append(
+            [Record(self.settings.sink, self.settings.name, fragment.start_ms, payload, meta)]
+        )
+        self.stats.fragments += 1
+        self.stats.bytes += len(payload)
+
+    def _last_stored_ms(self) -> int:
+        """Where a restart carries on: the newest fragment this camera has spooled."""
+        newest = self.spool.newest_captured_at(self.settings.sink)
+        return newest or 0
+
+    def _set_state(self, state: str, reason: str = "") -> None:
+        self.stats.set(state, reason)
+
+    def snapshot(self) -> dict[str, Any]:
+        stats = self.stats
+        return {
+            "url": redact(self.settings.url),
+            "state": stats.state,
+            "reason": stats.reason,
+            "since": stats.since,
+            "mode": stats.mode,
+            "connects": stats.connects,
+            "reconnects": stats.reconnects,
+            "frames": stats.frames,
+            "fragments": stats.fragments,
+            "bytes": stats.bytes,
+            "last_keyframe_at": stats.last_keyframe_at,
+            "dropped_frames": stats.dropped_frames + self.fragmenter.dropped_frames,
+            "repaired_times": self.clock.repaired,
+            "time_jumps": self.clock.discontinuities,
+            "lost_packets": stats.lost_packets,
+            "last_error": stats.last_error,
+        }
+
+
+def uses_builtin_rtsp(settings: CameraConfig) -> bool:
+    """Whether the camera is read by the built-in RTSP client (``rtsp_client``): "auto"
+    takes it for RTSP cameras without FFmpeg ``options`` (those are for PyAV)."""
+    if settings.source != "rtsp":
+        return False
+    if settings.rtsp_client == "auto":
+        return not settings.extra_options
+    return settings.rtsp_client == "builtin"
+
+
+def _open_with_pyav(settings: CameraConfig) -> Any:
+    import av
+
+    options = dict(settings.extra_options)
+    fmt: str | None = None
+    if settings.source == "rtsp":
+        options.setdefault("rtsp_transport", "tcp")
+    elif settings.source == "v4l2":
+        fmt = "v4l2"
+        if settings.video_size:
+            options["video_size"] = settings.video_size
+        if settings.framerate:
+            options["framerate"] = str(settings.framerate)
+        if settings.input_format:
+            options["input_format"] = settings.input_format
+    elif settings.source == "lavfi":
+        fmt = "lavfi"
+    return av.open(
+        settings.url,
+        format=fmt,
+        options=options,
+        timeout=(settings.connect_timeout, settings.stall_timeout),
+    )

@@ -1,0 +1,121 @@
+"""The session description an RTSP camera answers DESCRIBE with (SDP, RFC 8866): what
+the built-in RTSP client needs of its video: where to SETUP it, the RTP payload type
+and clock, and, for H.264, the parameter sets (``sprop-parameter-sets``, RFC 6184).
+
+    v=0 ... m=video 0 RTP/AVP 96
+    a=rtpmap:96 H264/90000
+    a=fmtp:96 packetization-mode=1;sprop-parameter-sets=Z0IAH...,aM4G...
+    a=control:trackID=1
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+
+from edge_agent.media.h264 import NAL_PPS, NAL_SPS, ParameterSets
+
+
+class SdpError(ValueError):
+    """A description the client cannot use (no video, no payload type)."""
+
+
+@dataclass(frozen=True)
+class VideoMedia:
+    #: The URL to SETUP the video with (absolute).
+    control: str
+    #: The session's URL (PLAY, keepalives, TEARDOWN): its own control, else the base.
+    aggregate: str
+    payload_type: int
+    #: As the rtpmap names it, upper case: "H264", "H265", "JPEG", ...
+    encoding: str
+    clock_rate: int
+    #: H.264: the SPS and PPS of sprop-parameter-sets, if the camera gives them.
+    parameter_sets: ParameterSets | None = None
+
+
+def video_media(sdp: str, base_url: str) -> VideoMedia:
+    """The first video media of ``sdp``; relative controls resolve against ``base_url``
+    (the answer's Content-Base, else the request URL) as FFmpeg and most clients do:
+    appended to it, whatever its last path segment."""
+    session_control: str | None = None
+    media: list[list[str]] = []
+    for raw in sdp.splitlines():
+        line = raw.strip()
+        if line.startswith("m="):
+            media.append([line])
+        elif media:
+            media[-1].append(line)
+        elif line.startswith("a=control:"):
+            session_control = line[len("a=control:") :].strip()
+    if session_control and session_control != "*" and "://" in session_control:
+        base_url = session_control
+    for lines in media:
+        fields = lines[0][2:].split()
+        if len(fields) < 4 or fields[0] != "video":
+            continue
+        return _video(lines, fields, base_url)
+    raise SdpError("the camera's description has no video")
+
+
+def _video(lines: list[str], fields: list[str], base_url: str) -> VideoMedia:
+    try:
+        payload_type = int(fields[3])
+    except ValueError:
+        raise SdpError(f"video payload type {fields[3]!r} is not a number") from None
+    control = base_url
+    encoding, clock_rate = _static_encoding(payload_type)
+    parameters: dict[str, str] = {}
+    prefix_map, prefix_fmtp = f"a=rtpmap:{payload_type} ", f"a=fmtp:{payload_type} "
+    for line in lines[1:]:
+        if line.startswith("a=control:"):
+            control = _resolve(line[len("a=control:") :].strip(), base_url)
+        elif line.startswith(prefix_map):
+            name, _, rest = line[len(prefix_map) :].strip().partition("/")
+            encoding = name.upper()
+            rate = rest.partition("/")[0]
+            if not rate.isdigit() or int(rate) == 0:
+                raise SdpError(f"video clock rate {rate!r} is not a positive number")
+            clock_rate = int(rate)
+        elif line.startswith(prefix_fmtp):
+            for item in line[len(prefix_fmtp) :].split(";"):
+                key, _, value = item.strip().partition("=")
+                parameters[key.lower()] = value.strip()
+    if not encoding:
+        raise SdpError(f"video payload type {payload_type} has no rtpmap")
+    sets = None
+    if encoding == "H264" and "sprop-parameter-sets" in parameters:
+        sets = _parameter_sets(parameters["sprop-parameter-sets"])
+    return VideoMedia(control, base_url, payload_type, encoding, clock_rate, sets)
+
+
+def _static_encoding(payload_type: int) -> tuple[str, int]:
+    """RFC 3551's static video payload types a camera might still use."""
+    return {26: ("JPEG", 90_000), 32: ("MPV", 90_000), 34: ("H263", 90_000)}.get(
+        payload_type, ("", 90_000)
+    )
+
+
+def _resolve(control: str, base_url: str) -> str:
+    if not control or control == "*":
+        return base_url
+    if "://" in control:
+        return control
+    return base_url.rstrip("/") + "/" + control.lstrip("/")
+
+
+def _parameter_sets(value: str) -> ParameterSets | None:
+    """sprop-parameter-sets: base64 NAL units, comma-separated. A value that does not
+    decode is ignored: the camera repeats its SPS and PPS in-band anyway."""
+    sps = pps = None
+    for item in value.split(","):
+        try:
+            unit = base64.b64decode(item.strip() + "=" * (-len(item.strip()) % 4))
+        except (binascii.Error, ValueError):
+            return None
+        if unit and unit[0] & 0x1F == NAL_SPS:
+            sps = unit
+        elif unit and unit[0] & 0x1F == NAL_PPS:
+            pps = unit
+    return ParameterSets(sps, pps) if sps and pps else None
