@@ -842,7 +842,7 @@ def run_profile(args: argparse.Namespace, workdir: Path) -> None:
     sys.path.insert(0, str(REPO))
     from edge_agent.assembly import make_forwarder
     from edge_agent.config.loading import load_config
-    from edge_agent.delivery.budget import UploadGovernor
+    from edge_agent.delivery.budget import UploadBudget
     from edge_agent.spool.store import Spool
 
     count = args.records
@@ -862,7 +862,7 @@ def run_profile(args: argparse.Namespace, workdir: Path) -> None:
         os.environ.update(child_env())
         stop = threading.Event()
         spool = Spool.open(spool_path)
-        forwarder = make_forwarder(config.sinks[QUEUE], spool, UploadGovernor(None, 1024), stop)
+        forwarder = make_forwarder(config.sinks[QUEUE], spool, UploadBudget(None, 1024), stop)
 
         def stopper() -> None:
             deadline = time.monotonic() + max(60.0, count / 500)

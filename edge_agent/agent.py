@@ -29,9 +29,9 @@ from types import FrameType
 from typing import Any
 
 from edge_agent import __version__
-from edge_agent.assembly import FORWARDING_TYPES, make_sender
-from edge_agent.config.loading import Config, SinkConfig, UploadShare, load_config
-from edge_agent.delivery.budget import UploadGovernor
+from edge_agent.assembly import FORWARDING_TYPES, make_uploader
+from edge_agent.config.loading import Config, ShareConfig, SinkConfig, load_config
+from edge_agent.delivery.budget import UploadBudget
 from edge_agent.delivery.forwarder import Forwarder
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.malloc_tuning import tune_malloc
@@ -84,7 +84,7 @@ def _without_upload(section: object) -> object:
     """A config section with the sinks' upload shares left out (they apply live)."""
     if isinstance(section, Mapping):
         return {
-            name: replace(value, upload=UploadShare()) if isinstance(value, SinkConfig) else value
+            name: replace(value, upload=ShareConfig()) if isinstance(value, SinkConfig) else value
             for name, value in section.items()
         }
     return section
@@ -108,7 +108,7 @@ class Agent:
         self._cameras: dict[str, Camera] = {}
         self._stop_capture = threading.Event()
         self._stop_forwarding = threading.Event()
-        self._governor = UploadGovernor(config.uplink.max_rate, config.uplink.burst)
+        self._governor = UploadBudget(config.uplink.max_rate, config.uplink.burst)
 
     # ------------------------------------------------------------------ signals
 
@@ -215,7 +215,7 @@ class Agent:
     def _start_forwarder(self, name: str, sink: SinkConfig, spool: Spool) -> None:
         try:
             lane = self._governor.lane(name, sink.upload)
-            forwarder = make_sender(sink, spool, lane, self._stop_forwarding)
+            forwarder = make_uploader(sink, spool, lane, self._stop_forwarding)
         except Exception as err:  # e.g. a profile that does not exist: intake goes on
             log.error("sink %s: cannot start forwarding: %s", name, err)
             self._failed_sinks[name] = f"{type(err).__name__}: {err}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from edge_agent.config.loading import SinkConfig
-from edge_agent.delivery.budget import TrafficBudget, UploadBudget
+from edge_agent.delivery.budget import Budget, SinkBudget
 from edge_agent.delivery.forwarder import Forwarder
 from edge_agent.sinks.base import Sink
 from edge_agent.sinks.kvs.uploader import KvsUploader
@@ -23,7 +23,7 @@ AGGREGATING_WINDOW_RECORDS = 100_000
 AGGREGATING_WINDOW_EXTRA_BYTES = 1024 * 1024
 
 
-def make_sink(config: SinkConfig, governor: UploadBudget, stop: threading.Event) -> Sink:
+def make_sink(config: SinkConfig, governor: Budget, stop: threading.Event) -> Sink:
     if config.type == "kinesis":
         from edge_agent.sinks.kinesis.sink import KinesisSink
 
@@ -35,8 +35,8 @@ def make_sink(config: SinkConfig, governor: UploadBudget, stop: threading.Event)
     raise ValueError(f"sink type {config.type!r} does not forward")
 
 
-def make_sender(
-    config: SinkConfig, spool: Spool, governor: TrafficBudget, stop: threading.Event
+def make_uploader(
+    config: SinkConfig, spool: Spool, governor: SinkBudget, stop: threading.Event
 ) -> Forwarder | KvsUploader:
     """What sends a sink's queue: a Kinesis Video uploader for video, else a forwarder."""
     if config.type == "kvs":  # video: fragments over one streaming connection
@@ -45,7 +45,7 @@ def make_sender(
 
 
 def make_forwarder(
-    config: SinkConfig, spool: Spool, governor: UploadBudget, stop: threading.Event
+    config: SinkConfig, spool: Spool, governor: Budget, stop: threading.Event
 ) -> Forwarder:
     """A forwarder whose window holds what is in flight plus one request being packed.
 

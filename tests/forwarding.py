@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from edge_agent.assembly import make_forwarder
 from edge_agent.config.loading import SinkConfig, parse_config
-from edge_agent.delivery.budget import UploadGovernor
+from edge_agent.delivery.budget import UploadBudget
 from edge_agent.delivery.forwarder import Forwarder
 from edge_agent.records import Record
 from edge_agent.spool.store import Spool
@@ -74,7 +74,7 @@ class Harness:
 
     def start(self) -> Forwarder:
         self.forwarder = make_forwarder(
-            self.config, self.spool, UploadGovernor(None, 1024), self.stop
+            self.config, self.spool, UploadBudget(None, 1024), self.stop
         )
         self.forwarder.start()
         return self.forwarder

@@ -16,8 +16,8 @@ import pytest
 from botocore.credentials import Credentials
 
 from edge_agent.assembly import make_forwarder
-from edge_agent.config.loading import UploadShare, parse_config
-from edge_agent.delivery.budget import UploadGovernor
+from edge_agent.config.loading import ShareConfig, parse_config
+from edge_agent.delivery.budget import UploadBudget
 from edge_agent.kvs_local.server import PutMediaServer
 from edge_agent.media import h264
 from edge_agent.records import Record
@@ -49,7 +49,7 @@ def kvs_local(tmp_path: Path) -> Iterator[tuple[PutMediaServer, FaultProxy]]:
 
 
 def video_uploader(
-    proxy: FaultProxy, spool: Spool, governor: UploadGovernor, stop: threading.Event
+    proxy: FaultProxy, spool: Spool, governor: UploadBudget, stop: threading.Event
 ) -> KvsUploader:
     sink = {
         "type": "kvs", "stream": "cam", "region": "us-east-1", "endpoint_url": proxy.url,
@@ -75,7 +75,7 @@ def test_the_upload_rate_at_the_link_holds_the_budget(
     stop = threading.Event()
     with Spool.open(tmp_path / "spool.db") as spool:
         fill_backlog(spool, one_second, max(2, int(needed // fragment_bytes) + 1))
-        uploader = video_uploader(proxy, spool, UploadGovernor(budget, 256 * 1024), stop)
+        uploader = video_uploader(proxy, spool, UploadBudget(budget, 256 * 1024), stop)
         uploader.start()
         try:
             wait_until(lambda: proxy.upstream_bytes() > 0, 20, 0.005, "the first bytes")
@@ -105,7 +105,7 @@ def test_telemetry_stays_fast_while_video_fills_the_budget(
     _, video_link = kvs_local
     client = kinesalite.client()
     stream = make_stream(client, 1)
-    governor = UploadGovernor(1_000_000 / 8, 64 * 1024)
+    governor = UploadBudget(1_000_000 / 8, 64 * 1024)
     stop = threading.Event()
     telemetry_sink = {
         "type": "kinesis", "stream": stream, "region": "us-east-1",
@@ -116,7 +116,7 @@ def test_telemetry_stays_fast_while_video_fills_the_budget(
         fill_backlog(spool, one_second, 8)
         uploader = video_uploader(video_link, spool, governor, stop)
         forwarder = make_forwarder(
-            telemetry, spool, governor.lane("telemetry", UploadShare(priority=0)), stop
+            telemetry, spool, governor.lane("telemetry", ShareConfig(priority=0)), stop
         )
         uploader.start()
         forwarder.start()
@@ -161,7 +161,7 @@ def test_a_fragment_cut_off_in_the_middle_of_its_write_is_sent_again(
     stop = threading.Event()
     with Spool.open(tmp_path / "spool.db") as spool:
         fill_backlog(spool, one_second, 3)
-        uploader = video_uploader(proxy, spool, UploadGovernor(400_000, 64 * 1024), stop)
+        uploader = video_uploader(proxy, spool, UploadBudget(400_000, 64 * 1024), stop)
         uploader.start()
         try:
             wait_until(lambda: proxy.upstream_bytes() > 300_000, 20, 0.005, "mid-fragment")

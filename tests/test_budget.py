@@ -8,8 +8,8 @@ import time
 import pytest
 
 from edge_agent.agent import sink_with_upload
-from edge_agent.config.loading import ScheduleWindow, UploadShare
-from edge_agent.delivery.budget import BacklogHeld, UploadGovernor, UploadLane, active_window
+from edge_agent.config.loading import ScheduleWindow, ShareConfig
+from edge_agent.delivery.budget import BacklogHeld, BudgetShare, UploadBudget, active_window
 from tests.support import wait_until
 
 
@@ -37,8 +37,8 @@ def test_windows_match_local_time_including_past_midnight_and_by_day() -> None:
 
 def test_a_scheduled_pause_holds_a_sink_until_its_window_ends() -> None:
     now = [at(12, 0)]
-    governor = UploadGovernor(None, 1024, local_time=lambda: now[0])
-    lane = governor.lane("video", UploadShare(priority=10, schedule=(NIGHT, DAY_PAUSE)))
+    governor = UploadBudget(None, 1024, local_time=lambda: now[0])
+    lane = governor.lane("video", ShareConfig(priority=10, schedule=(NIGHT, DAY_PAUSE)))
     stop = threading.Event()
     done = threading.Event()
 
@@ -57,14 +57,14 @@ def test_a_scheduled_pause_holds_a_sink_until_its_window_ends() -> None:
 
 
 def test_a_higher_priority_goes_first_when_the_budget_is_short() -> None:
-    governor = UploadGovernor(10_000, 1024)  # 10 kB/s, a 1 KiB allowance
-    telemetry = governor.lane("telemetry", UploadShare(priority=0))
-    video = governor.lane("video", UploadShare(priority=10))
+    governor = UploadBudget(10_000, 1024)  # 10 kB/s, a 1 KiB allowance
+    telemetry = governor.lane("telemetry", ShareConfig(priority=0))
+    video = governor.lane("video", ShareConfig(priority=10))
     stop = threading.Event()
     assert video.acquire(5000, stop)  # the bucket now owes 4 KB: about 0.4 s
     order: list[str] = []
 
-    def send(lane: UploadLane, name: str) -> None:
+    def send(lane: BudgetShare, name: str) -> None:
         if lane.acquire(1000, stop):
             order.append(name)
 
@@ -82,9 +82,9 @@ def test_a_higher_priority_goes_first_when_the_budget_is_short() -> None:
 
 def test_a_sinks_cap_and_a_capping_window_limit_it_below_the_budget() -> None:
     now = [at(12, 0)]
-    governor = UploadGovernor(None, 1024, local_time=lambda: now[0])
+    governor = UploadBudget(None, 1024, local_time=lambda: now[0])
     capped = ScheduleWindow("08:00", "18:00", "cap", 20_000.0)
-    lane = governor.lane("video", UploadShare(max_rate=50_000.0, schedule=(capped,)))
+    lane = governor.lane("video", ShareConfig(max_rate=50_000.0, schedule=(capped,)))
     stop = threading.Event()
 
     def seconds_for(total: int) -> float:
@@ -100,9 +100,9 @@ def test_a_sinks_cap_and_a_capping_window_limit_it_below_the_budget() -> None:
 
 
 def test_a_reload_changes_a_lane_in_place() -> None:
-    governor = UploadGovernor(None, 1024)
-    lane = governor.lane("video", UploadShare(priority=10))
-    again = governor.lane("video", UploadShare(priority=3, max_rate=1e6))
+    governor = UploadBudget(None, 1024)
+    lane = governor.lane("video", ShareConfig(priority=10))
+    again = governor.lane("video", ShareConfig(priority=3, max_rate=1e6))
     assert again is lane and lane.share.priority == 3
     assert governor.lane_snapshot("video") == {
         "priority": 3, "max_rate": 1e6, "scheduled": "", "paused": False, "admitted_bytes": 0,
@@ -114,8 +114,8 @@ def test_a_backlog_window_holds_only_a_live_first_sinks_backlog() -> None:
     the day (the sink ends its backlog session), the live budget admits at once."""
     backlog_by_day = ScheduleWindow("06:00", "00:00", "pause", traffic="backlog")
     now = [at(12, 0)]
-    governor = UploadGovernor(None, 1024, local_time=lambda: now[0])
-    lane = governor.lane("video", UploadShare(priority=10, schedule=(backlog_by_day,)))
+    governor = UploadBudget(None, 1024, local_time=lambda: now[0])
+    lane = governor.lane("video", ShareConfig(priority=10, schedule=(backlog_by_day,)))
     stop = threading.Event()
     assert lane.acquire(100, stop)  # live
     assert lane.backlog_held() == "paused by the schedule until 00:00"
@@ -131,8 +131,8 @@ def test_a_backlog_window_holds_only_a_live_first_sinks_backlog() -> None:
 
 def test_a_sink_paused_by_its_schedule_says_so_in_status() -> None:
     now = [at(12, 0)]
-    governor = UploadGovernor(None, 1024, local_time=lambda: now[0])
-    governor.lane("video", UploadShare(priority=10, schedule=(NIGHT, DAY_PAUSE)))
+    governor = UploadBudget(None, 1024, local_time=lambda: now[0])
+    governor.lane("video", ShareConfig(priority=10, schedule=(NIGHT, DAY_PAUSE)))
     sending = {"state": "sending", "reason": ""}
     shown = sink_with_upload(sending, governor.lane_snapshot("video"))
     assert (shown["state"], shown["reason"]) == (

@@ -17,7 +17,7 @@ import pytest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from edge_agent.delivery.budget import UploadGovernor
+from edge_agent.delivery.budget import UploadBudget
 from edge_agent.errors import SinkPaused
 from edge_agent.kvs_local.server import PutMediaServer
 from edge_agent.media.mkv import H264, Frame, VideoTrack, cluster, stream_header
@@ -128,7 +128,7 @@ def test_a_connection_the_sink_closes_frees_the_stream_at_once(server: PutMediaS
     def connect() -> PutMediaConnection:
         connection = PutMediaConnection(
             server.url, "cam", CREDENTIALS.get_frozen_credentials(), region="us-east-1",
-            governor=UploadGovernor(None, 1024), stop=threading.Event(), timeout=30,
+            governor=UploadBudget(None, 1024), stop=threading.Event(), timeout=30,
         )  # fmt: skip
         connection.open()
         connection.send(header)
@@ -232,7 +232,7 @@ def test_the_sinks_getdataendpoint_call_and_how_its_refusals_are_classified(
     def ask(stream: str) -> str:
         return get_data_endpoint(
             server.url, stream, CREDENTIALS.get_frozen_credentials(), region="us-east-1",
-            timeout=5, governor=UploadGovernor(None, 1024), stop=threading.Event(),
+            timeout=5, governor=UploadBudget(None, 1024), stop=threading.Event(),
         )  # fmt: skip
 
     assert ask("cam") == server.url

@@ -18,7 +18,7 @@ import pytest
 from botocore.credentials import Credentials
 
 from edge_agent.config.loading import parse_config
-from edge_agent.delivery.budget import UploadGovernor
+from edge_agent.delivery.budget import UploadBudget
 from edge_agent.kvs_local.server import PutMediaServer
 from edge_agent.sinks.kvs.uploader import KvsUploader
 from edge_agent.sources.camera.camera import Camera
@@ -76,7 +76,7 @@ def make(
     spool = Spool.open(tmp_path / "spool.db")
     stop = threading.Event()
     camera = Camera(config.cameras["pattern"], spool, stop)
-    uploader = KvsUploader(config.sinks["video"], spool, UploadGovernor(None, 1024), stop)
+    uploader = KvsUploader(config.sinks["video"], spool, UploadBudget(None, 1024), stop)
     return spool, camera, uploader, stop
 
 

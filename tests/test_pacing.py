@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from edge_agent.delivery.backoff import Backoff, full_jitter
-from edge_agent.delivery.budget import UploadGovernor
+from edge_agent.delivery.budget import UploadBudget
 from edge_agent.delivery.token_bucket import TokenBucket
 from edge_agent.sinks.kinesis.pacing import PaceBudget, ShardPacer
 
@@ -38,7 +38,7 @@ def test_token_bucket_refills_at_its_rate_up_to_its_capacity() -> None:
 
 def test_governor_admits_at_most_rate_times_time_plus_burst() -> None:
     clock = FakeClock()
-    governor = UploadGovernor(10_000, 2_000, clock=clock)
+    governor = UploadBudget(10_000, 2_000, clock=clock)
     stop = threading.Event()
     admitted = 0
     for _ in range(1000):  # 10 ms steps over 10 s of fake time
@@ -52,7 +52,7 @@ def test_governor_admits_at_most_rate_times_time_plus_burst() -> None:
 
 def test_governor_without_a_budget_never_waits_and_can_change_live() -> None:
     clock = FakeClock()
-    governor = UploadGovernor(None, 1024, clock=clock)
+    governor = UploadBudget(None, 1024, clock=clock)
     stop = threading.Event()
     assert governor.acquire(10**9, stop)
     governor.configure(1000, 1024)

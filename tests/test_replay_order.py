@@ -20,8 +20,8 @@ import av
 import pytest
 from botocore.credentials import Credentials
 
-from edge_agent.config.loading import ScheduleWindow, UploadShare, parse_config
-from edge_agent.delivery.budget import TrafficBudget, UploadGovernor
+from edge_agent.config.loading import ScheduleWindow, ShareConfig, parse_config
+from edge_agent.delivery.budget import SinkBudget, UploadBudget
 from edge_agent.kvs_local.server import PutMediaServer, StreamState
 from edge_agent.media import h264
 from edge_agent.sinks.kvs.uploader import KvsUploader
@@ -65,7 +65,7 @@ class Setup:
         video: tuple[h264.ParameterSets, list[bytes]],
         *,
         replay: str,
-        budget: TrafficBudget | None = None,
+        budget: SinkBudget | None = None,
     ) -> None:
         document: dict[str, Any] = {
             "sinks": {
@@ -90,7 +90,7 @@ class Setup:
         self.backlog = [now - (BACKLOG + 1 - i) * 1000 for i in range(BACKLOG)]
         self.stop = threading.Event()
         self.camera = Camera(config.cameras["pattern"], self.spool, self.stop)
-        governor = UploadGovernor(BUDGET, 16 * 1024)
+        governor = UploadBudget(BUDGET, 16 * 1024)
         self.uploader = KvsUploader(
             config.sinks["video"], self.spool, budget or governor, self.stop
         )
@@ -182,9 +182,9 @@ def test_a_backlog_window_holds_the_backlog_while_live_video_goes(
     """Video backlog only at night, live video always: in the day the backlog stays in
     the spool while live fragments are stored; when the night window comes, it goes."""
     now = [time.struct_time((2026, 11, 23, 12, 0, 0, 0, 327, 0))]  # Monday noon
-    governor = UploadGovernor(BUDGET, 16 * 1024, local_time=lambda: now[0])
+    governor = UploadBudget(BUDGET, 16 * 1024, local_time=lambda: now[0])
     day = ScheduleWindow("06:00", "00:00", "pause", traffic="backlog")
-    lane = governor.lane("video", UploadShare(priority=10, schedule=(day,)))
+    lane = governor.lane("video", ShareConfig(priority=10, schedule=(day,)))
     setup = Setup(server, tmp_path, small_second, replay="live-first", budget=lane)
     setup.camera.start()
     setup.uploader.start()

@@ -200,7 +200,7 @@ def _minute_of_day(clock: str) -> int:
 
 
 @dataclass(frozen=True)
-class UploadShare:
+class ShareConfig:
     """A sink's part of the upload budget: its priority (a smaller number goes first),
     an optional cap of its own, and a schedule (the first matching window applies;
     outside every window uploads are allowed)."""
@@ -227,7 +227,7 @@ class SinkConfig:
     kinesis: KinesisOptions | None = None
     firehose: FirehoseOptions | None = None
     kvs: KvsOptions | None = None
-    upload: UploadShare = UploadShare()
+    upload: ShareConfig = ShareConfig()
 
 
 CameraSource = Literal["rtsp", "v4l2", "file", "lavfi"]
@@ -268,7 +268,7 @@ class CameraConfig:
 
 
 @dataclass(frozen=True)
-class UplinkConfig:
+class BudgetConfig:
     """The device's upload budget, shared by every forwarding sink."""
 
     max_rate: float | None = None
@@ -282,7 +282,7 @@ class Config:
     spool: SpoolConfig
     mqtt: MqttConfig | None
     sinks: Mapping[str, SinkConfig] = field(default_factory=dict)
-    uplink: UplinkConfig = UplinkConfig()
+    uplink: BudgetConfig = BudgetConfig()
     cameras: Mapping[str, CameraConfig] = field(default_factory=dict)
 
 
@@ -633,8 +633,8 @@ def _read_sinks(section: _Section | None) -> dict[str, SinkConfig]:
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$|^24:00$")
 
 
-def _read_upload_share(section: _Section, default_priority: int) -> UploadShare:
-    share = UploadShare(
+def _read_upload_share(section: _Section, default_priority: int) -> ShareConfig:
+    share = ShareConfig(
         priority=section.integer("priority", default_priority, low=0, high=100),
         max_rate=section.rate("max_rate", None),
         schedule=tuple(_read_window(sub) for sub in section.table_list("schedule")),
@@ -791,10 +791,10 @@ def _check_name(section: _Section, key: str, name: object) -> None:
         )
 
 
-def _read_uplink(section: _Section | None) -> UplinkConfig:
+def _read_uplink(section: _Section | None) -> BudgetConfig:
     if section is None:
-        return UplinkConfig()
-    uplink = UplinkConfig(
+        return BudgetConfig()
+    uplink = BudgetConfig(
         max_rate=section.rate("max_rate", None),
         burst=section.size("burst", 256 * 1024),
     )

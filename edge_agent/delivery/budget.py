@@ -3,7 +3,7 @@ shared by the sinks by priority, with per-sink caps and time-of-day schedules.
 
 Every forwarding sink asks before it writes to the network, with the size on the wire
 (request body plus headers; a PutMedia stream in slices as it is written). It asks its
-own lane (``UploadGovernor.lane``):
+own lane (``UploadBudget.lane``):
 
     lane:   schedule (local time)  ->  pause: wait for the window to end (a live-first
                                               video sink's backlog: BacklogHeld)
@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
-from edge_agent.config.loading import ScheduleWindow, UploadShare
+from edge_agent.config.loading import ScheduleWindow, ShareConfig
 from edge_agent.delivery.token_bucket import TokenBucket
 
 #: The longest a waiting caller sleeps before it looks at its stop event again.
@@ -38,7 +38,7 @@ SCHEDULE_STATUS = {"pause": "paused", "cap": "capped", "allow": ""}
 LANE_BURST_S = 0.25
 
 
-class UploadBudget(Protocol):
+class Budget(Protocol):
     """What a sink holds: ask before writing ``size`` bytes; False if stopping."""
 
     def acquire(self, size: int, stop: threading.Event) -> bool: ...
@@ -49,11 +49,11 @@ class UploadBudget(Protocol):
         ...
 
 
-class TrafficBudget(UploadBudget, Protocol):
+class SinkBudget(Budget, Protocol):
     """What a live-first video sink holds: the budget for live fragments (``acquire``)
     and for its backlog sessions, which a schedule may govern on their own."""
 
-    def backlog(self) -> UploadBudget: ...
+    def backlog(self) -> Budget: ...
 
     def backlog_held(self) -> str:
         """Why the backlog may not go now ("" if it may)."""
@@ -64,7 +64,7 @@ class BacklogHeld(Exception):
     """A schedule window pauses the backlog: the sink ends its backlog session."""
 
 
-class UploadGovernor:
+class UploadBudget:
     def __init__(
         self,
         max_rate: float | None,
@@ -78,7 +78,7 @@ class UploadGovernor:
         self._local_time = local_time
         self._bucket: TokenBucket | None = None
         self._waiting: Counter[int] = Counter()  # priority -> callers waiting for the budget
-        self._lanes: dict[str, UploadLane] = {}
+        self._lanes: dict[str, BudgetShare] = {}
         self.admitted_bytes = 0
         self.configure(max_rate, burst)
 
@@ -101,12 +101,12 @@ class UploadGovernor:
     def rate_limit(self) -> float | None:
         return self.max_rate
 
-    def lane(self, name: str, share: UploadShare) -> UploadLane:
+    def lane(self, name: str, share: ShareConfig) -> BudgetShare:
         """The budget as sink ``name`` sees it (the same lane again for the same name,
         reconfigured)."""
         lane = self._lanes.get(name)
         if lane is None:
-            lane = self._lanes[name] = UploadLane(self, name, share)
+            lane = self._lanes[name] = BudgetShare(self, name, share)
         else:
             lane.configure(share)
         return lane
@@ -119,7 +119,7 @@ class UploadGovernor:
         """Wait for the shared budget only, at the highest priority (tests, tools)."""
         return self._take_shared(size, stop, priority=0)
 
-    def backlog(self) -> UploadBudget:
+    def backlog(self) -> Budget:
         return self
 
     def backlog_held(self) -> str:
@@ -148,11 +148,11 @@ class UploadGovernor:
                 self._cond.notify_all()
 
 
-class UploadLane:
+class BudgetShare:
     """One sink's view of the budget: its priority, cap and schedule, then the shared
     bucket. Status reads ``snapshot``."""
 
-    def __init__(self, governor: UploadGovernor, name: str, share: UploadShare) -> None:
+    def __init__(self, governor: UploadBudget, name: str, share: ShareConfig) -> None:
         self.name = name
         self._governor = governor
         self._lock = threading.Lock()
@@ -161,7 +161,7 @@ class UploadLane:
         self.admitted_bytes = 0
         self.configure(share)
 
-    def configure(self, share: UploadShare) -> None:
+    def configure(self, share: ShareConfig) -> None:
         with self._lock:
             self.share = share
 
@@ -175,7 +175,7 @@ class UploadLane:
         self.admitted_bytes += size
         return True
 
-    def backlog(self) -> UploadBudget:
+    def backlog(self) -> Budget:
         return _BacklogBudget(self)
 
     def rate_limit(self, *, backlog: bool = False) -> float | None:
@@ -249,7 +249,7 @@ class UploadLane:
 class _BacklogBudget:
     """A lane as a live-first sink's backlog sessions use it."""
 
-    def __init__(self, lane: UploadLane) -> None:
+    def __init__(self, lane: BudgetShare) -> None:
         self._lane = lane
 
     def acquire(self, size: int, stop: threading.Event) -> bool:

@@ -44,7 +44,7 @@ from typing import Any
 
 from edge_agent.config.loading import DeliveryConfig
 from edge_agent.delivery.backoff import Backoff, full_jitter
-from edge_agent.delivery.transmit_pool import Sender
+from edge_agent.delivery.transmit_pool import TransmitPool
 from edge_agent.errors import (
     RequestRejected,
     SinkError,
@@ -133,7 +133,7 @@ class Forwarder(ThreadWorker):
         # next request; at most ACK_BACKLOG batches wait (they are re-sent after a crash).
         self._acks: queue.Queue[list[LeasedRecord] | None] = queue.Queue(ACK_BACKLOG)
         self._acker: threading.Thread | None = None
-        self._sender: Sender | None = None
+        self._transmit_pool: TransmitPool | None = None
         self._requests_in_flight = requests_in_flight
         self._flights: collections.deque[_Flight] = collections.deque()
         self._acks_closed = threading.Event()
@@ -157,7 +157,7 @@ class Forwarder(ThreadWorker):
     def healthy(self) -> bool:
         helpers_ok = self._stop.is_set() or (
             (self._acker is None or self._acker.is_alive())
-            and (self._sender is None or self._sender.alive)
+            and (self._transmit_pool is None or self._transmit_pool.alive)
         )
         return helpers_ok and self.thread_ok
 
@@ -167,7 +167,7 @@ class Forwarder(ThreadWorker):
             target=self._ack_loop, name=f"ack-{self.sink.name}", daemon=True
         )
         self._acker.start()
-        self._sender = Sender(
+        self._transmit_pool = TransmitPool(
             self.sink.transmit, f"send-{self.sink.name}", threads=self._requests_in_flight
         )
         try:
@@ -207,8 +207,8 @@ class Forwarder(ThreadWorker):
                 self._land(timeout=max(0.0, deadline - time.monotonic()))
             except Exception:  # whatever it was, the records are released below
                 log.exception("sink %s: settling the last requests failed", self.sink.name)
-        if self._sender is not None:
-            self._sender.close(SPOOL_RETRY_S)
+        if self._transmit_pool is not None:
+            self._transmit_pool.close(SPOOL_RETRY_S)
         if self._acker is not None:
             self._acks.put(None)
             self._acker.join(SPOOL_RETRY_S * 5)
@@ -365,12 +365,12 @@ class Forwarder(ThreadWorker):
 
     def _launch(self, request: Request) -> None:
         """Put a request on the wire in the sender thread; its records are in flight."""
-        assert self._sender is not None
+        assert self._transmit_pool is not None
         ids = [record.id for entry in request.entries for record in entry.records]
         self._in_flight.update(ids)
         self._set_state("sending")
         self.stats.requests += 1
-        self._flights.append((request, ids, self._sender.launch(request)))
+        self._flights.append((request, ids, self._transmit_pool.launch(request)))
 
     def _land(self, timeout: float | None = None) -> None:
         """Wait for the answer to the oldest request on the wire and settle it; whatever

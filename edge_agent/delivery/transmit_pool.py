@@ -1,4 +1,4 @@
-"""Sender threads: put requests on the wire while their forwarder packs the next one.
+"""The transmit pool: threads that put requests on the wire while the forwarder packs the next.
 
     forwarder thread:  lease, pack k+1 ............ land k (settle) -> launch k+1
     sender thread:     transmit k (wait for the service) ............ transmit k+1
@@ -21,7 +21,7 @@ from typing import Any
 from edge_agent.sinks.base import Request
 
 
-class Sender:
+class TransmitPool:
     def __init__(self, transmit: Callable[[Request], Any], name: str, *, threads: int) -> None:
         self._transmit = transmit
         self._requests: queue.Queue[tuple[Request, Future[Any]] | None] = queue.Queue(threads)

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from edge_agent.config.loading import AwsEndpoint
-from edge_agent.delivery.budget import UploadBudget
+from edge_agent.delivery.budget import Budget
 from edge_agent.errors import RequestRejected, SinkError, SinkPaused, SinkUnavailable
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def wire_bytes(
 def make_client(
     service: str,
     endpoint: AwsEndpoint,
-    governor: UploadBudget,
+    governor: Budget,
     stop: threading.Event,
     meter: WireMeter,
     *,

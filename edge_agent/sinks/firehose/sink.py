@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from edge_agent.config.loading import SinkConfig
-from edge_agent.delivery.budget import UploadBudget
+from edge_agent.delivery.budget import Budget
 from edge_agent.errors import SinkUnavailable
 from edge_agent.records import LeasedRecord
 from edge_agent.sinks import prebuilt_body
@@ -29,7 +29,7 @@ class FirehoseSink:
     ordered = False
     aggregating = False
 
-    def __init__(self, config: SinkConfig, governor: UploadBudget, stop: threading.Event) -> None:
+    def __init__(self, config: SinkConfig, governor: Budget, stop: threading.Event) -> None:
         assert config.firehose is not None and config.delivery is not None
         assert config.aws is not None
         self.name = config.name

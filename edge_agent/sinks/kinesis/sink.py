@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge_agent.config.loading import SinkConfig
-from edge_agent.delivery.budget import UploadBudget
+from edge_agent.delivery.budget import Budget
 from edge_agent.errors import SinkUnavailable
 from edge_agent.records import LeasedRecord
 from edge_agent.sinks import prebuilt_body
@@ -76,7 +76,7 @@ class KinesisSink:
     def __init__(
         self,
         config: SinkConfig,
-        governor: UploadBudget,
+        governor: Budget,
         stop: threading.Event,
         *,
         clock: Callable[[], float] = time.monotonic,

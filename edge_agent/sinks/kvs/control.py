@@ -22,7 +22,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import ClientError
 
-from edge_agent.delivery.budget import UploadBudget
+from edge_agent.delivery.budget import Budget
 from edge_agent.sinks.aws import wire_bytes
 
 MAX_ANSWER_BYTES = 64 * 1024
@@ -43,7 +43,7 @@ def get_data_endpoint(
     *,
     region: str,
     timeout: float,
-    governor: UploadBudget,
+    governor: Budget,
     stop: threading.Event,
 ) -> str:
     """The PUT_MEDIA data endpoint of ``stream``; ClientError if the service refuses."""

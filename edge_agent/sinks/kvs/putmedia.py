@@ -23,7 +23,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 
-from edge_agent.delivery.budget import UploadBudget
+from edge_agent.delivery.budget import Budget
 from edge_agent.sinks.kvs.acks import Ack, AckParser
 
 #: The budget is asked for a fragment a slice at a time: what the tightest rate in force
@@ -61,7 +61,7 @@ class PutMediaConnection:
         credentials: ReadOnlyCredentials,
         *,
         region: str,
-        governor: UploadBudget,
+        governor: Budget,
         stop: threading.Event,
         timeout: float = 10.0,
         on_answer: Callable[[], None] | None = None,

@@ -47,7 +47,7 @@ from botocore.exceptions import ClientError
 
 from edge_agent.config.loading import SinkConfig
 from edge_agent.delivery.backoff import Backoff
-from edge_agent.delivery.budget import BacklogHeld, TrafficBudget, UploadBudget
+from edge_agent.delivery.budget import BacklogHeld, Budget, SinkBudget
 from edge_agent.errors import SinkPaused, SpoolCorrupt, SpoolError
 from edge_agent.media.mkv import VideoTrack, end_of_fragment, stream_header
 from edge_agent.records import LeasedRecord
@@ -119,7 +119,7 @@ class KvsUploader(ThreadWorker):
         self,
         config: SinkConfig,
         spool: Spool,
-        governor: TrafficBudget,
+        governor: SinkBudget,
         stop: threading.Event,
     ) -> None:
         import boto3
@@ -203,7 +203,7 @@ class KvsUploader(ThreadWorker):
         track = self._track(first)
         if track is None:
             return
-        budget: UploadBudget = self._governor.backlog() if kind == "backlog" else self._governor
+        budget: Budget = self._governor.backlog() if kind == "backlog" else self._governor
         connection: PutMediaConnection | None = None
         try:
             credentials = self._credentials()
