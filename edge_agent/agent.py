@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import signal
@@ -24,22 +23,23 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import replace
-from pathlib import Path
 from types import FrameType
-from typing import Any
 
-from edge_agent import __version__
-from edge_agent.assembly import FORWARDING_TYPES, make_uploader
-from edge_agent.config.loading import Config, ShareConfig, SinkConfig, load_config
+from edge_agent import __version__, runtime_status
+from edge_agent.assembly import FORWARDING_TYPES, make_uploader, open_spool
+from edge_agent.config.budget import ShareConfig
+from edge_agent.config.loading import Config, load_config
+from edge_agent.config.sinks import SinkConfig
 from edge_agent.delivery.budget import UploadBudget
-from edge_agent.delivery.forwarder import Forwarder
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.malloc_tuning import tune_malloc
+from edge_agent.runtime_status import RuntimeStatus, ShareSnapshot, UploaderSnapshot
 from edge_agent.sdnotify import SystemdNotifier
-from edge_agent.sinks.kvs.uploader import KvsUploader
+from edge_agent.sinks.base import Uploader
 from edge_agent.sources.camera.camera import Camera
 from edge_agent.sources.mqtt import MqttSource
-from edge_agent.spool.store import QueuePolicy, Spool, mark_suspect
+from edge_agent.spool.recovery import mark_suspect
+from edge_agent.spool.store import Spool
 
 log = logging.getLogger(__name__)
 
@@ -49,35 +49,6 @@ EXPIRE_INTERVAL_S = 60.0
 MAX_TICK_S = 1.0
 #: Time the sources get to commit and ack what they hold at shutdown.
 STOP_TIMEOUT_S = 8.0
-
-
-def runtime_status_path(config: Config) -> Path:
-    """Where the running agent writes its live status (next to the spool)."""
-    return config.spool.path.with_name(config.spool.path.name + ".status.json")
-
-
-def queue_policies(config: Config) -> dict[str, QueuePolicy]:
-    return {
-        name: QueuePolicy(
-            max_bytes=sink.max_bytes,
-            max_age_s=sink.max_age,
-            overflow=sink.overflow,
-            max_record_bytes=sink.max_record_bytes,
-        )
-        for name, sink in config.sinks.items()
-    }
-
-
-def open_spool(config: Config) -> Spool:
-    spool = config.spool
-    return Spool.open(
-        spool.path,
-        durability=spool.durability,
-        policies=queue_policies(config),
-        max_bytes=spool.max_bytes,
-        max_age_s=spool.max_age,
-        integrity_check=spool.integrity_check,
-    )
 
 
 def _without_upload(section: object) -> object:
@@ -103,12 +74,12 @@ class Agent:
         self._started_at = time.time()
         self._spool: Spool | None = None
         self._mqtt: MqttSource | None = None
-        self._forwarders: dict[str, Forwarder | KvsUploader] = {}
+        self._uploaders: dict[str, Uploader] = {}
         self._failed_sinks: dict[str, str] = {}
         self._cameras: dict[str, Camera] = {}
         self._stop_capture = threading.Event()
-        self._stop_forwarding = threading.Event()
-        self._governor = UploadBudget(config.uplink.max_rate, config.uplink.burst)
+        self._stop_uploads = threading.Event()
+        self._budget = UploadBudget(config.uplink.max_rate, config.uplink.burst)
 
     # ------------------------------------------------------------------ signals
 
@@ -142,14 +113,14 @@ class Agent:
                 camera.start()
             for name, sink in config.sinks.items():
                 if sink.type in FORWARDING_TYPES:
-                    self._start_forwarder(name, sink, spool)
+                    self._start_uploader(name, sink, spool)
             # Start-up made most objects the agent will ever hold (modules, the AWS
             # service models, clients): leave them out of every later garbage
             # collection, which otherwise walks them each time records pile up.
             gc.freeze()
             self._notifier.ready(
                 f"spool open, {int(self._mqtt is not None)} sources, {len(self._cameras)} "
-                f"cameras and {len(self._forwarders)} forwarders started"
+                f"cameras and {len(self._uploaders)} uploaders started"
             )
             log.info("edge-agent %s running (pid %d)", __version__, os.getpid())
             exit_code = self._loop(spool)
@@ -157,17 +128,17 @@ class Agent:
             self._notifier.stopping()
             log.info("stopping: committing and acking what was received")
             self._stop_capture.set()  # cameras spool the fragment in progress, then end
-            self._stop_forwarding.set()
+            self._stop_uploads.set()
             spool.wake_waiters()
             if self._mqtt is not None:
                 self._mqtt.stop(STOP_TIMEOUT_S)
             deadline = time.monotonic() + STOP_TIMEOUT_S
             for camera in self._cameras.values():
                 camera.join(max(0.0, deadline - time.monotonic()))
-            for forwarder in self._forwarders.values():
-                forwarder.join(max(0.0, deadline - time.monotonic()))
+            for uploader in self._uploaders.values():
+                uploader.join(max(0.0, deadline - time.monotonic()))
             self._write_status(stopped=True)
-            busy = [name for name, fw in self._forwarders.items() if fw.running]
+            busy = [name for name, uploader in self._uploaders.items() if uploader.running]
             busy += [f"camera {name}" for name, cam in self._cameras.items() if cam.running]
             if busy:
                 # Leave the spool open under a thread that may still settle its request;
@@ -203,7 +174,7 @@ class Agent:
                 self._reload_config()
             if any(
                 worker.spool_corrupt
-                for worker in (self._mqtt, *self._forwarders.values())
+                for worker in (self._mqtt, *self._uploaders.values())
                 if worker is not None
             ):
                 log.error("the spool is corrupt; restarting to check it and move it aside")
@@ -212,23 +183,23 @@ class Agent:
             self._stop.wait(tick)
         return 0
 
-    def _start_forwarder(self, name: str, sink: SinkConfig, spool: Spool) -> None:
+    def _start_uploader(self, name: str, sink: SinkConfig, spool: Spool) -> None:
         try:
-            lane = self._governor.lane(name, sink.upload)
-            forwarder = make_uploader(sink, spool, lane, self._stop_forwarding)
+            share = self._budget.share(name, sink.upload)
+            uploader = make_uploader(sink, spool, share, self._stop_uploads)
         except Exception as err:  # e.g. a profile that does not exist: intake goes on
             log.error("sink %s: cannot start forwarding: %s", name, err)
             self._failed_sinks[name] = f"{type(err).__name__}: {err}"
             return
-        self._forwarders[name] = forwarder
-        forwarder.start()
+        self._uploaders[name] = uploader
+        uploader.start()
 
     def _workers(self) -> list[tuple[str, bool]]:
         workers = []
         if self._mqtt is not None:
             workers.append(("mqtt", self._mqtt.healthy))
-        for name, forwarder in self._forwarders.items():
-            workers.append((f"sink {name}", forwarder.healthy))
+        for name, uploader in self._uploaders.items():
+            workers.append((f"sink {name}", uploader.healthy))
         for name, camera in self._cameras.items():
             workers.append((f"camera {name}", camera.running))
         return workers
@@ -251,12 +222,12 @@ class Agent:
             return
         logging.getLogger().setLevel(new.agent.log_level.upper())
         if new.uplink != self.config.uplink:
-            self._governor.configure(new.uplink.max_rate, new.uplink.burst)
+            self._budget.configure(new.uplink.max_rate, new.uplink.burst)
             log.info("reload: upload budget now %s", _rate_text(new.uplink.max_rate))
         for name, sink in new.sinks.items():
             old = self.config.sinks.get(name)
             if old is not None and old.upload != sink.upload:
-                self._governor.lane(name, sink.upload)
+                self._budget.share(name, sink.upload)
                 log.info("reload: sink %s: priority, max_rate and schedule updated", name)
         needs_restart = [
             section
@@ -275,40 +246,42 @@ class Agent:
     # ------------------------------------------------------------------ status
 
     def _write_status(self, *, stopped: bool = False) -> None:
-        data: dict[str, Any] = {
+        status: RuntimeStatus = {
             "pid": os.getpid(),
             "version": __version__,
             "started_at": self._started_at,
             "updated_at": time.time(),
             "running": not stopped,
             "sources": {},
-            "uplink": {"max_rate": self._governor.max_rate},  # bytes/s, None: no budget
+            "uplink": {"max_rate": self._budget.max_rate},
+            "sinks": {},
+            "cameras": {},
         }
         if self._mqtt is not None:
-            data["sources"]["mqtt"] = self._mqtt.snapshot()
+            status["sources"]["mqtt"] = self._mqtt.snapshot()
         try:
-            data["sinks"] = {
-                name: sink_with_upload(fw.snapshot(), self._governor.lane_snapshot(name))
-                for name, fw in self._forwarders.items()
+            status["sinks"] = {
+                name: sink_with_upload(uploader.snapshot(), self._budget.share_snapshot(name))
+                for name, uploader in self._uploaders.items()
             }
         except Exception:  # status must never take the agent down
             log.exception("collecting sink status failed")
-            data["sinks"] = {}
         for name, reason in self._failed_sinks.items():
-            data["sinks"][name] = {"state": "failed", "reason": reason}
-        data["cameras"] = {name: camera.snapshot() for name, camera in self._cameras.items()}
-        path = runtime_status_path(self.config)
-        tmp = path.with_name(path.name + ".tmp")
+            status["sinks"][name] = {"state": "failed", "reason": reason}
+        status["cameras"] = {name: camera.snapshot() for name, camera in self._cameras.items()}
+        path = runtime_status.status_path(self.config.spool.path)
         try:
-            tmp.write_text(json.dumps(data, indent=1))
-            os.replace(tmp, path)
+            runtime_status.write(path, status)
         except OSError as err:
             log.warning("cannot write status file %s: %s", path, err)
 
 
-def sink_with_upload(sink: dict[str, Any], upload: dict[str, object] | None) -> dict[str, Any]:
+def sink_with_upload(sink: UploaderSnapshot, upload: ShareSnapshot | None) -> UploaderSnapshot:
     """A sink's status with its share of the budget; a sink whose uploads a schedule
     window pauses says so, rather than that it is sending."""
-    if upload and upload.get("paused") and str(sink.get("state", "")).startswith("sending"):
-        sink = {**sink, "state": "paused by the schedule", "reason": upload.get("scheduled", "")}
-    return {**sink, "upload": upload}
+    sink = sink.copy()
+    if upload and upload["paused"] and sink["state"].startswith("sending"):
+        sink["state"] = "paused by the schedule"
+        sink["reason"] = upload["scheduled"]
+    sink["upload"] = upload
+    return sink

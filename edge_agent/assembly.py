@@ -1,17 +1,29 @@
-"""Building a forwarder for each configured sink that sends somewhere."""
+"""Assembly: the agent's parts built from its configuration.
+
+The spool with each queue's caps, and one uploader per sink that sends somewhere: a
+forwarder around the sink's request builder (Kinesis, Firehose), or the Kinesis Video
+sink's own uploader. The sinks are imported when one is built, so commands that only
+read the spool (``edge-agent spool``) load no AWS SDK. A new destination is its folder
+under ``sinks/`` and one entry in ``_build_sink`` (or ``make_uploader`` for a sink that
+is its own uploader).
+"""
 
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
-from edge_agent.config.loading import SinkConfig
+from edge_agent.config.loading import Config
+from edge_agent.config.sinks import SinkConfig
 from edge_agent.delivery.budget import Budget, SinkBudget
-from edge_agent.delivery.forwarder import Forwarder
-from edge_agent.sinks.base import Sink
-from edge_agent.sinks.kvs.uploader import KvsUploader
+from edge_agent.spool.caps import QueuePolicy
 from edge_agent.spool.store import Spool
 
-#: Kinds of sink that forward (a "hold" sink only keeps records in the spool).
+if TYPE_CHECKING:
+    from edge_agent.delivery.forwarder import Forwarder
+    from edge_agent.sinks.base import Sink, Uploader
+
+#: Kinds of sink that send (a "hold" sink only keeps records in the spool).
 FORWARDING_TYPES = ("kinesis", "firehose", "kvs")
 #: Requests a forwarder keeps on the wire at once.
 REQUESTS_IN_FLIGHT = 2
@@ -23,29 +35,58 @@ AGGREGATING_WINDOW_RECORDS = 100_000
 AGGREGATING_WINDOW_EXTRA_BYTES = 1024 * 1024
 
 
-def make_sink(config: SinkConfig, governor: Budget, stop: threading.Event) -> Sink:
-    if config.type == "kinesis":
-        from edge_agent.sinks.kinesis.sink import KinesisSink
+def queue_policies(config: Config) -> dict[str, QueuePolicy]:
+    """Each sink's queue caps, from its section."""
+    return {
+        name: QueuePolicy(
+            max_bytes=sink.max_bytes,
+            max_age_s=sink.max_age,
+            overflow=sink.overflow,
+            max_record_bytes=sink.max_record_bytes,
+        )
+        for name, sink in config.sinks.items()
+    }
 
-        return KinesisSink(config, governor, stop)
-    if config.type == "firehose":
-        from edge_agent.sinks.firehose.sink import FirehoseSink
 
-        return FirehoseSink(config, governor, stop)
-    raise ValueError(f"sink type {config.type!r} does not forward")
+def open_spool(config: Config) -> Spool:
+    """The spool for writing, with the configured durability and caps."""
+    spool = config.spool
+    return Spool.open(
+        spool.path,
+        durability=spool.durability,
+        policies=queue_policies(config),
+        max_bytes=spool.max_bytes,
+        max_age_s=spool.max_age,
+        integrity_check=spool.integrity_check,
+    )
 
 
 def make_uploader(
-    config: SinkConfig, spool: Spool, governor: SinkBudget, stop: threading.Event
-) -> Forwarder | KvsUploader:
-    """What sends a sink's queue: a Kinesis Video uploader for video, else a forwarder."""
+    config: SinkConfig, spool: Spool, budget: SinkBudget, stop: threading.Event
+) -> Uploader:
+    """What sends a sink's queue: the Kinesis Video uploader for video, else a forwarder."""
     if config.type == "kvs":  # video: fragments over one streaming connection
-        return KvsUploader(config, spool, governor, stop)
-    return make_forwarder(config, spool, governor, stop)
+        from edge_agent.sinks.kvs.uploader import KvsUploader
+
+        return KvsUploader(config, spool, budget, stop)
+    return make_forwarder(config, spool, budget, stop)
+
+
+def make_sink(config: SinkConfig, budget: Budget, stop: threading.Event) -> Sink:
+    """The request builder of a record sink."""
+    if config.type == "kinesis":
+        from edge_agent.sinks.kinesis.sink import KinesisSink
+
+        return KinesisSink(config, budget, stop)
+    if config.type == "firehose":
+        from edge_agent.sinks.firehose.sink import FirehoseSink
+
+        return FirehoseSink(config, budget, stop)
+    raise ValueError(f"sink type {config.type!r} does not forward")
 
 
 def make_forwarder(
-    config: SinkConfig, spool: Spool, governor: Budget, stop: threading.Event
+    config: SinkConfig, spool: Spool, budget: Budget, stop: threading.Event
 ) -> Forwarder:
     """A forwarder whose window holds what is in flight plus one request being packed.
 
@@ -54,6 +95,8 @@ def make_forwarder(
     records and 5 MiB each, and packing them is the agent's own work: one in flight
     while the next is packed, and the window holds a request's bytes and a little more,
     twice."""
+    from edge_agent.delivery.forwarder import Forwarder
+
     delivery = config.delivery
     assert delivery is not None
     aggregating = config.kinesis is not None and config.kinesis.aggregate
@@ -68,7 +111,7 @@ def make_forwarder(
         window_records = (in_flight + 1) * delivery.max_request_records
         window_bytes = (in_flight + 1) * delivery.max_request_bytes
     return Forwarder(
-        make_sink(config, governor, stop),
+        make_sink(config, budget, stop),
         spool,
         delivery,
         stop,

@@ -3,6 +3,8 @@
     edge-agent run          -c FILE            run the agent (systemd's ExecStart)
     edge-agent status       -c FILE [--json]   queues, sources, recent events
     edge-agent check-config -c FILE            validate; exit 0 or print every problem
+    edge-agent kvs-local [--host H] [--port P] [--dir D] [--stream S ...]
+                                               a local Kinesis Video PutMedia endpoint
     edge-agent spool dead-letters -c FILE [--queue Q] [--limit N]
     edge-agent spool export       -c FILE [--queue Q] [-o FILE]   dead letters as JSON lines
     edge-agent spool purge        -c FILE [--queue Q] [--id N ...] --yes
@@ -26,7 +28,8 @@ from typing import TextIO
 from edge_agent import __version__
 from edge_agent.config.loading import DEFAULT_CONFIG_PATH, Config, load_config
 from edge_agent.errors import ConfigError, EdgeAgentError
-from edge_agent.spool.store import DeadLetter, Spool
+from edge_agent.spool.dead_letters import DeadLetter
+from edge_agent.spool.store import Spool
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -206,7 +209,7 @@ def _spool_command(config: Config, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     # Writes go through the spool's own connection; the running agent holds the writer
     # lock, so these only run while it is stopped.
-    from edge_agent.agent import open_spool
+    from edge_agent.assembly import open_spool
 
     with open_spool(config) as spool:
         if args.spool_command == "purge":

@@ -1,7 +1,8 @@
-"""The types every layer shares: what a source hands the spool, what a sender leases."""
+"""The types every layer shares: what a source hands the spool, what an uploader leases."""
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -24,9 +25,9 @@ class Record(NamedTuple):
 
 
 class LeasedRecord(NamedTuple):
-    """A record handed to a sender; it stays in the spool until acked or dead-lettered.
+    """A record handed to an uploader; it stays in the spool until acked or dead-lettered.
 
-    A NamedTuple for the same reason as ``Record``: a sender leases tens of thousands a
+    A NamedTuple for the same reason as ``Record``: an uploader leases tens of thousands a
     second, and a frozen dataclass's __init__ was a tenth of the forwarder's CPU.
     """
 
@@ -41,6 +42,14 @@ class LeasedRecord(NamedTuple):
     @property
     def size(self) -> int:
         return len(self.payload)
+
+
+#: Fields of a LeasedRecord by position, for the hot loops (map(RECORD_ID, records) is
+#: several times cheaper than a comprehension over ``record.id``).
+RECORD_ID = operator.itemgetter(0)
+RECORD_QUEUE = operator.itemgetter(1)
+RECORD_CAPTURED_AT = operator.itemgetter(3)
+RECORD_PAYLOAD = operator.itemgetter(4)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,13 +7,12 @@ spool part is always current, the runtime part is then marked stale.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import NotRequired, TypedDict, cast
 
-from edge_agent.agent import runtime_status_path
+from edge_agent import runtime_status
 from edge_agent.config.loading import Config
 from edge_agent.errors import SpoolError
 from edge_agent.spool.store import Spool
@@ -22,8 +21,82 @@ from edge_agent.spool.store import Spool
 STALE_INTERVALS = 5
 
 
-def collect_status(config: Config) -> dict[str, Any]:
-    result: dict[str, Any] = {"config": config.source_file, "agent": _agent_state(config)}
+class AgentState(runtime_status.RuntimeStatus, total=False):
+    """The runtime status file as ``status`` shows it: ``running`` corrected for a dead
+    process or a stale file, and how old the file is."""
+
+    status_age_s: float
+
+
+class AgentAbsent(TypedDict):
+    """No status file to read."""
+
+    running: bool
+    detail: str
+
+
+class QueueView(TypedDict):
+    """A queue's counters from the spool (QueueStats), with what status adds."""
+
+    name: str
+    pending_count: int
+    pending_bytes: int
+    leased_count: int
+    oldest_captured_at_ms: int | None
+    acked_count: int
+    acked_bytes: int
+    retried_count: int
+    dropped_count: int
+    dropped_bytes: int
+    expired_count: int
+    rejected_count: int
+    rejected_bytes: int
+    dead_count: int
+    dead_letters: int
+    redelivered_count: int
+    oldest_age_s: float | None
+    max_bytes: int | None
+    overflow: str | None
+
+
+class EventView(TypedDict):
+    at_ms: int
+    level: str
+    kind: str
+    message: str
+
+
+class SpoolView(TypedDict):
+    path: str
+    file_bytes: int
+    schema_version: int
+    pending_count: int
+    pending_bytes: int
+    max_bytes: int | None
+    queues: list[QueueView]
+    events: list[EventView]
+
+
+class SpoolUnreadable(TypedDict):
+    path: str
+    error: str
+
+
+class Status(TypedDict):
+    """What ``edge-agent status --json`` prints."""
+
+    config: str
+    agent: AgentState | AgentAbsent
+    spool: NotRequired[SpoolView | SpoolUnreadable]
+
+
+def _running(agent: AgentState | AgentAbsent) -> AgentState | None:
+    """The agent's runtime status if it is running, else None."""
+    return cast(AgentState, agent) if agent.get("running") else None
+
+
+def collect_status(config: Config) -> Status:
+    result: Status = {"config": config.source_file, "agent": _agent_state(config)}
     try:
         with Spool.open_read_only(config.spool.path) as spool:
             stats = spool.stats(events=10)
@@ -32,13 +105,13 @@ def collect_status(config: Config) -> dict[str, Any]:
         return result
     now_ms = int(time.time() * 1000)
     # Leases live in the agent's memory: what each sink holds is in its status.
-    agent = result["agent"]
-    sinks: dict[str, Any] = agent.get("sinks", {}) if agent.get("running") else {}
-    queues = []
+    running = _running(result["agent"])
+    sinks = running.get("sinks", {}) if running else {}
+    queues: list[QueueView] = []
     for queue in stats.queues:
-        entry = asdict(queue)
-        entry["leased_count"] = int(sinks.get(queue.name, {}).get("in_window", 0))
         sink = config.sinks.get(queue.name)
+        entry = cast(QueueView, asdict(queue))
+        entry["leased_count"] = _in_window(sinks.get(queue.name))
         entry["oldest_age_s"] = (
             None
             if queue.oldest_captured_at_ms is None
@@ -55,15 +128,22 @@ def collect_status(config: Config) -> dict[str, Any]:
         "pending_bytes": stats.pending_bytes,
         "max_bytes": config.spool.max_bytes,
         "queues": queues,
-        "events": [asdict(event) for event in stats.events],
+        "events": [cast(EventView, asdict(event)) for event in stats.events],
     }
     return result
 
 
-def _agent_state(config: Config) -> dict[str, Any]:
-    path = runtime_status_path(config)
+def _in_window(sink: runtime_status.SinkSnapshot | None) -> int:
+    """What an uploader holds leased (its window; 0 for a sink that could not start)."""
+    if sink is None or sink["state"] == "failed":
+        return 0
+    return cast(runtime_status.UploaderSnapshot, sink)["in_window"]
+
+
+def _agent_state(config: Config) -> AgentState | AgentAbsent:
+    path = runtime_status.status_path(config.spool.path)
     try:
-        data: dict[str, Any] = json.loads(path.read_text())
+        data = cast(AgentState, runtime_status.read(path))
     except (OSError, ValueError):
         return {"running": False, "detail": "no status file: the agent has not run here yet"}
     age = time.time() - float(data.get("updated_at", 0))
@@ -116,12 +196,13 @@ def _clock_time(epoch: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(epoch))
 
 
-def render_sink(name: str, sink: dict[str, Any]) -> list[str]:
-    if sink["state"] == "failed":
-        return [f"sink {name}: not forwarding, it could not start ({sink['reason']})"]
-    state = sink["state"] + (f" ({sink['reason']})" if sink.get("reason") else "")
-    if sink.get("type") == "kvs":
-        return _render_kvs(name, sink, state)
+def render_sink(name: str, snapshot: runtime_status.SinkSnapshot) -> list[str]:
+    if snapshot["state"] == "failed":
+        return [f"sink {name}: not forwarding, it could not start ({snapshot['reason']})"]
+    state = snapshot["state"] + (f" ({snapshot['reason']})" if snapshot.get("reason") else "")
+    if snapshot.get("type") == "kvs":
+        return _render_kvs(name, cast(runtime_status.KvsSnapshot, snapshot), state)
+    sink = cast(runtime_status.ForwarderSnapshot, snapshot)
     lines = [
         f"sink {name} -> {sink['type']} {sink['target']}: {state} since "
         f"{_clock_time(sink['since'])}",
@@ -143,7 +224,9 @@ def render_sink(name: str, sink: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_link(sink: dict[str, Any], queue: dict[str, Any] | None, budget: float | None) -> str:
+def render_link(
+    sink: runtime_status.UploaderSnapshot, queue: QueueView | None, budget: float | None
+) -> str:
     """Reachability since when, the sink's backlog, and how long it takes to drain."""
     online, since = sink.get("online"), sink.get("link_since")
     if online is None:
@@ -153,12 +236,12 @@ def render_link(sink: dict[str, Any], queue: dict[str, Any] | None, budget: floa
             f" since {_clock_time(since)} ({human_duration(time.time() - since)})" if since else ""
         )
         link = f"{'online' if online else 'OFFLINE'}{when}"
-    upload = sink.get("upload") or {}
+    upload = sink.get("upload")
     if upload:
         link += f"; upload priority {upload['priority']}"
-        if upload.get("max_rate"):
+        if upload["max_rate"]:
             link += f", cap {human_bytes(upload['max_rate'])}/s"
-        if upload.get("scheduled"):
+        if upload["scheduled"]:
             link += f", {upload['scheduled']}"
     if queue is None or not queue["pending_count"]:
         return f"  {link}; no backlog"
@@ -180,22 +263,24 @@ def render_link(sink: dict[str, Any], queue: dict[str, Any] | None, budget: floa
     return f"  {link}; {backlog}; {drain}"
 
 
-def render_status(status: dict[str, Any]) -> str:
+def render_status(status: Status) -> str:
     lines: list[str] = []
-    agent = status["agent"]
-    if agent.get("running"):
+    agent = _running(status["agent"])
+    if agent is not None:
         up = time.time() - float(agent.get("started_at", time.time()))
         lines.append(
             f"edge-agent {agent.get('version', '?')}: running (pid {agent['pid']}, "
             f"up {human_duration(up)}, status {agent['status_age_s']}s old)"
         )
     else:
-        lines.append(f"edge-agent: not running ({agent.get('detail', 'last status is stale')})")
-    spool = status["spool"]
-    if "error" in spool:
-        lines.append(f"spool {spool['path']}: {spool['error']}")
+        detail = cast(AgentAbsent, status["agent"]).get("detail", "last status is stale")
+        lines.append(f"edge-agent: not running ({detail})")
+    if "error" in status["spool"]:
+        unreadable = cast(SpoolUnreadable, status["spool"])
+        lines.append(f"spool {unreadable['path']}: {unreadable['error']}")
         return "\n".join(lines)
-    cap = f" of {human_bytes(spool['max_bytes'])} cap" if spool.get("max_bytes") else ""
+    spool = status["spool"]
+    cap = f" of {human_bytes(spool['max_bytes'])} cap" if spool["max_bytes"] else ""
     lines.append(
         f"spool {spool['path']}: file {human_bytes(spool['file_bytes'])}, "
         f"{spool['pending_count']} pending ({human_bytes(spool['pending_bytes'])}{cap}), "
@@ -221,9 +306,7 @@ def render_status(status: dict[str, Any]) -> str:
                 queue["name"],
                 str(queue["pending_count"]),
                 human_bytes(queue["pending_bytes"]),
-                f"{queue['pending_bytes'] / queue['max_bytes']:.0%}"
-                if queue.get("max_bytes")
-                else "-",
+                f"{queue['pending_bytes'] / queue['max_bytes']:.0%}" if queue["max_bytes"] else "-",
                 human_duration(queue["oldest_age_s"]),
                 str(queue["leased_count"]),
                 str(queue["acked_count"]),
@@ -244,22 +327,8 @@ def render_status(status: dict[str, Any]) -> str:
             )
     else:
         lines.append("  (no queues yet)")
-    for name, source in agent.get("sources", {}).items() if agent.get("running") else []:
-        lines.append(
-            f"{name}: {source['state']} since {_clock_time(source['since'])}"
-            f" ({source.get('broker', '')}), received {source['received']}, committed "
-            f"{source['committed']}, acked {source['acked']}, redelivered {source['redelivered']}"
-        )
-        if source.get("last_error"):
-            lines.append(f"  last error: {source['last_error']}")
-    for name, camera in agent.get("cameras", {}).items() if agent.get("running") else []:
-        lines += render_camera(name, camera)
-    queues = {queue["name"]: queue for queue in spool["queues"]}
-    budget = (agent.get("uplink") or {}).get("max_rate")
-    for name, sink in agent.get("sinks", {}).items() if agent.get("running") else []:
-        lines += render_sink(name, sink)
-        if sink["state"] != "failed":
-            lines.append(render_link(sink, queues.get(name), budget))
+    if agent is not None:
+        lines += _render_workers(agent, {queue["name"]: queue for queue in spool["queues"]})
     if spool["events"]:
         lines.append("recent events:")
         for event in spool["events"]:
@@ -268,7 +337,29 @@ def render_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _render_kvs(name: str, sink: dict[str, Any], state: str) -> list[str]:
+def _render_workers(agent: AgentState, queues: dict[str, QueueView]) -> list[str]:
+    """The running agent's sources, cameras and sinks."""
+    lines: list[str] = []
+    for name, source in agent["sources"].items():
+        lines.append(
+            f"{name}: {source['state']} since {_clock_time(source['since'])}"
+            f" ({source.get('broker', '')}), received {source['received']}, committed "
+            f"{source['committed']}, acked {source['acked']}, redelivered {source['redelivered']}"
+        )
+        if source.get("last_error"):
+            lines.append(f"  last error: {source['last_error']}")
+    for name, camera in agent["cameras"].items():
+        lines += render_camera(name, camera)
+    budget = agent["uplink"]["max_rate"]
+    for name, sink in agent["sinks"].items():
+        lines += render_sink(name, sink)
+        if sink["state"] != "failed":
+            uploader = cast(runtime_status.UploaderSnapshot, sink)
+            lines.append(render_link(uploader, queues.get(name), budget))
+    return lines
+
+
+def _render_kvs(name: str, sink: runtime_status.KvsSnapshot, state: str) -> list[str]:
     latency = sink.get("last_ack_latency_s")
     captured = sink.get("capture_latency_s")
     lines = [
@@ -285,8 +376,9 @@ def _render_kvs(name: str, sink: dict[str, Any], state: str) -> list[str]:
             f"  capture to acknowledgement: median {captured['p50']:.2f}s, "
             f"max {captured['max']:.2f}s (last 100 fragments)"
         )
-    if sink.get("newest_acked_ms"):
-        behind = max(0.0, time.time() - sink["newest_acked_ms"] / 1000)
+    newest_acked_ms = sink.get("newest_acked_ms")
+    if newest_acked_ms:
+        behind = max(0.0, time.time() - newest_acked_ms / 1000)
         lines.append(f"  newest fragment acknowledged: captured {human_duration(behind)} ago")
     if sink.get("replay") == "live-first":
         lines.append(
@@ -298,7 +390,7 @@ def _render_kvs(name: str, sink: dict[str, Any], state: str) -> list[str]:
     return lines
 
 
-def render_camera(name: str, camera: dict[str, Any]) -> list[str]:
+def render_camera(name: str, camera: runtime_status.CameraSnapshot) -> list[str]:
     keyframe = camera.get("last_keyframe_at")
     lines = [
         f"camera {name} ({camera.get('url', '')}): {camera['state']} since "

@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from edge_agent.runtime_status import LinkFields
+
 log = logging.getLogger(__name__)
 
 
@@ -50,9 +52,12 @@ class WorkerState:
     reason: str = ""
     since: float = field(default_factory=time.time)
 
-    def set(self, state: str, reason: str = "") -> None:
+    def set(self, state: str, reason: str = "", *, at: float | None = None) -> None:
+        """Change state (``since`` moves only when state or reason change); ``at``: when,
+        from the worker's own clock (default: now)."""
         if (state, reason) != (self.state, self.reason):
-            self.state, self.reason, self.since = state, reason, time.time()
+            self.state, self.reason = state, reason
+            self.since = time.time() if at is None else at
 
 
 @dataclass
@@ -73,5 +78,5 @@ class LinkState:
         if self.online is not False:
             self.online, self.since = False, time.time()
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> LinkFields:
         return {"online": self.online, "link_since": self.since}

@@ -16,7 +16,8 @@ import pytest
 from botocore.credentials import Credentials
 
 from edge_agent.assembly import make_forwarder
-from edge_agent.config.loading import ShareConfig, parse_config
+from edge_agent.config.budget import ShareConfig
+from edge_agent.config.loading import parse_config
 from edge_agent.delivery.budget import UploadBudget
 from edge_agent.kvs_local.server import PutMediaServer
 from edge_agent.media import h264
@@ -49,14 +50,14 @@ def kvs_local(tmp_path: Path) -> Iterator[tuple[PutMediaServer, FaultProxy]]:
 
 
 def video_uploader(
-    proxy: FaultProxy, spool: Spool, governor: UploadBudget, stop: threading.Event
+    proxy: FaultProxy, spool: Spool, budget: UploadBudget, stop: threading.Event
 ) -> KvsUploader:
     sink = {
         "type": "kvs", "stream": "cam", "region": "us-east-1", "endpoint_url": proxy.url,
         "ack_timeout": "120s", "max_bytes": "1GiB", "retry_min": "100ms", "retry_max": "1s",
     }  # fmt: skip
     config = parse_config({"sinks": {"video": sink}}).sinks["video"]
-    return KvsUploader(config, spool, governor.lane("video", config.upload), stop)
+    return KvsUploader(config, spool, budget.share("video", config.upload), stop)
 
 
 @pytest.mark.parametrize("budget_bits", [256_000, 2_000_000, 20_000_000])
@@ -105,7 +106,7 @@ def test_telemetry_stays_fast_while_video_fills_the_budget(
     _, video_link = kvs_local
     client = kinesalite.client()
     stream = make_stream(client, 1)
-    governor = UploadBudget(1_000_000 / 8, 64 * 1024)
+    budget = UploadBudget(1_000_000 / 8, 64 * 1024)
     stop = threading.Event()
     telemetry_sink = {
         "type": "kinesis", "stream": stream, "region": "us-east-1",
@@ -114,9 +115,9 @@ def test_telemetry_stays_fast_while_video_fills_the_budget(
     telemetry = parse_config({"sinks": {"telemetry": telemetry_sink}}).sinks["telemetry"]
     with Spool.open(tmp_path / "spool.db") as spool:
         fill_backlog(spool, one_second, 8)
-        uploader = video_uploader(video_link, spool, governor, stop)
+        uploader = video_uploader(video_link, spool, budget, stop)
         forwarder = make_forwarder(
-            telemetry, spool, governor.lane("telemetry", ShareConfig(priority=0)), stop
+            telemetry, spool, budget.share("telemetry", ShareConfig(priority=0)), stop
         )
         uploader.start()
         forwarder.start()

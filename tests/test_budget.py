@@ -1,4 +1,4 @@
-"""The upload governor: the shared budget by priority, per-sink caps, schedules."""
+"""The upload budget: the shared budget by priority, per-sink caps, schedules."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import pytest
 
 from edge_agent.agent import sink_with_upload
-from edge_agent.config.loading import ScheduleWindow, ShareConfig
+from edge_agent.config.budget import ScheduleWindow, ShareConfig
 from edge_agent.delivery.budget import BacklogHeld, BudgetShare, UploadBudget, active_window
 from tests.support import wait_until
 
@@ -37,35 +37,35 @@ def test_windows_match_local_time_including_past_midnight_and_by_day() -> None:
 
 def test_a_scheduled_pause_holds_a_sink_until_its_window_ends() -> None:
     now = [at(12, 0)]
-    governor = UploadBudget(None, 1024, local_time=lambda: now[0])
-    lane = governor.lane("video", ShareConfig(priority=10, schedule=(NIGHT, DAY_PAUSE)))
+    budget = UploadBudget(None, 1024, local_time=lambda: now[0])
+    share = budget.share("video", ShareConfig(priority=10, schedule=(NIGHT, DAY_PAUSE)))
     stop = threading.Event()
     done = threading.Event()
 
     def send() -> None:
-        if lane.acquire(100, stop):
+        if share.acquire(100, stop):
             done.set()
 
     threading.Thread(target=send, daemon=True).start()
     assert not done.wait(0.3)
-    snapshot = lane.snapshot()
+    snapshot = share.snapshot()
     assert snapshot["scheduled"] == "paused by the schedule until 00:00"
     assert snapshot["paused"] is True
     now[0] = at(0, 30)  # the night window: uploads allowed
     assert done.wait(3)
-    assert lane.admitted_bytes == 100
+    assert share.admitted_bytes == 100
 
 
 def test_a_higher_priority_goes_first_when_the_budget_is_short() -> None:
-    governor = UploadBudget(10_000, 1024)  # 10 kB/s, a 1 KiB allowance
-    telemetry = governor.lane("telemetry", ShareConfig(priority=0))
-    video = governor.lane("video", ShareConfig(priority=10))
+    budget = UploadBudget(10_000, 1024)  # 10 kB/s, a 1 KiB allowance
+    telemetry = budget.share("telemetry", ShareConfig(priority=0))
+    video = budget.share("video", ShareConfig(priority=10))
     stop = threading.Event()
     assert video.acquire(5000, stop)  # the bucket now owes 4 KB: about 0.4 s
     order: list[str] = []
 
-    def send(lane: BudgetShare, name: str) -> None:
-        if lane.acquire(1000, stop):
+    def send(share: BudgetShare, name: str) -> None:
+        if share.acquire(1000, stop):
             order.append(name)
 
     threads = [
@@ -73,7 +73,7 @@ def test_a_higher_priority_goes_first_when_the_budget_is_short() -> None:
         threading.Thread(target=send, args=(telemetry, "t")),
     ]
     threads[0].start()
-    wait_until(lambda: governor._waiting[10] == 1, 5, 0.005, "video waiting")
+    wait_until(lambda: budget._waiting[10] == 1, 5, 0.005, "video waiting")
     threads[1].start()
     for thread in threads:
         thread.join(10)
@@ -82,29 +82,29 @@ def test_a_higher_priority_goes_first_when_the_budget_is_short() -> None:
 
 def test_a_sinks_cap_and_a_capping_window_limit_it_below_the_budget() -> None:
     now = [at(12, 0)]
-    governor = UploadBudget(None, 1024, local_time=lambda: now[0])
+    budget = UploadBudget(None, 1024, local_time=lambda: now[0])
     capped = ScheduleWindow("08:00", "18:00", "cap", 20_000.0)
-    lane = governor.lane("video", ShareConfig(max_rate=50_000.0, schedule=(capped,)))
+    share = budget.share("video", ShareConfig(max_rate=50_000.0, schedule=(capped,)))
     stop = threading.Event()
 
     def seconds_for(total: int) -> float:
         started = time.monotonic()
         for _ in range(total // 1000):
-            assert lane.acquire(1000, stop)
+            assert share.acquire(1000, stop)
         return time.monotonic() - started
 
-    assert lane.acquire(5_000, stop)  # the lane's allowance: a quarter second of its cap
+    assert share.acquire(5_000, stop)  # the share's allowance: a quarter second of its cap
     assert 0.9 <= seconds_for(20_000) <= 1.2  # the window's 20 kB/s
     now[0] = at(19, 0)  # after the window: the sink's own 50 kB/s
     assert 0.35 <= seconds_for(20_000) <= 0.55
 
 
 def test_a_reload_changes_a_lane_in_place() -> None:
-    governor = UploadBudget(None, 1024)
-    lane = governor.lane("video", ShareConfig(priority=10))
-    again = governor.lane("video", ShareConfig(priority=3, max_rate=1e6))
-    assert again is lane and lane.share.priority == 3
-    assert governor.lane_snapshot("video") == {
+    budget = UploadBudget(None, 1024)
+    share = budget.share("video", ShareConfig(priority=10))
+    again = budget.share("video", ShareConfig(priority=3, max_rate=1e6))
+    assert again is share and share.share.priority == 3
+    assert budget.share_snapshot("video") == {
         "priority": 3, "max_rate": 1e6, "scheduled": "", "paused": False, "admitted_bytes": 0,
     }  # fmt: skip
 
@@ -114,30 +114,30 @@ def test_a_backlog_window_holds_only_a_live_first_sinks_backlog() -> None:
     the day (the sink ends its backlog session), the live budget admits at once."""
     backlog_by_day = ScheduleWindow("06:00", "00:00", "pause", traffic="backlog")
     now = [at(12, 0)]
-    governor = UploadBudget(None, 1024, local_time=lambda: now[0])
-    lane = governor.lane("video", ShareConfig(priority=10, schedule=(backlog_by_day,)))
+    budget = UploadBudget(None, 1024, local_time=lambda: now[0])
+    share = budget.share("video", ShareConfig(priority=10, schedule=(backlog_by_day,)))
     stop = threading.Event()
-    assert lane.acquire(100, stop)  # live
-    assert lane.backlog_held() == "paused by the schedule until 00:00"
+    assert share.acquire(100, stop)  # live
+    assert share.backlog_held() == "paused by the schedule until 00:00"
     with pytest.raises(BacklogHeld, match="until 00:00"):
-        lane.backlog().acquire(100, stop)
-    snapshot = lane.snapshot()
+        share.backlog().acquire(100, stop)
+    snapshot = share.snapshot()
     assert snapshot["scheduled"] == "backlog paused by the schedule until 00:00"
     assert snapshot["paused"] is False
     now[0] = at(0, 30)
-    assert lane.backlog_held() == "" and lane.backlog().acquire(100, stop)
-    assert lane.admitted_bytes == 200 and lane.snapshot()["scheduled"] == ""
+    assert share.backlog_held() == "" and share.backlog().acquire(100, stop)
+    assert share.admitted_bytes == 200 and share.snapshot()["scheduled"] == ""
 
 
 def test_a_sink_paused_by_its_schedule_says_so_in_status() -> None:
     now = [at(12, 0)]
-    governor = UploadBudget(None, 1024, local_time=lambda: now[0])
-    governor.lane("video", ShareConfig(priority=10, schedule=(NIGHT, DAY_PAUSE)))
+    budget = UploadBudget(None, 1024, local_time=lambda: now[0])
+    budget.share("video", ShareConfig(priority=10, schedule=(NIGHT, DAY_PAUSE)))
     sending = {"state": "sending", "reason": ""}
-    shown = sink_with_upload(sending, governor.lane_snapshot("video"))
+    shown = sink_with_upload(sending, budget.share_snapshot("video"))
     assert (shown["state"], shown["reason"]) == (
         "paused by the schedule",
         "paused by the schedule until 00:00",
     )
     now[0] = at(1, 0)
-    assert sink_with_upload(sending, governor.lane_snapshot("video"))["state"] == "sending"
+    assert sink_with_upload(sending, budget.share_snapshot("video"))["state"] == "sending"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.delivery.forwarder import ACK_BACKLOG
+from edge_agent.delivery import deleter
 from tests.kinesis_streams import (
     first_occurrence_order_kept,
     make_stream,
@@ -160,9 +160,9 @@ def test_sigkill_during_forwarding_loses_nothing(
     duplicates = len(seqs) - total
     assert set(Counter(seqs)) == set(range(total)), f"seed {seed}: lost records"
     # At each kill at most the request in flight and the accepted batches waiting to be
-    # deleted (ACK_BACKLOG) were sent but still in the spool.
+    # deleted (deleter.BACKLOG) were sent but still in the spool.
     per_request = 500 if not aggregate else 6 * 1024 * 1024 // 100
-    in_flight = (1 + ACK_BACKLOG) * per_request
+    in_flight = (1 + deleter.BACKLOG) * per_request
     assert duplicates <= kills * in_flight, f"seed {seed}: {duplicates} duplicates"
     assert all(first_occurrence_order_kept(s) for s in by_key.values()), f"seed {seed}"
     assert agent.terminate() == 0

@@ -14,7 +14,7 @@ import av
 import pytest
 from botocore.credentials import Credentials
 
-from edge_agent.delivery.forwarder import ACK_BACKLOG
+from edge_agent.delivery import deleter
 from edge_agent.kvs_local.server import PutMediaServer
 from edge_agent.spool.store import Spool
 from tests.fault_proxy import FaultProxy
@@ -137,7 +137,7 @@ def test_an_outage_loses_nothing_and_a_power_cut_during_replay_keeps_the_place( 
     assert set(Counter(seqs)) == set(range(5000)), "every reading arrived"
     assert all(first_occurrence_order_kept(s) for s in by_key.values()), "per-key order"
     # The kill re-sends at most what was on the wire and what waited to be deleted.
-    assert len(seqs) - 5000 <= (1 + ACK_BACKLOG) * 500
+    assert len(seqs) - 5000 <= (1 + deleter.BACKLOG) * 500
     # Video: what the camera captured during the outage was stored after it, in order,
     # and all of it plays.
     assert stored.fragments >= fragments_before + 20

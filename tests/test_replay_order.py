@@ -20,7 +20,8 @@ import av
 import pytest
 from botocore.credentials import Credentials
 
-from edge_agent.config.loading import ScheduleWindow, ShareConfig, parse_config
+from edge_agent.config.budget import ScheduleWindow, ShareConfig
+from edge_agent.config.loading import parse_config
 from edge_agent.delivery.budget import SinkBudget, UploadBudget
 from edge_agent.kvs_local.server import PutMediaServer, StreamState
 from edge_agent.media import h264
@@ -90,9 +91,9 @@ class Setup:
         self.backlog = [now - (BACKLOG + 1 - i) * 1000 for i in range(BACKLOG)]
         self.stop = threading.Event()
         self.camera = Camera(config.cameras["pattern"], self.spool, self.stop)
-        governor = UploadBudget(BUDGET, 16 * 1024)
+        budget = UploadBudget(BUDGET, 16 * 1024)
         self.uploader = KvsUploader(
-            config.sinks["video"], self.spool, budget or governor, self.stop
+            config.sinks["video"], self.spool, budget or budget, self.stop
         )
         self.stored: StreamState = server.streams["cam"]
 
@@ -182,17 +183,17 @@ def test_a_backlog_window_holds_the_backlog_while_live_video_goes(
     """Video backlog only at night, live video always: in the day the backlog stays in
     the spool while live fragments are stored; when the night window comes, it goes."""
     now = [time.struct_time((2026, 11, 23, 12, 0, 0, 0, 327, 0))]  # Monday noon
-    governor = UploadBudget(BUDGET, 16 * 1024, local_time=lambda: now[0])
+    budget = UploadBudget(BUDGET, 16 * 1024, local_time=lambda: now[0])
     day = ScheduleWindow("06:00", "00:00", "pause", traffic="backlog")
-    lane = governor.lane("video", ShareConfig(priority=10, schedule=(day,)))
-    setup = Setup(server, tmp_path, small_second, replay="live-first", budget=lane)
+    share = budget.share("video", ShareConfig(priority=10, schedule=(day,)))
+    setup = Setup(server, tmp_path, small_second, replay="live-first", budget=share)
     setup.camera.start()
     setup.uploader.start()
     try:
         wait_until(lambda: len(setup.live()) >= 3, 30, 0.02, "live video in the day")
         assert setup.spool.pending("video")[0] >= BACKLOG - 1, "the backlog held"
         assert setup.uploader.stats.backlog_sessions == 0
-        assert lane.snapshot()["scheduled"] == "backlog paused by the schedule until 00:00"
+        assert share.snapshot()["scheduled"] == "backlog paused by the schedule until 00:00"
         now[0] = time.struct_time((2026, 11, 24, 0, 30, 0, 1, 328, 0))  # the night
         wait_until(setup.backlog_stored, 30, 0.02, "the backlog at night")
     finally:

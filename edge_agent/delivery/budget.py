@@ -1,11 +1,14 @@
-"""The upload governor: one byte budget for everything the device sends upstream,
-shared by the sinks by priority, with per-sink caps and time-of-day schedules.
+"""The upload budget: one byte budget for everything the device sends upstream
+(``[uplink]``), shared by the sinks by priority, with per-sink caps and time-of-day
+schedules. One word for one idea: the device's *budget* (``UploadBudget``), a sink's
+*share* of it (``BudgetShare``, configured by ``ShareConfig``), and what a sink holds
+and asks (``Budget``; ``SinkBudget`` with a live-first sink's backlog part).
 
-Every forwarding sink asks before it writes to the network, with the size on the wire
+Every uploader asks before it writes to the network, with the size on the wire
 (request body plus headers; a PutMedia stream in slices as it is written). It asks its
-own lane (``UploadBudget.lane``):
+own share (``UploadBudget.share``):
 
-    lane:   schedule (local time)  ->  pause: wait for the window to end (a live-first
+    share:  schedule (local time)  ->  pause: wait for the window to end (a live-first
                                               video sink's backlog: BacklogHeld)
                                        cap:   the window's rate applies
             own cap (max_rate)     ->  a token bucket of the sink's own
@@ -27,15 +30,17 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
-from edge_agent.config.loading import ScheduleWindow, ShareConfig
+from edge_agent.config.budget import ScheduleWindow, ShareConfig
 from edge_agent.delivery.token_bucket import TokenBucket
+from edge_agent.errors import EdgeAgentError
+from edge_agent.runtime_status import ShareSnapshot
 
 #: The longest a waiting caller sleeps before it looks at its stop event again.
 MAX_SLEEP_S = 0.2
 #: What status says a sink's schedule does right now, by window action.
 SCHEDULE_STATUS = {"pause": "paused", "cap": "capped", "allow": ""}
-#: A lane's own bucket: how much may go out at once above its cap.
-LANE_BURST_S = 0.25
+#: A share's own bucket: how much may go out at once above its cap.
+SHARE_BURST_S = 0.25
 
 
 class Budget(Protocol):
@@ -60,8 +65,12 @@ class SinkBudget(Budget, Protocol):
         ...
 
 
-class BacklogHeld(Exception):
-    """A schedule window pauses the backlog: the sink ends its backlog session."""
+class BacklogHeld(EdgeAgentError):
+    """A schedule window pauses the backlog: the sink ends its backlog session and goes
+    back to live video; the backlog goes when the window ends (not a failure: see the
+    tree in ``errors``)."""
+
+    retryable = True
 
 
 class UploadBudget:
@@ -78,7 +87,7 @@ class UploadBudget:
         self._local_time = local_time
         self._bucket: TokenBucket | None = None
         self._waiting: Counter[int] = Counter()  # priority -> callers waiting for the budget
-        self._lanes: dict[str, BudgetShare] = {}
+        self._shares: dict[str, BudgetShare] = {}
         self.admitted_bytes = 0
         self.configure(max_rate, burst)
 
@@ -101,19 +110,19 @@ class UploadBudget:
     def rate_limit(self) -> float | None:
         return self.max_rate
 
-    def lane(self, name: str, share: ShareConfig) -> BudgetShare:
-        """The budget as sink ``name`` sees it (the same lane again for the same name,
+    def share(self, name: str, config: ShareConfig) -> BudgetShare:
+        """The budget as sink ``name`` sees it (the same share again for the same name,
         reconfigured)."""
-        lane = self._lanes.get(name)
-        if lane is None:
-            lane = self._lanes[name] = BudgetShare(self, name, share)
+        share = self._shares.get(name)
+        if share is None:
+            share = self._shares[name] = BudgetShare(self, name, config)
         else:
-            lane.configure(share)
-        return lane
+            share.configure(config)
+        return share
 
-    def lane_snapshot(self, name: str) -> dict[str, object] | None:
-        lane = self._lanes.get(name)
-        return lane.snapshot() if lane is not None else None
+    def share_snapshot(self, name: str) -> ShareSnapshot | None:
+        share = self._shares.get(name)
+        return share.snapshot() if share is not None else None
 
     def acquire(self, size: int, stop: threading.Event) -> bool:
         """Wait for the shared budget only, at the highest priority (tests, tools)."""
@@ -152,9 +161,9 @@ class BudgetShare:
     """One sink's view of the budget: its priority, cap and schedule, then the shared
     bucket. Status reads ``snapshot``."""
 
-    def __init__(self, governor: UploadBudget, name: str, share: ShareConfig) -> None:
+    def __init__(self, budget: UploadBudget, name: str, share: ShareConfig) -> None:
         self.name = name
-        self._governor = governor
+        self._budget = budget
         self._lock = threading.Lock()
         self._bucket: TokenBucket | None = None
         self.share = share
@@ -170,7 +179,7 @@ class BudgetShare:
         bytes are a live-first sink's backlog (BacklogHeld when a window pauses it)."""
         if not self._own_turn(size, stop, backlog):
             return False
-        if not self._governor._take_shared(size, stop, priority=self.share.priority):
+        if not self._budget._take_shared(size, stop, priority=self.share.priority):
             return False
         self.admitted_bytes += size
         return True
@@ -179,7 +188,7 @@ class BudgetShare:
         return _BacklogBudget(self)
 
     def rate_limit(self, *, backlog: bool = False) -> float | None:
-        limits = (self._cap(self._window(backlog=backlog)), self._governor.max_rate)
+        limits = (self._cap(self._window(backlog=backlog)), self._budget.max_rate)
         return min((limit for limit in limits if limit), default=None)
 
     def _cap(self, window: ScheduleWindow | None) -> float | None:
@@ -198,7 +207,7 @@ class BudgetShare:
             return None  # no schedule: the local time is not even read
         if not backlog:
             schedule = tuple(w for w in schedule if w.traffic == "all")
-        return active_window(schedule, self._governor._local_time())
+        return active_window(schedule, self._budget._local_time())
 
     def _own_turn(self, size: int, stop: threading.Event, backlog: bool) -> bool:
         """Wait out a scheduled pause, then this sink's cap (the tighter of its own
@@ -218,10 +227,10 @@ class BudgetShare:
                 bucket = self._bucket
                 if bucket is None:
                     bucket = self._bucket = TokenBucket(
-                        cap, max(cap * LANE_BURST_S, 1024), clock=self._governor._clock
+                        cap, max(cap * SHARE_BURST_S, 1024), clock=self._budget._clock
                     )
                 elif bucket.rate != cap:
-                    bucket.set_rate(cap, max(cap * LANE_BURST_S, 1024))
+                    bucket.set_rate(cap, max(cap * SHARE_BURST_S, 1024))
                 wait = bucket.wait_time(size)
                 if wait <= 0:
                     bucket.take(size)
@@ -229,7 +238,7 @@ class BudgetShare:
             if stop.wait(min(wait, MAX_SLEEP_S)):
                 return False
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> ShareSnapshot:
         """What status shows: priority, cap, and what the schedule does right now (to
         all of the sink's uploads, and to a live-first sink's backlog if that differs)."""
         live = self._window(backlog=False)
@@ -247,16 +256,16 @@ class BudgetShare:
 
 
 class _BacklogBudget:
-    """A lane as a live-first sink's backlog sessions use it."""
+    """A share as a live-first sink's backlog sessions use it."""
 
-    def __init__(self, lane: BudgetShare) -> None:
-        self._lane = lane
+    def __init__(self, share: BudgetShare) -> None:
+        self._share = share
 
     def acquire(self, size: int, stop: threading.Event) -> bool:
-        return self._lane.acquire(size, stop, backlog=True)
+        return self._share.acquire(size, stop, backlog=True)
 
     def rate_limit(self) -> float | None:
-        return self._lane.rate_limit(backlog=True)
+        return self._share.rate_limit(backlog=True)
 
 
 def _doing(window: ScheduleWindow | None) -> str:

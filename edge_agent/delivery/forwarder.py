@@ -1,7 +1,7 @@
 """The forwarder: one thread per sink that moves records from the spool to the service.
 
     lease (a bounded window)  ->  choose due records (per-key prefixes in ordered mode)
-    ->  sink.pack (limits, pacing, aggregation)  ->  governor (inside the sink's client)
+    ->  sink.pack (limits, pacing, aggregation)  ->  budget (inside the sink's client)
     ->  sink.send  ->  settle each record:
             accepted          delete from the spool (the position goes to status)
             failed            back to the spool, due again after full-jitter backoff on
@@ -15,8 +15,8 @@
             SinkPaused        nothing settled; the sink pauses and probes every
                               ``pause_probe`` by trying again
 
-Up to ``requests_in_flight`` requests are on the wire at once, transmitted by sender
-threads while this thread leases and packs the next; answers are landed (settled) in
+Up to ``requests_in_flight`` requests are on the wire at once, transmitted by the
+transmit pool's threads while this thread leases and packs the next; answers are landed (settled) in
 the order the requests went out. Records in flight are not candidates, and in ordered
 mode they block their keys like records waiting for a retry, so two requests in flight
 never carry the same key.
@@ -30,21 +30,21 @@ a request, so a partial failure can never let a later record overtake an earlier
 from __future__ import annotations
 
 import collections
-import itertools
 import logging
-import operator
-import queue
 import random
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from edge_agent.config.loading import DeliveryConfig
+from edge_agent.config.sink_kinds import DeliveryConfig
 from edge_agent.delivery.backoff import Backoff, full_jitter
+from edge_agent.delivery.deleter import Deleter
+from edge_agent.delivery.send_log import SendLog
 from edge_agent.delivery.transmit_pool import TransmitPool
+from edge_agent.delivery.window import LeaseWindow
 from edge_agent.errors import (
     RequestRejected,
     SinkError,
@@ -53,28 +53,22 @@ from edge_agent.errors import (
     SpoolCorrupt,
     SpoolError,
 )
-from edge_agent.records import LeasedRecord
+from edge_agent.records import RECORD_PAYLOAD, LeasedRecord
+from edge_agent.runtime_status import ForwarderSnapshot
 from edge_agent.sinks.base import Request, Sent, Sink
 from edge_agent.spool.store import Spool
-from edge_agent.worker import LinkState, ThreadWorker
+from edge_agent.worker import LinkState, ThreadWorker, WorkerState
 
 log = logging.getLogger(__name__)
 
 #: Longest idle wait between looks at the spool (new data also wakes the forwarder).
 IDLE_WAIT_S = 1.0
-#: Throughput in status is averaged over this many seconds.
-RATE_WINDOW_S = 10.0
-#: Batches of accepted records that may wait for deletion while the next request goes.
-ACK_BACKLOG = 2
 #: Shortest pause when nothing could be packed (never spin).
 MIN_WAIT_S = 0.005
 #: A failing spool (full disk, busy) is retried after this long.
 SPOOL_RETRY_S = 1.0
 #: At stop, how long to wait for the answer to the request on the wire.
 LANDING_AT_STOP_S = 10.0
-#: A record's id and payload, from the tuple.
-_ID = operator.itemgetter(0)
-_PAYLOAD = operator.itemgetter(4)
 
 
 #: Records refused as invalid, and the refusal.
@@ -84,10 +78,7 @@ _Flight = tuple[Request, list[int], "Future[Any]"]
 
 
 @dataclass
-class ForwarderStats:
-    state: str = "starting"
-    reason: str = ""
-    since: float = 0.0
+class ForwarderStats(WorkerState):
     requests: int = 0
     records_sent: int = 0
     entries_sent: int = 0
@@ -117,34 +108,22 @@ class Forwarder(ThreadWorker):
         self.spool = spool
         self.delivery = delivery
         self._stop = stop
-        self._window_records = window_records
-        self._window_bytes = window_bytes
         self._clock = clock
         self._rng = rng or random.Random()
-        # The window: leased records by id, in spool order. A few of them have more to
-        # say: on the wire (not candidates; in ordered mode they block their keys), or
-        # (ordered mode) waiting for a retry, with how often they failed here.
-        self._window: dict[int, LeasedRecord] = {}
-        self._window_size = 0
-        self._in_flight: set[int] = set()
-        self._due: dict[int, float] = {}
-        self._failures: dict[int, int] = {}
-        # Deleting what the service accepted runs in its own thread, overlapping the
-        # next request; at most ACK_BACKLOG batches wait (they are re-sent after a crash).
-        self._acks: queue.Queue[list[LeasedRecord] | None] = queue.Queue(ACK_BACKLOG)
-        self._acker: threading.Thread | None = None
+        self._window = LeaseWindow(
+            spool, sink.name, max_records=window_records, max_bytes=window_bytes
+        )
+        self._deleter = Deleter(spool, sink.name, self._deleting_failed)
         self._transmit_pool: TransmitPool | None = None
         self._requests_in_flight = requests_in_flight
         self._flights: collections.deque[_Flight] = collections.deque()
-        self._acks_closed = threading.Event()
         self._backoff = Backoff(delivery.retry_min, delivery.retry_max, self._rng)
         self._hold_until = 0.0
         self._retry_at: float | None = None  # earliest retry handed back to the spool
         self._answered = 0  # requests the service answered (accepted, or per record)
         self._last_ok = False  # whether the latest request was answered
-        self._rates: collections.deque[tuple[float, int, int]] = collections.deque()
-        self._rates_lock = threading.Lock()
-        self.stats = ForwarderStats(since=time.time())
+        self._sent = SendLog()
+        self.stats = ForwarderStats()
         self.link = LinkState()
         self.spool_corrupt = False
 
@@ -156,17 +135,13 @@ class Forwarder(ThreadWorker):
     @property
     def healthy(self) -> bool:
         helpers_ok = self._stop.is_set() or (
-            (self._acker is None or self._acker.is_alive())
-            and (self._transmit_pool is None or self._transmit_pool.alive)
+            self._deleter.alive and (self._transmit_pool is None or self._transmit_pool.alive)
         )
         return helpers_ok and self.thread_ok
 
     def run(self) -> None:
         """The loop; returns when the stop event is set."""
-        self._acker = threading.Thread(
-            target=self._ack_loop, name=f"ack-{self.sink.name}", daemon=True
-        )
-        self._acker.start()
+        self._deleter.start()
         self._transmit_pool = TransmitPool(
             self.sink.transmit, f"send-{self.sink.name}", threads=self._requests_in_flight
         )
@@ -182,23 +157,10 @@ class Forwarder(ThreadWorker):
         finally:
             self._shut_down()
 
-    def _ack_loop(self) -> None:
-        """Delete accepted records; a failing spool is retried until it works or the
-        forwarder has stopped (then the leases clear at the next open: re-sent)."""
-        while (batch := self._acks.get()) is not None:
-            while True:
-                try:
-                    self.spool.ack(batch)
-                    break
-                except SpoolError as err:
-                    self._set_error(f"spool: deleting delivered records failed: {err}")
-                    if isinstance(err, SpoolCorrupt):
-                        self.spool_corrupt = True
-                    if self._acks_closed.wait(SPOOL_RETRY_S):
-                        break
-                except Exception:
-                    log.exception("sink %s: deleting delivered records failed", self.sink.name)
-                    break
+    def _deleting_failed(self, err: SpoolError) -> None:
+        self._set_error(f"spool: deleting delivered records failed: {err}")
+        if isinstance(err, SpoolCorrupt):
+            self.spool_corrupt = True
 
     def _shut_down(self) -> None:
         deadline = time.monotonic() + LANDING_AT_STOP_S
@@ -209,15 +171,12 @@ class Forwarder(ThreadWorker):
                 log.exception("sink %s: settling the last requests failed", self.sink.name)
         if self._transmit_pool is not None:
             self._transmit_pool.close(SPOOL_RETRY_S)
-        if self._acker is not None:
-            self._acks.put(None)
-            self._acker.join(SPOOL_RETRY_S * 5)
-            self._acks_closed.set()
+        self._deleter.close(SPOOL_RETRY_S * 5)
         try:
-            self.spool.release(list(self._window.values()))
+            self.spool.release(list(self._window.records.values()))
         except SpoolError as err:  # leases are cleared at the next open anyway
             log.warning("sink %s: releasing leased records at stop failed: %s", self.sink.name, err)
-        self._clear_window()
+        self._window.clear()
         self.sink.close()
         self._set_state("stopped")
 
@@ -229,11 +188,14 @@ class Forwarder(ThreadWorker):
             self._stop.wait(min(self._hold_until - now, IDLE_WAIT_S))
             return
         generation = self.spool.append_generation
-        self._refill()
-        candidates, next_due = self._candidates(now)
-        if len(candidates) < self.delivery.max_request_records and self._refill(any_room=True):
+        window, shares, ordered = self._window, self._requests_in_flight + 1, self.sink.ordered
+        window.refill(shares)
+        candidates, next_due = window.candidates(now, ordered=ordered)
+        if len(candidates) < self.delivery.max_request_records and window.refill(
+            shares, any_room=True
+        ):
             # records waiting for a retry hold part of the window: let new ones in
-            candidates, next_due = self._candidates(now)
+            candidates, next_due = window.candidates(now, ordered=ordered)
         linger = self._linger_time(candidates)
         if (linger > 0 or not candidates) and self._flights:
             self._land()  # nothing to pack for now: take the answer first
@@ -244,12 +206,12 @@ class Forwarder(ThreadWorker):
         if not candidates:
             if self._retry_at is not None and self._retry_at <= now:
                 self._retry_at = None  # records handed back to the spool are due again
-            waiting = self._window or self._retry_at is not None
+            waiting = len(window) > 0 or self._retry_at is not None
             self._set_state("waiting to retry" if waiting else "idle")
             wait = min(
                 [IDLE_WAIT_S, *(due - now for due in (next_due, self._retry_at) if due is not None)]
             )
-            if not self._window or len(self._window) < self._window_records:
+            if len(window) < window.max_records:
                 self.spool.wait_for_append(generation, max(wait, 0.001))
             else:
                 self._stop.wait(max(wait, 0.001))
@@ -271,46 +233,6 @@ class Forwarder(ThreadWorker):
                 return  # a request before failed as a whole: this one waits too
         self._launch(packed.request)
 
-    def _refill(self, *, any_room: bool = False) -> bool:
-        """Lease more records when a request's share of the window is free (or, with
-        ``any_room``, when any of it is); True if something was leased."""
-        room_records = self._window_records - len(self._window)
-        room_bytes = self._window_bytes - self._window_size
-        shares = self._requests_in_flight + 1
-        if any_room:
-            if room_records <= 0 or room_bytes <= 0:
-                return False
-        elif (
-            room_records < self._window_records // shares
-            or room_bytes < self._window_bytes // shares
-        ):
-            return False
-        count, size = self.spool.pending(self.sink.name)
-        if count and size:  # fetch about what fits the bytes, not rows to throw away
-            average = size / count
-            room_records = min(room_records, int(room_bytes / average * 1.1) + 16)
-        leased = self.spool.lease(self.sink.name, max_records=room_records, max_bytes=room_bytes)
-        self._window.update(zip(map(_ID, leased), leased, strict=True))
-        self._window_size += sum(map(len, map(_PAYLOAD, leased)))
-        return bool(leased)
-
-    def _drop(self, records: list[LeasedRecord]) -> None:
-        """Settled: out of the window."""
-        ids = list(map(_ID, records))
-        removed = filter(None, map(self._window.pop, ids, itertools.repeat(None)))
-        self._window_size -= sum(map(len, map(_PAYLOAD, removed)))
-        if self._due:
-            for record_id in ids:
-                self._due.pop(record_id, None)
-                self._failures.pop(record_id, None)
-
-    def _clear_window(self) -> None:
-        self._window.clear()
-        self._window_size = 0
-        self._in_flight.clear()
-        self._due.clear()
-        self._failures.clear()
-
     def _linger_time(self, candidates: list[LeasedRecord]) -> float:
         """How long to wait for more records rather than send a small request now (each
         request costs headers, a signature and a round trip on the uplink): until the
@@ -329,37 +251,9 @@ class Forwarder(ThreadWorker):
             size += record.size
             if size >= self.delivery.max_request_bytes:
                 return 0.0
-        if len(self._window) >= self._window_records or self._window_size >= self._window_bytes:
+        if self._window.full:
             return 0.0
         return linger - age
-
-    def _candidates(self, now: float) -> tuple[list[LeasedRecord], float | None]:
-        """Due records in spool order (per-key prefixes in ordered mode), and when the
-        next record falls due."""
-        in_flight, due = self._in_flight, self._due
-        if not due and not (self.sink.ordered and in_flight):  # the common case
-            window = self._window
-            ready = itertools.filterfalse(in_flight.__contains__, window)
-            return list(map(window.__getitem__, ready)), None
-        ordered = self.sink.ordered
-        blocked: set[str] = set()
-        candidates: list[LeasedRecord] = []
-        next_due: float | None = None
-        for record_id, record in self._window.items():
-            if record_id in in_flight:
-                if ordered:
-                    blocked.add(record.partition_key)
-                continue
-            at = due.get(record_id)
-            if at is not None and at > now:
-                next_due = at if next_due is None else min(next_due, at)
-                if ordered:
-                    blocked.add(record.partition_key)
-                continue
-            if ordered and record.partition_key in blocked:
-                continue
-            candidates.append(record)
-        return candidates, next_due
 
     # ------------------------------------------------------------------ sending
 
@@ -367,7 +261,7 @@ class Forwarder(ThreadWorker):
         """Put a request on the wire in the sender thread; its records are in flight."""
         assert self._transmit_pool is not None
         ids = [record.id for entry in request.entries for record in entry.records]
-        self._in_flight.update(ids)
+        self._window.in_flight.update(ids)
         self._set_state("sending")
         self.stats.requests += 1
         self._flights.append((request, ids, self._transmit_pool.launch(request)))
@@ -383,7 +277,7 @@ class Forwarder(ThreadWorker):
         except Exception as err:
             answer, error = None, err
         finally:
-            self._in_flight.difference_update(ids)
+            self._window.in_flight.difference_update(ids)
         self._settle(request, answer, error)
 
     def _deliver(self, request: Request, blamed: list[_Blamed]) -> None:
@@ -436,7 +330,7 @@ class Forwarder(ThreadWorker):
         for entry, outcome in zip(request.entries, outcomes, strict=True):
             if isinstance(outcome, Sent):
                 accepted += entry.records
-                accepted_bytes += sum(map(len, map(_PAYLOAD, entry.records)))
+                accepted_bytes += sum(map(len, map(RECORD_PAYLOAD, entry.records)))
                 self.stats.entries_sent += 1
                 continue
             self.stats.retries += len(entry.records)
@@ -445,26 +339,24 @@ class Forwarder(ThreadWorker):
                 self._retry_in_window(entry.records, now)
             else:
                 failed += entry.records
-        self._drop(accepted)
+        self._window.drop(accepted)
         self.stats.records_sent += len(accepted)
         self.stats.bytes_sent += accepted_bytes
-        with self._rates_lock:
-            self._rates.append((now, len(accepted), accepted_bytes))
+        self._sent.add(now, len(accepted), accepted_bytes)
         if accepted:
-            self._acks.put(accepted)
+            self._deleter.put(accepted)
         if failed:
             self._retry_in_spool(failed, now)
 
     def _retry_in_window(self, records: list[LeasedRecord], now: float) -> None:
         """Ordered mode: failed records stay leased, so that they block their keys; the
         records of one entry fall due together (one wake-up, one entry again)."""
-        failures = max(self._failures.get(record.id, 0) + record.attempts for record in records)
+        held = self._window.failures
+        failures = max(held.get(record.id, 0) + record.attempts for record in records)
         due = now + full_jitter(
             failures, self.delivery.retry_min, self.delivery.retry_max, self._rng
         )
-        for record in records:
-            self._due[record.id] = due
-            self._failures[record.id] = self._failures.get(record.id, 0) + 1
+        self._window.hold_for_retry(records, due)
 
     def _retry_in_spool(self, records: list[LeasedRecord], now: float) -> None:
         """Unordered: failed records go back to the spool, due again after full jitter
@@ -472,7 +364,7 @@ class Forwarder(ThreadWorker):
         attempts = max(record.attempts for record in records)
         delay = full_jitter(attempts, self.delivery.retry_min, self.delivery.retry_max, self._rng)
         self.spool.retry(records, at_ms=int((time.time() + delay) * 1000))
-        self._drop(records)
+        self._window.drop(records)
         due = now + delay
         self._retry_at = due if self._retry_at is None else min(self._retry_at, due)
 
@@ -557,7 +449,7 @@ class Forwarder(ThreadWorker):
             by_reason[reason].append(record)
         for reason, records in by_reason.items():
             self.spool.dead_letter(records, reason)
-            self._drop(records)
+            self._window.drop(records)
             self.stats.dead_lettered += len(records)
             self._set_error(f"dead-lettered {len(records)}: {reason}", quiet=True)
 
@@ -571,8 +463,7 @@ class Forwarder(ThreadWorker):
             "waiting to retry",
         ):
             return  # probing: paused or backing off until a request gets through
-        if (state, reason) != (stats.state, stats.reason):
-            stats.state, stats.reason, stats.since = state, reason, time.time()
+        stats.set(state, reason)
 
     def _delivered(self) -> None:
         """A request got an answer: the sink is reachable (again)."""
@@ -587,7 +478,7 @@ class Forwarder(ThreadWorker):
                 time.time() - stats.since,
                 stats.reason,
             )
-            stats.state, stats.reason, stats.since = "sending", "", time.time()
+            stats.set("sending")
 
     def _set_error(self, message: str, *, quiet: bool = False) -> None:
         self.stats.last_error = message
@@ -595,14 +486,10 @@ class Forwarder(ThreadWorker):
         if not quiet:
             log.error("sink %s: %s", self.sink.name, message)
 
-    def snapshot(self) -> dict[str, Any]:
-        now = self._clock()
-        with self._rates_lock:
-            while self._rates and self._rates[0][0] < now - RATE_WINDOW_S:
-                self._rates.popleft()
-            rates = list(self._rates)
-        stats = self.stats
-        return {
+    def snapshot(self) -> ForwarderSnapshot:
+        records_per_s, bytes_per_s = self._sent.rates(self._clock())
+        stats, link = self.stats, self.link
+        snapshot: ForwarderSnapshot = {
             "type": self.sink.kind,
             "target": self.sink.target,
             "state": stats.state,
@@ -617,9 +504,12 @@ class Forwarder(ThreadWorker):
             "dead_lettered": stats.dead_lettered,
             "last_error": stats.last_error,
             "last_error_at": stats.last_error_at,
-            "records_per_s": round(sum(r[1] for r in rates) / RATE_WINDOW_S, 1),
-            "bytes_per_s": round(sum(r[2] for r in rates) / RATE_WINDOW_S, 1),
+            "records_per_s": records_per_s,
+            "bytes_per_s": bytes_per_s,
             "in_window": len(self._window),
-            **self.link.snapshot(),
-            **self.sink.snapshot(),
+            "online": link.online,
+            "link_since": link.since,
         }
+        # The sink's own keys (SinkFields: a part of ForwarderSnapshot's optional keys).
+        snapshot.update(cast(ForwarderSnapshot, self.sink.snapshot()))
+        return snapshot

@@ -15,7 +15,7 @@ service::
                                          back in the forwarder thread, free to update
                                          the sink's state (positions, shard map, pace)
     plain_entries(records) -> [Entry]    one entry per record (to find a bad record)
-    snapshot() -> dict                   sink-specific status (shards, sequence numbers)
+    snapshot() -> SinkFields             sink-specific status (shards, sequence numbers)
 
 An ``Entry`` is one record as the service sees it. It carries one spooled record, or
 several when the sink aggregates them; every record of an entry shares its outcome.
@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 from edge_agent.records import LeasedRecord
+from edge_agent.runtime_status import SinkFields, UploaderSnapshot
 
 
 @dataclass(slots=True)
@@ -102,9 +103,34 @@ class Sink(Protocol):
         """One entry per record, no aggregation (to find a record the service refuses)."""
         ...
 
-    def snapshot(self) -> dict[str, Any]: ...
+    def snapshot(self) -> SinkFields: ...
 
     def close(self) -> None: ...
+
+
+class Uploader(Protocol):
+    """The role every sink's uploader plays for the agent: one thread that leases its
+    queue from the spool, sends it, and settles what the service confirmed. The
+    forwarder (record sinks: Kinesis, Firehose) and the Kinesis Video sink play it."""
+
+    #: The spool failed as corrupt under this uploader: the agent restarts to check it.
+    spool_corrupt: bool
+
+    def start(self) -> None: ...
+
+    def join(self, timeout: float) -> None:
+        """Wait for the thread to end after the stop event was set."""
+        ...
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def healthy(self) -> bool:
+        """Every thread of the uploader is alive (the watchdog asks)."""
+        ...
+
+    def snapshot(self) -> UploaderSnapshot: ...
 
 
 class RequestPacker:

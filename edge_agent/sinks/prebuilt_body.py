@@ -5,7 +5,7 @@ base64-encoding each blob and then JSON-encoding the whole, which scans megabyte
 base64 text for characters to escape: about a tenth of the agent's CPU when it forwards
 aggregated records. A sink knows the exact shape of its put bodies (records of base64
 data and ASCII-safe keys), so it writes the bytes directly; boto3 still does the rest:
-endpoint, headers, SigV4 signing, the governor's metering on ``before-sign``, error
+endpoint, headers, SigV4 signing, the budget's metering on ``before-sign``, error
 handling and parsing the answer.
 
 How: the call carries the body in the extra parameter ``PrebuiltBody``. A

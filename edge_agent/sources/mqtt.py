@@ -34,10 +34,13 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.config.loading import MqttConfig, SpoolConfig, Subscription
+from edge_agent.config.agent import SpoolConfig
+from edge_agent.config.mqtt import MqttConfig, Subscription
 from edge_agent.errors import SpoolCorrupt, SpoolError
 from edge_agent.records import Record
+from edge_agent.runtime_status import MqttSnapshot
 from edge_agent.spool.store import Spool
+from edge_agent.worker import WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +73,7 @@ _Route = tuple[tuple[tuple[str, Subscription], ...], str]
 
 
 @dataclass
-class MqttStatus:
-    state: str = "starting"
-    since: float = 0.0
+class MqttStatus(WorkerState):
     received: int = 0
     committed: int = 0
     acked: int = 0
@@ -436,9 +437,7 @@ class MqttSource:
     # ------------------------------------------------------------------ status
 
     def _set_state(self, state: str) -> None:
-        if self.status.state != state:
-            self.status.state = state
-            self.status.since = self._clock()
+        self.status.set(state, at=self._clock())
 
     def _error(self, message: str) -> None:
         now = self._clock()
@@ -448,9 +447,25 @@ class MqttSource:
             self.status.last_error_at = now
         self.status.last_error = message
 
-    def snapshot(self) -> dict[str, Any]:
-        data = dict(self.status.__dict__)
-        data["inbox"] = len(self._inbox)
-        data["broker"] = f"{self._config.host}:{self._config.port}"
-        data["client_id"] = self._config.client_id
-        return data
+    def snapshot(self) -> MqttSnapshot:
+        status = self.status
+        return {
+            "state": status.state,
+            "reason": status.reason,
+            "since": status.since,
+            "received": status.received,
+            "committed": status.committed,
+            "acked": status.acked,
+            "redelivered": status.redelivered,
+            "unrouted": status.unrouted,
+            "dropped_qos0": status.dropped_qos0,
+            "connects": status.connects,
+            "last_error": status.last_error,
+            "last_error_at": status.last_error_at,
+            "commit_batches": status.commit_batches,
+            "max_batch": status.max_batch,
+            "backpressure_waits": status.backpressure_waits,
+            "inbox": len(self._inbox),
+            "broker": f"{self._config.host}:{self._config.port}",
+            "client_id": self._config.client_id,
+        }

@@ -14,10 +14,11 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from edge_agent.config.loading import SinkConfig
+from edge_agent.config.sinks import SinkConfig
 from edge_agent.delivery.budget import Budget
 from edge_agent.errors import SinkUnavailable
 from edge_agent.records import LeasedRecord
+from edge_agent.runtime_status import SinkFields
 from edge_agent.sinks import prebuilt_body
 from edge_agent.sinks.aws import WireMeter, make_client, sink_error
 from edge_agent.sinks.base import Entry, Failed, Outcome, Packed, Request, RequestPacker, Sent
@@ -29,7 +30,7 @@ class FirehoseSink:
     ordered = False
     aggregating = False
 
-    def __init__(self, config: SinkConfig, governor: Budget, stop: threading.Event) -> None:
+    def __init__(self, config: SinkConfig, budget: Budget, stop: threading.Event) -> None:
         assert config.firehose is not None and config.delivery is not None
         assert config.aws is not None
         self.name = config.name
@@ -38,7 +39,7 @@ class FirehoseSink:
         self.max_record_bytes = config.max_record_bytes
         self._suffix = b"\n" if config.firehose.newline else b""
         self.wire = WireMeter()
-        self._client = make_client("firehose", config.aws, governor, stop, self.wire)
+        self._client = make_client("firehose", config.aws, budget, stop, self.wire)
         prebuilt_body.install(self._client, "PutRecordBatch")
 
     def pack(self, candidates: Sequence[LeasedRecord], now: float) -> Packed:
@@ -100,7 +101,7 @@ class FirehoseSink:
             )
         return outcomes
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> SinkFields:
         return {"delivery_stream": self.target, "wire_bytes": self.wire.bytes}
 
     def close(self) -> None:

@@ -22,10 +22,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_agent.config.loading import SinkConfig
+from edge_agent.config.sinks import SinkConfig
 from edge_agent.delivery.budget import Budget
 from edge_agent.errors import SinkUnavailable
 from edge_agent.records import LeasedRecord
+from edge_agent.runtime_status import ShardSnapshot, SinkFields
 from edge_agent.sinks import prebuilt_body
 from edge_agent.sinks.aws import WireMeter, make_client, sink_error
 from edge_agent.sinks.base import Entry, Failed, Outcome, Packed, Request, RequestPacker, Sent
@@ -76,7 +77,7 @@ class KinesisSink:
     def __init__(
         self,
         config: SinkConfig,
-        governor: Budget,
+        budget: Budget,
         stop: threading.Event,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -92,7 +93,7 @@ class KinesisSink:
         self.max_record_bytes = config.max_record_bytes
         self._clock = clock
         self.wire = WireMeter()
-        self._client = make_client("kinesis", config.aws, governor, stop, self.wire)
+        self._client = make_client("kinesis", config.aws, budget, stop, self.wire)
         prebuilt_body.install(self._client, "PutRecords")
         # Partition keys as JSON, for the request bodies (the sender thread's own).
         self._key_json: dict[str, bytes] = {}
@@ -420,9 +421,9 @@ class KinesisSink:
 
     # ------------------------------------------------------------------ status
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> SinkFields:
         # Called from another thread: iterate copies (dict.copy is atomic under the GIL).
-        shards: dict[str, dict[str, Any]] = {}
+        shards: dict[str, ShardSnapshot] = {}
         for shard, sequence in self.last_sequence.copy().items():
             shards.setdefault(shard, {})["last_sequence_number"] = sequence
         for shard, pacer in self._pacers.copy().items():

@@ -16,45 +16,35 @@ What was on the wire without its acknowledgement goes back to the spool and is s
 again on the next connection: a crash or an outage re-sends at most ``max_in_flight``
 fragments, and loses none.
 
-The order of a backlog (``replay``):
-
-    oldest-first   one session sends everything in capture order; live video waits
-                   until the backlog is through
-    live-first     a live session starts at the newest fragment and follows the
-                   camera; each time it has caught up (all acknowledged, nothing new),
-                   a backlog session sends the older fragments in capture order until
-                   a new fragment is captured, then the next live session starts with
-                   it. Sessions take turns on the one connection a stream may have;
-                   within each, times increase (the service's rule is per PutMedia
-                   call). A schedule window with traffic = "backlog" holds only the
-                   backlog sessions.
+The order of a backlog (``replay``: oldest-first, or live-first) is replay.py's.
+Sessions take turns on the one connection a stream may have; within each, times
+increase (the service's rule is per PutMedia call). Where the stream takes PutMedia,
+and the credentials, are endpoint.py's.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import queue
 import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any, Literal, NoReturn
+from typing import NoReturn
 
-from botocore.credentials import ReadOnlyCredentials
-from botocore.exceptions import ClientError
-
-from edge_agent.config.loading import SinkConfig
+from edge_agent.config.sinks import SinkConfig
 from edge_agent.delivery.backoff import Backoff
 from edge_agent.delivery.budget import BacklogHeld, Budget, SinkBudget
-from edge_agent.errors import SinkPaused, SpoolCorrupt, SpoolError
+from edge_agent.delivery.send_log import SendLog
+from edge_agent.errors import SinkError, SinkPaused, SinkUnavailable, SpoolCorrupt, SpoolError
+from edge_agent.media.fragment_meta import FragmentMeta
 from edge_agent.media.mkv import VideoTrack, end_of_fragment, stream_header
 from edge_agent.records import LeasedRecord
-from edge_agent.sinks.aws import sink_error
+from edge_agent.runtime_status import KvsSnapshot, LatencySummary
 from edge_agent.sinks.kvs.acks import ERROR, Ack, ErrorAction, error_action, error_name
-from edge_agent.sinks.kvs.control import control_endpoint, get_data_endpoint
+from edge_agent.sinks.kvs.endpoint import KvsEndpoint
 from edge_agent.sinks.kvs.putmedia import PutMediaConnection, PutMediaRefused
+from edge_agent.sinks.kvs.replay import ReplayOrder, SessionKind
 from edge_agent.spool.store import Spool
 from edge_agent.worker import LinkState, ThreadWorker, WorkerState
 
@@ -70,26 +60,8 @@ STOP_ACK_WAIT_S = 5.0
 #: Once every fragment of an ended session is acknowledged, how long to wait for the
 #: endpoint to end its answer before the next session opens.
 END_OF_ANSWER_WAIT_S = 2.0
-#: The send rate in status is over this many seconds.
-RATE_WINDOW_S = 10.0
-#: The longest the sender sleeps with nothing to do (it checks its deadlines then).
+#: The longest the uploader sleeps with nothing to do (it checks its deadlines then).
 IDLE_WAKE_S = 1.0
-#: A fragment is at most this large (what a lease may return).
-MAX_FRAGMENT_BYTES = 50 * 1000 * 1000
-
-#: What a session sends: everything in order (oldest-first), or, live-first, the
-#: newest fragments as they come, or the backlog behind them.
-SessionKind = Literal["all", "live", "backlog"]
-
-
-class _Reconnect(Exception):
-    def __init__(self, reason: str, *, silent: bool = False) -> None:
-        super().__init__(reason)
-        self.silent = silent  # the endpoint stopped answering (a dead route, a crash)
-
-
-class _Pause(Exception):
-    pass
 
 
 @dataclass
@@ -119,34 +91,26 @@ class KvsUploader(ThreadWorker):
         self,
         config: SinkConfig,
         spool: Spool,
-        governor: SinkBudget,
+        budget: SinkBudget,
         stop: threading.Event,
     ) -> None:
-        import boto3
-
         assert config.kvs is not None and config.aws is not None
         self.name = config.name
         self.options = config.kvs
         self.spool = spool
-        self._governor = governor
+        self._budget = budget
         self._stop = stop
-        aws = config.aws
-        self._aws = aws
-        self._session = boto3.session.Session(profile_name=aws.profile)
-        self._connect_timeout = aws.connect_timeout
-        self._data_endpoint: str | None = None
+        self.link = LinkState()
+        self._endpoint = KvsEndpoint(config.aws, self.options.stream, budget, stop, self.link)
+        self._replay = ReplayOrder(spool, config.name, self.options.replay, budget)
         self._backoff = Backoff(self.options.retry_min, self.options.retry_max)
         #: Fragments on the wire by time: (fragment, when sent, sent as backlog).
         self._in_flight: OrderedDict[int, tuple[LeasedRecord, float, bool]] = OrderedDict()
-        #: (time, size) of the fragments sent in the last RATE_WINDOW_S: the
-        #: fragments-per-second limit and the send rate in status both read it.
-        self._sends: deque[tuple[float, int]] = deque()
+        #: The fragments sent lately: the fragments-per-second limit and the send rate
+        #: in status both read it.
+        self._sent = SendLog()
         self.stats = KvsStats()
-        self.link = LinkState()
         self.spool_corrupt = False
-        #: Live-first: when the newest fragment a live session sent was captured (what
-        #: the spool holds from before is backlog); None until the first live session.
-        self._live_last_ms: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -168,24 +132,27 @@ class KvsUploader(ThreadWorker):
                 self._release_in_flight()
                 self._stop.wait(self.options.retry_min)  # the endpoint ends the old one
                 continue
-            except _Pause as err:
-                delay = self.options.pause_probe
-                self._set_state("paused", str(err))
-            except (_Reconnect, PutMediaRefused, OSError) as err:
-                if self._stop.is_set():
-                    break  # the agent is stopping (a write gave up): not an outage
-                if isinstance(err, OSError) or (isinstance(err, _Reconnect) and err.silent):
-                    self.link.down()
-                delay = self._backoff.next_delay()
-                self._data_endpoint = None if isinstance(err, OSError) else self._data_endpoint
-                self._set_state("backing off", str(err))
+            except (SinkError, PutMediaRefused, OSError) as err:
+                if isinstance(err, SinkError) and not err.retryable:
+                    delay = self.options.pause_probe
+                    self._set_state("paused", str(err))
+                else:
+                    if self._stop.is_set():
+                        break  # the agent is stopping (a write gave up): not an outage
+                    if isinstance(err, OSError):
+                        self.link.down()
+                        self._endpoint.forget()
+                    elif isinstance(err, SinkUnavailable) and err.unreachable:
+                        self.link.down()
+                    delay = self._backoff.next_delay()
+                    self._set_state("backing off", str(err))
             except SpoolError as err:
                 self.spool_corrupt = isinstance(err, SpoolCorrupt)
                 delay = 1.0
                 self._set_state("backing off", f"spool: {err}")
             except Exception as err:  # the control plane, credentials
                 delay = self._backoff.next_delay()
-                self._data_endpoint = None
+                self._endpoint.forget()
                 self._set_state("backing off", f"{type(err).__name__}: {err}")
             finally:
                 self._release_in_flight()
@@ -203,18 +170,18 @@ class KvsUploader(ThreadWorker):
         track = self._track(first)
         if track is None:
             return
-        budget: Budget = self._governor.backlog() if kind == "backlog" else self._governor
+        budget: Budget = self._budget.backlog() if kind == "backlog" else self._budget
         connection: PutMediaConnection | None = None
         try:
-            credentials = self._credentials()
+            credentials = self._endpoint.credentials()
             connection = PutMediaConnection(
-                self._endpoint(credentials),
+                self._endpoint.data_endpoint(credentials),
                 self.options.stream,
                 credentials,
-                region=self._region(),
+                region=self._endpoint.region(),
                 governor=budget,
                 stop=self._stop,
-                timeout=self._connect_timeout,
+                timeout=self._endpoint.connect_timeout,
                 on_answer=self.spool.wake_waiters,  # an acknowledgement ends the wait below
             )
             connection.open()
@@ -246,48 +213,13 @@ class KvsUploader(ThreadWorker):
         """What the next session sends, and its first fragment (waiting for one)."""
         while not self._stop.is_set():
             generation = self.spool.append_generation
-            kind = self._next_session_kind()
-            record = self._lease(kind)
+            kind = self._replay.next_session()
+            record = self._replay.lease(kind)
             if record is not None:
                 return kind, record
             self._set_state("idle")
             self.spool.wait_for_append(generation, IDLE_WAKE_S)
         return "all", None
-
-    def _next_session_kind(self) -> SessionKind:
-        if self.options.replay == "oldest-first":
-            return "all"
-        if self._live_last_ms is None or self._live_waiting():
-            return "live"
-        return "backlog" if self._backlog_may_go() else "live"
-
-    def _backlog_may_go(self) -> bool:
-        """Live-first: a backlog is waiting and no schedule window holds it (checked
-        when nothing newer is waiting and nothing is in flight: whatever the spool
-        still holds for the sink is older)."""
-        return self.spool.unheld(self.name) > 0 and not self._governor.backlog_held()
-
-    def _lease(self, kind: SessionKind) -> LeasedRecord | None:
-        """The next fragment for a session of this kind, if there is one."""
-        if kind == "live":
-            after = -1 if self._live_last_ms is None else self._live_last_ms
-            return self.spool.lease_newest(self.name, captured_after_ms=after, with_meta=True)
-        before = None
-        if kind == "backlog" and self._live_last_ms is not None:
-            before = self._live_last_ms + 1  # a live fragment given back is backlog now
-        leased = self.spool.lease(
-            self.name,
-            max_records=1,
-            max_bytes=MAX_FRAGMENT_BYTES,
-            with_meta=True,
-            captured_before_ms=before,
-        )
-        return leased[0] if leased else None
-
-    def _live_waiting(self) -> bool:
-        """Live-first: a fragment captured after the last live one is in the spool."""
-        last = self._live_last_ms
-        return last is not None and self.spool.newest_is_after(self.name, last)
 
     def _stream(self, connection: PutMediaConnection, track: VideoTrack, kind: SessionKind) -> None:
         """Send fragments as the window and the rate allow; take acknowledgements. The
@@ -303,15 +235,17 @@ class KvsUploader(ThreadWorker):
                 self._finish(connection)
                 return
             if self._in_flight and now - last_ack > options.ack_timeout:
-                raise _Reconnect(f"no acknowledgement for {options.ack_timeout:.0f}s", silent=True)
+                raise SinkUnavailable(
+                    "Timeout", f"no acknowledgement for {options.ack_timeout:.0f}s"
+                )
             generation = self.spool.append_generation
             window_open = len(self._in_flight) < options.max_in_flight
             rate_wait = self._rate_wait(now)
-            if kind == "backlog" and self._live_waiting():
+            if kind == "backlog" and self._replay.live_waiting():
                 self._finish(connection)  # a new fragment: live goes first
                 return
             if window_open and rate_wait == 0 and generation != drained_at:
-                record = self._lease(kind)
+                record = self._replay.lease(kind)
                 if record is not None:
                     record_track = self._track(record)
                     if record_track is None:
@@ -323,7 +257,7 @@ class KvsUploader(ThreadWorker):
                     self._send(connection, record, kind)
                     continue
                 drained_at = generation
-            if drained_at == generation and not self._in_flight and self._turn_over(kind):
+            if drained_at == generation and not self._in_flight and self._replay.turn_over(kind):
                 self._finish(connection)
                 return
             try:
@@ -333,21 +267,13 @@ class KvsUploader(ThreadWorker):
                 self.spool.wait_for_append(generation, wait)
                 continue
             if item is None:
-                raise _Reconnect("the endpoint closed the connection", silent=True)
+                raise SinkUnavailable("ConnectionError", "the endpoint closed the connection")
             self.link.up()  # an answer: acknowledgement or refusal
             if isinstance(item, PutMediaRefused):
                 self._refused(item)
             last_ack = time.monotonic()
             self._on_ack(item)
         self._finish(connection, STOP_ACK_WAIT_S)  # stopping
-
-    def _turn_over(self, kind: SessionKind) -> bool:
-        """A live-first session that has sent all it may and had it acknowledged: a
-        live session hands over to a waiting backlog, a backlog session that has
-        nothing left to live video."""
-        if kind == "live":
-            return self._backlog_may_go()
-        return kind == "backlog"
 
     def _finish(self, connection: PutMediaConnection, timeout: float | None = None) -> None:
         """End the request and take the acknowledgements still due (also at stop, for
@@ -379,21 +305,18 @@ class KvsUploader(ThreadWorker):
         # than when the next one begins (a whole fragment duration later).
         connection.send(record.payload)
         connection.send(END_OF_FRAGMENT_TAGS)  # a chunk of its own: no copy of the payload
-        self._sends.append((now, len(record.payload)))
-        while self._sends[0][0] < now - RATE_WINDOW_S:
-            self._sends.popleft()
+        self._sent.add(now, 1, len(record.payload))
         self.stats.fragments_sent += 1
         self.stats.bytes_sent += len(record.payload)
         if record.attempts:
             self.stats.resent += 1
-        if kind == "live":
-            self._live_last_ms = record.captured_at_ms  # what is older (unsent) is backlog
-        elif kind == "backlog":
+        self._replay.sent(record, kind)
+        if kind == "backlog":
             self.stats.backlog_sent += 1
 
     def _rate_wait(self, now: float) -> float:
         """0 if a fragment may go now, else how long until one may (fragments_per_second)."""
-        last_second = [at for at, _ in self._sends if now - at < 1.0]
+        last_second = self._sent.times_after(now - 1.0)
         if len(last_second) < self.options.fragments_per_second:
             return 0.0
         return max(0.001, last_second[0] + 1.0 - now)
@@ -442,15 +365,16 @@ class KvsUploader(ThreadWorker):
             return
         # Anything else: the fragment stays in flight and is sent again after reconnecting.
         if action is ErrorAction.PAUSE:
-            raise _Pause(f"Kinesis Video: {name}")
-        raise _Reconnect(f"Kinesis Video: {name}")
+            raise SinkPaused("KinesisVideo", name)
+        raise SinkUnavailable("KinesisVideo", name)
 
     def _refused(self, refused: PutMediaRefused) -> NoReturn:
+        code = refused.error_type or f"HTTP{refused.status}"
         if refused.error_type in PAUSE_ERROR_TYPES or refused.status in (401, 403):
-            raise _Pause(str(refused))
+            raise SinkPaused(code, str(refused)) from refused
         if refused.error_type == "InvalidEndpointException":
-            self._data_endpoint = None
-        raise _Reconnect(str(refused))
+            self._endpoint.forget()
+        raise SinkUnavailable(code, str(refused)) from refused
 
     def _take_arrived_acks(self, connection: PutMediaConnection) -> None:
         """Acknowledgements due for fragments written whole (all in flight but the last),
@@ -462,15 +386,15 @@ class KvsUploader(ThreadWorker):
                 return
             try:
                 self._on_ack(ack)
-            except (_Reconnect, _Pause):
+            except SinkError:
                 return
 
     def _track(self, record: LeasedRecord) -> VideoTrack | None:
         """A fragment's track, from what the camera stored with it; a fragment whose
         track cannot be read can never be sent: dead letter."""
         try:
-            return _track_of(record)
-        except (ValueError, TypeError) as err:
+            return FragmentMeta.from_json(record.meta).track
+        except ValueError as err:
             self.spool.dead_letter([record], f"the fragment's track (meta) is unreadable: {err}")
             self.stats.dead_lettered += 1
             return None
@@ -480,50 +404,11 @@ class KvsUploader(ThreadWorker):
             self.spool.release([entry[0] for entry in self._in_flight.values()])
             self._in_flight.clear()
 
-    # ------------------------------------------------------------------ plumbing
-
-    def _credentials(self) -> ReadOnlyCredentials:
-        """Fresh from botocore's chain for each connection (temporary ones are fetched
-        again before they expire)."""
-        credentials = self._session.get_credentials()
-        if credentials is None:
-            raise _Pause("no AWS credentials found")
-        return credentials.get_frozen_credentials()
-
-    def _region(self) -> str:
-        region = self._aws.region or self._session.region_name
-        if not region:
-            raise _Pause("no region: set region in the sink's config")
-        return str(region)
-
-    def _endpoint(self, credentials: ReadOnlyCredentials) -> str:
-        if self._data_endpoint is None:
-            region = self._region()
-            try:
-                self._data_endpoint = get_data_endpoint(
-                    control_endpoint(region, self._aws.endpoint_url),
-                    self.options.stream,
-                    credentials,
-                    region=region,
-                    timeout=self._connect_timeout,
-                    governor=self._governor,
-                    stop=self._stop,
-                )
-                self.link.up()
-            except ClientError as err:  # the same classification as the record sinks
-                self.link.up()  # refused, but it answered
-                error = sink_error(err)
-                if isinstance(error, SinkPaused):
-                    raise _Pause(f"GetDataEndpoint: {error}") from err
-                raise _Reconnect(f"GetDataEndpoint: {error}") from err
-        return self._data_endpoint
-
     def _set_state(self, state: str, reason: str = "") -> None:
         self.stats.set(state, reason)
 
-    def snapshot(self) -> dict[str, Any]:
-        stats = self.stats
-        horizon = time.monotonic() - RATE_WINDOW_S
+    def snapshot(self) -> KvsSnapshot:
+        stats, link = self.stats, self.link
         return {
             "type": "kvs",
             "target": self.options.stream,
@@ -547,10 +432,9 @@ class KvsUploader(ThreadWorker):
             "live_sessions": stats.live_sessions,
             "backlog_sessions": stats.backlog_sessions,
             "backlog_sent": stats.backlog_sent,
-            "bytes_per_s": round(
-                sum(size for at, size in list(self._sends) if at >= horizon) / RATE_WINDOW_S, 1
-            ),
-            **self.link.snapshot(),
+            "bytes_per_s": self._sent.rates(time.monotonic())[1],
+            "online": link.online,
+            "link_since": link.since,
         }
 
 
@@ -566,19 +450,8 @@ def _next_ack(connection: PutMediaConnection, deadline: float) -> Ack | None:
     return None
 
 
-def _median_and_max(values: deque[float]) -> dict[str, float] | None:
+def _median_and_max(values: deque[float]) -> LatencySummary | None:
     if not values:
         return None
     ordered = sorted(values)
     return {"p50": round(ordered[len(ordered) // 2], 3), "max": round(ordered[-1], 3)}
-
-
-def _track_of(record: LeasedRecord) -> VideoTrack:
-    """The track a fragment belongs to, from what the camera stored with it."""
-    meta = json.loads(record.meta or "{}")
-    return VideoTrack(
-        str(meta.get("codec_id", "V_MPEG4/ISO/AVC")),
-        base64.b64decode(str(meta.get("codec_private", ""))),
-        int(meta.get("width", 0)),
-        int(meta.get("height", 0)),
-    )

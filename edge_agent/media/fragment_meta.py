@@ -1,0 +1,65 @@
+"""What a spooled video fragment carries besides its Matroska Cluster.
+
+A camera stores each fragment as one spool record: the payload is the fragment's
+Cluster, the record's ``meta`` this record as compact JSON. The Kinesis Video sink reads
+the track back from it to write the stream header of each PutMedia connection (a new
+track, new parameter sets: a new connection). One type, written and read by the same
+code, so the two sides cannot drift apart::
+
+    {"camera":"door","frames":60,"duration_ms":1967,"codec_id":"V_MPEG4/ISO/AVC",
+     "codec_private":"<avcC record, base64>","width":1280,"height":720}
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+
+from edge_agent.media.mkv import H264, VideoTrack
+
+
+@dataclass(frozen=True)
+class FragmentMeta:
+    camera: str
+    frames: int
+    duration_ms: int
+    track: VideoTrack
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "camera": self.camera,
+                "frames": self.frames,
+                "duration_ms": self.duration_ms,
+                "codec_id": self.track.codec_id,
+                "codec_private": base64.b64encode(self.track.codec_private).decode(),
+                "width": self.track.width,
+                "height": self.track.height,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | None) -> FragmentMeta:
+        """The record a camera stored; ValueError if it cannot be read. Missing fields
+        take the defaults of an H.264 track of unknown size."""
+        try:
+            meta = json.loads(text or "{}")
+            if not isinstance(meta, dict):
+                raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
+            track = VideoTrack(
+                str(meta.get("codec_id", H264)),
+                base64.b64decode(str(meta.get("codec_private", ""))),
+                int(meta.get("width", 0)),
+                int(meta.get("height", 0)),
+            )
+            return cls(
+                str(meta.get("camera", "")),
+                int(meta.get("frames", 0)),
+                int(meta.get("duration_ms", 0)),
+                track,
+            )
+        except (TypeError, binascii.Error) as err:
+            raise ValueError(str(err)) from err

@@ -1,0 +1,86 @@
+"""Where a Kinesis Video stream takes PutMedia, and the credentials to sign it with.
+
+The data endpoint comes from GetDataEndpoint (signed by the sink itself, through the
+upload budget) and is cached until a connection fails for want of a network or the
+service says the endpoint is no longer valid. Credentials come fresh from botocore's
+chain for each connection, so temporary ones are renewed before they expire.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from botocore.credentials import ReadOnlyCredentials
+from botocore.exceptions import ClientError
+
+from edge_agent.config.sink_kinds import AwsEndpoint
+from edge_agent.delivery.budget import Budget
+from edge_agent.errors import SinkPaused, SinkUnavailable
+from edge_agent.sinks.aws import sink_error
+from edge_agent.sinks.kvs.control import control_endpoint, get_data_endpoint
+from edge_agent.worker import LinkState
+
+
+class KvsEndpoint:
+    def __init__(
+        self,
+        aws: AwsEndpoint,
+        stream: str,
+        budget: Budget,
+        stop: threading.Event,
+        link: LinkState,
+    ) -> None:
+        import boto3
+
+        self._aws = aws
+        self._stream = stream
+        self._budget = budget
+        self._stop = stop
+        self._link = link
+        self._session = boto3.session.Session(profile_name=aws.profile)
+        self._data_endpoint: str | None = None
+
+    @property
+    def connect_timeout(self) -> float:
+        return self._aws.connect_timeout
+
+    def forget(self) -> None:
+        """Ask GetDataEndpoint again before the next connection."""
+        self._data_endpoint = None
+
+    def credentials(self) -> ReadOnlyCredentials:
+        """Fresh from botocore's chain for each connection (temporary ones are fetched
+        again before they expire)."""
+        credentials = self._session.get_credentials()
+        if credentials is None:
+            raise SinkPaused("NoCredentials", "no AWS credentials found")
+        return credentials.get_frozen_credentials()
+
+    def region(self) -> str:
+        region = self._aws.region or self._session.region_name
+        if not region:
+            raise SinkPaused("NoRegion", "no region: set region in the sink's config")
+        return str(region)
+
+    def data_endpoint(self, credentials: ReadOnlyCredentials) -> str:
+        """The stream's PutMedia endpoint (cached)."""
+        if self._data_endpoint is None:
+            region = self.region()
+            try:
+                self._data_endpoint = get_data_endpoint(
+                    control_endpoint(region, self._aws.endpoint_url),
+                    self._stream,
+                    credentials,
+                    region=region,
+                    timeout=self._aws.connect_timeout,
+                    governor=self._budget,
+                    stop=self._stop,
+                )
+                self._link.up()
+            except ClientError as err:  # the same classification as the record sinks
+                self._link.up()  # refused, but it answered
+                error = sink_error(err)
+                if isinstance(error, SinkPaused):
+                    raise SinkPaused(error.code, f"GetDataEndpoint: {error.message}") from err
+                raise SinkUnavailable(error.code, f"GetDataEndpoint: {error.message}") from err
+        return self._data_endpoint
