@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge_agent.assembly import make_forwarder
-from edge_agent.config.loading import SinkConfig, parse_config
+from edge_agent.config.loading import parse_config
+from edge_agent.config.sinks import SinkConfig
 from edge_agent.delivery.budget import UploadBudget
 from edge_agent.delivery.forwarder import Forwarder
 from edge_agent.records import Record
+from edge_agent.runtime_status import ForwarderSnapshot
 from edge_agent.spool.store import Spool
 from tests.faulty_kinesis import FaultyKinesis
 from tests.support import wait_until
@@ -80,7 +82,7 @@ class Harness:
         return self.forwarder
 
     @property
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ForwarderSnapshot:
         assert self.forwarder is not None
         return self.forwarder.snapshot()
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import cast
 
 import pytest
 
 from edge_agent.agent import sink_with_upload
 from edge_agent.config.budget import ScheduleWindow, ShareConfig
 from edge_agent.delivery.budget import BacklogHeld, BudgetShare, UploadBudget, active_window
+from edge_agent.runtime_status import ForwarderSnapshot
 from tests.support import wait_until
 
 
@@ -133,7 +135,7 @@ def test_a_sink_paused_by_its_schedule_says_so_in_status() -> None:
     now = [at(12, 0)]
     budget = UploadBudget(None, 1024, local_time=lambda: now[0])
     budget.share("video", ShareConfig(priority=10, schedule=(NIGHT, DAY_PAUSE)))
-    sending = {"state": "sending", "reason": ""}
+    sending = cast(ForwarderSnapshot, {"state": "sending", "reason": ""})  # the keys it reads
     shown = sink_with_upload(sending, budget.share_snapshot("video"))
     assert (shown["state"], shown["reason"]) == (
         "paused by the schedule",

@@ -124,6 +124,7 @@ def test_camera_fragments_reach_kvs_local_persisted_and_play_back(
     # From the capture of a fragment's first frame to its PERSISTED: the fragment's own
     # second (it is complete when the next keyframe arrives) and little more.
     captured = snapshot["capture_latency_s"]
+    assert captured is not None
     assert 0.95 <= captured["p50"] <= captured["max"] < 1.5
 
 

@@ -91,9 +91,8 @@ class Setup:
         self.backlog = [now - (BACKLOG + 1 - i) * 1000 for i in range(BACKLOG)]
         self.stop = threading.Event()
         self.camera = Camera(config.cameras["pattern"], self.spool, self.stop)
-        budget = UploadBudget(BUDGET, 16 * 1024)
         self.uploader = KvsUploader(
-            config.sinks["video"], self.spool, budget or budget, self.stop
+            config.sinks["video"], self.spool, budget or UploadBudget(BUDGET, 16 * 1024), self.stop
         )
         self.stored: StreamState = server.streams["cam"]
 

@@ -4,8 +4,11 @@
     parse_rate("2Mbit/s")    -> 250000.0        (bytes per second; bit and byte rates)
     parse_duration("1m30s")  -> 90.0            (seconds; ms, s, m, h, d, combinable)
 
-Plain numbers are taken as bytes, bytes per second and seconds. Each function raises
+Plain numbers are taken as bytes, bytes per second and seconds. Each parse function raises
 ``ValueError`` with a message fit to show next to the key that held the value.
+
+``format_size`` and ``format_duration`` write values back in the same units (the
+reference shows defaults that way).
 """
 
 from __future__ import annotations
@@ -108,3 +111,29 @@ def parse_duration(value: object) -> float:
     if not parts or _DURATION_PART.sub("", text).strip():
         raise ValueError(f"expected a duration such as '30s', '250ms' or '1h30m', got {value!r}")
     return sum(float(number) * _DURATION_FACTORS[unit] for number, unit in parts)
+
+
+def format_size(value: int) -> str:
+    """The shortest exact text for a size: ``1073741824`` -> ``"1GiB"``."""
+    for unit, factor in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if value and value % factor == 0:
+            return f"{value // factor}{unit}"
+    for unit, factor in (("TB", 1000**4), ("GB", 1000**3), ("MB", 1000**2), ("kB", 1000)):
+        if value and value % factor == 0:
+            return f"{value // factor}{unit}"
+    return f"{value}B"
+
+
+def format_duration(seconds: float) -> str:
+    """The text for a duration: ``604800`` -> ``"7d"``, ``90`` -> ``"1m30s"``."""
+    millis = round(seconds * 1000)
+    if millis == 0:
+        return "0s"
+    parts = []
+    for unit, factor in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if millis >= factor:
+            parts.append(f"{millis // factor}{unit}")
+            millis %= factor
+    if millis:
+        parts.append(f"{millis}ms")
+    return "".join(parts)

@@ -1,0 +1,115 @@
+"""The ``[agent]`` and ``[spool]`` sections: the device, its state and the spool file."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+
+from edge_agent.config.options import (
+    DURATION,
+    PATH,
+    SIZE,
+    STRING,
+    Table,
+    choice,
+    integer,
+    off,
+    option,
+    read_section,
+    section,
+    within,
+)
+
+DEFAULT_STATE_DIR = "/var/lib/edge-agent"
+
+Durability = Literal["full", "normal"]
+IntegrityCheck = Literal["quick", "full", "off"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+@section
+class AgentConfig:
+    """The device and where the agent keeps its state."""
+
+    device_name: str = option(
+        kind=STRING,
+        default_factory=socket.gethostname,
+        default_doc="the host name",
+        doc="Name of this device; usable in partition keys as {device}.",
+    )
+    state_dir: Path = option(
+        kind=PATH,
+        default=Path(DEFAULT_STATE_DIR),
+        doc="Where the spool and the runtime status file live (systemd's StateDirectory).",
+    )
+    log_level: LogLevel = option(
+        kind=choice("debug", "info", "warning", "error"),
+        default="info",
+        doc="Changes apply on reload (systemctl reload edge-agent).",
+    )
+    status_interval: float = option(
+        kind=DURATION,
+        default=2.0,
+        check=within(0.1, 3600, "must be between 100ms and 1h"),
+        doc="How often the running agent refreshes what `edge-agent status` shows.",
+    )
+
+
+@section
+class SpoolConfig:
+    """The SQLite spool: every record waits here until its sink has delivered it."""
+
+    path: Path = option(
+        kind=PATH,
+        default=Path(DEFAULT_STATE_DIR) / "spool.db",
+        default_doc="<state_dir>/spool.db",
+        doc="The SQLite file.",
+    )
+    durability: Durability = option(
+        kind=choice("full", "normal"),
+        default="full",
+        doc='"full": a committed record survives power loss (fsync per commit); "normal": '
+        "survives a crash of the agent, may lose the last commits on power loss.",
+    )
+    max_bytes: int | None = option(
+        kind=off(SIZE),
+        default=1024**3,
+        doc='Overall cap on spooled bytes; when reached, "drop_oldest" queues lose their '
+        "oldest records first.",
+    )
+    max_age: float | None = option(
+        kind=off(DURATION),
+        default=7 * 86400.0,
+        doc="Records older than this are expired (counted as dropped).",
+    )
+    commit_max_records: int = option(
+        kind=integer(1, 100_000),
+        default=1000,
+        doc="Most messages committed (and then acked to the broker) in one transaction.",
+    )
+    commit_linger: float = option(
+        kind=DURATION,
+        default=0.0,
+        check=within(0.0, 1.0, "must be at most 1s: longer delays stall MQTT acks"),
+        doc="Wait this long for more messages before committing a batch smaller than "
+        "commit_max_records (0: commit as soon as the previous commit is done).",
+    )
+    integrity_check: IntegrityCheck = option(
+        kind=choice("quick", "full", "off"),
+        default="quick",
+        doc='Checked at every start: "quick" (PRAGMA quick_check), "full" (integrity_check, '
+        'slow on large spools) or "off"; a corrupt file is moved aside.',
+    )
+
+
+def read_agent(table: Table) -> AgentConfig:
+    agent = read_section(AgentConfig, table)
+    table.finish()
+    return agent
+
+
+def read_spool(table: Table, agent: AgentConfig) -> SpoolConfig:
+    spool = read_section(SpoolConfig, table, defaults={"path": agent.state_dir / "spool.db"})
+    table.finish()
+    return spool

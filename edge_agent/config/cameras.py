@@ -1,0 +1,193 @@
+"""The ``[cameras.NAME]`` tables: where each camera's frames come from, how they are cut."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import field
+from typing import Literal
+
+from edge_agent.config.budget import RATE
+from edge_agent.config.options import (
+    BOOLEAN,
+    DURATION,
+    STRING,
+    Kind,
+    Table,
+    choice,
+    integer,
+    matches,
+    option,
+    read_section,
+    section,
+)
+from edge_agent.config.sinks import NAME, SinkConfig
+from edge_agent.config.units import format_duration
+
+CameraSource = Literal["rtsp", "v4l2", "file", "lavfi"]
+RtspClient = Literal["auto", "builtin", "pyav"]
+Preset = Literal[
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"
+]
+PRESETS: tuple[Preset, ...] = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+)
+#: Fragments are held whole in one spool record: a sink fed by a camera must take them.
+MIN_VIDEO_RECORD_BYTES = 4 * 1024 * 1024
+
+#: A duration, kept in milliseconds.
+MILLISECONDS: Kind[int] = DURATION.map(
+    "duration", lambda seconds: round(seconds * 1000), lambda ms: f'"{format_duration(ms / 1000)}"'
+)
+#: A rate, kept in bits per second.
+BITRATE: Kind[int | None] = RATE.map(
+    'rate or "off"',
+    lambda rate: None if rate is None else round(rate * 8),
+    lambda bits: RATE.show(None if bits is None else bits / 8),
+)
+
+
+@section
+class CameraConfig:
+    """One camera (``[cameras.NAME]``); each runs in its own thread. H.264 from the camera
+    is passed through untouched; anything else is encoded with libx264. More FFmpeg
+    options for the input go in ``[cameras.NAME.options]``, passed as they are."""
+
+    name: str
+    url: str = option(
+        kind=STRING,
+        doc="The stream's URL, device, file or filter graph; credentials in it are never "
+        "logged or shown in status.",
+    )
+    sink: str = option(
+        kind=STRING,
+        doc="The sink its fragments go to (records of at least 4MiB); a kvs sink takes one camera.",
+    )
+    source: CameraSource = option(
+        kind=choice("rtsp", "v4l2", "file", "lavfi"),
+        default="rtsp",
+        doc="rtsp (IP cameras), v4l2 (/dev/videoN), file (replays a recording) or lavfi "
+        '(an FFmpeg filter graph such as "testsrc2=size=1280x720").',
+    )
+    fragment_ms: int = option(
+        kind=MILLISECONDS,
+        key="fragment",
+        default=2000,
+        doc="Fragments start at a keyframe and last about this long.",
+    )
+    max_fragment_ms: int = option(
+        kind=MILLISECONDS,
+        key="max_fragment",
+        default=10_000,
+        doc="A camera whose keyframes are further apart is cut here (at most 30s).",
+    )
+    realtime: bool = option(
+        kind=BOOLEAN,
+        default=True,
+        doc="Files only: true replays at the recording's own pace, false as fast as it reads.",
+    )
+    video_size: str | None = option(
+        kind=STRING,
+        default=None,
+        check=matches(r"\d{2,5}x\d{2,5}", "expected WIDTHxHEIGHT, such as '1280x720'"),
+        doc="V4L2 only: the size the device is asked for.",
+    )
+    framerate: int | None = option(
+        kind=integer(1, 240), default=None, doc="V4L2 only: the frame rate."
+    )
+    input_format: str | None = option(
+        kind=STRING, default=None, doc='V4L2 only: the input format ("mjpeg", "yuyv422", "h264").'
+    )
+    preset: Preset = option(
+        kind=choice(*PRESETS),
+        default="veryfast",
+        doc="Encoding only: the libx264 preset.",
+    )
+    bitrate: int | None = option(
+        kind=BITRATE,
+        default=None,
+        default_doc="libx264's constant quality",
+        doc="Encoding only: the bitrate.",
+    )
+    connect_timeout: float = option(kind=DURATION, default=10.0, doc="Opening the stream.")
+    stall_timeout: float = option(
+        kind=DURATION, default=10.0, doc="No frames for this long: the camera is lost."
+    )
+    reconnect_min: float = option(
+        kind=DURATION,
+        default=1.0,
+        doc="A lost camera is opened again with backoff from reconnect_min doubling to "
+        "reconnect_max.",
+    )
+    reconnect_max: float = option(kind=DURATION, default=30.0, doc="The longest backoff.")
+    #: ``[cameras.NAME.options]``: more FFmpeg options for the input.
+    extra_options: Mapping[str, str] = field(default_factory=dict)
+    rtsp_client: RtspClient = option(
+        kind=choice("auto", "builtin", "pyav"),
+        default="auto",
+        doc='RTSP only: "builtin" (H.264 over TCP, least CPU), "pyav" (FFmpeg\'s: UDP, '
+        'listen mode, any codec, FFmpeg options) or "auto" (builtin unless [options] are '
+        "given).",
+    )
+
+
+def read_cameras(table: Table | None, sinks: Mapping[str, SinkConfig]) -> dict[str, CameraConfig]:
+    if table is None:
+        return {}
+    cameras: dict[str, CameraConfig] = {}
+    for name in table.names():
+        sub = table.subtable(name)
+        assert sub is not None
+        if not NAME.match(name):
+            sub.problem("", "camera names use letters, digits, '_', '.', '-' (at most 64)")
+        cameras[name] = _read_camera(name, sub, sinks, cameras)
+        sub.finish()
+    return cameras
+
+
+def _read_camera(
+    name: str, table: Table, sinks: Mapping[str, SinkConfig], cameras: Mapping[str, CameraConfig]
+) -> CameraConfig:
+    options = table.subtable("options")
+    extra: dict[str, str] = {}
+    if options is not None:
+        extra = {key: str(value) for key, value in options.raw.items()}
+        options.raw.clear()
+    camera = read_section(CameraConfig, table, given={"name": name, "extra_options": extra})
+    if not 0 < camera.fragment_ms <= camera.max_fragment_ms <= 30_000:
+        table.problem("fragment", "need 0 < fragment <= max_fragment <= 30s")
+    if camera.rtsp_client == "builtin" and camera.extra_options:
+        table.problem(
+            "rtsp_client",
+            "the built-in RTSP client takes no FFmpeg [options]: remove them, or set "
+            'rtsp_client = "pyav"',
+        )
+    if camera.rtsp_client != "auto" and camera.source != "rtsp":
+        table.problem("rtsp_client", f"only RTSP cameras have one (source is {camera.source!r})")
+    if camera.reconnect_min > camera.reconnect_max:
+        table.problem("reconnect_min", "must not exceed reconnect_max")
+    if not table.ok("sink"):
+        return camera
+    sink = sinks.get(camera.sink)
+    if sink is None:
+        table.problem("sink", f"no sink named {camera.sink!r} in [sinks]")
+    elif sink.max_record_bytes < MIN_VIDEO_RECORD_BYTES:
+        table.problem(
+            "sink",
+            f"sink {camera.sink!r} takes records of at most {sink.max_record_bytes} bytes; "
+            f"a fragment of video needs more: set its max_record_bytes to at least 4MiB",
+        )
+    elif sink.type == "kvs" and any(c.sink == camera.sink for c in cameras.values()):
+        table.problem(
+            "sink",
+            f"sink {camera.sink!r} already takes another camera; a Kinesis Video stream "
+            "takes one camera (one track, one timeline): give each camera its own sink",
+        )
+    return camera
