@@ -4,8 +4,9 @@ The spool with each queue's caps, and one uploader per sink that sends somewhere
 forwarder around the sink's request builder (Kinesis, Firehose), or the Kinesis Video
 sink's own uploader. The sinks are imported when one is built, so commands that only
 read the spool (``edge-agent spool``) load no AWS SDK. A new destination is its folder
-under ``sinks/`` and one entry in ``_build_sink`` (or ``make_uploader`` for a sink that
-is its own uploader).
+under ``sinks/`` (its options declared in ``options.py``, registered in
+``config.sinks.SINK_KINDS``) and one branch in ``make_sink`` (or in ``make_uploader``
+for a sink that is its own uploader, as the Kinesis Video sink is).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from edge_agent.config.loading import Config
-from edge_agent.config.sinks import SinkConfig
+from edge_agent.config.sinks import SINK_KINDS, SinkConfig
 from edge_agent.delivery.budget import Budget, SinkBudget
 from edge_agent.spool.caps import QueuePolicy
 from edge_agent.spool.store import Spool
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from edge_agent.sinks.base import Sink, Uploader
 
 #: Kinds of sink that send (a "hold" sink only keeps records in the spool).
-FORWARDING_TYPES = ("kinesis", "firehose", "kvs")
+FORWARDING_TYPES = tuple(kind for kind in SINK_KINDS if kind != "hold")
 #: Requests a forwarder keeps on the wire at once.
 REQUESTS_IN_FLIGHT = 2
 AGGREGATING_REQUESTS_IN_FLIGHT = 1

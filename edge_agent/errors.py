@@ -1,32 +1,79 @@
 """The error tree of edge-agent.
 
-Every error the agent raises on purpose derives from :class:`EdgeAgentError` and says
-whether retrying the same operation later can succeed::
+Every exception the agent defines derives from :class:`EdgeAgentError` and says
+whether trying the same thing again later can succeed (``retryable``)::
 
     EdgeAgentError                      retryable?
     ├── ConfigError                     no   -- file, key path and reason
-    ├── SpoolError                      --
+    ├── SpoolError                      no   -- the spool cannot be used as asked (closed,
+    │   │                                       read-only, not a spool, locked by another)
     │   ├── SpoolCorrupt                no   -- the file is moved aside, a new spool opens
     │   ├── SpoolFull                   yes  -- disk full / write refused; keep, retry later
     │   └── SpoolBusy                   yes  -- another writer holds the lock for too long
+    ├── FormatError (ValueError)        no   -- bytes or text of a media format that cannot
+    │   │                                       be read, or frames that cannot be written
+    │   ├── FragmentError               no   -- frames that make no fragment (media/mkv.py)
+    │   ├── MkvError                    no   -- not the Matroska stream it should be
+    │   │                                       (kvs_local/mkv_reader.py)
+    │   └── SdpError                    no   -- a camera's description without usable
+    │                                           video (sources/camera/sdp.py)
     ├── SourceError                     yes  -- a source lost its input (broker, camera)
-    │   └── RtspError                   yes  -- the built-in RTSP client; its subtree
-    │                                           (refused, stalled) in sources/camera/rtsp_client.py
-    └── SinkError                       --   -- a whole request to a destination failed
-        ├── SinkUnavailable             yes  -- throttled, 5xx, network: back off, retry
-        ├── SinkPaused                  no   -- access denied, stream missing, KMS key
-        │                                       unusable: keep the data, probe slowly
-        └── RequestRejected             no   -- the service refused the request as invalid:
-                                                find the bad record, dead-letter it
+    │   ├── CameraError                 yes  -- PyAV (FFmpeg) could not open or read a camera;
+    │   │   │                                   sources/camera/camera_errors.py, whose
+    │   │   │                                   pyav_errors() table translates PyAV's errors
+    │   │   ├── CameraRefused           yes  -- the camera answered with an error status
+    │   │   └── StreamStalled           yes  -- no packet for the stall timeout
+    │   └── RtspError                   yes  -- the built-in RTSP client: the connection or
+    │       │                                   the protocol failed (sources/camera/rtsp_client.py)
+    │       ├── RtspRefused             yes  -- the camera answered with an error status
+    │       └── RtspStalled             yes  -- no video for the stall timeout
+    ├── SinkError                       --   -- a whole request to a destination failed;
+    │   │                                       ``code`` is the service's error code
+    │   ├── SinkUnavailable             yes  -- throttled, 5xx, network: back off, retry
+    │   ├── SinkPaused                  no   -- access denied, stream missing, KMS key
+    │   │                                       unusable: keep the data, probe slowly
+    │   ├── RequestRejected             no   -- the service refused the request as invalid:
+    │   │                                       find the bad record, dead-letter it
+    │   └── PutMediaRefused             per answer -- the PutMedia endpoint answered an HTTP
+    │                                       error: no for 401, 403, a missing stream, else
+    │                                       yes (sinks/kvs/putmedia.py)
+    ├── BacklogHeld                     yes  -- a schedule window holds a live-first video
+    │                                           sink's backlog; it goes when the window ends
+    │                                           (delivery/budget.py)
+    └── EndpointRefusal                 no   -- kvs-local refuses a client's request, with an
+        │                                       HTTP status and the service's error type
+        └── SignatureRejected           no   -- a missing, unknown, expired or wrong SigV4
+                                                signature (kvs_local/sigv4.py)
 
-Code that catches errors asks ``err.retryable`` instead of matching on types.
+``BacklogHeld`` is a branch of its own, not a ``SinkError``: nothing failed and the
+destination said nothing. The sink ends its backlog session and goes back to live video;
+no error is counted, the link stays as it was, and no code would mean anything.
+
+Parse errors derive from ``ValueError`` as well: code that reads a format catches
+``ValueError`` for any bad input, its own or the standard library's (``int()``,
+``base64``). Checks of a caller's arguments (a negative size, a rate of 0) raise plain
+``ValueError`` or ``TypeError``: those are bugs, not errors of the tree. Lower libraries'
+exceptions are translated where the agent meets them, each through one table:
+botocore's by ``sinks.aws.sink_error`` (``botocore_errors()``), PyAV's by
+``sources.camera.camera_errors.camera_error`` (``pyav_errors()``), socket errors of the built-in
+RTSP client by its ``OS_ERRORS``. The KVS sink's own HTTP code lets ``OSError``
+(``ssl.SSLError`` included) through: for its uploader any ``OSError`` means that no answer
+came back.
+
+Code that decides whether to try again asks ``err.retryable`` instead of matching on
+types. A sink splits a request the service refused as invalid (``RequestRejected``: find
+the bad record), backs off and retries any other retryable error, and pauses on the rest
+(keeping the data, probing slowly). A source always reconnects, with backoff: every
+``SourceError`` is retryable, and a camera reports whatever it met (a spool error, a
+bug) and opens its input again. kvs-local answers a refusal with its HTTP status; the
+client reads that.
 """
 
 from __future__ import annotations
 
 
 class EdgeAgentError(Exception):
-    """Base of every error edge-agent raises on purpose."""
+    """Base of every exception edge-agent defines."""
 
     retryable: bool = False
 
@@ -77,6 +124,11 @@ class SpoolBusy(SpoolError):
     retryable = True
 
 
+class FormatError(EdgeAgentError, ValueError):
+    """Bytes or text of a media format that cannot be read (H.264, Matroska, SDP), or
+    frames that cannot be written as one."""
+
+
 class SourceError(EdgeAgentError):
     """A source lost its input; it reconnects by itself."""
 
@@ -91,9 +143,17 @@ class SinkError(EdgeAgentError):
         self.message = message
         super().__init__(f"{code}: {message}" if message else code)
 
+    @property
+    def unreachable(self) -> bool:
+        """No answer came back at all: the link to the destination is down."""
+        return False
+
 
 class SinkUnavailable(SinkError):
-    """Transient: throttled, a 5xx, a timeout or a network error. Back off and retry."""
+    """Transient: throttled, a 5xx, a timeout or a network error. Back off and retry.
+
+    A failure where no answer came back has one of the ``NETWORK_ERROR_CODES``
+    (``"Timeout"``, ``"ConnectionError"``, ...): that is what ``unreachable`` reads."""
 
     retryable = True
 
@@ -103,7 +163,8 @@ class SinkUnavailable(SinkError):
         return self.code in NETWORK_ERROR_CODES
 
 
-#: The codes ``sinks.aws.sink_error`` gives failures where no answer came back.
+#: The codes of failures where no answer came back (``sinks.aws.sink_error`` gives them
+#: to botocore's network errors; a sink's own code uses them for the same meaning).
 NETWORK_ERROR_CODES = frozenset(
     {"ConnectionRefused", "DnsFailure", "Timeout", "TlsError", "ConnectionError"}
 )
@@ -119,3 +180,12 @@ class SinkPaused(SinkError):
 
 class RequestRejected(SinkError):
     """The service called the request invalid: some record in it can never be accepted."""
+
+
+class EndpointRefusal(EdgeAgentError):
+    """kvs-local refuses a client's request: it answers with ``status`` and
+    ``error_type`` (the service's name for the error); the text is the answer's message."""
+
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.error_type = status, error_type

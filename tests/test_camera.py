@@ -20,12 +20,13 @@ from typing import Any
 
 import av
 import pytest
-from edge_agent.video import camera as camera_module
 
-from edge_agent.config.loading import CameraConfig
+from edge_agent.config.cameras import CameraConfig
 from edge_agent.media import h264
 from edge_agent.media.mkv import VideoTrack, stream_header
-from edge_agent.sources.camera.camera import Camera, redact
+from edge_agent.redact import redact
+from edge_agent.sources.camera import camera as camera_module
+from edge_agent.sources.camera.camera import Camera
 from edge_agent.spool.store import Spool
 from tests import gst_rtsp_server
 from tests.gst_rtsp_server import RtspServer

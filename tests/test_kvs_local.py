@@ -128,7 +128,7 @@ def test_a_connection_the_sink_closes_frees_the_stream_at_once(server: PutMediaS
     def connect() -> PutMediaConnection:
         connection = PutMediaConnection(
             server.url, "cam", CREDENTIALS.get_frozen_credentials(), region="us-east-1",
-            governor=UploadBudget(None, 1024), stop=threading.Event(), timeout=30,
+            budget=UploadBudget(None, 1024), stop=threading.Event(), timeout=30,
         )  # fmt: skip
         connection.open()
         connection.send(header)
@@ -232,7 +232,7 @@ def test_the_sinks_getdataendpoint_call_and_how_its_refusals_are_classified(
     def ask(stream: str) -> str:
         return get_data_endpoint(
             server.url, stream, CREDENTIALS.get_frozen_credentials(), region="us-east-1",
-            timeout=5, governor=UploadBudget(None, 1024), stop=threading.Event(),
+            timeout=5, budget=UploadBudget(None, 1024), stop=threading.Event(),
         )  # fmt: skip
 
     assert ask("cam") == server.url

@@ -1,4 +1,4 @@
-"""Token buckets, the upload governor, per-shard pacing and full-jitter backoff,
+"""Token buckets, the upload budget, per-shard pacing and full-jitter backoff,
 driven by a fake clock (no real time passes)."""
 
 from __future__ import annotations
@@ -36,32 +36,32 @@ def test_token_bucket_refills_at_its_rate_up_to_its_capacity() -> None:
     assert bucket.wait_time(50) == pytest.approx(0.8)
 
 
-def test_governor_admits_at_most_rate_times_time_plus_burst() -> None:
+def test_the_budget_admits_at_most_rate_times_time_plus_burst() -> None:
     clock = FakeClock()
-    governor = UploadBudget(10_000, 2_000, clock=clock)
+    budget = UploadBudget(10_000, 2_000, clock=clock)
     stop = threading.Event()
     admitted = 0
     for _ in range(1000):  # 10 ms steps over 10 s of fake time
-        while governor._bucket is not None and governor._bucket.wait_time(500) == 0:
-            assert governor.acquire(500, stop)
+        while budget._bucket is not None and budget._bucket.wait_time(500) == 0:
+            assert budget.acquire(500, stop)
             admitted += 500
         clock.now += 0.01
     assert 10 * 10_000 <= admitted <= 10 * 10_000 + 2_000 + 500
-    assert governor.admitted_bytes == admitted
+    assert budget.admitted_bytes == admitted
 
 
-def test_governor_without_a_budget_never_waits_and_can_change_live() -> None:
+def test_the_budget_without_a_budget_never_waits_and_can_change_live() -> None:
     clock = FakeClock()
-    governor = UploadBudget(None, 1024, clock=clock)
+    budget = UploadBudget(None, 1024, clock=clock)
     stop = threading.Event()
-    assert governor.acquire(10**9, stop)
-    governor.configure(1000, 1024)
-    assert governor.max_rate == 1000
-    assert governor.acquire(1024, stop)
+    assert budget.acquire(10**9, stop)
+    budget.configure(1000, 1024)
+    assert budget.max_rate == 1000
+    assert budget.acquire(1024, stop)
     stop.set()
-    assert not governor.acquire(1024, stop)  # would wait: gives up because of stop
-    governor.configure(None, 1024)
-    assert governor.acquire(1024, stop)
+    assert not budget.acquire(1024, stop)  # would wait: gives up because of stop
+    budget.configure(None, 1024)
+    assert budget.acquire(1024, stop)
 
 
 def test_shard_pacer_never_exceeds_the_limit_in_any_second() -> None:

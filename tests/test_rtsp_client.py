@@ -15,7 +15,7 @@ from typing import Literal
 
 import pytest
 
-from edge_agent.config.loading import CameraConfig
+from edge_agent.config.cameras import CameraConfig
 from edge_agent.sources.camera.camera import Camera, uses_builtin_rtsp
 from edge_agent.sources.camera.rtp_h264 import AccessUnit, H264Depacketizer
 from edge_agent.sources.camera.rtsp_client import (
@@ -23,7 +23,6 @@ from edge_agent.sources.camera.rtsp_client import (
     RtspRefused,
     RtspSession,
     RtspStalled,
-    choose_challenge,
 )
 from edge_agent.spool.store import Spool
 from tests import gst_rtsp_server
@@ -254,17 +253,3 @@ def test_requests_of_the_server_during_the_handshake_are_not_taken_for_answers(
         finally:
             session.close()
     assert [unit.data for unit in units] == [frame.avcc for frame in frames[:3]]
-
-
-def test_digest_is_chosen_over_basic_whatever_order_the_camera_offers_them() -> None:
-    """Hikvision-style: Digest first, Basic second, each in a header of its own; a
-    quoted realm may hold commas, a qop list spaces."""
-    digest = 'Digest realm="Hik, Inc", nonce="abc", qop="auth-int, auth", stale="FALSE"'
-    for offered in ([digest, 'Basic realm="Hik"'], ['Basic realm="Hik"', digest]):
-        chosen = choose_challenge(offered)
-        assert chosen is not None
-        scheme, params = chosen
-        assert scheme == "digest"
-        assert params["realm"] == "Hik, Inc" and params["qop"] == "auth-int, auth"
-    assert choose_challenge(['Basic realm="cam"']) == ("basic", {"realm": "cam"})
-    assert choose_challenge(["Negotiate abc"]) is None

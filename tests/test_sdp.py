@@ -11,7 +11,6 @@ import av
 import pytest
 
 from edge_agent.media import h264
-from edge_agent.sources.camera.rtsp_client import digest_authorization
 from edge_agent.sources.camera.sdp import SdpError, video_media
 
 CAMERA_SDP = """v=0
@@ -94,23 +93,3 @@ def test_an_sps_cut_short_is_an_error_not_a_size() -> None:
     assert sps is not None
     with pytest.raises(ValueError, match="ends early"):
         h264.sps_dimensions(sps.sps[:6])
-
-
-def test_digest_authorization_matches_the_rfc_2617_example() -> None:
-    challenge = {
-        "realm": "testrealm@host.com",
-        "qop": "auth,auth-int",
-        "nonce": "dcd98b7102dd2f0e8b11d0f600bfb0c093",
-        "opaque": "5ccc069c403ebaf9f0171e9517f40e41",
-    }
-    header = digest_authorization(
-        challenge,
-        "Mufasa",
-        "Circle Of Life",
-        method="GET",
-        uri="/dir/index.html",
-        nonce_count=1,
-        cnonce="0a4f113b",
-    )
-    assert 'response="6629fae49393a05397450978507c4ef1"' in header
-    assert "nc=00000001" in header and 'opaque="5ccc069c403ebaf9f0171e9517f40e41"' in header

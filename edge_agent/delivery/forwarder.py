@@ -310,11 +310,8 @@ class Forwarder(ThreadWorker):
             else:
                 self._bisect(request, error, blamed)
             return
-        if isinstance(error, SinkPaused):
-            self._request_failed(error, paused=True)
-            return
-        if isinstance(error, SinkUnavailable):
-            self._request_failed(error, paused=False)
+        if isinstance(error, SinkError):  # whole request: back off, or pause if hopeless
+            self._request_failed(error, paused=not error.retryable)
             return
         if error is not None:  # a bug or an unexpected answer: treat as transient
             log.error("sink %s: sending failed unexpectedly", self.sink.name, exc_info=error)
@@ -411,7 +408,7 @@ class Forwarder(ThreadWorker):
 
     def _request_failed(self, err: SinkError, *, paused: bool) -> None:
         self.stats.request_errors += 1
-        if isinstance(err, SinkUnavailable) and err.unreachable:
+        if err.unreachable:
             self.link.down()
         else:
             self.link.up()  # refused, throttled or a 5xx: an answer came back

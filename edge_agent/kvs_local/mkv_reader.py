@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edge_agent.errors import FormatError
 from edge_agent.media import mkv
 
 _UNKNOWN = -1
@@ -24,7 +25,7 @@ _UNKNOWN = -1
 MAX_ELEMENT_BYTES = 64 * 1024 * 1024
 
 
-class MkvError(ValueError):
+class MkvError(FormatError):
     """Bytes that are not the Matroska stream they should be."""
 
 

@@ -32,6 +32,7 @@ from typing import Any, BinaryIO
 
 from botocore.credentials import Credentials
 
+from edge_agent.errors import EndpointRefusal
 from edge_agent.kvs_local.mkv_reader import (
     Block,
     ClusterEnd,
@@ -150,12 +151,6 @@ class PutMediaServer:
             return str(self._next_number)
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.error_type = status, error_type
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "edge-agent-kvs-local"
@@ -174,8 +169,8 @@ class _Handler(BaseHTTPRequestHandler):
             elif self.path in ("/getDataEndpoint", "/describeStream"):
                 self._control_plane()
             else:
-                raise _Refused(404, "UnknownOperationException", f"no {self.path} here")
-        except _Refused as refused:
+                raise EndpointRefusal(404, "UnknownOperationException", f"no {self.path} here")
+        except EndpointRefusal as refused:
             self._refuse(refused)
         except (ConnectionError, TimeoutError):
             self.close_connection = True
@@ -191,7 +186,7 @@ class _Handler(BaseHTTPRequestHandler):
         name = str(request.get("StreamName") or arn.rpartition("/")[0].rpartition("/")[2])
         state = self.endpoint.stream(name)
         if state is None:
-            raise _Refused(404, "ResourceNotFoundException", f"stream {name} not found")
+            raise EndpointRefusal(404, "ResourceNotFoundException", f"stream {name} not found")
         if self.path == "/getDataEndpoint":
             # Where the caller reached us (a proxy in front stays in the path).
             host = self.headers.get("Host")
@@ -239,23 +234,22 @@ class _Handler(BaseHTTPRequestHandler):
             with endpoint.lock:
                 endpoint.signed_with.append((self.path, credentials.access_key))
             return
-        status = 401 if refusal.error_type == "UnrecognizedClientException" else 403
-        raise _Refused(status, refusal.error_type, str(refusal))
+        raise refusal
 
     def _put_media(self) -> None:
         self._check_signature()
         name = self.headers.get("x-amzn-stream-name", "")
         if self.headers.get("x-amzn-fragment-timecode-type", "ABSOLUTE") != "ABSOLUTE":
-            raise _Refused(400, "InvalidArgumentException", "only ABSOLUTE timecodes here")
+            raise EndpointRefusal(400, "InvalidArgumentException", "only ABSOLUTE timecodes here")
         if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():
-            raise _Refused(400, "InvalidArgumentException", "the body must be chunked")
+            raise EndpointRefusal(400, "InvalidArgumentException", "the body must be chunked")
         state = self.endpoint.stream(name)
         if state is None:
-            raise _Refused(404, "ResourceNotFoundException", f"stream {name!r} not found")
+            raise EndpointRefusal(404, "ResourceNotFoundException", f"stream {name!r} not found")
         with self.endpoint.lock:
             if state.active:
                 state.refused_connections += 1
-                raise _Refused(
+                raise EndpointRefusal(
                     400, "ConnectionLimitExceededException", f"stream {name} has a connection"
                 )
             state.active = True
@@ -295,7 +289,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.rfile.readline(8)  # the chunk's CRLF
             yield data
 
-    def _refuse(self, refused: _Refused) -> None:
+    def _refuse(self, refused: EndpointRefusal) -> None:
         data = json.dumps({"message": str(refused)}).encode()
         self.send_response(refused.status)
         self.send_header("x-amzn-ErrorType", refused.error_type)

@@ -21,6 +21,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest, HTTPHeaders
 from botocore.credentials import Credentials
 
+from edge_agent.errors import EndpointRefusal
+
 #: AWS refuses signatures more than five minutes off the server's clock.
 MAX_SKEW_S = 300
 _AUTHORIZATION = re.compile(
@@ -31,12 +33,13 @@ _AUTHORIZATION = re.compile(
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
-class SignatureRejected(Exception):
-    """Why a request's signature is not accepted; ``error_type`` as AWS names it."""
+class SignatureRejected(EndpointRefusal):
+    """Why a request's signature is not accepted; ``error_type`` as AWS names it. The
+    answer's status: 401 for an unknown access key, else 403."""
 
     def __init__(self, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.error_type = error_type
+        status = 401 if error_type == "UnrecognizedClientException" else 403
+        super().__init__(status, error_type, message)
 
 
 def check_signature(

@@ -1,11 +1,14 @@
 """H.264 bitstreams: Annex-B (start codes, as cameras and RTSP deliver it) to AVCC
 (4-byte length-prefixed NAL units, what Matroska and Kinesis Video Streams take), and
 the parameter sets (SPS, PPS) to the AVCDecoderConfigurationRecord ("avcC") that goes
-into the track's CodecPrivate."""
+into the track's CodecPrivate. Bytes that are not what they should be raise
+``FormatError`` (a ``ValueError``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from edge_agent.errors import FormatError
 
 NAL_IDR = 5
 NAL_SEI = 6
@@ -51,11 +54,11 @@ def split_avcc(data: bytes, length_size: int = 4) -> list[NalUnit]:
     position = 0
     while position < len(data):
         if position + length_size > len(data):
-            raise ValueError("truncated NAL length")
+            raise FormatError("truncated NAL length")
         size = int.from_bytes(view[position : position + length_size], "big")
         position += length_size
         if size == 0 or position + size > len(data):
-            raise ValueError("NAL unit length runs past the packet")
+            raise FormatError("NAL unit length runs past the packet")
         units.append(view[position : position + size])
         position += size
     return units
@@ -95,7 +98,7 @@ class ParameterSets:
         """The AVCDecoderConfigurationRecord (ISO/IEC 14496-15) for one SPS and one PPS,
         with 4-byte NAL lengths."""
         if len(self.sps) < 4:
-            raise ValueError("SPS too short")
+            raise FormatError("SPS too short")
         return (
             bytes((1, self.sps[1], self.sps[2], self.sps[3], 0xFC | 3, 0xE0 | 1))
             + len(self.sps).to_bytes(2, "big")
@@ -124,18 +127,18 @@ def parameter_sets(units: list[NalUnit]) -> ParameterSets | None:
 def parameter_sets_from_avcc_record(record: bytes) -> ParameterSets:
     """The first SPS and PPS of an avcC record (extradata of MP4/MKV inputs)."""
     if len(record) < 7 or record[0] != 1:
-        raise ValueError("not an AVCDecoderConfigurationRecord")
+        raise FormatError("not an AVCDecoderConfigurationRecord")
     position = 6
     sps_size = int.from_bytes(record[position : position + 2], "big")
     sps = record[position + 2 : position + 2 + sps_size]
     position += 2 + sps_size
     if record[5] & 0x1F == 0 or position >= len(record):
-        raise ValueError("avcC record without SPS or PPS")
+        raise FormatError("avcC record without SPS or PPS")
     position += 1  # number of PPS
     pps_size = int.from_bytes(record[position : position + 2], "big")
     pps = record[position + 2 : position + 2 + pps_size]
     if len(sps) != sps_size or len(pps) != pps_size or not sps or not pps:
-        raise ValueError("truncated avcC record")
+        raise FormatError("truncated avcC record")
     return ParameterSets(sps, pps)
 
 
@@ -163,7 +166,7 @@ class _Bits:
 
     def bits(self, count: int) -> int:
         if count > self._left:
-            raise ValueError("SPS ends early")
+            raise FormatError("SPS ends early")
         self._left -= count
         return (self._value >> self._left) & ((1 << count) - 1)
 
@@ -172,7 +175,7 @@ class _Bits:
         while self.bits(1) == 0:
             zeros += 1
             if zeros > 31:
-                raise ValueError("Exp-Golomb code too long")
+                raise FormatError("Exp-Golomb code too long")
         return (1 << zeros) - 1 + self.bits(zeros)
 
     def se(self) -> int:
@@ -232,7 +235,7 @@ def sps_dimensions(sps: bytes) -> tuple[int, int]:
         width -= crop_x * (left + right)
         height -= crop_y * (top + bottom)
     if width <= 0 or height <= 0:
-        raise ValueError("SPS crops the picture away")
+        raise FormatError("SPS crops the picture away")
     return width, height
 
 

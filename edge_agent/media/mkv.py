@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edge_agent import __version__
+from edge_agent.errors import FormatError
 from edge_agent.media.ebml import (
     binary,
     master,
@@ -153,7 +154,7 @@ def end_of_fragment() -> bytes:
     )
 
 
-class FragmentError(ValueError):
+class FragmentError(FormatError):
     """Frames that cannot make a fragment (see ``cluster``)."""
 
 

@@ -5,19 +5,20 @@ of temporary credentials) and the wire protocol. Its own retries are switched of
 (``total_max_attempts = 1``): the forwarder retries with full jitter and shows every retry in
 status, and retrying inside botocore would hide throttling from the per-shard pacing.
 
-Every request passes the upload governor with its size on the wire (body, headers and
+Every request passes the upload budget with its size on the wire (body, headers and
 the signature's headers), through botocore's ``before-sign`` event: waiting for the
 budget before signing keeps a long wait on a slow uplink from expiring the signature.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from edge_agent.config.loading import AwsEndpoint
+from edge_agent.config.sink_kinds import AwsEndpoint
 from edge_agent.delivery.budget import Budget
 from edge_agent.errors import RequestRejected, SinkError, SinkPaused, SinkUnavailable
 
@@ -39,6 +40,9 @@ PAUSE_CODES = frozenset(
         "InvalidKMSResourceException",
     }
 )
+#: Error codes of a signature or credentials that are too old: signed again (with
+#: renewed credentials), the same request can succeed.
+RENEW_CODES = frozenset({"RequestExpired", "ExpiredTokenException"})
 #: KMS errors are "pause" errors, except this one.
 KMS_THROTTLING = "KMSThrottlingException"
 #: Authorization, X-Amz-Date and X-Amz-Security-Token (temporary credentials), added
@@ -67,13 +71,13 @@ def wire_bytes(
 def make_client(
     service: str,
     endpoint: AwsEndpoint,
-    governor: Budget,
+    budget: Budget,
     stop: threading.Event,
     meter: WireMeter,
     *,
     session: Any = None,
 ) -> Any:
-    """A boto3 client whose requests pass the governor and are counted by ``meter``
+    """A boto3 client whose requests pass the budget and are counted by ``meter``
     (from ``session`` if given: a caller that also needs its credentials)."""
     import boto3
     from botocore.config import Config as BotoConfig
@@ -103,7 +107,7 @@ def make_client(
         size = SIGNATURE_HEADER_BYTES + wire_bytes(
             request.method, request.url, request.headers.items(), body
         )
-        if not governor.acquire(size, stop):
+        if not budget.acquire(size, stop):
             raise SinkUnavailable("Stopping", "the agent is stopping")
         meter.bytes += size
 
@@ -112,48 +116,82 @@ def make_client(
 
 
 def sink_error(err: Exception) -> SinkError:
-    """Translate what boto3 raised into the forwarder's error tree."""
-    from botocore import exceptions as boto
-
+    """Translate what boto3 raised into the forwarder's error tree: the first row of
+    ``botocore_errors()`` whose types ``err`` is one of says what it means. A ``SinkError``
+    comes back as it is; anything else is raised again (not botocore's: a bug)."""
     if isinstance(err, SinkError):
         return err
-    if isinstance(err, boto.ParamValidationError):  # botocore's own checks of the request
-        return RequestRejected("ParamValidation", str(err))
-    if isinstance(err, boto.ClientError):
-        error = err.response.get("Error", {})
-        code = str(error.get("Code") or "Unknown")
-        message = str(error.get("Message") or "")
-        status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        if code in REJECT_CODES:
-            return RequestRejected(code, message)
-        if "Signature expired" in message or code in ("RequestExpired", "ExpiredTokenException"):
-            return SinkUnavailable(code, message)  # signed too long ago / credentials renew
-        if code in PAUSE_CODES or (code.startswith("KMS") and code != KMS_THROTTLING):
-            return SinkPaused(code, message)
-        if status >= 500 or status in (0, 429) or "Throttl" in code or "Exceeded" in code:
-            return SinkUnavailable(code, message)
-        if code == "ServiceUnavailableException":
-            return SinkUnavailable(code, message)
-        return SinkPaused(code, f"HTTP {status}: {message}")
-    if isinstance(err, boto.NoCredentialsError | boto.PartialCredentialsError):
-        return SinkPaused("NoCredentials", str(err))
-    if isinstance(err, boto.CredentialRetrievalError):
-        return SinkUnavailable("CredentialRetrieval", str(err))
-    if isinstance(err, boto.NoRegionError):
-        return SinkPaused("NoRegion", "no region: set region in the sink's config")
-    if isinstance(err, boto.SSLError):
-        return SinkUnavailable("TlsError", str(err))
-    if isinstance(err, boto.ConnectTimeoutError | boto.ReadTimeoutError):
-        return SinkUnavailable("Timeout", str(err))
-    if isinstance(err, boto.EndpointConnectionError):
-        reason = str(getattr(err, "kwargs", {}).get("error", err))
-        if "Name or service not known" in reason or "getaddrinfo" in reason:
-            return SinkUnavailable("DnsFailure", str(err))
-        if "Connection refused" in reason:
-            return SinkUnavailable("ConnectionRefused", str(err))
-        return SinkUnavailable("ConnectionError", str(err))
-    if isinstance(err, boto.ConnectionClosedError | boto.HTTPClientError):
-        return SinkUnavailable("ConnectionError", str(err))
-    if isinstance(err, boto.BotoCoreError):
-        return SinkUnavailable(type(err).__name__, str(err))
+    for types, translate in botocore_errors():
+        if isinstance(err, types):
+            return translate(err)
     raise err
+
+
+#: One row of the table: botocore's exception types, and what makes the agent's error.
+Translation = tuple[tuple[type[Exception], ...], Callable[[Any], SinkError]]
+
+
+def _as(kind: type[SinkError], code: str, message: str | None = None) -> Callable[[Any], SinkError]:
+    """A translation to ``kind(code, message)``; the message is the exception's text
+    unless given."""
+    return lambda err: kind(code, str(err) if message is None else message)
+
+
+def _client_error(err: Any) -> SinkError:
+    """The service answered with an error: its code (and HTTP status) says which."""
+    error = err.response.get("Error", {})
+    code = str(error.get("Code") or "Unknown")
+    message = str(error.get("Message") or "")
+    status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    if code in REJECT_CODES:
+        return RequestRejected(code, message)
+    if "Signature expired" in message or code in RENEW_CODES:
+        return SinkUnavailable(code, message)  # signed too long ago / credentials renew
+    if code in PAUSE_CODES or (code.startswith("KMS") and code != KMS_THROTTLING):
+        return SinkPaused(code, message)
+    if status >= 500 or status in (0, 429) or "Throttl" in code or "Exceeded" in code:
+        return SinkUnavailable(code, message)
+    if code == "ServiceUnavailableException":
+        return SinkUnavailable(code, message)
+    return SinkPaused(code, f"HTTP {status}: {message}")
+
+
+def _endpoint_unreachable(err: Any) -> SinkError:
+    """No connection to the endpoint: its name did not resolve, it refused, or else."""
+    reason = str(getattr(err, "kwargs", {}).get("error", err))
+    if "Name or service not known" in reason or "getaddrinfo" in reason:
+        return SinkUnavailable("DnsFailure", str(err))
+    if "Connection refused" in reason:
+        return SinkUnavailable("ConnectionRefused", str(err))
+    return SinkUnavailable("ConnectionError", str(err))
+
+
+@functools.cache
+def botocore_errors() -> tuple[Translation, ...]:
+    """The table: botocore's exceptions -> the agent's errors, walked in order
+    (the first row whose type matches; a subclass comes before its base). Built on
+    first use: botocore is imported only by a process that has an AWS sink."""
+    from botocore import exceptions as boto
+
+    return (
+        # botocore's own checks of the request
+        ((boto.ParamValidationError,), _as(RequestRejected, "ParamValidation")),
+        ((boto.ClientError,), _client_error),
+        (
+            (boto.NoCredentialsError, boto.PartialCredentialsError),
+            _as(SinkPaused, "NoCredentials"),
+        ),
+        ((boto.CredentialRetrievalError,), _as(SinkUnavailable, "CredentialRetrieval")),
+        (
+            (boto.NoRegionError,),
+            _as(SinkPaused, "NoRegion", "no region: set region in the sink's config"),
+        ),
+        ((boto.SSLError,), _as(SinkUnavailable, "TlsError")),
+        ((boto.ConnectTimeoutError, boto.ReadTimeoutError), _as(SinkUnavailable, "Timeout")),
+        ((boto.EndpointConnectionError,), _endpoint_unreachable),
+        (
+            (boto.ConnectionClosedError, boto.HTTPClientError),
+            _as(SinkUnavailable, "ConnectionError"),
+        ),
+        ((boto.BotoCoreError,), lambda err: SinkUnavailable(type(err).__name__, str(err))),
+    )

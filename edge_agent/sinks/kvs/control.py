@@ -11,9 +11,7 @@ China regions); FIPS or other endpoints are set with the sink's ``endpoint_url``
 
 from __future__ import annotations
 
-import http.client
 import json
-import ssl
 import threading
 from urllib.parse import urlsplit
 
@@ -24,6 +22,7 @@ from botocore.exceptions import ClientError
 
 from edge_agent.delivery.budget import Budget
 from edge_agent.sinks.aws import wire_bytes
+from edge_agent.sinks.kvs.http import open_connection
 
 MAX_ANSWER_BYTES = 64 * 1024
 
@@ -43,7 +42,7 @@ def get_data_endpoint(
     *,
     region: str,
     timeout: float,
-    governor: Budget,
+    budget: Budget,
     stop: threading.Event,
 ) -> str:
     """The PUT_MEDIA data endpoint of ``stream``; ClientError if the service refuses."""
@@ -54,19 +53,11 @@ def get_data_endpoint(
     )
     SigV4Auth(credentials, "kinesisvideo", region).add_auth(request)
     headers = dict(request.headers.items())
-    if not governor.acquire(wire_bytes("POST", url, headers.items(), body), stop):
+    if not budget.acquire(wire_bytes("POST", url, headers.items(), body), stop):
         raise ConnectionAbortedError("the agent is stopping")
-    parts = urlsplit(url)
-    assert parts.hostname is not None
-    connection: http.client.HTTPConnection
-    if parts.scheme == "https":
-        connection = http.client.HTTPSConnection(
-            parts.hostname, parts.port, timeout=timeout, context=ssl.create_default_context()
-        )
-    else:
-        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    connection = open_connection(url, timeout)
     try:
-        connection.request("POST", parts.path, body=body, headers=headers)
+        connection.request("POST", urlsplit(url).path, body=body, headers=headers)
         response = connection.getresponse()
         answer = response.read(MAX_ANSWER_BYTES)
         error_type = response.getheader("x-amzn-ErrorType", "")

@@ -73,14 +73,14 @@ class KvsEndpoint:
                     credentials,
                     region=region,
                     timeout=self._aws.connect_timeout,
-                    governor=self._budget,
+                    budget=self._budget,
                     stop=self._stop,
                 )
                 self._link.up()
             except ClientError as err:  # the same classification as the record sinks
                 self._link.up()  # refused, but it answered
                 error = sink_error(err)
-                if isinstance(error, SinkPaused):
+                if not error.retryable:
                     raise SinkPaused(error.code, f"GetDataEndpoint: {error.message}") from err
                 raise SinkUnavailable(error.code, f"GetDataEndpoint: {error.message}") from err
         return self._data_endpoint

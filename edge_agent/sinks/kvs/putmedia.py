@@ -3,16 +3,14 @@ are written into it, and the acknowledgements read back on the same connection.
 
 boto3 has no PutMedia; botocore's SigV4 signer signs the request (service
 ``kinesisvideo``, the empty payload's hash, as the producer SDKs do), and a reader
-thread parses the response as it streams in. Every chunk passes the upload governor.
+thread parses the response as it streams in. Every chunk passes the upload budget.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
 import queue
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +22,9 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 
 from edge_agent.delivery.budget import Budget
+from edge_agent.errors import SinkError
 from edge_agent.sinks.kvs.acks import Ack, AckParser
+from edge_agent.sinks.kvs.http import open_connection
 
 #: The budget is asked for a fragment a slice at a time: what the tightest rate in force
 #: admits in METER_SLICE_S, within these bounds (the largest when nothing limits uploads:
@@ -45,12 +45,22 @@ def meter_slice_bytes(rate: float | None) -> int:
     return max(MIN_METER_SLICE_BYTES, min(MAX_METER_SLICE_BYTES, int(rate * METER_SLICE_S)))
 
 
-class PutMediaRefused(Exception):
-    """The endpoint answered the request with an HTTP error."""
+#: Error types of a PutMedia refusal after which nothing works until someone acts.
+PAUSE_ERROR_TYPES = frozenset(
+    {"ResourceNotFoundException", "NotAuthorizedException", "AccessDeniedException"}
+)
+
+
+class PutMediaRefused(SinkError):
+    """The endpoint answered the request with an HTTP error: ``code`` (and
+    ``error_type``) is its error type. Retryable unless the credentials or the stream
+    are at fault (401, 403, PAUSE_ERROR_TYPES): those pause the sink."""
 
     def __init__(self, status: int, error_type: str, message: str) -> None:
-        super().__init__(f"HTTP {status} {error_type}: {message}")
+        super().__init__(error_type, message)
+        self.args = (f"HTTP {status} {error_type}: {message}",)
         self.status, self.error_type = status, error_type
+        self.retryable = not (error_type in PAUSE_ERROR_TYPES or status in (401, 403))
 
 
 class PutMediaConnection:
@@ -61,7 +71,7 @@ class PutMediaConnection:
         credentials: ReadOnlyCredentials,
         *,
         region: str,
-        governor: Budget,
+        budget: Budget,
         stop: threading.Event,
         timeout: float = 10.0,
         on_answer: Callable[[], None] | None = None,
@@ -72,7 +82,7 @@ class PutMediaConnection:
         self.stream = stream
         self._credentials = credentials
         self._region = region
-        self._governor = governor
+        self._budget = budget
         self._stop = stop
         self._timeout = timeout
         self._on_answer = on_answer or (lambda: None)
@@ -85,17 +95,7 @@ class PutMediaConnection:
         self.bytes_sent = 0
 
     def open(self) -> None:
-        parts = urlsplit(self.endpoint_url)
-        secure = parts.scheme == "https"
-        port = parts.port or (443 if secure else 80)
-        assert parts.hostname is not None
-        connection: http.client.HTTPConnection
-        if secure:
-            connection = http.client.HTTPSConnection(
-                parts.hostname, port, timeout=self._timeout, context=ssl.create_default_context()
-            )
-        else:
-            connection = http.client.HTTPConnection(parts.hostname, port, timeout=self._timeout)
+        connection = open_connection(self.endpoint_url, self._timeout)
         headers = {
             "x-amzn-stream-name": self.stream,
             "x-amzn-fragment-timecode-type": "ABSOLUTE",
@@ -110,7 +110,7 @@ class PutMediaConnection:
         )
         SigV4Auth(self._credentials, "kinesisvideo", self._region).add_auth(request)
         connection.putrequest("POST", "/putMedia", skip_host=True, skip_accept_encoding=True)
-        connection.putheader("Host", parts.netloc)
+        connection.putheader("Host", urlsplit(self.endpoint_url).netloc)
         for name, value in request.headers.items():
             connection.putheader(name, value)
         connection.endheaders()
@@ -129,12 +129,12 @@ class PutMediaConnection:
         if not data:
             return  # an empty chunk would end the request
         view = memoryview(data)
-        step = meter_slice_bytes(self._governor.rate_limit())
+        step = meter_slice_bytes(self._budget.rate_limit())
         for offset in range(0, len(data), step):
             piece = view[offset : offset + step]
             first, last = offset == 0, offset + step >= len(data)
             wire = len(piece) + (CHUNK_OVERHEAD if first else 0)
-            if not self._governor.acquire(wire, self._stop):
+            if not self._budget.acquire(wire, self._stop):
                 raise ConnectionAbortedError("the agent is stopping")
             head = f"{len(data):x}\r\n".encode() if first else b""
             sock.sendall(b"".join((head, piece, b"\r\n" if last else b"")))

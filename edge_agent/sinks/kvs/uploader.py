@@ -50,10 +50,6 @@ from edge_agent.worker import LinkState, ThreadWorker, WorkerState
 
 log = logging.getLogger(__name__)
 
-#: HTTP error types after which the sink pauses (nothing works until someone acts).
-PAUSE_ERROR_TYPES = frozenset(
-    {"ResourceNotFoundException", "NotAuthorizedException", "AccessDeniedException"}
-)
 END_OF_FRAGMENT_TAGS = end_of_fragment()
 #: At stop, how long to wait for the acknowledgements of what is on the wire.
 STOP_ACK_WAIT_S = 5.0
@@ -132,7 +128,7 @@ class KvsUploader(ThreadWorker):
                 self._release_in_flight()
                 self._stop.wait(self.options.retry_min)  # the endpoint ends the old one
                 continue
-            except (SinkError, PutMediaRefused, OSError) as err:
+            except (SinkError, OSError) as err:
                 if isinstance(err, SinkError) and not err.retryable:
                     delay = self.options.pause_probe
                     self._set_state("paused", str(err))
@@ -142,7 +138,7 @@ class KvsUploader(ThreadWorker):
                     if isinstance(err, OSError):
                         self.link.down()
                         self._endpoint.forget()
-                    elif isinstance(err, SinkUnavailable) and err.unreachable:
+                    elif err.unreachable:
                         self.link.down()
                     delay = self._backoff.next_delay()
                     self._set_state("backing off", str(err))
@@ -179,7 +175,7 @@ class KvsUploader(ThreadWorker):
                 self.options.stream,
                 credentials,
                 region=self._endpoint.region(),
-                governor=budget,
+                budget=budget,
                 stop=self._stop,
                 timeout=self._endpoint.connect_timeout,
                 on_answer=self.spool.wake_waiters,  # an acknowledgement ends the wait below
@@ -369,12 +365,9 @@ class KvsUploader(ThreadWorker):
         raise SinkUnavailable("KinesisVideo", name)
 
     def _refused(self, refused: PutMediaRefused) -> NoReturn:
-        code = refused.error_type or f"HTTP{refused.status}"
-        if refused.error_type in PAUSE_ERROR_TYPES or refused.status in (401, 403):
-            raise SinkPaused(code, str(refused)) from refused
         if refused.error_type == "InvalidEndpointException":
             self._endpoint.forget()
-        raise SinkUnavailable(code, str(refused)) from refused
+        raise refused
 
     def _take_arrived_acks(self, connection: PutMediaConnection) -> None:
         """Acknowledgements due for fragments written whole (all in flight but the last),

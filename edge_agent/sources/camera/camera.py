@@ -1,21 +1,21 @@
-"""A camera: frames from PyAV, cut into fragments, appended to the spool. One thread each.
+"""A camera: frames in, cut into fragments, appended to the spool. One thread each.
 
-    av.open(url)  ->  packets  ->  H.264? pass through (Annex-B -> AVCC)
-                                   else decode, encode with libx264 (GOP = fragment)
-                  ->  FrameClock.stream_ms  ->  Fragmenter  ->  FrameClock.absolute_ms
-                  ->  spool record: the fragment's MKV Cluster; meta: track, duration
+    RTSP H.264 camera -> the built-in RTSP client (rtsp_client.py) -> AVCC frames
+    anything else     -> av.open(url) -> packets -> H.264? pass through (Annex-B -> AVCC)
+                                         else decode, encode with libx264 (GOP = fragment)
+    -> FrameClock.stream_ms -> Fragmenter -> FrameClock.absolute_ms
+    -> spool record: the fragment's MKV Cluster; meta: a FragmentMeta (track, duration)
 
 Sources: RTSP (TCP, connect/read timeouts), V4L2 devices, files (paced to real time or
 as fast as they read) and lavfi test patterns. A source that fails to open, ends, or
 delivers nothing for ``stall_timeout`` is closed, reported, and opened again after a
-full-jitter backoff; the fragment in progress is kept (it is complete up to its last
-frame). Credentials in a URL never reach a log or the status.
+full-jitter backoff, whatever the error (every SourceError is retryable; PyAV's become
+CameraErrors through ``camera_errors``); the fragment in progress is kept (it is
+complete up to its last frame). Credentials in a URL never reach a log or the status.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import threading
 import time
@@ -23,14 +23,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from edge_agent.config.loading import CameraConfig
+from edge_agent.config.cameras import CameraConfig
 from edge_agent.delivery.backoff import Backoff
 from edge_agent.errors import SpoolError
 from edge_agent.media import h264
+from edge_agent.media.fragment_meta import FragmentMeta
 from edge_agent.media.mkv import H264, Frame, VideoTrack
 from edge_agent.records import Record
+from edge_agent.redact import redact
+from edge_agent.runtime_status import CameraSnapshot
+from edge_agent.sources.camera.camera_errors import StreamStalled, camera_error
 from edge_agent.sources.camera.fragmenter import Fragment, Fragmenter
 from edge_agent.sources.camera.rtp_h264 import H264Depacketizer
 from edge_agent.sources.camera.rtsp_client import RtspError, RtspSession, RtspStalled
@@ -73,15 +76,6 @@ def _timed(packets: Iterator[Any], stream: Any) -> Iterator[Any]:
         yield held
 
 
-def redact(url: str) -> str:
-    """The URL without its password (``rtsp://user:***@host/...``)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 @dataclass
 class CameraStats(WorkerState):
     connects: int = 0
@@ -107,10 +101,6 @@ class _Picture:
     keyframe: bool
     units: list[h264.NalUnit]
     sets: h264.ParameterSets
-
-
-class StreamStalled(Exception):
-    """No packet for longer than the stall timeout."""
 
 
 class Camera(ThreadWorker):
@@ -146,12 +136,10 @@ class Camera(ThreadWorker):
             try:
                 self._capture_once()
                 reason = "the stream ended"
-            except StreamStalled as err:
-                reason = str(err)
             except SpoolError as err:
                 reason = f"spool: {err}"
-            except Exception as err:  # PyAV errors, a camera that vanished
-                reason = f"{type(err).__name__}: {err}"
+            except Exception as err:  # PyAV's errors, a camera that vanished, a bug
+                reason = str(camera_error(err))
             self._store(self.fragmenter.flush())
             if self._stop.is_set():
                 break
@@ -425,18 +413,9 @@ class Camera(ThreadWorker):
                 for frame in fragment.frames
             )
         )
-        meta = json.dumps(
-            {
-                "camera": self.settings.name,
-                "frames": len(fragment.frames),
-                "duration_ms": fragment.duration_ms,
-                "codec_id": track.codec_id,
-                "codec_private": base64.b64encode(track.codec_private).decode(),
-                "width": track.width,
-                "height": track.height,
-            },
-            separators=(",", ":"),
-        )
+        meta = FragmentMeta(
+            self.settings.name, len(fragment.frames), fragment.duration_ms, track
+        ).to_json()
         payload = fragment.cluster()
         self.spool.append(
             [Record(self.settings.sink, self.settings.name, fragment.start_ms, payload, meta)]
@@ -452,7 +431,7 @@ class Camera(ThreadWorker):
     def _set_state(self, state: str, reason: str = "") -> None:
         self.stats.set(state, reason)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> CameraSnapshot:
         stats = self.stats
         return {
             "url": redact(self.settings.url),

@@ -19,7 +19,8 @@ Basic or Digest (RFC 2617: MD5 or SHA-256, with or without ``qop=auth``). The se
 is kept alive with GET_PARAMETER (or OPTIONS, if the server lists no GET_PARAMETER)
 at half the session timeout the server names.
 
-Errors (all ``SourceError``: the camera reconnects with backoff)::
+Errors (all ``SourceError``, retryable: the camera reconnects with backoff; socket
+errors are described through ``OS_ERRORS``)::
 
     RtspError                 the connection or the protocol failed
     ├── RtspRefused           the server answered a request with an error status
@@ -28,9 +29,6 @@ Errors (all ``SourceError``: the camera reconnects with backoff)::
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import os
 import re
 import select
 import socket
@@ -38,10 +36,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from edge_agent import __version__
 from edge_agent.errors import SourceError
+from edge_agent.redact import redact
+from edge_agent.sources.camera.rtsp_auth import RtspAuth
 from edge_agent.sources.camera.sdp import SdpError, VideoMedia, video_media
 
 #: The kernel wakes the reader once this much has arrived (or READ_SLICE_S has passed).
@@ -117,9 +117,8 @@ class RtspSession:
             raise RtspError(f"the camera's URL: {err}") from None
         if parts.scheme.lower() != "rtsp" or not parts.hostname:
             raise RtspError("the built-in RTSP client takes rtsp://host[:port]/path URLs")
-        self._user = unquote(parts.username or "")
-        self._password = unquote(parts.password or "")
-        self.url = _without_credentials(url)
+        self._auth = RtspAuth(unquote(parts.username or ""), unquote(parts.password or ""))
+        self.url = redact(url, keep_user=False)
         self._connect_timeout = connect_timeout
         self._stall_timeout = stall_timeout
         self._stop = stop or threading.Event()
@@ -127,8 +126,6 @@ class RtspSession:
         self._pending = b""  # read past the last answer: the start of the stream
         self._sequence = 0
         self._session = ""
-        self._authorization: tuple[str, dict[str, str]] | None = None  # scheme, challenge
-        self._nonce_count = 0
         self._keepalive_method = "OPTIONS"
         self._keepalive_every = DEFAULT_SESSION_TIMEOUT_S / 2
         self._aggregate_url = self.url  # PLAY, keepalives and TEARDOWN go here
@@ -209,15 +206,17 @@ class RtspSession:
         for attempt in range(2):
             self._send(method, url, headers or {})
             answer = self._read_answer(method)
-            if answer.status == 401 and attempt == 0 and self._user:
-                self._take_challenge(answer)
-                if self._authorization is not None:
-                    continue
+            if (
+                answer.status == 401
+                and attempt == 0
+                and self._auth.take_challenge(answer.challenges)
+            ):
+                continue
             if method == "DESCRIBE" and answer.status in (301, 302, 303, 307):
                 location = answer.headers.get("location", "")
                 if not location.lower().startswith("rtsp://"):
                     raise RtspError(f"DESCRIBE: redirect to {location!r}")
-                self.url = _without_credentials(location)
+                self.url = redact(location, keep_user=False)
                 return None
             if answer.status >= 300:
                 if not required:
@@ -232,7 +231,7 @@ class RtspSession:
         lines = [f"{method} {url} RTSP/1.0", f"CSeq: {self._sequence}", f"User-Agent: {USER_AGENT}"]
         if self._session:
             lines.append(f"Session: {self._session}")
-        authorization = self._authorization_header(method, url)
+        authorization = self._auth.header(method, url)
         if authorization:
             lines.append(f"Authorization: {authorization}")
         lines += [f"{name}: {value}" for name, value in headers.items()]
@@ -299,32 +298,6 @@ class RtspSession:
             if not chunk:
                 raise RtspError(f"{method}: the server closed the connection")
             return chunk
-
-    def _take_challenge(self, answer: _Message) -> None:
-        chosen = choose_challenge(answer.challenges)
-        if chosen is None:
-            return
-        previous = self._authorization
-        if previous is None or previous[1].get("nonce") != chosen[1].get("nonce"):
-            self._nonce_count = 0  # a new nonce counts from 1
-        self._authorization = chosen
-
-    def _authorization_header(self, method: str, url: str) -> str:
-        if self._authorization is None:
-            return ""
-        scheme, challenge = self._authorization
-        if scheme == "basic":
-            token = base64.b64encode(f"{self._user}:{self._password}".encode()).decode()
-            return f"Basic {token}"
-        self._nonce_count += 1
-        return digest_authorization(
-            challenge,
-            self._user,
-            self._password,
-            method=method,
-            uri=url,
-            nonce_count=self._nonce_count,
-        )
 
     # ------------------------------------------------------------------ streaming
 
@@ -394,7 +367,7 @@ class RtspSession:
                 message, after = None, -2  # not a message after all: resynchronize
             if message is not None:
                 if message.status == 401:
-                    self._take_challenge(message)
+                    self._auth.take_challenge(message.challenges)
                 return after
             if after == -1:
                 return -1  # the rest is still coming
@@ -458,84 +431,16 @@ def _parse_message(data: bytes, position: int) -> tuple[_Message | None, int]:
     return _Message(status, reason, headers, challenges, data[head_end + 4 : body_end]), body_end
 
 
-_AUTH_PARAM = re.compile(r'([A-Za-z][\w-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
-
-
-def choose_challenge(challenges: list[str]) -> tuple[str, dict[str, str]] | None:
-    """The challenge to answer a 401 with, of all the server offered: Digest (SHA-256
-    before MD5) before Basic, which would send the password in the clear. Cameras often
-    offer both, each in a WWW-Authenticate header of its own."""
-    offered: list[tuple[int, str, dict[str, str]]] = []
-    for header in challenges:
-        scheme, _, rest = header.strip().partition(" ")
-        params = {
-            key.lower(): quoted if quoted or bare == "" else bare
-            for key, quoted, bare in _AUTH_PARAM.findall(rest)
-        }
-        params = {key: value.replace('\\"', '"') for key, value in params.items()}
-        scheme = scheme.lower()
-        if scheme == "digest":
-            sha256 = params.get("algorithm", "MD5").upper().startswith("SHA-256")
-            offered.append((0 if sha256 else 1, scheme, params))
-        elif scheme == "basic":
-            offered.append((2, scheme, params))
-    if not offered:
-        return None
-    _, scheme, params = min(offered, key=lambda item: item[0])
-    return scheme, params
-
-
-def digest_authorization(
-    challenge: dict[str, str],
-    user: str,
-    password: str,
-    *,
-    method: str,
-    uri: str,
-    nonce_count: int,
-    cnonce: str | None = None,
-) -> str:
-    """The Authorization header for a Digest challenge (RFC 2617; RFC 7616's SHA-256)."""
-    algorithm = challenge.get("algorithm", "MD5")
-    hash_name = "sha256" if algorithm.upper().startswith("SHA-256") else "md5"
-
-    def digest(text: str) -> str:
-        return hashlib.new(hash_name, text.encode()).hexdigest()
-
-    realm, nonce = challenge.get("realm", ""), challenge.get("nonce", "")
-    first = digest(f"{user}:{realm}:{password}")
-    cnonce = cnonce or os.urandom(8).hex()
-    if algorithm.upper().endswith("-SESS"):
-        first = digest(f"{first}:{nonce}:{cnonce}")
-    second = digest(f"{method}:{uri}")
-    qop = "auth" if "auth" in (q.strip() for q in challenge.get("qop", "").split(",")) else ""
-    fields = [f'username="{user}"', f'realm="{realm}"', f'nonce="{nonce}"', f'uri="{uri}"']
-    if qop:
-        count = f"{nonce_count:08x}"
-        response = digest(f"{first}:{nonce}:{count}:{cnonce}:{qop}:{second}")
-        fields += [f"qop={qop}", f"nc={count}", f'cnonce="{cnonce}"']
-    else:
-        response = digest(f"{first}:{nonce}:{second}")
-    fields.append(f'response="{response}"')
-    if "algorithm" in challenge:
-        fields.append(f"algorithm={algorithm}")
-    if "opaque" in challenge:
-        fields.append(f'opaque="{challenge["opaque"]}"')
-    return "Digest " + ", ".join(fields)
-
-
-def _without_credentials(url: str) -> str:
-    """What goes into requests and logs: the URL without user and password."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    netloc += f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=netloc))
+#: How a socket error reads in an RtspError: the first row whose type it is; any other
+#: reads as its own text.
+OS_ERRORS: tuple[tuple[type[OSError], str], ...] = (
+    (ConnectionRefusedError, "connection refused"),
+    (TimeoutError, "timed out"),  # socket.timeout, too
+)
 
 
 def _describe(err: OSError) -> str:
-    if isinstance(err, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(err, TimeoutError | socket.timeout):
-        return "timed out"
+    for kind, text in OS_ERRORS:
+        if isinstance(err, kind):
+            return text
     return err.strerror or str(err)

@@ -14,10 +14,11 @@ import base64
 import binascii
 from dataclasses import dataclass
 
+from edge_agent.errors import FormatError
 from edge_agent.media.h264 import NAL_PPS, NAL_SPS, ParameterSets
 
 
-class SdpError(ValueError):
+class SdpError(FormatError):
     """A description the client cannot use (no video, no payload type)."""
 
 
