@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from edge_agent.records import Record
-from edge_agent.spool.store import QueuePolicy, Spool
+from edge_agent.spool.caps import QueuePolicy
+from edge_agent.spool.store import Spool
 from tests.support import (
     REPO,
     AgentProcess,

@@ -20,7 +20,10 @@ from hypothesis.stateful import (
 
 from edge_agent.errors import SpoolCorrupt, SpoolError, SpoolFull
 from edge_agent.records import LeasedRecord, Record
-from edge_agent.spool.store import QueuePolicy, Spool, mark_suspect
+from edge_agent.spool.caps import QueuePolicy
+from edge_agent.spool.recovery import mark_suspect
+from edge_agent.spool.store import Spool
+from tests.test_spool_schema import write_version_1_spool
 
 
 class FakeClock:
@@ -207,14 +210,10 @@ def test_leases_of_a_dead_process_return_to_pending(tmp_path: Path) -> None:
 
 
 def test_leases_marked_by_an_older_agent_are_cleared_at_open(tmp_path: Path) -> None:
-    """Agents before in-memory leases wrote ``leased = 1``; such a spool replays too."""
+    """Agents before in-memory leases wrote ``leased = 1`` (schema version 1); such a
+    spool replays too."""
     path = tmp_path / "s.db"
-    with Spool.open(path) as spool:
-        spool.append([rec("q", b"a"), rec("q", b"b")])
-    conn = sqlite3.connect(path)
-    conn.execute("UPDATE records SET leased = 1")
-    conn.commit()
-    conn.close()
+    write_version_1_spool(path, [("q", b"a", 1), ("q", b"b", 1)])
     with Spool.open(path) as reopened:
         assert [r.payload for r in reopened.lease("q", max_records=5, max_bytes=100)] == [
             b"a",

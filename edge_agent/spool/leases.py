@@ -1,0 +1,214 @@
+"""Leases: which records of a queue senders hold, kept in memory, never in the file.
+
+Per queue (``QueueLeases``): the ids senders hold (and their payload bytes), a *floor*
+such that every record with an id up to it was leased since the spool was opened, and
+the ids at or below the floor that were handed back (retry, release) or skipped by
+``lease_newest``, each with the time it is due again. Leasing new records is one index
+range read above the floor and no write; a crash loses the leases, and at the next open
+every record is pending again (restart is replay).
+
+A lease row has ``LeasedRecord``'s field order, so the ``RECORD_*`` getters of
+edge_agent.records read it as well: a whole batch without a Python call per record.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import itertools
+import sqlite3
+from collections.abc import Sequence
+
+from edge_agent.records import RECORD_CAPTURED_AT, RECORD_ID, RECORD_PAYLOAD, LeasedRecord
+
+#: A single record is leased whatever its size.
+MAX_LEASE_BYTES = 2**62
+#: Ids per statement when a batch of ids is read, acked, retried or dead-lettered.
+ID_CHUNK = 500
+#: Later than every capture time.
+NO_TIME_LIMIT = 2**63 - 1
+
+#: A leased row in LeasedRecord's field order (the queue name is the first parameter).
+_LEASE_COLUMNS = "id, ?, partition_key, captured_at_ms, payload, attempts, NULL"
+_LEASE_COLUMNS_WITH_META = "id, ?, partition_key, captured_at_ms, payload, attempts, meta"
+#: Such a row as a LeasedRecord, without a Python call per row (``_make`` is one).
+_as_leased_record = functools.partial(tuple.__new__, LeasedRecord)
+
+Row = tuple[object, ...]
+
+
+class QueueLeases:
+    """The leases of one queue. Not thread-safe: the spool calls it under its lock, and
+    the methods that read take the spool's connection."""
+
+    __slots__ = ("floor", "held", "held_bytes", "name", "queue_id", "returned")
+
+    def __init__(self, queue_id: int, name: str) -> None:
+        self.queue_id = queue_id
+        self.name = name
+        #: Ids a sender holds, and the bytes of their payloads (pending, not evictable).
+        self.held: set[int] = set()
+        self.held_bytes = 0
+        #: Every record with an id up to here was leased since the spool was opened:
+        #: the next lease of new records starts above it.
+        self.floor = 0
+        #: Ids at or below the floor handed back (retry, release) or skipped by
+        #: ``lease_newest``, and when each is due (ms).
+        self.returned: dict[int, int] = {}
+
+    # ------------------------------------------------------------------ leasing
+
+    def lease(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        max_records: int,
+        max_bytes: int,
+        now: int,
+        with_meta: bool = False,
+        captured_before_ms: int = NO_TIME_LIMIT,
+    ) -> list[LeasedRecord]:
+        """The oldest due records, within count and bytes (at least one): handed-back
+        ones whose time has come first, then records not leased since open."""
+        rows, gone = self._lease_rows(conn, max_records, now, with_meta, captured_before_ms)
+        return self.take(rows, gone, max_bytes)
+
+    def lease_newest(
+        self, conn: sqlite3.Connection, *, captured_after_ms: int = -1, with_meta: bool = False
+    ) -> LeasedRecord | None:
+        """The newest record no sender holds, if captured after ``captured_after_ms``;
+        the fresh records below it are handed back, due now."""
+        columns = _LEASE_COLUMNS_WITH_META if with_meta else _LEASE_COLUMNS
+        row = conn.execute(
+            f"SELECT {columns} FROM records WHERE queue_id = ? AND id > ? ORDER BY id DESC LIMIT 1",
+            (self.name, self.queue_id, self.floor),
+        ).fetchone()
+        if row is not None and RECORD_CAPTURED_AT(row) > captured_after_ms:
+            skipped = conn.execute(  # the fresh records below it
+                "SELECT id FROM records WHERE queue_id = ? AND id > ? AND id < ?",
+                (self.queue_id, self.floor, RECORD_ID(row)),
+            ).fetchall()
+            self.returned.update((record_id, 0) for (record_id,) in skipped)
+            rows, gone = [row], list[int]()
+        elif row is not None:  # the newest of all is not new enough
+            rows, gone = list[Row](), list[int]()
+        else:  # nothing new since the last lease: the newest handed back
+            rows, gone = self._newest_returned(conn, columns, captured_after_ms)
+        leased = self.take(rows, gone, MAX_LEASE_BYTES)
+        return leased[0] if leased else None
+
+    def newest_is_after(self, conn: sqlite3.Connection, captured_ms: int) -> bool:
+        """Whether the queue's newest record (held or not) was captured after then."""
+        row = conn.execute(
+            "SELECT captured_at_ms FROM records WHERE queue_id = ? ORDER BY id DESC LIMIT 1",
+            (self.queue_id,),
+        ).fetchone()
+        return row is not None and int(row[0]) > captured_ms
+
+    def _newest_returned(
+        self, conn: sqlite3.Connection, columns: str, captured_after_ms: int
+    ) -> tuple[list[Row], list[int]]:
+        gone: list[int] = []
+        for record_id in sorted(self.returned, reverse=True):
+            row = conn.execute(
+                f"SELECT {columns} FROM records WHERE queue_id = ? AND id = ?",
+                (self.name, self.queue_id, record_id),
+            ).fetchone()
+            if row is None:
+                gone.append(record_id)
+                continue
+            return ([row] if RECORD_CAPTURED_AT(row) > captured_after_ms else []), gone
+        return [], gone
+
+    def _lease_rows(
+        self,
+        conn: sqlite3.Connection,
+        max_records: int,
+        now: int,
+        with_meta: bool,
+        captured_before_ms: int,
+    ) -> tuple[list[Row], list[int]]:
+        """Rows to lease, oldest first: handed-back records that are due, then records
+        never leased since open (up to the first captured from ``captured_before_ms``
+        on: the fresh ones stay a run above the floor); and the handed-back ids that
+        are no longer there."""
+        rows: list[Row] = []
+        gone: list[int] = []
+        columns = _LEASE_COLUMNS_WITH_META if with_meta else _LEASE_COLUMNS
+        if self.returned:
+            due = sorted(i for i, at in self.returned.items() if at <= now)
+            start = 0
+            while start < len(due) and len(rows) < max_records:  # some may be gone
+                chunk = due[start : start + min(ID_CHUNK, max_records - len(rows))]
+                start += len(chunk)
+                found = conn.execute(
+                    f"SELECT {columns} FROM records WHERE queue_id = ?"
+                    f" AND id IN ({','.join('?' * len(chunk))}) ORDER BY id",
+                    (self.name, self.queue_id, *chunk),
+                ).fetchall()
+                if len(found) < len(chunk):
+                    present = set(map(RECORD_ID, found))
+                    gone += [i for i in chunk if i not in present]
+                rows += [row for row in found if RECORD_CAPTURED_AT(row) < captured_before_ms]
+        if len(rows) < max_records:
+            fresh = conn.execute(
+                f"SELECT {columns} FROM records WHERE queue_id = ? AND id > ? ORDER BY id LIMIT ?",
+                (self.name, self.queue_id, self.floor, max_records - len(rows)),
+            ).fetchall()
+            rows += itertools.takewhile(
+                lambda row: RECORD_CAPTURED_AT(row) < captured_before_ms, fresh
+            )
+        return rows, gone
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def take(self, rows: Sequence[Row], gone: Sequence[int], max_bytes: int) -> list[LeasedRecord]:
+        """Hold ``rows`` (the first ones within ``max_bytes``, at least one) for a
+        sender; forget handed-back ids that are ``gone``."""
+        for record_id in gone:  # handed back, then evicted or expired
+            self.returned.pop(record_id, None)
+        if not rows:
+            return []
+        running = list(itertools.accumulate(map(len, map(RECORD_PAYLOAD, rows))))
+        taken = max(1, bisect.bisect_right(running, max_bytes))
+        leased = list(map(_as_leased_record, rows[:taken]))
+        ids = list(map(RECORD_ID, leased))
+        if self.returned:
+            for record_id in ids:
+                if record_id <= self.floor:
+                    self.returned.pop(record_id, None)
+        self.floor = max(self.floor, ids[-1])
+        self.held.update(ids)
+        self.held_bytes += running[taken - 1]
+        return leased
+
+    def forget(self, records: Sequence[LeasedRecord], payload_bytes: int | None = None) -> int:
+        """No longer held by a sender (settled); returns how many were.
+        ``payload_bytes``: the records' payload total, if the caller has it already."""
+        held = self.held
+        before = len(held)
+        held.difference_update(map(RECORD_ID, records))
+        if payload_bytes is None:
+            payload_bytes = sum(map(len, map(RECORD_PAYLOAD, records)))
+        self.held_bytes = max(0, self.held_bytes - payload_bytes)
+        return before - len(held)
+
+    def hand_back(self, records: Sequence[LeasedRecord], due_ms: int) -> int:
+        """Held no longer, and due again at ``due_ms``; returns how many were held."""
+        held = self.held
+        count = 0
+        for record in records:
+            if record.id in held:
+                self.returned[record.id] = due_ms
+                count += 1
+        self.forget(records)
+        return count
+
+    def lower_floor(self, top: int) -> None:
+        """``top`` is the highest id in ``records``, and new rows get ids above it.
+        Lowering the floor to it exposes no held or handed-back record (they are all in
+        the table, so at or below it) and every new one; a handed-back id above it is
+        gone (evicted) and may be reused, so it is dropped."""
+        self.floor = min(self.floor, top)
+        for record_id in [i for i in self.returned if i > top]:
+            del self.returned[record_id]

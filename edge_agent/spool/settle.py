@@ -1,0 +1,121 @@
+"""Settling leased records: ack (delete), retry (due again later, one more attempt),
+release (handed back untouched) or dead-letter (moved with a reason).
+
+``write`` changes the rows inside the caller's transaction and returns the counter
+changes; ``forget`` updates the leases once that committed. A release writes nothing:
+``hand_back`` alone. Records are handled a queue at a time and ``ID_CHUNK`` ids per
+statement, never a statement per record.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Literal
+
+from edge_agent.records import RECORD_ID, RECORD_PAYLOAD, RECORD_QUEUE, LeasedRecord
+from edge_agent.spool.dead_letters import move_from_records
+from edge_agent.spool.leases import ID_CHUNK
+from edge_agent.spool.queues import Delta, Queues
+
+How = Literal["ack", "release", "retry", "dead_letter"]
+
+
+def by_queue(records: list[LeasedRecord]) -> dict[str, list[LeasedRecord]]:
+    """Records per queue, in order (a sender's batch is nearly always of one queue)."""
+    queues = set(map(RECORD_QUEUE, records))
+    if len(queues) == 1:
+        return {queues.pop(): records}
+    grouped: dict[str, list[LeasedRecord]] = defaultdict(list)
+    for record in records:
+        grouped[record.queue].append(record)
+    return grouped
+
+
+def hand_back(queues: Queues, grouped: Mapping[str, list[LeasedRecord]], due_ms: int) -> int:
+    """Held no longer, due again at ``due_ms``; returns how many were held."""
+    done = 0
+    for name, records in grouped.items():
+        state = queues.get(name)
+        if state is not None:
+            done += state.leases.hand_back(records, due_ms)
+    return done
+
+
+def write(
+    conn: sqlite3.Connection,
+    queues: Queues,
+    grouped: Mapping[str, list[LeasedRecord]],
+    how: Literal["ack", "retry", "dead_letter"],
+    *,
+    now: int,
+    at_ms: int = 0,
+    reason: str = "",
+) -> tuple[int, dict[str, Delta], dict[str, int]]:
+    """Change the rows of settled records. Returns how many were still in the spool,
+    the counter changes per queue, and the payload bytes of the records per queue (no
+    longer held once committed; not for a retry)."""
+    done = 0
+    deltas: dict[str, Delta] = defaultdict(Delta)
+    released: dict[str, int] = {}
+    for name, queued in grouped.items():
+        delta = deltas[name]
+        state = queues.get(name)
+        held = state.leases.held if state is not None else None
+        released[name] = 0
+        for start in range(0, len(queued), ID_CHUNK):
+            chunk = queued[start : start + ID_CHUNK]
+            ids = list(map(RECORD_ID, chunk))
+            marks = ",".join("?" * len(ids))
+            if how == "retry":
+                retried = conn.execute(
+                    "UPDATE records SET attempts = attempts + 1, next_attempt_ms = ?"
+                    f" WHERE id IN ({marks})",
+                    (at_ms, *ids),
+                ).rowcount
+                delta.retried_count += retried
+                done += retried
+                continue
+            if how == "dead_letter":
+                conn.execute(move_from_records(len(ids)), (reason, now, *ids))
+            payload_bytes = sum(map(len, map(RECORD_PAYLOAD, chunk)))
+            released[name] += payload_bytes
+            if held is not None and held.issuperset(ids):
+                # Held records are never evicted or expired: all still there.
+                conn.execute(f"DELETE FROM records WHERE id IN ({marks})", ids)
+                count, size = len(ids), payload_bytes
+            else:  # only the rows still there count
+                sizes = conn.execute(
+                    f"DELETE FROM records WHERE id IN ({marks}) RETURNING size", ids
+                ).fetchall()
+                count, size = len(sizes), sum(map(RECORD_ID, sizes))  # the first column
+            delta.pending_count -= count
+            delta.pending_bytes -= size
+            if how == "ack":
+                delta.acked_count += count
+                delta.acked_bytes += size
+            else:
+                delta.dead_count += count
+            done += count
+    return done, deltas, released
+
+
+def forget(
+    queues: Queues,
+    grouped: Mapping[str, list[LeasedRecord]],
+    how: How,
+    *,
+    at_ms: int,
+    released: Mapping[str, int],
+) -> None:
+    """Once committed: settled in any way, the records are no longer held; retried
+    ones are due again at ``at_ms``."""
+    for name, records in grouped.items():
+        state = queues.get(name)
+        if state is None:
+            continue
+        if how == "retry":
+            state.leases.hand_back(records, at_ms)
+        else:
+            state.leases.forget(records, released.get(name))

@@ -1,0 +1,168 @@
+"""Appending: a whole batch in one transaction, with the caps applied, and the signal
+that wakes idle senders once it committed.
+
+``Writer.insert`` runs inside the spool's write transaction; what it changed in memory
+(``Appended.apply``) runs only after the commit, and ``notify`` after that. The loop
+over a batch does the per-record work only: size, policy checks and one row tuple;
+rows are inserted 256 to a statement.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+from edge_agent.records import AppendResult, Record
+from edge_agent.spool.caps import Caps, QueuePolicy
+from edge_agent.spool.dead_letters import INSERT_AT_APPEND
+from edge_agent.spool.queues import Delta, Queues, QueueState
+
+#: Rows per INSERT statement (6 parameters each; SQLite allows 32,766 per statement).
+_INSERT_ROWS = 256
+
+_RecordRow = tuple[int, str, int, int, str | None, bytes]
+_DeadRow = tuple[int, str, int, int, str, int, str | None, bytes]
+
+
+class Appended(NamedTuple):
+    """What ``Writer.insert`` did, for after the commit."""
+
+    result: AppendResult
+    #: The in-memory counter update (see ``Queues.commit``).
+    apply: Callable[[], None]
+    #: Bytes per queue appended to, and in the whole spool, once appended.
+    queue_bytes: dict[str, int]
+    total_bytes: int
+    #: Bytes stored per queue.
+    added: dict[str, int]
+
+
+class Writer:
+    """Appends batches; counts them, so that an idle sender can wait for the next one
+    instead of polling the database."""
+
+    def __init__(self, queues: Queues, caps: Caps) -> None:
+        self._queues = queues
+        self._caps = caps
+        self._appended = threading.Condition(threading.Lock())
+        self.generation = 0
+
+    def insert(self, conn: sqlite3.Connection, records: Sequence[Record], now: int) -> Appended:
+        """Store a batch inside the caller's transaction, applying size limits and caps:
+        records larger than their queue's ``max_record_bytes`` go to the dead letters;
+        records refused by a ``reject_new`` cap are counted and not stored."""
+        caps = self._caps
+        queues = self._queues
+        states: dict[str, QueueState] = {}
+        deltas: dict[str, Delta] = defaultdict(Delta)
+        projected: dict[str, int] = {}
+        projected_total = queues.pending_bytes
+        evictable_total = caps.evictable_bytes(queues)
+        rows: list[_RecordRow] = []
+        dead_rows: list[_DeadRow] = []
+        policies: dict[str, QueuePolicy] = {}
+        for record in records:
+            state = states.get(record.queue)
+            if state is None:
+                state = states[record.queue] = queues.state_for(conn, record.queue)
+                projected[record.queue] = state.pending_bytes
+                policies[record.queue] = caps.policy(record.queue)
+            policy = policies[record.queue]
+            delta = deltas[record.queue]
+            size = len(record.payload)
+            if record.redelivered:
+                delta.redelivered_count += 1
+            if policy.max_record_bytes is not None and size > policy.max_record_bytes:
+                reason = (
+                    f"payload of {size} bytes exceeds the sink's limit of "
+                    f"{policy.max_record_bytes} bytes"
+                )
+                dead_rows.append(
+                    (
+                        state.id,
+                        record.partition_key,
+                        record.captured_at_ms,
+                        size,
+                        reason,
+                        now,
+                        record.meta,
+                        record.payload,
+                    )
+                )
+                delta.dead_count += 1
+                continue
+            if policy.overflow == "reject_new" and caps.would_overflow(
+                policy, projected[record.queue], projected_total, evictable_total, size
+            ):
+                delta.rejected_count += 1
+                delta.rejected_bytes += size
+                continue
+            rows.append(
+                (
+                    state.id,
+                    record.partition_key,
+                    record.captured_at_ms,
+                    size,
+                    record.meta,
+                    record.payload,
+                )
+            )
+            projected[record.queue] += size
+            projected_total += size
+            if policy.overflow == "drop_oldest":
+                evictable_total += size
+            delta.pending_count += 1
+            delta.pending_bytes += size
+            delta.stored += 1
+        if rows:
+            queues.keep_new_ids_above_floors(conn)
+            _insert_records(conn, rows)
+        if dead_rows:
+            conn.executemany(INSERT_AT_APPEND, dead_rows)
+        evicted = caps.enforce(
+            conn, queues, states, deltas, projected=projected, projected_total=projected_total
+        )
+        apply = queues.commit(conn, deltas, states)
+        result = AppendResult(
+            stored=sum(delta.stored for delta in deltas.values()),
+            rejected=sum(delta.rejected_count for delta in deltas.values()),
+            dead_lettered=sum(delta.dead_count for delta in deltas.values()),
+            evicted=evicted,
+        )
+        added = {name: delta.pending_bytes for name, delta in deltas.items()}
+        return Appended(result, apply, projected, projected_total, added)
+
+    # ------------------------------------------------------------------ waiting
+
+    def notify(self) -> None:
+        """Records were appended (or the spool shuts down): wake every waiting sender."""
+        with self._appended:
+            self.generation += 1
+            self._appended.notify_all()
+
+    def wait(self, seen_generation: int, timeout: float) -> bool:
+        """Block until ``generation`` moved on from ``seen_generation`` (or the timeout
+        passes); returns whether it did."""
+        with self._appended:
+            return self._appended.wait_for(lambda: self.generation != seen_generation, timeout)
+
+
+@functools.lru_cache(maxsize=_INSERT_ROWS)
+def _insert_statement(rows: int) -> str:
+    return (
+        "INSERT INTO records (queue_id, partition_key, captured_at_ms, size, meta, payload)"
+        " VALUES " + ",".join(["(?, ?, ?, ?, ?, ?)"] * rows)
+    )
+
+
+def _insert_records(conn: sqlite3.Connection, rows: list[_RecordRow]) -> None:
+    """Insert with multi-row statements: one statement per 256 rows rather than one step
+    per row (executemany steps, and trades the GIL, once per row)."""
+    step = min(_INSERT_ROWS, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 6)
+    for start in range(0, len(rows), step):
+        chunk = rows[start : start + step]
+        conn.execute(_insert_statement(len(chunk)), [value for row in chunk for value in row])

@@ -1,0 +1,190 @@
+"""The spool's schema: migrations from older files, and SQLite's errors as the agent's."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_agent.errors import SpoolBusy, SpoolCorrupt, SpoolError, SpoolFull
+from edge_agent.spool.recovery import count_legacy_leases, translate_sqlite_error
+from edge_agent.spool.schema import MIGRATIONS, SCHEMA_VERSION, migrate
+from edge_agent.spool.store import Spool
+
+
+def write_version_1_spool(path: Path, rows: list[tuple[str, bytes, int]]) -> None:
+    """A spool file as agents of schema version 1 left it: ``rows`` are (queue, payload,
+    leased), with the queues' pending counters stale (zero), as after a crash."""
+    name, statements, _ = MIGRATIONS[0]
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("BEGIN")
+        conn.execute(
+            "CREATE TABLE _migrations"
+            " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at_ms INTEGER NOT NULL)"
+        )
+        for statement in statements:
+            conn.execute(statement)
+        conn.execute("INSERT INTO _migrations VALUES (1, ?, 0)", (name,))
+        for queue, payload, leased in rows:
+            conn.execute("INSERT OR IGNORE INTO queues (name) VALUES (?)", (queue,))
+            conn.execute(
+                "INSERT INTO records (queue_id, partition_key, captured_at_ms, size, leased,"
+                " payload) SELECT id, 'k', 0, ?, ?, ? FROM queues WHERE name = ?",
+                (len(payload), leased, payload, queue),
+            )
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})").fetchall()}
+
+
+def indexes(conn: sqlite3.Connection) -> set[str]:
+    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()
+    return {row[0] for row in rows}
+
+
+def test_a_new_spool_has_no_lease_column() -> None:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    assert migrate(conn) == SCHEMA_VERSION == 3
+    assert "leased" not in columns(conn, "records")
+    assert "records_leased" not in indexes(conn)
+    assert "records_by_queue" in indexes(conn)
+    assert count_legacy_leases(conn) == 0
+    assert migrate(conn) == 0  # nothing left to do
+
+
+def test_a_version_1_spool_is_migrated_at_open_and_keeps_its_records(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    write_version_1_spool(path, [("q", b"a", 1), ("q", b"bb", 0), ("r", b"ccc", 1)])
+    with Spool.open(path) as spool:
+        assert spool.stats().schema_version == 3
+        # The counters were recounted from the rows, and every record is pending.
+        assert spool.pending("q") == (2, 3)
+        assert spool.pending("r") == (1, 3)
+        assert [r.payload for r in spool.lease("q", max_records=9, max_bytes=99)] == [
+            b"a",
+            b"bb",
+        ]
+        (event,) = [e for e in spool.stats().events if e.kind == "leases_returned"]
+        assert event.message.startswith("2 records in flight when the agent stopped")
+        spool.ack(spool.lease("r", max_records=9, max_bytes=99))
+        spool.append([])
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert "leased" not in columns(conn, "records")
+        assert "records_leased" not in indexes(conn)
+        applied = conn.execute("SELECT version, name FROM _migrations ORDER BY version")
+        assert applied.fetchall() == [
+            (1, "0001_core_tables"),
+            (2, "0002_leases_in_memory"),
+            (3, "0003_drop_leased_column"),
+        ]
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+    with Spool.open(path) as spool:  # migrated once: no second event
+        kinds = [e.kind for e in spool.stats().events]
+        assert kinds.count("leases_returned") == 1
+        assert spool.pending("r") == (0, 0)
+
+
+def test_a_version_1_spool_without_leases_is_migrated_quietly(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    write_version_1_spool(path, [("q", b"a", 0)])
+    with Spool.open(path) as spool:
+        assert spool.stats().schema_version == 3
+        assert not [e for e in spool.stats().events if e.kind == "leases_returned"]
+        assert spool.pending("q") == (1, 1)
+
+
+def test_a_read_only_view_of_a_version_1_spool_does_not_migrate_it(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    write_version_1_spool(path, [("q", b"a", 1)])
+    with Spool.open_read_only(path) as reader:
+        assert reader.stats().schema_version == 1
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB tmpfs of its own (root only), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def free_bytes(path: Path) -> int:
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize
+
+
+def test_dropping_the_column_waits_for_room_on_the_filesystem(
+    small_filesystem: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Dropping a column rewrites every record: on a nearly full disk the migration
+    waits (the spool works without it) instead of failing the start."""
+    path = small_filesystem / "s.db"
+    write_version_1_spool(path, [("q", bytes([n]) * 100_000, n % 2) for n in range(60)])
+    filler = small_filesystem / "filler"
+    filler.write_bytes(b"\0" * (free_bytes(small_filesystem) - 2 * 2**20))
+    assert free_bytes(small_filesystem) < os.path.getsize(path)
+    with Spool.open(path) as spool:
+        assert spool.stats().schema_version == 2
+        assert spool.pending("q") == (60, 6_000_000)
+        spool.ack(spool.lease("q", max_records=5, max_bytes=10**9))
+    assert "migration 0003_drop_leased_column postponed" in caplog.text
+    with Spool.open(path) as spool:  # the marks were cleared: counted once only
+        assert [e.kind for e in spool.stats().events].count("leases_returned") == 1
+    filler.unlink()
+    with Spool.open(path) as spool:
+        assert spool.stats().schema_version == 3
+        assert spool.pending("q") == (55, 5_500_000)
+    conn = sqlite3.connect(path)
+    try:
+        assert "leased" not in columns(conn, "records")
+    finally:
+        conn.close()
+
+
+def sqlite_error(code: int) -> sqlite3.Error:
+    err = sqlite3.OperationalError("boom")
+    err.sqlite_errorcode = code
+    return err
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "retryable"),
+    [
+        (sqlite3.SQLITE_FULL, SpoolFull, True),
+        (sqlite3.SQLITE_BUSY, SpoolBusy, True),
+        (sqlite3.SQLITE_LOCKED, SpoolBusy, True),
+        (sqlite3.SQLITE_CORRUPT, SpoolCorrupt, False),
+        (sqlite3.SQLITE_NOTADB, SpoolCorrupt, False),
+        (sqlite3.SQLITE_IOERR, SpoolError, True),
+        (sqlite3.SQLITE_IOERR | (1 << 8), SpoolError, True),  # an extended code
+        (sqlite3.SQLITE_ERROR, SpoolError, False),
+        (0, SpoolError, False),
+    ],
+)
+def test_sqlite_errors_become_the_agents(code: int, kind: type, retryable: bool) -> None:
+    error = translate_sqlite_error(sqlite_error(code), "append")
+    assert type(error) is kind
+    assert error.retryable is retryable
+    assert str(error) == "spool append failed: boom"
+    assert not SpoolError("other").retryable  # the instance flag stays on the instance
