@@ -64,7 +64,7 @@ def test_enforce_evicts_the_oldest_unheld_records_of_a_queue_over_its_cap(
     caps = Caps({"v": QueuePolicy(max_bytes=250)})
     insert(conn, 1, [100, 100, 100, 100])
     video = QueueState(1, "v", 4, 400)
-    video.leases.held.add(1)  # a sender holds the oldest
+    video.leases.held.add(1)  # an uploader holds the oldest
     deltas: dict[str, Delta] = defaultdict(Delta)
     evicted = caps.enforce(
         conn, [video], {"v": video}, deltas, projected={"v": 400}, projected_total=400

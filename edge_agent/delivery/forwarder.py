@@ -258,7 +258,7 @@ class Forwarder(ThreadWorker):
     # ------------------------------------------------------------------ sending
 
     def _launch(self, request: Request) -> None:
-        """Put a request on the wire in the sender thread; its records are in flight."""
+        """Put a request on the wire in the transmit pool; its records are in flight."""
         assert self._transmit_pool is not None
         ids = [record.id for entry in request.entries for record in entry.records]
         self._window.in_flight.update(ids)

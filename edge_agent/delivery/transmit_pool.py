@@ -1,9 +1,9 @@
 """The transmit pool: threads that put requests on the wire while the forwarder packs the next.
 
     forwarder thread:  lease, pack k+1 ............ land k (settle) -> launch k+1
-    sender thread:     transmit k (wait for the service) ............ transmit k+1
+    pool thread:       transmit k (wait for the service) ............ transmit k+1
 
-With two senders, request k+1 is on the wire (serialized, signed, queued at the
+With two threads, request k+1 is on the wire (serialized, signed, queued at the
 service) before the answer to k is back, so the service never waits for the agent.
 Only ``transmit`` (the client call; boto3 clients are thread-safe) runs here; everything
 that changes state happens when the forwarder lands the answer. Daemon threads, so a

@@ -7,7 +7,7 @@ service::
                                          service's limits (and the sink's own pacing)
     transmit(request) -> answer          the request on the wire; a whole-request failure
                                          raises a SinkError. Runs in the forwarder's
-                                         sender thread while the next request is packed,
+                                         transmit pool while the next request is packed,
                                          so it touches nothing but the client
     outcomes(request, answer) -> [Outcome, ...]
                                          one outcome per entry, in order (may raise a

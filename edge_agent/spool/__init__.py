@@ -1,6 +1,6 @@
 """The spool: one SQLite file that holds everything between capture and confirmed delivery.
 
-Sources append; senders lease, then ack, retry, release or dead-letter. Nothing else in
+Sources append; uploaders lease, then ack, retry, release or dead-letter. Nothing else in
 the agent runs SQL. docs/SPOOL.md documents the file format. This package exports no
 names: import each from the module that defines it (``Spool`` from ``store``).
 
@@ -20,7 +20,7 @@ Invariants
 4. **Oldest first per queue.** A record's id is its arrival order; a queue drains by
    id (a live-first video sink leases its newest record first, then the older ones by
    id). New rows always get ids above every lease floor.
-5. **Leases live in memory.** Which records a sender holds, and which it handed back
+5. **Leases live in memory.** Which records an uploader holds, and which it handed back
    for a retry (with their due time), is kept in the writing process, not in the file:
    a lease costs one read and no write.
 6. **Held records are never evicted or expired.**
@@ -49,7 +49,7 @@ Modules
     hand each call to the part below that owns it.
 ``writer``
     ``Writer``: append of a batch (limits, ``reject_new``, rows 256 to a statement) and
-    the append generation idle senders wait on.
+    the append generation idle uploaders wait on.
 ``leases``
     ``QueueLeases``: one queue's held ids, lease floor and handed-back ids with their due
     times; lease, lease_newest, newest_is_after. The ``LeasedRecord`` field getters.

@@ -3,7 +3,7 @@ the pressure warnings before anything is dropped.
 
 A queue over its byte cap either evicts its oldest records (``drop_oldest``) or refuses
 the new ones (``reject_new``); the overall cap evicts from ``drop_oldest`` queues, oldest
-first. Age caps expire old records. Records a sender holds are never evicted or expired.
+first. Age caps expire old records. Records an uploader holds are never evicted or expired.
 Every drop is counted in the caller's ``Delta``s, in the caller's transaction.
 """
 
@@ -132,7 +132,7 @@ class Caps:
     # ------------------------------------------------------------------ age
 
     def expire(self, conn: sqlite3.Connection, state: QueueState, cutoff_ms: int) -> Delta:
-        """Delete the queue's records captured before ``cutoff_ms`` that no sender holds,
+        """Delete the queue's records captured before ``cutoff_ms`` that no uploader holds,
         oldest first, up to the first newer one."""
         delta = Delta()
         held = state.leases.held
@@ -193,7 +193,7 @@ def _evict(
     need_bytes: int,
     deltas: dict[str, Delta],
 ) -> tuple[int, int]:
-    """Delete the oldest records of these queues that no sender holds until
+    """Delete the oldest records of these queues that no uploader holds until
     ``need_bytes`` are freed; returns (count, bytes)."""
     by_id = {state.id: state for state in queues}
     marks = ",".join("?" * len(by_id))

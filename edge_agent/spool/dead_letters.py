@@ -1,7 +1,7 @@
 """Dead letters: records that can never be delivered, kept with the reason.
 
 A record goes to ``dead_letters`` at append (larger than its sink accepts) or when a
-sender dead-letters it; ``edge-agent spool dead-letters|export|requeue|purge`` list,
+uploader dead-letters it; ``edge-agent spool dead-letters|export|requeue|purge`` list,
 purge and requeue them here. The SQL that moves rows in lives here too.
 """
 

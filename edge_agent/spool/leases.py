@@ -1,6 +1,6 @@
-"""Leases: which records of a queue senders hold, kept in memory, never in the file.
+"""Leases: which records of a queue uploaders hold, kept in memory, never in the file.
 
-Per queue (``QueueLeases``): the ids senders hold (and their payload bytes), a *floor*
+Per queue (``QueueLeases``): the ids uploaders hold (and their payload bytes), a *floor*
 such that every record with an id up to it was leased since the spool was opened, and
 the ids at or below the floor that were handed back (retry, release) or skipped by
 ``lease_newest``, each with the time it is due again. Leasing new records is one index
@@ -46,7 +46,7 @@ class QueueLeases:
     def __init__(self, queue_id: int, name: str) -> None:
         self.queue_id = queue_id
         self.name = name
-        #: Ids a sender holds, and the bytes of their payloads (pending, not evictable).
+        #: Ids an uploader holds, and the bytes of their payloads (pending, not evictable).
         self.held: set[int] = set()
         self.held_bytes = 0
         #: Every record with an id up to here was leased since the spool was opened:
@@ -76,7 +76,7 @@ class QueueLeases:
     def lease_newest(
         self, conn: sqlite3.Connection, *, captured_after_ms: int = -1, with_meta: bool = False
     ) -> LeasedRecord | None:
-        """The newest record no sender holds, if captured after ``captured_after_ms``;
+        """The newest record no uploader holds, if captured after ``captured_after_ms``;
         the fresh records below it are handed back, due now."""
         columns = _LEASE_COLUMNS_WITH_META if with_meta else _LEASE_COLUMNS
         row = conn.execute(
@@ -164,7 +164,7 @@ class QueueLeases:
 
     def take(self, rows: Sequence[Row], gone: Sequence[int], max_bytes: int) -> list[LeasedRecord]:
         """Hold ``rows`` (the first ones within ``max_bytes``, at least one) for a
-        sender; forget handed-back ids that are ``gone``."""
+        uploader; forget handed-back ids that are ``gone``."""
         for record_id in gone:  # handed back, then evicted or expired
             self.returned.pop(record_id, None)
         if not rows:
@@ -183,7 +183,7 @@ class QueueLeases:
         return leased
 
     def forget(self, records: Sequence[LeasedRecord], payload_bytes: int | None = None) -> int:
-        """No longer held by a sender (settled); returns how many were.
+        """No longer held by an uploader (settled); returns how many were.
         ``payload_bytes``: the records' payload total, if the caller has it already."""
         held = self.held
         before = len(held)

@@ -23,7 +23,7 @@ How = Literal["ack", "release", "retry", "dead_letter"]
 
 
 def by_queue(records: list[LeasedRecord]) -> dict[str, list[LeasedRecord]]:
-    """Records per queue, in order (a sender's batch is nearly always of one queue)."""
+    """Records per queue, in order (an uploader's batch is nearly always of one queue)."""
     queues = set(map(RECORD_QUEUE, records))
     if len(queues) == 1:
         return {queues.pop(): records}

@@ -238,7 +238,7 @@ class Spool:
             expired += delta.expired_count
         return expired
 
-    # ------------------------------------------------------------------ senders
+    # ------------------------------------------------------------------ uploaders
 
     @property
     def append_generation(self) -> int:
@@ -247,11 +247,11 @@ class Spool:
 
     def wait_for_append(self, seen_generation: int, timeout: float) -> bool:
         """Block until records were appended after ``seen_generation`` was read (or the
-        timeout passes); lets an idle sender sleep instead of polling the database."""
+        timeout passes); lets an idle uploader sleep instead of polling the database."""
         return self._writer.wait(seen_generation, timeout)
 
     def wake_waiters(self) -> None:
-        """Wake every sender blocked in ``wait_for_append`` (used at shutdown)."""
+        """Wake every uploader blocked in ``wait_for_append`` (used at shutdown)."""
         self._writer.notify()
 
     def lease(
@@ -269,8 +269,8 @@ class Spool:
         (whatever their retry time: after a restart everything is due).
 
         At least one record is returned when any is due, even if it alone exceeds
-        max_bytes (a sender decides what to do with it). ``with_meta``: also the meta
-        text (a video fragment's track); record senders do not need it.
+        max_bytes (an uploader decides what to do with it). ``with_meta``: also the meta
+        text (a video fragment's track); record sinks do not need it.
         ``captured_before_ms``: only records captured before then (a video backlog
         behind live fragments).
         """
@@ -292,7 +292,7 @@ class Spool:
     def lease_newest(
         self, queue: str, *, captured_after_ms: int = -1, with_meta: bool = False
     ) -> LeasedRecord | None:
-        """Lease the newest record of a queue that no sender holds, if it was captured
+        """Lease the newest record of a queue that no uploader holds, if it was captured
         after ``captured_after_ms``, whatever its retry time: a live video session sends
         it. The records between the last lease and it stay pending, handed back and due
         now (the backlog behind it)."""
@@ -313,7 +313,7 @@ class Spool:
             return state.leases.newest_is_after(conn, captured_ms)
 
     def unheld(self, queue: str) -> int:
-        """How many of a queue's pending records no sender holds."""
+        """How many of a queue's pending records no uploader holds."""
         state = self._queues.get(queue)
         if state is None:
             return 0

@@ -1,5 +1,5 @@
 """Appending: a whole batch in one transaction, with the caps applied, and the signal
-that wakes idle senders once it committed.
+that wakes idle uploaders once it committed.
 
 ``Writer.insert`` runs inside the spool's write transaction; what it changed in memory
 (``Appended.apply``) runs only after the commit, and ``notify`` after that. The loop
@@ -42,7 +42,7 @@ class Appended(NamedTuple):
 
 
 class Writer:
-    """Appends batches; counts them, so that an idle sender can wait for the next one
+    """Appends batches; counts them, so that an idle uploader can wait for the next one
     instead of polling the database."""
 
     def __init__(self, queues: Queues, caps: Caps) -> None:
@@ -139,7 +139,7 @@ class Writer:
     # ------------------------------------------------------------------ waiting
 
     def notify(self) -> None:
-        """Records were appended (or the spool shuts down): wake every waiting sender."""
+        """Records were appended (or the spool shuts down): wake every waiting uploader."""
         with self._appended:
             self.generation += 1
             self._appended.notify_all()

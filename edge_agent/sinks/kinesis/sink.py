@@ -95,7 +95,7 @@ class KinesisSink:
         self.wire = WireMeter()
         self._client = make_client("kinesis", config.aws, budget, stop, self.wire)
         prebuilt_body.install(self._client, "PutRecords")
-        # Partition keys as JSON, for the request bodies (the sender thread's own).
+        # Partition keys as JSON, for the request bodies (the transmit pool's own).
         self._key_json: dict[str, bytes] = {}
         self._map: ShardMap | None = None
         self._map_checked_at = -1e18

@@ -29,7 +29,7 @@ MAX_PENDING_BYTES = 64 * 1024
 
 
 class ErrorAction(Enum):
-    """What a sender does with the fragment an ERROR ack names."""
+    """What an uploader does with the fragment an ERROR ack names."""
 
     RETRY = "retry"  # send it again (on a new connection)
     DEAD_LETTER = "dead_letter"  # it can never be accepted as it is

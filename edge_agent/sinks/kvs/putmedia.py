@@ -77,7 +77,7 @@ class PutMediaConnection:
         on_answer: Callable[[], None] | None = None,
     ) -> None:
         """``on_answer`` is called (in the reader thread) after each item put on
-        ``acks``: the sender can sleep until then instead of polling the queue."""
+        ``acks``: the uploader can sleep until then instead of polling the queue."""
         self.endpoint_url = endpoint_url.rstrip("/")
         self.stream = stream
         self._credentials = credentials
@@ -190,7 +190,7 @@ class PutMediaConnection:
                 for ack in parser.feed(data):
                     self._answer(ack)
         except (OSError, ValueError):
-            pass  # the connection ended; the sender sees None and decides
+            pass  # the connection ended; the uploader sees None and decides
         finally:
             self._answer(None)
 
@@ -201,10 +201,10 @@ class PutMediaConnection:
 
 class _AnswerStream:
     """The answer as it comes off the socket, for the reader thread. The socket's
-    timeout guards the sender's writes; for the reader a timeout only means that the
-    endpoint had nothing to say (nothing is due while the sender waits for its budget
+    timeout guards the uploader's writes; for the reader a timeout only means that the
+    endpoint had nothing to say (nothing is due while the uploader waits for its budget
     or the camera), so it reads on until the connection is closed. A stalled
-    connection is the sender's to judge (``ack_timeout``)."""
+    connection is the uploader's to judge (``ack_timeout``)."""
 
     def __init__(self, sock: socket.socket, closing: threading.Event) -> None:
         self._sock = sock
