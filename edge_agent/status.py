@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict
 from typing import NotRequired, TypedDict, cast
 
 from edge_agent import runtime_status
 from edge_agent.config.loading import Config
 from edge_agent.errors import SpoolError
+from edge_agent.spool.stats import QueueStats, SpoolEvent
 from edge_agent.spool.store import Spool
 
 #: A status file older than this many status intervals means the agent is not running.
@@ -35,35 +35,12 @@ class AgentAbsent(TypedDict):
     detail: str
 
 
-class QueueView(TypedDict):
-    """A queue's counters from the spool (QueueStats), with what status adds."""
+class QueueView(QueueStats):
+    """A queue's counters from the spool, with what status adds."""
 
-    name: str
-    pending_count: int
-    pending_bytes: int
-    leased_count: int
-    oldest_captured_at_ms: int | None
-    acked_count: int
-    acked_bytes: int
-    retried_count: int
-    dropped_count: int
-    dropped_bytes: int
-    expired_count: int
-    rejected_count: int
-    rejected_bytes: int
-    dead_count: int
-    dead_letters: int
-    redelivered_count: int
     oldest_age_s: float | None
     max_bytes: int | None
     overflow: str | None
-
-
-class EventView(TypedDict):
-    at_ms: int
-    level: str
-    kind: str
-    message: str
 
 
 class SpoolView(TypedDict):
@@ -74,7 +51,7 @@ class SpoolView(TypedDict):
     pending_bytes: int
     max_bytes: int | None
     queues: list[QueueView]
-    events: list[EventView]
+    events: list[SpoolEvent]
 
 
 class SpoolUnreadable(TypedDict):
@@ -109,17 +86,17 @@ def collect_status(config: Config) -> Status:
     sinks = running.get("sinks", {}) if running else {}
     queues: list[QueueView] = []
     for queue in stats.queues:
-        sink = config.sinks.get(queue.name)
-        entry = cast(QueueView, asdict(queue))
-        entry["leased_count"] = _in_window(sinks.get(queue.name))
-        entry["oldest_age_s"] = (
-            None
-            if queue.oldest_captured_at_ms is None
-            else max(0.0, (now_ms - queue.oldest_captured_at_ms) / 1000)
+        sink = config.sinks.get(queue["name"])
+        oldest = queue["oldest_captured_at_ms"]
+        queues.append(
+            {
+                **queue,
+                "leased_count": _in_window(sinks.get(queue["name"])),
+                "oldest_age_s": None if oldest is None else max(0.0, (now_ms - oldest) / 1000),
+                "max_bytes": sink.max_bytes if sink else None,
+                "overflow": sink.overflow if sink else None,
+            }
         )
-        entry["max_bytes"] = sink.max_bytes if sink else None
-        entry["overflow"] = sink.overflow if sink else None
-        queues.append(entry)
     result["spool"] = {
         "path": stats.path,
         "file_bytes": stats.file_bytes,
@@ -128,7 +105,7 @@ def collect_status(config: Config) -> Status:
         "pending_bytes": stats.pending_bytes,
         "max_bytes": config.spool.max_bytes,
         "queues": queues,
-        "events": [cast(EventView, asdict(event)) for event in stats.events],
+        "events": stats.events,
     }
     return result
 

@@ -152,7 +152,7 @@ def test_stop_releases_what_was_not_delivered(harness: Harness) -> None:
     harness.stop.set()
     harness.spool.wake_waiters()
     forwarder.join(10)
-    assert harness.spool.stats().queues[0].leased_count == 0
+    assert harness.spool.stats().queues[0]["leased_count"] == 0
     assert harness.spool.pending("out")[0] == 100
 
 

@@ -55,7 +55,7 @@ def test_append_lease_ack_oldest_first(tmp_path: Path) -> None:
         assert spool.ack(first) == 4
         assert spool.pending("q") == (6, 12)
         stats = spool.stats().queues[0]
-        assert (stats.acked_count, stats.leased_count, stats.pending_count) == (4, 6, 6)
+        assert (stats["acked_count"], stats["leased_count"], stats["pending_count"]) == (4, 6, 6)
 
 
 def test_the_newest_record_can_be_leased_first_and_the_older_ones_after_it(
@@ -100,7 +100,7 @@ def test_retry_waits_until_its_time_and_counts_attempts(tmp_path: Path) -> None:
         clock.now_ms += 5000
         again = spool.lease("q", max_records=10, max_bytes=100)
         assert [(r.payload, r.attempts) for r in again] == [(b"a", 1)]
-        assert spool.stats().queues[0].retried_count == 1
+        assert spool.stats().queues[0]["retried_count"] == 1
 
 
 def test_dead_letter_keeps_payload_and_reason(tmp_path: Path) -> None:
@@ -139,7 +139,7 @@ def test_drop_oldest_cap_evicts_and_counts(tmp_path: Path) -> None:
         leased = spool.lease("video", max_records=100, max_bytes=10**6)
         assert [r.payload[0] for r in leased] == list(range(5, 15))
         stats = spool.stats().queues[0]
-        assert (stats.dropped_count, stats.dropped_bytes) == (5, 500)
+        assert (stats["dropped_count"], stats["dropped_bytes"]) == (5, 500)
 
 
 def test_a_queue_filling_up_is_warned_about_once_before_anything_is_dropped(
@@ -149,15 +149,15 @@ def test_a_queue_filling_up_is_warned_about_once_before_anything_is_dropped(
     with Spool.open(tmp_path / "s.db", policies=policies) as spool:
         for i in range(7):
             spool.append([rec("video", bytes([i]) * 100)])
-        assert not [e for e in spool.stats().events if e.kind == "spool_pressure"]
+        assert not [e for e in spool.stats().events if e["kind"] == "spool_pressure"]
         for i in range(7, 10):  # 80 %, 90 %, 100 %: one warning, nothing dropped yet
             spool.append([rec("video", bytes([i]) * 100)])
-        warnings = [e for e in spool.stats().events if e.kind == "spool_pressure"]
-        assert len(warnings) == 1 and "video is at 80% of its cap" in warnings[0].message
-        assert spool.stats().queues[0].dropped_count == 0
+        warnings = [e for e in spool.stats().events if e["kind"] == "spool_pressure"]
+        assert len(warnings) == 1 and "video is at 80% of its cap" in warnings[0]["message"]
+        assert spool.stats().queues[0]["dropped_count"] == 0
         spool.ack(spool.lease("video", max_records=5, max_bytes=10**6))  # drained to 50 %
         spool.append([rec("video", b"x" * 300)])  # 80 % again: warned again
-        warnings = [e for e in spool.stats().events if e.kind == "spool_pressure"]
+        warnings = [e for e in spool.stats().events if e["kind"] == "spool_pressure"]
         assert len(warnings) == 2
 
 
@@ -171,7 +171,7 @@ def test_reject_new_cap_refuses_and_counts(tmp_path: Path) -> None:
             1,
             2,
         ]
-        assert spool.stats().queues[0].rejected_count == 2
+        assert spool.stats().queues[0]["rejected_count"] == 2
 
 
 def test_overall_cap_evicts_drop_oldest_queues_only(tmp_path: Path) -> None:
@@ -195,7 +195,7 @@ def test_age_cap_expires_old_records(tmp_path: Path) -> None:
         )
         assert spool.expire() == 1
         assert [r.payload for r in spool.lease("q", max_records=9, max_bytes=99)] == [b"new"]
-        assert spool.stats().queues[0].expired_count == 1
+        assert spool.stats().queues[0]["expired_count"] == 1
 
 
 def test_leases_of_a_dead_process_return_to_pending(tmp_path: Path) -> None:
@@ -219,7 +219,7 @@ def test_leases_marked_by_an_older_agent_are_cleared_at_open(tmp_path: Path) -> 
             b"a",
             b"b",
         ]
-        kinds = [event.kind for event in reopened.stats().events]
+        kinds = [event["kind"] for event in reopened.stats().events]
         assert "leases_returned" in kinds
 
 
@@ -250,7 +250,7 @@ def test_a_retried_record_comes_back_when_due_and_never_twice(tmp_path: Path) ->
         clock.now_ms += 1000
         (back,) = spool.lease("q", max_records=5, max_bytes=100)
         assert (back.payload, back.attempts) == (b"\x00", 1)
-        assert spool.stats().queues[0].leased_count == 4
+        assert spool.stats().queues[0]["leased_count"] == 4
 
 
 def test_garbage_file_is_quarantined_and_a_fresh_spool_opens(tmp_path: Path) -> None:
@@ -259,7 +259,7 @@ def test_garbage_file_is_quarantined_and_a_fresh_spool_opens(tmp_path: Path) -> 
     with Spool.open(path) as spool:
         spool.append([rec("q", b"fresh")])
         stats = spool.stats()
-        assert stats.events[0].kind == "spool_quarantined"
+        assert stats.events[0]["kind"] == "spool_quarantined"
     moved = list(tmp_path.glob("spool.db.corrupt-*"))
     assert len(moved) == 1
     assert moved[0].read_bytes().startswith(b"this is not a database")
@@ -278,7 +278,7 @@ def test_damaged_pages_are_quarantined(tmp_path: Path) -> None:
         data[offset] = 0xA5  # scribble over b-tree pages
     path.write_bytes(bytes(data))
     with Spool.open(path) as spool:
-        assert spool.stats().events[0].kind == "spool_quarantined"
+        assert spool.stats().events[0]["kind"] == "spool_quarantined"
         assert spool.pending("q") == (0, 0)
     assert len(list(tmp_path.glob("spool.db.corrupt-*"))) == 1
 
@@ -292,7 +292,7 @@ def test_read_only_view_sees_committed_data(tmp_path: Path) -> None:
     with Spool.open(tmp_path / "s.db") as writer:
         writer.append([rec("q", b"abc")])
         with Spool.open_read_only(tmp_path / "s.db") as reader:
-            assert reader.stats().queues[0].pending_count == 1
+            assert reader.stats().queues[0]["pending_count"] == 1
             with pytest.raises(SpoolError, match="read-only"):
                 reader.append([rec("q", b"x")])
 
@@ -477,15 +477,15 @@ class SpoolMachine(RuleBasedStateMachine):
 
     @invariant()
     def counters_match_rows(self) -> None:
-        stats = {q.name: q for q in self.spool.stats().queues}
+        stats = {q["name"]: q for q in self.spool.stats().queues}
         for queue in QUEUES:
             expected = self.pending[queue]
             got = stats.get(queue)
-            assert (got.pending_count if got else 0) == len(expected)
-            assert (got.pending_bytes if got else 0) == sum(expected.values())
-        total_acked = sum(q.acked_count for q in stats.values())
-        total_dead = sum(q.dead_count for q in stats.values())
-        total_gone = sum(q.dropped_count + q.rejected_count for q in stats.values())
+            assert (got["pending_count"] if got else 0) == len(expected)
+            assert (got["pending_bytes"] if got else 0) == sum(expected.values())
+        total_acked = sum(q["acked_count"] for q in stats.values())
+        total_dead = sum(q["dead_count"] for q in stats.values())
+        total_gone = sum(q["dropped_count"] + q["rejected_count"] for q in stats.values())
         assert (total_acked, total_dead, total_gone) == (
             len(self.acked),
             len(self.dead),
@@ -547,7 +547,7 @@ def test_corruption_seen_at_runtime_gets_a_full_check_at_the_next_open(tmp_path:
             spool.ack(spool.lease("q", max_records=5, max_bytes=10**6))
     mark_suspect(path)  # what the agent does before it exits for a restart
     with Spool.open(path) as spool:
-        assert spool.stats().events[0].kind == "spool_quarantined"
+        assert spool.stats().events[0]["kind"] == "spool_quarantined"
     assert len(list(tmp_path.glob("s.db.corrupt-*"))) == 1
     assert not Path(f"{path}.needs-check").exists()
 

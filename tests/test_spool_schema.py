@@ -75,8 +75,8 @@ def test_a_version_1_spool_is_migrated_at_open_and_keeps_its_records(tmp_path: P
             b"a",
             b"bb",
         ]
-        (event,) = [e for e in spool.stats().events if e.kind == "leases_returned"]
-        assert event.message.startswith("2 records in flight when the agent stopped")
+        (event,) = [e for e in spool.stats().events if e["kind"] == "leases_returned"]
+        assert event["message"].startswith("2 records in flight when the agent stopped")
         spool.ack(spool.lease("r", max_records=9, max_bytes=99))
         spool.append([])
     conn = sqlite3.connect(path)
@@ -94,7 +94,7 @@ def test_a_version_1_spool_is_migrated_at_open_and_keeps_its_records(tmp_path: P
     finally:
         conn.close()
     with Spool.open(path) as spool:  # migrated once: no second event
-        kinds = [e.kind for e in spool.stats().events]
+        kinds = [e["kind"] for e in spool.stats().events]
         assert kinds.count("leases_returned") == 1
         assert spool.pending("r") == (0, 0)
 
@@ -104,7 +104,7 @@ def test_a_version_1_spool_without_leases_is_migrated_quietly(tmp_path: Path) ->
     write_version_1_spool(path, [("q", b"a", 0)])
     with Spool.open(path) as spool:
         assert spool.stats().schema_version == 3
-        assert not [e for e in spool.stats().events if e.kind == "leases_returned"]
+        assert not [e for e in spool.stats().events if e["kind"] == "leases_returned"]
         assert spool.pending("q") == (1, 1)
 
 
@@ -150,7 +150,7 @@ def test_dropping_the_column_waits_for_room_on_the_filesystem(
         spool.ack(spool.lease("q", max_records=5, max_bytes=10**9))
     assert "migration 0003_drop_leased_column postponed" in caplog.text
     with Spool.open(path) as spool:  # the marks were cleared: counted once only
-        assert [e.kind for e in spool.stats().events].count("leases_returned") == 1
+        assert [e["kind"] for e in spool.stats().events].count("leases_returned") == 1
     filler.unlink()
     with Spool.open(path) as spool:
         assert spool.stats().schema_version == 3

@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from edge_agent.spool.queues import COUNTER_COLUMNS
 
@@ -19,8 +20,10 @@ from edge_agent.spool.queues import COUNTER_COLUMNS
 MAX_EVENTS = 200
 
 
-@dataclass(frozen=True)
-class QueueStats:
+class QueueStats(TypedDict):
+    """One queue's counters. A TypedDict: ``edge-agent status --json`` prints it as it
+    is, with a few keys of its own added (status.QueueView)."""
+
     name: str
     pending_count: int
     pending_bytes: int
@@ -39,8 +42,7 @@ class QueueStats:
     redelivered_count: int
 
 
-@dataclass(frozen=True)
-class SpoolEvent:
+class SpoolEvent(TypedDict):
     at_ms: int
     level: str
     kind: str
@@ -57,11 +59,11 @@ class SpoolStats:
 
     @property
     def pending_bytes(self) -> int:
-        return sum(queue.pending_bytes for queue in self.queues)
+        return sum(queue["pending_bytes"] for queue in self.queues)
 
     @property
     def pending_count(self) -> int:
-        return sum(queue.pending_count for queue in self.queues)
+        return sum(queue["pending_count"] for queue in self.queues)
 
 
 def insert_event(conn: sqlite3.Connection, at_ms: int, level: str, kind: str, message: str) -> None:
@@ -114,8 +116,8 @@ def read_stats(
                 )
             )
         recent = [
-            SpoolEvent(*row)
-            for row in conn.execute(
+            SpoolEvent(at_ms=at_ms, level=level, kind=kind, message=message)
+            for at_ms, level, kind, message in conn.execute(
                 "SELECT at_ms, level, kind, message FROM events ORDER BY id DESC LIMIT ?",
                 (events,),
             ).fetchall()
