@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from edge_agent.sinks.base import Sink, Uploader
 
 #: Kinds of sink that send (a "hold" sink only keeps records in the spool).
-FORWARDING_TYPES = tuple(kind for kind in SINK_KINDS if kind != "hold")
+FORWARDING_TYPES = tuple(name for name, kind in SINK_KINDS.items() if kind.sends)
 #: Requests a forwarder keeps on the wire at once.
 REQUESTS_IN_FLIGHT = 2
 AGGREGATING_REQUESTS_IN_FLIGHT = 1

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
+
+#: What a queue at its byte cap does with new records: evict its oldest, or refuse.
+Overflow = Literal["drop_oldest", "reject_new"]
 
 
 class Record(NamedTuple):

@@ -216,10 +216,10 @@ def render_link(
     upload = sink.get("upload")
     if upload:
         link += f"; upload priority {upload['priority']}"
-        if upload["max_rate"]:
-            link += f", cap {human_bytes(upload['max_rate'])}/s"
-        if upload["scheduled"]:
-            link += f", {upload['scheduled']}"
+        if cap := upload.get("max_rate"):
+            link += f", cap {human_bytes(cap)}/s"
+        if scheduled := upload.get("scheduled"):
+            link += f", {scheduled}"
     if queue is None or not queue["pending_count"]:
         return f"  {link}; no backlog"
     backlog_bytes = int(queue["pending_bytes"])
@@ -317,7 +317,8 @@ def render_status(status: Status) -> str:
 def _render_workers(agent: AgentState, queues: dict[str, QueueView]) -> list[str]:
     """The running agent's sources, cameras and sinks."""
     lines: list[str] = []
-    for name, source in agent["sources"].items():
+    # .get: a file written by another version of the agent may lack a part.
+    for name, source in agent.get("sources", {}).items():
         lines.append(
             f"{name}: {source['state']} since {_clock_time(source['since'])}"
             f" ({source.get('broker', '')}), received {source['received']}, committed "
@@ -325,10 +326,10 @@ def _render_workers(agent: AgentState, queues: dict[str, QueueView]) -> list[str
         )
         if source.get("last_error"):
             lines.append(f"  last error: {source['last_error']}")
-    for name, camera in agent["cameras"].items():
+    for name, camera in agent.get("cameras", {}).items():
         lines += render_camera(name, camera)
-    budget = agent["uplink"]["max_rate"]
-    for name, sink in agent["sinks"].items():
+    budget = agent.get("uplink", {}).get("max_rate")
+    for name, sink in agent.get("sinks", {}).items():
         lines += render_sink(name, sink)
         if sink["state"] != "failed":
             uploader = cast(runtime_status.UploaderSnapshot, sink)

@@ -51,7 +51,7 @@ def test_a_broken_line_is_skipped_and_counted_and_the_rest_still_parses() -> Non
     assert parser.skipped == 2  # the broken object, and the text up to the next ack
 
 
-def test_error_ids_map_to_what_the_sender_does() -> None:
+def test_error_ids_map_to_what_the_uploader_does() -> None:
     assert error_name(4004) == "FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS"
     assert error_action(4004) is ErrorAction.REPAIR_TIMESTAMPS
     assert error_action(4006) is ErrorAction.DEAD_LETTER

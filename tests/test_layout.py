@@ -62,6 +62,47 @@ def test_each_part_imports_only_the_layers_below_it(part: str) -> None:
     assert wrong == []
 
 
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _loaded_at_import(path: Path) -> set[str]:
+    """The package's modules that importing ``path`` loads: top-level imports only
+    (an import inside a function or under TYPE_CHECKING loads nothing at import)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return {name for name in names if name.startswith("edge_agent.")}
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    modules = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph = {
+        name: {other for other in _loaded_at_import(path) if other in modules and other != name}
+        for name, path in modules.items()
+    }
+    cycles: list[list[str]] = []
+
+    def visit(name: str, trail: list[str]) -> None:
+        if name in trail:
+            cycles.append([*trail[trail.index(name) :], name])
+            return
+        for other in sorted(graph[name]):
+            if other not in done:
+                visit(other, [*trail, name])
+        done.add(name)
+
+    done: set[str] = set()
+    for name in sorted(graph):
+        visit(name, [])
+    assert cycles == []
+
+
 def test_sink_options_import_only_the_config_package() -> None:
     wrong = [
         f"{path.relative_to(PACKAGE)} imports edge_agent.{name}"

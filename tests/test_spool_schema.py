@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +16,7 @@ from edge_agent.spool.store import Spool
 def write_version_1_spool(path: Path, rows: list[tuple[str, bytes, int]]) -> None:
     """A spool file as agents of schema version 1 left it: ``rows`` are (queue, payload,
     leased), with the queues' pending counters stale (zero), as after a crash."""
-    name, statements, _ = MIGRATIONS[0]
+    name, statements = MIGRATIONS[0]
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode = WAL")
@@ -44,20 +41,15 @@ def write_version_1_spool(path: Path, rows: list[tuple[str, bytes, int]]) -> Non
         conn.close()
 
 
-def columns(conn: sqlite3.Connection, table: str) -> set[str]:
-    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})").fetchall()}
-
-
 def indexes(conn: sqlite3.Connection) -> set[str]:
     rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()
     return {row[0] for row in rows}
 
 
-def test_a_new_spool_has_no_lease_column() -> None:
+def test_a_new_spool_has_no_lease_index() -> None:
     conn = sqlite3.connect(":memory:", isolation_level=None)
-    assert migrate(conn) == SCHEMA_VERSION == 3
-    assert "leased" not in columns(conn, "records")
-    assert "records_leased" not in indexes(conn)
+    assert migrate(conn) == SCHEMA_VERSION == 2
+    assert "records_leased" not in indexes(conn)  # the column stays, never read or written
     assert "records_by_queue" in indexes(conn)
     assert count_legacy_leases(conn) == 0
     assert migrate(conn) == 0  # nothing left to do
@@ -67,7 +59,7 @@ def test_a_version_1_spool_is_migrated_at_open_and_keeps_its_records(tmp_path: P
     path = tmp_path / "s.db"
     write_version_1_spool(path, [("q", b"a", 1), ("q", b"bb", 0), ("r", b"ccc", 1)])
     with Spool.open(path) as spool:
-        assert spool.stats().schema_version == 3
+        assert spool.stats().schema_version == 2
         # The counters were recounted from the rows, and every record is pending.
         assert spool.pending("q") == (2, 3)
         assert spool.pending("r") == (1, 3)
@@ -81,15 +73,12 @@ def test_a_version_1_spool_is_migrated_at_open_and_keeps_its_records(tmp_path: P
         spool.append([])
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
-        assert "leased" not in columns(conn, "records")
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
         assert "records_leased" not in indexes(conn)
+        marked = conn.execute("SELECT count(*) FROM records WHERE leased = 1").fetchone()[0]
+        assert marked == 0  # cleared: never counted again
         applied = conn.execute("SELECT version, name FROM _migrations ORDER BY version")
-        assert applied.fetchall() == [
-            (1, "0001_core_tables"),
-            (2, "0002_leases_in_memory"),
-            (3, "0003_drop_leased_column"),
-        ]
+        assert applied.fetchall() == [(1, "0001_core_tables"), (2, "0002_leases_in_memory")]
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         conn.close()
@@ -103,7 +92,7 @@ def test_a_version_1_spool_without_leases_is_migrated_quietly(tmp_path: Path) ->
     path = tmp_path / "s.db"
     write_version_1_spool(path, [("q", b"a", 0)])
     with Spool.open(path) as spool:
-        assert spool.stats().schema_version == 3
+        assert spool.stats().schema_version == 2
         assert not [e for e in spool.stats().events if e["kind"] == "leases_returned"]
         assert spool.pending("q") == (1, 1)
 
@@ -113,53 +102,6 @@ def test_a_read_only_view_of_a_version_1_spool_does_not_migrate_it(tmp_path: Pat
     write_version_1_spool(path, [("q", b"a", 1)])
     with Spool.open_read_only(path) as reader:
         assert reader.stats().schema_version == 1
-
-
-@pytest.fixture
-def small_filesystem(tmp_path: Path) -> Iterator[Path]:
-    """A 16 MiB tmpfs of its own (root only), unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "fs"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
-def free_bytes(path: Path) -> int:
-    stat = os.statvfs(path)
-    return stat.f_bavail * stat.f_frsize
-
-
-def test_dropping_the_column_waits_for_room_on_the_filesystem(
-    small_filesystem: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Dropping a column rewrites every record: on a nearly full disk the migration
-    waits (the spool works without it) instead of failing the start."""
-    path = small_filesystem / "s.db"
-    write_version_1_spool(path, [("q", bytes([n]) * 100_000, n % 2) for n in range(60)])
-    filler = small_filesystem / "filler"
-    filler.write_bytes(b"\0" * (free_bytes(small_filesystem) - 2 * 2**20))
-    assert free_bytes(small_filesystem) < os.path.getsize(path)
-    with Spool.open(path) as spool:
-        assert spool.stats().schema_version == 2
-        assert spool.pending("q") == (60, 6_000_000)
-        spool.ack(spool.lease("q", max_records=5, max_bytes=10**9))
-    assert "migration 0003_drop_leased_column postponed" in caplog.text
-    with Spool.open(path) as spool:  # the marks were cleared: counted once only
-        assert [e["kind"] for e in spool.stats().events].count("leases_returned") == 1
-    filler.unlink()
-    with Spool.open(path) as spool:
-        assert spool.stats().schema_version == 3
-        assert spool.pending("q") == (55, 5_500_000)
-    conn = sqlite3.connect(path)
-    try:
-        assert "leased" not in columns(conn, "records")
-    finally:
-        conn.close()
 
 
 def sqlite_error(code: int) -> sqlite3.Error:

@@ -55,6 +55,8 @@ class SinkKind(Generic[Opts]):
 
     #: One line for the reference.
     doc: str
+    #: Sends its queue somewhere (an uploader is started for it); False: only keeps it.
+    sends: bool = True
     #: Its own options (read from the sink's table), or None.
     options: type[Opts] | None = None
     #: The largest record it takes when the config does not say (``max_record_bytes``).

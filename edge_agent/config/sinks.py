@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins
 import re
 from dataclasses import replace
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from edge_agent.config.budget import ShareConfig, read_share
 from edge_agent.config.options import (
@@ -34,11 +34,14 @@ from edge_agent.config.sink_kinds import (
     read_delivery,
 )
 from edge_agent.config.units import format_size
+from edge_agent.records import Overflow
 from edge_agent.sinks.firehose.options import FIREHOSE, FirehoseOptions
 from edge_agent.sinks.kinesis.options import KINESIS, KinesisOptions
 from edge_agent.sinks.kvs.options import KVS, KvsOptions
 
-HOLD: SinkKind[Any] = SinkKind(doc="Keeps records in the spool; nothing forwards them.")
+HOLD: SinkKind[Any] = SinkKind(
+    doc="Keeps records in the spool; nothing forwards them.", sends=False
+)
 
 #: The sink types, by the name ``type`` gives. A new type is a folder under
 #: edge_agent/sinks/ whose options.py declares its options and its SinkKind, plus one
@@ -52,7 +55,6 @@ SINK_KINDS: dict[str, SinkKind[Any]] = {
 
 #: Names of sinks and cameras.
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-Overflow = Literal["drop_oldest", "reject_new"]
 O = TypeVar("O")  # noqa: E741
 
 

@@ -13,10 +13,10 @@ code, so the two sides cannot drift apart::
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from dataclasses import dataclass
 
+from edge_agent.errors import FormatError
 from edge_agent.media.mkv import H264, VideoTrack
 
 
@@ -43,12 +43,12 @@ class FragmentMeta:
 
     @classmethod
     def from_json(cls, text: str | None) -> FragmentMeta:
-        """The record a camera stored; ValueError if it cannot be read. Missing fields
-        take the defaults of an H.264 track of unknown size."""
+        """The record a camera stored; FormatError (a ValueError) if it cannot be read.
+        Missing fields take the defaults of an H.264 track of unknown size."""
         try:
             meta = json.loads(text or "{}")
             if not isinstance(meta, dict):
-                raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
+                raise FormatError(f"expected a JSON object, got {type(meta).__name__}")
             track = VideoTrack(
                 str(meta.get("codec_id", H264)),
                 base64.b64decode(str(meta.get("codec_private", ""))),
@@ -61,5 +61,7 @@ class FragmentMeta:
                 int(meta.get("duration_ms", 0)),
                 track,
             )
-        except (TypeError, binascii.Error) as err:
-            raise ValueError(str(err)) from err
+        except (TypeError, ValueError) as err:  # JSON, base64 and numbers alike
+            if isinstance(err, FormatError):
+                raise
+            raise FormatError(str(err)) from err

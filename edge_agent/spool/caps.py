@@ -13,13 +13,12 @@ import logging
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
 
+from edge_agent.records import Overflow
 from edge_agent.spool.queues import Delta, QueueState
 
 log = logging.getLogger(__name__)
 
-Overflow = Literal["drop_oldest", "reject_new"]
 
 #: A queue (or the spool) past this share of its byte cap is warned about, once...
 PRESSURE_WARN = 0.8

@@ -6,10 +6,10 @@ transaction, and is recorded in the ``_migrations`` table with the time it ran;
 version. A spool written by a newer agent (higher version than this code knows) is
 refused rather than guessed at.
 
-A migration that rewrites the records table (a column dropped) needs free space of
-about the file's size for the rewritten pages in the WAL; on a filesystem with less it
-waits for a later open rather than fill the disk or keep the agent from starting (the
-code works at either version: such a migration only reclaims space).
+Migrations run at open, before the agent reports itself started, on devices whose
+spool may be large and whose storage is slow and nearly full: a migration here must
+cost little whatever the spool holds. None rewrites the records table (dropping a
+column would: SQLite writes every row again, about the file's size through the WAL).
 
 Plain SQL rather than sqlite-utils' table builders: importing sqlite-utils loads numpy
 (about 12 MiB resident), a fifth of the agent's memory budget on a small device, for
@@ -18,15 +18,10 @@ code that runs once per spool.
 
 from __future__ import annotations
 
-import logging
-import os
 import sqlite3
 import time
-from typing import NamedTuple
 
 from edge_agent.errors import SpoolError
-
-log = logging.getLogger(__name__)
 
 _COUNTERS = (
     "pending_count",
@@ -88,25 +83,16 @@ _CORE_TABLES = [
 #: Leases live in the agent's memory: the ``leased`` marks are cleared and their partial
 #: index goes. (Agents that wrote their leases to the file left 1 there for what they
 #: held; the open counts those before this runs, for the ``leases_returned`` event.)
+#: The column itself stays, never read or written: dropping it would rewrite every
+#: record (see above), and it costs a byte a row.
 _LEASES_IN_MEMORY = [
     "UPDATE records SET leased = 0 WHERE leased = 1",
     "DROP INDEX IF EXISTS records_leased",
 ]
-#: ...and the column itself: SQLite rewrites every row of ``records`` for it.
-_NO_LEASED_COLUMN = ["ALTER TABLE records DROP COLUMN leased"]
 
-
-class Migration(NamedTuple):
-    name: str
-    statements: list[str]
-    #: Rewrites the records table: waits for room on the filesystem (see above).
-    rewrites_records: bool = False
-
-
-MIGRATIONS: list[Migration] = [
-    Migration("0001_core_tables", _CORE_TABLES),
-    Migration("0002_leases_in_memory", _LEASES_IN_MEMORY),
-    Migration("0003_drop_leased_column", _NO_LEASED_COLUMN, rewrites_records=True),
+MIGRATIONS: list[tuple[str, list[str]]] = [
+    ("0001_core_tables", _CORE_TABLES),
+    ("0002_leases_in_memory", _LEASES_IN_MEMORY),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -121,11 +107,9 @@ def migrate(conn: sqlite3.Connection) -> int:
             f"({SCHEMA_VERSION}); upgrade edge-agent or move the spool aside"
         )
     ran = 0
-    for version, (name, statements, rewrites_records) in enumerate(MIGRATIONS, start=1):
+    for version, (name, statements) in enumerate(MIGRATIONS, start=1):
         if version <= current:
             continue
-        if rewrites_records and not _room_to_rewrite(conn, name):
-            break
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute(
@@ -145,25 +129,3 @@ def migrate(conn: sqlite3.Connection) -> int:
             raise
         ran += 1
     return ran
-
-
-def _room_to_rewrite(conn: sqlite3.Connection, name: str) -> bool:
-    """Whether the filesystem holds a copy of the file (what a rewrite of ``records``
-    may put in the WAL) with a tenth to spare; an in-memory database always does."""
-    path = next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "")
-    if not path:
-        return True
-    size = os.path.getsize(path)
-    stat = os.statvfs(os.path.dirname(path) or ".")
-    free = stat.f_bavail * stat.f_frsize
-    if free >= size * 1.1:
-        return True
-    log.warning(
-        "spool %s: migration %s postponed: it rewrites the %d MiB file and the filesystem "
-        "has %d MiB free; the spool works without it, and it runs at a later start",
-        path,
-        name,
-        size // 2**20,
-        free // 2**20,
-    )
-    return False

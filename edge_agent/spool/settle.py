@@ -89,7 +89,7 @@ def write(
                 sizes = conn.execute(
                     f"DELETE FROM records WHERE id IN ({marks}) RETURNING size", ids
                 ).fetchall()
-                count, size = len(sizes), sum(map(RECORD_ID, sizes))  # the first column
+                count, size = len(sizes), sum(size for (size,) in sizes)
             delta.pending_count -= count
             delta.pending_bytes -= size
             if how == "ack":

@@ -80,7 +80,7 @@ class KvsEndpoint:
             except ClientError as err:  # the same classification as the record sinks
                 self._link.up()  # refused, but it answered
                 error = sink_error(err)
-                if not error.retryable:
+                if isinstance(error, SinkPaused):  # else reconnect with backoff
                     raise SinkPaused(error.code, f"GetDataEndpoint: {error.message}") from err
                 raise SinkUnavailable(error.code, f"GetDataEndpoint: {error.message}") from err
         return self._data_endpoint

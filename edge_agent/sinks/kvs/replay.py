@@ -20,16 +20,15 @@ from typing import Literal
 
 from edge_agent.delivery.budget import SinkBudget
 from edge_agent.records import LeasedRecord
+from edge_agent.sinks.kvs.options import MAX_FRAGMENT_BYTES
 from edge_agent.spool.store import Spool
 
 #: What a session sends: everything in order (oldest-first), or, live-first, the
 #: newest fragments as they come, or the backlog behind them.
 SessionKind = Literal["all", "live", "backlog"]
-#: A fragment is at most this large (what a lease may return).
-MAX_FRAGMENT_BYTES = 50 * 1000 * 1000
 
 
-class ReplayOrder:
+class SessionOrder:
     def __init__(self, spool: Spool, queue: str, replay: str, budget: SinkBudget) -> None:
         self._spool = spool
         self._queue = queue

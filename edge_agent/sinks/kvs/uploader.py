@@ -44,7 +44,7 @@ from edge_agent.runtime_status import KvsSnapshot, LatencySummary
 from edge_agent.sinks.kvs.acks import ERROR, Ack, ErrorAction, error_action, error_name
 from edge_agent.sinks.kvs.endpoint import KvsEndpoint
 from edge_agent.sinks.kvs.putmedia import PutMediaConnection, PutMediaRefused
-from edge_agent.sinks.kvs.replay import ReplayOrder, SessionKind
+from edge_agent.sinks.kvs.replay import SessionKind, SessionOrder
 from edge_agent.spool.store import Spool
 from edge_agent.worker import LinkState, ThreadWorker, WorkerState
 
@@ -98,7 +98,7 @@ class KvsUploader(ThreadWorker):
         self._stop = stop
         self.link = LinkState()
         self._endpoint = KvsEndpoint(config.aws, self.options.stream, budget, stop, self.link)
-        self._replay = ReplayOrder(spool, config.name, self.options.replay, budget)
+        self._replay = SessionOrder(spool, config.name, self.options.replay, budget)
         self._backoff = Backoff(self.options.retry_min, self.options.retry_max)
         #: Fragments on the wire by time: (fragment, when sent, sent as backlog).
         self._in_flight: OrderedDict[int, tuple[LeasedRecord, float, bool]] = OrderedDict()

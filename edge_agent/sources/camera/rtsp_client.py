@@ -206,11 +206,8 @@ class RtspSession:
         for attempt in range(2):
             self._send(method, url, headers or {})
             answer = self._read_answer(method)
-            if (
-                answer.status == 401
-                and attempt == 0
-                and self._auth.take_challenge(answer.challenges)
-            ):
+            retry = answer.status == 401 and attempt == 0 and bool(self._auth.user)
+            if retry and self._auth.take_challenge(answer.challenges):
                 continue
             if method == "DESCRIBE" and answer.status in (301, 302, 303, 307):
                 location = answer.headers.get("location", "")
