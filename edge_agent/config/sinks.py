@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins
 import re
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from edge_agent.config.budget import ShareConfig, read_share
 from edge_agent.config.options import (
@@ -88,7 +88,7 @@ class SinkConfig:
         doc="Cap on the age of this queue's records.",
     )
     overflow: Overflow = option(
-        kind=choice("drop_oldest", "reject_new"),
+        kind=choice(*get_args(Overflow)),
         default="drop_oldest",
         doc='When max_bytes is reached: "drop_oldest" evicts the oldest records (counted), '
         '"reject_new" refuses new ones (counted; MQTT messages are still acked).',
