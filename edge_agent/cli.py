@@ -125,6 +125,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgeAgentError as err:
         print(f"edge-agent: {err}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader went away (``edge-agent status | head``): nothing more to say. Point
+        # stdout at /dev/null so that the flush at exit does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
 
 
 def _configure_logging(level: str) -> None:

@@ -188,7 +188,8 @@ def status_path(spool_path: Path) -> Path:
 def write(path: Path, status: RuntimeStatus) -> None:
     """Replace the file atomically (readers never see half of it); OSError if it cannot."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(status, indent=1))
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+        out.write(json.dumps(status, indent=1))
     os.replace(tmp, path)
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -34,6 +37,28 @@ def test_check_config_ok_and_errors(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"{bad}: spool.max_bytes: expected a size" in result.stderr
     assert f"{bad}: agnt: unknown key" in result.stderr
+
+
+def test_status_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    """``edge-agent status | head``: the reader is gone before the output is written."""
+    config = write_config(tmp_path, free_port())
+    with Spool.open(spool_path(tmp_path)) as spool:
+        spool.append([Record("telemetry", "k", 1, b"x")])
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "edge_agent", "status", "-c", str(config)],
+            check=False,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (0, "")
 
 
 def test_status_while_running_and_after_stop(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ def test_the_file_sits_next_to_the_spool_and_reads_back_as_written(tmp_path: Pat
     runtime_status.write(path, _status())
     assert runtime_status.read(path) == _status()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spool.db.status.json"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # the agent's alone
 
 
 def test_a_torn_or_foreign_file_is_an_error_not_a_status(tmp_path: Path) -> None:

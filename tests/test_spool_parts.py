@@ -4,6 +4,7 @@ writer, settling, dead letters and recovery."""
 from __future__ import annotations
 
 import sqlite3
+import stat
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from edge_agent.spool.recovery import (
     suspect_marker,
 )
 from edge_agent.spool.schema import migrate
+from edge_agent.spool.store import Spool
 from edge_agent.spool.writer import Writer
 
 
@@ -224,3 +226,19 @@ def test_the_writer_lock_names_its_holder(tmp_path: Path) -> None:
     finally:
         held.close()
     acquire_writer_lock(path).close()
+
+
+def test_the_spool_files_and_a_directory_it_creates_are_the_agents_alone(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state" / "spool.db"
+    with Spool.open(path) as spool:
+        spool.append([Record("q", "k", 1, b"x")])
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.parent.iterdir()}
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert modes == {
+        "spool.db": 0o600,
+        "spool.db-wal": 0o600,
+        "spool.db-shm": 0o600,
+        "spool.db.lock": 0o600,
+    }

@@ -76,7 +76,7 @@ class SpoolConfig:
         kind=off(SIZE),
         default=1024**3,
         doc='Overall cap on spooled bytes; when reached, "drop_oldest" queues lose their '
-        "oldest records first.",
+        'oldest records first. "off" or 0: no cap.',
     )
     max_age: float | None = option(
         kind=off(DURATION),

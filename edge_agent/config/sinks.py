@@ -79,7 +79,7 @@ class SinkConfig:
         kind=off(SIZE),
         default=None,
         default_doc='"off": only the overall cap (spool.max_bytes) applies',
-        doc="Cap on this queue's bytes.",
+        doc='Cap on this queue\'s bytes ("off" or 0: none of its own).',
     )
     max_age: float | None = option(
         kind=off(DURATION),

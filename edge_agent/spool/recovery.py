@@ -68,7 +68,9 @@ def open_file(
     """Lock, check, migrate and recount the spool at ``path`` (created if missing); a
     corrupt file is moved aside and a fresh one created."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Only the agent's user reads what it spools (a directory that exists keeps its
+        # mode: under systemd, StateDirectoryMode= sets it).
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as err:
         raise SpoolError(f"cannot create spool directory {path.parent}: {err}") from err
     lock_file = acquire_writer_lock(path)
@@ -114,6 +116,8 @@ def open_file(
 
 
 def connect(path: Path, durability: str) -> sqlite3.Connection:
+    # A new file is the agent's alone (0600); SQLite gives its -wal and -shm the same mode.
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -192,7 +196,8 @@ def quarantine(path: Path) -> Path:
 def acquire_writer_lock(path: Path) -> IO[bytes]:
     """``<path>.lock``, held with flock while the spool is open; names its holder."""
     lock_path = Path(f"{path}.lock")
-    handle = open(lock_path, "a+b")  # noqa: SIM115 - held open for the spool's lifetime
+    # held open for the spool's lifetime
+    handle = os.fdopen(os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+b")
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
