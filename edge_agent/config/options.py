@@ -77,18 +77,17 @@ def _quoted(value: str) -> str:
     return '"' + value + '"'
 
 
-def _string(raw: object) -> str:
-    if not isinstance(raw, str):
-        raise TypeError(f"expected a string, got {raw!r}")
-    if not raw:
-        raise ValueError("must not be empty")
-    return raw
-
-
 def _string_or_empty(raw: object) -> str:
     if not isinstance(raw, str):
         raise TypeError(f"expected a string, got {raw!r}")
     return raw
+
+
+def _string(raw: object) -> str:
+    value = _string_or_empty(raw)
+    if not value:
+        raise ValueError("must not be empty")
+    return value
 
 
 def _boolean(raw: object) -> bool:

@@ -113,7 +113,9 @@ class Forwarder(ThreadWorker):
         self._window = LeaseWindow(
             spool, sink.name, max_records=window_records, max_bytes=window_bytes
         )
-        self._deleter = Deleter(spool, sink.name, self._deleting_failed)
+        self._deleter = Deleter(
+            spool, sink.name, lambda err: self._spool_failed(err, "deleting delivered records")
+        )
         self._transmit_pool: TransmitPool | None = None
         self._requests_in_flight = requests_in_flight
         self._flights: collections.deque[_Flight] = collections.deque()
@@ -150,15 +152,14 @@ class Forwarder(ThreadWorker):
                 try:
                     self._step()
                 except SpoolError as err:
-                    self._set_error(f"spool: {err}")
-                    if isinstance(err, SpoolCorrupt):
-                        self.spool_corrupt = True
+                    self._spool_failed(err)
                     self._stop.wait(SPOOL_RETRY_S)
         finally:
             self._shut_down()
 
-    def _deleting_failed(self, err: SpoolError) -> None:
-        self._set_error(f"spool: deleting delivered records failed: {err}")
+    def _spool_failed(self, err: SpoolError, doing: str = "") -> None:
+        """Reported; a corrupt spool also tells the agent (it restarts to check it)."""
+        self._set_error(f"spool: {doing} failed: {err}" if doing else f"spool: {err}")
         if isinstance(err, SpoolCorrupt):
             self.spool_corrupt = True
 

@@ -377,8 +377,8 @@ class Spool:
         state = self._queues.get(queue)
         if state is None:
             return None
-        with self._lock:
-            row = self._conn.execute(
+        with self._read("newest capture") as conn:
+            row = conn.execute(
                 "SELECT max(captured_at_ms) FROM records WHERE queue_id = ?", (state.id,)
             ).fetchone()
         return int(row[0]) if row and row[0] is not None else None
