@@ -4,8 +4,10 @@
 
 1. open the spool (quarantining a corrupt file), start the sources;
 2. tell systemd READY=1;
-3. every tick: ping the watchdog while every worker is alive, write the runtime status
-   file that ``edge-agent status`` reads, expire records past their age cap;
+3. every tick: ping the watchdog while every worker is alive, check that the spool's
+   file is still the one on disk (rebuilding it if not) and its filesystem's room, write
+   the runtime status file that ``edge-agent status`` reads, expire records past their
+   age cap;
    each forwarding sink runs its own forwarder thread (spool -> service);
 4. SIGHUP re-reads the config: the upload budget changes live, other changes are
    reported as needing a restart;
@@ -31,14 +33,20 @@ from edge_agent.config.budget import ShareConfig
 from edge_agent.config.loading import Config, load_config
 from edge_agent.config.sinks import SinkConfig
 from edge_agent.delivery.budget import UploadBudget
-from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.errors import ConfigError, EdgeAgentError, SpoolError, SpoolFileLost
 from edge_agent.malloc_tuning import tune_malloc
-from edge_agent.runtime_status import RuntimeStatus, ShareSnapshot, UploaderSnapshot
+from edge_agent.runtime_status import (
+    RuntimeStatus,
+    ShareSnapshot,
+    StorageSnapshot,
+    UploaderSnapshot,
+)
 from edge_agent.sdnotify import SystemdNotifier
 from edge_agent.sinks.base import Uploader
 from edge_agent.sources.camera.camera import Camera
 from edge_agent.sources.mqtt import MqttSource
 from edge_agent.spool.recovery import mark_suspect
+from edge_agent.spool.storage import Storage
 from edge_agent.spool.store import Spool
 
 log = logging.getLogger(__name__)
@@ -80,6 +88,9 @@ class Agent:
         self._stop_capture = threading.Event()
         self._stop_uploads = threading.Event()
         self._budget = UploadBudget(config.uplink.max_rate, config.uplink.burst)
+        self._storage: StorageSnapshot | None = None
+        #: The status file could not be written (logged once until it can again).
+        self._status_failing = False
 
     # ------------------------------------------------------------------ signals
 
@@ -159,10 +170,23 @@ class Agent:
         next_expire = time.monotonic() + EXPIRE_INTERVAL_S
         while not self._stop.is_set():
             now = time.monotonic()
-            if all(worker_ok for _, worker_ok in self._workers()):
+            dead = [name for name, worker_ok in self._workers() if not worker_ok]
+            if not dead:
                 self._notifier.watchdog()
             else:
-                log.error("a worker thread died; withholding watchdog pings")
+                log.error(
+                    "worker thread %s is not alive; withholding watchdog pings so that "
+                    "systemd restarts the agent",
+                    ", ".join(dead),
+                )
+            try:
+                self._storage = storage_snapshot(spool.maintain(), spool)
+            except SpoolFileLost as err:
+                if spool.broken is not None:
+                    log.error("%s; exiting for a restart", err)
+                    return 1
+            except SpoolError as err:
+                log.error("spool maintenance failed: %s", err)
             if now >= next_status:
                 self._write_status()
                 next_status = now + self.config.agent.status_interval
@@ -269,11 +293,37 @@ class Agent:
         for name, reason in self._failed_sinks.items():
             status["sinks"][name] = {"state": "failed", "reason": reason}
         status["cameras"] = {name: camera.snapshot() for name, camera in self._cameras.items()}
-        path = runtime_status.status_path(self.config.spool.path)
+        if self._storage is not None:
+            status["storage"] = self._storage
+        path = runtime_status.status_path(self.config.spool.path, self.config.agent.status_dir)
         try:
             runtime_status.write(path, status)
         except OSError as err:
-            log.warning("cannot write status file %s: %s", path, err)
+            if not self._status_failing:
+                log.warning("cannot write status file %s: %s (retrying quietly)", path, err)
+            self._status_failing = True
+        else:
+            if self._status_failing:
+                log.info("status file %s written again", path)
+            self._status_failing = False
+
+
+def storage_snapshot(storage: Storage, spool: Spool) -> StorageSnapshot:
+    """The spool's filesystem and file as status shows them."""
+    room = storage.last_room
+    return {
+        "free_bytes": room.free if room else None,
+        "filesystem_bytes": room.size if room else None,
+        "free_pages_bytes": room.free_pages if room else None,
+        "reserve_bytes": storage.reserve,
+        "ballast_bytes": room.ballast if room else 0,
+        "intake_paused": storage.paused,
+        "paused_since": storage.paused_since,
+        "pauses": storage.pauses,
+        "ballast_releases": storage.ballast_releases,
+        "file_rebuilds": spool.file.rebuilds,
+        "file_lost": spool.file.lost or spool.broken,
+    }
 
 
 def sink_with_upload(sink: UploaderSnapshot, upload: ShareSnapshot | None) -> UploaderSnapshot:

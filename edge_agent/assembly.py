@@ -59,6 +59,7 @@ def open_spool(config: Config) -> Spool:
         max_bytes=spool.max_bytes,
         max_age_s=spool.max_age,
         integrity_check=spool.integrity_check,
+        reserve=spool.reserve,
     )
 
 

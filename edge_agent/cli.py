@@ -9,6 +9,8 @@
     edge-agent spool export       -c FILE [--queue Q] [-o FILE]   dead letters as JSON lines
     edge-agent spool purge        -c FILE [--queue Q] [--id N ...] --yes
     edge-agent spool requeue      -c FILE [--queue Q] [--id N ...]
+    edge-agent spool salvage      -c FILE DAMAGED   what a damaged spool file still reads,
+                                               into the spool (the agent stopped)
 
 The config file defaults to $EDGE_AGENT_CONFIG, then /etc/edge-agent/edge-agent.toml.
 Exit codes: 0 ok, 1 runtime error, 2 usage or configuration error.
@@ -101,6 +103,17 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--id", dest="ids", type=int, action="append", default=[])
         if name == "purge":
             sub.add_argument("--yes", action="store_true", help="really delete")
+    salvage = spool_commands.add_parser(
+        "salvage",
+        parents=[common],
+        help="copy what a damaged spool file still reads into the spool",
+        description="Copy every record that can still be read from a damaged spool file "
+        "(an older spool.db.corrupt-*; the open salvages the file it moves aside by "
+        "itself) into the configured spool, after the records it holds. The agent must "
+        "be stopped: the spool's writer lock is taken as the agent takes it. Running it "
+        "twice on one file copies its records twice.",
+    )
+    salvage.add_argument("file", help="the damaged spool file (its -wal beside it is read too)")
     return parser
 
 
@@ -133,6 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
+#: Libraries whose DEBUG logging would carry credentials: kept at INFO whatever the
+#: agent's log level.
+QUIET_LIBRARIES = ("botocore", "boto3", "urllib3", "s3transfer")
+
+
 def _configure_logging(level: str) -> None:
     # Under systemd the journal stamps each line; elsewhere add the time ourselves.
     journald = "JOURNAL_STREAM" in os.environ
@@ -143,6 +161,10 @@ def _configure_logging(level: str) -> None:
         else "%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # At DEBUG, botocore logs each signed request whole: the access key id in its
+    # Authorization header and the session token. Their debug output never shows.
+    for library in QUIET_LIBRARIES:
+        logging.getLogger(library).setLevel(logging.INFO)
 
 
 def _run(config: Config, log_level: str | None) -> int:
@@ -198,6 +220,8 @@ def _status(config: Config, *, as_json: bool) -> int:
 
 
 def _spool_command(config: Config, args: argparse.Namespace) -> int:
+    if args.spool_command == "salvage":
+        return _salvage(config, args.file)
     if args.spool_command in ("dead-letters", "export"):
         with Spool.open_read_only(config.spool.path) as spool:
             if args.spool_command == "dead-letters":
@@ -225,6 +249,25 @@ def _spool_command(config: Config, args: argparse.Namespace) -> int:
             count = spool.requeue_dead_letters(queue=args.queue, ids=args.ids)
             print(f"requeued {count} dead letters")
     return EXIT_OK
+
+
+def _salvage(config: Config, file: str) -> int:
+    from pathlib import Path
+
+    from edge_agent.spool.recovery import salvage_file
+
+    source = Path(file)
+    if not source.is_file():
+        print(f"edge-agent: no file {source}", file=sys.stderr)
+        return EXIT_USAGE
+    if source.resolve() == Path(config.spool.path).resolve():
+        print(f"edge-agent: {source} is the configured spool itself", file=sys.stderr)
+        return EXIT_USAGE
+    salvaged = salvage_file(
+        Path(config.spool.path), source, config.spool.durability, config.spool.integrity_check
+    )
+    print(f"{salvaged.describe()}, into {config.spool.path}")
+    return EXIT_OK if salvaged.stopped is None else EXIT_ERROR
 
 
 def _print_dead_letters(letters: list[DeadLetter]) -> None:

@@ -9,6 +9,12 @@ whether trying the same thing again later can succeed (``retryable``)::
     │   │                                       read-only, not a spool, locked by another)
     │   ├── SpoolCorrupt                no   -- the file is moved aside, a new spool opens
     │   ├── SpoolFull                   yes  -- disk full / write refused; keep, retry later
+    │   │   └── IntakePaused            yes  -- the spool's filesystem is below its free-space
+    │   │                                       reserve: intake waits for delivery to free
+    │   │                                       space (spool/storage.py); already logged
+    │   ├── SpoolFileLost               yes  -- the file on disk is no longer the open spool
+    │   │                                       (deleted, replaced, moved) and could not be
+    │   │                                       rebuilt yet (spool/file_watch.py)
     │   └── SpoolBusy                   yes  -- another writer holds the lock for too long
     ├── FormatError (ValueError)        no   -- bytes or text of a media format that cannot
     │   │                                       be read, or frames that cannot be written
@@ -114,6 +120,19 @@ class SpoolCorrupt(SpoolError):
 
 class SpoolFull(SpoolError):
     """SQLite refused a write: the disk (or the file system quota) is full."""
+
+    retryable = True
+
+
+class IntakePaused(SpoolFull):
+    """The spool's filesystem is below its free-space reserve: new records wait (the
+    broker keeps them) until delivery frees space. The spool logged the pause once."""
+
+
+class SpoolFileLost(SpoolError):
+    """The spool's file on disk is no longer the one the agent writes (deleted, replaced
+    or moved) and rebuilding it from the open one failed for now: nothing more may be
+    acknowledged until it is rebuilt."""
 
     retryable = True
 

@@ -1,7 +1,11 @@
 """The runtime status file: what the running agent reports about itself.
 
-The agent rewrites ``<spool>.status.json`` every ``agent.status_interval`` (atomically:
-a temporary file, then a rename); ``edge-agent status`` reads it from another process.
+The agent rewrites ``<spool name>.status.json`` (beside the spool, or in
+``agent.status_dir``) every ``agent.status_interval``; ``edge-agent status`` reads it
+from another process. The file is written in place, over blocks allocated once
+(``STATUS_BLOCK`` at a time), never through a new file and a rename: on a filesystem
+that is full, the status must still be written. A reader that catches a write half done
+sees JSON that does not parse and reads again.
 Its keys are a contract with users (``edge-agent status --json`` prints them), so they
 are declared here once, as TypedDicts, and mypy checks both the parts that write them
 (the MQTT source, cameras, uploaders, the upload budget) and ``status.py``, which reads
@@ -15,8 +19,12 @@ import os
 from pathlib import Path
 from typing import NotRequired, TypedDict
 
-#: The file's name next to the spool: ``<spool name>`` + this.
+#: The file's name: ``<spool name>`` + this.
 SUFFIX = ".status.json"
+#: The status file grows by this many bytes at a time (allocated, then overwritten).
+STATUS_BLOCK = 64 * 1024
+#: Reads of a file caught while it was being written before giving up.
+READ_TRIES = 5
 
 
 class WorkerFields(TypedDict):
@@ -50,6 +58,15 @@ class ShardSnapshot(TypedDict, total=False):
     throttled: int
 
 
+class TimeoutSnapshot(TypedDict):
+    """A sink's adaptive request (or acknowledgement) timeout."""
+
+    current_s: float
+    peak_s: float
+    timeouts: int  # requests that timed out
+    timed_out_items: int  # the records (fragments) they carried: possible duplicates
+
+
 class SinkFields(TypedDict, total=False):
     """What a record sink adds to its forwarder's status (the keys of its kind)."""
 
@@ -61,6 +78,7 @@ class SinkFields(TypedDict, total=False):
     shards: dict[str, ShardSnapshot]
     aggregates_resent_after_resharding: int
     wire_bytes: int
+    request_timeout: TimeoutSnapshot
 
 
 class ForwarderSnapshot(WorkerFields, LinkFields, SinkFields):
@@ -111,6 +129,7 @@ class KvsSnapshot(WorkerFields, LinkFields):
     backlog_sessions: int
     backlog_sent: int
     bytes_per_s: float
+    ack_timeout: NotRequired[TimeoutSnapshot]
     upload: NotRequired[ShareSnapshot | None]
 
 
@@ -136,6 +155,8 @@ class MqttSnapshot(TypedDict):
     unrouted: int
     dropped_qos0: int
     connects: int
+    #: Reconnects that found the broker had lost the agent's session (and its queue).
+    sessions_lost: int
     last_error: str | None
     last_error_at: float | None
     commit_batches: int
@@ -166,6 +187,22 @@ class BudgetSnapshot(TypedDict):
     max_rate: float | None  # bytes/s; None: no budget
 
 
+class StorageSnapshot(TypedDict):
+    """The spool's filesystem and file (spool/storage.py, spool/file_watch.py)."""
+
+    free_bytes: int | None  # for the agent's user (f_bavail)
+    filesystem_bytes: int | None
+    free_pages_bytes: int | None  # free pages inside the spool file, reused first
+    reserve_bytes: int
+    ballast_bytes: int
+    intake_paused: str | None
+    paused_since: float | None
+    pauses: int
+    ballast_releases: int
+    file_rebuilds: int
+    file_lost: str | None
+
+
 class RuntimeStatus(TypedDict):
     """The whole file."""
 
@@ -178,24 +215,44 @@ class RuntimeStatus(TypedDict):
     uplink: BudgetSnapshot
     sinks: dict[str, SinkSnapshot]
     cameras: dict[str, CameraSnapshot]
+    storage: NotRequired[StorageSnapshot]
 
 
-def status_path(spool_path: Path) -> Path:
-    """Where the running agent writes its status: next to the spool."""
-    return spool_path.with_name(spool_path.name + SUFFIX)
+def status_path(spool_path: Path, status_dir: Path | None = None) -> Path:
+    """Where the running agent writes its status: in ``status_dir``, or beside the spool."""
+    return (status_dir or spool_path.parent) / (spool_path.name + SUFFIX)
 
 
 def write(path: Path, status: RuntimeStatus) -> None:
-    """Replace the file atomically (readers never see half of it); OSError if it cannot."""
-    tmp = path.with_name(path.name + ".tmp")
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
-        out.write(json.dumps(status, indent=1))
-    os.replace(tmp, path)
+    """Write the status over the file's allocated blocks, padded with blanks to their
+    end; allocates more (STATUS_BLOCK at a time) only when it grew. OSError if it
+    cannot (the allocation, when the filesystem is full)."""
+    data = json.dumps(status, indent=1).encode()
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except FileNotFoundError:  # a status_dir that is not there yet
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        size = os.fstat(fd).st_size
+        if len(data) >= size:
+            size = (len(data) // STATUS_BLOCK + 1) * STATUS_BLOCK
+            os.posix_fallocate(fd, 0, size)
+        os.pwrite(fd, data + b" " * (size - len(data)), 0)
+    finally:
+        os.close(fd)
 
 
 def read(path: Path) -> RuntimeStatus:
-    """The file as the agent wrote it; OSError or ValueError if it is missing or torn."""
-    data = json.loads(path.read_text())
+    """The file as the agent wrote it; OSError or ValueError if it is missing or torn
+    (a torn read is tried again, READ_TRIES times)."""
+    for attempt in range(READ_TRIES):
+        try:
+            data = json.loads(path.read_bytes())
+            break
+        except ValueError:
+            if attempt == READ_TRIES - 1:
+                raise
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not a status object")
     status: RuntimeStatus = data  # type: ignore[assignment]  # written by write() above

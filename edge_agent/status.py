@@ -118,7 +118,7 @@ def _in_window(sink: runtime_status.SinkSnapshot | None) -> int:
 
 
 def _agent_state(config: Config) -> AgentState | AgentAbsent:
-    path = runtime_status.status_path(config.spool.path)
+    path = runtime_status.status_path(config.spool.path, config.agent.status_dir)
     try:
         data = cast(AgentState, runtime_status.read(path))
     except (OSError, ValueError):
@@ -191,6 +191,8 @@ def render_sink(name: str, snapshot: runtime_status.SinkSnapshot) -> list[str]:
     if sink.get("last_error"):
         at = sink.get("last_error_at")
         lines.append(f"  last error{f' at {_clock_time(at)}' if at else ''}: {sink['last_error']}")
+    if "request_timeout" in sink:
+        lines += render_timeout("request", sink["request_timeout"], "records")
     for shard, info in sorted(sink.get("shards", {}).items()):
         details = []
         if "last_sequence_number" in info:
@@ -275,6 +277,7 @@ def render_status(status: Status) -> str:
         "DROPPED",
         "REJECTED",
         "REDELIVERED",
+        "RESENT",
     )
     rows = [header]
     for queue in spool["queues"]:
@@ -291,8 +294,11 @@ def render_status(status: Status) -> str:
                 str(queue["dropped_count"] + queue["expired_count"]),
                 str(queue["rejected_count"]),
                 str(queue["redelivered_count"]),
+                str(queue.get("resent_after_restart_count", 0)),
             )
         )
+    if agent is not None and "storage" in agent:
+        lines += render_storage(agent["storage"])
     if len(rows) > 1:
         widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
         for row in rows:
@@ -314,15 +320,49 @@ def render_status(status: Status) -> str:
     return "\n".join(lines)
 
 
+def render_storage(storage: runtime_status.StorageSnapshot) -> list[str]:
+    """The spool's filesystem: room, reserve, ballast; a paused intake or a lost file
+    stand out."""
+    lines = []
+    free = storage["free_bytes"]
+    if free is not None:
+        ballast = storage["ballast_bytes"]
+        lines.append(
+            f"storage: {human_bytes(free)} free of {human_bytes(storage['filesystem_bytes'] or 0)}"
+            f", {human_bytes(storage['free_pages_bytes'] or 0)} free inside the spool"
+            f", reserve {human_bytes(storage['reserve_bytes'])}"
+            + (f" (ballast {human_bytes(ballast)})" if ballast else "")
+        )
+    if storage["intake_paused"]:
+        since = storage["paused_since"]
+        lines.append(
+            f"  INTAKE PAUSED: disk, since {_clock_time(since) if since else '?'}: "
+            f"{storage['intake_paused']}"
+        )
+    if storage["file_lost"]:
+        lines.append(f"  SPOOL FILE LOST: {storage['file_lost']}")
+    counts = [
+        (storage["pauses"], "intake pauses"),
+        (storage["ballast_releases"], "ballast releases"),
+        (storage["file_rebuilds"], "spool file rebuilds"),
+    ]
+    happened = ", ".join(f"{label} {count}" for count, label in counts if count)
+    if happened:
+        lines.append(f"  since start: {happened}")
+    return lines
+
+
 def _render_workers(agent: AgentState, queues: dict[str, QueueView]) -> list[str]:
     """The running agent's sources, cameras and sinks."""
     lines: list[str] = []
     # .get: a file written by another version of the agent may lack a part.
     for name, source in agent.get("sources", {}).items():
+        lost = source.get("sessions_lost", 0)  # sessions the broker lost: messages, too
         lines.append(
             f"{name}: {source['state']} since {_clock_time(source['since'])}"
             f" ({source.get('broker', '')}), received {source['received']}, committed "
             f"{source['committed']}, acked {source['acked']}, redelivered {source['redelivered']}"
+            + (f", sessions lost {lost}" if lost else "")
         )
         if source.get("last_error"):
             lines.append(f"  last error: {source['last_error']}")
@@ -365,7 +405,20 @@ def _render_kvs(name: str, sink: runtime_status.KvsSnapshot, state: str) -> list
         )
     if sink.get("last_error"):
         lines.append(f"  last error: {sink['last_error']}")
+    if "ack_timeout" in sink:
+        lines += render_timeout("acknowledgement", sink["ack_timeout"], "fragments")
     return lines
+
+
+def render_timeout(what: str, timeout: runtime_status.TimeoutSnapshot, items: str) -> list[str]:
+    """A sink's adaptive timeout, once it had to wait longer than configured."""
+    if not timeout["timeouts"]:
+        return []
+    return [
+        f"  {what} timeout now {timeout['current_s']:g}s (up to {timeout['peak_s']:g}s): "
+        f"{timeout['timeouts']} timed out, carrying {timeout['timed_out_items']} {items} "
+        "that may have arrived twice"
+    ]
 
 
 def render_camera(name: str, camera: runtime_status.CameraSnapshot) -> list[str]:

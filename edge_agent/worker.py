@@ -27,8 +27,11 @@ class ThreadWorker:
                 log.exception("%s failed", name)
                 raise
 
-        self._thread = threading.Thread(target=guarded, name=name, daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=guarded, name=name, daemon=True)
+        thread.start()
+        # Only once started: ``thread_ok`` checked by the main loop in between would see
+        # a thread that is not alive (yet) and withhold the watchdog ping.
+        self._thread = thread
 
     def join(self, timeout: float) -> None:
         if self._thread is not None:

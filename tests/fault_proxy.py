@@ -40,6 +40,7 @@ class FaultProxy:
         self.latency = 0.0
         self.rate: float | None = None  # bytes/s upstream
         self.upstream: list[tuple[float, int]] = []  # (monotonic time, bytes) forwarded
+        self.upstream_read = 0  # bytes read from the agent (forwarded, or on the line)
         self.connections = 0
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
@@ -87,6 +88,11 @@ class FaultProxy:
         end = time.monotonic() if until is None else until
         with self._lock:
             return sum(size for at, size in self.upstream if since <= at < end)
+
+    def upstream_in_transit(self) -> int:
+        """Bytes the agent sent that are still on the delay line (not yet forwarded)."""
+        with self._lock:
+            return self.upstream_read - sum(size for _, size in self.upstream)
 
     def __enter__(self) -> FaultProxy:
         return self.start()
@@ -174,6 +180,8 @@ class FaultProxy:
                     continue  # a dead route: what is sent is lost
                 if upstream:
                     self._take(len(data))  # the sender feels a slow link here
+                    with self._lock:
+                        self.upstream_read += len(data)
                 line.put((time.monotonic() + self.latency, data))
         except OSError:
             pass

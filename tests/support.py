@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,8 @@ def port_open(port: int) -> bool:
 
 
 class Mosquitto:
-    """A real broker on a loopback port, with persistence in its own directory."""
+    """A real broker on a loopback port, with persistence in its own directory
+    (``persistence=False``: sessions live only as long as the process)."""
 
     def __init__(
         self,
@@ -70,6 +71,7 @@ class Mosquitto:
         extra: str = "",
         *,
         allow_anonymous: bool = True,
+        persistence: bool = True,
     ) -> None:
         self.directory = directory
         self.port = port or free_port()
@@ -78,7 +80,7 @@ class Mosquitto:
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\n"
             f"allow_anonymous {'true' if allow_anonymous else 'false'}\n"
-            "persistence true\n"
+            f"persistence {'true' if persistence else 'false'}\n"
             f"persistence_location {directory}/\n"
             "max_queued_messages 0\n"
             f"log_dest file {directory}/mosquitto.log\n"
@@ -116,6 +118,62 @@ class Mosquitto:
         self.start()
 
 
+def password_file(directory: Path, user: str, password: str) -> Path:
+    """A Mosquitto password file (``password_file``) with one user."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "passwords"
+    subprocess.run(
+        ["mosquitto_passwd", "-b", "-c", str(path), user, password],
+        check=True,
+        capture_output=True,
+    )
+    path.chmod(0o600)
+    return path
+
+
+def make_certificates(directory: Path, *, server_names: str = "IP:127.0.0.1") -> dict[str, Path]:
+    """A throw-away CA, a server certificate for ``server_names`` (its subjectAltName)
+    and a client certificate, made with the openssl command."""
+    directory.mkdir(parents=True)
+    paths = {
+        name: directory / f"{name}.pem"
+        for name in ("ca", "ca_key", "server", "server_key", "client", "client_key")
+    }
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        "-subj", "/CN=edge-agent test CA",
+        "-keyout", str(paths["ca_key"]), "-out", str(paths["ca"]),
+    )  # fmt: skip
+    for name, subject in (("server", "edge-agent test broker"), ("client", "edge-agent-test")):
+        csr = directory / f"{name}.csr"
+        openssl(
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={subject}",
+            "-keyout", str(paths[f"{name}_key"]), "-out", str(csr),
+        )  # fmt: skip
+        extensions = directory / f"{name}.ext"
+        extensions.write_text(f"subjectAltName = {server_names}\n" if name == "server" else "\n")
+        openssl(
+            "x509", "-req", "-in", str(csr), "-CA", str(paths["ca"]),
+            "-CAkey", str(paths["ca_key"]), "-CAcreateserial", "-days", "2",
+            "-extfile", str(extensions), "-out", str(paths[name]),
+        )  # fmt: skip
+    return paths
+
+
+def tls_listener(port: int, certificates: dict[str, Path], *, client_certificate: bool) -> str:
+    """Mosquitto configuration for a TLS listener on 127.0.0.1 only."""
+    return (
+        f"listener {port} 127.0.0.1\n"
+        f"cafile {certificates['ca']}\ncertfile {certificates['server']}\n"
+        f"keyfile {certificates['server_key']}\n"
+        f"require_certificate {'true' if client_certificate else 'false'}\n"
+    )
+
+
 def write_config(
     directory: Path,
     mqtt_port: int,
@@ -150,16 +208,27 @@ def spool_path(config_dir: Path) -> Path:
 class AgentProcess:
     """``edge-agent run`` in a child process, as systemd would run it."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        env: dict[str, str] | None = None,
+        *,
+        prefix: Sequence[str] = (),
+        status_file: Path | None = None,
+    ) -> None:
+        """``prefix``: a command the agent runs under (e.g. setpriv, to drop privileges);
+        ``status_file``: where it writes its status, if not beside the default spool."""
         self.config = config
+        self.status_file = status_file or Path(f"{spool_path(config.parent)}.status.json")
         self.env = {**os.environ, **(env or {})}
+        self.prefix = tuple(prefix)
         self.process: subprocess.Popen[bytes] | None = None
         self.log = config.parent / "agent.log"
 
     def start(self) -> AgentProcess:
         handle = open(self.log, "ab")  # noqa: SIM115 - owned by the child process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent", "run", "-c", str(self.config)],
+            [*self.prefix, sys.executable, "-m", "edge_agent", "run", "-c", str(self.config)],
             stdout=handle,
             stderr=subprocess.STDOUT,
             env=self.env,
@@ -169,7 +238,7 @@ class AgentProcess:
         return self
 
     def wait_connected(self, timeout: float = 20.0) -> None:
-        status_file = Path(f"{spool_path(self.config.parent)}.status.json")
+        status_file = self.status_file
 
         def connected() -> bool:
             assert self.process is not None
@@ -202,9 +271,8 @@ class AgentProcess:
 
     def status(self) -> dict[str, Any]:
         """The status file the running agent writes ({} until it exists)."""
-        status_file = Path(f"{spool_path(self.config.parent)}.status.json")
         try:
-            return dict(json.loads(status_file.read_text()))
+            return dict(json.loads(self.status_file.read_text()))
         except (OSError, ValueError):
             return {}
 

@@ -222,6 +222,50 @@ def test_env_expansion_and_missing_variable(
     assert found["mqtt.username"] == "environment variable TEST_NOT_SET is not set"
 
 
+def test_a_value_from_the_environment_is_named_never_shown_in_a_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_MQTT_PASSWORD", "the-password")
+    monkeypatch.setenv("TEST_PORT", "0099999")  # parsed, it reads "99999": not as set
+    monkeypatch.setenv("TEST_SINK", "telemetri")
+    monkeypatch.setenv("TEST_PROTOCOL", "4")
+    monkeypatch.setenv("TEST_SHORT", "5")  # too short to hide from the others' problems
+    text = (
+        MINIMAL.replace(
+            "[mqtt]",
+            '[mqtt]\nport = "${TEST_MQTT_PASSWORD}"\nkeepalive = "x${TEST_PORT}"\n'
+            'protocol = "${TEST_PROTOCOL}"\nreconnect_min = "${TEST_SHORT}"',
+        )
+        .replace('["telemetry"]', '["${TEST_SINK}"]')
+        .replace('topic = "sensors/#"', 'topic = "sensors/#"\nqos = "${TEST_PORT}"')
+    )
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    found = {problem.key: problem.reason for problem in caught.value.problems}
+    assert found["mqtt.port"] == (
+        "expected an integer, got the value of ${TEST_MQTT_PASSWORD} (not shown)"
+    )
+    assert found["mqtt.keepalive"].endswith("got the value of x${TEST_PORT} (not shown)")
+    assert found["mqtt.protocol"] == (
+        "must be one of 3.1.1, 5; got the value of ${TEST_PROTOCOL} (not shown)"
+    )
+    assert found["mqtt.subscriptions[0].qos"] == (
+        "expected integer 0-1, got the value of ${TEST_PORT} (not shown)"
+    )
+    # A check of its own quotes the sink's name: the name came from the environment.
+    assert "${TEST_SINK}" in found["mqtt.subscriptions[0].sinks"]
+    message = str(caught.value)
+    for secret in ("the-password", "99999", "telemetri'"):
+        assert secret not in message
+    assert str(path) in message
+
+
+def test_a_password_written_without_quotes_is_not_repeated(tmp_path: Path) -> None:
+    found = dict(problems(tmp_path, MINIMAL.replace("[mqtt]", "[mqtt]\npassword = 73105521")))
+    assert found["mqtt.password"] == "expected a string, got an integer"
+
+
 def test_tls_files_must_exist(tmp_path: Path) -> None:
     text = MINIMAL.replace(
         "[[mqtt.subscriptions]]",

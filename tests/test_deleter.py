@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edge_agent.delivery.deleter import Deleter
 from edge_agent.errors import SpoolError
-from edge_agent.records import Record
+from edge_agent.records import LeasedRecord, Record
 from edge_agent.spool.store import Spool
 from tests.support import wait_until
 
@@ -26,11 +26,21 @@ def test_a_batch_handed_over_is_deleted_from_the_spool(tmp_path: Path) -> None:
         assert not deleter.alive
 
 
-def test_a_failing_spool_is_reported_and_tried_until_the_deleter_closes(tmp_path: Path) -> None:
+def test_a_failing_spool_is_reported_once_and_tried_until_the_deleter_closes(
+    tmp_path: Path,
+) -> None:
     spool = Spool.open(tmp_path / "spool.db")
     spool.append([Record("q", "k", 1, b"x")])
     leased = spool.lease("q", max_records=1, max_bytes=1000)
     spool.close()  # every delete now fails
+    attempts: list[int] = []
+    ack = spool.ack
+
+    def counted_ack(records: list[LeasedRecord]) -> int:
+        attempts.append(len(records))
+        return ack(records)
+
+    spool.ack = counted_ack  # type: ignore[method-assign,assignment]
     errors: list[SpoolError] = []
     reported = threading.Event()
 
@@ -46,5 +56,6 @@ def test_a_failing_spool_is_reported_and_tried_until_the_deleter_closes(tmp_path
     deleter.close(1.5)  # the retries go on until the timeout, then end
     wait_until(lambda: not deleter.alive, 3, 0.01, "the deleter ended")
     assert time.monotonic() - started < 4
-    assert len(errors) >= 2  # tried again (every second) while it waited
+    assert len(attempts) >= 2  # tried again (every second) while it waited
+    assert len(errors) == 1  # one report per episode, not one per attempt
     assert "closed" in str(errors[0])

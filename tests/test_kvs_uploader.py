@@ -277,9 +277,12 @@ def test_sigkill_during_capture_and_upload_loses_no_persisted_fragment(
     assert frames >= 30 * stored.fragments - 1  # every persisted fragment plays back
     with Spool.open(spool_path(tmp_path)) as spool:
         assert spool.dead_letters(limit=100) == []
+        (video,) = [queue for queue in spool.stats().queues if queue["name"] == "video"]
     timecodes = stored.timecodes
     resent = len(timecodes) - len(set(timecodes))
     assert resent <= 10 + 1  # at most what was in flight (max_in_flight) re-sent
+    # Every fragment the endpoint got twice was counted as sent again after the restart.
+    assert video["resent_after_restart_count"] >= resent
     # Fragments after the restart continue after the ones before it.
     assert sorted(set(timecodes)) == list(dict.fromkeys(timecodes))
 

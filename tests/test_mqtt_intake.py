@@ -17,7 +17,9 @@ from edge_agent.spool.store import Spool
 from tests.support import (
     AgentProcess,
     Mosquitto,
+    cli,
     free_port,
+    make_certificates,
     run_publisher,
     spool_path,
     spooled_count,
@@ -233,38 +235,6 @@ def test_tls_with_client_certificate(tmp_path: Path, protocol: str) -> None:
         broker.stop()
 
 
-def make_certificates(directory: Path) -> dict[str, Path]:
-    """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate."""
-    directory.mkdir()
-    paths = {
-        name: directory / f"{name}.pem"
-        for name in ("ca", "ca_key", "server", "server_key", "client", "client_key")
-    }
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
-
-    openssl(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        "-subj", "/CN=edge-agent test CA",
-        "-keyout", str(paths["ca_key"]), "-out", str(paths["ca"]),
-    )  # fmt: skip
-    for name, subject in (("server", "127.0.0.1"), ("client", "edge-agent-test")):
-        csr = directory / f"{name}.csr"
-        openssl(
-            "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={subject}",
-            "-keyout", str(paths[f"{name}_key"]), "-out", str(csr),
-        )  # fmt: skip
-        extensions = directory / f"{name}.ext"
-        extensions.write_text("subjectAltName = IP:127.0.0.1\n" if name == "server" else "\n")
-        openssl(
-            "x509", "-req", "-in", str(csr), "-CA", str(paths["ca"]),
-            "-CAkey", str(paths["ca_key"]), "-CAcreateserial", "-days", "2",
-            "-extfile", str(extensions), "-out", str(paths[name]),
-        )  # fmt: skip
-    return paths
-
-
 def test_username_and_password(tmp_path: Path) -> None:
     """A broker that refuses anonymous clients: the agent logs in with the configured
     credentials (the password taken from the environment), and a wrong password is
@@ -334,4 +304,53 @@ def test_hostile_payloads_do_not_stop_intake(
     conn.close()
     assert "\\ud800" in keys and "sensors/b/t" in keys
     assert agent.mqtt_status()["state"] == "connected"
+    assert agent.terminate() == 0
+
+
+def lost_session_warnings(agent: AgentProcess) -> list[str]:
+    return [
+        line
+        for line in agent.log_text().splitlines()
+        if "WARNING" in line and "lost the session" in line
+    ]
+
+
+def reconnect_after_restart(
+    tmp_path: Path, broker: Mosquitto, agents: list[AgentProcess]
+) -> AgentProcess:
+    """An agent that connected, subscribed (a message arrived through its session), then
+    saw the broker restart, and has connected again."""
+    config = write_config(tmp_path, broker.port)
+    agent = start_agent(config, agents)
+    run_publisher(broker.port, 1)
+    wait_until(lambda: spooled_count(spool_path(tmp_path)) == 1, 20, what="the first message")
+    broker.restart()
+    wait_until(lambda: agent.mqtt_status().get("connects", 0) >= 2, 30, what="the reconnect")
+    return agent
+
+
+def test_a_session_the_broker_lost_is_a_warning_and_counted(
+    tmp_path: Path, agents: list[AgentProcess]
+) -> None:
+    broker = Mosquitto(tmp_path / "broker", persistence=False).start()
+    try:
+        agent = reconnect_after_restart(tmp_path, broker, agents)
+        assert agent.mqtt_status()["sessions_lost"] == 1
+        [warning] = lost_session_warnings(agent)
+        assert "messages it held for the agent may be gone" in warning
+        status = cli("status", "-c", str(agent.config)).stdout
+        assert "sessions lost 1" in status
+        assert agent.terminate() == 0
+    finally:
+        broker.stop()
+
+
+def test_a_session_the_broker_kept_across_a_restart_is_no_warning(
+    tmp_path: Path, broker: Mosquitto, agents: list[AgentProcess]
+) -> None:
+    agent = reconnect_after_restart(tmp_path, broker, agents)  # the broker persists sessions
+    assert agent.mqtt_status()["sessions_lost"] == 0
+    assert lost_session_warnings(agent) == []
+    assert "(session present: True)" in agent.log_text()
+    assert "sessions lost" not in cli("status", "-c", str(agent.config)).stdout
     assert agent.terminate() == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge_agent.redact import redact
+from edge_agent.redact import redact, redact_text
 
 
 @pytest.mark.parametrize(
@@ -63,3 +63,33 @@ def test_a_url_without_credentials_is_unchanged(url: str) -> None:
 def test_a_user_without_a_password_is_kept_unless_dropped() -> None:
     assert redact("rtsp://viewer@cam.local/live") == "rtsp://viewer@cam.local/live"
     assert redact("rtsp://viewer@cam.local/live", keep_user=False) == "rtsp://cam.local/live"
+
+
+def test_a_malformed_ipv6_url_is_still_redacted_not_raised_on() -> None:
+    assert redact("rtsp://admin:pw@[fe80::1/x") == "rtsp://admin:***@[fe80::1/x"
+
+
+@pytest.mark.parametrize(
+    ("text", "redacted"),
+    [
+        (  # PyAV's error names the file it could not open, in quotes
+            "[Errno 111] Connection refused: 'rtsp://admin:s3cret@10.0.0.7:554/stream1'",
+            "[Errno 111] Connection refused: 'rtsp://admin:***@10.0.0.7:554/stream1'",
+        ),
+        (  # an IPv6 host, in double quotes
+            'cannot open "rtsp://admin:pw@[fe80::1]:554/x": timed out',
+            'cannot open "rtsp://admin:***@[fe80::1]:554/x": timed out',
+        ),
+        (  # two URLs, one without credentials, the other followed by punctuation
+            "from rtsp://cam.local/a to http://u:p@[::1]:8080, then stop",
+            "from rtsp://cam.local/a to http://u:***@[::1]:8080, then stop",
+        ),
+        (  # a password with '@' and ':' in it, at the end of the text
+            "redirected to rtsp://viewer:p@ss:w@rd@cam.local:8554/live",
+            "redirected to rtsp://viewer:***@cam.local:8554/live",
+        ),
+        ("connect: connection refused", "connect: connection refused"),
+    ],
+)
+def test_every_url_in_a_text_loses_its_password(text: str, redacted: str) -> None:
+    assert redact_text(text) == redacted

@@ -345,16 +345,20 @@ class SpoolMachine(RuleBasedStateMachine):
         return int(record.partition_key)
 
     def _sync_drops(self) -> None:
-        """Records the spool evicted or rejected are no longer pending."""
+        """Records the spool evicted or rejected are no longer pending; eviction takes
+        back leased ones too, and a drop_oldest queue ("a") loses its oldest first."""
         live: set[int] = set()
         for queue in QUEUES:
             for record in self._peek(queue):
                 live.add(self.seq(record))
         for queue in QUEUES:
-            for seq in list(self.pending[queue]):
-                if seq not in live and seq not in self.outstanding:
-                    del self.pending[queue][seq]
-                    self.gone.add(seq)
+            dropped = [seq for seq in self.pending[queue] if seq not in live]
+            for seq in dropped:
+                del self.pending[queue][seq]
+                self.outstanding.discard(seq)
+                self.gone.add(seq)
+            if queue == "a" and dropped and self.pending[queue]:
+                assert max(dropped) < min(self.pending[queue]), "not the oldest dropped"
 
     def _peek(self, queue: str) -> list[LeasedRecord]:
         conn = sqlite3.connect(self.path)
@@ -552,16 +556,23 @@ def test_corruption_seen_at_runtime_gets_a_full_check_at_the_next_open(tmp_path:
     assert not Path(f"{path}.needs-check").exists()
 
 
-def test_leased_records_do_not_count_as_room_for_reject_new_queues(tmp_path: Path) -> None:
+def test_leased_records_are_taken_back_oldest_first_to_make_room(tmp_path: Path) -> None:
+    """A request that holds the oldest video (and keeps failing) does not make younger
+    records go first: eviction takes the held ones back, and their settle changes
+    nothing more."""
     with Spool.open(tmp_path / "s.db", policies=KEEP_TELEMETRY, max_bytes=1000) as spool:
-        spool.append([rec("video", b"v" * 300) for _ in range(2)])
+        spool.append([rec("video", bytes([n]) * 300) for n in range(2)])
         spool.append([rec("telemetry", b"t" * 400)])
         in_flight = spool.lease("video", max_records=2, max_bytes=10_000)
-        # Video is all in flight, so it cannot be evicted to make room.
-        assert spool.append([rec("telemetry", b"t" * 100)]).rejected == 1
-        spool.release(in_flight)
-        assert spool.append([rec("telemetry", b"t" * 100)]).stored == 1
+        result = spool.append([rec("telemetry", b"t" * 100)])
+        assert (result.stored, result.evicted, result.rejected) == (1, 1, 0)
         assert spool.pending_bytes <= 1000
+        assert spool.retry(in_flight, at_ms=0) == 1  # only the younger one is still there
+        (left,) = spool.lease("video", max_records=5, max_bytes=10_000)
+        assert left.payload == bytes([1]) * 300
+        assert spool.ack([left, *in_flight]) == 1
+        (video,) = [q for q in spool.stats().queues if q["name"] == "video"]
+        assert (video["pending_count"], video["acked_count"], video["dropped_count"]) == (0, 1, 1)
 
 
 def test_leased_payloads_are_the_bytes_appended(tmp_path: Path) -> None:

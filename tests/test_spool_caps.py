@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import pytest
 
-from edge_agent.spool.caps import Caps, QueuePolicy
+from edge_agent.spool.caps import Caps, QueuePolicy, TakenBack
 from edge_agent.spool.queues import Delta, QueueState
 from edge_agent.spool.schema import migrate
 
@@ -51,28 +51,40 @@ def test_would_overflow_counts_the_queue_cap_and_what_cannot_be_evicted() -> Non
     assert caps.would_overflow(QueuePolicy(), 0, 1000, 0, 100)
 
 
-def test_evictable_bytes_are_unheld_bytes_of_drop_oldest_queues() -> None:
+def test_evictable_bytes_are_all_bytes_of_drop_oldest_queues_held_or_not() -> None:
     caps = Caps({"t": QueuePolicy(overflow="reject_new")})
     video, telemetry = QueueState(1, "v", 3, 300), QueueState(2, "t", 1, 100)
     video.leases.held_bytes = 100
-    assert caps.evictable_bytes([video, telemetry]) == 200
+    assert caps.evictable_bytes([video, telemetry]) == 300
 
 
-def test_enforce_evicts_the_oldest_unheld_records_of_a_queue_over_its_cap(
+def test_enforce_evicts_in_capture_order_taking_back_held_records(
     conn: sqlite3.Connection,
 ) -> None:
     caps = Caps({"v": QueuePolicy(max_bytes=250)})
     insert(conn, 1, [100, 100, 100, 100])
     video = QueueState(1, "v", 4, 400)
-    video.leases.held.add(1)  # an uploader holds the oldest
+    video.leases.held.add(1)  # an uploader holds the oldest (its request keeps failing)
+    video.leases.held_bytes = 100
     deltas: dict[str, Delta] = defaultdict(Delta)
+    taken_back: list[TakenBack] = []
     evicted = caps.enforce(
-        conn, [video], {"v": video}, deltas, projected={"v": 400}, projected_total=400
+        conn,
+        [video],
+        {"v": video},
+        deltas,
+        projected={"v": 400},
+        projected_total=400,
+        taken_back=taken_back,
     )
-    assert evicted == 2 and remaining(conn, 1) == [1, 4]
+    assert evicted == 2 and remaining(conn, 1) == [3, 4]
     assert deltas["v"] == Delta(
         pending_count=-2, pending_bytes=-200, dropped_count=2, dropped_bytes=200
     )
+    assert taken_back == [TakenBack(video, 1, 100)]
+    video.leases.take_back(1, 100)
+    assert video.leases.held == set() and video.leases.held_bytes == 0
+    assert video.leases.taken_back == {1}
 
 
 def test_enforce_keeps_reject_new_queues_under_the_overall_cap(
@@ -85,7 +97,13 @@ def test_enforce_keeps_reject_new_queues_under_the_overall_cap(
     states = {"t": telemetry}
     deltas: dict[str, Delta] = defaultdict(Delta)
     evicted = caps.enforce(
-        conn, [video, telemetry], states, deltas, projected={"t": 200}, projected_total=400
+        conn,
+        [video, telemetry],
+        states,
+        deltas,
+        projected={"t": 200},
+        projected_total=400,
+        taken_back=[],
     )
     assert evicted == 1 and remaining(conn, 1) == [2] and remaining(conn, 2) == [3]
     assert states["v"] is video  # the caller commits the deltas of every queue evicted from

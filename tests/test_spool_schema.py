@@ -48,7 +48,7 @@ def indexes(conn: sqlite3.Connection) -> set[str]:
 
 def test_a_new_spool_has_no_lease_index() -> None:
     conn = sqlite3.connect(":memory:", isolation_level=None)
-    assert migrate(conn) == SCHEMA_VERSION == 2
+    assert migrate(conn) == SCHEMA_VERSION == 3
     assert "records_leased" not in indexes(conn)  # the column stays, never read or written
     assert "records_by_queue" in indexes(conn)
     assert count_legacy_leases(conn) == 0
@@ -59,7 +59,7 @@ def test_a_version_1_spool_is_migrated_at_open_and_keeps_its_records(tmp_path: P
     path = tmp_path / "s.db"
     write_version_1_spool(path, [("q", b"a", 1), ("q", b"bb", 0), ("r", b"ccc", 1)])
     with Spool.open(path) as spool:
-        assert spool.stats().schema_version == 2
+        assert spool.stats().schema_version == SCHEMA_VERSION
         # The counters were recounted from the rows, and every record is pending.
         assert spool.pending("q") == (2, 3)
         assert spool.pending("r") == (1, 3)
@@ -73,12 +73,16 @@ def test_a_version_1_spool_is_migrated_at_open_and_keeps_its_records(tmp_path: P
         spool.append([])
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert "records_leased" not in indexes(conn)
         marked = conn.execute("SELECT count(*) FROM records WHERE leased = 1").fetchone()[0]
         assert marked == 0  # cleared: never counted again
         applied = conn.execute("SELECT version, name FROM _migrations ORDER BY version")
-        assert applied.fetchall() == [(1, "0001_core_tables"), (2, "0002_leases_in_memory")]
+        assert applied.fetchall() == [
+            (1, "0001_core_tables"),
+            (2, "0002_leases_in_memory"),
+            (3, "0003_sent_marks"),
+        ]
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         conn.close()
@@ -92,7 +96,7 @@ def test_a_version_1_spool_without_leases_is_migrated_quietly(tmp_path: Path) ->
     path = tmp_path / "s.db"
     write_version_1_spool(path, [("q", b"a", 0)])
     with Spool.open(path) as spool:
-        assert spool.stats().schema_version == 2
+        assert spool.stats().schema_version == SCHEMA_VERSION
         assert not [e for e in spool.stats().events if e["kind"] == "leases_returned"]
         assert spool.pending("q") == (1, 1)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.config.loading import load_config
 from tests.support import terminate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -169,6 +170,12 @@ def test_unit_settings() -> None:
     assert one("ExecStart") == f"{INSTALLED_EXECUTABLE} run -c /etc/edge-agent/edge-agent.toml"
     assert one("ExecReload") == "/bin/kill -HUP $MAINPID"
     assert one("StateDirectory") == "edge-agent"
+    # The installed config puts the status file in the runtime directory, the one
+    # place besides the state directory that ProtectSystem=strict leaves writable.
+    assert one("RuntimeDirectory") == "edge-agent"
+    assert load_config(REPO / "configs" / "edge-agent.toml").agent.status_dir == Path(
+        "/run/edge-agent"
+    )
     assert one("ConfigurationDirectory") == "edge-agent"
     assert one("User") == "edge-agent"
     assert one("Group") == "edge-agent"

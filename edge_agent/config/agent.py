@@ -43,6 +43,15 @@ class AgentConfig:
         default=Path(DEFAULT_STATE_DIR),
         doc="Where the spool and the runtime status file live (systemd's StateDirectory).",
     )
+    status_dir: Path | None = option(
+        kind=PATH,
+        default=None,
+        default_doc="beside the spool",
+        doc="Where the running agent writes its status file (<spool name>.status.json). "
+        "A tmpfs such as /run/edge-agent (systemd's RuntimeDirectory=) keeps it written "
+        "when the spool's filesystem is full and spares the flash a write every "
+        "status_interval.",
+    )
     log_level: LogLevel = option(
         kind=choice("debug", "info", "warning", "error"),
         default="info",
@@ -82,6 +91,16 @@ class SpoolConfig:
         kind=off(DURATION),
         default=7 * 86400.0,
         doc="Records older than this are expired (counted as dropped).",
+    )
+    reserve: int = option(
+        kind=SIZE,
+        default=64 * 1024**2,
+        doc="Free space the spool leaves on its filesystem (as the agent's user may use "
+        "it): below it, intake pauses (MQTT messages stay unacknowledged, at the broker) "
+        "until delivery frees space. A quarter of it, at most 16 MiB, is held as a "
+        "ballast file (<spool>.ballast) that is given back when the filesystem fills "
+        "anyway, so that delivered records can always be deleted. Cut to a quarter of "
+        "a smaller filesystem. 0: no reserve.",
     )
     commit_max_records: int = option(
         kind=integer(1, 100_000),

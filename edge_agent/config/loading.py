@@ -5,7 +5,8 @@ Each option is declared once, in the section that holds it (see
 Loading collects every problem before failing, and each problem names the file, the
 key path (``mqtt.subscriptions[2].qos``) and the reason. Unknown keys are errors, so a
 typo never silently falls back to a default. String values may use ``${NAME}`` or
-``${NAME:-default}`` to take secrets from the environment.
+``${NAME:-default}`` to take secrets from the environment; a problem names such a
+value by its reference, never shows it (``edge-agent check-config`` prints problems).
 """
 
 from __future__ import annotations

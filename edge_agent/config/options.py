@@ -11,7 +11,9 @@ declarations.
 A :class:`Table` records problems instead of raising, so that loading reports every
 problem at once, each naming the file, the key path and the reason. A value that is
 missing or does not parse stands in as its default (or the kind's placeholder when the
-key is required); :meth:`Table.ok` tells whether a key was read cleanly.
+key is required); :meth:`Table.ok` tells whether a key was read cleanly. A problem never
+shows a value that came from the environment (``${NAME}`` may hold a password): it names
+the reference instead ("got the value of ${MQTT_PASSWORD} (not shown)").
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ C = TypeVar("C")
 V_contra = TypeVar("V_contra", contravariant=True)
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+#: Values from the environment shorter than this are hidden only from the problem of
+#: their own key: elsewhere "5" or "on" would be found by chance ("one of 3.1.1, 5").
+HIDDEN_MIN_CHARS = 4
 #: Values that switch a cap off, for the kinds made with :func:`off`.
 OFF_VALUES = (0, "0", "off", "none", "unlimited")
 
@@ -77,9 +82,21 @@ def _quoted(value: str) -> str:
     return '"' + value + '"'
 
 
+#: TOML's names for what is not a string (bool before int: a bool is an int).
+_TOML_TYPES: tuple[tuple[type, str], ...] = (
+    (bool, "a boolean"),
+    (int, "an integer"),
+    (float, "a number"),
+    (list, "an array"),
+    (dict, "a table"),
+)
+
+
 def _string_or_empty(raw: object) -> str:
     if not isinstance(raw, str):
-        raise TypeError(f"expected a string, got {raw!r}")
+        # The type, not the value: a password written without quotes is still a password.
+        kind = next((name for type_, name in _TOML_TYPES if isinstance(raw, type_)), "a date")
+        raise TypeError(f"expected a string, got {kind}")
     return raw
 
 
@@ -308,10 +325,21 @@ def declared(cls: type[DataclassInstance]) -> list[tuple[str, Option[object]]]:
 class Table:
     """One TOML table being read; records problems instead of raising."""
 
-    def __init__(self, file: str, path: str, table: object, problems: list[ConfigProblem]) -> None:
+    def __init__(
+        self,
+        file: str,
+        path: str,
+        table: object,
+        problems: list[ConfigProblem],
+        *,
+        hidden: dict[str, str] | None = None,
+    ) -> None:
         self.file = file
         self.path = path
         self.problems = problems
+        #: Values taken from the environment, each with what a problem says instead;
+        #: shared with the tables below this one (a later check may quote a value).
+        self.hidden: dict[str, str] = {} if hidden is None else hidden
         self.failed: set[str] = set()
         if not isinstance(table, dict):
             self.problem("", f"expected a table, got {type(table).__name__}")
@@ -322,8 +350,13 @@ class Table:
         return f"{self.path}.{name}" if self.path else name
 
     def problem(self, name: str, reason: str) -> None:
+        """Record a problem; no value taken from the environment shows in it (those of
+        HIDDEN_MIN_CHARS or more: a check of another key may quote one)."""
+        hidden = {
+            value: text for value, text in self.hidden.items() if len(value) >= HIDDEN_MIN_CHARS
+        }
         self.problems.append(
-            ConfigProblem(self.file, self.key(name) if name else self.path, reason)
+            ConfigProblem(self.file, self.key(name) if name else self.path, _hide(reason, hidden))
         )
 
     def ok(self, *names: str) -> bool:
@@ -347,23 +380,34 @@ class Table:
                 self.failed.add(name)
             return cast(T, fallback)
         raw = self.raw.pop(name)
+        own: dict[str, str] = {}  # what this value took from the environment
         if isinstance(raw, str):
             reported = len(self.problems)
-            raw = self._expand_env(name, raw)
+            raw, own = self._expand_env(name, raw)
             if len(self.problems) > reported:
                 self.failed.add(name)
                 return cast(T, fallback)
         try:
             value = declaration.kind.parse(raw)
         except (ValueError, TypeError) as err:
-            self.problem(name, str(err))
+            why = _hide(str(err), own)
+            if own and why == str(err):
+                # The parser quoted the value in a form of its own (a number, trimmed):
+                # say what was expected, not what it got.
+                why = f"expected {declaration.kind.name}, got {own[cast(str, raw)]}"
+            self.problem(name, why)
             self.failed.add(name)
             return cast(T, fallback)
         if declaration.check is not None and (reason := declaration.check.reason(value)):
-            self.problem(name, reason)
+            self.problem(name, _hide(reason, own))
         return value
 
-    def _expand_env(self, name: str, raw: str) -> str:
+    def _expand_env(self, name: str, raw: str) -> tuple[str, dict[str, str]]:
+        """``raw`` with ``${NAME}`` and ``${NAME:-default}`` filled in, and what stands in
+        for each value taken from the environment (and for the whole, if it has more)
+        in a problem; those are hidden from every later problem, too."""
+        taken: dict[str, str] = {}
+
         def substitute(match: re.Match[str]) -> str:
             value = os.environ.get(match.group(1))
             if value is None:
@@ -371,14 +415,23 @@ class Table:
                     self.problem(name, f"environment variable {match.group(1)} is not set")
                     return ""
                 return match.group(2)
+            if value:
+                taken.setdefault(value, f"the value of {match.group()} (not shown)")
             return value
 
-        return _ENV_REF.sub(substitute, raw)
+        expanded = _ENV_REF.sub(substitute, raw)
+        if taken:
+            taken.setdefault(expanded, f"the value of {raw} (not shown)")
+        for value, text in taken.items():
+            self.hidden.setdefault(value, text)
+        return expanded, taken
 
     def subtable(self, name: str) -> Table | None:
         if name not in self.raw:
             return None
-        return Table(self.file, self.key(name), self.raw.pop(name), self.problems)
+        return Table(
+            self.file, self.key(name), self.raw.pop(name), self.problems, hidden=self.hidden
+        )
 
     def table_list(self, name: str) -> list[Table]:
         raw = self.raw.pop(name, [])
@@ -386,7 +439,7 @@ class Table:
             self.problem(name, "expected an array of tables ([[...]])")
             return []
         return [
-            Table(self.file, f"{self.key(name)}[{index}]", item, self.problems)
+            Table(self.file, f"{self.key(name)}[{index}]", item, self.problems, hidden=self.hidden)
             for index, item in enumerate(raw)
         ]
 
@@ -394,6 +447,18 @@ class Table:
         """Report every key nobody asked for: unknown keys are errors."""
         for name in sorted(self.raw):
             self.problem(name, "unknown key")
+
+
+def _hide(reason: str, hidden: Mapping[str, str]) -> str:
+    """``reason`` with each of the ``hidden`` values, quoted or standing alone (not inside
+    a longer word or number), replaced by its stand-in; longest first, so that a whole
+    value goes before the variables it was made of."""
+    for value in sorted(hidden, key=len, reverse=True):
+        stand_in = hidden[value]
+        reason = reason.replace(repr(value), stand_in)
+        alone = re.compile(rf"(?<!\w){re.escape(value)}(?!\w)")
+        reason = stand_in.join(alone.split(reason))
+    return reason
 
 
 def read_section(

@@ -135,6 +135,15 @@ class AwsEndpoint:
     request_timeout: float = option(
         kind=DURATION, default=30.0, check=_TIMEOUT, doc="Waiting for an answer."
     )
+    request_timeout_max: float | None = option(
+        kind=DURATION,
+        default=None,
+        check=_TIMEOUT,
+        default_doc="8 x request_timeout, at most 2m (never below request_timeout)",
+        doc="A request that times out doubles the timeout of the next ones, up to this "
+        "(a slow link is not sent the same request again and again); quick answers bring "
+        "it back to request_timeout step by step. Equal to request_timeout: fixed.",
+    )
 
 
 @section
@@ -181,6 +190,8 @@ def read_aws(table: Table) -> AwsEndpoint:
         os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     ):
         table.problem("region", "is required (or set AWS_REGION in the environment)")
+    if aws.request_timeout_max is not None and aws.request_timeout_max < aws.request_timeout:
+        table.problem("request_timeout_max", "must not be below request_timeout")
     return aws
 
 

@@ -58,13 +58,23 @@ class Deleter:
     def _run(self) -> None:
         """A failing spool is retried until it works or the deleter is closed (then the
         leases clear at the next open: re-sent)."""
+        failures = 0  # in a row: the first is reported, the end of the episode logged
         while (batch := self._batches.get()) is not None:
             while True:
                 try:
                     self._spool.ack(batch)
+                    if failures:
+                        log.info(
+                            "sink %s: deleting delivered records works again (%d attempts failed)",
+                            self._name,
+                            failures,
+                        )
+                        failures = 0
                     break
                 except SpoolError as err:
-                    self._on_error(err)
+                    if not failures:
+                        self._on_error(err)
+                    failures += 1
                     if self._closed.wait(RETRY_S):
                         break
                 except Exception:

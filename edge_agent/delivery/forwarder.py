@@ -261,8 +261,10 @@ class Forwarder(ThreadWorker):
     def _launch(self, request: Request) -> None:
         """Put a request on the wire in the transmit pool; its records are in flight."""
         assert self._transmit_pool is not None
-        ids = [record.id for entry in request.entries for record in entry.records]
+        records = [record for entry in request.entries for record in entry.records]
+        ids = [record.id for record in records]
         self._window.in_flight.update(ids)
+        self.spool.mark_sent(records)  # a restart counts them if they go out again
         self._set_state("sending")
         self.stats.requests += 1
         self._flights.append((request, ids, self._transmit_pool.launch(request)))
@@ -285,6 +287,7 @@ class Forwarder(ThreadWorker):
         """Send one part of a refused request in this thread and settle the answer."""
         self._set_state("sending")
         self.stats.requests += 1
+        self.spool.mark_sent([record for entry in request.entries for record in entry.records])
         try:
             answer, error = self.sink.transmit(request), None
         except Exception as err:

@@ -11,9 +11,17 @@ Two threads:
 If the process dies between commit and PUBACK, the broker re-sends those messages (same
 client id, clean session off) and they are stored twice: duplicates are bounded by one
 commit batch and counted (the broker marks re-sends with DUP). If the spool refuses a
-write (disk full), nothing is acked and the committer retries with backoff; the broker
-keeps the messages meanwhile. On stop, new messages are no longer taken (the broker will
-re-send them), the inbox is committed and acked, then the client disconnects.
+write (disk full), nothing is acked and the committer retries with backoff (a paused
+intake: with half the batch first, down to one message, as a smaller batch may fit in
+the space the spool already holds); the broker keeps the messages meanwhile. On stop,
+new messages are no longer taken (the broker will re-send them), the inbox is committed
+and acked, then the client disconnects.
+
+A connection that fails is retried forever (a broker, or its certificate, may be fixed
+later), and reported by its cause: unreachable, or a TLS failure in OpenSSL's words (the
+broker's certificate not issued by ``tls.ca_file``, not for ``host``, expired). A
+reconnect that finds no session where there was one is a warning and counted
+(``sessions_lost``): the broker lost what it had queued for the agent.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import json
 import logging
 import ssl
 import struct
+import sys
 import threading
 import time
 from collections import deque
@@ -36,9 +45,10 @@ from paho.mqtt.properties import Properties
 
 from edge_agent.config.agent import SpoolConfig
 from edge_agent.config.mqtt import MqttConfig, Subscription
-from edge_agent.errors import SpoolCorrupt, SpoolError
+from edge_agent.errors import IntakePaused, SpoolCorrupt, SpoolError
 from edge_agent.records import Record
 from edge_agent.runtime_status import MqttSnapshot
+from edge_agent.sources.broker_errors import connect_failure
 from edge_agent.spool.store import Spool
 from edge_agent.worker import WorkerState
 
@@ -81,6 +91,9 @@ class MqttStatus(WorkerState):
     unrouted: int = 0
     dropped_qos0: int = 0
     connects: int = 0
+    #: Reconnects that found no session although this process had one: messages the
+    #: broker held for the agent may be gone.
+    sessions_lost: int = 0
     last_error: str | None = None
     last_error_at: float | None = None
     commit_batches: int = 0
@@ -115,6 +128,8 @@ class MqttSource:
         self._flush_mid: int | None = None
         self._ack_lock = threading.Lock()
         self._generation = 0
+        #: Whether the broker holds a session of ours (set once subscribed or resumed).
+        self._session_held = False
         self._network_thread: threading.Thread | None = None
         self._committer_failed = False
         #: Set when SQLite reports corruption mid-run: the agent restarts to quarantine it.
@@ -254,12 +269,7 @@ class MqttSource:
             return
         self.status.connects += 1
         self._set_state("connected")
-        log.info(
-            "mqtt: connected to %s:%d (session present: %s)",
-            self._config.host,
-            self._config.port,
-            flags.session_present,
-        )
+        self._note_session(bool(flags.session_present))
         topics = [(sub.topic, sub.qos) for sub in self._config.subscriptions]
         client.subscribe(topics)
 
@@ -274,13 +284,36 @@ class MqttSource:
         for sub, code in zip(self._config.subscriptions, reason_codes, strict=False):
             if code.is_failure:
                 self._error(f"subscription to {sub.topic!r} refused: {code}")
+            else:
+                self._session_held = True  # the broker keeps it (clean session off)
+
+    def _note_session(self, present: bool) -> None:
+        """Log the connect; a session gone that this process had is a warning and counted
+        (the broker restarted without persistence, or the session expired): what the
+        broker had queued for the agent is lost. A first connect without one is normal."""
+        config = self._config
+        if present or not self._session_held:
+            log.info(
+                "mqtt: connected to %s:%d (session present: %s)", config.host, config.port, present
+            )
+        else:
+            self.status.sessions_lost += 1
+            log.warning(
+                "mqtt: connected to %s:%d, but the broker has lost the session of %r: the "
+                "messages it held for the agent may be gone (sessions lost: %d)",
+                config.host,
+                config.port,
+                config.client_id,
+                self.status.sessions_lost,
+            )
+        self._session_held = self._session_held or present
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self._set_state("disconnected")
-        self._error(
-            f"cannot reach broker {self._config.host}:{self._config.port}; retrying "
-            f"(backoff up to {self._config.reconnect_max:.0f}s)"
-        )
+        # paho calls this from the ``except OSError`` around its connect and hands over no
+        # exception: the one being handled is the cause.
+        state, message = connect_failure(sys.exception(), self._config.host, self._config.port)
+        self._set_state(state)
+        self._error(f"{message}; retrying (backoff up to {self._config.reconnect_max:.0f}s)")
 
     def _on_disconnect(
         self,
@@ -334,7 +367,17 @@ class MqttSource:
                 try:
                     self._commit(held)
                 except Exception as err:  # the committer must not die: retry, report
-                    if isinstance(err, SpoolError):
+                    if isinstance(err, IntakePaused) and len(held) > 1:
+                        # A smaller batch may fit in the space the spool already holds
+                        # (a full disk): the rest goes back to the front of the inbox.
+                        half = len(held) // 2
+                        self._inbox.extendleft(reversed(held[half:]))
+                        held = held[:half]
+                        continue
+                    if isinstance(err, IntakePaused):  # the spool logs a pause once
+                        self.status.last_error = f"not acked, waiting: {err}"
+                        self.status.last_error_at = self._clock()
+                    elif isinstance(err, SpoolError):
                         self._error(f"spool refused {len(held)} messages (not acked): {err}")
                     else:
                         log.exception("mqtt: committing %d messages failed", len(held))
@@ -460,6 +503,7 @@ class MqttSource:
             "unrouted": status.unrouted,
             "dropped_qos0": status.dropped_qos0,
             "connects": status.connects,
+            "sessions_lost": status.sessions_lost,
             "last_error": status.last_error,
             "last_error_at": status.last_error_at,
             "commit_batches": status.commit_batches,

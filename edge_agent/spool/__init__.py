@@ -23,7 +23,9 @@ Invariants
 5. **Leases live in memory.** Which records an uploader holds, and which it handed back
    for a retry (with their due time), is kept in the writing process, not in the file:
    a lease costs one read and no write.
-6. **Held records are never evicted or expired.**
+6. **Held records are never expired; eviction goes in capture order** through them
+   too (taken back from their request: a failing request never makes younger records
+   go first).
 7. **Caps with a declared policy.** A queue over its byte cap either evicts its oldest
    records (``drop_oldest``) or refuses the new ones (``reject_new``); the overall cap
    evicts from ``drop_oldest`` queues, oldest first; age caps expire old records on
@@ -33,12 +35,24 @@ Invariants
    counts change in the transaction that changes the rows they count, and the pending
    ones are recomputed from the rows at open, so ``edge-agent status`` reads them from
    another process without scanning. The in-memory copy follows only after the commit.
-9. **Bad files never crash-loop.** A file that is not a database or fails its integrity
-   check is moved aside (``<name>.corrupt-<UTC time>``, with its -wal/-shm), a fresh
-   spool is created, and the event is recorded in the new spool where status shows it.
+9. **Bad files never crash-loop, and lose only what cannot be read.** A file that is
+   not a database or fails its integrity check is moved aside (``<name>.corrupt-<UTC
+   time>``, with its -wal/-shm), a fresh spool is created, every record still readable
+   in the moved file is copied into it in order (``salvage``), and the event, with the
+   counts, is recorded in the new spool where status shows it.
 10. **One writer.** A writing spool holds ``<name>.lock``; a second writer is refused
     with the holder's pid. Readers (status, the CLI) open read-only without the lock.
 11. **A newer schema is refused,** not guessed at; older ones are migrated at open.
+12. **Acknowledged means in the file on disk.** After every append, before its caller
+    acknowledges anything, the spool checks that its path still names the file it
+    wrote; if not (deleted, replaced, moved), it rebuilds the file there from the open
+    connection first (``file_watch``).
+13. **The spool's growth never fills its filesystem.** A batch that would take the free
+    space below the reserve is refused (intake pauses); space the spool holds is reused
+    first; a ballast file keeps room for deletes when something else fills the disk
+    (``storage``).
+14. **What went out and was not confirmed is remembered** (``sent_marks``), so that a
+    restart counts what it sends again.
 
 Modules
 -------
@@ -67,9 +81,20 @@ Modules
 ``stats``
     ``SpoolStats``/``QueueStats``/``SpoolEvent``: what status shows; the events table.
 ``recovery``
-    Opening safely: the writer lock, the integrity check, quarantine, the suspect marker
-    (``mark_suspect``), the leases an older agent left in the file, and
-    ``translate_sqlite_error``.
+    Opening safely: the writer lock, what a crash left in the WAL and -shm
+    (``check_wal``, read before SQLite opens the file), the integrity check, quarantine
+    and the salvage into the fresh spool, the suspect marker (``mark_suspect``), the
+    leases an older agent left in the file, ``salvage_file`` (``edge-agent spool
+    salvage``), and ``translate_sqlite_error``.
+``salvage``
+    Reading what is still readable out of a damaged spool file (id order, past damaged
+    pages, with bounded work) and writing it into a spool: ``salvage_into``, ``Salvaged``.
+``storage``
+    ``Storage``: free space, the reserve, the ballast and the intake pause.
+``file_watch``
+    ``FileWatch``: whether the path still names the open spool, and the rebuild.
+``sent_marks``
+    The marks of what was handed to the network, and their count at open.
 ``schema``
     The tables and their migrations.
 """

@@ -3,8 +3,10 @@ the pressure warnings before anything is dropped.
 
 A queue over its byte cap either evicts its oldest records (``drop_oldest``) or refuses
 the new ones (``reject_new``); the overall cap evicts from ``drop_oldest`` queues, oldest
-first. Age caps expire old records. Records an uploader holds are never evicted or expired.
-Every drop is counted in the caller's ``Delta``s, in the caller's transaction.
+first. Eviction goes in capture order even through records an uploader holds (a request
+that keeps failing must not make younger records go first): those are *taken back*, and
+whatever their request ends in changes nothing more. Age caps expire old records, never
+held ones. Every drop is counted in the caller's ``Delta``s, in the caller's transaction.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from edge_agent.records import Overflow
 from edge_agent.spool.queues import Delta, QueueState
@@ -38,6 +41,14 @@ class QueuePolicy:
     max_age_s: float | None = None
     overflow: Overflow = "drop_oldest"
     max_record_bytes: int | None = None
+
+
+class TakenBack(NamedTuple):
+    """A held record that eviction deleted."""
+
+    state: QueueState
+    record_id: int
+    size: int
 
 
 #: The policy of a queue the configuration says nothing about: no caps.
@@ -84,9 +95,9 @@ class Caps:
         )
 
     def evictable_bytes(self, queues: Iterable[QueueState]) -> int:
-        """Bytes the overall cap may evict: of ``drop_oldest`` queues, not held."""
+        """Bytes the overall cap may evict: everything of ``drop_oldest`` queues."""
         return sum(
-            state.pending_bytes - state.leases.held_bytes
+            state.pending_bytes
             for state in queues
             if self.policy(state.name).overflow == "drop_oldest"
         )
@@ -100,10 +111,13 @@ class Caps:
         *,
         projected: dict[str, int],
         projected_total: int,
+        taken_back: list[TakenBack],
     ) -> int:
         """After an append: evict from ``drop_oldest`` queues over their cap, then from
         all of them while the spool is over its cap. ``states`` (the queues appended to)
-        gains every queue evicted from. Returns how many records were evicted."""
+        gains every queue evicted from; ``taken_back`` gains the held records evicted
+        (for ``QueueLeases.take_back`` once committed). Returns how many records were
+        evicted."""
         evicted = 0
         for name, queue_bytes in projected.items():
             policy = self.policy(name)
@@ -112,7 +126,9 @@ class Caps:
                 and policy.max_bytes is not None
                 and queue_bytes > policy.max_bytes
             ):
-                count, freed = _evict(conn, [states[name]], queue_bytes - policy.max_bytes, deltas)
+                count, freed = _evict(
+                    conn, [states[name]], queue_bytes - policy.max_bytes, deltas, taken_back
+                )
                 evicted += count
                 projected_total -= freed
         if self.max_bytes is not None and projected_total > self.max_bytes:
@@ -124,7 +140,9 @@ class Caps:
                 if self.policy(name).overflow == "drop_oldest"
             ]
             if droppable:
-                count, _ = _evict(conn, droppable, projected_total - self.max_bytes, deltas)
+                count, _ = _evict(
+                    conn, droppable, projected_total - self.max_bytes, deltas, taken_back
+                )
                 evicted += count
         return evicted
 
@@ -191,9 +209,10 @@ def _evict(
     queues: list[QueueState],
     need_bytes: int,
     deltas: dict[str, Delta],
+    taken_back: list[TakenBack],
 ) -> tuple[int, int]:
-    """Delete the oldest records of these queues that no uploader holds until
-    ``need_bytes`` are freed; returns (count, bytes)."""
+    """Delete the oldest records of these queues, held or not, until ``need_bytes`` are
+    freed; returns (count, bytes)."""
     by_id = {state.id: state for state in queues}
     marks = ",".join("?" * len(by_id))
     freed = 0
@@ -214,7 +233,7 @@ def _evict(
                 break
             state = by_id[queue_id]
             if record_id in state.leases.held:
-                continue
+                taken_back.append(TakenBack(state, record_id, size))
             victims.append((record_id,))
             delta = deltas[state.name]
             delta.pending_count -= 1

@@ -41,7 +41,7 @@ class QueueLeases:
     """The leases of one queue. Not thread-safe: the spool calls it under its lock, and
     the methods that read take the spool's connection."""
 
-    __slots__ = ("floor", "held", "held_bytes", "name", "queue_id", "returned")
+    __slots__ = ("floor", "held", "held_bytes", "name", "queue_id", "returned", "taken_back")
 
     def __init__(self, queue_id: int, name: str) -> None:
         self.queue_id = queue_id
@@ -55,6 +55,8 @@ class QueueLeases:
         #: Ids at or below the floor handed back (retry, release) or skipped by
         #: ``lease_newest``, and when each is due (ms).
         self.returned: dict[int, int] = {}
+        #: Held ids that eviction deleted: their uploader's settle is a no-op for them.
+        self.taken_back: set[int] = set()
 
     # ------------------------------------------------------------------ leasing
 
@@ -187,11 +189,31 @@ class QueueLeases:
         ``payload_bytes``: the records' payload total, if the caller has it already."""
         held = self.held
         before = len(held)
+        if self.taken_back:
+            back = self.taken_back.intersection(map(RECORD_ID, records))
+            if back:  # their bytes left held_bytes when they were taken back
+                self.taken_back.difference_update(back)
+                records = [record for record in records if record.id not in back]
+                payload_bytes = None
         held.difference_update(map(RECORD_ID, records))
         if payload_bytes is None:
             payload_bytes = sum(map(len, map(RECORD_PAYLOAD, records)))
         self.held_bytes = max(0, self.held_bytes - payload_bytes)
         return before - len(held)
+
+    def newest_captured_at(self, conn: sqlite3.Connection) -> int | None:
+        """The capture time of the newest record the queue holds, held or not."""
+        row = conn.execute(
+            "SELECT max(captured_at_ms) FROM records WHERE queue_id = ?", (self.queue_id,)
+        ).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    def take_back(self, record_id: int, size: int) -> None:
+        """Eviction deleted this held record (once that committed)."""
+        if record_id in self.held:
+            self.held.discard(record_id)
+            self.held_bytes = max(0, self.held_bytes - size)
+            self.taken_back.add(record_id)
 
     def hand_back(self, records: Sequence[LeasedRecord], due_ms: int) -> int:
         """Held no longer, and due again at ``due_ms``; returns how many were held."""

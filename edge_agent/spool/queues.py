@@ -31,6 +31,7 @@ class Delta:
     rejected_bytes: int = 0
     dead_count: int = 0
     redelivered_count: int = 0
+    resent_after_restart_count: int = 0
     # Not a counter column: counts what append() did, for its result.
     stored: int = field(default=0, compare=False)
 

@@ -90,9 +90,19 @@ _LEASES_IN_MEMORY = [
     "DROP INDEX IF EXISTS records_leased",
 ]
 
+#: What was handed to the network and not yet confirmed (spool/sent_marks.py), and the
+#: count of records a restart sent again. Adding a column with a default rewrites nothing.
+_SENT_MARKS = [
+    "CREATE TABLE sent_marks (queue_id INTEGER NOT NULL, first_id INTEGER NOT NULL,"
+    " last_id INTEGER NOT NULL)",
+    "CREATE INDEX sent_marks_by_queue ON sent_marks (queue_id, first_id)",
+    "ALTER TABLE queues ADD COLUMN resent_after_restart_count INTEGER NOT NULL DEFAULT 0",
+]
+
 MIGRATIONS: list[tuple[str, list[str]]] = [
     ("0001_core_tables", _CORE_TABLES),
     ("0002_leases_in_memory", _LEASES_IN_MEMORY),
+    ("0003_sent_marks", _SENT_MARKS),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import sqlite3
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 from edge_agent.records import RECORD_ID, RECORD_PAYLOAD, RECORD_QUEUE, LeasedRecord
+from edge_agent.spool import sent_marks
 from edge_agent.spool.dead_letters import move_from_records
 from edge_agent.spool.leases import ID_CHUNK
 from edge_agent.spool.queues import Delta, Queues
@@ -52,10 +53,11 @@ def write(
     now: int,
     at_ms: int = 0,
     reason: str = "",
-) -> tuple[int, dict[str, Delta], dict[str, int]]:
-    """Change the rows of settled records. Returns how many were still in the spool,
-    the counter changes per queue, and the payload bytes of the records per queue (no
-    longer held once committed; not for a retry)."""
+) -> tuple[int, dict[str, int], Callable[[], None]]:
+    """Change the rows of settled records, their queues' counters and (acked or dead,
+    no longer on the network) their sent marks. Returns how many were still in the
+    spool, the payload bytes of the records per queue (no longer held once committed;
+    not for a retry), and the in-memory update to run once committed."""
     done = 0
     deltas: dict[str, Delta] = defaultdict(Delta)
     released: dict[str, int] = {}
@@ -82,7 +84,8 @@ def write(
             payload_bytes = sum(map(len, map(RECORD_PAYLOAD, chunk)))
             released[name] += payload_bytes
             if held is not None and held.issuperset(ids):
-                # Held records are never evicted or expired: all still there.
+                # Held records are all still there: expiry never deletes them, and an
+                # eviction takes them out of ``held`` under the lock of its commit.
                 conn.execute(f"DELETE FROM records WHERE id IN ({marks})", ids)
                 count, size = len(ids), payload_bytes
             else:  # only the rows still there count
@@ -98,7 +101,10 @@ def write(
             else:
                 delta.dead_count += count
             done += count
-    return done, deltas, released
+        if how != "retry" and state is not None:
+            sent_marks.clear_settled(conn, state.id, list(map(RECORD_ID, queued)))
+    apply = queues.commit(conn, deltas, {name: queues[name] for name in deltas})
+    return done, released, apply
 
 
 def forget(

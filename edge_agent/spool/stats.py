@@ -40,6 +40,7 @@ class QueueStats(TypedDict):
     dead_count: int
     dead_letters: int
     redelivered_count: int
+    resent_after_restart_count: int
 
 
 class SpoolEvent(TypedDict):
@@ -86,10 +87,11 @@ def read_stats(
             conn.execute("SELECT queue_id, count(*) FROM dead_letters GROUP BY queue_id").fetchall()
         )
         queues = []
+        # A read-only view of an older spool lacks the newer counters: they read as 0.
+        present = {row[1] for row in conn.execute("PRAGMA table_info(queues)").fetchall()}
         columns = ("id", "name", *COUNTER_COLUMNS)
-        for row in conn.execute(
-            f"SELECT {', '.join(columns)} FROM queues ORDER BY name"
-        ).fetchall():
+        selected = ", ".join(name if name in present else f"0 AS {name}" for name in columns)
+        for row in conn.execute(f"SELECT {selected} FROM queues ORDER BY name").fetchall():
             values = dict(zip(columns, row, strict=True))
             oldest = conn.execute(
                 "SELECT captured_at_ms FROM records WHERE queue_id = ? ORDER BY id LIMIT 1",
@@ -113,6 +115,7 @@ def read_stats(
                     dead_count=values["dead_count"],
                     dead_letters=dead.get(values["id"], 0),
                     redelivered_count=values["redelivered_count"],
+                    resent_after_restart_count=values["resent_after_restart_count"],
                 )
             )
         recent = [

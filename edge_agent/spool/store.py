@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import os
 import sqlite3
 import threading
@@ -15,9 +16,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Literal
 
-from edge_agent.errors import SpoolError
-from edge_agent.records import AppendResult, LeasedRecord, Record
-from edge_agent.spool import dead_letters, settle
+from edge_agent.errors import SpoolError, SpoolFileLost, SpoolFull
+from edge_agent.records import RECORD_ID, AppendResult, LeasedRecord, Record
+from edge_agent.spool import dead_letters, file_watch, sent_marks, settle
 from edge_agent.spool.caps import Caps, QueuePolicy
 from edge_agent.spool.dead_letters import DeadLetter
 from edge_agent.spool.leases import NO_TIME_LIMIT
@@ -28,9 +29,14 @@ from edge_agent.spool.recovery import (
     translate_sqlite_error,
 )
 from edge_agent.spool.stats import SpoolStats, insert_event, read_stats
+from edge_agent.spool.storage import Storage
 from edge_agent.spool.writer import Writer
 
 log = logging.getLogger(__name__)
+
+_PAYLOAD = operator.attrgetter("payload")
+#: Records settled per transaction when the filesystem is full.
+SMALL_SETTLE = 64
 
 
 def _now_ms() -> int:
@@ -51,12 +57,12 @@ class Spool:
         clock_ms: Callable[[], int],
         read_only: bool,
         lock_file: IO[bytes] | None,
+        reserve: int = 0,
     ) -> None:
         self._conn = conn
         self.path = path
         self._clock_ms = clock_ms
         self.read_only = read_only
-        self._lock_file = lock_file
         self._lock = threading.RLock()
         self._closed = False
         self._full_sync = not read_only and conn.execute("PRAGMA synchronous").fetchone()[0] == 2
@@ -64,6 +70,11 @@ class Spool:
         self._queues = Queues()
         self._queues.load(conn)
         self._writer = Writer(self._queues, self._caps)
+        self._storage = Storage(path, 0 if read_only else reserve)
+        self._storage.bound_checkpoints(conn)
+        self.file = file_watch.FileWatch(path, lock_file)
+        #: Why the spool can no longer be written (its file could not be rebuilt).
+        self.broken: str | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -78,8 +89,11 @@ class Spool:
         max_age_s: float | None = None,
         integrity_check: Literal["quick", "full", "off"] = "quick",
         clock_ms: Callable[[], int] = _now_ms,
+        reserve: int = 0,
     ) -> Spool:
-        """Open (or create) the spool for writing; quarantines a corrupt file."""
+        """Open (or create) the spool for writing; quarantines a corrupt file.
+        ``reserve``: free space on the spool's filesystem that intake leaves alone
+        (spool/storage.py; 0: none)."""
         path = Path(path)
         opened = open_file(path, durability, integrity_check)
         try:
@@ -92,16 +106,16 @@ class Spool:
                 clock_ms=clock_ms,
                 read_only=False,
                 lock_file=opened.lock_file,
+                reserve=reserve,
             )
-            if opened.quarantined is not None:
-                spool.record_event("error", "spool_quarantined", opened.quarantined)
-            if opened.leases_returned:
-                spool.record_event(
-                    "warning",
-                    "leases_returned",
-                    f"{opened.leases_returned} records in flight when the agent stopped are "
-                    "pending again (they may be sent twice)",
-                )
+            # WAL findings, a quarantine (with what was salvaged), returned leases.
+            for level, kind, message in opened.events():
+                spool.record_event(level, kind, message)
+            with spool._write("count resent") as conn:  # what the last run left unconfirmed
+                apply = sent_marks.count_after_restart(conn, spool._queues, clock_ms())
+            apply()
+            with spool._lock:
+                spool._storage.keep_ballast(spool._conn)
             return spool
         except BaseException:
             opened.lock_file.close()
@@ -124,14 +138,14 @@ class Spool:
 
     def close(self) -> None:
         with self._lock:
+            if self._closed and self.broken is not None:
+                return  # its connection went with the file it could not rebuild
             self._closed = True
             with contextlib.suppress(sqlite3.Error):
                 if not self.read_only:
                     self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             self._conn.close()
-            if self._lock_file is not None:
-                self._lock_file.close()
-                self._lock_file = None
+            self.file.release_lock()
 
     def __enter__(self) -> Spool:
         return self
@@ -147,7 +161,7 @@ class Spool:
         SQLite's errors as the agent's."""
         with self._lock:
             if self._closed:
-                raise SpoolError(f"spool is closed ({doing})")
+                raise SpoolError(self.broken or f"spool is closed ({doing})")
             try:
                 yield self._conn
             except sqlite3.Error as err:
@@ -163,7 +177,7 @@ class Spool:
             raise SpoolError("spool is open read-only")
         with self._lock:
             if self._closed:
-                raise SpoolError(f"spool is closed ({doing})")
+                raise SpoolError(self.broken or f"spool is closed ({doing})")
             relax = not durable and self._full_sync
             try:
                 if relax:
@@ -187,9 +201,6 @@ class Spool:
                     except sqlite3.Error as err:
                         raise translate_sqlite_error(err, doing) from err
 
-    def policy(self, queue: str) -> QueuePolicy:
-        return self._caps.policy(queue)
-
     # ------------------------------------------------------------------ sources
 
     def append(self, records: Sequence[Record]) -> AppendResult:
@@ -202,9 +213,21 @@ class Spool:
         if not records:
             return AppendResult()
         now = self._clock_ms()
-        with self._write("append") as conn:
-            appended = self._writer.insert(conn, records, now)
-        appended.apply()
+        with self._lock:
+            if self._storage.reserve:
+                self._admit(sum(map(len, map(_PAYLOAD, records))), len(records))
+            try:
+                with self._write("append") as conn:
+                    appended = self._writer.insert(conn, records, now)
+            except SpoolFull as err:
+                if not self._storage.reserve:
+                    raise
+                raise self._storage.pause(f"SQLite found no room for a batch ({err})") from err
+            appended.apply()
+            # Before the caller acknowledges the batch: is it in the spool on disk?
+            self._check_file()
+        if appended.result.dead_lettered:
+            self._writer.log_dead_letters(appended.result.dead_lettered)
         for message in self._caps.pressure(
             appended.queue_bytes, appended.total_bytes, appended.added
         ):
@@ -214,6 +237,15 @@ class Spool:
         if appended.result.stored:
             self._writer.notify()
         return appended.result
+
+    def _admit(self, incoming: int, records: int) -> None:
+        """IntakePaused unless the filesystem has room for this many bytes and the
+        reserve (spool/storage.py)."""
+        with self._read("admission") as conn:
+            try:
+                self._storage.admit(conn, incoming, records)
+            except OSError as err:
+                raise SpoolError(f"cannot measure the spool's free space: {err}") from err
 
     def expire(self) -> int:
         """Drop records older than their queue's (or the spool's) max age; returns the count."""
@@ -228,14 +260,9 @@ class Spool:
                 delta = self._caps.expire(conn, state, now - int(max_age * 1000))
                 apply = self._queues.commit(conn, {name: delta}, {name: state})
             apply()
-            if delta.expired_count:
-                log.warning(
-                    "queue %s: expired %d records older than %.0fs",
-                    name,
-                    delta.expired_count,
-                    max_age,
-                )
-            expired += delta.expired_count
+            if count := delta.expired_count:
+                log.warning("queue %s: expired %d records older than %.0fs", name, count, max_age)
+            expired += count
         return expired
 
     # ------------------------------------------------------------------ uploaders
@@ -320,6 +347,25 @@ class Spool:
         with self._lock:
             return state.pending_count - len(state.leases.held)
 
+    def mark_sent(self, records: Sequence[LeasedRecord]) -> bool:
+        """These records are about to be handed to the network: remember it in the file
+        (spool/sent_marks.py), so that a restart counts what it sends again. Best
+        effort: a mark that cannot be written (a full disk) costs only that count, and
+        sending goes on; returns whether it was written."""
+        if not records:
+            return True
+        grouped = settle.by_queue(list(records))
+        try:
+            with self._write("mark sent", durable=False) as conn:
+                for name, queued in grouped.items():
+                    state = self._queues.get(name)
+                    if state is not None:
+                        sent_marks.mark(conn, state.id, list(map(RECORD_ID, queued)))
+        except SpoolError as err:
+            log.debug("marking %d records as sent failed: %s", len(records), err)
+            return False
+        return True
+
     def ack(self, records: Iterable[LeasedRecord]) -> int:
         """Confirmed by the service: delete. Returns how many were still in the spool."""
         return self._settle(records, "ack")
@@ -352,18 +398,67 @@ class Spool:
         if how == "release":  # nothing in the file to change
             with self._lock:
                 return settle.hand_back(self._queues, grouped, now)
-        with self._write(how, durable=how == "dead_letter") as conn:
-            done, deltas, released = settle.write(
-                conn, self._queues, grouped, how, now=now, at_ms=at_ms, reason=reason
-            )
-            states = {name: self._queues[name] for name in deltas}
-            apply = self._queues.commit(conn, deltas, states)
-        apply()
+
+        def write() -> tuple[int, dict[str, int]]:
+            with self._write(how, durable=how == "dead_letter") as conn:
+                done, released, apply = settle.write(
+                    conn, self._queues, grouped, how, now=now, at_ms=at_ms, reason=reason
+                )
+            apply()
+            return done, released
+
         with self._lock:
+            try:
+                done, released = self._storage.with_room(write)
+            except SpoolFull:
+                if len(batch) <= SMALL_SETTLE:
+                    raise
+                # A full filesystem: small transactions, whose WAL frames the
+                # checkpoints between them let the next ones write over again.
+                parts = [batch[i : i + SMALL_SETTLE] for i in range(0, len(batch), SMALL_SETTLE)]
+                return sum(self._settle(part, how, at_ms=at_ms, reason=reason) for part in parts)
             settle.forget(self._queues, grouped, how, at_ms=at_ms, released=released)
         if how == "dead_letter" and done:
             log.warning("dead-lettered %d records: %s", done, reason)
         return done
+
+    # ------------------------------------------------------------------ the file on disk
+
+    def _check_file(self) -> None:
+        """Raise SpoolFileLost unless the path still names the open spool, rebuilding it
+        first if it does not (under the lock)."""
+        if self.broken is not None:
+            raise SpoolFileLost(self.broken)
+        what = self.file.changed()
+        if what is None:
+            return
+        try:
+            self._conn = self.file.recover(
+                self._conn, what, "full" if self._full_sync else "normal"
+            )
+            self._storage.bound_checkpoints(self._conn)
+        except SpoolFileLost as err:
+            if not err.retryable:  # the old connection is gone and no new one opened
+                self.broken = str(err)
+                self._closed = True
+            raise
+        with contextlib.suppress(SpoolError):
+            self.record_event("error", "spool_file_rebuilt", self.file.last_rebuild)
+
+    def maintain(self) -> Storage:
+        """The agent's periodic pass: rebuild the file if it was lost, allocate the
+        ballast again when there is room, and measure the room (for status). Raises
+        SpoolFileLost if the spool can no longer be written."""
+        with self._lock:
+            if self._closed and self.broken is None:
+                raise SpoolError("spool is closed (maintenance)")
+            self._check_file()
+            try:
+                self._storage.keep_ballast(self._conn)
+                self._storage.measure(self._conn)
+            except (sqlite3.Error, OSError) as err:
+                log.debug("measuring the spool's room failed: %s", err)
+            return self._storage
 
     # ------------------------------------------------------------------ inspection
 
@@ -378,10 +473,7 @@ class Spool:
         if state is None:
             return None
         with self._read("newest capture") as conn:
-            row = conn.execute(
-                "SELECT max(captured_at_ms) FROM records WHERE queue_id = ?", (state.id,)
-            ).fetchone()
-        return int(row[0]) if row and row[0] is not None else None
+            return state.leases.newest_captured_at(conn)
 
     def pending(self, queue: str) -> tuple[int, int]:
         """(count, bytes) pending in a queue, leased included."""
@@ -390,8 +482,12 @@ class Spool:
 
     def record_event(self, level: str, kind: str, message: str) -> None:
         """Keep a short history of notable events for ``edge-agent status``."""
-        with self._write("event") as conn:
-            insert_event(conn, self._clock_ms(), level, kind, message)
+
+        def write() -> None:
+            with self._write("event") as conn:
+                insert_event(conn, self._clock_ms(), level, kind, message)
+
+        self._storage.with_room(write)
 
     def stats(self, *, events: int = 10) -> SpoolStats:
         with self._read("status") as conn:

@@ -10,19 +10,25 @@ rows are inserted 256 to a statement.
 from __future__ import annotations
 
 import functools
+import logging
 import sqlite3
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from edge_agent.records import AppendResult, Record
-from edge_agent.spool.caps import Caps, QueuePolicy
+from edge_agent.spool.caps import Caps, QueuePolicy, TakenBack
 from edge_agent.spool.dead_letters import INSERT_AT_APPEND
 from edge_agent.spool.queues import Delta, Queues, QueueState
 
+log = logging.getLogger(__name__)
+
 #: Rows per INSERT statement (6 parameters each; SQLite allows 32,766 per statement).
 _INSERT_ROWS = 256
+#: At most one log line per this many seconds about records dead-lettered at intake.
+DEAD_LOG_INTERVAL_S = 10.0
 
 _RecordRow = tuple[int, str, int, int, str | None, bytes]
 _DeadRow = tuple[int, str, int, int, str, int, str | None, bytes]
@@ -50,6 +56,23 @@ class Writer:
         self._caps = caps
         self._appended = threading.Condition(threading.Lock())
         self.generation = 0
+        self._dead_logged_at = -DEAD_LOG_INTERVAL_S
+        self._dead_unlogged = 0
+
+    def log_dead_letters(self, count: int) -> None:
+        """Records too large for their sink were dead-lettered at append: one line per
+        DEAD_LOG_INTERVAL_S at most, counting what it sums up."""
+        self._dead_unlogged += count
+        now = time.monotonic()
+        if now - self._dead_logged_at < DEAD_LOG_INTERVAL_S:
+            return
+        log.warning(
+            "dead-lettered %d records at intake (larger than their sink accepts); "
+            "see `edge-agent spool dead-letters`",
+            self._dead_unlogged,
+        )
+        self._dead_logged_at = now
+        self._dead_unlogged = 0
 
     def insert(self, conn: sqlite3.Connection, records: Sequence[Record], now: int) -> Appended:
         """Store a batch inside the caller's transaction, applying size limits and caps:
@@ -123,10 +146,19 @@ class Writer:
             _insert_records(conn, rows)
         if dead_rows:
             conn.executemany(INSERT_AT_APPEND, dead_rows)
+        taken_back: list[TakenBack] = []
         evicted = caps.enforce(
-            conn, queues, states, deltas, projected=projected, projected_total=projected_total
+            conn,
+            queues,
+            states,
+            deltas,
+            projected=projected,
+            projected_total=projected_total,
+            taken_back=taken_back,
         )
         apply = queues.commit(conn, deltas, states)
+        if taken_back:
+            apply = _then_take_back(apply, taken_back)
         result = AppendResult(
             stored=sum(delta.stored for delta in deltas.values()),
             rejected=sum(delta.rejected_count for delta in deltas.values()),
@@ -149,6 +181,17 @@ class Writer:
         passes); returns whether it did."""
         with self._appended:
             return self._appended.wait_for(lambda: self.generation != seen_generation, timeout)
+
+
+def _then_take_back(apply: Callable[[], None], taken_back: list[TakenBack]) -> Callable[[], None]:
+    """The counter update, then the held records eviction deleted let go."""
+
+    def both() -> None:
+        apply()
+        for state, record_id, size in taken_back:
+            state.leases.take_back(record_id, size)
+
+    return both
 
 
 @functools.lru_cache(maxsize=_INSERT_ROWS)

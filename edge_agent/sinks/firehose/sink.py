@@ -20,7 +20,7 @@ from edge_agent.errors import SinkUnavailable
 from edge_agent.records import LeasedRecord
 from edge_agent.runtime_status import SinkFields
 from edge_agent.sinks import prebuilt_body
-from edge_agent.sinks.aws import WireMeter, make_client, sink_error
+from edge_agent.sinks.aws import TimedClients, WireMeter
 from edge_agent.sinks.base import Entry, Failed, Outcome, Packed, Request, RequestPacker, Sent
 from edge_agent.sinks.prebuilt_body import PREBUILT_BODY, data_record, records_body
 
@@ -39,12 +39,21 @@ class FirehoseSink:
         self.max_record_bytes = config.max_record_bytes
         self._suffix = b"\n" if config.firehose.newline else b""
         self.wire = WireMeter()
-        self._client = make_client("firehose", config.aws, budget, stop, self.wire)
-        prebuilt_body.install(self._client, "PutRecordBatch")
+        self.clients = TimedClients(
+            "firehose",
+            config.aws,
+            budget,
+            stop,
+            self.wire,
+            name=config.name,
+            prepare=lambda client: prebuilt_body.install(client, "PutRecordBatch"),
+        )
 
     def pack(self, candidates: Sequence[LeasedRecord], now: float) -> Packed:
         packer = RequestPacker(
-            self.delivery.max_request_records, self.delivery.max_request_bytes, ordered=False
+            self.clients.timeout.max_entries(self.delivery.max_request_records),
+            self.delivery.max_request_bytes,
+            ordered=False,
         )
         packed = Packed(None)
         for record in candidates:
@@ -78,12 +87,11 @@ class FirehoseSink:
             {"DeliveryStreamName": self.target},
             (data_record(entry.data) for entry in request.entries),
         )
-        try:
-            return self._client.put_record_batch(
-                DeliveryStreamName=self.target, **{PREBUILT_BODY: body}
-            )
-        except Exception as err:
-            raise sink_error(err) from err
+        return self.clients.call(
+            "put_record_batch",
+            {"DeliveryStreamName": self.target, PREBUILT_BODY: body},
+            items=len(request.entries),
+        )
 
     def outcomes(self, request: Request, answer: Any) -> list[Outcome]:
         outcomes: list[Outcome] = []
@@ -102,7 +110,11 @@ class FirehoseSink:
         return outcomes
 
     def snapshot(self) -> SinkFields:
-        return {"delivery_stream": self.target, "wire_bytes": self.wire.bytes}
+        return {
+            "delivery_stream": self.target,
+            "wire_bytes": self.wire.bytes,
+            "request_timeout": self.clients.timeout.snapshot(),
+        }
 
     def close(self) -> None:
-        self._client.close()
+        self.clients.close()

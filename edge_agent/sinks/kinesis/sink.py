@@ -28,7 +28,7 @@ from edge_agent.errors import SinkUnavailable
 from edge_agent.records import LeasedRecord
 from edge_agent.runtime_status import ShardSnapshot, SinkFields
 from edge_agent.sinks import prebuilt_body
-from edge_agent.sinks.aws import WireMeter, make_client, sink_error
+from edge_agent.sinks.aws import TimedClients, WireMeter
 from edge_agent.sinks.base import Entry, Failed, Outcome, Packed, Request, RequestPacker, Sent
 from edge_agent.sinks.kinesis.kpl import NO_ROOM, AggregateBuilder
 from edge_agent.sinks.kinesis.pacing import PaceBudget, ShardPacer
@@ -93,8 +93,15 @@ class KinesisSink:
         self.max_record_bytes = config.max_record_bytes
         self._clock = clock
         self.wire = WireMeter()
-        self._client = make_client("kinesis", config.aws, budget, stop, self.wire)
-        prebuilt_body.install(self._client, "PutRecords")
+        self.clients = TimedClients(
+            "kinesis",
+            config.aws,
+            budget,
+            stop,
+            self.wire,
+            name=config.name,
+            prepare=lambda client: prebuilt_body.install(client, "PutRecords"),
+        )
         # Partition keys as JSON, for the request bodies (the transmit pool's own).
         self._key_json: dict[str, bytes] = {}
         self._map: ShardMap | None = None
@@ -113,13 +120,13 @@ class KinesisSink:
         self._map_stale = False
         try:
             shards: list[dict[str, Any]] = []
-            response = self._client.list_shards(StreamName=self.target)
+            response = self.clients.call("list_shards", {"StreamName": self.target})
             shards += response["Shards"]
             for _ in range(1000):  # bounded: 1000 pages of shards
                 token = response.get("NextToken")
                 if not token:
                     break
-                response = self._client.list_shards(NextToken=token)
+                response = self.clients.call("list_shards", {"NextToken": token})
                 shards += response["Shards"]
             shard_map = ShardMap.from_list_shards(shards)
         except Exception as err:  # the map is an optimisation: keep going without it
@@ -183,7 +190,9 @@ class KinesisSink:
         for pacer in self._pacers.values():
             pacer.recover()
         packer = RequestPacker(
-            self.delivery.max_request_records, self.delivery.max_request_bytes, ordered=self.ordered
+            self.clients.timeout.max_entries(self.delivery.max_request_records),
+            self.delivery.max_request_bytes,
+            ordered=self.ordered,
         )
         packed = Packed(None)
         state = _PackState(packer, packed)
@@ -362,10 +371,11 @@ class KinesisSink:
             {"StreamName": self.target},
             (self._record_json(entry) for entry in request.entries),
         )
-        try:
-            return self._client.put_records(StreamName=self.target, **{PREBUILT_BODY: body})
-        except Exception as err:
-            raise sink_error(err) from err
+        return self.clients.call(
+            "put_records",
+            {"StreamName": self.target, PREBUILT_BODY: body},
+            items=sum(len(entry.records) for entry in request.entries),
+        )
 
     def _record_json(self, entry: Entry) -> tuple[bytes, ...]:
         key = self._key_json.get(entry.partition_key)
@@ -441,7 +451,8 @@ class KinesisSink:
             "shards": shards,
             "aggregates_resent_after_resharding": self.wrong_shard,
             "wire_bytes": self.wire.bytes,
+            "request_timeout": self.clients.timeout.snapshot(),
         }
 
     def close(self) -> None:
-        self._client.close()
+        self.clients.close()

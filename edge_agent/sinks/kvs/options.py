@@ -61,7 +61,10 @@ class KvsOptions:
     ack_timeout: float = option(
         kind=DURATION,
         default=30.0,
-        doc="No acknowledgement for this long while fragments are on the wire: reconnect.",
+        check=within(0.1, 3600, "must be between 100ms and 1h"),
+        doc="No acknowledgement for this long while fragments are on the wire: reconnect. "
+        "Each time that happens the wait doubles, up to 8 x ack_timeout (at most 2m, never "
+        "less than ack_timeout), and comes back down after quick acknowledgements.",
     )
     retry_min: float = option(
         kind=DURATION,

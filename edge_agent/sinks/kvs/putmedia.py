@@ -4,6 +4,13 @@ are written into it, and the acknowledgements read back on the same connection.
 boto3 has no PutMedia; botocore's SigV4 signer signs the request (service
 ``kinesisvideo``, the empty payload's hash, as the producer SDKs do), and a reader
 thread parses the response as it streams in. Every chunk passes the upload budget.
+
+The socket's timeout bounds each write. A write that times out ends the connection, and
+the fragments on the wire go again on the next one: on an uplink too slow for the
+timeout that would repeat for ever. Given a ``write_timeout`` (an ``AdaptiveTimeout``
+that outlives the connection), the writes wait its current value, a write that times
+out makes the next connection's wait longer, and chunks written in good time bring it
+back down (delivery/adaptive_timeout.py).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 
+from edge_agent.delivery.adaptive_timeout import AdaptiveTimeout
 from edge_agent.delivery.budget import Budget
 from edge_agent.errors import SinkError
 from edge_agent.sinks.kvs.acks import Ack, AckParser
@@ -74,10 +82,13 @@ class PutMediaConnection:
         budget: Budget,
         stop: threading.Event,
         timeout: float = 10.0,
+        write_timeout: AdaptiveTimeout | None = None,
         on_answer: Callable[[], None] | None = None,
     ) -> None:
-        """``on_answer`` is called (in the reader thread) after each item put on
-        ``acks``: the uploader can sleep until then instead of polling the queue."""
+        """``timeout`` bounds opening the connection, and the writes unless
+        ``write_timeout`` is given. ``on_answer`` is called (in the reader thread)
+        after each item put on ``acks``: the uploader can sleep until then instead of
+        polling the queue."""
         self.endpoint_url = endpoint_url.rstrip("/")
         self.stream = stream
         self._credentials = credentials
@@ -85,6 +96,8 @@ class PutMediaConnection:
         self._budget = budget
         self._stop = stop
         self._timeout = timeout
+        self._write_timeout = write_timeout
+        self._write_wait = timeout  # what this connection's writes wait
         self._on_answer = on_answer or (lambda: None)
         self._sock: socket.socket | None = None
         self._closing = threading.Event()
@@ -115,6 +128,9 @@ class PutMediaConnection:
             connection.putheader(name, value)
         connection.endheaders()
         self._sock = connection.sock
+        if self._write_timeout is not None:
+            self._write_wait = self._write_timeout.current
+            connection.sock.settimeout(self._write_wait)
         self.opened_at = time.monotonic()
         threading.Thread(
             target=self._read, args=(connection.sock,), name=f"acks-{self.stream}", daemon=True
@@ -130,6 +146,7 @@ class PutMediaConnection:
             return  # an empty chunk would end the request
         view = memoryview(data)
         step = meter_slice_bytes(self._budget.rate_limit())
+        slowest = 0.0  # the longest a slice waited for the socket
         for offset in range(0, len(data), step):
             piece = view[offset : offset + step]
             first, last = offset == 0, offset + step >= len(data)
@@ -137,8 +154,24 @@ class PutMediaConnection:
             if not self._budget.acquire(wire, self._stop):
                 raise ConnectionAbortedError("the agent is stopping")
             head = f"{len(data):x}\r\n".encode() if first else b""
-            sock.sendall(b"".join((head, piece, b"\r\n" if last else b"")))
+            slowest = max(slowest, self._write(sock, (head, piece, b"\r\n" if last else b"")))
             self.bytes_sent += wire
+        if self._write_timeout is not None:
+            # A chunk written counts as an answer, as slow as its slowest slice (a slice
+            # alone says little: the first ones of a connection fill empty buffers).
+            self._write_timeout.answered(slowest)
+
+    def _write(self, sock: socket.socket, parts: tuple[bytes | memoryview, ...]) -> float:
+        """One slice on the wire; how long it waited for the socket. A write that
+        times out counts against ``write_timeout``."""
+        started = time.monotonic()
+        try:
+            sock.sendall(b"".join(parts))
+        except TimeoutError:
+            if self._write_timeout is not None:
+                self._write_timeout.timed_out(self._write_wait)
+            raise
+        return time.monotonic() - started
 
     def finish(self) -> None:
         """The last chunk: the endpoint acknowledges what it has and ends the answer."""

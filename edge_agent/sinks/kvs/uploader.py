@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from edge_agent.config.sinks import SinkConfig
+from edge_agent.delivery.adaptive_timeout import AdaptiveTimeout
 from edge_agent.delivery.backoff import Backoff
 from edge_agent.delivery.budget import BacklogHeld, Budget, SinkBudget
 from edge_agent.delivery.send_log import SendLog
@@ -100,6 +101,10 @@ class KvsUploader(ThreadWorker):
         self._endpoint = KvsEndpoint(config.aws, self.options.stream, budget, stop, self.link)
         self._replay = SessionOrder(spool, config.name, self.options.replay, budget)
         self._backoff = Backoff(self.options.retry_min, self.options.retry_max)
+        # A fragment not acknowledged in time is sent again on the next connection:
+        # on a slow link the wait grows instead (delivery/adaptive_timeout.py).
+        self.ack_timeout = AdaptiveTimeout(self.options.ack_timeout)
+        self.write_timeout = AdaptiveTimeout(config.aws.connect_timeout)
         #: Fragments on the wire by time: (fragment, when sent, sent as backlog).
         self._in_flight: OrderedDict[int, tuple[LeasedRecord, float, bool]] = OrderedDict()
         #: The fragments sent lately: the fragments-per-second limit and the send rate
@@ -178,6 +183,7 @@ class KvsUploader(ThreadWorker):
                 budget=budget,
                 stop=self._stop,
                 timeout=self._endpoint.connect_timeout,
+                write_timeout=self.write_timeout,
                 on_answer=self.spool.wake_waiters,  # an acknowledgement ends the wait below
             )
             connection.open()
@@ -230,12 +236,12 @@ class KvsUploader(ThreadWorker):
             if now - connection.opened_at > options.connection_max_age:
                 self._finish(connection)
                 return
-            if self._in_flight and now - last_ack > options.ack_timeout:
-                raise SinkUnavailable(
-                    "Timeout", f"no acknowledgement for {options.ack_timeout:.0f}s"
-                )
+            ack_timeout = self.ack_timeout.current
+            if self._in_flight and now - last_ack > ack_timeout:
+                self.ack_timeout.timed_out(ack_timeout, len(self._in_flight))
+                raise SinkUnavailable("Timeout", f"no acknowledgement for {ack_timeout:g}s")
             generation = self.spool.append_generation
-            window_open = len(self._in_flight) < options.max_in_flight
+            window_open = len(self._in_flight) < self.ack_timeout.max_entries(options.max_in_flight)
             rate_wait = self._rate_wait(now)
             if kind == "backlog" and self._replay.live_waiting():
                 self._finish(connection)  # a new fragment: live goes first
@@ -278,7 +284,7 @@ class KvsUploader(ThreadWorker):
             connection.finish()
         except OSError:
             return
-        wait = self.options.ack_timeout if timeout is None else timeout
+        wait = self.ack_timeout.current if timeout is None else timeout
         deadline = time.monotonic() + wait
         # Then until the endpoint ends its answer (briefly once nothing is due): the
         # stream's next connection opens only when this one is over.
@@ -297,6 +303,7 @@ class KvsUploader(ThreadWorker):
         # with the others (a fragment leased and in no list would wait for a restart).
         now = time.monotonic()
         self._in_flight[record.captured_at_ms] = (record, now, kind == "backlog")
+        self.spool.mark_sent([record])  # a restart counts it if it goes out again
         # The end-of-fragment tag lets the service acknowledge the fragment now rather
         # than when the next one begins (a whole fragment duration later).
         connection.send(record.payload)
@@ -330,6 +337,7 @@ class KvsUploader(ThreadWorker):
         if entry is None:
             return
         record, sent_at, backlog = entry
+        self.ack_timeout.answered(time.monotonic() - sent_at)
         self.spool.ack([record])  # if this fails, the fragment is given back with the rest
         del self._in_flight[ack.fragment_timecode]
         self.stats.fragments_acked += 1
@@ -426,6 +434,7 @@ class KvsUploader(ThreadWorker):
             "backlog_sessions": stats.backlog_sessions,
             "backlog_sent": stats.backlog_sent,
             "bytes_per_s": self._sent.rates(time.monotonic())[1],
+            "ack_timeout": self.ack_timeout.snapshot(),
             "online": link.online,
             "link_since": link.since,
         }

@@ -31,7 +31,7 @@ from edge_agent.media import h264
 from edge_agent.media.fragment_meta import FragmentMeta
 from edge_agent.media.mkv import H264, Frame, VideoTrack
 from edge_agent.records import Record
-from edge_agent.redact import redact
+from edge_agent.redact import redact, redact_text
 from edge_agent.runtime_status import CameraSnapshot
 from edge_agent.sources.camera.camera_errors import StreamStalled, camera_error
 from edge_agent.sources.camera.fragmenter import Fragment, Fragmenter
@@ -139,7 +139,8 @@ class Camera(ThreadWorker):
             except SpoolError as err:
                 reason = f"spool: {err}"
             except Exception as err:  # PyAV's errors, a camera that vanished, a bug
-                reason = str(camera_error(err))
+                # Whatever the error quotes (a URL with its password), not the password.
+                reason = redact_text(str(camera_error(err)))
             self._store(self.fragmenter.flush())
             if self._stop.is_set():
                 break

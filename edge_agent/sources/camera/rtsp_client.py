@@ -113,8 +113,13 @@ class RtspSession:
         parts = urlsplit(url)
         try:
             parts.port  # noqa: B018 - raises for a port that is no number or out of range
-        except ValueError as err:
-            raise RtspError(f"the camera's URL: {err}") from None
+        except ValueError:
+            # Not urlsplit's words: they quote the "port", which is part of the password
+            # when the password holds a '/' (the authority then ends inside it).
+            raise RtspError(
+                "the camera's URL has a port that is no number from 0 to 65535 (a '/', '?' "
+                "or '#' in a password must be percent-encoded)"
+            ) from None
         if parts.scheme.lower() != "rtsp" or not parts.hostname:
             raise RtspError("the built-in RTSP client takes rtsp://host[:port]/path URLs")
         self._auth = RtspAuth(unquote(parts.username or ""), unquote(parts.password or ""))
@@ -212,7 +217,7 @@ class RtspSession:
             if method == "DESCRIBE" and answer.status in (301, 302, 303, 307):
                 location = answer.headers.get("location", "")
                 if not location.lower().startswith("rtsp://"):
-                    raise RtspError(f"DESCRIBE: redirect to {location!r}")
+                    raise RtspError(f"DESCRIBE: redirect to {redact(location)!r}")
                 self.url = redact(location, keep_user=False)
                 return None
             if answer.status >= 300:
