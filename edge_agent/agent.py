@@ -114,6 +114,7 @@ class Agent:
         config = self.config
         tune_malloc()
         self._spool = spool = open_spool(config)
+        spool.keepalive = self._notifier.watchdog  # while it rebuilds a lost file
         log.info("spool open at %s", config.spool.path)
         try:
             if config.mqtt is not None:
@@ -320,6 +321,7 @@ def storage_snapshot(storage: Storage, spool: Spool) -> StorageSnapshot:
         "intake_paused": storage.paused,
         "paused_since": storage.paused_since,
         "pauses": storage.pauses,
+        "disk_full_errors": storage.refused_by_sqlite,
         "ballast_releases": storage.ballast_releases,
         "file_rebuilds": spool.file.rebuilds,
         "file_lost": spool.file.lost or spool.broken,

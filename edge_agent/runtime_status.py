@@ -5,7 +5,8 @@ The agent rewrites ``<spool name>.status.json`` (beside the spool, or in
 from another process. The file is written in place, over blocks allocated once
 (``STATUS_BLOCK`` at a time), never through a new file and a rename: on a filesystem
 that is full, the status must still be written. A reader that catches a write half done
-sees JSON that does not parse and reads again.
+sees JSON that does not parse, nearly always, and reads again a moment later (a status
+view, not a record: a rare mix of two writes that parses costs nothing).
 Its keys are a contract with users (``edge-agent status --json`` prints them), so they
 are declared here once, as TypedDicts, and mypy checks both the parts that write them
 (the MQTT source, cameras, uploaders, the upload budget) and ``status.py``, which reads
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import NotRequired, TypedDict
 
@@ -23,8 +25,10 @@ from typing import NotRequired, TypedDict
 SUFFIX = ".status.json"
 #: The status file grows by this many bytes at a time (allocated, then overwritten).
 STATUS_BLOCK = 64 * 1024
-#: Reads of a file caught while it was being written before giving up.
+#: Reads of a file caught while it was being written before giving up, and the pause
+#: between two.
 READ_TRIES = 5
+READ_PAUSE_S = 0.01
 
 
 class WorkerFields(TypedDict):
@@ -180,6 +184,7 @@ class CameraSnapshot(WorkerFields):
     repaired_times: int
     time_jumps: int
     lost_packets: int
+    unstored_fragments: NotRequired[int]  # refused by a paused intake (a full disk)
     last_error: str
 
 
@@ -198,6 +203,7 @@ class StorageSnapshot(TypedDict):
     intake_paused: str | None
     paused_since: float | None
     pauses: int
+    disk_full_errors: int  # appends SQLite refused for want of room
     ballast_releases: int
     file_rebuilds: int
     file_lost: str | None
@@ -253,6 +259,7 @@ def read(path: Path) -> RuntimeStatus:
         except ValueError:
             if attempt == READ_TRIES - 1:
                 raise
+            time.sleep(READ_PAUSE_S)  # the writer is mid-write: let it finish
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not a status object")
     status: RuntimeStatus = data  # type: ignore[assignment]  # written by write() above

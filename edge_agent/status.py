@@ -343,6 +343,7 @@ def render_storage(storage: runtime_status.StorageSnapshot) -> list[str]:
         lines.append(f"  SPOOL FILE LOST: {storage['file_lost']}")
     counts = [
         (storage["pauses"], "intake pauses"),
+        (storage.get("disk_full_errors", 0), "writes refused by a full disk"),
         (storage["ballast_releases"], "ballast releases"),
         (storage["file_rebuilds"], "spool file rebuilds"),
     ]
@@ -432,6 +433,11 @@ def render_camera(name: str, camera: runtime_status.CameraSnapshot) -> list[str]
         f"{_clock_time(keyframe) if keyframe else '-'}, reconnects {camera['reconnects']}, "
         f"frames dropped {camera['dropped_frames']}, times repaired {camera['repaired_times']}"
         + (f", RTP packets lost {camera['lost_packets']}" if camera.get("lost_packets") else "")
+        + (
+            f", fragments not stored (disk) {camera.get('unstored_fragments')}"
+            if camera.get("unstored_fragments")
+            else ""
+        )
         + (f", jumps in its times {camera['time_jumps']}" if camera.get("time_jumps") else ""),
     ]
     if camera.get("last_error"):

@@ -12,7 +12,7 @@ import random
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
@@ -22,8 +22,10 @@ import av
 import pytest
 
 from edge_agent.config.cameras import CameraConfig
+from edge_agent.errors import IntakePaused
 from edge_agent.media import h264
 from edge_agent.media.mkv import VideoTrack, stream_header
+from edge_agent.records import AppendResult, Record
 from edge_agent.redact import redact
 from edge_agent.sources.camera import camera as camera_module
 from edge_agent.sources.camera.camera import Camera
@@ -480,3 +482,37 @@ def test_a_new_picture_size_mid_stream_starts_fragments_with_their_own_track(
             pictures = list(container.decode(video=0))
         assert {(p.width, p.height) for p in pictures} == {sizes[index]}
         assert len(pictures) == fragment[2]["frames"]
+
+
+def test_a_paused_intake_costs_fragments_not_the_camera(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk (intake paused) refuses fragments: they are counted, the camera keeps
+    capturing, and stores again once the spool takes them."""
+    stop = threading.Event()
+    with Spool.open(tmp_path / "s.db") as spool:
+        append = spool.append
+        full = threading.Event()
+        full.set()
+
+        def refusing(records: Sequence[Record]) -> AppendResult:
+            if full.is_set():
+                raise IntakePaused("intake paused: the spool's filesystem is below its reserve")
+            return append(records)
+
+        monkeypatch.setattr(spool, "append", refusing)
+        settings = CameraConfig(
+            "pattern", f"testsrc2=size=320x240:rate={FPS}", "video", "lavfi", fragment_ms=500
+        )
+        camera = Camera(settings, spool, stop)
+        camera.start()
+        try:
+            wait_until(lambda: camera.stats.unstored_fragments >= 2, 30, what="refusals")
+            assert camera.running and camera.stats.reconnects == 0
+            assert camera.snapshot()["unstored_fragments"] >= 2
+            full.clear()
+            wait_until(lambda: spool.pending("video")[0] >= 2, 30, what="fragments stored")
+        finally:
+            stop.set()
+            camera.join(10)
+    assert camera.stats.reconnects == 0

@@ -69,6 +69,7 @@ def test_storage_shows_the_room_a_paused_intake_and_a_lost_file() -> None:
         "intake_paused": "intake paused: the spool's filesystem has 0 bytes free",
         "paused_since": 0.0,
         "pauses": 2,
+        "disk_full_errors": 0,
         "ballast_releases": 1,
         "file_rebuilds": 1,
         "file_lost": "spool file /x was deleted or moved while the agent ran",

@@ -9,13 +9,15 @@ import logging
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from edge_agent.errors import IntakePaused
+from edge_agent.errors import IntakePaused, SpoolFileLost, SpoolFull
 from edge_agent.records import Record
+from edge_agent.spool import file_watch, settle
 from edge_agent.spool.storage import Storage
-from edge_agent.spool.store import Spool
+from edge_agent.spool.store import SMALL_SETTLE, Spool
 
 
 def rec(seq: int, queue: str = "q", size: int = 10) -> Record:
@@ -197,3 +199,111 @@ def test_a_reserve_larger_than_a_quarter_of_the_filesystem_is_cut_down(
     monkeypatch.setattr(os, "statvfs", FakeFilesystem(free=20 * 1024**2, size=32 * 1024**2))
     storage = Storage(tmp_path / "s.db", 64 * 1024**2)
     assert storage.reserve == 8 * 1024**2 and storage.ballast_size == 2 * 1024**2
+
+
+def test_a_rebuild_without_room_is_retried_and_commits_nothing_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the lost file cannot be copied (no room), nothing is committed into it and
+    nothing is acknowledged: the caller's batch is stored once, after the rebuild."""
+    path = tmp_path / "s.db"
+    real_rebuild = file_watch.rebuild
+    failures = [OSError(28, "No space left on device")] * 2
+
+    def short_of_room(conn: sqlite3.Connection, watch: file_watch.FileWatch) -> Path | None:
+        if failures:
+            raise failures.pop()
+        return real_rebuild(conn, watch)
+
+    monkeypatch.setattr(file_watch, "rebuild", short_of_room)
+    with Spool.open(path) as spool:
+        spool.append([rec(n) for n in range(10)])
+        for file in spool_files(path):
+            file.unlink()
+        batch = [rec(n) for n in range(10, 20)]
+        for _ in range(2):  # the MQTT committer tries the same batch again
+            with pytest.raises(SpoolFileLost, match="rebuilding it failed"):
+                spool.append(batch)
+        assert spool.append(batch).stored == 10
+        assert rows(path) == [str(n) for n in range(20)]  # each record once
+
+
+def test_a_file_that_cannot_be_reopened_makes_the_spool_broken_for_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.db"
+    with Spool.open(path) as spool:
+        spool.append([rec(1)])
+        path.unlink()
+
+        def refused(watch: file_watch.FileWatch) -> None:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(file_watch, "swap_in", refused)
+        with pytest.raises(SpoolFileLost):
+            spool.maintain()
+        assert spool.broken and "cannot be opened" in spool.broken
+        with pytest.raises(SpoolFileLost):
+            spool.append([rec(2)])
+    # The copy waits beside the path; the next open puts it in place.
+    assert Path(f"{path}.rebuild").exists()
+    with Spool.open(path) as spool:
+        assert spool.pending("q")[0] == 1
+
+
+def test_a_rebuild_beside_a_spool_is_kept_aside_not_deleted(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with Spool.open(path) as spool:
+        spool.append([rec(1)])
+    Path(f"{path}.rebuild").write_bytes(b"a copy cut short")
+    with Spool.open(path) as spool:
+        assert spool.pending("q")[0] == 1
+    (aside,) = tmp_path.glob("s.db.rebuild.unused-*")
+    assert aside.read_bytes() == b"a copy cut short"
+
+
+def test_deletes_on_a_full_disk_go_in_small_transactions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite refusing a large delete for want of room: it goes again in transactions
+    of SMALL_SETTLE records, each of which fits in the WAL the last one left."""
+    with Spool.open(tmp_path / "s.db") as spool:
+        spool.append([rec(n) for n in range(200)])
+        held = spool.lease("q", max_records=200, max_bytes=10**9)
+        write = settle.write
+        sizes: list[int] = []
+
+        def room_for_small(
+            conn: sqlite3.Connection, queues: Any, grouped: Any, *args: Any, **kw: Any
+        ) -> Any:
+            size = sum(map(len, grouped.values()))
+            sizes.append(size)
+            if size > SMALL_SETTLE:
+                raise SpoolFull("spool ack failed: database or disk is full")
+            return write(conn, queues, grouped, *args, **kw)
+
+        monkeypatch.setattr(settle, "write", room_for_small)
+        assert spool.ack(held) == 200
+        assert sizes == [200, 64, 64, 64, 8]
+        assert spool.pending("q") == (0, 0)
+        # A retry that finds no room is held in memory: due again all the same.
+        spool.append([rec(n) for n in range(100)])
+        again = spool.lease("q", max_records=100, max_bytes=10**9)
+        assert spool.retry(again, at_ms=0) == 100
+        assert len(spool.lease("q", max_records=100, max_bytes=10**9)) == 100
+
+
+def test_an_agent_on_a_full_disk_gives_its_ballast_back_to_open_the_spool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.db"
+    filesystem = FakeFilesystem(free=100 * 1024**2)
+    monkeypatch.setattr(os, "statvfs", filesystem)
+    with Spool.open(path, reserve=8 * 1024**2) as spool:
+        spool.append([rec(1)])
+    ballast = Path(f"{path}.ballast")
+    assert ballast.exists()
+    filesystem.free = 4096  # something else filled it while the agent was stopped
+    with Spool.open(path, reserve=8 * 1024**2) as spool:
+        assert not ballast.exists()
+        assert spool.pending("q")[0] == 1

@@ -19,6 +19,8 @@ import contextlib
 import logging
 import os
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, NamedTuple
 
@@ -26,6 +28,25 @@ from edge_agent.errors import SpoolError, SpoolFileLost
 from edge_agent.spool.recovery import acquire_writer_lock, connect, name_aside
 
 log = logging.getLogger(__name__)
+
+#: SQLite virtual machine steps between two looks at the clock during a rebuild.
+KEEPALIVE_STEPS = 100_000
+
+
+def _every_second(keepalive: Callable[[], None]) -> Callable[[], int]:
+    """A progress handler that calls ``keepalive`` at most once a second (and never
+    stops the statement: it returns 0)."""
+    last = time.monotonic()
+
+    def handler() -> int:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= 1.0:
+            last = now
+            keepalive()
+        return 0
+
+    return handler
 
 
 class FileIdentity(NamedTuple):
@@ -90,7 +111,13 @@ class FileWatch:
                 )
         return None
 
-    def recover(self, conn: sqlite3.Connection, what: str, durability: str) -> sqlite3.Connection:
+    def recover(
+        self,
+        conn: sqlite3.Connection,
+        what: str,
+        durability: str,
+        keepalive: Callable[[], None] | None = None,
+    ) -> sqlite3.Connection:
         """Rebuild the spool at its path from ``conn`` (which still reads the old inode)
         and return the connection to the new file; ``conn`` is closed then. Raises
         SpoolFileLost (retryable) if the copy cannot be made yet (``conn`` untouched),
@@ -103,15 +130,19 @@ class FileWatch:
                 message,
             )
         self.lost = message
+        if keepalive is not None:  # a copy of a large spool outlasts a watchdog interval
+            conn.set_progress_handler(_every_second(keepalive), KEEPALIVE_STEPS)
         try:
             moved = rebuild(conn, self)
         except (sqlite3.Error, OSError) as err:
             raise SpoolFileLost(f"{message}; rebuilding it failed (retrying): {err}") from err
+        finally:
+            conn.set_progress_handler(None, 0)
         conn.close()
         try:
             swap_in(self)
             fresh = connect(self.path, durability)
-        except (sqlite3.Error, OSError) as err:
+        except (sqlite3.Error, OSError, SpoolError) as err:
             lost = SpoolFileLost(f"{message}; the rebuilt spool cannot be opened: {err}")
             lost.retryable = False
             raise lost from err

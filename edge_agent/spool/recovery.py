@@ -52,7 +52,10 @@ _SQLITE_ERRORS: dict[int, tuple[type[SpoolError], bool]] = {
 
 def translate_sqlite_error(err: sqlite3.Error, doing: str) -> SpoolError:
     """Map a sqlite3 error onto the agent's error tree (retryable or not)."""
-    code = (getattr(err, "sqlite_errorcode", 0) or 0) & 0xFF
+    extended = getattr(err, "sqlite_errorcode", 0) or 0
+    code = extended & 0xFF
+    if extended == sqlite3.SQLITE_IOERR_SHMSIZE:  # the -shm could not grow: no room
+        code = sqlite3.SQLITE_FULL
     kind, retryable = _SQLITE_ERRORS.get(code, (SpoolError, False))
     error = kind(f"spool {doing} failed: {err}")
     if retryable and not kind.retryable:
@@ -104,7 +107,31 @@ def open_file(
     copied into it."""
     make_spool_directory(path)
     lock_file = acquire_writer_lock(path)
+    try:
+        adopt_rebuilt(path)
+    except OSError as err:
+        lock_file.close()
+        raise SpoolError(f"cannot put the rebuilt spool {path}.rebuild in place: {err}") from err
     return open_locked(path, lock_file, durability, integrity_check)
+
+
+def adopt_rebuilt(path: Path) -> None:
+    """A ``<name>.rebuild`` left by an agent that stopped while it rebuilt a lost spool
+    (spool/file_watch.py): with no spool at the path, it is the spool (a copy cut short
+    fails the integrity check and is salvaged); beside a spool, it is kept aside, never
+    deleted unseen."""
+    rebuilt = path.with_name(f"{path.name}.rebuild")
+    if not rebuilt.exists():
+        return
+    if path.exists():
+        aside = name_aside(rebuilt, "unused")
+        rebuilt.rename(aside)
+        log.warning("spool %s: a rebuild left beside it was moved to %s", path, aside.name)
+        return
+    for extra in ("-wal", "-shm"):  # they belonged to the lost file
+        Path(f"{path}{extra}").unlink(missing_ok=True)
+    os.replace(rebuilt, path)
+    log.warning("spool %s: the copy rebuilt before the agent stopped is the spool", path)
 
 
 def make_spool_directory(path: Path) -> None:

@@ -4,12 +4,15 @@ the file so that a restart knows what it sends a second time.
 Leases live in memory (invariant 5), so after a crash the next process cannot tell a
 record that was never sent from one whose request was in flight when the process died;
 both are simply pending. Before an uploader sends, the spool writes one ``sent_marks``
-row per run of consecutive ids (a batch of 500 records is usually one row), without an
-fsync: a crash of the process keeps it, a power cut may lose the last ones (the count
-is then low, never high). An ack or dead-letter removes the marks its batch covers, and
-marks below the queue's oldest record go with them. At open, the pending records that a
-mark covers are counted (``resent_after_restart_count``: possible duplicates at the
-destination) and the marks are cleared.
+row per run of consecutive ids (one row for a batch in id order; more where requests
+interleave, by key or shard), without an fsync: a crash of the process keeps it, a power
+cut may lose the last ones. An ack or dead-letter removes the marks within its runs of
+ids, and marks below the queue's oldest record go with them; a retry keeps them (its
+request may have arrived), so a record that failed alone in an answered request counts
+too: the count is what may have arrived twice, an upper bound but for a power cut. At
+open, the pending records that a mark covers are counted
+(``resent_after_restart_count``: possible duplicates at the destination) and the marks
+are cleared.
 """
 
 from __future__ import annotations
@@ -38,21 +41,22 @@ def runs(ids: Sequence[int]) -> Iterator[tuple[int, int]]:
     yield first, last
 
 
+_DELETE_COVERED = "DELETE FROM sent_marks WHERE queue_id = ? AND first_id >= ? AND last_id <= ?"
+
+
 def mark(conn: sqlite3.Connection, queue_id: int, ids: Sequence[int]) -> None:
-    """These records are about to be sent (inside the caller's transaction)."""
-    conn.executemany(
-        "INSERT INTO sent_marks (queue_id, first_id, last_id) VALUES (?, ?, ?)",
-        [(queue_id, first, last) for first, last in runs(ids)],
-    )
+    """These records are about to be sent (inside the caller's transaction); the marks
+    of their earlier attempts make way, so a retried batch keeps one set of rows."""
+    rows = [(queue_id, first, last) for first, last in runs(ids)]
+    conn.executemany(_DELETE_COVERED, rows)
+    conn.executemany("INSERT INTO sent_marks (queue_id, first_id, last_id) VALUES (?, ?, ?)", rows)
 
 
 def clear_settled(conn: sqlite3.Connection, queue_id: int, ids: Sequence[int]) -> None:
     """These records were acked or dead-lettered (inside that transaction): forget the
-    marks their span covers, and every mark below the queue's oldest record."""
-    conn.execute(
-        "DELETE FROM sent_marks WHERE queue_id = ? AND first_id >= ? AND last_id <= ?",
-        (queue_id, min(ids), max(ids)),
-    )
+    marks within their runs of ids (not those of other requests between them), and
+    every mark below the queue's oldest record."""
+    conn.executemany(_DELETE_COVERED, [(queue_id, first, last) for first, last in runs(ids)])
     conn.execute(
         "DELETE FROM sent_marks WHERE queue_id = ? AND last_id <"
         " (SELECT coalesce(min(id), 9223372036854775807) FROM records WHERE queue_id = ?)",

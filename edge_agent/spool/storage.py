@@ -73,6 +73,22 @@ class Room:
         return max(0, incoming - self.free_pages) + max(0, incoming - self.wal)
 
 
+def make_room_at_open(path: Path) -> None:
+    """Before the open writes (its -shm, the recount, the migrations): on a filesystem
+    with less room than the ballast, give the ballast back (an agent that cannot open
+    its spool cannot delete what it delivered either)."""
+    ballast = Path(f"{path}.ballast")
+    try:
+        size = ballast.stat().st_size
+        stats = os.statvfs(path.parent)
+    except OSError:
+        return
+    if stats.f_bavail * stats.f_frsize < size:
+        with contextlib.suppress(OSError):
+            ballast.unlink()
+            log.warning("the spool's filesystem is full: released its ballast to open it")
+
+
 class Storage:
     """The reserve, the ballast and the intake pause of one spool (the spool calls it
     under its lock)."""
@@ -87,6 +103,9 @@ class Storage:
         self.paused: str | None = None
         self.paused_since: float | None = None
         self.pauses = 0
+        #: Appends SQLite refused for want of room (the estimate fell short, or the
+        #: filesystem filled from elsewhere).
+        self.refused_by_sqlite = 0
         self.ballast_releases = 0
         self.last_room: Room | None = None
         if reserve:

@@ -29,7 +29,7 @@ from edge_agent.spool.recovery import (
     translate_sqlite_error,
 )
 from edge_agent.spool.stats import SpoolStats, insert_event, read_stats
-from edge_agent.spool.storage import Storage
+from edge_agent.spool.storage import Storage, make_room_at_open
 from edge_agent.spool.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,8 @@ class Spool:
         self.file = file_watch.FileWatch(path, lock_file)
         #: Why the spool can no longer be written (its file could not be rebuilt).
         self.broken: str | None = None
+        #: Called now and then during long work under the lock (the agent: a watchdog ping).
+        self.keepalive: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -95,6 +97,8 @@ class Spool:
         ``reserve``: free space on the spool's filesystem that intake leaves alone
         (spool/storage.py; 0: none)."""
         path = Path(path)
+        if reserve:
+            make_room_at_open(path)
         opened = open_file(path, durability, integrity_check)
         try:
             spool = cls(
@@ -138,13 +142,12 @@ class Spool:
 
     def close(self) -> None:
         with self._lock:
-            if self._closed and self.broken is not None:
-                return  # its connection went with the file it could not rebuild
+            if self.broken is None:  # else its connection went with the lost file
+                with contextlib.suppress(sqlite3.Error):
+                    if not self.read_only:
+                        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                self._conn.close()
             self._closed = True
-            with contextlib.suppress(sqlite3.Error):
-                if not self.read_only:
-                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            self._conn.close()
             self.file.release_lock()
 
     def __enter__(self) -> Spool:
@@ -214,12 +217,14 @@ class Spool:
             return AppendResult()
         now = self._clock_ms()
         with self._lock:
+            self._check_file()  # never commit into a file that is no longer the spool
             if self._storage.reserve:
                 self._admit(sum(map(len, map(_PAYLOAD, records))), len(records))
             try:
                 with self._write("append") as conn:
                     appended = self._writer.insert(conn, records, now)
             except SpoolFull as err:
+                self._storage.refused_by_sqlite += 1
                 if not self._storage.reserve:
                     raise
                 raise self._storage.pause(f"SQLite found no room for a batch ({err})") from err
@@ -409,8 +414,11 @@ class Spool:
 
         with self._lock:
             try:
-                done, released = self._storage.with_room(write)
+                # The ballast is for what frees space: deletes, not retry times.
+                done, released = self._storage.with_room(write) if how != "retry" else write()
             except SpoolFull:
+                if how == "retry":  # not written: due again from memory all the same
+                    return settle.hand_back(self._queues, grouped, at_ms)
                 if len(batch) <= SMALL_SETTLE:
                     raise
                 # A full filesystem: small transactions, whose WAL frames the
@@ -434,7 +442,7 @@ class Spool:
             return
         try:
             self._conn = self.file.recover(
-                self._conn, what, "full" if self._full_sync else "normal"
+                self._conn, what, "full" if self._full_sync else "normal", self.keepalive
             )
             self._storage.bound_checkpoints(self._conn)
         except SpoolFileLost as err:
@@ -482,12 +490,8 @@ class Spool:
 
     def record_event(self, level: str, kind: str, message: str) -> None:
         """Keep a short history of notable events for ``edge-agent status``."""
-
-        def write() -> None:
-            with self._write("event") as conn:
-                insert_event(conn, self._clock_ms(), level, kind, message)
-
-        self._storage.with_room(write)
+        with self._write("event") as conn:
+            insert_event(conn, self._clock_ms(), level, kind, message)
 
     def stats(self, *, events: int = 10) -> SpoolStats:
         with self._read("status") as conn:

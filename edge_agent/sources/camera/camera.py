@@ -26,7 +26,7 @@ from typing import Any
 
 from edge_agent.config.cameras import CameraConfig
 from edge_agent.delivery.backoff import Backoff
-from edge_agent.errors import SpoolError
+from edge_agent.errors import SpoolError, SpoolFull
 from edge_agent.media import h264
 from edge_agent.media.fragment_meta import FragmentMeta
 from edge_agent.media.mkv import H264, Frame, VideoTrack
@@ -90,6 +90,8 @@ class CameraStats(WorkerState):
     dropped_frames: int = 0
     last_error: str = ""
     lost_packets: int = 0  # RTP sequence gaps (the built-in RTSP client)
+    #: Fragments the spool refused for want of room (intake paused: a full disk).
+    unstored_fragments: int = 0
 
 
 @dataclass
@@ -124,6 +126,7 @@ class Camera(ThreadWorker):
         self._fragment_track: VideoTrack | None = None  # the fragment in progress'
         self._track_source: tuple[h264.ParameterSets, int, int] | None = None
         self._builtin_rtsp = uses_builtin_rtsp(settings)
+        self._refused = False  # the spool refused the last fragment (a full disk)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -141,7 +144,10 @@ class Camera(ThreadWorker):
             except Exception as err:  # PyAV's errors, a camera that vanished, a bug
                 # Whatever the error quotes (a URL with its password), not the password.
                 reason = redact_text(str(camera_error(err)))
-            self._store(self.fragmenter.flush())
+            try:
+                self._store(self.fragmenter.flush())
+            except SpoolError as err:  # the fragment in progress is lost with the spool
+                log.error("camera %s: its last fragment is lost: %s", self.settings.name, err)
             if self._stop.is_set():
                 break
             delay = self._backoff.next_delay()
@@ -418,9 +424,25 @@ class Camera(ThreadWorker):
             self.settings.name, len(fragment.frames), fragment.duration_ms, track
         ).to_json()
         payload = fragment.cluster()
-        self.spool.append(
-            [Record(self.settings.sink, self.settings.name, fragment.start_ms, payload, meta)]
-        )
+        record = Record(self.settings.sink, self.settings.name, fragment.start_ms, payload, meta)
+        try:
+            self.spool.append([record])
+        except SpoolFull as err:
+            # A camera has no broker to keep what the spool cannot take: the fragment is
+            # counted and capture goes on (reconnecting would gain nothing).
+            if not self._refused:
+                log.warning("camera %s: fragments not stored: %s", self.settings.name, err)
+            self._refused = True
+            self.stats.unstored_fragments += 1
+            self.stats.last_error = f"fragments not stored: {err}"
+            return
+        if self._refused:
+            log.info(
+                "camera %s: fragments stored again (%d were not so far)",
+                self.settings.name,
+                self.stats.unstored_fragments,
+            )
+            self._refused = False
         self.stats.fragments += 1
         self.stats.bytes += len(payload)
 
@@ -450,6 +472,7 @@ class Camera(ThreadWorker):
             "repaired_times": self.clock.repaired,
             "time_jumps": self.clock.discontinuities,
             "lost_packets": stats.lost_packets,
+            "unstored_fragments": stats.unstored_fragments,
             "last_error": stats.last_error,
         }
 
