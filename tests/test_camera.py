@@ -12,6 +12,7 @@ import random
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from fractions import Fraction
@@ -27,8 +28,8 @@ from edge_agent.media import h264
 from edge_agent.media.mkv import VideoTrack, stream_header
 from edge_agent.records import AppendResult, Record
 from edge_agent.redact import redact
-from edge_agent.sources.camera import camera as camera_module
 from edge_agent.sources.camera.camera import Camera
+from edge_agent.sources.camera.timestamps import timed_packets
 from edge_agent.spool.store import Spool
 from tests import gst_rtsp_server
 from tests.gst_rtsp_server import RtspServer
@@ -407,12 +408,12 @@ def test_packets_without_timestamps_are_timed_from_their_neighbours() -> None:
     at 0 (which would open a 7 s gap). Raw H.264 has none at all: counted from 0 by the
     packets' durations."""
     joined = [_Packet(None)] + [_Packet(630_000 + 3000 * i) for i in range(3)]
-    timed = [p.pts for p in camera_module._timed(iter(joined), _Stream())]
+    timed = [p.pts for p in timed_packets(iter(joined), _Stream())]
     assert timed == [627_000, 630_000, 633_000, 636_000]
     raw = [_Packet(None, duration=3000) for _ in range(4)]
-    assert [p.pts for p in camera_module._timed(iter(raw), _Stream())] == [0, 3000, 6000, 9000]
+    assert [p.pts for p in timed_packets(iter(raw), _Stream())] == [0, 3000, 6000, 9000]
     whole = [_Packet(9000 * i) for i in range(3)]
-    assert [p.pts for p in camera_module._timed(iter(whole), _Stream())] == [0, 9000, 18000]
+    assert [p.pts for p in timed_packets(iter(whole), _Stream())] == [0, 9000, 18000]
 
 
 def mjpeg_file(path: Path, seconds: int = 2) -> Path:
@@ -516,3 +517,48 @@ def test_a_paused_intake_costs_fragments_not_the_camera(
             stop.set()
             camera.join(10)
     assert camera.stats.reconnects == 0
+
+
+def test_a_file_read_faster_than_real_time_never_stores_a_fragment_that_ends_in_the_future(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``realtime = false``: the first pass is read at once and stamped to end by now
+    (not up to the file's length ahead, which the service refuses: 4007); the replay
+    that follows is paced so that no fragment ends after the moment it is stored."""
+    source = h264_file(tmp_path / "in.mp4", seconds=3)
+    stop = threading.Event()
+    stored: list[tuple[int, int, int]] = []  # (start ms, end ms, wall ms when stored)
+    with Spool.open(tmp_path / "s.db") as spool:
+        append = spool.append
+
+        def watched(records: Sequence[Record]) -> AppendResult:
+            now = time.time_ns() // 1_000_000
+            for record in records:
+                meta = json.loads(record.meta or "{}")
+                start = record.captured_at_ms
+                stored.append((start, start + int(meta["duration_ms"]), now))
+            return append(records)
+
+        monkeypatch.setattr(spool, "append", watched)
+        settings = CameraConfig(
+            "bulk",
+            str(source),
+            "video",
+            "file",
+            fragment_ms=1000,
+            realtime=False,
+            reconnect_min=0.01,
+            reconnect_max=0.05,
+        )
+        camera = Camera(settings, spool, stop)
+        run_until(camera, stop, lambda: len(stored) >= 6, timeout=30)
+    frame_ms = 1000 // FPS + 1
+    for _start, end, at in stored:
+        assert end <= at + frame_ms, f"a fragment ending {end - at} ms in the future"
+    first_pass = stored[:3]
+    assert first_pass[-1][2] - first_pass[0][2] < 1500, "the first pass is read at once"
+    assert first_pass[0][2] - first_pass[0][0] >= 2500, "and stamped back to end by now"
+    starts = [start for start, _, _ in stored]
+    assert starts == sorted(set(starts))
+    # The replay right after is paced: its three fragments take about its 3 s.
+    assert stored[5][2] - stored[3][2] >= 1500

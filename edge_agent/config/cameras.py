@@ -91,7 +91,9 @@ class CameraConfig:
     realtime: bool = option(
         kind=BOOLEAN,
         default=True,
-        doc="Files only: true replays at the recording's own pace, false as fast as it reads.",
+        doc="Files only: true replays at the recording's own pace; false reads as fast as "
+        "it can, stamped so that the recording ends by now (never in the future), and "
+        "paces a replay that would run ahead of the clock.",
     )
     video_size: str | None = option(
         kind=STRING,

@@ -38,42 +38,11 @@ from edge_agent.sources.camera.fragmenter import Fragment, Fragmenter
 from edge_agent.sources.camera.rtp_h264 import H264Depacketizer
 from edge_agent.sources.camera.rtsp_client import RtspError, RtspSession, RtspStalled
 from edge_agent.sources.camera.sdp import VideoMedia
-from edge_agent.sources.camera.timestamps import FrameClock
+from edge_agent.sources.camera.timestamps import FrameClock, timed_packets
 from edge_agent.spool.store import Spool
 from edge_agent.worker import ThreadWorker, WorkerState
 
 log = logging.getLogger(__name__)
-
-
-def _timed(packets: Iterator[Any], stream: Any) -> Iterator[Any]:
-    """Every packet with a pts. One without takes its dts, or the end of the packet
-    before it (raw H.264 has no timestamps at all). The first packet of some RTSP
-    sessions has none while the rest have large ones (a server that was already
-    streaming): it is held until the next packet and timed one frame before it, so it
-    cannot open a gap of many seconds at the start of the stream."""
-    rate = stream.average_rate or stream.guessed_rate or 30
-    frame_ticks = max(1, round(1 / (rate * stream.time_base))) if stream.time_base else 1
-    held = None
-    next_pts: int | None = None
-    for packet in packets:
-        if packet.pts is None:
-            packet.pts = packet.dts if packet.dts is not None else next_pts
-        if packet.pts is None:
-            if held is None:
-                held = packet  # the first packet: wait for the next one's time
-                continue
-            held.pts = 0  # two without any: a stream with no timestamps, count from 0
-            packet.pts = held.duration or frame_ticks
-        if held is not None:
-            if held.pts is None:
-                held.pts = max(0, packet.pts - (held.duration or frame_ticks))
-            yield held
-            held = None
-        next_pts = packet.pts + (packet.duration or frame_ticks)
-        yield packet
-    if held is not None:
-        held.pts = 0
-        yield held
 
 
 @dataclass
@@ -127,6 +96,7 @@ class Camera(ThreadWorker):
         self._track_source: tuple[h264.ParameterSets, int, int] | None = None
         self._builtin_rtsp = uses_builtin_rtsp(settings)
         self._refused = False  # the spool refused the last fragment (a full disk)
+        self._backdate_ms: int | None = None  # a file read faster than real time
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -192,6 +162,7 @@ class Camera(ThreadWorker):
         container = self._open(settings)
         try:
             stream = container.streams.video[0]
+            self._backdate_ms = _backdate_ms(settings, container)
             if stream.codec_context.name == "h264":
                 self._capture(self._passthrough(container, stream), "passthrough")
             else:
@@ -203,7 +174,7 @@ class Camera(ThreadWorker):
         """Frames of one connection into fragments, each stored with the track its
         first frame was captured with (parameter sets change at keyframes)."""
         self.stats.connects += 1
-        self.clock.reanchor()
+        self.clock.reanchor(backdate_ms=self._backdate_ms)
         self.stats.mode = mode
         self._set_state("capturing")
         stats, fragmenter = self.stats, self.fragmenter
@@ -223,14 +194,14 @@ class Camera(ThreadWorker):
                 self._fragment_track = self._track
 
     def _packets(self, container: Any, stream: Any) -> Iterator[Any]:
-        """The stream's packets, timed (``_timed``) and paced for real-time file replay;
+        """The stream's packets, timed (``timed_packets``) and paced for real-time file replay;
         a read that returns nothing for stall_timeout raises StreamStalled."""
         settings = self.settings
         pace = settings.source == "file" and settings.realtime
         started = time.monotonic()
         first_pts: float | None = None
         time_base = stream.time_base  # the packets' own; read once (each read is a Fraction)
-        for packet in _timed(self._received(container, stream), stream):
+        for packet in timed_packets(self._received(container, stream), stream):
             if pace and packet.pts is not None and time_base is not None:
                 at = packet.pts * time_base.numerator / time_base.denominator
                 first_pts = at if first_pts is None else first_pts
@@ -423,6 +394,10 @@ class Camera(ThreadWorker):
         meta = FragmentMeta(
             self.settings.name, len(fragment.frames), fragment.duration_ms, track
         ).to_json()
+        if self._backdate_ms is not None:  # never a fragment that ends in the future
+            ahead = self.clock.ahead_of_now_ms(fragment.frames[-1].time_ms)
+            if ahead and self._stop.wait(ahead / 1000):
+                return
         payload = fragment.cluster()
         record = Record(self.settings.sink, self.settings.name, fragment.start_ms, payload, meta)
         try:
@@ -485,6 +460,15 @@ def uses_builtin_rtsp(settings: CameraConfig) -> bool:
     if settings.rtsp_client == "auto":
         return not settings.extra_options
     return settings.rtsp_client == "builtin"
+
+
+def _backdate_ms(settings: CameraConfig, container: Any) -> int | None:
+    """A file read faster than real time: its duration (0 if unknown: the frames then
+    start now and are paced); None for every other source."""
+    if settings.source != "file" or settings.realtime:
+        return None
+    duration = container.duration  # microseconds, or None
+    return int(duration // 1000) if duration else 0
 
 
 def _open_with_pyav(settings: CameraConfig) -> Any:

@@ -17,6 +17,14 @@ Whatever comes out is at least one ms after the previous frame: a frame that wou
 be (the wall clock stepped back, a camera repeated a pts) is moved forward and counted.
 A restart carries on from the last time the spool holds (``resume_after``).
 
+A file read faster than real time (``realtime = false``) has no arrival times worth
+anchoring on: its frames would be stamped up to the file's length into the future, and
+the service refuses those (4007). Such a connection is *backdated* instead
+(``reanchor(backdate_ms=...)``): its first frame is placed the file's duration before
+now (but after the last time stored), so its last frame ends by now; the camera waits
+before storing a fragment that would still end in the future (a file replayed again at
+once is paced to real time that way).
+
 A camera's own times may also jump within a connection (an encoder that restarts, a
 server that seeks a shared stream for a client that joined): a frame whose pts goes
 back more than ``REORDER_MS`` (B-frames go back a few frames), or ahead of the previous
@@ -30,8 +38,9 @@ change the pts steps, so they are not taken for jumps.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from fractions import Fraction
+from typing import Any
 
 #: A pts step forward larger than this, or back by more than REORDER_MS, is a jump in
 #: the stream's own times.
@@ -57,18 +66,22 @@ class FrameClock:
         self._previous: tuple[int, int] | None = None  # (own ms, monotonic arrival ms)
         self.repaired = 0  # frames moved forward to keep time increasing
         self.discontinuities = 0  # jumps in the stream's own times
+        self._backdate: int | None = None  # ms: see ``reanchor``
 
     @property
     def last_ms(self) -> int:
         return self._last_ms
 
-    def reanchor(self) -> None:
-        """A new connection: its pts start afresh; its frames anchor again."""
+    def reanchor(self, *, backdate_ms: int | None = None) -> None:
+        """A new connection: its pts start afresh; its frames anchor again.
+        ``backdate_ms``: a file read faster than real time, of that duration; its first
+        frame goes that long before now (after the last time stored)."""
         self._offset = None
         self._settled = False
         self._last_stream = None
         self._shift = 0
         self._previous = None
+        self._backdate = backdate_ms
 
     def stream_ms(self, pts: int | None, time_base: Fraction | None) -> int:
         """A frame just arrived: its time on the stream's timeline. Without a pts, the
@@ -91,9 +104,16 @@ class FrameClock:
         else:
             stream = 0
         self._last_stream = (stream, now)
+        if self._backdate is not None and self._offset is None:
+            self._offset = max(now - self._backdate, self._last_ms + 1) - stream
+            self._settled = True
         if not self._settled and (self._offset is None or now - stream < self._offset):
             self._offset = now - stream
         return stream
+
+    def ahead_of_now_ms(self, absolute_ms: int) -> int:
+        """How far in the future an absolute time is (0 if it is not)."""
+        return max(0, absolute_ms - self._wall_ms())
 
     def absolute_ms(self, stream_ms: int) -> int:
         """A frame being stored: its absolute time, after the previous frame's."""
@@ -106,3 +126,34 @@ class FrameClock:
             at = self._last_ms + 1
         self._last_ms = at
         return at
+
+
+def timed_packets(packets: Iterator[Any], stream: Any) -> Iterator[Any]:
+    """Every packet with a pts. One without takes its dts, or the end of the packet
+    before it (raw H.264 has no timestamps at all). The first packet of some RTSP
+    sessions has none while the rest have large ones (a server that was already
+    streaming): it is held until the next packet and timed one frame before it, so it
+    cannot open a gap of many seconds at the start of the stream."""
+    rate = stream.average_rate or stream.guessed_rate or 30
+    frame_ticks = max(1, round(1 / (rate * stream.time_base))) if stream.time_base else 1
+    held = None
+    next_pts: int | None = None
+    for packet in packets:
+        if packet.pts is None:
+            packet.pts = packet.dts if packet.dts is not None else next_pts
+        if packet.pts is None:
+            if held is None:
+                held = packet  # the first packet: wait for the next one's time
+                continue
+            held.pts = 0  # two without any: a stream with no timestamps, count from 0
+            packet.pts = held.duration or frame_ticks
+        if held is not None:
+            if held.pts is None:
+                held.pts = max(0, packet.pts - (held.duration or frame_ticks))
+            yield held
+            held = None
+        next_pts = packet.pts + (packet.duration or frame_ticks)
+        yield packet
+    if held is not None:
+        held.pts = 0
+        yield held
