@@ -134,6 +134,7 @@ class KvsSnapshot(WorkerFields, LinkFields):
     backlog_sent: int
     bytes_per_s: float
     ack_timeout: NotRequired[TimeoutSnapshot]
+    acknowledged_on: NotRequired[str]  # PERSISTED, or RECEIVED (a stream keeping no data)
     upload: NotRequired[ShareSnapshot | None]
 
 

@@ -5,6 +5,7 @@ signature and the ingestion rules and stores what it accepted; read back with Py
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -20,9 +21,11 @@ from botocore.credentials import Credentials
 from edge_agent.config.loading import parse_config
 from edge_agent.delivery.budget import UploadBudget
 from edge_agent.kvs_local.server import PutMediaServer
+from edge_agent.sinks.kvs.endpoint import KvsEndpoint
 from edge_agent.sinks.kvs.uploader import KvsUploader
 from edge_agent.sources.camera.camera import Camera
 from edge_agent.spool.store import Spool
+from edge_agent.worker import LinkState
 from tests.support import (
     AgentProcess,
     Mosquitto,
@@ -359,3 +362,95 @@ def test_each_connection_signs_with_credentials_refreshed_when_they_expire(
     assert len(set(used)) == len(used), "each connection signed with keys fetched for it"
     assert issuer.fetches >= 3
     assert uploader.stats.dead_lettered == 0
+
+
+@pytest.fixture
+def keeps_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PutMediaServer]:
+    """kvs-local for a stream with DataRetentionInHours = 0: RECEIVED, never PERSISTED."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    endpoint = PutMediaServer(
+        tmp_path / "received",
+        credentials=Credentials(KEY, SECRET),
+        streams=["cam"],
+        retention=False,
+    ).start()
+    yield endpoint
+    endpoint.stop()
+
+
+def test_a_stream_that_keeps_no_data_is_acknowledged_on_received(
+    keeps_nothing: PutMediaServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ack_on = "auto" (the default) reads the retention: 0 hours means no PERSISTED ever
+    comes, so fragments leave the spool once RECEIVED, with one warning."""
+    parts = make(keeps_nothing, tmp_path)
+    spool, _, uploader, _ = parts
+    with spool, caplog.at_level(logging.WARNING):
+        run_until(parts, lambda: uploader.stats.fragments_acked >= 3, "fragments acknowledged")
+    assert uploader.snapshot()["acknowledged_on"] == "RECEIVED"
+    assert caplog.text.count("keeps no data") == 1
+
+
+def test_persisted_acknowledgements_on_a_stream_that_keeps_no_data_pause_the_sink(
+    keeps_nothing: PutMediaServer, tmp_path: Path
+) -> None:
+    parts = make(keeps_nothing, tmp_path, ack_on="persisted", pause_probe="1s")
+    spool, _, uploader, _ = parts
+    with spool:
+        run_until(
+            parts,
+            lambda: uploader.stats.state == "paused" and spool.pending("video")[0] >= 2,
+            "paused with the reason",
+        )
+    assert "keeps no data" in uploader.stats.last_error
+    assert uploader.stats.fragments_sent == 0  # nothing sent to wait forever for
+
+
+class _DeniesDescribeStream(BaseHTTPRequestHandler):
+    """A control plane whose IAM policy allows GetDataEndpoint only."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(403)
+        self.send_header("x-amzn-ErrorType", "AccessDeniedException:")
+        self.send_header("Content-Type", "application/json")
+        body = b'{"message": "not authorized to perform kinesisvideo:DescribeStream"}'
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_retention_that_cannot_be_read_leaves_the_configured_acknowledgement(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    control = ThreadingHTTPServer(("127.0.0.1", 0), _DeniesDescribeStream)
+    threading.Thread(target=control.serve_forever, daemon=True).start()
+    try:
+        config = parse_config(
+            {
+                "sinks": {
+                    "video": {
+                        "type": "kvs",
+                        "stream": "cam",
+                        "region": "us-east-1",
+                        "endpoint_url": f"http://127.0.0.1:{control.server_port}",
+                    }
+                }
+            }
+        )
+        aws = config.sinks["video"].aws
+        assert aws is not None
+        endpoint = KvsEndpoint(aws, "cam", UploadBudget(None, 1024), threading.Event(), LinkState())
+        credentials = Credentials(KEY, SECRET).get_frozen_credentials()
+        with caplog.at_level(logging.WARNING):
+            assert endpoint.retention_hours(credentials) is None
+            assert endpoint.retention_hours(credentials) is None  # cached: asked once
+        assert caplog.text.count("cannot read its retention") == 1
+        assert "kinesisvideo:DescribeStream" in caplog.text
+    finally:
+        control.shutdown()
+        control.server_close()

@@ -1,6 +1,6 @@
-"""GetDataEndpoint, the one Kinesis Video control-plane call the KVS sink makes, as a
-single SigV4-signed JSON request: botocore signs it and supplies the credentials, as
-for PutMedia. A generated boto3 client for this one call would load the kinesisvideo
+"""GetDataEndpoint and DescribeStream, the Kinesis Video control-plane calls the KVS sink
+makes, each a single SigV4-signed JSON request: botocore signs it and supplies the
+credentials, as for PutMedia. A generated boto3 client for this one call would load the kinesisvideo
 service model and its endpoint rules: 8 MiB resident on a device (docs/BENCHMARKS.md,
 video). Refusals are raised as botocore's own ``ClientError``, so ``sinks.aws.sink_error``
 classifies them like every other AWS answer; network failures stay ``OSError``.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
+from typing import Any
 from urllib.parse import urlsplit
 
 from botocore.auth import SigV4Auth
@@ -46,8 +47,64 @@ def get_data_endpoint(
     stop: threading.Event,
 ) -> str:
     """The PUT_MEDIA data endpoint of ``stream``; ClientError if the service refuses."""
-    body = json.dumps({"StreamName": stream, "APIName": "PUT_MEDIA"}).encode()
-    url = f"{endpoint}/getDataEndpoint"
+    request = {"StreamName": stream, "APIName": "PUT_MEDIA"}
+    document = _call(
+        endpoint,
+        "GetDataEndpoint",
+        request,
+        credentials,
+        region=region,
+        timeout=timeout,
+        budget=budget,
+        stop=stop,
+    )
+    if isinstance(document.get("DataEndpoint"), str):
+        return str(document["DataEndpoint"])
+    raise _refusal("GetDataEndpoint", 200, "InvalidResponse", "no DataEndpoint in the answer")
+
+
+def describe_stream(
+    endpoint: str,
+    stream: str,
+    credentials: ReadOnlyCredentials,
+    *,
+    region: str,
+    timeout: float,
+    budget: Budget,
+    stop: threading.Event,
+) -> dict[str, Any]:
+    """The stream's StreamInfo (``DataRetentionInHours``, ``Status``...); ClientError if
+    the service refuses (e.g. an IAM policy without kinesisvideo:DescribeStream)."""
+    document = _call(
+        endpoint,
+        "DescribeStream",
+        {"StreamName": stream},
+        credentials,
+        region=region,
+        timeout=timeout,
+        budget=budget,
+        stop=stop,
+    )
+    info = document.get("StreamInfo")
+    if isinstance(info, dict):
+        return info
+    raise _refusal("DescribeStream", 200, "InvalidResponse", "no StreamInfo in the answer")
+
+
+def _call(
+    endpoint: str,
+    operation: str,
+    request_document: dict[str, str],
+    credentials: ReadOnlyCredentials,
+    *,
+    region: str,
+    timeout: float,
+    budget: Budget,
+    stop: threading.Event,
+) -> dict[str, Any]:
+    """One signed control-plane call; its JSON answer, or ClientError."""
+    body = json.dumps(request_document).encode()
+    url = f"{endpoint}/{operation[0].lower()}{operation[1:]}"
     request = AWSRequest(
         method="POST", url=url, data=body, headers={"Content-Type": "application/json"}
     )
@@ -67,16 +124,22 @@ def get_data_endpoint(
         document = json.loads(answer or b"{}")
     except ValueError:
         document = {}
-    if response.status == 200 and isinstance(document.get("DataEndpoint"), str):
-        return str(document["DataEndpoint"])
+    if not isinstance(document, dict):
+        document = {}
+    if response.status == 200:
+        return document
     code = error_type.split(":")[0] or str(document.get("__type", "")).rpartition("#")[2]
     message = (
         document.get("Message") or document.get("message") or answer[:200].decode(errors="replace")
     )
-    raise ClientError(
+    raise _refusal(operation, response.status, code or f"HTTP{response.status}", str(message))
+
+
+def _refusal(operation: str, status: int, code: str, message: str) -> ClientError:
+    return ClientError(
         {
-            "Error": {"Code": code or f"HTTP{response.status}", "Message": str(message)},
-            "ResponseMetadata": {"HTTPStatusCode": response.status},
+            "Error": {"Code": code, "Message": message},
+            "ResponseMetadata": {"HTTPStatusCode": status},
         },
-        "GetDataEndpoint",
+        operation,
     )

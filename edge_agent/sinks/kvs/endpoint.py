@@ -2,12 +2,16 @@
 
 The data endpoint comes from GetDataEndpoint (signed by the sink itself, through the
 upload budget) and is cached until a connection fails for want of a network or the
-service says the endpoint is no longer valid. Credentials come fresh from botocore's
+service says the endpoint is no longer valid. The stream's retention comes from
+DescribeStream, cached the same way: a stream that keeps no data never sends PERSISTED
+acknowledgements. An IAM policy without kinesisvideo:DescribeStream leaves it unknown
+(one warning), and the configured acknowledgement stands. Credentials come fresh from botocore's
 chain for each connection, so temporary ones are renewed before they expire.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from botocore.credentials import ReadOnlyCredentials
@@ -17,8 +21,10 @@ from edge_agent.config.sink_kinds import AwsEndpoint
 from edge_agent.delivery.budget import Budget
 from edge_agent.errors import SinkPaused, SinkUnavailable
 from edge_agent.sinks.aws import sink_error
-from edge_agent.sinks.kvs.control import control_endpoint, get_data_endpoint
+from edge_agent.sinks.kvs.control import control_endpoint, describe_stream, get_data_endpoint
 from edge_agent.worker import LinkState
+
+log = logging.getLogger(__name__)
 
 
 class KvsEndpoint:
@@ -39,14 +45,18 @@ class KvsEndpoint:
         self._link = link
         self._session = boto3.session.Session(profile_name=aws.profile)
         self._data_endpoint: str | None = None
+        self._retention: int | None = None  # hours; None: not asked yet, or unknown
+        self._retention_asked = False
+        self._retention_warned = False
 
     @property
     def connect_timeout(self) -> float:
         return self._aws.connect_timeout
 
     def forget(self) -> None:
-        """Ask GetDataEndpoint again before the next connection."""
+        """Ask GetDataEndpoint (and DescribeStream) again before the next connection."""
         self._data_endpoint = None
+        self._retention_asked = False
 
     def credentials(self) -> ReadOnlyCredentials:
         """Fresh from botocore's chain for each connection (temporary ones are fetched
@@ -61,6 +71,40 @@ class KvsEndpoint:
         if not region:
             raise SinkPaused("NoRegion", "no region: set region in the sink's config")
         return str(region)
+
+    def retention_hours(self, credentials: ReadOnlyCredentials) -> int | None:
+        """The stream's DataRetentionInHours (cached); None if it cannot be read."""
+        if self._retention_asked:
+            return self._retention
+        region = self.region()
+        try:
+            info = describe_stream(
+                control_endpoint(region, self._aws.endpoint_url),
+                self._stream,
+                credentials,
+                region=region,
+                timeout=self._aws.connect_timeout,
+                budget=self._budget,
+                stop=self._stop,
+            )
+        except ClientError as err:
+            error = sink_error(err)
+            if not isinstance(error, SinkPaused):
+                raise SinkUnavailable(error.code, f"DescribeStream: {error.message}") from err
+            if not self._retention_warned:
+                log.warning(
+                    "KVS stream %s: cannot read its retention (DescribeStream: %s): "
+                    "acknowledgements as configured",
+                    self._stream,
+                    error.message,
+                )
+                self._retention_warned = True
+            self._retention = None
+        else:
+            hours = info.get("DataRetentionInHours")
+            self._retention = int(hours) if isinstance(hours, int) else None
+        self._retention_asked = True
+        return self._retention
 
     def data_endpoint(self, credentials: ReadOnlyCredentials) -> str:
         """The stream's PutMedia endpoint (cached)."""

@@ -16,7 +16,7 @@ from edge_agent.config.options import (
 )
 from edge_agent.config.sink_kinds import STREAM_NAME, DeliveryConfig, SinkKind
 
-AckOn = Literal["persisted", "received"]
+AckOn = Literal["auto", "persisted", "received"]
 #: How a video sink sends a backlog: everything in capture order, or the newest
 #: fragments live first with the backlog in separate sessions behind them.
 ReplayOrder = Literal["oldest-first", "live-first"]
@@ -31,10 +31,13 @@ class KvsOptions:
 
     stream: str = option(kind=STRING, check=STREAM_NAME, doc="The video stream's name.")
     ack_on: AckOn = option(
-        kind=choice("persisted", "received"),
-        default="persisted",
-        doc='A fragment leaves the spool when the service has PERSISTED it; "received" '
-        "for streams without retention (they never send PERSISTED).",
+        kind=choice("auto", "persisted", "received"),
+        default="auto",
+        doc='A fragment leaves the spool when the service has PERSISTED it ("persisted") '
+        'or RECEIVED it ("received"). "auto": PERSISTED, unless DescribeStream says the '
+        "stream keeps no data (DataRetentionInHours = 0: it never sends PERSISTED), then "
+        'RECEIVED, with a warning. "persisted" on such a stream pauses the sink with the '
+        "reason instead of waiting forever.",
     )
     replay: ReplayOrder = option(
         kind=choice(*REPLAY_ORDERS),

@@ -32,6 +32,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import NoReturn
 
+from botocore.credentials import ReadOnlyCredentials
+
 from edge_agent.config.sinks import SinkConfig
 from edge_agent.delivery.adaptive_timeout import AdaptiveTimeout
 from edge_agent.delivery.backoff import Backoff
@@ -104,6 +106,8 @@ class KvsUploader(ThreadWorker):
         # A fragment not acknowledged in time is sent again on the next connection:
         # on a slow link the wait grows instead (delivery/adaptive_timeout.py).
         self.ack_timeout = AdaptiveTimeout(self.options.ack_timeout)
+        #: What a fragment waits for (``_acknowledgement``), set at each connection.
+        self._wanted_ack = "PERSISTED"
         self.write_timeout = AdaptiveTimeout(config.aws.connect_timeout)
         #: Fragments on the wire by time: (fragment, when sent, sent as backlog).
         self._in_flight: OrderedDict[int, tuple[LeasedRecord, float, bool]] = OrderedDict()
@@ -175,6 +179,7 @@ class KvsUploader(ThreadWorker):
         connection: PutMediaConnection | None = None
         try:
             credentials = self._endpoint.credentials()
+            self._wanted_ack = self._acknowledgement(credentials)
             connection = PutMediaConnection(
                 self._endpoint.data_endpoint(credentials),
                 self.options.stream,
@@ -326,8 +331,30 @@ class KvsUploader(ThreadWorker):
 
     # ------------------------------------------------------------------ acknowledgements
 
+    def _acknowledgement(self, credentials: ReadOnlyCredentials) -> str:
+        """The acknowledgement that lets a fragment leave the spool (``ack_on``); a stream
+        that keeps no data never sends PERSISTED."""
+        if self.options.ack_on == "received":
+            return "RECEIVED"
+        if self._endpoint.retention_hours(credentials) != 0:
+            return "PERSISTED"  # kept, or unknown: as configured
+        if self.options.ack_on == "persisted":
+            raise SinkPaused(
+                "NoRetention",
+                "the stream keeps no data (DataRetentionInHours = 0), so PERSISTED never "
+                'comes: set ack_on = "auto" or "received", or give the stream a retention',
+            )
+        if self._wanted_ack != "RECEIVED":
+            log.warning(
+                "sink %s: stream %s keeps no data (DataRetentionInHours = 0): fragments "
+                "leave the spool once RECEIVED",
+                self.name,
+                self.options.stream,
+            )
+        return "RECEIVED"
+
     def _on_ack(self, ack: Ack) -> None:
-        wanted = "PERSISTED" if self.options.ack_on == "persisted" else "RECEIVED"
+        wanted = self._wanted_ack
         if ack.event_type == ERROR:
             self._on_error(ack)
             return
@@ -435,6 +462,7 @@ class KvsUploader(ThreadWorker):
             "backlog_sent": stats.backlog_sent,
             "bytes_per_s": self._sent.rates(time.monotonic())[1],
             "ack_timeout": self.ack_timeout.snapshot(),
+            "acknowledged_on": self._wanted_ack,
             "online": link.online,
             "link_since": link.since,
         }
