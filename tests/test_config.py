@@ -447,7 +447,7 @@ def test_kvs_sink_defaults_and_limits(tmp_path: Path) -> None:
     text = KVS_SINK
     sink = load_config(write(tmp_path, text)).sinks["video"]
     assert sink.kvs is not None
-    assert (sink.kvs.stream, sink.kvs.ack_on, sink.kvs.max_in_flight) == ("cam", "persisted", 10)
+    assert (sink.kvs.stream, sink.kvs.ack_on, sink.kvs.max_in_flight) == ("cam", "auto", 10)
     assert sink.kvs.replay == "oldest-first"
     assert sink.max_record_bytes == 16 * 1024 * 1024
     found = problems(
