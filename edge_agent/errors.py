@@ -28,7 +28,8 @@ whether trying the same thing again later can succeed (``retryable``)::
     │   │   │                                   sources/camera/camera_errors.py, whose
     │   │   │                                   pyav_errors() table translates PyAV's errors
     │   │   ├── CameraRefused           yes  -- the camera answered with an error status
-    │   │   └── StreamStalled           yes  -- no packet for the stall timeout
+    │   │   ├── StreamStalled           yes  -- no packet for the stall timeout
+    │   │   └── PicturesReordered       yes  -- B-frames: the camera is encoded from then on
     │   └── RtspError                   yes  -- the built-in RTSP client: the connection or
     │       │                                   the protocol failed (sources/camera/rtsp_client.py)
     │       ├── RtspRefused             yes  -- the camera answered with an error status

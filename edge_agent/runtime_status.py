@@ -186,6 +186,7 @@ class CameraSnapshot(WorkerFields):
     time_jumps: int
     lost_packets: int
     unstored_fragments: NotRequired[int]  # refused by a paused intake (a full disk)
+    b_frames: NotRequired[bool]  # sends B-frames: encoded without them
     last_error: str
 
 

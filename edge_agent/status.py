@@ -438,6 +438,7 @@ def render_camera(name: str, camera: runtime_status.CameraSnapshot) -> list[str]
             if camera.get("unstored_fragments")
             else ""
         )
+        + (", sends B-frames: encoded without them" if camera.get("b_frames") else "")
         + (f", jumps in its times {camera['time_jumps']}" if camera.get("time_jumps") else ""),
     ]
     if camera.get("last_error"):

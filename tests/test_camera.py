@@ -7,7 +7,9 @@ RTSP pulled from GStreamer's gst-rtsp-server as from an IP camera."""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
+import logging
 import random
 import signal
 import subprocess
@@ -562,3 +564,68 @@ def test_a_file_read_faster_than_real_time_never_stores_a_fragment_that_ends_in_
     assert starts == sorted(set(starts))
     # The replay right after is paced: its three fragments take about its 3 s.
     assert stored[5][2] - stored[3][2] >= 1500
+
+
+def b_frame_file(path: Path, seconds: int = 3) -> Path:
+    """H.264 with two B-frames between references (as "main/high profile" cameras send)."""
+    subprocess.run(
+        [
+            "ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size=320x240:rate={FPS}",
+            "-t", str(seconds), "-c:v", "libx264", "-bf", "2", "-g", str(FPS),
+            "-pix_fmt", "yuv420p", str(path),
+        ],
+        check=True,
+        timeout=60,
+    )  # fmt: skip
+    return path
+
+
+def assert_shown_at_their_times(
+    fragments: list[tuple[int, bytes, dict[str, object]]], tmp: Path
+) -> None:
+    """Decoded, the stored video shows one picture per frame step, in order: no
+    bunches 1 ms apart, no holes (what decode-order times with B-frames give)."""
+    with av.open(str(as_mkv(fragments, tmp / "out.mkv"))) as container:
+        times = [frame.time for frame in container.decode(video=0) if frame.time is not None]
+    steps = [round((b - a) * 1000) for a, b in itertools.pairwise(times)]
+    assert len(steps) >= FPS  # a second of video at least
+    step = 1000 / FPS
+    assert all(step / 2 <= s <= step * 1.5 for s in steps), sorted(set(steps))
+
+
+def test_a_file_with_b_frames_is_encoded_without_them_and_shown_at_its_times(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = b_frame_file(tmp_path / "bframes.mp4")
+    stop = threading.Event()
+    with Spool.open(tmp_path / "s.db") as spool, caplog.at_level(logging.WARNING):
+        settings = CameraConfig("main-profile", str(source), "video", "file", fragment_ms=1000)
+        camera = Camera(settings, spool, stop)
+        run_until(
+            camera, stop, lambda: camera.stats.mode == "encode" and spool.pending("video")[0] >= 4
+        )
+        fragments = [f for f in fragments_of(spool, "video") if int(str(f[2]["frames"])) > 2]
+    assert caplog.text.count("sends B-frames") == 1
+    assert camera.snapshot()["b_frames"] and camera.stats.mode == "encode"
+    assert camera.clock.repaired == 0
+    assert_shown_at_their_times(fragments[-3:], tmp_path)
+
+
+def test_an_rtsp_camera_with_b_frames_is_encoded_without_them(tmp_path: Path) -> None:
+    missing = gst_rtsp_server.available()
+    if missing:
+        pytest.fail(missing)
+    source = b_frame_file(tmp_path / "served.mp4")
+    stop = threading.Event()
+    with (
+        RtspServer(free_port(), {"/live": (source, "h264")}) as server,
+        Spool.open(tmp_path / "s.db") as spool,
+    ):
+        settings = CameraConfig("ipcam", server.url("/live"), "video", "rtsp", fragment_ms=1000)
+        camera = Camera(settings, spool, stop)
+        run_until(
+            camera, stop, lambda: camera.stats.mode == "encode" and spool.pending("video")[0] >= 4
+        )
+        fragments = [f for f in fragments_of(spool, "video") if int(str(f[2]["frames"])) > 2]
+    assert not camera._builtin_rtsp  # the built-in client saw the reordering first
+    assert_shown_at_their_times(fragments[-2:], tmp_path)

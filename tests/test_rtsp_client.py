@@ -16,7 +16,7 @@ from typing import Literal
 import pytest
 
 from edge_agent.config.cameras import CameraConfig
-from edge_agent.sources.camera.camera import Camera, uses_builtin_rtsp
+from edge_agent.sources.camera.camera import Camera
 from edge_agent.sources.camera.rtp_h264 import AccessUnit, H264Depacketizer
 from edge_agent.sources.camera.rtsp_client import (
     RtspError,
@@ -237,10 +237,10 @@ def test_which_cameras_take_the_built_in_client() -> None:
     def camera(**settings: object) -> CameraConfig:
         return CameraConfig("c", "rtsp://cam/live", "video", **settings)  # type: ignore[arg-type]
 
-    assert uses_builtin_rtsp(camera())
-    assert not uses_builtin_rtsp(camera(extra_options={"rtsp_transport": "udp"}))
-    assert not uses_builtin_rtsp(camera(rtsp_client="pyav"))
-    assert not uses_builtin_rtsp(camera(source="file"))
+    assert camera().builtin_rtsp
+    assert not camera(extra_options={"rtsp_transport": "udp"}).builtin_rtsp
+    assert not camera(rtsp_client="pyav").builtin_rtsp
+    assert not camera(source="file").builtin_rtsp
 
 
 def test_requests_of_the_server_during_the_handshake_are_not_taken_for_answers(

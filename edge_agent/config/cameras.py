@@ -139,6 +139,16 @@ class CameraConfig:
         "given).",
     )
 
+    @property
+    def builtin_rtsp(self) -> bool:
+        """Whether the camera is read by the built-in RTSP client (``rtsp_client``):
+        "auto" takes it for RTSP cameras without FFmpeg ``options`` (those are PyAV's)."""
+        if self.source != "rtsp":
+            return False
+        if self.rtsp_client == "auto":
+            return not self.extra_options
+        return self.rtsp_client == "builtin"
+
 
 def read_cameras(table: Table | None, sinks: Mapping[str, SinkConfig]) -> dict[str, CameraConfig]:
     if table is None:

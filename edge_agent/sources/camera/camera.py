@@ -33,12 +33,21 @@ from edge_agent.media.mkv import H264, Frame, VideoTrack
 from edge_agent.records import Record
 from edge_agent.redact import redact, redact_text
 from edge_agent.runtime_status import CameraSnapshot
-from edge_agent.sources.camera.camera_errors import StreamStalled, camera_error
+from edge_agent.sources.camera.camera_errors import (
+    PicturesReordered,
+    StreamStalled,
+    camera_error,
+)
 from edge_agent.sources.camera.fragmenter import Fragment, Fragmenter
 from edge_agent.sources.camera.rtp_h264 import H264Depacketizer
 from edge_agent.sources.camera.rtsp_client import RtspError, RtspSession, RtspStalled
 from edge_agent.sources.camera.sdp import VideoMedia
-from edge_agent.sources.camera.timestamps import FrameClock, timed_packets
+from edge_agent.sources.camera.timestamps import (
+    FrameClock,
+    reordered,
+    rtp_reordered,
+    timed_packets,
+)
 from edge_agent.spool.store import Spool
 from edge_agent.worker import ThreadWorker, WorkerState
 
@@ -61,6 +70,8 @@ class CameraStats(WorkerState):
     lost_packets: int = 0  # RTP sequence gaps (the built-in RTSP client)
     #: Fragments the spool refused for want of room (intake paused: a full disk).
     unstored_fragments: int = 0
+    #: The camera sends B-frames: it is encoded (without them) instead of passed through.
+    b_frames: bool = False
 
 
 @dataclass
@@ -94,9 +105,10 @@ class Camera(ThreadWorker):
         self._track: VideoTrack | None = None  # the newest frames'
         self._fragment_track: VideoTrack | None = None  # the fragment in progress'
         self._track_source: tuple[h264.ParameterSets, int, int] | None = None
-        self._builtin_rtsp = uses_builtin_rtsp(settings)
+        self._builtin_rtsp = settings.builtin_rtsp
         self._refused = False  # the spool refused the last fragment (a full disk)
         self._backdate_ms: int | None = None  # a file read faster than real time
+        self._reordered = False  # the camera sends B-frames: encoded from then on
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -111,6 +123,18 @@ class Camera(ThreadWorker):
                 reason = "the stream ended"
             except SpoolError as err:
                 reason = f"spool: {err}"
+            except PicturesReordered as err:
+                self._reordered = self.stats.b_frames = True
+                self._builtin_rtsp = False  # PyAV decodes it from now on
+                log.warning(
+                    "camera %s: %s; decoding and encoding it without B-frames from now on "
+                    "(turn B-frames off on the camera to pass it through, at far less CPU)",
+                    self.settings.name,
+                    err,
+                )
+                self.stats.last_error = str(err)
+                self._store(self.fragmenter.flush())
+                continue  # at once: not an outage
             except Exception as err:  # PyAV's errors, a camera that vanished, a bug
                 # Whatever the error quotes (a URL with its password), not the password.
                 reason = redact_text(str(camera_error(err)))
@@ -163,7 +187,7 @@ class Camera(ThreadWorker):
         try:
             stream = container.streams.video[0]
             self._backdate_ms = _backdate_ms(settings, container)
-            if stream.codec_context.name == "h264":
+            if stream.codec_context.name == "h264" and not self._reordered:
                 self._capture(self._passthrough(container, stream), "passthrough")
             else:
                 self._capture(self._encode(container, stream), "encode")
@@ -255,6 +279,8 @@ class Camera(ThreadWorker):
                 picture.keyframe |= bool(packet.is_keyframe)
                 continue
             if picture is not None:
+                if reordered(picture.pts, packet.pts, time_base):
+                    raise PicturesReordered("the camera sends B-frames")
                 yield self._passthrough_frame(picture, width, height)
             picture = _Picture(packet.pts, time_base, bool(packet.is_keyframe), units, sets)
         if picture is not None:
@@ -281,6 +307,7 @@ class Camera(ThreadWorker):
         time_base = Fraction(1, media.clock_rate)
         stats, stream_ms = self.stats, self.clock.stream_ms
         opened = time.monotonic()
+        previous: int | None = None
         try:
             for packet in session.packets():
                 for unit in depacketizer.push(packet):
@@ -296,6 +323,9 @@ class Camera(ThreadWorker):
                         if waited > self.settings.stall_timeout:
                             raise RtspStalled(f"no usable SPS and PPS in {waited:.0f}s")
                         continue
+                    if rtp_reordered(previous, unit.timestamp, media.clock_rate):
+                        raise PicturesReordered("the camera sends B-frames")
+                    previous = unit.timestamp
                     yield Frame(stream_ms(unit.timestamp, time_base), unit.keyframe, unit.data)
             ended: RtspError | None = None
         except RtspError as err:
@@ -448,18 +478,9 @@ class Camera(ThreadWorker):
             "time_jumps": self.clock.discontinuities,
             "lost_packets": stats.lost_packets,
             "unstored_fragments": stats.unstored_fragments,
+            "b_frames": stats.b_frames,
             "last_error": stats.last_error,
         }
-
-
-def uses_builtin_rtsp(settings: CameraConfig) -> bool:
-    """Whether the camera is read by the built-in RTSP client (``rtsp_client``): "auto"
-    takes it for RTSP cameras without FFmpeg ``options`` (those are for PyAV)."""
-    if settings.source != "rtsp":
-        return False
-    if settings.rtsp_client == "auto":
-        return not settings.extra_options
-    return settings.rtsp_client == "builtin"
 
 
 def _backdate_ms(settings: CameraConfig, container: Any) -> int | None:

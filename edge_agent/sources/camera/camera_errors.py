@@ -22,6 +22,12 @@ class StreamStalled(CameraError):
     """No packet for longer than the stall timeout."""
 
 
+class PicturesReordered(CameraError):
+    """The camera sends B-frames: pictures out of presentation order. Kinesis Video takes
+    strictly increasing frame times and no composition offsets, so such a stream cannot
+    pass through as it is: the camera decodes and encodes it from then on."""
+
+
 #: One row of the PyAV table: PyAV's exception types, the camera error they become, and
 #: a hint added to FFmpeg's own words (None: none).
 PyAvTranslation = tuple[tuple[type[Exception], ...], type[CameraError], str | None]

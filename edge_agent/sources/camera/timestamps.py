@@ -149,7 +149,7 @@ def timed_packets(packets: Iterator[Any], stream: Any) -> Iterator[Any]:
             packet.pts = held.duration or frame_ticks
         if held is not None:
             if held.pts is None:
-                held.pts = max(0, packet.pts - (held.duration or frame_ticks))
+                held.pts = packet.pts - (held.duration or frame_ticks)
             yield held
             held = None
         next_pts = packet.pts + (packet.duration or frame_ticks)
@@ -157,3 +157,19 @@ def timed_packets(packets: Iterator[Any], stream: Any) -> Iterator[Any]:
     if held is not None:
         held.pts = 0
         yield held
+
+
+def reordered(previous: int | None, pts: int | None, time_base: Fraction | None) -> bool:
+    """A picture (in decode order) shown before the one before it, by less than
+    REORDER_MS: a B-frame. (A longer step back is a jump in the camera's own times.)"""
+    if previous is None or pts is None or time_base is None or pts >= previous:
+        return False
+    return (previous - pts) * time_base * 1000 < REORDER_MS
+
+
+def rtp_reordered(previous: int | None, timestamp: int, clock_rate: int) -> bool:
+    """``reordered`` for RTP times (32 bits, wrapping)."""
+    if previous is None:
+        return False
+    back = (previous - timestamp) % 2**32
+    return 0 < back < clock_rate * REORDER_MS // 1000
