@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 
+from edge_agent.kvs_local.server import PutMediaServer
 from tests.faulty_kinesis import FaultyKinesis
 from tests.forwarding import Harness, MakeHarness
+from tests.putmedia_client import CREDENTIALS
 from tests.support import AgentProcess, Kinesalite, Mosquitto
 
 
@@ -89,3 +91,14 @@ def kinesis(endpoint: FaultyKinesis, tmp_path: Path, harnesses: list[Harness]) -
         return harness
 
     return make
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[PutMediaServer]:
+    """kvs-local on a free loopback port with one stream, "cam" (tests/putmedia_client.py
+    signs for it); a test module may have a server of its own."""
+    endpoint = PutMediaServer(
+        tmp_path / "received", credentials=CREDENTIALS, streams=["cam"], idle_timeout=5
+    ).start()
+    yield endpoint
+    endpoint.stop()

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -35,15 +34,6 @@ from tests.putmedia_client import (
 from tests.support import REPO, free_port, wait_until
 from tests.test_mkv import FPS, FRAMES, encoded_frames
 from tests.video_checks import ffprobe_video, mkvinfo_lines
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[PutMediaServer]:
-    endpoint = PutMediaServer(
-        tmp_path / "received", credentials=CREDENTIALS, streams=["cam"], idle_timeout=5
-    ).start()
-    yield endpoint
-    endpoint.stop()
 
 
 def stream_chunks() -> tuple[bytes, list[list[Frame]]]:

@@ -13,8 +13,10 @@ from edge_agent.kvs_local.mkv_reader import (
     Block,
     ClusterEnd,
     ClusterStart,
+    Header,
     MkvError,
     MkvReader,
+    Tags,
     Tracks,
 )
 from edge_agent.media.mkv import H264, Frame, VideoTrack, cluster, end_of_fragment, stream_header
@@ -43,7 +45,8 @@ def test_our_stream_reads_back_frame_for_frame(tmp_path: Path, chunk: int) -> No
     assert [(b.timecode, b.keyframe, b.data) for b in blocks] == [
         (f.time_ms, f.keyframe, f.data) for f in frames
     ]
-    kinds = [type(e).__name__ for e in events if not isinstance(e, Block | Tracks)]
+    assert events[0] == Header("matroska")
+    kinds = [type(e).__name__ for e in events if not isinstance(e, Block | Tracks | Header)]
     assert kinds == ["ClusterStart", "ClusterEnd"] * (FRAMES // FPS)
 
 
@@ -92,4 +95,7 @@ def test_the_end_of_fragment_tag_closes_a_cluster_at_once() -> None:
     reader = MkvReader()
     without = reader.feed(header + cluster([key]))
     assert not any(isinstance(e, ClusterEnd) for e in without)
-    assert isinstance(reader.feed(end_of_fragment())[-1], ClusterEnd)
+    assert reader.feed(end_of_fragment()) == [
+        ClusterEnd(),
+        Tags((("AWS_KINESISVIDEO_END_OF_FRAGMENT", ""),)),
+    ]

@@ -2,11 +2,13 @@
 
 Feed bytes in; get events out, as soon as each element is complete:
 
+    Header(doc_type)                       the EBML header (its DocType)
     Tracks(entries)                        the track entries (number, codec, private data)
     ClusterStart(timecode)                 a fragment begins (its Timecode element read)
     Block(track, timecode, keyframe, data) one frame; timecode absolute, cluster + relative
     ClusterEnd()                           the fragment is complete (the next Cluster, or
                                            the end of the stream, closed it)
+    Tags(tags)                             a Tags element's (name, value) SimpleTags
 
 Master elements of unknown size (a live stream's Segment and Clusters) end where an
 element that cannot be their child begins. Anything the reader does not know is
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 from edge_agent.errors import FormatError
 from edge_agent.media import mkv
+from edge_agent.media.ebml import element as mkv_element
 
 _UNKNOWN = -1
 #: Elements larger than this are not accepted (a fragment is at most 50 MB).
@@ -40,6 +43,16 @@ class TrackEntry:
 
 
 @dataclass(frozen=True)
+class Header:
+    doc_type: str
+
+
+@dataclass(frozen=True)
+class Tags:
+    tags: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
 class Tracks:
     entries: tuple[TrackEntry, ...]
 
@@ -55,6 +68,8 @@ class Block:
     timecode: int
     keyframe: bool
     data: bytes
+    #: The block's lacing bits (0: one frame, no lacing).
+    lacing: int = 0
 
 
 @dataclass(frozen=True)
@@ -62,7 +77,7 @@ class ClusterEnd:
     pass
 
 
-Event = Tracks | ClusterStart | Block | ClusterEnd
+Event = Header | Tracks | ClusterStart | Block | ClusterEnd | Tags
 
 
 def _vint(data: bytes | bytearray, position: int, *, keep_marker: bool) -> tuple[int, int] | None:
@@ -172,8 +187,13 @@ class MkvReader:
         del buffer[: header + size]
         if element_id == mkv.CLUSTER:  # a cluster of known size: read its children
             events += self._known_cluster(payload)
+        elif element_id == mkv.EBML:
+            doc_type = dict(_children(payload)).get(mkv.DOC_TYPE, b"")
+            events.append(Header(doc_type.decode(errors="replace")))
         elif element_id == mkv.TRACKS:
             events.append(Tracks(tuple(_track_entries(payload))))
+        elif element_id == mkv.TAGS:
+            events.append(Tags(tuple(_simple_tags(payload))))
         elif element_id == mkv.TIMECODE:
             if not self._cluster_open:
                 raise MkvError("a Timecode outside a cluster")
@@ -230,6 +250,23 @@ def _track_entries(payload: bytes) -> list[TrackEntry]:
     return entries
 
 
+def _simple_tags(payload: bytes) -> list[tuple[str, str]]:
+    """Every SimpleTag's (name, value) in a Tags element, nested ones included."""
+    tags: list[tuple[str, str]] = []
+    for element_id, child in _children(payload):
+        if element_id == mkv.TAG:
+            tags += _simple_tags(child)
+        elif element_id == mkv.SIMPLE_TAG:
+            fields = _children(child)
+            values = dict(fields)
+            name = values.get(mkv.TAG_NAME, b"").decode(errors="replace")
+            tags.append((name, values.get(mkv.TAG_STRING, b"").decode(errors="replace")))
+            for kind, nested in fields:
+                if kind == mkv.SIMPLE_TAG:
+                    tags += _simple_tags(mkv_element(kind, nested))
+    return tags
+
+
 def _block(payload: bytes, cluster_timecode: int) -> Block:
     track = _vint(payload, 0, keep_marker=False)
     if track is None or len(payload) < track[1] + 3:
@@ -237,4 +274,5 @@ def _block(payload: bytes, cluster_timecode: int) -> Block:
     number, length = track
     relative = int.from_bytes(payload[length : length + 2], "big", signed=True)
     flags = payload[length + 2]
-    return Block(number, cluster_timecode + relative, bool(flags & 0x80), payload[length + 3 :])
+    keyframe, lacing = bool(flags & 0x80), (flags >> 1) & 0x03
+    return Block(number, cluster_timecode + relative, keyframe, payload[length + 3 :], lacing)

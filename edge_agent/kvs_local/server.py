@@ -7,15 +7,18 @@ agent (and anyone) can be tried without an AWS account:
     POST /putMedia                           a chunked MKV stream, SigV4-signed
 
 For each PutMedia connection it checks the signature (botocore's signer, the test
-credentials it was given), the stream name (one connection per stream), the timecode
-type, and then reads the MKV as it arrives, enforcing the ingestion rules: a keyframe
-at every cluster start, frames and fragments in increasing time within the connection
-(the service's rule is per PutMedia call: a later connection may send older fragments,
-as an offline replay does), fragment size and duration limits, known track numbers,
-AVCC frames. It answers on the same connection
-with the service's acknowledgement events (BUFFERING, RECEIVED, PERSISTED, ERROR with
-the service's ErrorId) and writes every fragment it accepted to a playable MKV file,
-one per stream and connection, under its directory.
+credentials it was given), the stream name (the service's pattern; one connection per
+stream), the timecode type (ABSOLUTE or RELATIVE) and start timestamp, and then reads
+the MKV as it arrives (kvs_local/ingest.py), holding it to the ingestion rules listed
+with their ErrorIds in kvs_local/rules.py: the EBML DocType, avcC codec private data,
+a keyframe at every cluster start, no lacing, plausible producer times, frames and
+fragments in increasing time within the connection (the service's rule is per PutMedia
+call: a later connection may send older fragments, as an offline replay does),
+fragment size and duration limits, known track numbers, AVCC frames, fragment metadata
+limits. It answers on the same connection with the service's acknowledgement events
+(BUFFERING, RECEIVED, PERSISTED, ERROR with the service's ErrorId) and writes every
+fragment it accepted to a seekable MKV file (kvs_local/stored_file.py), one per stream
+and connection, under its directory.
 """
 
 from __future__ import annotations
@@ -23,44 +26,26 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from botocore.credentials import Credentials
 
 from edge_agent.errors import EndpointRefusal
-from edge_agent.kvs_local.mkv_reader import (
-    Block,
-    ClusterEnd,
-    ClusterStart,
-    MkvError,
-    MkvReader,
-    Tracks,
-)
+from edge_agent.kvs_local import rules
+from edge_agent.kvs_local.ingest import Ingest
 from edge_agent.kvs_local.sigv4 import SignatureRejected, check_signature
-from edge_agent.media import h264
-from edge_agent.media.mkv import Frame, VideoTrack, cluster, stream_header
 
 log = logging.getLogger(__name__)
 
 MAX_FRAGMENT_BYTES = 50 * 1000 * 1000
 MAX_FRAGMENT_MS = 10_000
-MAX_TRACKS = 3
 #: The service ends a PutMedia request about this long after the last data.
 IDLE_TIMEOUT_S = 30.0
 FRAGMENT_NUMBER_BASE = 91343852333181432392682062607743920146264440000
-
-STREAM_READ_ERROR = 4000
-MAX_FRAGMENT_SIZE_REACHED = 4001
-MAX_FRAGMENT_DURATION_REACHED = 4002
-FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS = 4004
-INVALID_MKV_DATA = 4006
-TRACK_NUMBER_MISMATCH = 4010
-MORE_THAN_ALLOWED_TRACKS_FOUND = 4012
 
 
 @dataclass
@@ -93,6 +78,7 @@ class PutMediaServer:
         max_fragment_ms: int = MAX_FRAGMENT_MS,
         max_fragment_bytes: int = MAX_FRAGMENT_BYTES,
         idle_timeout: float = IDLE_TIMEOUT_S,
+        max_future_ms: int = rules.MAX_FUTURE_MS,
     ) -> None:
         self.directory = directory
         #: The test credentials requests must be signed with (any of them; None: no check).
@@ -110,6 +96,8 @@ class PutMediaServer:
         self.max_fragment_ms = max_fragment_ms
         self.max_fragment_bytes = max_fragment_bytes
         self.idle_timeout = idle_timeout
+        #: How far ahead of this machine's clock a producer time may be (ms).
+        self.max_future_ms = max_future_ms
         self.any_stream = streams is None
         self.streams = {name: StreamState(name) for name in streams or ()}
         self.lock = threading.Lock()
@@ -184,6 +172,7 @@ class _Handler(BaseHTTPRequestHandler):
         request = json.loads(raw or b"{}")
         arn = str(request.get("StreamARN", ""))  # arn:...:stream/NAME/CREATION
         name = str(request.get("StreamName") or arn.rpartition("/")[0].rpartition("/")[2])
+        rules.check_stream_name(name)
         state = self.endpoint.stream(name)
         if state is None:
             raise EndpointRefusal(404, "ResourceNotFoundException", f"stream {name} not found")
@@ -239,8 +228,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _put_media(self) -> None:
         self._check_signature()
         name = self.headers.get("x-amzn-stream-name", "")
-        if self.headers.get("x-amzn-fragment-timecode-type", "ABSOLUTE") != "ABSOLUTE":
-            raise EndpointRefusal(400, "InvalidArgumentException", "only ABSOLUTE timecodes here")
+        rules.check_stream_name(name)
+        offset_ms = rules.timecode_offset_ms(
+            self.headers.get("x-amzn-fragment-timecode-type", "ABSOLUTE"),
+            self.headers.get("x-amzn-producer-start-timestamp"),
+        )
         if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():
             raise EndpointRefusal(400, "InvalidArgumentException", "the body must be chunked")
         state = self.endpoint.stream(name)
@@ -260,7 +252,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             self.connection.settimeout(self.endpoint.idle_timeout)
-            _Ingest(self, state).run()
+            Ingest(self, state, offset_ms).run()
         finally:
             with self.endpoint.lock:
                 state.active = False
@@ -299,139 +291,3 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
         self.close_connection = True
-
-
-class _Ingest:
-    """One PutMedia connection's stream: rules, acks, the file of what was accepted."""
-
-    def __init__(self, handler: _Handler, state: StreamState) -> None:
-        self.handler = handler
-        self.endpoint = handler.endpoint
-        self.state = state
-        self.reader = MkvReader()
-        self.track: VideoTrack | None = None
-        self.track_numbers: set[int] = set()
-        self.frames: list[Frame] = []
-        self.fragment_ms: int | None = None
-        #: The last fragment accepted on this connection: the next must be later.
-        self.last_fragment_ms = -1
-        self.fragment_bytes = 0
-        self.skip = False  # the current fragment was refused: ignore its blocks
-        self.file: BinaryIO | None = None
-
-    def run(self) -> None:
-        try:
-            try:
-                for chunk in self.handler.read_chunks():
-                    for event in self.reader.feed(chunk):
-                        if not self._on(event):
-                            return
-                for event in self.reader.end():
-                    if not self._on(event):
-                        return
-            except MkvError as err:
-                self._error(INVALID_MKV_DATA, str(err))
-            except TimeoutError:
-                self.handler.send_event({"EventType": "IDLE"})
-        finally:
-            if self.file is not None:
-                self.file.close()
-
-    def _on(self, event: object) -> bool:
-        """Handle one MKV event; False ends the connection."""
-        if isinstance(event, Tracks):
-            return self._tracks(event)
-        if isinstance(event, ClusterStart):
-            return self._cluster_start(event.timecode)
-        if isinstance(event, Block):
-            return self._block(event)
-        if isinstance(event, ClusterEnd):
-            return self._cluster_end()
-        return True
-
-    def _tracks(self, tracks: Tracks) -> bool:
-        if len(tracks.entries) > MAX_TRACKS:
-            return self._error(MORE_THAN_ALLOWED_TRACKS_FOUND, "more than 3 tracks")
-        self.track_numbers = {entry.number for entry in tracks.entries}
-        video = next((e for e in tracks.entries if e.track_type == 1), None)
-        if video is not None:
-            self.track = VideoTrack(video.codec_id, video.codec_private, video.width, video.height)
-        return True
-
-    def _cluster_start(self, timecode: int) -> bool:
-        self.frames, self.fragment_bytes, self.skip = [], 0, False
-        self.fragment_ms = timecode
-        if timecode <= self.last_fragment_ms:
-            self.skip = True
-            return self._error(
-                FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS,
-                f"fragment at {timecode} is not after {self.last_fragment_ms}",
-                timecode,
-            )
-        self._ack("BUFFERING", timecode)
-        return True
-
-    def _block(self, block: Block) -> bool:
-        if self.skip:
-            return True
-        if block.track not in self.track_numbers:
-            return self._error(TRACK_NUMBER_MISMATCH, f"block of unknown track {block.track}")
-        if not self.frames and not block.keyframe:
-            return self._error(INVALID_MKV_DATA, "the fragment does not start with a keyframe")
-        if self.frames and block.timecode <= self.frames[-1].time_ms:
-            return self._error(FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS, "frame times must increase")
-        try:
-            h264.split_avcc(block.data)
-        except ValueError:
-            return self._error(INVALID_MKV_DATA, "a frame is not AVCC (length-prefixed NALs)")
-        assert self.fragment_ms is not None
-        if block.timecode - self.fragment_ms > self.endpoint.max_fragment_ms:
-            return self._error(MAX_FRAGMENT_DURATION_REACHED, "the fragment is too long")
-        self.fragment_bytes += len(block.data)
-        if self.fragment_bytes > self.endpoint.max_fragment_bytes:
-            return self._error(MAX_FRAGMENT_SIZE_REACHED, "the fragment is too large")
-        self.frames.append(Frame(block.timecode, block.keyframe, block.data))
-        return True
-
-    def _cluster_end(self) -> bool:
-        if self.skip or not self.frames or self.fragment_ms is None:
-            return True
-        self._write(self.frames)
-        self.last_fragment_ms = self.fragment_ms
-        with self.endpoint.lock:
-            self.state.fragments += 1
-            self.state.timecodes.append(self.fragment_ms)
-            self.state.accepted_at.append(time.time())
-        number = self.endpoint.next_fragment_number()
-        self._ack("RECEIVED", self.fragment_ms, number)
-        if self.endpoint.retention:
-            self._ack("PERSISTED", self.fragment_ms, number)
-        self.frames = []
-        return True
-
-    def _write(self, frames: list[Frame]) -> None:
-        if self.file is None:
-            track = self.track or VideoTrack("V_MPEG4/ISO/AVC", b"", 0, 0)
-            path = self.endpoint.directory / f"{self.state.name}-{frames[0].time_ms}.mkv"
-            self.file = path.open("wb")
-            self.file.write(stream_header(track))
-            self.state.files.append(path)
-        self.file.write(cluster(frames))
-        self.file.flush()
-
-    def _ack(self, event_type: str, timecode: int, number: str | None = None) -> None:
-        event: dict[str, Any] = {"EventType": event_type, "FragmentTimecode": timecode}
-        event["FragmentNumber"] = number or str(self.endpoint._next_number + 1)
-        self.handler.send_event(event)
-
-    def _error(self, error_id: int, message: str, timecode: int | None = None) -> bool:
-        log.info("kvs-local: stream %s: error %d: %s", self.state.name, error_id, message)
-        event: dict[str, Any] = {"EventType": "ERROR", "ErrorId": error_id}
-        at = timecode if timecode is not None else self.fragment_ms
-        if at is not None:
-            event["FragmentTimecode"] = at
-        event["FragmentNumber"] = str(self.endpoint._next_number + 1)
-        self.handler.send_event(event)
-        # Out-of-order fragments are skipped and the connection goes on; anything else
-        # about the stream's data ends it.
-        return error_id == FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS and self.skip
