@@ -157,8 +157,9 @@ def unescape_rbsp(unit: bytes) -> bytes:
     return bytes(out)
 
 
-class _Bits:
-    """An Exp-Golomb bit reader over an RBSP; ValueError past its end."""
+class RbspBits:
+    """A big-endian bit reader with Exp-Golomb codes over an RBSP (H.264 and H.265 SPS);
+    FormatError past its end."""
 
     def __init__(self, data: bytes) -> None:
         self._value = int.from_bytes(data, "big")
@@ -190,7 +191,7 @@ _HIGH_PROFILES = frozenset({100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 
 def sps_dimensions(sps: bytes) -> tuple[int, int]:
     """The picture size an SPS declares, after its cropping (ITU-T H.264 7.3.2.1.1):
     what a camera that sends no SDP size or codec context still tells in-band."""
-    bits = _Bits(unescape_rbsp(sps[1:]))
+    bits = RbspBits(unescape_rbsp(sps[1:]))
     profile = bits.bits(8)
     bits.bits(16)  # constraint flags, level
     bits.ue()  # seq_parameter_set_id
@@ -239,7 +240,7 @@ def sps_dimensions(sps: bytes) -> tuple[int, int]:
     return width, height
 
 
-def _skip_scaling_list(bits: _Bits, size: int) -> None:
+def _skip_scaling_list(bits: RbspBits, size: int) -> None:
     last = following = 8
     for _ in range(size):
         if following:

@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from edge_agent.media.h264 import NAL_AUD, NAL_IDR, NAL_PPS, NAL_SPS
+from edge_agent.sources.camera import rtp
 
 STAP_A = 24
 FU_A = 28
@@ -50,7 +51,7 @@ class H264Depacketizer:
         self._keyframe = False
         self._timestamp: int | None = None  # raw 32-bit timestamp of the unit being built
         self._fragments: list[bytes] | None = None  # an FU-A unit being built
-        self._expected_sequence: int | None = None
+        self._sequence = rtp.SequenceTracker()
         self._extended_base = 0  # the extended value of the last raw timestamp seen
         self._last_raw: int | None = None
         #: The newest SPS and PPS seen in the stream, and how often they changed.
@@ -64,31 +65,17 @@ class H264Depacketizer:
     def push(self, packet: bytes | memoryview) -> list[AccessUnit]:
         """Take one RTP packet; returns the access unit it completed, if any (the one
         before it, when this packet begins another picture)."""
-        size = len(packet)
-        if size < 13 or packet[0] >> 6 != 2:
+        parsed = rtp.parse(packet)
+        if parsed is None:
             self.malformed_packets += 1
             return []
-        first = packet[0]
-        start = 12 + 4 * (first & 0x0F)
-        if first & 0x10:  # header extension: 4 bytes, then its length in 32-bit words
-            if size < start + 4:
-                self.malformed_packets += 1
-                return []
-            start += 4 + 4 * ((packet[start + 2] << 8) | packet[start + 3])
-        end = size - packet[size - 1] if first & 0x20 else size  # padding
-        if start >= end:
-            self.malformed_packets += 1
-            return []
-        sequence = (packet[2] << 8) | packet[3]
-        expected = self._expected_sequence
-        if expected is not None and sequence != expected:
-            gap = (sequence - expected) & 0xFFFF
-            if gap >= 0x8000:
-                return []  # from before the expected one: a repeat
+        start, end, sequence, timestamp, _ = parsed
+        gap = self._sequence.missing(sequence)
+        if gap is None:
+            return []  # from before the expected one: a repeat
+        if gap:
             self.lost_packets += gap
             self._fragments = None  # the unit in pieces lost some of them
-        self._expected_sequence = (sequence + 1) & 0xFFFF
-        timestamp = int.from_bytes(packet[4:8], "big")
         done: list[AccessUnit] = []
         if timestamp != self._timestamp:
             if self._after_slice >= 0:
