@@ -629,3 +629,40 @@ def test_an_rtsp_camera_with_b_frames_is_encoded_without_them(tmp_path: Path) ->
         fragments = [f for f in fragments_of(spool, "video") if int(str(f[2]["frames"])) > 2]
     assert not camera._builtin_rtsp  # the built-in client saw the reordering first
     assert_shown_at_their_times(fragments[-2:], tmp_path)
+
+
+def h265_file(path: Path, seconds: int = 3) -> Path:
+    """H.265 in MP4 (hvcC extradata, one keyframe per second, no B-frames)."""
+    subprocess.run(
+        [
+            "ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size=320x240:rate={FPS}",
+            "-t", str(seconds), "-c:v", "libx265", "-pix_fmt", "yuv420p",
+            "-x265-params", f"keyint={FPS}:min-keyint={FPS}:bframes=0:log-level=error",
+            "-tag:v", "hvc1", str(path),
+        ],
+        check=True,
+        timeout=120,
+    )  # fmt: skip
+    return path
+
+
+def test_h265_files_pass_through_byte_for_byte_as_hevc_tracks(tmp_path: Path) -> None:
+    """H.265 is not transcoded: its pictures go into V_MPEGH/ISO/HEVC fragments as the
+    file holds them, with an hvcC record FFmpeg's decoder takes."""
+    source = h265_file(tmp_path / "in.mp4")
+    with av.open(str(source)) as container:
+        expected = [bytes(p) for p in container.demux(video=0) if p.size]
+    stop = threading.Event()
+    with Spool.open(tmp_path / "s.db") as spool:
+        settings = CameraConfig("hevc", str(source), "video", "file", fragment_ms=1000)
+        camera = Camera(settings, spool, stop)
+        run_until(camera, stop, lambda: spool.pending("video")[0] >= 3)
+        fragments = fragments_of(spool, "video")[:3]
+    assert camera.stats.mode == "passthrough"
+    assert {str(meta["codec_id"]) for _, _, meta in fragments} == {"V_MPEGH/ISO/HEVC"}
+    with av.open(str(as_mkv(fragments, tmp_path / "out.mkv"))) as container:
+        assert container.streams.video[0].codec_context.name == "hevc"
+        got = [bytes(p) for p in container.demux(video=0) if p.size]
+    assert got == expected
+    with av.open(str(tmp_path / "out.mkv")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == len(expected) == 3 * FPS

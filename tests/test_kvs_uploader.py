@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -454,3 +455,49 @@ def test_a_retention_that_cannot_be_read_leaves_the_configured_acknowledgement(
     finally:
         control.shutdown()
         control.server_close()
+
+
+def test_h265_fragments_reach_kvs_local_and_play_back(
+    server: PutMediaServer, tmp_path: Path
+) -> None:
+    """An H.265 camera passes through: kvs-local (strict about the codec private data)
+    takes its hvcC tracks, and what it stored decodes as HEVC."""
+    source = tmp_path / "in.mp4"
+    subprocess.run(
+        [
+            "ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
+            "-t", "3", "-c:v", "libx265", "-pix_fmt", "yuv420p",
+            "-x265-params", "keyint=30:min-keyint=30:bframes=0:log-level=error", str(source),
+        ],
+        check=True,
+        timeout=120,
+    )  # fmt: skip
+    config = parse_config(
+        {
+            "sinks": {
+                "video": {
+                    "type": "kvs",
+                    "stream": "cam",
+                    "region": "us-east-1",
+                    "endpoint_url": server.url,
+                }
+            },
+            "cameras": {
+                "door": {"source": "file", "url": str(source), "sink": "video", "fragment": "1s"}
+            },
+        }
+    )
+    stop = threading.Event()
+    with Spool.open(tmp_path / "spool.db") as spool:
+        camera = Camera(config.cameras["door"], spool, stop)
+        uploader = KvsUploader(config.sinks["video"], spool, UploadBudget(None, 1024), stop)
+        parts = (spool, camera, uploader, stop)
+        run_until(parts, lambda: uploader.stats.fragments_acked >= 3, "three fragments persisted")
+    stored = server.streams["cam"]
+    assert stored.fragments >= 3
+    frames = 0
+    for path in stored.files:
+        with av.open(str(path)) as container:
+            assert container.streams.video[0].codec_context.name == "hevc"
+            frames += sum(1 for _ in container.decode(video=0))
+    assert frames >= 30 * 3

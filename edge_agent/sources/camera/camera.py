@@ -29,7 +29,7 @@ from edge_agent.delivery.backoff import Backoff
 from edge_agent.errors import SpoolError, SpoolFull
 from edge_agent.media import h264
 from edge_agent.media.fragment_meta import FragmentMeta
-from edge_agent.media.mkv import H264, Frame, VideoTrack
+from edge_agent.media.mkv import Frame, VideoTrack
 from edge_agent.records import Record
 from edge_agent.redact import redact, redact_text
 from edge_agent.runtime_status import CameraSnapshot
@@ -37,6 +37,13 @@ from edge_agent.sources.camera.camera_errors import (
     PicturesReordered,
     StreamStalled,
     camera_error,
+)
+from edge_agent.sources.camera.codecs import (
+    PASSTHROUGH,
+    ParameterSets,
+    PassthroughCodec,
+    Picture,
+    track_of,
 )
 from edge_agent.sources.camera.fragmenter import Fragment, Fragmenter
 from edge_agent.sources.camera.rtp_h264 import H264Depacketizer
@@ -74,17 +81,6 @@ class CameraStats(WorkerState):
     b_frames: bool = False
 
 
-@dataclass
-class _Picture:
-    """The packets of one picture, gathered before it becomes a frame."""
-
-    pts: int | None
-    time_base: Fraction | None
-    keyframe: bool
-    units: list[h264.NalUnit]
-    sets: h264.ParameterSets
-
-
 class Camera(ThreadWorker):
     def __init__(
         self,
@@ -104,7 +100,7 @@ class Camera(ThreadWorker):
         self.fragmenter = Fragmenter(settings.fragment_ms, settings.max_fragment_ms)
         self._track: VideoTrack | None = None  # the newest frames'
         self._fragment_track: VideoTrack | None = None  # the fragment in progress'
-        self._track_source: tuple[h264.ParameterSets, int, int] | None = None
+        self._track_source: tuple[ParameterSets, int, int] | None = None
         self._builtin_rtsp = settings.builtin_rtsp
         self._refused = False  # the spool refused the last fragment (a full disk)
         self._backdate_ms: int | None = None  # a file read faster than real time
@@ -187,8 +183,9 @@ class Camera(ThreadWorker):
         try:
             stream = container.streams.video[0]
             self._backdate_ms = _backdate_ms(settings, container)
-            if stream.codec_context.name == "h264" and not self._reordered:
-                self._capture(self._passthrough(container, stream), "passthrough")
+            codec = PASSTHROUGH.get(stream.codec_context.name)
+            if codec is not None and not self._reordered:
+                self._capture(self._passthrough(container, stream, codec), "passthrough")
             else:
                 self._capture(self._encode(container, stream), "encode")
         finally:
@@ -246,7 +243,7 @@ class Camera(ThreadWorker):
             if packet.size:
                 yield packet
 
-    def _passthrough(self, container: Any, stream: Any) -> Iterator[Frame]:
+    def _passthrough(self, container: Any, stream: Any, codec: PassthroughCodec) -> Iterator[Frame]:
         """H.264 as the camera sent it: no decoding. Annex-B or AVCC is decided from
         the stream's extradata; parameter sets seen in the stream update the track.
         A packet holding the later slices of a picture joins the packet before it: some
@@ -254,14 +251,14 @@ class Camera(ThreadWorker):
         splits the picture in two."""
         extradata = bytes(stream.codec_context.extradata or b"")
         annexb = not extradata or h264.is_annexb(extradata)
-        sets = None
+        sets: ParameterSets | None = None
         if extradata and not annexb:
-            sets = h264.parameter_sets_from_avcc_record(extradata)
+            sets = codec.from_record(extradata)
         elif extradata:
-            sets = h264.parameter_sets(h264.split_annexb(extradata))
+            sets = codec.parameter_sets(h264.split_annexb(extradata))
         width, height = stream.codec_context.width, stream.codec_context.height
         time_base = stream.time_base
-        picture: _Picture | None = None
+        picture: Picture | None = None
         for packet in self._packets(container, stream):
             data = bytes(packet)
             try:
@@ -269,29 +266,31 @@ class Camera(ThreadWorker):
             except ValueError:
                 self.stats.dropped_frames += 1  # a corrupt packet: skip it, keep the stream
                 continue
-            found = h264.parameter_sets(units)
+            found = codec.parameter_sets(units)
             if found is not None and found != sets:
                 sets = found
             if sets is None:
-                continue  # nothing decodable before the first SPS/PPS
-            if picture is not None and h264.continues_picture(units):
+                continue  # nothing decodable before the first parameter sets
+            if picture is not None and codec.continues_picture(units):
                 picture.units += units
                 picture.keyframe |= bool(packet.is_keyframe)
                 continue
             if picture is not None:
                 if reordered(picture.pts, packet.pts, time_base):
                     raise PicturesReordered("the camera sends B-frames")
-                yield self._passthrough_frame(picture, width, height)
-            picture = _Picture(packet.pts, time_base, bool(packet.is_keyframe), units, sets)
+                yield self._passthrough_frame(picture, width, height, codec)
+            picture = Picture(packet.pts, time_base, bool(packet.is_keyframe), units, sets)
         if picture is not None:
-            yield self._passthrough_frame(picture, width, height)
+            yield self._passthrough_frame(picture, width, height, codec)
 
-    def _passthrough_frame(self, picture: _Picture, width: int, height: int) -> Frame:
+    def _passthrough_frame(
+        self, picture: Picture, width: int, height: int, codec: PassthroughCodec
+    ) -> Frame:
         self._set_track(picture.sets, width, height)
         return Frame(
             self.clock.stream_ms(picture.pts, picture.time_base),
             picture.keyframe,
-            h264.to_avcc(picture.units),
+            codec.length_prefixed(picture.units),
         )
 
     def _rtsp_frames(self, session: RtspSession, media: VideoMedia) -> Iterator[Frame]:
@@ -398,18 +397,19 @@ class Camera(ThreadWorker):
 
     # ------------------------------------------------------------------ storing
 
-    def _set_track(self, sets: h264.ParameterSets, width: int, height: int) -> None:
+    def _set_track(self, sets: ParameterSets, width: int, height: int) -> None:
         if self._track is not None and (sets, width, height) == self._track_source:
             return  # the same parameter sets as the previous frame (nearly always)
         self._track_source = (sets, width, height)
-        record = sets.avcc_record()
+        codec_id, record = track_of(sets)
         track = self._track
-        if track is None or (track.codec_private, track.width, track.height) != (
+        if track is None or (track.codec_id, track.codec_private, track.width, track.height) != (
+            codec_id,
             record,
             width,
             height,
         ):
-            self._track = VideoTrack(H264, record, width, height)
+            self._track = VideoTrack(codec_id, record, width, height)
 
     def _store(self, fragment: Fragment | None) -> None:
         track = self._fragment_track
