@@ -408,6 +408,11 @@ def test_persisted_acknowledgements_on_a_stream_that_keeps_no_data_pause_the_sin
     assert uploader.stats.fragments_sent == 0  # nothing sent to wait forever for
 
 
+def kvs_sink(endpoint_url: str) -> dict[str, str]:
+    """A KVS sink for stream "cam" at this endpoint (control plane and PutMedia)."""
+    return {"type": "kvs", "stream": "cam", "region": "us-east-1", "endpoint_url": endpoint_url}
+
+
 class _DeniesDescribeStream(BaseHTTPRequestHandler):
     """A control plane whose IAM policy allows GetDataEndpoint only."""
 
@@ -432,16 +437,7 @@ def test_a_retention_that_cannot_be_read_leaves_the_configured_acknowledgement(
     threading.Thread(target=control.serve_forever, daemon=True).start()
     try:
         config = parse_config(
-            {
-                "sinks": {
-                    "video": {
-                        "type": "kvs",
-                        "stream": "cam",
-                        "region": "us-east-1",
-                        "endpoint_url": f"http://127.0.0.1:{control.server_port}",
-                    }
-                }
-            }
+            {"sinks": {"video": kvs_sink(f"http://127.0.0.1:{control.server_port}")}}
         )
         aws = config.sinks["video"].aws
         assert aws is not None
@@ -474,14 +470,7 @@ def test_h265_fragments_reach_kvs_local_and_play_back(
     )  # fmt: skip
     config = parse_config(
         {
-            "sinks": {
-                "video": {
-                    "type": "kvs",
-                    "stream": "cam",
-                    "region": "us-east-1",
-                    "endpoint_url": server.url,
-                }
-            },
+            "sinks": {"video": kvs_sink(server.url)},
             "cameras": {
                 "door": {"source": "file", "url": str(source), "sink": "video", "fragment": "1s"}
             },
