@@ -23,7 +23,11 @@ from pathlib import Path
 from types import TracebackType
 
 SYSTEM_PYTHON = "/usr/bin/python3"
-PAYLOADERS = {"h264": "h264parse ! rtph264pay config-interval=-1", "jpeg": "rtpjpegpay"}
+PAYLOADERS = {
+    "h264": "h264parse ! rtph264pay config-interval=-1",
+    "h265": "h265parse ! rtph265pay config-interval=-1",
+    "jpeg": "rtpjpegpay",
+}
 DEMUXERS = {".mp4": "qtdemux", ".mov": "qtdemux", ".mkv": "matroskademux"}
 
 

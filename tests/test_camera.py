@@ -666,3 +666,27 @@ def test_h265_files_pass_through_byte_for_byte_as_hevc_tracks(tmp_path: Path) ->
     assert got == expected
     with av.open(str(tmp_path / "out.mkv")) as container:
         assert sum(1 for _ in container.decode(video=0)) == len(expected) == 3 * FPS
+
+
+def test_an_h265_rtsp_camera_passes_through_the_built_in_client(tmp_path: Path) -> None:
+    """gst-rtsp-server's rtph265pay (RFC 7798) into the built-in client: the pictures go
+    into HEVC fragments without decoding, and every frame decodes."""
+    missing = gst_rtsp_server.available()
+    if missing:
+        pytest.fail(missing)
+    source = h265_file(tmp_path / "served.mp4")
+    stop = threading.Event()
+    with (
+        RtspServer(free_port(), {"/live": (source, "h265")}) as server,
+        Spool.open(tmp_path / "s.db") as spool,
+    ):
+        settings = CameraConfig("hevc", server.url("/live"), "video", "rtsp", fragment_ms=1000)
+        camera = Camera(settings, spool, stop)
+        run_until(camera, stop, lambda: spool.pending("video")[0] >= 3)
+        fragments = fragments_of(spool, "video")[:3]
+    assert camera.stats.mode == "passthrough" and camera._builtin_rtsp
+    assert {str(meta["codec_id"]) for _, _, meta in fragments} == {"V_MPEGH/ISO/HEVC"}
+    with av.open(str(as_mkv(fragments, tmp_path / "out.mkv"))) as container:
+        assert container.streams.video[0].codec_context.name == "hevc"
+        decoded = sum(1 for _ in container.decode(video=0))
+    assert decoded == sum(int(str(meta["frames"])) for _, _, meta in fragments) >= 2 * FPS

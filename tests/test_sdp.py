@@ -4,13 +4,14 @@ authentication (RFC 2617's worked example)."""
 
 from __future__ import annotations
 
+import base64
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import pytest
 
-from edge_agent.media import h264
+from edge_agent.media import h264, h265
 from edge_agent.sources.camera.sdp import SdpError, video_media
 
 CAMERA_SDP = """v=0
@@ -93,3 +94,24 @@ def test_an_sps_cut_short_is_an_error_not_a_size() -> None:
     assert sps is not None
     with pytest.raises(ValueError, match="ends early"):
         h264.sps_dimensions(sps.sps[:6])
+
+
+def test_h265_parameter_sets_come_from_sprop_vps_sps_and_pps() -> None:
+    vps, sps, pps = b"\x40\x01\x0c", b"\x42\x01\x01", b"\x44\x01\xc1"
+    vps64, sps64, pps64 = (base64.b64encode(unit).decode() for unit in (vps, sps, pps))
+    sdp = (
+        "v=0\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H265/90000\r\n"
+        f"a=fmtp:96 sprop-vps={vps64}; sprop-sps={sps64}; sprop-pps={pps64}\r\n"
+    )
+    media = video_media(sdp, "rtsp://cam/live")
+    assert media.encoding == "H265"
+    assert media.parameter_sets == h265.ParameterSets(vps, sps, pps)
+
+
+def test_h265_with_decoding_order_numbers_is_refused() -> None:
+    sdp = (
+        "v=0\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H265/90000\r\n"
+        "a=fmtp:96 sprop-max-don-diff=2\r\n"
+    )
+    with pytest.raises(SdpError, match="decoding order"):
+        video_media(sdp, "rtsp://cam/live")

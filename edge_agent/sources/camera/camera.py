@@ -40,13 +40,16 @@ from edge_agent.sources.camera.camera_errors import (
 )
 from edge_agent.sources.camera.codecs import (
     PASSTHROUGH,
+    RTP_ENCODINGS,
     ParameterSets,
     PassthroughCodec,
     Picture,
+    depacketizer_for,
+    picture_size,
+    sets_seen,
     track_of,
 )
 from edge_agent.sources.camera.fragmenter import Fragment, Fragmenter
-from edge_agent.sources.camera.rtp_h264 import H264Depacketizer
 from edge_agent.sources.camera.rtsp_client import RtspError, RtspSession, RtspStalled
 from edge_agent.sources.camera.sdp import VideoMedia
 from edge_agent.sources.camera.timestamps import (
@@ -168,7 +171,7 @@ class Camera(ThreadWorker):
             )
             try:
                 media = session.open()
-                if media.encoding == "H264":
+                if media.encoding in RTP_ENCODINGS:
                     self._capture(self._rtsp_frames(session, media), "passthrough")
                     return
             finally:
@@ -294,11 +297,11 @@ class Camera(ThreadWorker):
         )
 
     def _rtsp_frames(self, session: RtspSession, media: VideoMedia) -> Iterator[Frame]:
-        """H.264 from the built-in RTSP client: RTP packets straight to AVCC frames. The
-        parameter sets come from the description and from the stream (where they may
-        change); the picture size from the SPS. A picture is complete when the next one
-        begins: the last one of a session is taken when the session ends."""
-        depacketizer = H264Depacketizer()
+        """H.264 or H.265 from the built-in RTSP client: RTP packets straight to length-
+        prefixed frames. The parameter sets come from the description and from the stream
+        (where they may change); the picture size from the SPS. A picture is complete when
+        the next one begins: the last one of a session is taken when the session ends."""
+        depacketizer = depacketizer_for(media.encoding)
         sets = media.parameter_sets
         if sets is not None:
             self._set_rtsp_track(sets)
@@ -312,10 +315,9 @@ class Camera(ThreadWorker):
                 for unit in depacketizer.push(packet):
                     if depacketizer.parameter_changes != seen_changes:
                         seen_changes = depacketizer.parameter_changes
-                        if depacketizer.sps and depacketizer.pps:
-                            found = h264.ParameterSets(depacketizer.sps, depacketizer.pps)
-                            if found != sets and self._set_rtsp_track(found):
-                                sets = found
+                        found = sets_seen(depacketizer)
+                        if found is not None and found != sets and self._set_rtsp_track(found):
+                            sets = found
                     if self._track is None:
                         stats.dropped_frames += 1  # nothing decodable before an SPS
                         waited = time.monotonic() - opened
@@ -338,11 +340,11 @@ class Camera(ThreadWorker):
         if ended is not None:
             raise ended
 
-    def _set_rtsp_track(self, sets: h264.ParameterSets) -> bool:
+    def _set_rtsp_track(self, sets: ParameterSets) -> bool:
         """The track of these parameter sets, sized by the SPS; False (and the track
         unchanged) if the SPS cannot be read."""
         try:
-            width, height = h264.sps_dimensions(sets.sps)
+            width, height = picture_size(sets)
         except ValueError as err:
             log.warning("camera %s: an SPS that cannot be read (%s)", self.settings.name, err)
             return False

@@ -10,6 +10,8 @@ from fractions import Fraction
 
 from edge_agent.media import h264, h265
 from edge_agent.media.mkv import H264, H265
+from edge_agent.sources.camera.rtp_h264 import H264Depacketizer
+from edge_agent.sources.camera.rtp_h265 import H265Depacketizer
 
 ParameterSets = h264.ParameterSets | h265.ParameterSets
 
@@ -40,6 +42,31 @@ PASSTHROUGH: dict[str, PassthroughCodec] = {
         h265.to_length_prefixed,
     ),
 }
+
+
+#: The RTP encodings (as the SDP names them) the built-in RTSP client passes through.
+RTP_ENCODINGS = ("H264", "H265")
+Depacketizer = H264Depacketizer | H265Depacketizer
+
+
+def depacketizer_for(encoding: str) -> Depacketizer:
+    return H265Depacketizer() if encoding == "H265" else H264Depacketizer()
+
+
+def sets_seen(depacketizer: Depacketizer) -> ParameterSets | None:
+    """The parameter sets a depacketizer saw in the stream, once it has all of them."""
+    if isinstance(depacketizer, H265Depacketizer):
+        vps, sps, pps = depacketizer.vps, depacketizer.sps, depacketizer.pps
+        return h265.ParameterSets(vps, sps, pps) if vps and sps and pps else None
+    sps, pps = depacketizer.sps, depacketizer.pps
+    return h264.ParameterSets(sps, pps) if sps and pps else None
+
+
+def picture_size(sets: ParameterSets) -> tuple[int, int]:
+    """Width and height from the SPS (FormatError if it cannot be read)."""
+    if isinstance(sets, h265.ParameterSets):
+        return h265.sps_dimensions(sets.sps)
+    return h264.sps_dimensions(sets.sps)
 
 
 def track_of(sets: ParameterSets) -> tuple[str, bytes]:

@@ -15,6 +15,7 @@ import binascii
 from dataclasses import dataclass
 
 from edge_agent.errors import FormatError
+from edge_agent.media import h265
 from edge_agent.media.h264 import NAL_PPS, NAL_SPS, ParameterSets
 
 
@@ -32,8 +33,9 @@ class VideoMedia:
     #: As the rtpmap names it, upper case: "H264", "H265", "JPEG", ...
     encoding: str
     clock_rate: int
-    #: H.264: the SPS and PPS of sprop-parameter-sets, if the camera gives them.
-    parameter_sets: ParameterSets | None = None
+    #: H.264: the SPS and PPS of sprop-parameter-sets; H.265: the VPS, SPS and PPS of
+    #: sprop-vps/-sps/-pps (RFC 7798); if the camera gives them.
+    parameter_sets: ParameterSets | h265.ParameterSets | None = None
 
 
 def video_media(sdp: str, base_url: str) -> VideoMedia:
@@ -85,9 +87,13 @@ def _video(lines: list[str], fields: list[str], base_url: str) -> VideoMedia:
                 parameters[key.lower()] = value.strip()
     if not encoding:
         raise SdpError(f"video payload type {payload_type} has no rtpmap")
-    sets = None
+    sets: ParameterSets | h265.ParameterSets | None = None
     if encoding == "H264" and "sprop-parameter-sets" in parameters:
         sets = _parameter_sets(parameters["sprop-parameter-sets"])
+    elif encoding == "H265":
+        if int(parameters.get("sprop-max-don-diff", "0") or 0) > 0:
+            raise SdpError("H.265 with decoding order numbers (sprop-max-don-diff > 0)")
+        sets = _h265_parameter_sets(parameters)
     return VideoMedia(control, base_url, payload_type, encoding, clock_rate, sets)
 
 
@@ -106,17 +112,37 @@ def _resolve(control: str, base_url: str) -> str:
     return base_url.rstrip("/") + "/" + control.lstrip("/")
 
 
-def _parameter_sets(value: str) -> ParameterSets | None:
-    """sprop-parameter-sets: base64 NAL units, comma-separated. A value that does not
-    decode is ignored: the camera repeats its SPS and PPS in-band anyway."""
-    sps = pps = None
+def _h265_parameter_sets(parameters: dict[str, str]) -> h265.ParameterSets | None:
+    """sprop-vps, sprop-sps and sprop-pps: base64 NAL units (the first of each)."""
+    found = []
+    for key in ("sprop-vps", "sprop-sps", "sprop-pps"):
+        units = _base64_units(parameters.get(key, ""))
+        if not units:
+            return None
+        found.append(units[0])
+    return h265.ParameterSets(*found)
+
+
+def _base64_units(value: str) -> list[bytes] | None:
+    """Comma-separated base64 NAL units; None if one does not decode."""
+    units = []
     for item in value.split(","):
         try:
             unit = base64.b64decode(item.strip() + "=" * (-len(item.strip()) % 4))
         except (binascii.Error, ValueError):
             return None
-        if unit and unit[0] & 0x1F == NAL_SPS:
+        if unit:
+            units.append(unit)
+    return units
+
+
+def _parameter_sets(value: str) -> ParameterSets | None:
+    """sprop-parameter-sets: base64 NAL units, comma-separated. A value that does not
+    decode is ignored: the camera repeats its SPS and PPS in-band anyway."""
+    sps = pps = None
+    for unit in _base64_units(value) or []:
+        if unit[0] & 0x1F == NAL_SPS:
             sps = unit
-        elif unit and unit[0] & 0x1F == NAL_PPS:
+        elif unit[0] & 0x1F == NAL_PPS:
             pps = unit
     return ParameterSets(sps, pps) if sps and pps else None
