@@ -14,6 +14,11 @@ Parts (``--parts``, all by default):
 * ``four720``: four 720p30 H.264 cameras in one agent, each a stream of its own (the
   same recording behind four paths); target: under 20 % of one core together
   (baseline: four ffmpeg remuxes).
+* ``pass1080hevc``: one 1080p30 H.265 camera, passed through; the baseline is
+  ``ffmpeg -c copy``; target: at most 1.5 x, like H.264.
+* ``bframes720``: one 720p30 H.264 camera that sends B-frames, which the agent decodes
+  and encodes without them (libx264 veryfast); the baseline is ffmpeg doing the same:
+  what such a camera costs.
 
 Every camera part also checks: the agent's peak RSS under 100 MiB per camera part with
 one camera, and capture-to-PERSISTED latency (first frame of a fragment captured to its
@@ -80,17 +85,20 @@ class Source:
 
     mount: str
     size: str
-    codec: str  # as the RTSP server names it: "h264" or "jpeg"
+    codec: str  # as the RTSP server names it: "h264", "h265" or "jpeg"
     bitrate: str
+    b_frames: int = 0
 
     def file(self, cache: Path, seconds: int) -> Path:
-        suffix = "mp4" if self.codec == "h264" else "mkv"
+        suffix = "mkv" if self.codec == "jpeg" else "mp4"
         return cache / f"{self.mount.strip('/')}-{seconds}s.{suffix}"
 
 
 H264_720 = Source("/h264_720", "1280x720", "h264", "2M")
 H264_1080 = Source("/h264_1080", "1920x1080", "h264", "4M")
 MJPEG_720 = Source("/mjpeg_720", "1280x720", "jpeg", "")
+H265_1080 = Source("/h265_1080", "1920x1080", "h265", "4M")
+H264_720_B_FRAMES = Source("/h264_bf_720", "1280x720", "h264", "2M", b_frames=2)
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,10 @@ PARTS = {
     "pass1080": Part("pass1080", "1080p30 H.264 passthrough", H264_1080, 1),
     "encode720": Part("encode720", "720p30 MJPEG -> H.264 veryfast", MJPEG_720, 1, True),
     "four720": Part("four720", "4 x 720p30 H.264 passthrough", H264_720, 4),
+    "pass1080hevc": Part("pass1080hevc", "1080p30 H.265 passthrough", H265_1080, 1),
+    "bframes720": Part(
+        "bframes720", "720p30 H.264 with B-frames -> encoded", H264_720_B_FRAMES, 1, True
+    ),
 }
 
 
@@ -122,8 +134,13 @@ def make_recording(source: Source, path: Path, seconds: int) -> None:
         gop = FRAGMENT_S * FPS
         command += ["-c:v", "libx264", "-preset", "veryfast", "-profile:v", "main"]
         command += ["-pix_fmt", "yuv420p", "-b:v", source.bitrate, "-maxrate", source.bitrate]
-        command += ["-bufsize", source.bitrate, "-bf", "0"]
+        command += ["-bufsize", source.bitrate, "-bf", str(source.b_frames)]
         command += ["-x264-params", f"keyint={gop}:min-keyint={gop}:scenecut=0"]
+    elif source.codec == "h265":
+        gop = FRAGMENT_S * FPS
+        command += ["-c:v", "libx265", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
+        command += ["-b:v", source.bitrate, "-tag:v", "hvc1"]
+        command += ["-x265-params", f"keyint={gop}:min-keyint={gop}:bframes=0:log-level=error"]
     else:
         command += ["-c:v", "mjpeg", "-q:v", "5", "-pix_fmt", "yuvj420p"]
     partial = path.with_suffix(".partial" + path.suffix)
