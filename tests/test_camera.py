@@ -15,7 +15,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
@@ -52,7 +52,11 @@ from tests.video_checks import ffprobe_video
 FPS = 30
 
 
-def fragments_of(spool: Spool, queue: str) -> list[tuple[int, bytes, dict[str, object]]]:
+#: Stored fragments: (capture time, payload, meta).
+Fragments = list[tuple[int, bytes, dict[str, object]]]
+
+
+def fragments_of(spool: Spool, queue: str) -> Fragments:
     rows = spool._conn.execute(
         "SELECT r.captured_at_ms, r.payload, r.meta FROM records r JOIN queues q"
         " ON q.id = r.queue_id WHERE q.name = ? ORDER BY r.id",
@@ -61,7 +65,7 @@ def fragments_of(spool: Spool, queue: str) -> list[tuple[int, bytes, dict[str, o
     return [(at, payload, json.loads(meta)) for at, payload, meta in rows]
 
 
-def as_mkv(fragments: list[tuple[int, bytes, dict[str, object]]], path: Path) -> Path:
+def as_mkv(fragments: Fragments, path: Path) -> Path:
     meta = fragments[0][2]
     track = VideoTrack(
         str(meta["codec_id"]),
@@ -580,9 +584,7 @@ def b_frame_file(path: Path, seconds: int = 3) -> Path:
     return path
 
 
-def assert_shown_at_their_times(
-    fragments: list[tuple[int, bytes, dict[str, object]]], tmp: Path
-) -> None:
+def assert_shown_at_their_times(fragments: Fragments, tmp: Path) -> None:
     """Decoded, the stored video shows one picture per frame step, in order: no
     bunches 1 ms apart, no holes (what decode-order times with B-frames give)."""
     with av.open(str(as_mkv(fragments, tmp / "out.mkv"))) as container:
@@ -611,22 +613,33 @@ def test_a_file_with_b_frames_is_encoded_without_them_and_shown_at_its_times(
     assert_shown_at_their_times(fragments[-3:], tmp_path)
 
 
-def test_an_rtsp_camera_with_b_frames_is_encoded_without_them(tmp_path: Path) -> None:
+def served_camera(
+    tmp_path: Path, source: Path, codec: str, done: Callable[[Camera, Spool], bool]
+) -> tuple[Camera, Fragments]:
+    """A recording served by gst-rtsp-server, read by a camera with the default RTSP
+    client until ``done``; the camera and the fragments it stored."""
     missing = gst_rtsp_server.available()
     if missing:
         pytest.fail(missing)
-    source = b_frame_file(tmp_path / "served.mp4")
     stop = threading.Event()
     with (
-        RtspServer(free_port(), {"/live": (source, "h264")}) as server,
+        RtspServer(free_port(), {"/live": (source, codec)}) as server,
         Spool.open(tmp_path / "s.db") as spool,
     ):
         settings = CameraConfig("ipcam", server.url("/live"), "video", "rtsp", fragment_ms=1000)
         camera = Camera(settings, spool, stop)
-        run_until(
-            camera, stop, lambda: camera.stats.mode == "encode" and spool.pending("video")[0] >= 4
-        )
-        fragments = [f for f in fragments_of(spool, "video") if int(str(f[2]["frames"])) > 2]
+        run_until(camera, stop, lambda: done(camera, spool))
+        return camera, fragments_of(spool, "video")
+
+
+def test_an_rtsp_camera_with_b_frames_is_encoded_without_them(tmp_path: Path) -> None:
+    camera, stored = served_camera(
+        tmp_path,
+        b_frame_file(tmp_path / "served.mp4"),
+        "h264",
+        lambda camera, spool: camera.stats.mode == "encode" and spool.pending("video")[0] >= 4,
+    )
+    fragments = [f for f in stored if int(str(f[2]["frames"])) > 2]
     assert not camera._builtin_rtsp  # the built-in client saw the reordering first
     assert_shown_at_their_times(fragments[-2:], tmp_path)
 
@@ -671,19 +684,13 @@ def test_h265_files_pass_through_byte_for_byte_as_hevc_tracks(tmp_path: Path) ->
 def test_an_h265_rtsp_camera_passes_through_the_built_in_client(tmp_path: Path) -> None:
     """gst-rtsp-server's rtph265pay (RFC 7798) into the built-in client: the pictures go
     into HEVC fragments without decoding, and every frame decodes."""
-    missing = gst_rtsp_server.available()
-    if missing:
-        pytest.fail(missing)
-    source = h265_file(tmp_path / "served.mp4")
-    stop = threading.Event()
-    with (
-        RtspServer(free_port(), {"/live": (source, "h265")}) as server,
-        Spool.open(tmp_path / "s.db") as spool,
-    ):
-        settings = CameraConfig("hevc", server.url("/live"), "video", "rtsp", fragment_ms=1000)
-        camera = Camera(settings, spool, stop)
-        run_until(camera, stop, lambda: spool.pending("video")[0] >= 3)
-        fragments = fragments_of(spool, "video")[:3]
+    camera, stored = served_camera(
+        tmp_path,
+        h265_file(tmp_path / "served.mp4"),
+        "h265",
+        lambda camera, spool: spool.pending("video")[0] >= 3,
+    )
+    fragments = stored[:3]
     assert camera.stats.mode == "passthrough" and camera._builtin_rtsp
     assert {str(meta["codec_id"]) for _, _, meta in fragments} == {"V_MPEGH/ISO/HEVC"}
     with av.open(str(as_mkv(fragments, tmp_path / "out.mkv"))) as container:

@@ -96,7 +96,6 @@ class Storage:
     def __init__(self, path: Path, reserve: int) -> None:
         self.path = path
         self.ballast_path = Path(f"{path}.ballast")
-        self.configured_reserve = reserve
         self.reserve = reserve
         self.ballast_size = 0
         #: Why intake is refused (and since when), None while it is admitted.
@@ -120,6 +119,9 @@ class Storage:
                     self.reserve,
                 )
             self.ballast_size = min(BALLAST_MAX, self.reserve // BALLAST_SHARE)
+        #: Whether the ballast is on disk: known from what this object did to it (no stat
+        #: per append); the maintenance pass looks at the file itself.
+        self._ballast_held = bool(self.ballast_size) and self._ballast_exists()
 
     # ------------------------------------------------------------------ measuring
 
@@ -136,7 +138,7 @@ class Storage:
         free_pages, page_size = conn.execute(
             "SELECT * FROM pragma_freelist_count, pragma_page_size"
         ).fetchone()
-        ballast = self.ballast_size if self._ballast_exists() else 0
+        ballast = self.ballast_size if self._ballast_held else 0
         try:
             wal = os.stat(f"{self.path}-wal").st_size
         except OSError:
@@ -222,7 +224,8 @@ class Storage:
     def keep_ballast(self, conn: sqlite3.Connection) -> None:
         """Allocate the ballast if it is missing and the room allows it (at open, and on
         every maintenance pass)."""
-        if not self.ballast_size or self._ballast_exists():
+        self._ballast_held = bool(self.ballast_size) and self._ballast_exists()
+        if not self.ballast_size or self._ballast_held:
             return
         room = self.measure(conn)
         if room.free < self.reserve + self.ballast_size:
@@ -233,6 +236,7 @@ class Storage:
                 os.posix_fallocate(fd, 0, self.ballast_size)
             finally:
                 os.close(fd)
+            self._ballast_held = True
         except OSError as err:
             with contextlib.suppress(OSError):
                 self.ballast_path.unlink()
@@ -254,10 +258,12 @@ class Storage:
         try:
             self.ballast_path.unlink()
         except FileNotFoundError:
+            self._ballast_held = False
             return False
         except OSError as err:
             log.error("cannot release the spool's ballast %s: %s", self.ballast_path, err)
             return False
+        self._ballast_held = False
         self.ballast_releases += 1
         log.warning(
             "the spool's filesystem is full: released its %d-byte ballast so that "

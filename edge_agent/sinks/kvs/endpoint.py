@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import ClientError
@@ -25,6 +27,8 @@ from edge_agent.sinks.kvs.control import control_endpoint, describe_stream, get_
 from edge_agent.worker import LinkState
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 class KvsEndpoint:
@@ -72,21 +76,25 @@ class KvsEndpoint:
             raise SinkPaused("NoRegion", "no region: set region in the sink's config")
         return str(region)
 
+    def _control(self, call: Callable[..., _T], credentials: ReadOnlyCredentials) -> _T:
+        """A control-plane call for this stream (control.py), signed and budgeted."""
+        region = self.region()
+        return call(
+            control_endpoint(region, self._aws.endpoint_url),
+            self._stream,
+            credentials,
+            region=region,
+            timeout=self._aws.connect_timeout,
+            budget=self._budget,
+            stop=self._stop,
+        )
+
     def retention_hours(self, credentials: ReadOnlyCredentials) -> int | None:
         """The stream's DataRetentionInHours (cached); None if it cannot be read."""
         if self._retention_asked:
             return self._retention
-        region = self.region()
         try:
-            info = describe_stream(
-                control_endpoint(region, self._aws.endpoint_url),
-                self._stream,
-                credentials,
-                region=region,
-                timeout=self._aws.connect_timeout,
-                budget=self._budget,
-                stop=self._stop,
-            )
+            info = self._control(describe_stream, credentials)
         except ClientError as err:
             error = sink_error(err)
             if not isinstance(error, SinkPaused):
@@ -109,17 +117,8 @@ class KvsEndpoint:
     def data_endpoint(self, credentials: ReadOnlyCredentials) -> str:
         """The stream's PutMedia endpoint (cached)."""
         if self._data_endpoint is None:
-            region = self.region()
             try:
-                self._data_endpoint = get_data_endpoint(
-                    control_endpoint(region, self._aws.endpoint_url),
-                    self._stream,
-                    credentials,
-                    region=region,
-                    timeout=self._aws.connect_timeout,
-                    budget=self._budget,
-                    stop=self._stop,
-                )
+                self._data_endpoint = self._control(get_data_endpoint, credentials)
                 self._link.up()
             except ClientError as err:  # the same classification as the record sinks
                 self._link.up()  # refused, but it answered
