@@ -19,6 +19,12 @@ Parts (``--parts``, all by default):
 * ``bframes720``: one 720p30 H.264 camera that sends B-frames, which the agent decodes
   and encodes without them (libx264 veryfast); the baseline is ffmpeg doing the same:
   what such a camera costs.
+* ``audio720off``, ``audio720aac``, ``audio720pcma``: one 720p30 H.264 camera with a
+  microphone (the same video as ``pass720``, with AAC 48 kHz mono, RFC 3640, or G.711
+  A-law in 20 ms packets, as cameras send them), the agent's ``audio`` off and on;
+  target: audio costs the agent less than 10 % more CPU than the video alone
+  (``audio720off``, measured in the same run). The baseline is ``ffmpeg -c copy`` of
+  both streams.
 
 Every camera part also checks: the agent's peak RSS under 100 MiB per camera part with
 one camera, and capture-to-PERSISTED latency (first frame of a fragment captured to its
@@ -44,7 +50,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +94,18 @@ class Source:
     codec: str  # as the RTSP server names it: "h264", "h265" or "jpeg"
     bitrate: str
     b_frames: int = 0
+    #: The microphone's, as the RTSP server names it ("aac", "pcma"): the video of the
+    #: same source without audio, with this audio muxed in.
+    audio: str = ""
 
     def file(self, cache: Path, seconds: int) -> Path:
-        suffix = "mkv" if self.codec == "jpeg" else "mp4"
+        suffix = "mkv" if self.codec == "jpeg" else "mov" if self.audio == "pcma" else "mp4"
         return cache / f"{self.mount.strip('/')}-{seconds}s.{suffix}"
+
+    @property
+    def served_as(self) -> str:
+        """The codec as the RTSP server's mount names it (video+audio)."""
+        return f"{self.codec}+{self.audio}" if self.audio else self.codec
 
 
 H264_720 = Source("/h264_720", "1280x720", "h264", "2M")
@@ -99,6 +113,13 @@ H264_1080 = Source("/h264_1080", "1920x1080", "h264", "4M")
 MJPEG_720 = Source("/mjpeg_720", "1280x720", "jpeg", "")
 H265_1080 = Source("/h265_1080", "1920x1080", "h265", "4M")
 H264_720_B_FRAMES = Source("/h264_bf_720", "1280x720", "h264", "2M", b_frames=2)
+H264_720_AAC = Source("/h264_aac_720", "1280x720", "h264", "2M", audio="aac")
+H264_720_PCMA = Source("/h264_pcma_720", "1280x720", "h264", "2M", audio="pcma")
+#: ffmpeg's arguments for each microphone: AAC at 64 kbit/s, G.711 A-law at 8 kHz.
+AUDIO_ENCODERS = {
+    "aac": ["-c:a", "aac", "-b:a", "64k", "-ar", "48000", "-ac", "1"],
+    "pcma": ["-c:a", "pcm_alaw", "-ar", "8000", "-ac", "1"],
+}
 
 
 @dataclass(frozen=True)
@@ -108,6 +129,7 @@ class Part:
     source: Source
     cameras: int
     encode: bool = False
+    audio: bool = False  # the agent's ``audio`` setting
 
 
 PARTS = {
@@ -119,14 +141,33 @@ PARTS = {
     "bframes720": Part(
         "bframes720", "720p30 H.264 with B-frames -> encoded", H264_720_B_FRAMES, 1, True
     ),
+    "audio720off": Part("audio720off", "720p30 H.264 + AAC, audio off", H264_720_AAC, 1),
+    "audio720aac": Part("audio720aac", "720p30 H.264 + AAC, audio on", H264_720_AAC, 1, audio=True),
+    "audio720pcma": Part(
+        "audio720pcma", "720p30 H.264 + G.711, audio on", H264_720_PCMA, 1, audio=True
+    ),
 }
+#: The parts whose audio is measured against the video alone (audio720off).
+AUDIO_PARTS = ("audio720aac", "audio720pcma")
 
 
 def make_recording(source: Source, path: Path, seconds: int) -> None:
-    """A noisy test pattern (so it costs a camera's bit rate), made once and cached."""
+    """A noisy test pattern (so it costs a camera's bit rate), made once and cached; with
+    audio, the same source's video with a tone muxed in."""
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    if source.audio:
+        video = replace(source, audio="")
+        make_recording(video, video.file(path.parent, seconds), seconds)
+        command = ["ffmpeg", "-nostdin", "-v", "error", "-y"]
+        command += ["-i", str(video.file(path.parent, seconds)), "-f", "lavfi"]
+        command += ["-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}"]
+        command += ["-map", "0:v", "-map", "1:a", "-c:v", "copy", *AUDIO_ENCODERS[source.audio]]
+        partial = path.with_suffix(".partial" + path.suffix)
+        subprocess.run([*command, str(partial)], check=True, timeout=600)
+        partial.rename(path)
+        return
     pattern = f"testsrc2=size={source.size}:rate={FPS},noise=alls=10:allf=t"
     command = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", pattern]
     command += ["-t", str(seconds)]
@@ -184,6 +225,8 @@ def write_agent_config(directory: Path, part: Part, urls: list[str], endpoint: s
         )
         camera = f'[cameras.{name}]\nsource = "rtsp"\nurl = "{urls[index]}"\nsink = "{name}"\n'
         camera += f'fragment = "{FRAGMENT_S}s"\n'
+        if part.audio:
+            camera += "audio = true\n"
         if part.encode:
             camera += 'preset = "veryfast"\nbitrate = "2Mbit/s"\n'
         lines.append(camera)
@@ -442,6 +485,7 @@ def print_results(results: Sequence[PartResult]) -> None:
 
 def targets(results: Sequence[PartResult]) -> list[tuple[str, bool]]:
     checks: list[tuple[str, bool]] = []
+    by_part = {result.part: result for result in results}
     for result in results:
         if result.part in ("pass720", "pass1080"):
             checks.append(
@@ -457,6 +501,13 @@ def targets(results: Sequence[PartResult]) -> list[tuple[str, bool]]:
             checks.append(
                 (f"{result.label}: agent CPU < 20 % of one core "
                  f"({fmt(result.agent.cpu_pct, 1)} %)", result.agent.cpu_pct < 20)
+            )  # fmt: skip
+        if result.part in AUDIO_PARTS and "audio720off" in by_part:
+            alone = by_part["audio720off"].agent.cpu_pct
+            more = result.agent.cpu_pct / alone - 1 if alone else float("nan")
+            checks.append(
+                (f"{result.label}: audio costs < 10 % more agent CPU than the video alone "
+                 f"({fmt(100 * more, 1)} %)", more < 0.10)
             )  # fmt: skip
         limit = FRAGMENT_S + 1.0
         checks.append(
@@ -500,7 +551,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     with work_directory(args.workdir, keep=args.keep) as workdir:
         for part in parts:
             source = part.source
-            recording = (source.file(cache, length), source.codec)
+            recording = (source.file(cache, length), source.served_as)
             mounts = {camera_mount(part, index): recording for index in range(part.cameras)}
             # A fresh server per part: every part's cameras start the recording at 0.
             with RtspServer(free_port(), mounts) as server:

@@ -21,8 +21,11 @@ whether trying the same thing again later can succeed (``retryable``)::
     │   ├── FragmentError               no   -- frames that make no fragment (media/mkv.py)
     │   ├── MkvError                    no   -- not the Matroska stream it should be
     │   │                                       (kvs_local/mkv_reader.py)
-    │   └── SdpError                    no   -- a camera's description without usable
-    │                                           video (sources/camera/sdp.py)
+    │   ├── SdpError                    no   -- a camera's description without usable
+    │   │                                       video (sources/camera/sdp.py)
+    │   └── AudioUnsupported            no   -- a camera's audio in a form that is not
+    │                                           taken: left out, the video goes on
+    │                                           (sources/camera/audio_codecs.py)
     ├── SourceError                     yes  -- a source lost its input (broker, camera)
     │   ├── CameraError                 yes  -- PyAV (FFmpeg) could not open or read a camera;
     │   │   │                                   sources/camera/camera_errors.py, whose

@@ -187,6 +187,9 @@ class CameraSnapshot(WorkerFields):
     lost_packets: int
     unstored_fragments: NotRequired[int]  # refused by a paused intake (a full disk)
     b_frames: NotRequired[bool]  # sends B-frames: encoded without them
+    audio: NotRequired[str]  # "off", "none", the track ("AAC 16000 Hz 1 ch"), or why not
+    audio_frames: NotRequired[int]
+    dropped_audio: NotRequired[int]  # unreadable, late, or before the first fragment
     last_error: str
 
 

@@ -441,6 +441,11 @@ def render_camera(name: str, camera: runtime_status.CameraSnapshot) -> list[str]
         + (", sends B-frames: encoded without them" if camera.get("b_frames") else "")
         + (f", jumps in its times {camera['time_jumps']}" if camera.get("time_jumps") else ""),
     ]
+    if camera.get("audio", "off") != "off":
+        lines.append(
+            f"  audio: {camera.get('audio')}, {camera.get('audio_frames', 0)} frames, "
+            f"dropped {camera.get('dropped_audio', 0)}"
+        )
     if camera.get("last_error"):
         lines.append(f"  last error: {camera['last_error']}")
     return lines

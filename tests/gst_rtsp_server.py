@@ -5,8 +5,9 @@ stream, paced in real time, over RTP/TCP or UDP as the client asks.
 Two halves in one file:
 
 * run as a script under Debian's own ``/usr/bin/python3`` (which has PyGObject): the
-  server; ``--mount /live=FILE.mp4:h264`` (or ``:jpeg`` for Motion JPEG) per path; prints
-  ``ready`` once it accepts connections;
+  server; ``--mount /live=FILE.mp4:h264`` (or ``:jpeg`` for Motion JPEG, ``:h265``) per
+  path, ``:h264+aac`` (and ``+latm``, ``+pcma``, ``+pcmu``) to serve the file's audio
+  too, as a camera with a microphone does; prints ``ready`` once it accepts connections;
 * imported by the tests (any Python): :class:`RtspServer`, which starts and stops that
   script on a free loopback port.
 """
@@ -27,6 +28,14 @@ PAYLOADERS = {
     "h264": "h264parse ! rtph264pay config-interval=-1",
     "h265": "h265parse ! rtph265pay config-interval=-1",
     "jpeg": "rtpjpegpay",
+}
+#: The audio payloaders, by the name a mount gives after "+": RFC 3640 and RFC 6416 AAC,
+#: G.711 A-law and mu-law (their static payload types, in 20 ms packets as cameras send).
+AUDIO_PAYLOADERS = {
+    "aac": "aacparse ! rtpmp4gpay pt=97",
+    "latm": "aacparse ! rtpmp4apay pt=97",
+    "pcma": "rtppcmapay pt=8 min-ptime=20000000 max-ptime=20000000",
+    "pcmu": "rtppcmupay pt=0 min-ptime=20000000 max-ptime=20000000",
 }
 DEMUXERS = {".mp4": "qtdemux", ".mov": "qtdemux", ".mkv": "matroskademux"}
 
@@ -112,7 +121,14 @@ class RtspServer:
 
 def _launch_line(file: str, codec: str) -> str:
     demuxer = DEMUXERS[Path(file).suffix.lower()]
-    return f"( filesrc location={file} ! {demuxer} ! {PAYLOADERS[codec]} name=pay0 pt=96 )"
+    video, _, audio = codec.partition("+")
+    if not audio:
+        return f"( filesrc location={file} ! {demuxer} ! {PAYLOADERS[video]} name=pay0 pt=96 )"
+    return (
+        f"( filesrc location={file} ! {demuxer} name=d "
+        f"d.video_0 ! queue ! {PAYLOADERS[video]} name=pay0 pt=96 "
+        f"d.audio_0 ! queue ! {AUDIO_PAYLOADERS[audio]} name=pay1 )"
+    )
 
 
 def _serve(port: int, mounts: list[str], auth: str | None) -> None:  # pragma: no cover - gi

@@ -9,8 +9,8 @@ from pathlib import Path
 import av
 import pytest
 
-from edge_agent.media.mkv import H264, Frame, VideoTrack, stream_header
-from edge_agent.sources.camera.fragmenter import Fragmenter
+from edge_agent.media.mkv import AUDIO_TRACK, H264, Frame, VideoTrack, stream_header
+from edge_agent.sources.camera.fragmenter import AUDIO_WAIT_MS, MAX_HELD_AUDIO, Fragmenter
 from edge_agent.sources.camera.timestamps import FrameClock
 from tests.test_mkv import FPS, FRAMES, encoded_frames
 
@@ -112,9 +112,7 @@ def frames(count: int, gop: int, step_ms: int = 33, start: int = 1_000) -> list[
 def test_fragments_start_at_keyframes_and_last_about_the_target() -> None:
     fragmenter = Fragmenter(target_ms=2000)
     out = [f for frame in frames(300, gop=30) if (f := fragmenter.add(frame))]
-    last = fragmenter.flush()
-    assert last is not None
-    fragments = [*out, last]
+    fragments = [*out, *fragmenter.flush()]
     # keyframes every 0.99 s: the one at 1.98 s is "about 2 s" (a strict 2 s would wait
     # for the one at 2.97 s and make every fragment half again as long)
     assert [len(f.frames) for f in fragments] == [60] * 5
@@ -129,8 +127,8 @@ def test_a_gop_longer_than_the_maximum_is_cut_and_the_wait_for_a_keyframe_counte
     assert [len(f.frames) for f in out] == [152]  # up to 5 s after its keyframe
     assert fragmenter.forced_cuts == 1
     assert fragmenter.dropped_frames == 300 - 152
-    rest = fragmenter.flush()
-    assert rest is not None and rest.frames[0].keyframe and len(rest.frames) == 150
+    [rest] = fragmenter.flush()
+    assert rest.frames[0].keyframe and len(rest.frames) == 150
 
 
 def test_limits_are_checked() -> None:
@@ -144,11 +142,65 @@ def test_encoded_camera_frames_become_fragments_pyav_plays_back(tmp_path: Path) 
     sets, encoded = encoded_frames()
     fragmenter = Fragmenter(target_ms=1000)
     fragments = [f for frame in encoded if (f := fragmenter.add(frame))]
-    if (rest := fragmenter.flush()) is not None:
-        fragments.append(rest)
+    fragments += fragmenter.flush()
     assert [len(f.frames) for f in fragments] == [FPS] * (FRAMES // FPS)
     track = VideoTrack(H264, sets.avcc_record(), 320, 240)
     path = tmp_path / "fragments.mkv"
     path.write_bytes(stream_header(track) + b"".join(f.cluster() for f in fragments))
     with av.open(str(path)) as container:
         assert sum(1 for _ in container.decode(video=0)) == FRAMES
+
+
+def sound(start: int, count: int, step_ms: int = 21) -> list[Frame]:
+    return [Frame(start + i * step_ms, True, b"a", AUDIO_TRACK) for i in range(count)]
+
+
+def test_audio_is_cut_where_the_video_is_and_a_fragment_waits_for_its_audio() -> None:
+    """Audio arriving after its video (as a camera's often does) still lands in the
+    fragment its time belongs to; none falls between fragments."""
+    fragmenter = Fragmenter(target_ms=1000)
+    fragmenter.expect_audio(True)  # the camera's audio is set up: fragments wait for it
+    video = frames(60, gop=30, start=1_000)  # keyframes at 1000 and 1990
+    audio = sound(900, 70)  # 900 .. 2349, starting before the first keyframe
+    for frame in video[:31]:  # up to the second keyframe: the first fragment is closed
+        assert fragmenter.add(frame) is None
+    done = [f for frame in audio[:50] if (f := fragmenter.add_audio(frame))]
+    assert done == []  # the audio has not reached 1990 yet (900 + 49 * 21 = 1929)
+    done = [f for frame in audio[50:] if (f := fragmenter.add_audio(frame))]
+    assert len(done) == 1  # released by the first audio frame at or after 1990
+    (first,) = done
+    expected = [f.time_ms for f in audio if 1_000 <= f.time_ms < 1_990]
+    assert [f.time_ms for f in first.audio] == expected
+    assert fragmenter.dropped_audio == 5  # 900 .. 984: before the first keyframe
+    for frame in video[31:]:
+        assert fragmenter.add(frame) is None
+    (second,) = fragmenter.flush()
+    assert second.audio[0].time_ms >= 1_990 == second.frames[0].time_ms
+    assert len(first.audio) + len(second.audio) + 5 == len(audio)
+    # Both tracks in one cluster, in time order: the cluster writer checks it.
+    assert first.cluster() and second.cluster()
+
+
+def test_a_fragment_whose_audio_stops_goes_without_waiting_longer_than_a_second() -> None:
+    fragmenter = Fragmenter(target_ms=2000)
+    fragmenter.expect_audio(True)
+    fragmenter.add_audio(sound(1_000, 1)[0])  # then the audio stops
+    video = frames(180, gop=60, start=1_000)  # keyframes at 1000, 2980, 4960
+    out = [(frame.time_ms, f) for frame in video if (f := fragmenter.add(frame))]
+    # each fragment waited for its audio until the video was AUDIO_WAIT_MS past its end
+    waited = [
+        min(f.time_ms for f in video if f.time_ms >= end + AUDIO_WAIT_MS) for end in (2_980, 4_960)
+    ]
+    assert [at for at, _ in out] == waited
+    assert [len(f.audio) for _, f in out] == [1, 0]
+    assert len(fragmenter.flush()) == 1  # the one in progress (none is waiting)
+
+
+def test_audio_out_of_order_or_piling_up_is_dropped_and_counted() -> None:
+    fragmenter = Fragmenter(target_ms=1000)
+    for frame in sound(1_000, 3) + sound(1_010, 1):  # the last goes back in time
+        fragmenter.add_audio(frame)
+    assert fragmenter.dropped_audio == 1
+    for frame in sound(2_000, MAX_HELD_AUDIO + 10):  # no video: bounded
+        fragmenter.add_audio(frame)
+    assert fragmenter.dropped_audio == 1 + 3 + 10

@@ -4,6 +4,8 @@ and mkvinfo."""
 
 from __future__ import annotations
 
+import json
+import random
 import signal
 import subprocess
 import sys
@@ -19,7 +21,18 @@ from botocore.exceptions import ClientError
 from edge_agent.delivery.budget import UploadBudget
 from edge_agent.errors import SinkPaused
 from edge_agent.kvs_local.server import PutMediaServer
-from edge_agent.media.mkv import H264, Frame, VideoTrack, cluster, stream_header
+from edge_agent.media import audio, mkv
+from edge_agent.media.mkv import (
+    AAC,
+    G711,
+    H264,
+    AudioTrack,
+    Frame,
+    VideoTrack,
+    cluster,
+    end_of_fragment,
+    stream_header,
+)
 from edge_agent.sinks.aws import sink_error
 from edge_agent.sinks.kvs.control import control_endpoint, get_data_endpoint
 from edge_agent.sinks.kvs.putmedia import PutMediaConnection
@@ -32,15 +45,98 @@ from tests.putmedia_client import (
     signed_headers,
 )
 from tests.support import REPO, free_port, wait_until
-from tests.test_mkv import FPS, FRAMES, encoded_frames
-from tests.video_checks import ffprobe_video, mkvinfo_lines
+from tests.test_mkv import FPS, FRAMES, START_MS, encoded_frames
+from tests.video_checks import ffprobe_streams, ffprobe_video, mkvinfo_lines
 
 
-def stream_chunks() -> tuple[bytes, list[list[Frame]]]:
+def stream_chunks(audio_track: AudioTrack | None = None) -> tuple[bytes, list[list[Frame]]]:
     sets, frames = encoded_frames()
     fragments = [frames[i : i + FPS] for i in range(0, FRAMES, FPS)]
-    header = stream_header(VideoTrack(H264, sets.avcc_record(), 320, 240))
+    header = stream_header(VideoTrack(H264, sets.avcc_record(), 320, 240), audio_track)
     return header, fragments
+
+
+def with_audio(fragments: list[list[Frame]], audio_frames: list[Frame]) -> list[list[Frame]]:
+    """Each video fragment with the audio frames from its start to the next one's."""
+    starts = [f[0].time_ms for f in fragments[1:]] + [audio_frames[-1].time_ms + 1]
+    return [
+        mkv.interleaved(fragment, [a for a in audio_frames if start <= a.time_ms < end])
+        for fragment, start, end in zip(
+            fragments, [f[0].time_ms for f in fragments], starts, strict=True
+        )
+    ]
+
+
+def send_two_tracks(
+    server: PutMediaServer, audio_track: AudioTrack, audio_frames: list[Frame]
+) -> tuple[Path, list[list[Frame]]]:
+    """A three-fragment stream with audio interleaved: every fragment taken; the file."""
+    header, video = stream_chunks(audio_track)
+    fragments = with_audio(video, audio_frames)
+    answer = put_media(
+        server.url, "cam", [header] + [cluster(f) + end_of_fragment() for f in fragments]
+    )
+    assert [a.error_id for a in answer.acks if a.event_type == "ERROR"] == []
+    persisted = [a.fragment_timecode for a in answer.acks if a.event_type == "PERSISTED"]
+    assert persisted == [f[0].time_ms for f in fragments]
+    (path,) = server.streams["cam"].files
+    with av.open(str(path)) as container:  # (PyAV's packets die with their container)
+        packets = [(p.stream.type, p.pts, bytes(p)) for p in container.demux() if p.size]
+    sound = [(at, data) for kind, at, data in packets if kind == "audio"]
+    assert sound == [(a.time_ms, a.data) for a in audio_frames]
+    assert sum(kind == "video" for kind, _, _ in packets) == FRAMES
+    return path, fragments
+
+
+def test_a_stream_with_aac_audio_is_stored_with_both_tracks(
+    server: PutMediaServer, tmp_path: Path
+) -> None:
+    """Real AAC (FFmpeg's encoder, a 1 kHz sine at 16 kHz): 1024 samples, 64 ms a frame;
+    both tracks have a frame at the stream's first time."""
+    encoded = tmp_path / "sine.m4a"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=16000",
+         "-t", "3", "-c:a", "aac", "-ac", "1", str(encoded)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    with av.open(str(encoded)) as source:
+        asc = source.streams.audio[0].codec_context.extradata
+        assert asc is not None  # the AudioSpecificConfig
+        packets = [bytes(p) for p in source.demux(audio=0) if p.size]
+    frames = [Frame(START_MS + i * 64, True, p, mkv.AUDIO_TRACK) for i, p in enumerate(packets)]
+    path, fragments = send_two_tracks(server, AudioTrack(AAC, asc, 16000, 1), frames)
+    assert fragments[0][0].time_ms == fragments[0][1].time_ms == START_MS
+    video, sound = ffprobe_streams(path)
+    assert (video["codec_name"], video["width"]) == ("h264", 320)
+    assert (sound["codec_name"], sound["sample_rate"], sound["channels"]) == ("aac", "16000", 1)
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json", str(path)],
+        check=True, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    duration = float(json.loads(probe.stdout)["format"]["duration"])
+    assert duration == pytest.approx((frames[-1].time_ms + 64 - START_MS) / 1000, abs=0.002)
+
+
+@pytest.mark.parametrize(
+    ("format_tag", "codec_name"),
+    [(audio.WAVE_FORMAT_ALAW, "pcm_alaw"), (audio.WAVE_FORMAT_MULAW, "pcm_mulaw")],
+)
+def test_a_stream_with_g711_audio_is_stored_with_both_tracks(
+    server: PutMediaServer, format_tag: int, codec_name: str
+) -> None:
+    """G.711 at 8 kHz, 20 ms (160 one-byte samples) a frame: any bytes are samples."""
+    rng = random.Random(format_tag)
+    track = AudioTrack(G711, audio.g711_codec_private(format_tag, 8000, 1), 8000, 1)
+    frames = [
+        Frame(START_MS + at, True, rng.randbytes(160), mkv.AUDIO_TRACK)
+        for at in range(0, FRAMES * 1000 // FPS, 20)
+    ]
+    path, fragments = send_two_tracks(server, track, frames)
+    equal = {f.time_ms for f in fragments[1] if f.track == 1} & {a.time_ms for a in frames}
+    assert equal  # times both tracks have, inside a fragment too
+    video, sound = ffprobe_streams(path)
+    assert video["codec_name"] == "h264"
+    assert (sound["codec_name"], sound["sample_rate"], sound["channels"]) == (codec_name, "8000", 1)
 
 
 def test_a_stream_is_acknowledged_fragment_by_fragment_and_stored_playable(

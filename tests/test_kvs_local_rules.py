@@ -6,6 +6,7 @@ built by hand and sent, signed, to a kvs-local on a free loopback port."""
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -16,9 +17,18 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 
 from edge_agent.kvs_local.server import PutMediaServer
-from edge_agent.media import mkv
-from edge_agent.media.ebml import master, string, uint
-from edge_agent.media.mkv import H264, Frame, VideoTrack, cluster, end_of_fragment, stream_header
+from edge_agent.media import audio, mkv
+from edge_agent.media.ebml import binary, element, master, string, uint, unknown_size_master
+from edge_agent.media.mkv import (
+    G711,
+    H264,
+    AudioTrack,
+    Frame,
+    VideoTrack,
+    cluster,
+    end_of_fragment,
+    stream_header,
+)
 from tests.putmedia_client import (
     CREDENTIALS,
     Answer,
@@ -64,6 +74,41 @@ def tags(*pairs: tuple[str, str]) -> bytes:
         for name, value in pairs
     ]
     return master(mkv.TAGS, master(mkv.TAG, master(mkv.TARGETS), *simple))
+
+
+#: G.711 A-law, 8 kHz mono: any bytes decode, one a sample.
+G711_TRACK = AudioTrack(G711, audio.g711_codec_private(audio.WAVE_FORMAT_ALAW, 8000, 1), 8000, 1)
+AUDIO_STEP_MS = 20
+ALAW = b"\xd5" * 160  # 20 ms of silence
+#: 20 ms of A-law that is also valid AVCC (a 4-byte length, then that many bytes), so
+#: that only the track rules can refuse it.
+AVCC_SHAPED_ALAW = (156).to_bytes(4, "big") + b"\xd5" * 156
+
+
+def audio_frames(start_ms: int, end_ms: int, step_ms: int = AUDIO_STEP_MS) -> list[Frame]:
+    """A-law frames of ``step_ms`` each, from ``start_ms`` up to (not including) ``end_ms``."""
+    data = b"\xd5" * (8 * step_ms)
+    return [Frame(at, True, data, mkv.AUDIO_TRACK) for at in range(start_ms, end_ms, step_ms)]
+
+
+def with_audio(fragment: list[Frame]) -> list[Frame]:
+    """A video fragment with A-law frames interleaved, from its first frame to its last
+    (both tracks have a frame at the first frame's time)."""
+    return mkv.interleaved(fragment, audio_frames(fragment[0].time_ms, fragment[-1].time_ms + 1))
+
+
+def av_header(avcc: bytes, track: AudioTrack | None = G711_TRACK) -> bytes:
+    return stream_header(VideoTrack(H264, avcc, 320, 240), track)
+
+
+def block(track: int, relative: int, data: bytes, *, key: bool = True) -> bytes:
+    """A SimpleBlock made by hand (mkv.cluster refuses to write the broken ones)."""
+    head = bytes((0x80 | track,)) + relative.to_bytes(2, "big", signed=True)
+    return element(mkv.SIMPLE_BLOCK, head + bytes((0x80 if key else 0,)) + data)
+
+
+def raw_cluster(timecode: int, *blocks: bytes) -> bytes:
+    return unknown_size_master(mkv.CLUSTER) + uint(mkv.TIMECODE, timecode) + b"".join(blocks)
 
 
 def put_relative(url: str, start: str, chunks: list[bytes]) -> Answer:
@@ -299,3 +344,143 @@ def test_a_fragment_sent_again_on_a_new_connection_gets_a_file_of_its_own(
         assert persisted(answer) == [fragments[0][0].time_ms]
     files = server.streams["cam"].files
     assert len(set(files)) == 2 and all(path.stat().st_size > 0 for path in files)
+
+
+def test_equal_times_across_tracks_are_taken_and_a_block_earlier_than_the_last_gets_4004(
+    server: PutMediaServer, tmp_path: Path, video: tuple[bytes, list[list[Frame]]]
+) -> None:
+    avcc, fragments = video
+    first = with_audio(fragments[0])
+    assert first[0].time_ms == first[1].time_ms and first[1].track == mkv.AUDIO_TRACK
+    answer = put_media(server.url, "cam", [av_header(avcc), cluster(first)])
+    assert errors(answer) == [] and persisted(answer) == [first[0].time_ms]
+    key, next_frame = fragments[1][0], fragments[1][1]
+    at = key.time_ms
+    back = raw_cluster(
+        at, block(1, 0, key.data), block(1, 33, next_frame.data, key=False), block(2, 20, ALAW)
+    )
+    answer = put_media(server.url, "cam", [av_header(avcc), back])
+    assert errors(answer) == [4004] and persisted(answer) == []
+    assert server.streams["cam"].timecodes == [first[0].time_ms]
+
+
+def test_a_repeated_time_within_the_audio_track_gets_4004(
+    server: PutMediaServer, tmp_path: Path, video: tuple[bytes, list[list[Frame]]]
+) -> None:
+    """Audio at the time of the video frame before it is fine; at its own last time not."""
+    avcc, fragments = video
+    key, next_frame = fragments[0][0], fragments[0][1]
+    blocks = [block(1, 0, key.data), block(2, 10, ALAW)]
+    blocks += [block(1, 33, next_frame.data, key=False), block(2, 33, ALAW)]
+    answer = put_media(server.url, "cam", [av_header(avcc), raw_cluster(key.time_ms, *blocks)])
+    assert errors(answer) == [] and persisted(answer) == [key.time_ms]
+    repeated = raw_cluster(key.time_ms, *blocks, block(2, 33, ALAW))
+    answer = put_media(server.url, "cam", [av_header(avcc), repeated])
+    assert errors(answer) == [4004] and persisted(answer) == []
+
+
+@pytest.mark.parametrize("early", ["audio", "video"])
+def test_a_block_before_its_clusters_timecode_gets_4006(
+    server: PutMediaServer, tmp_path: Path, video: tuple[bytes, list[list[Frame]]], early: str
+) -> None:
+    """A negative relative timecode: an audio block, or the fragment's key frame itself
+    (which is then before nothing else in the fragment)."""
+    avcc, fragments = video
+    key = fragments[0][0]
+    if early == "audio":
+        blocks = [block(1, 0, key.data), block(2, -5, ALAW)]
+    else:
+        blocks = [block(1, -5, key.data), block(2, 0, AVCC_SHAPED_ALAW)]
+    answer = put_media(server.url, "cam", [av_header(avcc), raw_cluster(key.time_ms, *blocks)])
+    assert errors(answer) == [4006]
+    assert persisted(answer) == [] and stored(tmp_path) == []
+
+
+def test_a_fragment_without_frames_of_a_track_in_trackinfo_gets_4011(
+    server: PutMediaServer, tmp_path: Path, video: tuple[bytes, list[list[Frame]]]
+) -> None:
+    avcc, fragments = video
+    answer = put_media(server.url, "cam", [av_header(avcc), cluster(fragments[0])])
+    assert errors(answer) == [4011]
+    assert persisted(answer) == [] and stored(tmp_path) == []
+    chunks = [av_header(avcc), cluster(with_audio(fragments[1])), cluster(fragments[2])]
+    answer = put_media(server.url, "cam", chunks)
+    assert errors(answer) == [4011] and persisted(answer) == [fragments[1][0].time_ms]
+
+
+def test_a_fragment_starting_with_an_audio_block_gets_4006(
+    server: PutMediaServer, tmp_path: Path, video: tuple[bytes, list[list[Frame]]]
+) -> None:
+    avcc, fragments = video
+    key = fragments[0][0]
+    blocks = [block(2, 0, AVCC_SHAPED_ALAW), block(1, 0, key.data), block(2, 20, ALAW)]
+    answer = put_media(server.url, "cam", [av_header(avcc), raw_cluster(key.time_ms, *blocks)])
+    assert errors(answer) == [4006]
+    assert persisted(answer) == [] and stored(tmp_path) == []
+
+
+def test_a_block_of_a_track_not_in_trackinfo_gets_4010(
+    server: PutMediaServer, tmp_path: Path, video: tuple[bytes, list[list[Frame]]]
+) -> None:
+    avcc, fragments = video
+    key = fragments[0][0]
+    blocks = [block(1, 0, key.data), block(2, 0, ALAW), block(3, 10, ALAW)]
+    answer = put_media(server.url, "cam", [av_header(avcc), raw_cluster(key.time_ms, *blocks)])
+    assert errors(answer) == [4010]
+    assert persisted(answer) == [] and stored(tmp_path) == []
+
+
+def _waveformatex(tag: int, channels: int, rate: int) -> bytes:
+    return struct.pack("<HHIIHHH", tag, channels, rate, rate * channels, channels, 8, 0)
+
+
+@pytest.mark.parametrize(
+    ("codec_id", "private"),
+    [
+        ("A_AAC", b"\x12"),  # one byte
+        ("A_AAC", b"\x16\x88"),  # sampling frequency index 13 (reserved)
+        ("A_AAC", b"\x17\x88"),  # index 15 without its 24-bit rate
+        ("A_AAC", b"\x12\x00"),  # channel configuration 0 (a program config element)
+        ("A_AAC", b"\x12\x78"),  # channel configuration 15 (reserved)
+        (G711, struct.pack("<HHIIHHH", 1, 1, 8000, 16000, 2, 16, 0)),  # format 1: PCM
+        (G711, _waveformatex(audio.WAVE_FORMAT_ALAW, 1, 8000)[:14]),  # too short
+        (G711, _waveformatex(audio.WAVE_FORMAT_MULAW, 3, 8000)),  # three channels
+        (G711, _waveformatex(audio.WAVE_FORMAT_ALAW, 1, 4000)),  # 4 kHz
+    ],
+    ids=[
+        "aac-1-byte", "aac-index-13", "aac-index-15-cut", "aac-pce", "aac-channels-15",
+        "g711-pcm", "g711-short", "g711-3-channels", "g711-4khz",
+    ],
+)  # fmt: skip
+def test_audio_codec_private_data_the_sdk_would_not_write_gets_4006(
+    server: PutMediaServer,
+    tmp_path: Path,
+    video: tuple[bytes, list[list[Frame]]],
+    codec_id: str,
+    private: bytes,
+) -> None:
+    avcc, fragments = video
+    header = av_header(avcc, AudioTrack(codec_id, private, 8000, 1))
+    answer = put_media(server.url, "cam", [header, cluster(fragments[0])])
+    assert errors(answer) == [4006]
+    assert persisted(answer) == [] and stored(tmp_path) == []
+
+
+def test_four_tracks_get_4012(
+    server: PutMediaServer, tmp_path: Path, video: tuple[bytes, list[list[Frame]]]
+) -> None:
+    avcc, fragments = video
+    entries = [
+        master(
+            mkv.TRACK_ENTRY,
+            uint(mkv.TRACK_NUMBER, number),
+            uint(mkv.TRACK_TYPE, mkv.TRACK_TYPE_VIDEO if number == 1 else mkv.TRACK_TYPE_AUDIO),
+            string(mkv.CODEC_ID, H264 if number == 1 else G711),
+            binary(mkv.CODEC_PRIVATE, avcc if number == 1 else G711_TRACK.codec_private),
+        )
+        for number in range(1, 5)
+    ]
+    header = mkv.ebml_header() + unknown_size_master(mkv.SEGMENT) + master(mkv.TRACKS, *entries)
+    answer = put_media(server.url, "cam", [header, cluster(with_audio(fragments[0]))])
+    assert errors(answer) == [4012]
+    assert persisted(answer) == [] and stored(tmp_path) == []

@@ -19,7 +19,7 @@ import av
 import pytest
 from botocore.credentials import Credentials
 
-from edge_agent.config.loading import parse_config
+from edge_agent.config.loading import Config, parse_config
 from edge_agent.delivery.budget import UploadBudget
 from edge_agent.kvs_local.server import PutMediaServer
 from edge_agent.sinks.kvs.endpoint import KvsEndpoint
@@ -98,6 +98,19 @@ def run_until(
         stop.set()
         camera.join(10)
         uploader.join(10)
+
+
+def run_camera_into_kvs(config: Config, tmp_path: Path, fragments: int) -> KvsUploader:
+    """Camera "door" into the sink "video" of ``config`` until that many fragments
+    are acknowledged."""
+    stop = threading.Event()
+    with Spool.open(tmp_path / "spool.db") as spool:
+        camera = Camera(config.cameras["door"], spool, stop)
+        uploader = KvsUploader(config.sinks["video"], spool, UploadBudget(None, 1024), stop)
+        parts = (spool, camera, uploader, stop)
+        done = lambda: uploader.stats.fragments_acked >= fragments  # noqa: E731
+        run_until(parts, done, f"{fragments} fragments acknowledged")
+    return uploader
 
 
 def test_camera_fragments_reach_kvs_local_persisted_and_play_back(
@@ -476,12 +489,7 @@ def test_h265_fragments_reach_kvs_local_and_play_back(
             },
         }
     )
-    stop = threading.Event()
-    with Spool.open(tmp_path / "spool.db") as spool:
-        camera = Camera(config.cameras["door"], spool, stop)
-        uploader = KvsUploader(config.sinks["video"], spool, UploadBudget(None, 1024), stop)
-        parts = (spool, camera, uploader, stop)
-        run_until(parts, lambda: uploader.stats.fragments_acked >= 3, "three fragments persisted")
+    run_camera_into_kvs(config, tmp_path, 3)
     stored = server.streams["cam"]
     assert stored.fragments >= 3
     frames = 0

@@ -9,9 +9,20 @@ from pathlib import Path
 import av
 import pytest
 
-from edge_agent.media import h264
+from edge_agent.media import audio, h264
 from edge_agent.media.ebml import size_vint
-from edge_agent.media.mkv import H264, FragmentError, Frame, VideoTrack, cluster, stream_header
+from edge_agent.media.mkv import (
+    AUDIO_TRACK,
+    G711,
+    H264,
+    AudioTrack,
+    FragmentError,
+    Frame,
+    VideoTrack,
+    cluster,
+    interleaved,
+    stream_header,
+)
 from tests.video_checks import ffprobe_video, mkvinfo_lines
 
 FPS = 30
@@ -160,3 +171,37 @@ def test_the_later_slices_of_a_picture_are_told_from_a_new_picture() -> None:
     assert not h264.continues_picture(units)
     assert h264.continues_picture(sets + slices[1:])
     assert not h264.continues_picture(sets)  # no slice: nothing to continue
+
+
+def test_two_tracks_interleave_by_time_with_video_first_and_each_track_increasing() -> None:
+    key = Frame(START_MS, True, b"\x00\x00\x00\x01\x65")
+    sound = [Frame(START_MS + at, True, b"a", AUDIO_TRACK) for at in (0, 21, 42)]
+    video = [key, Frame(START_MS + 33, False, b"\x00\x00\x00\x01\x41")]
+    merged = interleaved(video, sound)
+    assert [(f.track, f.time_ms - START_MS) for f in merged] == [
+        (1, 0), (2, 0), (2, 21), (1, 33), (2, 42),
+    ]  # fmt: skip
+    cluster(merged)  # equal times across tracks are fine
+    with pytest.raises(FragmentError, match="video keyframe"):
+        cluster([sound[0], key])
+    with pytest.raises(FragmentError, match="time order"):
+        cluster([key, sound[1], sound[0]])
+    with pytest.raises(FragmentError, match="track 2's times must increase"):
+        cluster([key, sound[0], sound[0]])
+
+
+def test_an_audio_track_is_described_as_the_producer_sdk_writes_it(tmp_path: Path) -> None:
+    """Track 2, type 2, A_MS/ACM with its WAVEFORMATEX, and an Audio element: FFmpeg reads
+    it as G.711, at its rate and channels, and decodes every block."""
+    private = audio.g711_codec_private(audio.WAVE_FORMAT_MULAW, 8000, 1)
+    sets, pictures = encoded_frames(1)
+    video_track = VideoTrack(H264, sets.avcc_record(), 320, 240)
+    sound = AudioTrack(G711, private, 8000, 1)
+    samples = [Frame(START_MS + 20 * i, True, bytes(160), AUDIO_TRACK) for i in range(5)]
+    path = tmp_path / "av.mkv"
+    path.write_bytes(stream_header(video_track, sound) + cluster(interleaved(pictures, samples)))
+    with av.open(str(path)) as container:
+        (stream,) = container.streams.audio
+        assert (stream.codec_context.name, stream.rate, stream.channels) == ("pcm_mulaw", 8000, 1)
+        decoded = sum(frame.samples for frame in container.decode(audio=0))
+    assert decoded == 5 * 160

@@ -4,6 +4,7 @@ muxer produces (an independent writer), fed in chunks of every size."""
 from __future__ import annotations
 
 import random
+import struct
 from pathlib import Path
 
 import av
@@ -17,9 +18,21 @@ from edge_agent.kvs_local.mkv_reader import (
     MkvError,
     MkvReader,
     Tags,
+    TrackEntry,
     Tracks,
 )
-from edge_agent.media.mkv import H264, Frame, VideoTrack, cluster, end_of_fragment, stream_header
+from edge_agent.media import mkv
+from edge_agent.media.ebml import binary, element, master, string, uint
+from edge_agent.media.mkv import (
+    AAC,
+    H264,
+    AudioTrack,
+    Frame,
+    VideoTrack,
+    cluster,
+    end_of_fragment,
+    stream_header,
+)
 from tests.test_mkv import FPS, FRAMES, encoded_frames, write_mkv
 
 
@@ -99,3 +112,47 @@ def test_the_end_of_fragment_tag_closes_a_cluster_at_once() -> None:
         ClusterEnd(),
         Tags((("AWS_KINESISVIDEO_END_OF_FRAGMENT", ""),)),
     ]
+
+
+def test_an_audio_track_entry_and_its_blocks_read_back() -> None:
+    """SamplingFrequency as our writer puts it (an 8-byte float) and as a 4-byte one."""
+    avcc = b"\x01\x42\x00\x1f\xff\xe1"
+    header = stream_header(VideoTrack(H264, avcc, 16, 16), AudioTrack(AAC, b"\x14\x08", 16000, 1))
+    frames = [
+        Frame(1000, True, b"\x00\x00\x00\x02\x65\x88"),
+        Frame(1000, True, b"\x21\x10", mkv.AUDIO_TRACK),
+        Frame(1064, True, b"\x21\x11", mkv.AUDIO_TRACK),
+    ]
+    events = read_all(header + cluster(frames), [5] * 100)
+    (tracks,) = [e for e in events if isinstance(e, Tracks)]
+    assert tracks.entries == (
+        TrackEntry(1, H264, avcc, mkv.TRACK_TYPE_VIDEO, 16, 16),
+        TrackEntry(2, AAC, b"\x14\x08", mkv.TRACK_TYPE_AUDIO, 0, 0, 16000.0, 1),
+    )
+    blocks = [(b.track, b.timecode, b.data) for b in events if isinstance(b, Block)]
+    assert blocks == [(f.track, f.time_ms, f.data) for f in frames]
+    for sampling, expected in [(struct.pack(">f", 44100.0), 44100.0), (b"", 0.0)]:
+        (event,) = MkvReader().feed(_audio_tracks(sampling))
+        assert isinstance(event, Tracks)
+        assert (event.entries[0].sampling_hz, event.entries[0].channels) == (expected, 2)
+    with pytest.raises(MkvError, match="float"):
+        MkvReader().feed(_audio_tracks(bytes(5)))
+
+
+def _audio_tracks(sampling_frequency: bytes) -> bytes:
+    """A Tracks element of one stereo AAC entry, its SamplingFrequency these bytes."""
+    return master(
+        mkv.TRACKS,
+        master(
+            mkv.TRACK_ENTRY,
+            uint(mkv.TRACK_NUMBER, 2),
+            uint(mkv.TRACK_TYPE, mkv.TRACK_TYPE_AUDIO),
+            string(mkv.CODEC_ID, AAC),
+            binary(mkv.CODEC_PRIVATE, b"\x12\x10"),
+            master(
+                mkv.AUDIO,
+                element(mkv.SAMPLING_FREQUENCY, sampling_frequency),
+                uint(mkv.CHANNELS, 2),
+            ),
+        ),
+    )

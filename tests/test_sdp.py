@@ -12,7 +12,7 @@ import av
 import pytest
 
 from edge_agent.media import h264, h265
-from edge_agent.sources.camera.sdp import SdpError, video_media
+from edge_agent.sources.camera.sdp import SdpError, audio_media, video_media
 
 CAMERA_SDP = """v=0
 o=- 1 1 IN IP4 192.168.1.64
@@ -115,3 +115,25 @@ def test_h265_with_decoding_order_numbers_is_refused() -> None:
     )
     with pytest.raises(SdpError, match="decoding order"):
         video_media(sdp, "rtsp://cam/live")
+
+
+def test_the_audio_of_a_description_by_static_payload_type_or_rtpmap() -> None:
+    base = "rtsp://192.168.1.64:554/Streaming/Channels/101/"
+    pcma = audio_media(CAMERA_SDP.replace("a=rtpmap:8 PCMA/8000\n", ""), base)
+    assert pcma is not None  # payload type 8 needs no rtpmap (RFC 3551)
+    assert (pcma.encoding, pcma.clock_rate, pcma.channels) == ("PCMA", 8000, 1)
+    assert pcma.control == base + "trackID=2"
+    aac = audio_media(
+        "v=0\nm=video 0 RTP/AVP 96\na=rtpmap:96 H264/90000\n"
+        "m=audio 0 RTP/AVP 97\na=rtpmap:97 MPEG4-GENERIC/48000/2\n"
+        "a=fmtp:97 streamtype=5; mode=AAC-hbr; config=1190; SizeLength=13\n"
+        "a=control:stream=1\n",
+        "rtsp://cam/live",
+    )
+    assert aac is not None
+    assert (aac.encoding, aac.clock_rate, aac.channels) == ("MPEG4-GENERIC", 48_000, 2)
+    assert aac.parameters["config"] == "1190" and aac.parameters["sizelength"] == "13"
+    assert aac.control == "rtsp://cam/live/stream=1"
+    assert audio_media("v=0\nm=video 0 RTP/AVP 96\na=rtpmap:96 H264/90000\n", "rtsp://c/") is None
+    with pytest.raises(SdpError, match="audio clock rate"):
+        audio_media("v=0\nm=audio 0 RTP/AVP 97\na=rtpmap:97 PCMA/x\n", "rtsp://c/")

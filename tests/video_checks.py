@@ -23,6 +23,16 @@ def ffprobe_video(path: Path) -> dict[str, Any]:
     return dict(stream)
 
 
+def ffprobe_streams(path: Path) -> list[dict[str, object]]:
+    """Every stream of a file as ffprobe sees it."""
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", str(path)],
+        check=True, capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    streams: list[dict[str, object]] = json.loads(out)["streams"]
+    return streams
+
+
 def mkvinfo_lines(path: Path) -> list[str]:
     """mkvinfo's verbose listing (every cluster and block)."""
     return subprocess.run(

@@ -56,8 +56,8 @@ BITRATE: Kind[int | None] = RATE.map(
 
 @section
 class CameraConfig:
-    """One camera (``[cameras.NAME]``); each runs in its own thread. H.264 from the camera
-    is passed through untouched; anything else is encoded with libx264. More FFmpeg
+    """One camera (``[cameras.NAME]``); each runs in its own thread. H.264 and H.265 from
+    the camera are passed through untouched; anything else is encoded with libx264. More FFmpeg
     options for the input go in ``[cameras.NAME.options]``, passed as they are."""
 
     name: str
@@ -94,6 +94,13 @@ class CameraConfig:
         doc="Files only: true replays at the recording's own pace; false reads as fast as "
         "it can, stamped so that the recording ends by now (never in the future), and "
         "paces a replay that would run ahead of the clock.",
+    )
+    audio: bool = option(
+        kind=BOOLEAN,
+        default=False,
+        doc="Also take the camera's audio, AAC or G.711 as it comes, as the stream's second "
+        "track (other audio codecs are reported and left out). Off by default: many places "
+        "regulate recording sound more strictly than video.",
     )
     video_size: str | None = option(
         kind=STRING,
@@ -134,9 +141,9 @@ class CameraConfig:
     rtsp_client: RtspClient = option(
         kind=choice("auto", "builtin", "pyav"),
         default="auto",
-        doc='RTSP only: "builtin" (H.264 over TCP, least CPU), "pyav" (FFmpeg\'s: UDP, '
-        'listen mode, any codec, FFmpeg options) or "auto" (builtin unless [options] are '
-        "given).",
+        doc='RTSP only: "builtin" (H.264, H.265, AAC, G.711 over TCP, least CPU), "pyav" '
+        '(FFmpeg\'s: UDP, listen mode, any codec, FFmpeg options) or "auto" (builtin '
+        "unless [options] are given).",
     )
 
     @property

@@ -11,6 +11,11 @@ is stored is the producer time (absolute).
 
 Out-of-order fragments (4004) and implausible producer times (4007) are skipped and
 the connection goes on; any other refusal ends the connection.
+
+Tracks: every track entry in TrackInfo (at most 3) must have frames in every fragment,
+which starts with a key frame of the video track (the first entry of TrackType 1). The
+stored file keeps that track as its track 1 and the first audio entry as its track 2
+(the producer SDK's numbers); blocks of any further track are checked but not stored.
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ from edge_agent.kvs_local.mkv_reader import (
     MkvError,
     MkvReader,
     Tags,
+    TrackEntry,
     Tracks,
 )
 from edge_agent.kvs_local.stored_file import StoredFile
-from edge_agent.media import h264
-from edge_agent.media.mkv import END_OF_FRAGMENT, Frame, VideoTrack
+from edge_agent.media import h264, mkv
+from edge_agent.media.mkv import END_OF_FRAGMENT, AudioTrack, Frame, VideoTrack
 
 if TYPE_CHECKING:
     from edge_agent.kvs_local.server import StreamState, _Handler
@@ -43,12 +49,14 @@ log = logging.getLogger(__name__)
 
 #: Refusals after which the connection goes on (the fragment is skipped).
 _SKIPPED = (rules.FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS, rules.INVALID_PRODUCER_TIMESTAMP)
+#: Matroska's defaults for an audio track without SamplingFrequency / Channels.
+_DEFAULT_HZ, _DEFAULT_CHANNELS = 8000, 1
 
 
 @dataclass
 class _Fragment:
     timecode: int  # as the producer sent it (the acknowledgements' FragmentTimecode)
-    frames: list[Frame]  # producer times (absolute)
+    frames: list[Frame]  # producer times (absolute), the producer's track numbers
 
 
 class Ingest:
@@ -61,9 +69,15 @@ class Ingest:
         #: Added to cluster Timecodes for producer times (RELATIVE: the start timestamp).
         self.offset_ms = offset_ms
         self.reader = MkvReader()
-        self.track: VideoTrack | None = None
-        self.track_numbers: set[int] = set()
+        self.video: VideoTrack | None = None
+        self.audio: AudioTrack | None = None
+        self.track_numbers: set[int] = set()  # every entry of TrackInfo
+        self.video_numbers: set[int] = set()  # the video tracks' (TrackType 1)
+        #: The producer's track number -> the stored file's (1 video, 2 audio).
+        self.stored_numbers: dict[int, int] = {}
         self.frames: list[Frame] = []
+        #: The current fragment's last time on each track (producer time).
+        self.last_of_track: dict[int, int] = {}
         self.fragment_ms: int | None = None  # the current cluster's Timecode, as sent
         #: The last frame of the last fragment taken on this connection: the next
         #: fragment must start later.
@@ -121,13 +135,22 @@ class Ingest:
             problem = rules.codec_private_problem(entry.codec_id, entry.codec_private)
             if problem is not None:
                 return self._error(rules.INVALID_MKV_DATA, problem)
-        video = next((e for e in tracks.entries if e.track_type == 1), None)
-        if video is not None:
-            self.track = VideoTrack(video.codec_id, video.codec_private, video.width, video.height)
+        videos = [e for e in tracks.entries if e.track_type == mkv.TRACK_TYPE_VIDEO]
+        audios = [e for e in tracks.entries if e.track_type == mkv.TRACK_TYPE_AUDIO]
+        self.video_numbers = {entry.number for entry in videos}
+        self.video, self.audio, self.stored_numbers = None, None, {}
+        if videos:
+            video = videos[0]
+            self.video = VideoTrack(video.codec_id, video.codec_private, video.width, video.height)
+            self.stored_numbers[video.number] = mkv.VIDEO_TRACK
+        if audios:
+            self.audio = _audio_track(audios[0])
+            self.stored_numbers[audios[0].number] = mkv.AUDIO_TRACK
         return True
 
     def _cluster_start(self, timecode: int) -> bool:
         self.frames, self.fragment_bytes, self.skip = [], 0, False
+        self.last_of_track = {}
         self.fragment_ms = timecode
         producer_ms = timecode + self.offset_ms
         problem = rules.producer_time_problem(
@@ -154,9 +177,18 @@ class Ingest:
             return self._error(rules.TRACK_NUMBER_MISMATCH, f"block of unknown track {block.track}")
         if block.lacing:
             return self._error(rules.INVALID_MKV_DATA, "laced blocks are not taken")
-        if not self.frames and not block.keyframe:
+        video = block.track in self.video_numbers
+        first_video = self.stored_numbers.get(block.track) == mkv.VIDEO_TRACK
+        if not self.frames and not (first_video and block.keyframe):
             return self._error(
-                rules.INVALID_MKV_DATA, "the fragment does not start with a keyframe"
+                rules.INVALID_MKV_DATA,
+                "the fragment does not start with a keyframe of the video track",
+            )
+        assert self.fragment_ms is not None
+        if block.timecode < self.fragment_ms:
+            return self._error(
+                rules.INVALID_MKV_DATA,
+                f"a block {self.fragment_ms - block.timecode} ms before its cluster's Timecode",
             )
         if not self.frames and self.last_frame_ms is not None and at <= self.last_frame_ms:
             self.skip = True
@@ -164,27 +196,45 @@ class Ingest:
                 rules.FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS,
                 f"frame at {at} is not after the last frame, {self.last_frame_ms}",
             )
-        if self.frames and at <= self.frames[-1].time_ms:
+        if at <= self.last_of_track.get(block.track, at - 1):
             return self._error(
-                rules.FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS, "frame times must increase"
+                rules.FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS,
+                f"track {block.track}'s frame times must increase",
             )
-        try:
-            h264.split_avcc(block.data)
-        except ValueError:
-            return self._error(rules.INVALID_MKV_DATA, "a frame is not AVCC (length-prefixed NALs)")
-        assert self.fragment_ms is not None
+        if self.frames and at < self.frames[-1].time_ms:
+            return self._error(
+                rules.FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS,
+                f"a block of track {block.track} at {at} is earlier than the block before it",
+            )
+        if video:
+            try:
+                h264.split_avcc(block.data)
+            except ValueError:
+                return self._error(
+                    rules.INVALID_MKV_DATA, "a frame is not AVCC (length-prefixed NALs)"
+                )
+        elif not block.data:
+            return self._error(rules.INVALID_MKV_DATA, f"an empty block of track {block.track}")
         if block.timecode - self.fragment_ms > self.endpoint.max_fragment_ms:
             return self._error(rules.MAX_FRAGMENT_DURATION_REACHED, "the fragment is too long")
         self.fragment_bytes += len(block.data)
         if self.fragment_bytes > self.endpoint.max_fragment_bytes:
             return self._error(rules.MAX_FRAGMENT_SIZE_REACHED, "the fragment is too large")
-        self.frames.append(Frame(at, block.keyframe, block.data))
+        self.frames.append(Frame(at, block.keyframe, block.data, block.track))
+        self.last_of_track[block.track] = at
         return True
 
     def _cluster_end(self) -> bool:
-        if not self.skip and self.frames and self.fragment_ms is not None:
-            self.pending = _Fragment(self.fragment_ms, self.frames)
-        self.frames = []
+        frames, self.frames = self.frames, []
+        if self.skip or not frames or self.fragment_ms is None:
+            return True
+        missing = self.track_numbers - {frame.track for frame in frames}
+        if missing:
+            return self._error(
+                rules.FRAMES_MISSING_FOR_TRACK,
+                f"the fragment has no frames of track(s) {sorted(missing)}",
+            )
+        self.pending = _Fragment(self.fragment_ms, frames)
         return True
 
     def _tags(self, tags: Tags) -> bool:
@@ -207,11 +257,18 @@ class Ingest:
             return True
         self.tags = 0
         if self.file is None:
-            track = self.track or VideoTrack("V_MPEG4/ISO/AVC", b"", 0, 0)
+            video = self.video or VideoTrack(mkv.H264, b"", 0, 0)
             path = self._new_path(fragment.frames[0].time_ms)
-            self.file = StoredFile(path, track)
+            self.file = StoredFile(path, video, self.audio)
             self.state.files.append(path)
-        self.file.add(fragment.frames)
+        numbers = self.stored_numbers
+        self.file.add(
+            [
+                Frame(f.time_ms, f.keyframe, f.data, numbers[f.track])
+                for f in fragment.frames
+                if f.track in numbers
+            ]
+        )
         self.last_frame_ms = fragment.frames[-1].time_ms
         with self.endpoint.lock:
             self.state.fragments += 1
@@ -252,3 +309,14 @@ class Ingest:
         # A skipped fragment lets the connection go on; anything else about the
         # stream's data ends it.
         return error_id in _SKIPPED and self.skip
+
+
+def _audio_track(entry: TrackEntry) -> AudioTrack:
+    """The stored file's audio track, as TrackInfo has it (Matroska's defaults for a
+    missing rate or channel count)."""
+    return AudioTrack(
+        entry.codec_id,
+        entry.codec_private,
+        round(entry.sampling_hz) or _DEFAULT_HZ,
+        entry.channels or _DEFAULT_CHANNELS,
+    )

@@ -3,7 +3,8 @@
 Feed bytes in; get events out, as soon as each element is complete:
 
     Header(doc_type)                       the EBML header (its DocType)
-    Tracks(entries)                        the track entries (number, codec, private data)
+    Tracks(entries)                        the track entries (number, type, codec, private
+                                           data, pixel size, sampling rate, channels)
     ClusterStart(timecode)                 a fragment begins (its Timecode element read)
     Block(track, timecode, keyframe, data) one frame; timecode absolute, cluster + relative
     ClusterEnd()                           the fragment is complete (the next Cluster, or
@@ -17,6 +18,7 @@ skipped by its size; an element that cannot be parsed raises MkvError.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from edge_agent.errors import FormatError
@@ -40,6 +42,9 @@ class TrackEntry:
     track_type: int
     width: int = 0
     height: int = 0
+    #: From the Audio element (0 if the entry has none).
+    sampling_hz: float = 0
+    channels: int = 0
 
 
 @dataclass(frozen=True)
@@ -237,6 +242,7 @@ def _track_entries(payload: bytes) -> list[TrackEntry]:
             continue
         fields = dict(_children(entry))
         video = dict(_children(fields.get(mkv.VIDEO, b"")))
+        audio = dict(_children(fields.get(mkv.AUDIO, b"")))
         entries.append(
             TrackEntry(
                 int.from_bytes(fields.get(mkv.TRACK_NUMBER, b"\x00"), "big"),
@@ -245,9 +251,22 @@ def _track_entries(payload: bytes) -> list[TrackEntry]:
                 int.from_bytes(fields.get(mkv.TRACK_TYPE, b"\x00"), "big"),
                 int.from_bytes(video.get(mkv.PIXEL_WIDTH, b"\x00"), "big"),
                 int.from_bytes(video.get(mkv.PIXEL_HEIGHT, b"\x00"), "big"),
+                _float(audio.get(mkv.SAMPLING_FREQUENCY, b"")),
+                int.from_bytes(audio.get(mkv.CHANNELS, b"\x00"), "big"),
             )
         )
     return entries
+
+
+def _float(payload: bytes) -> float:
+    """An EBML float: 4 or 8 bytes, big-endian (0 bytes: 0)."""
+    if len(payload) == 4:
+        return float(struct.unpack(">f", payload)[0])
+    if len(payload) == 8:
+        return float(struct.unpack(">d", payload)[0])
+    if not payload:
+        return 0.0
+    raise MkvError(f"a float of {len(payload)} bytes")
 
 
 def _simple_tags(payload: bytes) -> list[tuple[str, str]]:

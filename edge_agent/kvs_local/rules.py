@@ -13,10 +13,31 @@ Fragment-level refusals (an ERROR acknowledgement with the service's ErrorId):
 
     EBML DocType other than "matroska", laced blocks,
     CodecPrivate that is not avcC / hvcC (Annex-B start codes) 4006 INVALID_MKV_DATA
+    A_AAC CodecPrivate not an AudioSpecificConfig: under 2
+    bytes, sampling frequency index 13/14 (or 15 without its
+    24-bit rate), channel configuration not 1-7 (0, a program
+    config element, is refused), an object type without a
+    GASpecificConfig (media/audio.py's aac_config)            4006
+    A_MS/ACM CodecPrivate not a G.711 WAVEFORMATEX: under 16
+    bytes, format tag not 6 (A-law) / 7 (mu-law), channels
+    not 1-2, rate not 8000-192000                             4006
+    more than 3 track entries                                 4012 MORE_THAN_ALLOWED_TRACKS_FOUND
+    a block whose track number is not in TrackInfo            4010 TRACK_NUMBER_MISMATCH
+    a fragment whose first block is not a key frame of the
+    video track (the first entry of TrackType 1)              4006
+    a block earlier than its cluster's Timecode (a negative
+    relative timecode)                                        4006 (see below)
+    a block of a video track that is not AVCC; an empty block
+    of any other track                                        4006
+    within a fragment, a block not later than the block before
+    it on its own track, or earlier than the block before it
+    on any track (equal times across tracks are taken)        4004
+    a complete fragment without a frame of every track in
+    TrackInfo                                                 4011 FRAMES_MISSING_FOR_TRACK
     a fragment whose producer time is more than MAX_FUTURE_MS
     ahead of this machine's clock, or before EARLIEST_PRODUCER_MS 4007 INVALID_PRODUCER_TIMESTAMP
     a fragment's first frame not later than the previous
-    fragment's last frame (same connection)                   4004
+    fragment's last frame, of any track (same connection)     4004
     more than 10 tags on a fragment, a name over 128 bytes, a
     value over 256 bytes, a user name starting with "AWS"     4009 FRAGMENT_METADATA_LIMIT_REACHED
 
@@ -26,15 +47,25 @@ reference says only that the service refuses future timestamps and takes past on
 (offline replay); kvs-local allows MAX_FUTURE_MS of clock difference (5 minutes, the
 same skew SigV4 tolerates) and refuses anything before 2000-01-01 (a camera whose
 clock was never set starts at the 1970 epoch).
+
+Tracks, as the Kinesis Video producer SDK writes them: video is track 1 and audio track
+2; the frames of all tracks are interleaved in time order, each track's own times
+strictly increase, and a cluster starts with a video key frame. A block before its
+cluster's Timecode is refused as INVALID_MKV_DATA rather than 4004: the SDK's MKV
+generator treats it as an invalid frame timestamp and never writes one, so it is a
+malformed fragment (a frame outside the fragment that carries it), not a fragment or
+frame that came after a later one, and re-timing the fragment (what a producer does on
+4004) would not make it valid; it needs muxing again.
 """
 
 from __future__ import annotations
 
 import re
+import struct
 
 from edge_agent.errors import EndpointRefusal, FormatError
-from edge_agent.media import h264
-from edge_agent.media.mkv import END_OF_FRAGMENT, H264, H265
+from edge_agent.media import audio, h264
+from edge_agent.media.mkv import AAC, END_OF_FRAGMENT, G711, H264, H265
 
 STREAM_READ_ERROR = 4000
 MAX_FRAGMENT_SIZE_REACHED = 4001
@@ -44,9 +75,14 @@ INVALID_MKV_DATA = 4006
 INVALID_PRODUCER_TIMESTAMP = 4007
 FRAGMENT_METADATA_LIMIT_REACHED = 4009
 TRACK_NUMBER_MISMATCH = 4010
+FRAMES_MISSING_FOR_TRACK = 4011
 MORE_THAN_ALLOWED_TRACKS_FOUND = 4012
 
 MAX_TRACKS = 3
+#: The G.711 WAVEFORMATEX the producer SDK reads: its first 16 bytes, rates it takes.
+WAVEFORMATEX_MIN_BYTES = 16
+G711_MIN_HZ = 8000
+G711_MAX_HZ = 192_000
 
 STREAM_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,256}")
 TIMECODE_TYPES = ("ABSOLUTE", "RELATIVE")
@@ -109,7 +145,10 @@ def producer_time_problem(time_ms: int, now_ms: int, max_future_ms: int) -> str 
 
 def codec_private_problem(codec_id: str, data: bytes) -> str | None:
     """CodecPrivate must be the decoder configuration record (avcC, hvcC), not the
-    parameter sets as Annex-B NAL units."""
+    parameter sets as Annex-B NAL units; for audio, what the producer SDK writes (an
+    AudioSpecificConfig, a G.711 WAVEFORMATEX)."""
+    if codec_id in (AAC, G711):
+        return _audio_private_problem(codec_id, data)
     if not data:
         return None
     if data.startswith((b"\x00\x00\x01", b"\x00\x00\x00\x01")):
@@ -121,6 +160,28 @@ def codec_private_problem(codec_id: str, data: bytes) -> str | None:
             return f"CodecPrivate is not avcC: {err}"
     elif codec_id == H265 and (len(data) < 23 or data[0] != 1):
         return "CodecPrivate is not hvcC"
+    return None
+
+
+def _audio_private_problem(codec_id: str, data: bytes) -> str | None:
+    if codec_id == AAC:
+        if len(data) < 2:
+            return f"A_AAC CodecPrivate of {len(data)} bytes (an AudioSpecificConfig: at least 2)"
+        try:
+            audio.aac_config(data)
+        except FormatError as err:
+            return f"A_AAC CodecPrivate is not an AudioSpecificConfig: {err}"
+        return None
+    # A_MS/ACM: a WAVEFORMATEX, little-endian; the SDK reads its first 16 bytes.
+    if len(data) < WAVEFORMATEX_MIN_BYTES:
+        return f"A_MS/ACM CodecPrivate of {len(data)} bytes (a WAVEFORMATEX: at least 16)"
+    format_tag, channels, sampling_hz = struct.unpack_from("<HHI", data)
+    if format_tag not in (audio.WAVE_FORMAT_ALAW, audio.WAVE_FORMAT_MULAW):
+        return f"A_MS/ACM format tag {format_tag} (G.711: 6 A-law, 7 mu-law)"
+    if channels not in (1, 2):
+        return f"A_MS/ACM with {channels} channels (1 or 2)"
+    if not G711_MIN_HZ <= sampling_hz <= G711_MAX_HZ:
+        return f"A_MS/ACM sampling rate {sampling_hz} Hz (8000-192000)"
     return None
 
 

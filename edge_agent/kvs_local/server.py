@@ -10,12 +10,14 @@ For each PutMedia connection it checks the signature (botocore's signer, the tes
 credentials it was given), the stream name (the service's pattern; one connection per
 stream), the timecode type (ABSOLUTE or RELATIVE) and start timestamp, and then reads
 the MKV as it arrives (kvs_local/ingest.py), holding it to the ingestion rules listed
-with their ErrorIds in kvs_local/rules.py: the EBML DocType, avcC codec private data,
-a keyframe at every cluster start, no lacing, plausible producer times, frames and
-fragments in increasing time within the connection (the service's rule is per PutMedia
-call: a later connection may send older fragments, as an offline replay does),
-fragment size and duration limits, known track numbers, AVCC frames, fragment metadata
-limits. It answers on the same connection with the service's acknowledgement events
+with their ErrorIds in kvs_local/rules.py: the EBML DocType, codec private data (avcC,
+hvcC, an AAC AudioSpecificConfig, a G.711 WAVEFORMATEX), at most 3 tracks, a video
+keyframe at every cluster start, no lacing, plausible producer times, frames and
+fragments in increasing time within the connection (the tracks interleaved in time
+order; the service's rule is per PutMedia call: a later connection may send older
+fragments, as an offline replay does), fragment size and duration limits, known track
+numbers and frames of every track in every fragment, AVCC video frames, fragment
+metadata limits. It answers on the same connection with the service's acknowledgement events
 (BUFFERING, RECEIVED, PERSISTED, ERROR with the service's ErrorId) and writes every
 fragment it accepted to a seekable MKV file (kvs_local/stored_file.py), one per stream
 and connection, under its directory.

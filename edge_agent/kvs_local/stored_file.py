@@ -7,9 +7,15 @@ and can seek.
       Void           room kept at the start; on close a SeekHead (Info, Tracks, Cues)
       Info           SegmentUID, TimecodeScale 1 ms, MuxingApp, WritingApp, Duration
                      (0 while written, set on close)
-      Tracks         the connection's video track
-      Cluster        one per accepted fragment, sized, starting with its keyframe
-      Cues           written on close: a CuePoint (time, cluster position) per cluster
+      Tracks         the connection's video track (1) and audio track (2), if any
+      Cluster        one per accepted fragment, sized, starting with its video keyframe;
+                     every block with its own track number
+      Cues           written on close: a CuePoint (time, cluster position) per cluster,
+                     on the video track (a cluster's first frame is a video keyframe)
+
+The Duration runs from the first frame to the end of the last frame of any track (a
+track's frame duration: the video's nominal one, else the gap between its first two
+frames).
 
 A file whose writer never closed (the process was killed) is still a playable stream
 of unknown size, only without duration, cues and seek head.
@@ -68,28 +74,16 @@ def _seek(element_id: int, position: int) -> bytes:
     )
 
 
-def tracks_element(track: mkv.VideoTrack) -> bytes:
-    entry = [
-        uint(mkv.TRACK_NUMBER, mkv.TRACK),
-        uint(mkv.TRACK_UID, mkv.TRACK),
-        uint(mkv.TRACK_TYPE, 1),
-        string(mkv.CODEC_ID, track.codec_id),
-        binary(mkv.CODEC_PRIVATE, track.codec_private),
-    ]
-    if track.frame_duration_ns:
-        entry.append(uint(mkv.DEFAULT_DURATION, track.frame_duration_ns))
-    entry.append(
-        master(mkv.VIDEO, uint(mkv.PIXEL_WIDTH, track.width), uint(mkv.PIXEL_HEIGHT, track.height))
-    )
-    return master(mkv.TRACKS, master(mkv.TRACK_ENTRY, *entry))
-
-
 class StoredFile:
     """One connection's accepted fragments, as a seekable MKV file."""
 
-    def __init__(self, path: Path, track: mkv.VideoTrack) -> None:
+    def __init__(
+        self, path: Path, video: mkv.VideoTrack, audio: mkv.AudioTrack | None = None
+    ) -> None:
         self.path = path
-        self.track = track
+        self.video = video
+        self.audio = audio
+        self.track_numbers = {mkv.VIDEO_TRACK} | ({mkv.AUDIO_TRACK} if audio else set())
         self._file = path.open("xb")
         self._file.write(mkv.ebml_header())
         self._segment_size_at = self._file.tell() + len(id_bytes(mkv.SEGMENT))
@@ -109,29 +103,41 @@ class StoredFile:
         self._duration_at = self._file.tell() + len(info) - 8  # the float's bytes
         self._file.write(info)
         self._tracks_at = self._position()
-        self._file.write(tracks_element(track))
+        self._file.write(mkv.tracks(video, audio))
         self._file.flush()
         #: (time in ms, cluster position in the Segment) of every cluster written
         self.cue_points: list[tuple[int, int]] = []
         self._first_ms: int | None = None
         self._end_ms = 0
-        self._frame_ms = (track.frame_duration_ns or 0) // 1_000_000
+        #: Each track's frame duration (ms), once known.
+        self._frame_ms: dict[int, int] = {}
+        if video.frame_duration_ns:
+            self._frame_ms[mkv.VIDEO_TRACK] = video.frame_duration_ns // 1_000_000
 
     def _position(self) -> int:
         return self._file.tell() - self._segment_start
 
     def add(self, frames: Sequence[mkv.Frame]) -> None:
-        """One fragment (its frames' times absolute, ms) as a sized Cluster."""
+        """One fragment (its frames' times absolute, ms; tracks 1 and 2) as a sized
+        Cluster."""
+        unknown = {frame.track for frame in frames} - self.track_numbers
+        if unknown:
+            raise ValueError(f"frames of tracks {sorted(unknown)} not in this file")
         stream = mkv.cluster(frames)  # validates the frames; an unknown-size cluster
         body = stream[len(unknown_size_master(mkv.CLUSTER)) :]
         self.cue_points.append((frames[0].time_ms, self._position()))
         self._file.write(element(mkv.CLUSTER, body))
         self._file.flush()
-        if len(frames) > 1:
-            self._frame_ms = self._frame_ms or frames[-1].time_ms - frames[-2].time_ms
         if self._first_ms is None:
             self._first_ms = frames[0].time_ms
-        self._end_ms = frames[-1].time_ms + max(self._frame_ms, 1)
+        last: dict[int, int] = {}
+        for frame in frames:
+            before = last.get(frame.track)
+            if before is not None and frame.track not in self._frame_ms:
+                self._frame_ms[frame.track] = frame.time_ms - before
+            last[frame.track] = frame.time_ms
+        ends = (at + max(self._frame_ms.get(track, 0), 1) for track, at in last.items())
+        self._end_ms = max(self._end_ms, *ends)
 
     def close(self) -> None:
         """Cues at the end; Duration, SeekHead and the Segment's size set in place."""
@@ -146,7 +152,7 @@ class StoredFile:
                             uint(CUE_TIME, at),
                             master(
                                 CUE_TRACK_POSITIONS,
-                                uint(CUE_TRACK, mkv.TRACK),
+                                uint(CUE_TRACK, mkv.VIDEO_TRACK),
                                 uint(CUE_CLUSTER_POSITION, position),
                             ),
                         )

@@ -7,7 +7,12 @@ track, new parameter sets: a new connection). One type, written and read by the 
 code, so the two sides cannot drift apart::
 
     {"camera":"door","frames":60,"duration_ms":1967,"codec_id":"V_MPEG4/ISO/AVC",
-     "codec_private":"<avcC record, base64>","width":1280,"height":720}
+     "codec_private":"<avcC record, base64>","width":1280,"height":720,
+     "audio":{"codec_id":"A_AAC","codec_private":"FAg=","sampling_hz":16000,"channels":1}}
+
+``audio`` is there only when the fragment holds audio frames: a fragment without them
+goes under a video-only stream header (the service refuses a fragment that lacks
+frames of a track its header names: 4011).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import json
 from dataclasses import dataclass
 
 from edge_agent.errors import FormatError
-from edge_agent.media.mkv import H264, VideoTrack
+from edge_agent.media.mkv import H264, AudioTrack, VideoTrack
 
 
 @dataclass(frozen=True)
@@ -26,20 +31,31 @@ class FragmentMeta:
     frames: int
     duration_ms: int
     track: VideoTrack
+    audio: AudioTrack | None = None
+
+    @property
+    def tracks(self) -> tuple[VideoTrack, AudioTrack | None]:
+        """What the stream header of the connection that sends this fragment names."""
+        return self.track, self.audio
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "camera": self.camera,
-                "frames": self.frames,
-                "duration_ms": self.duration_ms,
-                "codec_id": self.track.codec_id,
-                "codec_private": base64.b64encode(self.track.codec_private).decode(),
-                "width": self.track.width,
-                "height": self.track.height,
-            },
-            separators=(",", ":"),
-        )
+        meta: dict[str, object] = {
+            "camera": self.camera,
+            "frames": self.frames,
+            "duration_ms": self.duration_ms,
+            "codec_id": self.track.codec_id,
+            "codec_private": base64.b64encode(self.track.codec_private).decode(),
+            "width": self.track.width,
+            "height": self.track.height,
+        }
+        if self.audio is not None:
+            meta["audio"] = {
+                "codec_id": self.audio.codec_id,
+                "codec_private": base64.b64encode(self.audio.codec_private).decode(),
+                "sampling_hz": self.audio.sampling_hz,
+                "channels": self.audio.channels,
+            }
+        return json.dumps(meta, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | None) -> FragmentMeta:
@@ -55,13 +71,26 @@ class FragmentMeta:
                 int(meta.get("width", 0)),
                 int(meta.get("height", 0)),
             )
+            audio = meta.get("audio")
+            if audio is not None and not isinstance(audio, dict):
+                raise FormatError(f"audio: expected a JSON object, got {type(audio).__name__}")
             return cls(
                 str(meta.get("camera", "")),
                 int(meta.get("frames", 0)),
                 int(meta.get("duration_ms", 0)),
                 track,
+                _audio_track(audio) if audio else None,
             )
-        except (TypeError, ValueError) as err:  # JSON, base64 and numbers alike
+        except (KeyError, TypeError, ValueError) as err:  # JSON, base64 and numbers alike
             if isinstance(err, FormatError):
                 raise
             raise FormatError(str(err)) from err
+
+
+def _audio_track(audio: dict[str, object]) -> AudioTrack:
+    return AudioTrack(
+        str(audio["codec_id"]),
+        base64.b64decode(str(audio.get("codec_private", ""))),
+        int(str(audio["sampling_hz"])),
+        int(str(audio["channels"])),
+    )

@@ -3,27 +3,38 @@
     EBML header
     Segment (unknown size)
       Info        TimecodeScale 1 ms, SegmentUID, MuxingApp, WritingApp
-      Tracks      one video track: CodecID, CodecPrivate (avcC), pixel size
+      Tracks      track 1, video: CodecID, CodecPrivate (avcC or hvcC), pixel size;
+                  track 2, audio (if the camera's audio is taken): CodecID, CodecPrivate
+                  (AAC: the AudioSpecificConfig; G.711: a WAVEFORMATEX), sampling rate,
+                  channels
       Cluster (unknown size), one per fragment:
         Timecode      the fragment's absolute time, ms since the Unix epoch
-        SimpleBlock   one per frame: track 1, time relative to the cluster, key flag
+        SimpleBlock   one per frame: track, time relative to the cluster, key flag
 
 ``stream_header`` is written once per PutMedia connection; ``cluster`` once per
 fragment (that is what a fragment's spool record holds). Every cluster starts with a
-keyframe, frame times strictly increase, and a frame sits less than 32.768 s after its
-cluster's time (the block's 16-bit relative timecode).
+video keyframe and a frame sits less than 32.768 s after its cluster's time (the
+block's 16-bit relative timecode, never negative). The blocks of a cluster are in time
+order across its tracks (equal times allowed, video first), and each track's own times
+strictly increase. That is the order the Kinesis Video producer SDK writes: its frame
+order coordinator interleaves the tracks by time, its content view refuses a frame
+earlier than the one before it on any track, and its generator refuses a frame earlier
+than its cluster (docs/ARCHITECTURE.md, "Audio").
 """
 
 from __future__ import annotations
 
+import heapq
 import os
-from collections.abc import Sequence
+import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from edge_agent import __version__
 from edge_agent.errors import FormatError
 from edge_agent.media.ebml import (
     binary,
+    element,
     master,
     size_vint,
     string,
@@ -55,6 +66,9 @@ CODEC_PRIVATE = 0x63A2
 VIDEO = 0xE0
 PIXEL_WIDTH = 0xB0
 PIXEL_HEIGHT = 0xBA
+AUDIO = 0xE1
+SAMPLING_FREQUENCY = 0xB5
+CHANNELS = 0x9F
 DEFAULT_DURATION = 0x23E383
 CLUSTER = 0x1F43B675
 TAGS = 0x1254C367
@@ -70,9 +84,17 @@ SIMPLE_BLOCK = 0xA3
 TIMECODE_SCALE_NS = 1_000_000
 #: A block's time relative to its cluster is a signed 16-bit number of ms.
 MAX_CLUSTER_SPAN_MS = 32_767
-TRACK = 1
+VIDEO_TRACK = 1
+AUDIO_TRACK = 2
+#: Matroska's TrackType values.
+TRACK_TYPE_VIDEO = 1
+TRACK_TYPE_AUDIO = 2
 H264 = "V_MPEG4/ISO/AVC"
 H265 = "V_MPEGH/ISO/HEVC"
+#: The audio codec ids the Kinesis Video producer SDK writes (G.711 A-law and mu-law
+#: alike: the WAVEFORMATEX in the codec private data tells them apart).
+AAC = "A_AAC"
+G711 = "A_MS/ACM"
 _KEYFRAME = 0x80
 
 
@@ -87,12 +109,22 @@ class VideoTrack:
 
 
 @dataclass(frozen=True)
+class AudioTrack:
+    codec_id: str
+    codec_private: bytes
+    sampling_hz: int
+    channels: int
+
+
+@dataclass(frozen=True)
 class Frame:
-    """One encoded frame: AVCC data, absolute time in ms since the Unix epoch."""
+    """One encoded frame (video: length-prefixed NAL units; audio: one AAC access unit
+    or G.711 samples) and its time in ms (absolute: since the Unix epoch)."""
 
     time_ms: int
     keyframe: bool
     data: bytes
+    track: int = VIDEO_TRACK
 
 
 def ebml_header() -> bytes:
@@ -108,19 +140,42 @@ def ebml_header() -> bytes:
     )
 
 
-def stream_header(track: VideoTrack, *, segment_uid: bytes | None = None) -> bytes:
-    """EBML header, the start of an unknown-size Segment, Info and Tracks."""
-    video = [uint(PIXEL_WIDTH, track.width), uint(PIXEL_HEIGHT, track.height)]
+def tracks(video: VideoTrack, audio: AudioTrack | None = None) -> bytes:
+    """The Tracks element: the video as track 1, the audio (if any) as track 2."""
     entry = [
-        uint(TRACK_NUMBER, TRACK),
-        uint(TRACK_UID, TRACK),
-        uint(TRACK_TYPE, 1),
-        string(CODEC_ID, track.codec_id),
-        binary(CODEC_PRIVATE, track.codec_private),
+        uint(TRACK_NUMBER, VIDEO_TRACK),
+        uint(TRACK_UID, VIDEO_TRACK),
+        uint(TRACK_TYPE, TRACK_TYPE_VIDEO),
+        string(CODEC_ID, video.codec_id),
+        binary(CODEC_PRIVATE, video.codec_private),
     ]
-    if track.frame_duration_ns:
-        entry.append(uint(DEFAULT_DURATION, track.frame_duration_ns))
-    entry.append(master(VIDEO, *video))
+    if video.frame_duration_ns:
+        entry.append(uint(DEFAULT_DURATION, video.frame_duration_ns))
+    entry.append(master(VIDEO, uint(PIXEL_WIDTH, video.width), uint(PIXEL_HEIGHT, video.height)))
+    entries = [master(TRACK_ENTRY, *entry)]
+    if audio is not None:
+        entries.append(
+            master(
+                TRACK_ENTRY,
+                uint(TRACK_NUMBER, AUDIO_TRACK),
+                uint(TRACK_UID, AUDIO_TRACK),
+                uint(TRACK_TYPE, TRACK_TYPE_AUDIO),
+                string(CODEC_ID, audio.codec_id),
+                binary(CODEC_PRIVATE, audio.codec_private),
+                master(
+                    AUDIO,
+                    element(SAMPLING_FREQUENCY, struct.pack(">d", float(audio.sampling_hz))),
+                    uint(CHANNELS, audio.channels),
+                ),
+            )
+        )
+    return master(TRACKS, *entries)
+
+
+def stream_header(
+    video: VideoTrack, audio: AudioTrack | None = None, *, segment_uid: bytes | None = None
+) -> bytes:
+    """EBML header, the start of an unknown-size Segment, Info and Tracks."""
     app = f"edge-agent {__version__}"
     info = master(
         INFO,
@@ -129,12 +184,7 @@ def stream_header(track: VideoTrack, *, segment_uid: bytes | None = None) -> byt
         string(MUXING_APP, app),
         string(WRITING_APP, app),
     )
-    return (
-        ebml_header()
-        + unknown_size_master(SEGMENT)
-        + info
-        + master(TRACKS, master(TRACK_ENTRY, *entry))
-    )
+    return ebml_header() + unknown_size_master(SEGMENT) + info + tracks(video, audio)
 
 
 #: The tag the producer SDKs write after each fragment: it tells the service the fragment
@@ -158,23 +208,36 @@ class FragmentError(FormatError):
     """Frames that cannot make a fragment (see ``cluster``)."""
 
 
+def interleaved(video: Iterable[Frame], audio: Iterable[Frame]) -> list[Frame]:
+    """Two tracks' frames (each in time order) as one list in time order, video first
+    at equal times."""
+    return list(heapq.merge(video, audio, key=lambda frame: frame.time_ms))
+
+
 def cluster(frames: Sequence[Frame]) -> bytes:
-    """One fragment as an unknown-size Cluster: its Timecode is the first frame's time."""
+    """One fragment as an unknown-size Cluster: its Timecode is the first frame's time,
+    which must be a video keyframe; the frames are in the order described above."""
     if not frames:
         raise FragmentError("a fragment needs at least one frame")
-    if not frames[0].keyframe:
-        raise FragmentError("a fragment must start with a keyframe")
+    if not frames[0].keyframe or frames[0].track != VIDEO_TRACK:
+        raise FragmentError("a fragment must start with a video keyframe")
     base = frames[0].time_ms
     parts = [unknown_size_master(CLUSTER), uint(TIMECODE, base)]
-    last = base - 1
+    previous = base
+    last_of_track: dict[int, int] = {}
     for frame in frames:
-        if frame.time_ms <= last:
-            raise FragmentError(f"frame times must increase ({frame.time_ms} after {last})")
-        relative = frame.time_ms - base
+        at, track = frame.time_ms, frame.track
+        if at < previous:
+            raise FragmentError(f"frames must be in time order ({at} after {previous})")
+        if last_of_track.get(track, at - 1) >= at:
+            raise FragmentError(
+                f"track {track}'s times must increase ({at} after {last_of_track[track]})"
+            )
+        relative = at - base
         if relative > MAX_CLUSTER_SPAN_MS:
             raise FragmentError(f"a fragment spans at most {MAX_CLUSTER_SPAN_MS} ms")
-        last = frame.time_ms
-        header = bytes((0x80 | TRACK,)) + relative.to_bytes(2, "big", signed=True)
+        previous = last_of_track[track] = at
+        header = bytes((0x80 | track,)) + relative.to_bytes(2, "big", signed=True)
         header += bytes((_KEYFRAME if frame.keyframe else 0,))
         parts += (
             SIMPLE_BLOCK.to_bytes(1, "big"),

@@ -9,8 +9,9 @@
          its time is not after the previous one (4004, 4007)      dead letter, counted
          the stream or its key is not usable (4008, 45xx)         pause, probe slowly
          anything else (4000, 5xxx, 4003)                          reconnect, resend
-    -> a new connection when the track changes (new SPS/PPS), before 40 minutes, when
-       acknowledgements stop coming (``ack_timeout``), or after any error.
+    -> a new connection when the tracks change (new SPS/PPS, audio that comes or goes),
+       before 40 minutes, when acknowledgements stop coming (``ack_timeout``), or after
+       any error.
 
 What was on the wire without its acknowledgement goes back to the spool and is sent
 again on the next connection: a crash or an outage re-sends at most ``max_in_flight``
@@ -41,7 +42,7 @@ from edge_agent.delivery.budget import BacklogHeld, Budget, SinkBudget
 from edge_agent.delivery.send_log import SendLog
 from edge_agent.errors import SinkError, SinkPaused, SinkUnavailable, SpoolCorrupt, SpoolError
 from edge_agent.media.fragment_meta import FragmentMeta
-from edge_agent.media.mkv import VideoTrack, end_of_fragment, stream_header
+from edge_agent.media.mkv import AudioTrack, VideoTrack, end_of_fragment, stream_header
 from edge_agent.records import LeasedRecord
 from edge_agent.runtime_status import KvsSnapshot, LatencySummary
 from edge_agent.sinks.kvs.acks import ERROR, Ack, ErrorAction, error_action, error_name
@@ -52,6 +53,9 @@ from edge_agent.spool.store import Spool
 from edge_agent.worker import LinkState, ThreadWorker, WorkerState
 
 log = logging.getLogger(__name__)
+
+#: What a connection's stream header names: the video track, and the audio's if any.
+Tracks = tuple[VideoTrack, AudioTrack | None]
 
 END_OF_FRAGMENT_TAGS = end_of_fragment()
 #: At stop, how long to wait for the acknowledgements of what is on the wire.
@@ -172,8 +176,8 @@ class KvsUploader(ThreadWorker):
         kind, first = self._first_fragment()
         if first is None:
             return
-        track = self._track(first)
-        if track is None:
+        tracks = self._tracks(first)
+        if tracks is None:
             return
         budget: Budget = self._budget.backlog() if kind == "backlog" else self._budget
         connection: PutMediaConnection | None = None
@@ -192,7 +196,7 @@ class KvsUploader(ThreadWorker):
                 on_answer=self.spool.wake_waiters,  # an acknowledgement ends the wait below
             )
             connection.open()
-            connection.send(stream_header(track))
+            connection.send(stream_header(*tracks))
         except BaseException:
             if connection is not None:
                 connection.close()
@@ -207,7 +211,7 @@ class KvsUploader(ThreadWorker):
             self._set_state("sending" if kind == "all" else f"sending {kind}")
             log.debug("sink %s: %s session from fragment %d", self.name, kind, first.id)
             self._send(connection, first, kind)
-            self._stream(connection, track, kind)
+            self._stream(connection, tracks, kind)
         except BacklogHeld:
             # Mid-fragment: the session cannot be ended cleanly. Take what was
             # acknowledged of the fragments written whole, then drop the connection.
@@ -228,7 +232,7 @@ class KvsUploader(ThreadWorker):
             self.spool.wait_for_append(generation, IDLE_WAKE_S)
         return "all", None
 
-    def _stream(self, connection: PutMediaConnection, track: VideoTrack, kind: SessionKind) -> None:
+    def _stream(self, connection: PutMediaConnection, tracks: Tracks, kind: SessionKind) -> None:
         """Send fragments as the window and the rate allow; take acknowledgements. The
         thread sleeps until a fragment is appended or an acknowledgement arrives (both
         wake the spool's waiters), and reads the spool only when something changed.
@@ -254,10 +258,10 @@ class KvsUploader(ThreadWorker):
             if window_open and rate_wait == 0 and generation != drained_at:
                 record = self._replay.lease(kind)
                 if record is not None:
-                    record_track = self._track(record)
-                    if record_track is None:
+                    record_tracks = self._tracks(record)
+                    if record_tracks is None:
                         continue
-                    if record_track != track:  # new parameter sets: a new header
+                    if record_tracks != tracks:  # new parameter sets, audio: a new header
                         self.spool.release([record])
                         self._finish(connection)
                         return
@@ -417,11 +421,11 @@ class KvsUploader(ThreadWorker):
             except SinkError:
                 return
 
-    def _track(self, record: LeasedRecord) -> VideoTrack | None:
-        """A fragment's track, from what the camera stored with it; a fragment whose
-        track cannot be read can never be sent: dead letter."""
+    def _tracks(self, record: LeasedRecord) -> Tracks | None:
+        """A fragment's tracks, from what the camera stored with it; a fragment whose
+        tracks cannot be read can never be sent: dead letter."""
         try:
-            return FragmentMeta.from_json(record.meta).track
+            return FragmentMeta.from_json(record.meta).tracks
         except ValueError as err:
             self.spool.dead_letter([record], f"the fragment's track (meta) is unreadable: {err}")
             self.stats.dead_lettered += 1

@@ -1,10 +1,12 @@
 """A camera: frames in, cut into fragments, appended to the spool. One thread each.
 
-    RTSP H.264 camera -> the built-in RTSP client (rtsp_client.py) -> AVCC frames
-    anything else     -> av.open(url) -> packets -> H.264? pass through (Annex-B -> AVCC)
+    RTSP H.264/H.265 camera -> the built-in RTSP client (rtsp_client.py) -> frames
+    anything else     -> av.open(url) -> packets -> H.264/H.265? pass through (as
+                                         length-prefixed NAL units)
                                          else decode, encode with libx264 (GOP = fragment)
     -> FrameClock.stream_ms -> Fragmenter -> FrameClock.absolute_ms
-    -> spool record: the fragment's MKV Cluster; meta: a FragmentMeta (track, duration)
+    (audio = true: the camera's AAC or G.711 beside it, camera_audio.py)
+    -> spool record: the fragment's MKV Cluster; meta: a FragmentMeta (tracks, duration)
 
 Sources: RTSP (TCP, connect/read timeouts), V4L2 devices, files (paced to real time or
 as fast as they read) and lavfi test patterns. A source that fails to open, ends, or
@@ -33,6 +35,7 @@ from edge_agent.media.mkv import Frame, VideoTrack
 from edge_agent.records import Record
 from edge_agent.redact import redact, redact_text
 from edge_agent.runtime_status import CameraSnapshot
+from edge_agent.sources.camera.camera_audio import CameraAudio
 from edge_agent.sources.camera.camera_errors import (
     PicturesReordered,
     StreamStalled,
@@ -50,6 +53,7 @@ from edge_agent.sources.camera.codecs import (
     track_of,
 )
 from edge_agent.sources.camera.fragmenter import Fragment, Fragmenter
+from edge_agent.sources.camera.pyav_input import backdate_ms, open_with_pyav
 from edge_agent.sources.camera.rtsp_client import RtspError, RtspSession, RtspStalled
 from edge_agent.sources.camera.sdp import VideoMedia
 from edge_agent.sources.camera.timestamps import (
@@ -96,11 +100,12 @@ class Camera(ThreadWorker):
         self.settings = settings
         self.spool = spool
         self._stop = stop
-        self._open = opener or _open_with_pyav
+        self._open = opener or open_with_pyav
         self._backoff = Backoff(settings.reconnect_min, settings.reconnect_max)
         self.stats = CameraStats()
         self.clock = FrameClock(resume_after_ms=self._last_stored_ms())
         self.fragmenter = Fragmenter(settings.fragment_ms, settings.max_fragment_ms)
+        self.audio = CameraAudio(settings.name, settings.audio, self.clock)
         self._track: VideoTrack | None = None  # the newest frames'
         self._fragment_track: VideoTrack | None = None  # the fragment in progress'
         self._track_source: tuple[ParameterSets, int, int] | None = None
@@ -108,6 +113,7 @@ class Camera(ThreadWorker):
         self._refused = False  # the spool refused the last fragment (a full disk)
         self._backdate_ms: int | None = None  # a file read faster than real time
         self._reordered = False  # the camera sends B-frames: encoded from then on
+        self._audio_stream: Any = None  # PyAV's audio stream, demuxed with the video
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -132,13 +138,13 @@ class Camera(ThreadWorker):
                     err,
                 )
                 self.stats.last_error = str(err)
-                self._store(self.fragmenter.flush())
+                self._store_all(self.fragmenter.flush())
                 continue  # at once: not an outage
             except Exception as err:  # PyAV's errors, a camera that vanished, a bug
                 # Whatever the error quotes (a URL with its password), not the password.
                 reason = redact_text(str(camera_error(err)))
             try:
-                self._store(self.fragmenter.flush())
+                self._store_all(self.fragmenter.flush())
             except SpoolError as err:  # the fragment in progress is lost with the spool
                 log.error("camera %s: its last fragment is lost: %s", self.settings.name, err)
             if self._stop.is_set():
@@ -170,12 +176,14 @@ class Camera(ThreadWorker):
                 stop=self._stop,
             )
             try:
-                media = session.open()
+                media = session.open(self.audio.rtsp_encodings)
                 if media.encoding in RTP_ENCODINGS:
+                    self.audio.start_rtsp(session, media.clock_rate)
                     self._capture(self._rtsp_frames(session, media), "passthrough")
                     return
             finally:
                 session.close()
+                self.audio.end_rtsp()
             self._builtin_rtsp = False  # not H.264: PyAV decodes it, from now on
             log.info(
                 "camera %s sends %s over RTSP: decoded and encoded with PyAV",
@@ -185,7 +193,8 @@ class Camera(ThreadWorker):
         container = self._open(settings)
         try:
             stream = container.streams.video[0]
-            self._backdate_ms = _backdate_ms(settings, container)
+            self._backdate_ms = backdate_ms(settings, container)
+            self._audio_stream = self.audio.pyav_stream(container)
             codec = PASSTHROUGH.get(stream.codec_context.name)
             if codec is not None and not self._reordered:
                 self._capture(self._passthrough(container, stream, codec), "passthrough")
@@ -199,9 +208,10 @@ class Camera(ThreadWorker):
         first frame was captured with (parameter sets change at keyframes)."""
         self.stats.connects += 1
         self.clock.reanchor(backdate_ms=self._backdate_ms)
+        self.fragmenter.expect_audio(self.audio.taking)
         self.stats.mode = mode
         self._set_state("capturing")
-        stats, fragmenter = self.stats, self.fragmenter
+        stats, fragmenter, audio = self.stats, self.fragmenter, self.audio
         for frame in frames:
             if self._stop.is_set():
                 return
@@ -210,12 +220,16 @@ class Camera(ThreadWorker):
                 self._backoff.reset()
                 stats.last_keyframe_at = time.time()
                 if self._track is not self._fragment_track:
-                    self._store(fragmenter.flush())  # new parameter sets: a new fragment
+                    self._store_all(fragmenter.flush())  # new parameter sets: a new fragment
             done = fragmenter.add(frame)
             if done is not None:
                 self._store(done)
             if fragmenter.pending == 1:  # this frame began a fragment
                 self._fragment_track = self._track
+            if audio.pending:
+                for sound in audio.take():
+                    if (done := fragmenter.add_audio(sound)) is not None:
+                        self._store(done)
 
     def _packets(self, container: Any, stream: Any) -> Iterator[Any]:
         """The stream's packets, timed (``timed_packets``) and paced for real-time file replay;
@@ -238,7 +252,12 @@ class Camera(ThreadWorker):
         """Non-empty packets as they arrive; StreamStalled after stall_timeout without."""
         stall_timeout = self.settings.stall_timeout
         last_packet = time.monotonic()
-        for packet in container.demux(stream):
+        audio = self._audio_stream
+        streams = (stream,) if audio is None else (stream, audio)
+        for packet in container.demux(*streams):
+            if packet.stream is audio:
+                self.audio.pyav_packet(packet)
+                continue
             now = time.monotonic()
             if now - last_packet > stall_timeout:
                 raise StreamStalled(f"no frames for {now - last_packet:.1f}s")
@@ -327,7 +346,9 @@ class Camera(ThreadWorker):
                     if rtp_reordered(previous, unit.timestamp, media.clock_rate):
                         raise PicturesReordered("the camera sends B-frames")
                     previous = unit.timestamp
-                    yield Frame(stream_ms(unit.timestamp, time_base), unit.keyframe, unit.data)
+                    at = stream_ms(unit.timestamp, time_base)
+                    self.audio.rtsp_video(unit.timestamp, at)
+                    yield Frame(at, unit.keyframe, unit.data)
             ended: RtspError | None = None
         except RtspError as err:
             ended = err
@@ -413,18 +434,26 @@ class Camera(ThreadWorker):
         ):
             self._track = VideoTrack(codec_id, record, width, height)
 
-    def _store(self, fragment: Fragment | None) -> None:
+    def _store_all(self, fragments: list[Fragment]) -> None:
+        for fragment in fragments:
+            self._store(fragment)
+
+    def _store(self, fragment: Fragment) -> None:
         track = self._fragment_track
-        if fragment is None or track is None:
+        if track is None:
             return
-        fragment = Fragment(  # from the stream's timeline to the wall clock
-            tuple(
-                Frame(self.clock.absolute_ms(frame.time_ms), frame.keyframe, frame.data)
-                for frame in fragment.frames
-            )
+        video = tuple(  # from the stream's timeline to the wall clock
+            Frame(self.clock.absolute_ms(frame.time_ms), frame.keyframe, frame.data)
+            for frame in fragment.frames
         )
+        audio = self.audio.placed(fragment.audio, video[0].time_ms) if fragment.audio else ()
+        fragment = Fragment(video, audio)
         meta = FragmentMeta(
-            self.settings.name, len(fragment.frames), fragment.duration_ms, track
+            self.settings.name,
+            len(video),
+            fragment.duration_ms,
+            track,
+            self.audio.track if audio else None,  # no audio frames: no audio track (4011)
         ).to_json()
         if self._backdate_ms is not None:  # never a fragment that ends in the future
             ahead = self.clock.ahead_of_now_ms(fragment.frames[-1].time_ms)
@@ -481,39 +510,8 @@ class Camera(ThreadWorker):
             "lost_packets": stats.lost_packets,
             "unstored_fragments": stats.unstored_fragments,
             "b_frames": stats.b_frames,
+            "audio": self.audio.state,
+            "audio_frames": self.audio.frames,
+            "dropped_audio": self.audio.dropped + self.fragmenter.dropped_audio,
             "last_error": stats.last_error,
         }
-
-
-def _backdate_ms(settings: CameraConfig, container: Any) -> int | None:
-    """A file read faster than real time: its duration (0 if unknown: the frames then
-    start now and are paced); None for every other source."""
-    if settings.source != "file" or settings.realtime:
-        return None
-    duration = container.duration  # microseconds, or None
-    return int(duration // 1000) if duration else 0
-
-
-def _open_with_pyav(settings: CameraConfig) -> Any:
-    import av
-
-    options = dict(settings.extra_options)
-    fmt: str | None = None
-    if settings.source == "rtsp":
-        options.setdefault("rtsp_transport", "tcp")
-    elif settings.source == "v4l2":
-        fmt = "v4l2"
-        if settings.video_size:
-            options["video_size"] = settings.video_size
-        if settings.framerate:
-            options["framerate"] = str(settings.framerate)
-        if settings.input_format:
-            options["input_format"] = settings.input_format
-    elif settings.source == "lavfi":
-        fmt = "lavfi"
-    return av.open(
-        settings.url,
-        format=fmt,
-        options=options,
-        timeout=(settings.connect_timeout, settings.stall_timeout),
-    )

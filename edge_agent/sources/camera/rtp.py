@@ -1,5 +1,6 @@
 """RTP (RFC 3550) as the depacketizers read it: where a packet's payload is, its
-sequence number, timestamp and marker, and what a sequence number says about loss."""
+sequence number, timestamp and marker, what a sequence number says about loss, and
+timestamps extended past their 32-bit wrap."""
 
 from __future__ import annotations
 
@@ -38,6 +39,16 @@ def parse(packet: bytes | memoryview, min_payload: int = 1) -> RtpPacket | None:
         int.from_bytes(packet[4:8], "big"),
         bool(packet[1] & 0x80),
     )
+
+
+_WRAP = 1 << 32
+_HALF = 1 << 31
+
+
+def extend(raw: int, near: int) -> int:
+    """A 32-bit RTP timestamp extended past its wraps: of the values it may stand for,
+    the one nearest ``near`` (an extended timestamp of the same stream, such as the last)."""
+    return near + ((raw - near + _HALF) % _WRAP - _HALF)
 
 
 class SequenceTracker:

@@ -32,8 +32,6 @@ from edge_agent.sources.camera import rtp
 
 STAP_A = 24
 FU_A = 28
-_WRAP = 1 << 32
-_HALF = 1 << 31
 
 
 class AccessUnit(NamedTuple):
@@ -52,8 +50,7 @@ class H264Depacketizer:
         self._timestamp: int | None = None  # raw 32-bit timestamp of the unit being built
         self._fragments: list[bytes] | None = None  # an FU-A unit being built
         self._sequence = rtp.SequenceTracker()
-        self._extended_base = 0  # the extended value of the last raw timestamp seen
-        self._last_raw: int | None = None
+        self._last_timestamp: int | None = None  # extended past the wrap
         #: The newest SPS and PPS seen in the stream, and how often they changed.
         self.sps: bytes | None = None
         self.pps: bytes | None = None
@@ -143,14 +140,9 @@ class H264Depacketizer:
         """The access unit of the picture built so far; what followed its last slice
         (parameter sets, SEI) is kept for the next one."""
         raw = self._timestamp or 0
-        if self._last_raw is None:
-            extended = raw
-        else:
-            delta = (raw - self._last_raw) % _WRAP
-            if delta >= _HALF:
-                delta -= _WRAP  # a timestamp a little before the last one
-            extended = self._extended_base + delta
-        self._last_raw, self._extended_base = raw, extended
+        last = self._last_timestamp
+        extended = raw if last is None else rtp.extend(raw, last)
+        self._last_timestamp = extended
         parts, cut = self._parts, self._after_slice
         unit = AccessUnit(extended, self._keyframe, b"".join(parts[:cut]))
         self._parts = parts[cut:]

@@ -54,8 +54,6 @@ __all__ = ["AP", "FU", "PACI", "AccessUnit", "H265Depacketizer"]
 AP = 48
 FU = 49
 PACI = 50
-_WRAP = 1 << 32
-_HALF = 1 << 31
 #: Units that follow the last slice of their access unit (H.265 7.4.2.4.4).
 _SUFFIX = frozenset({NAL_EOS, NAL_EOB, NAL_FD, NAL_SEI_SUFFIX, 45, 46, 47})
 
@@ -71,8 +69,7 @@ class H265Depacketizer:
         self._fragments: list[bytes] | None = None  # an FU unit being built
         self._sequence = rtp.SequenceTracker()
         self._last_marker = False
-        self._extended_base = 0  # the extended value of the last raw timestamp seen
-        self._last_raw: int | None = None
+        self._last_timestamp: int | None = None  # extended past the wrap
         #: The newest VPS, SPS and PPS seen in the stream, and how often they changed.
         self.vps: bytes | None = None
         self.sps: bytes | None = None
@@ -202,14 +199,9 @@ class H265Depacketizer:
         """Ends the picture built so far, into ``done`` unless it was damaged; what
         followed its last slice (prefix units of the next picture) is kept for that one."""
         raw = self._timestamp or 0
-        if self._last_raw is None:
-            extended = raw
-        else:
-            delta = (raw - self._last_raw) % _WRAP
-            if delta >= _HALF:
-                delta -= _WRAP  # a timestamp a little before the last one
-            extended = self._extended_base + delta
-        self._last_raw, self._extended_base = raw, extended
+        last = self._last_timestamp
+        extended = raw if last is None else rtp.extend(raw, last)
+        self._last_timestamp = extended
         parts, cut = self._parts, self._after_slice
         if self._damaged:
             self.dropped_pictures += 1

@@ -1,9 +1,14 @@
-"""The built-in RTSP client (RFC 2326): an IP camera's H.264 over RTP interleaved in
-the RTSP connection (TCP), read in large, few reads.
+"""The built-in RTSP client (RFC 2326): an IP camera's H.264 or H.265, and its audio if
+asked for, over RTP interleaved in the RTSP connection (TCP), read in large, few reads.
 
-    connect -> OPTIONS -> DESCRIBE (SDP) -> SETUP video, interleaved=0-1 -> PLAY
+    connect -> OPTIONS -> DESCRIBE (SDP) -> SETUP video, interleaved=0-1
+            [-> SETUP audio, interleaved=2-3] -> PLAY
             -> '$' channel length RTP ... (and the answers to our keepalives)
             -> TEARDOWN
+
+Video packets are yielded; audio packets and the RTCP sender reports of both (what
+places the audio on the video's timeline: sources/camera/audio_sync.py) go to
+callbacks, on the same thread.
 
 Why not FFmpeg's RTSP demuxer (through PyAV): it reads every RTP packet with its own
 system calls and hands each picture to Python as a packet object, which made the
@@ -34,7 +39,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -42,7 +47,7 @@ from edge_agent import __version__
 from edge_agent.errors import SourceError
 from edge_agent.redact import redact
 from edge_agent.sources.camera.rtsp_auth import RtspAuth
-from edge_agent.sources.camera.sdp import SdpError, VideoMedia, video_media
+from edge_agent.sources.camera.sdp import AudioMedia, SdpError, VideoMedia, audio_media, video_media
 
 #: The kernel wakes the reader once this much has arrived (or READ_SLICE_S has passed).
 LOW_WATER_BYTES = 64 * 1024
@@ -56,8 +61,11 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_REDIRECTS = 3
 #: Servers that name no session timeout drop sessions after 60 s (RFC 2326 12.37).
 DEFAULT_SESSION_TIMEOUT_S = 60
-#: The interleaved channel asked for RTP (RTCP on the next); the server may choose others.
+#: The interleaved channels asked for RTP (RTCP on the next); the server may choose others.
 RTP_CHANNEL = 0
+AUDIO_RTP_CHANNEL = 2
+#: RTCP's sender report packet type (RFC 3550 6.4.1).
+RTCP_SENDER_REPORT = 200
 USER_AGENT = f"edge-agent/{__version__}"
 _REQUEST_LINE = re.compile(rb"[A-Z_]{3,20} \S+ RTSP/1\.0\r\n")
 
@@ -135,12 +143,21 @@ class RtspSession:
         self._keepalive_every = DEFAULT_SESSION_TIMEOUT_S / 2
         self._aggregate_url = self.url  # PLAY, keepalives and TEARDOWN go here
         self._rtp_channel = RTP_CHANNEL  # as the server's SETUP answer chose
+        self._audio_channel = -1  # the audio's RTP channel, if it was set up
         self.interleaved_errors = 0  # bytes skipped to find the next '$' frame
+        #: The camera's audio as described, whether or not it was set up; the audio set up.
+        self.audio_offered: AudioMedia | None = None
+        self.audio: AudioMedia | None = None
+        #: Called with each audio RTP packet (a view, valid during the call).
+        self.on_audio: Callable[[memoryview], None] | None = None
+        #: Called with each sender report: (is the audio's, NTP time in s, RTP timestamp).
+        self.on_sender_report: Callable[[bool, float, int], None] | None = None
 
     # ------------------------------------------------------------------ handshake
 
-    def open(self) -> VideoMedia:
-        """Connect, describe, set up the video over TCP and play; the video's media."""
+    def open(self, audio_encodings: Collection[str] = ()) -> VideoMedia:
+        """Connect, describe, set up the video over TCP (and the audio, if its encoding is
+        one of ``audio_encodings``) and play; the video's media."""
         for _ in range(MAX_REDIRECTS + 1):
             self._connect()
             options = self._request("OPTIONS", self.url, required=False)
@@ -150,19 +167,17 @@ class RtspSession:
             if described is None:  # redirected: self.url changed
                 continue
             base = described.headers.get("content-base") or self.url
+            description = described.body.decode("utf-8", "replace")
             try:
-                media = video_media(described.body.decode("utf-8", "replace"), base)
+                media = video_media(description, base)
+                self.audio_offered = audio_media(description, base)
             except SdpError as err:
                 raise RtspError(f"DESCRIBE: {err}") from None
-            transport = f"RTP/AVP/TCP;unicast;interleaved={RTP_CHANNEL}-{RTP_CHANNEL + 1}"
-            setup = self._request("SETUP", media.control, {"Transport": transport})
-            assert setup is not None
-            self._take_session(setup.headers.get("session", ""))
-            answered = setup.headers.get("transport", "")
-            if answered and "TCP" not in answered.upper():
-                raise RtspError(f"SETUP: the camera answered another transport ({answered})")
-            chosen = re.search(r"interleaved=(\d+)", answered)
-            self._rtp_channel = int(chosen.group(1)) if chosen else RTP_CHANNEL
+            self._rtp_channel = self._setup(media.control, RTP_CHANNEL)
+            offered = self.audio_offered
+            if offered is not None and offered.encoding in audio_encodings:
+                self._audio_channel = self._setup(offered.control, AUDIO_RTP_CHANNEL)
+                self.audio = offered
             self._aggregate_url = media.aggregate
             self._request("PLAY", self._aggregate_url, {"Range": "npt=0.000-"})
             return media
@@ -181,6 +196,20 @@ class RtspSession:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
         self._sock = sock
         self._pending = b""
+
+    def _setup(self, control: str, channel: int) -> int:
+        """SETUP one media over TCP, asking for ``channel`` (RTCP on the next); the RTP
+        channel the server chose."""
+        transport = f"RTP/AVP/TCP;unicast;interleaved={channel}-{channel + 1}"
+        setup = self._request("SETUP", control, {"Transport": transport})
+        assert setup is not None
+        if not self._session:
+            self._take_session(setup.headers.get("session", ""))
+        answered = setup.headers.get("transport", "")
+        if answered and "TCP" not in answered.upper():
+            raise RtspError(f"SETUP: the camera answered another transport ({answered})")
+        chosen = re.search(r"interleaved=(\d+)", answered)
+        return int(chosen.group(1)) if chosen else channel
 
     def _take_session(self, value: str) -> None:
         session, _, rest = value.partition(";")
@@ -313,7 +342,8 @@ class RtspSession:
         wait = self._stream_mode().poll
         slice_ms = round(READ_SLICE_S * 1000)
         stall_timeout, stop = self._stall_timeout, self._stop
-        channel = self._rtp_channel
+        channel, audio = self._rtp_channel, self._audio_channel
+        on_audio, on_report = self.on_audio, self.on_sender_report
         data = self._pending
         self._pending = b""
         last_video = time.monotonic()
@@ -332,9 +362,14 @@ class RtspSession:
                 end = position + 4 + ((data[position + 2] << 8) | data[position + 3])
                 if end > size:
                     break
-                if data[position + 1] == channel:
+                frame_channel = data[position + 1]
+                if frame_channel == channel:
                     video = True
                     yield view[position + 4 : end]
+                elif frame_channel == audio and on_audio is not None:
+                    on_audio(view[position + 4 : end])
+                elif on_report is not None and frame_channel in (channel + 1, audio + 1):
+                    _sender_report(view[position + 4 : end], frame_channel == audio + 1, on_report)
                 position = end
             rest = data[position:]
             if stop.is_set():
@@ -393,6 +428,17 @@ class RtspSession:
                 self._sock = None
         self._session = ""
         sock.close()
+
+
+def _sender_report(
+    packet: memoryview, of_audio: bool, on_report: Callable[[bool, float, int], None]
+) -> None:
+    """The RTCP packet a compound packet starts with, if it is a sender report: its NTP
+    time (seconds since 1900) and the RTP timestamp of the same instant."""
+    if len(packet) < 20 or packet[0] >> 6 != 2 or packet[1] != RTCP_SENDER_REPORT:
+        return
+    ntp = int.from_bytes(packet[8:16], "big") / 2**32
+    on_report(of_audio, ntp, int.from_bytes(packet[16:20], "big"))
 
 
 def _is_message(data: bytes, position: int) -> bool:

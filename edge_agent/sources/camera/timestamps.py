@@ -111,6 +111,19 @@ class FrameClock:
             self._offset = now - stream
         return stream
 
+    def aligned_ms(self, pts: int, time_base: Fraction) -> int:
+        """Another track's pts (one with the same origin as the video's: a file's, or
+        FFmpeg's RTSP, which aligns its streams) on the video's stream timeline."""
+        num, den = time_base.numerator * 1000, time_base.denominator
+        return (2 * pts * num + den) // (2 * den) + self._shift
+
+    def placed_ms(self, stream_ms: int) -> int:
+        """Another track's frame being stored: its absolute time by the video's anchor
+        (without the video's repairs: the caller keeps its own track increasing)."""
+        if self._offset is None:
+            self._offset = self._wall_ms() - stream_ms
+        return self._offset + stream_ms
+
     def ahead_of_now_ms(self, absolute_ms: int) -> int:
         """How far in the future an absolute time is (0 if it is not)."""
         return max(0, absolute_ms - self._wall_ms())
