@@ -286,3 +286,33 @@ def test_ffmpeg_latm(tmp_path: Path, packet_size: int) -> None:
         1024 * n for n in range(len(expected))
     ]
     assert (depacketizer.lost_packets, depacketizer.unsupported_packets) == (0, 0)
+
+
+@pytest.mark.parametrize("make", [G711Depacketizer, Mpeg4GenericDepacketizer])
+def test_packets_taken_together_give_what_they_give_one_by_one(
+    make: type[G711Depacketizer | Mpeg4GenericDepacketizer],
+) -> None:
+    """push_many reads the usual packet inline; whatever it meets (a loss, a repeat,
+    several AUs, a fragment, a malformed packet, the wrap) gives what push gives."""
+    au = bytes(range(40))
+    if make is G711Depacketizer:
+        packets = [rtp(bytes([n]) * 160, n, 2**32 - 480 + 160 * n) for n in range(6)]
+        packets += [packets[3], rtp(b"x" * 160, 9, 1600), b"\x80"]
+    else:
+        packets = [rtp(au_headers([40]) + au, n, 1024 * n) for n in range(4)]
+        packets += [
+            rtp(au_headers([40, 40]) + au + au, 4, 4096),
+            rtp(au_headers([40]) + au[:10], 5, 6144),
+            rtp(au_headers([40]) + au[10:], 6, 6144, marker=True),
+            rtp(au_headers([40]) + au, 8, 8192),
+            packets[1],
+            b"\x80\x61",
+        ]
+    one_by_one, together = make(), make()
+    expected = [unit for packet in packets for unit in one_by_one.push(packet)]
+    assert together.push_many(packets) == expected
+    assert len(expected) >= 6
+    assert (together.lost_packets, together.unsupported_packets) == (
+        one_by_one.lost_packets,
+        one_by_one.unsupported_packets,
+    )

@@ -24,11 +24,12 @@ than its cluster (docs/ARCHITECTURE.md, "Audio").
 
 from __future__ import annotations
 
-import heapq
 import os
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
+from typing import NamedTuple
 
 from edge_agent import __version__
 from edge_agent.errors import FormatError
@@ -96,6 +97,7 @@ H265 = "V_MPEGH/ISO/HEVC"
 AAC = "A_AAC"
 G711 = "A_MS/ACM"
 _KEYFRAME = 0x80
+_TIME = itemgetter(0)  # a Frame's time_ms
 
 
 @dataclass(frozen=True)
@@ -116,10 +118,10 @@ class AudioTrack:
     channels: int
 
 
-@dataclass(frozen=True)
-class Frame:
+class Frame(NamedTuple):
     """One encoded frame (video: length-prefixed NAL units; audio: one AAC access unit
-    or G.711 samples) and its time in ms (absolute: since the Unix epoch)."""
+    or G.711 samples) and its time in ms (absolute: since the Unix epoch). A named
+    tuple: every frame of every camera is one, built in a few hundred ns."""
 
     time_ms: int
     keyframe: bool
@@ -208,10 +210,10 @@ class FragmentError(FormatError):
     """Frames that cannot make a fragment (see ``cluster``)."""
 
 
-def interleaved(video: Iterable[Frame], audio: Iterable[Frame]) -> list[Frame]:
+def interleaved(video: Sequence[Frame], audio: Sequence[Frame]) -> list[Frame]:
     """Two tracks' frames (each in time order) as one list in time order, video first
-    at equal times."""
-    return list(heapq.merge(video, audio, key=lambda frame: frame.time_ms))
+    at equal times (a stable sort of two runs: a merge, in C)."""
+    return sorted([*video, *audio], key=_TIME)
 
 
 def cluster(frames: Sequence[Frame]) -> bytes:

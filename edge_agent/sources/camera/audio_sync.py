@@ -21,7 +21,7 @@ newest.
 
 The estimates move (each new least delayed packet, the first reports), while audio
 must play without holes or overlaps. So the audio keeps its own timeline, its RTP
-timestamps from an origin, and the origin moves to the estimate only when the two
+timestamps plus an offset, and the offset moves to the estimate only when the two
 are more than RESYNC_MS apart (RESYNC_BY_ARRIVAL_MS before the reports): once when
 the reports replace arrival times (if those were that far off), and when the video's
 timeline jumps. Such a resync is counted;
@@ -54,7 +54,8 @@ class AudioSync:
         # The newest sender report of each stream: (NTP seconds, extended RTP timestamp).
         self._video_report: tuple[float, int] | None = None
         self._audio_report: tuple[float, int] | None = None
-        self._origin: tuple[int, int] | None = None  # (audio timestamp, its stream ms)
+        #: The audio's own timeline: stream ms = its timestamp in ms + this.
+        self._offset: float | None = None
         self.resyncs = 0  # the audio's timeline moved to the estimate
 
     @property
@@ -77,34 +78,47 @@ class AudioSync:
             self._video_report = (ntp_s, rtp.extend(rtp_timestamp, self._video[0]))
 
     def audio(self, raw_timestamp: int, arrival_ms: float) -> int | None:
-        """An audio frame's time on the video's stream timeline (ms); None before the
+        """One audio frame's time on the video's stream timeline (ms); None before the
         first video frame."""
+        placed = self.place([raw_timestamp], arrival_ms)
+        return placed[0] if placed else None
+
+    def place(self, raw_timestamps: list[int], arrival_ms: float) -> list[int]:
+        """The times on the video's stream timeline (ms) of audio frames that arrived
+        together (empty before the first video frame)."""
+        rate = self._audio_rate
         last = self._audio_last
-        timestamp = raw_timestamp if last is None else rtp.extend(raw_timestamp, last)
-        self._audio_last = timestamp
-        anchor = arrival_ms - timestamp * 1000 / self._audio_rate
+        extended = []
+        for raw in raw_timestamps:
+            last = raw if last is None else rtp.extend(raw, last)
+            extended.append(last)
+        if last is None:
+            return []
+        self._audio_last = last
+        anchor = arrival_ms - last * 1000 / rate  # the newest of those that came together
         if self._audio_anchor is None or anchor < self._audio_anchor:
             self._audio_anchor = anchor
-        if self._video is None or self._video_anchor is None:
+        estimate = self._estimate()
+        if estimate is None:
+            return []
+        offset, tolerance = estimate
+        if self._offset is None or abs(self._offset - offset) > tolerance:
+            if self._offset is not None:
+                self.resyncs += 1
+            self._offset = offset
+        offset, scale = self._offset, 1000 / rate
+        return [round(timestamp * scale + offset) for timestamp in extended]
+
+    def _estimate(self) -> tuple[float, float] | None:
+        """Where the audio belongs: the offset (ms) from its timestamps (in ms) to the
+        video's stream times, and how far the audio's own may be from it."""
+        if self._video is None or self._video_anchor is None or self._audio_anchor is None:
             return None
         video_timestamp, video_ms = self._video
         video_report, audio_report = self._video_report, self._audio_report
-        tolerance = RESYNC_BY_ARRIVAL_MS
         if video_report is not None and audio_report is not None:
-            audio_at = audio_report[0] + (timestamp - audio_report[1]) / self._audio_rate
+            audio_origin = audio_report[0] * 1000 - audio_report[1] * 1000 / self._audio_rate
             video_at = video_report[0] + (video_timestamp - video_report[1]) / self._video_rate
-            after_ms = (audio_at - video_at) * 1000
-            tolerance = RESYNC_MS
-        else:
-            audio_at = timestamp * 1000 / self._audio_rate + self._audio_anchor
-            video_at = video_timestamp * 1000 / self._video_rate + self._video_anchor
-            after_ms = audio_at - video_at
-        estimate = video_ms + round(after_ms)
-        origin = self._origin
-        if origin is not None:
-            own = origin[1] + round((timestamp - origin[0]) * 1000 / self._audio_rate)
-            if abs(own - estimate) <= tolerance:
-                return own
-            self.resyncs += 1
-        self._origin = (timestamp, estimate)
-        return estimate
+            return video_ms + audio_origin - video_at * 1000, RESYNC_MS
+        video_at = video_timestamp * 1000 / self._video_rate + self._video_anchor
+        return video_ms + self._audio_anchor - video_at, RESYNC_BY_ARRIVAL_MS

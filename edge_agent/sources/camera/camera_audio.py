@@ -1,8 +1,8 @@
 """A camera's audio (``audio = true``): from the built-in RTSP client or PyAV to audio
 frames on the video's stream timeline, for the fragmenter to put beside the video.
 
-    RTSP  session.on_audio -> depacketizer (rtp_audio.py) -> AudioSync (sender reports,
-          else arrival times) -> frames
+    RTSP  session.audio_packets, taken with each video frame -> depacketizer
+          (rtp_audio.py) -> AudioSync (sender reports, else arrival times) -> frames
     PyAV  the audio stream's packets, demuxed with the video -> frames (ADTS headers
           removed) at their pts on the video's timeline (FrameClock.aligned_ms)
 
@@ -38,6 +38,10 @@ from edge_agent.sources.camera.timestamps import FrameClock
 
 log = logging.getLogger(__name__)
 
+#: Audio packets taken together (about 0.2 s of a camera's audio): fragments wait up
+#: to a second for their audio, and what costs an audio packet is mostly per batch.
+AUDIO_BATCH = 8
+
 
 class CameraAudio:
     def __init__(self, camera: str, enabled: bool, clock: FrameClock) -> None:
@@ -52,7 +56,8 @@ class CameraAudio:
         self.lost_packets = 0
         self._logged = ""  # the last problem logged
         self._last_placed_ms = 0  # the newest audio frame stored (absolute)
-        self._rtp: tuple[AudioDepacketizer, AudioSync] | None = None
+        #: The RTSP session's audio: depacketizer, placement, its packets as they come.
+        self._rtp: tuple[AudioDepacketizer, AudioSync, list[bytes]] | None = None
         self._pyav: PyavAudio | None = None
 
     @property
@@ -86,23 +91,30 @@ class CameraAudio:
             return
         self._take(track)
         sync = AudioSync(video_clock_rate, session.audio.clock_rate)
-        self._rtp = (depacketizer, sync)
-        session.on_audio = self._on_rtp
+        self._rtp = (depacketizer, sync, session.audio_packets)
         session.on_sender_report = sync.sender_report
 
     def rtsp_video(self, timestamp: int, stream_ms: int) -> None:
-        """A video frame of the session: where the audio's timeline is pinned."""
-        if self._rtp is not None:
-            self._rtp[1].video(timestamp, stream_ms, time.monotonic() * 1000)
-
-    def _on_rtp(self, packet: memoryview) -> None:
-        assert self._rtp is not None
-        depacketizer, sync = self._rtp
-        units = depacketizer.push(packet)
-        if units:
-            now = time.monotonic() * 1000
-            for unit in units:
-                self._add(sync.audio(unit.timestamp, now), unit.data)
+        """A video frame of the session: where the audio's timeline is pinned; and once
+        AUDIO_BATCH audio packets have come, they become frames, together (they came in
+        the last read or two, just before: one arrival time, one placement)."""
+        if self._rtp is None:
+            return
+        depacketizer, sync, packets = self._rtp
+        now = time.monotonic() * 1000
+        sync.video(timestamp, stream_ms, now)
+        if len(packets) < AUDIO_BATCH:
+            return
+        units = depacketizer.push_many(packets)
+        packets.clear()
+        placed = sync.place([unit.timestamp for unit in units], now)
+        if not placed:
+            self.dropped += len(units)  # before the first video frame
+            return
+        self.frames += len(units)
+        self.pending += [
+            Frame(at, True, unit.data, AUDIO_TRACK) for at, unit in zip(placed, units, strict=True)
+        ]
 
     def end_rtsp(self) -> None:
         if self._rtp is not None:

@@ -55,16 +55,18 @@ class SequenceTracker:
     """Loss and repeats, from the 16-bit sequence numbers (wrapping)."""
 
     def __init__(self) -> None:
-        self._expected: int | None = None
+        #: The sequence number the next packet should have (None before the first):
+        #: a per-packet path may compare with it and step it itself.
+        self.expected: int | None = None
 
     def missing(self, sequence: int) -> int | None:
         """How many packets were lost before this one (0: none); None if it comes from
         before the expected one (a repeat: to be skipped)."""
-        expected = self._expected
+        expected = self.expected
         missing = 0
         if expected is not None and sequence != expected:
             missing = (sequence - expected) & 0xFFFF
             if missing >= 0x8000:
                 return None
-        self._expected = (sequence + 1) & 0xFFFF
+        self.expected = (sequence + 1) & 0xFFFF
         return missing

@@ -6,9 +6,9 @@ asked for, over RTP interleaved in the RTSP connection (TCP), read in large, few
             -> '$' channel length RTP ... (and the answers to our keepalives)
             -> TEARDOWN
 
-Video packets are yielded; audio packets and the RTCP sender reports of both (what
-places the audio on the video's timeline: sources/camera/audio_sync.py) go to
-callbacks, on the same thread.
+Video packets are yielded; audio packets are gathered in a list for the video's reader
+to take, and the RTCP sender reports of both (what places the audio on the video's
+timeline: sources/camera/audio_sync.py) go to a callback, on the same thread.
 
 Why not FFmpeg's RTSP demuxer (through PyAV): it reads every RTP packet with its own
 system calls and hands each picture to Python as a packet object, which made the
@@ -148,8 +148,9 @@ class RtspSession:
         #: The camera's audio as described, whether or not it was set up; the audio set up.
         self.audio_offered: AudioMedia | None = None
         self.audio: AudioMedia | None = None
-        #: Called with each audio RTP packet (a view, valid during the call).
-        self.on_audio: Callable[[memoryview], None] | None = None
+        #: The audio's RTP packets as they arrive, for the reader of the video to take
+        #: (the same thread: a list append is all an audio packet costs here).
+        self.audio_packets: list[bytes] = []
         #: Called with each sender report: (is the audio's, NTP time in s, RTP timestamp).
         self.on_sender_report: Callable[[bool, float, int], None] | None = None
 
@@ -343,7 +344,7 @@ class RtspSession:
         slice_ms = round(READ_SLICE_S * 1000)
         stall_timeout, stop = self._stall_timeout, self._stop
         channel, audio = self._rtp_channel, self._audio_channel
-        on_audio, on_report = self.on_audio, self.on_sender_report
+        audio_packets, on_report = self.audio_packets, self.on_sender_report
         data = self._pending
         self._pending = b""
         last_video = time.monotonic()
@@ -366,8 +367,8 @@ class RtspSession:
                 if frame_channel == channel:
                     video = True
                     yield view[position + 4 : end]
-                elif frame_channel == audio and on_audio is not None:
-                    on_audio(view[position + 4 : end])
+                elif frame_channel == audio:
+                    audio_packets.append(data[position + 4 : end])
                 elif on_report is not None and frame_channel in (channel + 1, audio + 1):
                     _sender_report(view[position + 4 : end], frame_channel == audio + 1, on_report)
                 position = end
