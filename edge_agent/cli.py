@@ -42,7 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     default_config = os.environ.get("EDGE_AGENT_CONFIG", DEFAULT_CONFIG_PATH)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "-c", "--config", default=default_config, help=f"config file (default {default_config})"
+        "-c",
+        "--config",
+        default=default_config,
+        help=f"config file (default: $EDGE_AGENT_CONFIG, else {DEFAULT_CONFIG_PATH}; "
+        f"now {default_config})",
     )
     parser = argparse.ArgumentParser(
         prog="edge-agent", description="Store-and-forward agent for cameras and sensors."
@@ -50,11 +54,34 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", parents=[common], help="run the agent")
-    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    status = commands.add_parser("status", parents=[common], help="show queues and sources")
+    run = commands.add_parser(
+        "run",
+        parents=[common],
+        help="run the agent",
+        description="Run the agent in the foreground until SIGTERM or SIGINT (SIGHUP "
+        "reloads the upload budget); what systemd's unit starts.",
+    )
+    run.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="what is logged (default: the config's agent.log_level)",
+    )
+    status = commands.add_parser(
+        "status",
+        parents=[common],
+        help="show queues and sources",
+        description="The spool's queues (read directly, always current) and what the "
+        "running agent last wrote to its status file (marked stale when the agent is not "
+        "running). Exits 0, 1 when the spool cannot be read, 2 for a bad config.",
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    commands.add_parser("check-config", parents=[common], help="validate the config file")
+    commands.add_parser(
+        "check-config",
+        parents=[common],
+        help="validate the config file",
+        description="Read the config file and report every problem with its key and "
+        "reason; exits 0 when it is valid, 2 when it is not.",
+    )
 
     local = commands.add_parser(
         "kvs-local",
@@ -68,7 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument("--port", type=int, default=8090, help="port (default 8090)")
     local.add_argument("--dir", default="kvs-local", help="where MKV files go (./kvs-local)")
     local.add_argument("--stream", action="append", help="accept only these streams (default: any)")
-    local.add_argument("--region", default="us-east-1")
+    local.add_argument(
+        "--region", default="us-east-1", help="the region signatures name (default us-east-1)"
+    )
     local.add_argument(
         "--access-key",
         default=os.environ.get("KVS_LOCAL_ACCESS_KEY", "AKIDLOCALTEST"),
@@ -76,31 +105,55 @@ def _parser() -> argparse.ArgumentParser:
         "(KVS_LOCAL_ACCESS_KEY / KVS_LOCAL_SECRET_KEY)",
     )
     local.add_argument(
-        "--secret-key", default=os.environ.get("KVS_LOCAL_SECRET_KEY", "local-test-secret")
+        "--secret-key",
+        default=os.environ.get("KVS_LOCAL_SECRET_KEY", "local-test-secret"),
+        help="the secret key of the test credentials",
     )
     local.add_argument(
         "--no-retention", action="store_true", help="a stream without retention: no PERSISTED"
     )
 
-    spool = commands.add_parser("spool", help="inspect and manage the spool")
+    spool = commands.add_parser(
+        "spool",
+        help="inspect and manage the spool",
+        description="Dead letters (records a destination refused, with the reason): list, "
+        "export, requeue or purge them; salvage a damaged spool file.",
+    )
     spool_commands = spool.add_subparsers(dest="spool_command", required=True)
     listing = spool_commands.add_parser(
-        "dead-letters", parents=[common], help="list dead letters with their reasons"
+        "dead-letters",
+        parents=[common],
+        help="list dead letters with their reasons",
+        description="List dead letters, oldest first: id, queue, when and why each was refused.",
     )
-    listing.add_argument("--queue")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--queue", help="only this queue's (a sink's name)")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     export = spool_commands.add_parser(
-        "export", parents=[common], help="write dead letters as JSON lines"
+        "export",
+        parents=[common],
+        help="write dead letters as JSON lines",
+        description="Write dead letters as JSON lines (id, queue, times, attempts, "
+        "reason, and the payload as text, or base64 when it is not UTF-8), one a line, to "
+        "a file or standard output.",
     )
-    export.add_argument("--queue")
+    export.add_argument("--queue", help="only this queue's (a sink's name)")
     export.add_argument("-o", "--output", default="-", help="file (default: stdout)")
     for name, help_text in (
-        ("purge", "delete dead letters"),
-        ("requeue", "move dead letters back to their queues"),
+        ("purge", "delete dead letters (for good: needs --yes)"),
+        ("requeue", "move dead letters back to their queues, to be sent again"),
     ):
-        sub = spool_commands.add_parser(name, parents=[common], help=help_text)
-        sub.add_argument("--queue")
-        sub.add_argument("--id", dest="ids", type=int, action="append", default=[])
+        sub = spool_commands.add_parser(
+            name, parents=[common], help=help_text, description=help_text.capitalize() + "."
+        )
+        sub.add_argument("--queue", help="only this queue's (a sink's name)")
+        sub.add_argument(
+            "--id",
+            dest="ids",
+            type=int,
+            action="append",
+            default=[],
+            help="only this dead letter (repeat for more; default: all)",
+        )
         if name == "purge":
             sub.add_argument("--yes", action="store_true", help="really delete")
     salvage = spool_commands.add_parser(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -205,3 +206,24 @@ def test_spool_dead_letter_commands(tmp_path: Path) -> None:
     with Spool.open(spool_path(tmp_path)) as spool:
         assert spool.pending("telemetry") == (2, 10)
         assert spool.dead_letters() == []
+
+
+def test_every_command_and_option_says_what_it_is_for() -> None:
+    """`edge-agent COMMAND --help` describes the command and each of its options."""
+    from edge_agent.cli import _parser
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    assert sub.description, f"{path} {name}: no description"
+                    walk(sub, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction | argparse._VersionAction):
+                assert action.help, f"{path}: {action.option_strings or action.dest} has no help"
+
+    walk(_parser(), "edge-agent")
+    run_help = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "run", "--help"],
+        check=True, capture_output=True, text=True, timeout=30,
+    ).stdout  # fmt: skip
+    assert "$EDGE_AGENT_CONFIG" in run_help
