@@ -109,6 +109,20 @@ def h264_file(path: Path, seconds: int = 3, size: tuple[int, int] = (320, 240)) 
     return path
 
 
+def fast_file_camera(name: str, source: Path) -> CameraConfig:
+    """A file read as fast as it reads (1 s fragments), opened again at once when it ends."""
+    return CameraConfig(
+        name,
+        str(source),
+        "video",
+        "file",
+        fragment_ms=1000,
+        realtime=False,
+        reconnect_min=0.01,
+        reconnect_max=0.05,
+    )
+
+
 def test_a_test_pattern_is_encoded_into_two_second_keyframe_led_fragments(
     tmp_path: Path,
 ) -> None:
@@ -139,16 +153,7 @@ def test_h264_files_pass_through_byte_for_byte_and_replay_after_they_end(
         expected = [bytes(p) for p in container.demux(video=0) if p.size]
     stop = threading.Event()
     with Spool.open(tmp_path / "s.db") as spool:
-        settings = CameraConfig(
-            "replay",
-            str(source),
-            "video",
-            "file",
-            fragment_ms=1000,
-            realtime=False,
-            reconnect_min=0.01,
-            reconnect_max=0.05,
-        )
+        settings = fast_file_camera("replay", source)
         camera = Camera(settings, spool, stop)
         run_until(
             camera, stop, lambda: camera.stats.connects >= 2 and spool.pending("video")[0] >= 6
@@ -546,16 +551,7 @@ def test_a_file_read_faster_than_real_time_never_stores_a_fragment_that_ends_in_
             return append(records)
 
         monkeypatch.setattr(spool, "append", watched)
-        settings = CameraConfig(
-            "bulk",
-            str(source),
-            "video",
-            "file",
-            fragment_ms=1000,
-            realtime=False,
-            reconnect_min=0.01,
-            reconnect_max=0.05,
-        )
+        settings = fast_file_camera("bulk", source)
         camera = Camera(settings, spool, stop)
         run_until(camera, stop, lambda: len(stored) >= 6, timeout=30)
     frame_ms = 1000 // FPS + 1

@@ -317,7 +317,23 @@ class RotatingCredentials(ThreadingHTTPServer):
         return [Credentials(f"ASIAROTATE{n}", f"secret-{n}", f"token-{n}") for n in range(count)]
 
 
-class _CredentialsHandler(BaseHTTPRequestHandler):
+class _JsonHandler(BaseHTTPRequestHandler):
+    """A loopback HTTP server's handler that answers JSON and logs nothing."""
+
+    def answer(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _CredentialsHandler(_JsonHandler):
     server: RotatingCredentials
 
     def do_GET(self) -> None:
@@ -328,14 +344,7 @@ class _CredentialsHandler(BaseHTTPRequestHandler):
             "AccessKeyId": f"ASIAROTATE{number}", "SecretAccessKey": f"secret-{number}",
             "Token": f"token-{number}", "Expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
         }).encode()  # fmt: skip
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.answer(200, body)
 
 
 def test_each_connection_signs_with_credentials_refreshed_when_they_expire(
@@ -426,21 +435,13 @@ def kvs_sink(endpoint_url: str) -> dict[str, str]:
     return {"type": "kvs", "stream": "cam", "region": "us-east-1", "endpoint_url": endpoint_url}
 
 
-class _DeniesDescribeStream(BaseHTTPRequestHandler):
+class _DeniesDescribeStream(_JsonHandler):
     """A control plane whose IAM policy allows GetDataEndpoint only."""
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.send_response(403)
-        self.send_header("x-amzn-ErrorType", "AccessDeniedException:")
-        self.send_header("Content-Type", "application/json")
         body = b'{"message": "not authorized to perform kinesisvideo:DescribeStream"}'
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.answer(403, body, {"x-amzn-ErrorType": "AccessDeniedException:"})
 
 
 def test_a_retention_that_cannot_be_read_leaves_the_configured_acknowledgement(
