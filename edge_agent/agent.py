@@ -9,8 +9,8 @@
    the runtime status file that ``edge-agent status`` reads, expire records past their
    age cap;
    each forwarding sink runs its own forwarder thread (spool -> service);
-4. SIGHUP re-reads the config: the upload budget changes live, other changes are
-   reported as needing a restart;
+4. SIGHUP re-reads the config and applies it by restarting only the parts that changed
+   (reload.py says what changes and what is refused); status shows the last reload;
 5. SIGTERM/SIGINT: stop intake and forwarding (in-flight requests finish, what they
    carried is settled), commit and ack what was received, close the spool, exit 0.
 """
@@ -23,19 +23,21 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import replace
 from types import FrameType
 
-from edge_agent import __version__, runtime_status
-from edge_agent.assembly import FORWARDING_TYPES, make_uploader, open_spool
-from edge_agent.config.budget import ShareConfig
+from edge_agent import __version__, logs, runtime_status
+from edge_agent.assembly import FORWARDING_TYPES, make_uploader, open_spool, queue_policies
+from edge_agent.clock_sync import ClockGate, ClockSync
+from edge_agent.config.cameras import CameraConfig
 from edge_agent.config.loading import Config, load_config
 from edge_agent.config.sinks import SinkConfig
 from edge_agent.delivery.budget import UploadBudget
 from edge_agent.errors import ConfigError, EdgeAgentError, SpoolError, SpoolFileLost
 from edge_agent.malloc_tuning import tune_malloc
+from edge_agent.metrics import Endpoint, start_metrics
+from edge_agent.reload import ReloadPlan, plan_reload
 from edge_agent.runtime_status import (
+    ReloadSnapshot,
     RuntimeStatus,
     ShareSnapshot,
     StorageSnapshot,
@@ -59,16 +61,6 @@ MAX_TICK_S = 1.0
 STOP_TIMEOUT_S = 8.0
 
 
-def _without_upload(section: object) -> object:
-    """A config section with the sinks' upload shares left out (they apply live)."""
-    if isinstance(section, Mapping):
-        return {
-            name: replace(value, upload=ShareConfig()) if isinstance(value, SinkConfig) else value
-            for name, value in section.items()
-        }
-    return section
-
-
 def _rate_text(max_rate: float | None) -> str:
     return "unlimited" if max_rate is None else f"{max_rate * 8 / 1000:.0f} kbit/s"
 
@@ -82,15 +74,22 @@ class Agent:
         self._started_at = time.time()
         self._spool: Spool | None = None
         self._mqtt: MqttSource | None = None
+        # Replaced, not changed in place, by a reload: a status read from another
+        # thread iterates the ones it got.
         self._uploaders: dict[str, Uploader] = {}
         self._failed_sinks: dict[str, str] = {}
         self._cameras: dict[str, Camera] = {}
-        self._stop_capture = threading.Event()
-        self._stop_uploads = threading.Event()
+        #: Each sink's and camera's own stop event (a reload stops one of them), and
+        #: when it was started, by "sink NAME" and "camera NAME".
+        self._stops: dict[str, threading.Event] = {}
+        self._started: dict[str, float] = {}
+        self._last_reload: ReloadSnapshot | None = None
+        self._clock = ClockSync(enabled=config.agent.clock_check)
         self._budget = UploadBudget(config.uplink.max_rate, config.uplink.burst)
         self._storage: StorageSnapshot | None = None
         #: The status file could not be written (logged once until it can again).
         self._status_failing = False
+        self._metrics: Endpoint | None = None
 
     # ------------------------------------------------------------------ signals
 
@@ -118,14 +117,13 @@ class Agent:
         log.info("spool open at %s", config.spool.path)
         try:
             if config.mqtt is not None:
-                self._mqtt = MqttSource(config.mqtt, spool, config.spool)
+                self._mqtt = self._make_mqtt(config, spool)
                 self._mqtt.start()
             for name, camera_config in config.cameras.items():
-                camera = self._cameras[name] = Camera(camera_config, spool, self._stop_capture)
-                camera.start()
+                self._cameras[name] = self._start_camera(camera_config, spool)
             for name, sink in config.sinks.items():
-                if sink.type in FORWARDING_TYPES:
-                    self._start_uploader(name, sink, spool)
+                self._start_uploader(name, sink, spool)
+            self._metrics = start_metrics(config.metrics, self.status_snapshot, config.spool.path)
             # Start-up made most objects the agent will ever hold (modules, the AWS
             # service models, clients): leave them out of every later garbage
             # collection, which otherwise walks them each time records pile up.
@@ -139,8 +137,8 @@ class Agent:
         finally:
             self._notifier.stopping()
             log.info("stopping: committing and acking what was received")
-            self._stop_capture.set()  # cameras spool the fragment in progress, then end
-            self._stop_uploads.set()
+            for stop in self._stops.values():  # cameras spool the fragment in progress
+                stop.set()
             spool.wake_waiters()
             if self._mqtt is not None:
                 self._mqtt.stop(STOP_TIMEOUT_S)
@@ -158,6 +156,8 @@ class Agent:
                 log.warning("stopping with a request still in flight for sinks %s", busy)
             else:
                 spool.close()
+            if self._metrics is not None:
+                self._metrics.stop()
             log.info("stopped")
         return exit_code
 
@@ -188,6 +188,7 @@ class Agent:
                     return 1
             except SpoolError as err:
                 log.error("spool maintenance failed: %s", err)
+            self._clock.check()
             if now >= next_status:
                 self._write_status()
                 next_status = now + self.config.agent.status_interval
@@ -196,7 +197,7 @@ class Agent:
                 next_expire = now + EXPIRE_INTERVAL_S
             if self._reload.is_set():
                 self._reload.clear()
-                self._reload_config()
+                self._reload_config(spool)
             if any(
                 worker.spool_corrupt
                 for worker in (self._mqtt, *self._uploaders.values())
@@ -209,15 +210,35 @@ class Agent:
         return 0
 
     def _start_uploader(self, name: str, sink: SinkConfig, spool: Spool) -> None:
+        """Start forwarding ``sink`` (if its type sends); a sink that cannot start is
+        reported in status and the rest of the agent goes on."""
+        if sink.type not in FORWARDING_TYPES:
+            return
+        stop = self._stops[f"sink {name}"] = threading.Event()
+        self._started[f"sink {name}"] = time.time()
         try:
             share = self._budget.share(name, sink.upload)
-            uploader = make_uploader(sink, spool, share, self._stop_uploads)
+            uploader = make_uploader(sink, spool, share, stop)
         except Exception as err:  # e.g. a profile that does not exist: intake goes on
             log.error("sink %s: cannot start forwarding: %s", name, err)
-            self._failed_sinks[name] = f"{type(err).__name__}: {err}"
+            self._failed_sinks = {**self._failed_sinks, name: f"{type(err).__name__}: {err}"}
             return
-        self._uploaders[name] = uploader
+        self._uploaders = {**self._uploaders, name: uploader}
         uploader.start()
+
+    def _make_mqtt(self, config: Config, spool: Spool) -> MqttSource:
+        assert config.mqtt is not None
+        source = MqttSource(config.mqtt, spool, config.spool)
+        source.clock_sync = self._clock
+        return source
+
+    def _start_camera(self, config: CameraConfig, spool: Spool) -> Camera:
+        stop = self._stops[f"camera {config.name}"] = threading.Event()
+        self._started[f"camera {config.name}"] = time.time()
+        camera = Camera(config, spool, stop)
+        camera.clock_gate = ClockGate(self._clock, self.config.agent.clock_wait)
+        camera.start()
+        return camera
 
     def _workers(self) -> list[tuple[str, bool]]:
         workers = []
@@ -237,40 +258,132 @@ class Agent:
 
     # ------------------------------------------------------------------ reload
 
-    def _reload_config(self) -> None:
+    def _reload_config(self, spool: Spool) -> None:
+        """Re-read the configuration and apply it (see reload.py); a config with errors
+        or a refused change leaves the running configuration as it was."""
         self._notifier.reloading()
         try:
-            new = load_config(self.config.source_file)
-        except ConfigError as err:
-            log.error("reload: config has errors, keeping the running one:\n%s", err)
+            outcome, message = self._read_and_apply(spool)
+        except Exception as err:  # a part that failed to stop or start: reported
+            log.exception("reload: applying the configuration failed")
+            outcome, message = "failed", f"applying failed: {err}"
+        finally:
             self._notifier.ready()
-            return
-        logging.getLogger().setLevel(new.agent.log_level.upper())
-        if new.uplink != self.config.uplink:
+        self._last_reload = {"at": time.time(), "outcome": outcome, "message": message}
+
+    def _read_and_apply(self, spool: Spool) -> tuple[str, str]:
+        file = self.config.source_file
+        try:
+            new = load_config(file)
+        except ConfigError as err:
+            log.error("reload: %s has errors; the running configuration stays:\n%s", file, err)
+            return (
+                "failed",
+                f"{len(err.problems)} problems in {file}; the running configuration stays",
+            )
+        plan = plan_reload(self.config, new)
+        if plan.refused:
+            reasons = "; ".join(plan.refused)
+            log.error(
+                "reload refused, the running configuration stays: %s. Restart the agent "
+                "to apply it (systemctl restart edge-agent).",
+                reasons,
+            )
+            return "refused", f"{reasons}: needs a restart"
+        self._apply(plan, new, spool)
+        self.config = new
+        summary = plan.summary()
+        log.info("reload: configuration re-read from %s: %s", file, summary)
+        return "applied", summary
+
+    def _apply(self, plan: ReloadPlan, new: Config, spool: Spool) -> None:
+        logs.configure(new.agent.log_level, new.agent.log_format)
+        if plan.uplink:
             self._budget.configure(new.uplink.max_rate, new.uplink.burst)
             log.info("reload: upload budget now %s", _rate_text(new.uplink.max_rate))
-        for name, sink in new.sinks.items():
-            old = self.config.sinks.get(name)
-            if old is not None and old.upload != sink.upload:
-                self._budget.share(name, sink.upload)
-                log.info("reload: sink %s: priority, max_rate and schedule updated", name)
-        needs_restart = [
-            section
-            for section in ("spool", "mqtt", "sinks", "cameras")
-            if _without_upload(getattr(new, section))
-            != _without_upload(getattr(self.config, section))
-        ]
-        if needs_restart:
-            log.warning(
-                "reload: changes to [%s] take effect after a restart", "], [".join(needs_restart)
+        if plan.spool_caps:  # before new sinks and subscriptions bring records
+            spool.configure(
+                durability=new.spool.durability,
+                policies=queue_policies(new),
+                max_bytes=new.spool.max_bytes,
+                max_age_s=new.spool.max_age,
+                reserve=new.spool.reserve,
             )
-        self.config = new
-        log.info("reload: configuration re-read from %s", new.source_file)
-        self._notifier.ready()
+        for name in plan.shares:
+            self._budget.share(name, new.sinks[name].upload)
+            log.info("reload: sink %s: priority, max_rate and schedule updated", name)
+        sinks, cameras = plan.sinks, plan.cameras
+        self._stop_parts(
+            [f"sink {name}" for name in (*sinks.removed, *sinks.changed)]
+            + [f"camera {name}" for name in (*cameras.removed, *cameras.changed)],
+            spool,
+        )
+        for name in (*sinks.changed, *sinks.added):
+            self._start_uploader(name, new.sinks[name], spool)
+        self._reload_mqtt(plan, new, spool)
+        if plan.metrics:
+            if self._metrics is not None:
+                self._metrics.stop()
+            self._metrics = start_metrics(new.metrics, self.status_snapshot, new.spool.path)
+        started = {name: self._start_camera(new.cameras[name], spool) for name in cameras.changed}
+        started |= {name: self._start_camera(new.cameras[name], spool) for name in cameras.added}
+        if started:
+            self._cameras = {**self._cameras, **started}
+
+    def _stop_parts(self, parts: list[str], spool: Spool) -> None:
+        """Stop these sinks' uploaders and cameras as at shutdown (in-flight requests
+        answered and settled, the fragment in progress spooled), all at once."""
+        if not parts:
+            return
+        for part in parts:
+            stop = self._stops.pop(part, None)  # a "hold" sink has nothing to stop
+            if stop is not None:
+                stop.set()
+        spool.wake_waiters()
+        uploaders, cameras = dict(self._uploaders), dict(self._cameras)
+        failed = dict(self._failed_sinks)
+        stopping: list[tuple[str, Uploader | Camera]] = []
+        for part in parts:
+            kind, name = part.split(" ", 1)
+            worker: Uploader | Camera | None
+            if kind == "sink":
+                worker = uploaders.pop(name, None)
+                failed.pop(name, None)
+            else:
+                worker = cameras.pop(name, None)
+            if worker is not None:
+                stopping.append((part, worker))
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for part, worker in stopping:
+            worker.join(max(0.0, deadline - time.monotonic()))
+            if worker.running:
+                log.warning("reload: %s is still stopping; its successor starts anyway", part)
+            if part.startswith("sink "):
+                spool.count_resent(part.removeprefix("sink "))
+        self._uploaders, self._cameras, self._failed_sinks = uploaders, cameras, failed
+
+    def _reload_mqtt(self, plan: ReloadPlan, new: Config, spool: Spool) -> None:
+        old = self._mqtt
+        if plan.mqtt_removed and old is not None:
+            old.stop(STOP_TIMEOUT_S)
+            self._mqtt = None
+        elif plan.mqtt == "subscriptions" and old is not None and new.mqtt is not None:
+            old.resubscribe(new.mqtt)
+        elif (plan.mqtt_added or plan.mqtt == "restart") and new.mqtt is not None:
+            source = self._make_mqtt(new, spool)
+            if old is not None:
+                old.stop(STOP_TIMEOUT_S)  # commits and acks what it received
+                source.carry_over(old)
+            source.start()
+            self._mqtt = source
 
     # ------------------------------------------------------------------ status
 
-    def _write_status(self, *, stopped: bool = False) -> None:
+    def status_snapshot(self, *, stopped: bool = False) -> RuntimeStatus:
+        """What the agent reports about itself now: the status file's content, and what
+        the metrics endpoint serves. Called from the metrics thread as well as the main
+        one: the parts' snapshot() methods only read (copies, or counters under their
+        own locks), and a reload replaces the tables of parts rather than changing them."""
         status: RuntimeStatus = {
             "pid": os.getpid(),
             "version": __version__,
@@ -285,17 +398,27 @@ class Agent:
         if self._mqtt is not None:
             status["sources"]["mqtt"] = self._mqtt.snapshot()
         try:
-            status["sinks"] = {
-                name: sink_with_upload(uploader.snapshot(), self._budget.share_snapshot(name))
-                for name, uploader in self._uploaders.items()
-            }
+            for name, uploader in self._uploaders.items():
+                sink = sink_with_upload(uploader.snapshot(), self._budget.share_snapshot(name))
+                sink["started_at"] = self._started.get(f"sink {name}", self._started_at)
+                status["sinks"][name] = sink
         except Exception:  # status must never take the agent down
             log.exception("collecting sink status failed")
         for name, reason in self._failed_sinks.items():
             status["sinks"][name] = {"state": "failed", "reason": reason}
         status["cameras"] = {name: camera.snapshot() for name, camera in self._cameras.items()}
+        for name, camera in status["cameras"].items():
+            camera["started_at"] = self._started.get(f"camera {name}", self._started_at)
+        if self._last_reload is not None:
+            status["reload"] = self._last_reload
+        clock = self._clock
+        status["clock"] = {"state": clock.state, "since": clock.since, "marked": clock.marked}
         if self._storage is not None:
             status["storage"] = self._storage
+        return status
+
+    def _write_status(self, *, stopped: bool = False) -> None:
+        status = self.status_snapshot(stopped=stopped)
         path = runtime_status.status_path(self.config.spool.path, self.config.agent.status_dir)
         try:
             runtime_status.write(path, status)

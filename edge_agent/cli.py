@@ -2,7 +2,8 @@
 
     edge-agent run          -c FILE            run the agent (systemd's ExecStart)
     edge-agent status       -c FILE [--json]   queues, sources, recent events
-    edge-agent check-config -c FILE            validate; exit 0 or print every problem
+    edge-agent check-config -c FILE [--online] validate; exit 0 or print every problem
+                                               (--online: ask AWS about each sink too)
     edge-agent kvs-local [--host H] [--port P] [--dir D] [--stream S ...]
                                                a local Kinesis Video PutMedia endpoint
     edge-agent spool dead-letters -c FILE [--queue Q] [--limit N]
@@ -13,7 +14,8 @@
                                                into the spool (the agent stopped)
 
 The config file defaults to $EDGE_AGENT_CONFIG, then /etc/edge-agent/edge-agent.toml.
-Exit codes: 0 ok, 1 runtime error, 2 usage or configuration error.
+Exit codes: 0 ok, 1 runtime error, 2 usage or configuration error; ``status`` also
+3 when the agent is not running (LSB's "program is not running", as systemctl uses).
 """
 
 from __future__ import annotations
@@ -21,21 +23,26 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from edge_agent import __version__
+from edge_agent import __version__, logs
+from edge_agent.config.agent import LogFormat
 from edge_agent.config.loading import DEFAULT_CONFIG_PATH, Config, load_config
+from edge_agent.config.paths import check_paths
+from edge_agent.config.units import plural
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.spool.dead_letters import DeadLetter
 from edge_agent.spool.store import Spool
+from edge_agent.status import STALE_INTERVALS
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+#: ``status``: the agent is not running (LSB's code, the one ``systemctl status`` gives).
+EXIT_NOT_RUNNING = 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,15 +79,28 @@ def _parser() -> argparse.ArgumentParser:
         help="show queues and sources",
         description="The spool's queues (read directly, always current) and what the "
         "running agent last wrote to its status file (marked stale when the agent is not "
-        "running). Exits 0, 1 when the spool cannot be read, 2 for a bad config.",
+        "running). Prints all it can read whatever the exit code.",
+        epilog="Exit codes: 0 the agent is running (its status file was rewritten within "
+        f"the last {STALE_INTERVALS} status intervals and its process is alive); "
+        f"{EXIT_NOT_RUNNING} it is not running (stopped, dead, or its status file is "
+        "stale: LSB's code, as systemctl status gives; also before its first start, when "
+        "there is no spool yet); 1 the spool cannot be read; 2 the config is not valid.",
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    commands.add_parser(
+    check = commands.add_parser(
         "check-config",
         parents=[common],
         help="validate the config file",
         description="Read the config file and report every problem with its key and "
-        "reason; exits 0 when it is valid, 2 when it is not.",
+        "reason, directories the agent could not create or write (the spool's, "
+        "status_dir) and spool files it could not open included, checked as the user "
+        "running this; exits 0 when it is valid, 2 when it is not.",
+    )
+    check.add_argument(
+        "--online",
+        action="store_true",
+        help="also resolve the AWS credentials and ask each AWS sink's stream (read "
+        "only): one line per sink, ok or the problem; exits 2 if any",
     )
 
     local = commands.add_parser(
@@ -181,7 +201,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         if args.command == "check-config":
+            if unusable := check_paths(config):  # where it writes, as this user
+                print(f"edge-agent: configuration error:\n{ConfigError(unusable)}", file=sys.stderr)
+                return EXIT_USAGE
             print(f"{args.config}: ok")
+            if args.online:
+                from edge_agent.online_check import check_online
+
+                return EXIT_USAGE if check_online(config, sys.stdout) else EXIT_OK
             return EXIT_OK
         if args.command == "run":
             return _run(config, args.log_level)
@@ -192,38 +219,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"edge-agent: {err}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:
-        # The reader went away (``edge-agent status | head``): nothing more to say. Point
-        # stdout at /dev/null so that the flush at exit does not complain either.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _reader_gone()
         return EXIT_OK
 
 
-#: Libraries whose DEBUG logging would carry credentials: kept at INFO whatever the
-#: agent's log level.
-QUIET_LIBRARIES = ("botocore", "boto3", "urllib3", "s3transfer")
+def _reader_gone() -> None:
+    """The reader went away (``edge-agent status | head``): nothing more to say. Point
+    stdout at /dev/null so that the flush at exit does not complain either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
-def _configure_logging(level: str) -> None:
-    # Under systemd the journal stamps each line; elsewhere add the time ourselves.
-    journald = "JOURNAL_STREAM" in os.environ
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(levelname)s %(name)s: %(message)s"
-        if journald
-        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # At DEBUG, botocore logs each signed request whole: the access key id in its
-    # Authorization header and the session token. Their debug output never shows.
-    for library in QUIET_LIBRARIES:
-        logging.getLogger(library).setLevel(logging.INFO)
+def _configure_logging(level: str, log_format: LogFormat = "text") -> None:
+    # One line per event; into the journal with its priority and without a time stamp
+    # (edge_agent/logs.py). Credential-carrying libraries stay at INFO.
+    logs.configure(level, log_format)
 
 
 def _run(config: Config, log_level: str | None) -> int:
     from edge_agent.agent import Agent
 
-    _configure_logging(log_level or config.agent.log_level)
+    if unusable := check_paths(config):  # before the spool's open fails on it
+        print(f"edge-agent: cannot start:\n{ConfigError(unusable)}", file=sys.stderr)
+        return EXIT_ERROR
+    _configure_logging(log_level or config.agent.log_level, config.agent.log_format)
     agent = Agent(config)
     agent.install_signal_handlers()
     return agent.run()
@@ -268,8 +287,17 @@ def _status(config: Config, *, as_json: bool) -> int:
     from edge_agent.status import collect_status, render_status
 
     status = collect_status(config)
-    print(json.dumps(status, indent=2) if as_json else render_status(status))
-    return EXIT_ERROR if "error" in status["spool"] else EXIT_OK
+    running = status["agent"]["running"]
+    # No spool before the agent's first start is no failure to read one.
+    if "error" in status["spool"] and (running or os.path.exists(config.spool.path)):
+        code = EXIT_ERROR
+    else:
+        code = EXIT_OK if running else EXIT_NOT_RUNNING
+    try:
+        print(json.dumps(status, indent=2) if as_json else render_status(status))
+    except BrokenPipeError:  # ``edge-agent status | head -1``: the code still tells
+        _reader_gone()
+    return code
 
 
 def _spool_command(config: Config, args: argparse.Namespace) -> int:
@@ -285,7 +313,7 @@ def _spool_command(config: Config, args: argparse.Namespace) -> int:
             else:
                 with open(args.output, "w", encoding="utf-8") as handle:
                     count = _export(spool, args.queue, handle)
-            print(f"exported {count} dead letters", file=sys.stderr)
+            print(f"exported {plural(count, 'dead letter')}", file=sys.stderr)
             return EXIT_OK
     if args.spool_command == "purge" and not args.yes:
         print("edge-agent: purge deletes dead letters for good; add --yes", file=sys.stderr)
@@ -297,10 +325,10 @@ def _spool_command(config: Config, args: argparse.Namespace) -> int:
     with open_spool(config) as spool:
         if args.spool_command == "purge":
             count = spool.purge_dead_letters(queue=args.queue, ids=args.ids)
-            print(f"purged {count} dead letters")
+            print(f"purged {plural(count, 'dead letter')}")
         else:
             count = spool.requeue_dead_letters(queue=args.queue, ids=args.ids)
-            print(f"requeued {count} dead letters")
+            print(f"requeued {plural(count, 'dead letter')}")
     return EXIT_OK
 
 
@@ -329,8 +357,8 @@ def _print_dead_letters(letters: list[DeadLetter]) -> None:
         return
     for letter in letters:
         print(
-            f"#{letter.id} {letter.queue} key={letter.partition_key!r} {letter.size} bytes, "
-            f"{letter.attempts} attempts: {letter.reason}"
+            f"#{letter.id} {letter.queue} key={letter.partition_key!r} "
+            f"{plural(letter.size, 'byte')}, {plural(letter.attempts, 'attempt')}: {letter.reason}"
         )
 
 

@@ -41,12 +41,18 @@ whether trying the same thing again later can succeed (``retryable``)::
     │   │                                       ``code`` is the service's error code
     │   ├── SinkUnavailable             yes  -- throttled, 5xx, network: back off, retry
     │   ├── SinkPaused                  no   -- access denied, stream missing, KMS key
-    │   │                                       unusable: keep the data, probe slowly
+    │   │   │                                   unusable: keep the data, probe slowly
+    │   │   └── CredentialsRefused      no   -- the AWS IoT credentials endpoint refused the
+    │   │                                       device's certificate (HTTP 401/403/404, or
+    │   │                                       the TLS handshake): credentials/iot.py
     │   ├── RequestRejected             no   -- the service refused the request as invalid:
     │   │                                       find the bad record, dead-letter it
     │   └── PutMediaRefused             per answer -- the PutMedia endpoint answered an HTTP
     │                                       error: no for 401, 403, a missing stream, else
     │                                       yes (sinks/kvs/putmedia.py)
+    ├── MetricsUnavailable              yes  -- the metrics endpoint cannot listen on its
+    │                                           address (in use, not this host's): the
+    │                                           agent runs without it (metrics/endpoint.py)
     ├── BacklogHeld                     yes  -- a schedule window holds a live-first video
     │                                           sink's backlog; it goes when the window ends
     │                                           (delivery/budget.py)
@@ -171,6 +177,12 @@ class SinkError(EdgeAgentError):
         """No answer came back at all: the link to the destination is down."""
         return False
 
+    @property
+    def answered(self) -> bool:
+        """The destination answered (a refusal, throttling, a 5xx): the link is up. Not
+        so for a failure on this side before anything went out (``UNSENT_ERROR_CODES``)."""
+        return not self.unreachable and self.code not in UNSENT_ERROR_CODES
+
 
 class SinkUnavailable(SinkError):
     """Transient: throttled, a 5xx, a timeout or a network error. Back off and retry.
@@ -191,6 +203,19 @@ class SinkUnavailable(SinkError):
 NETWORK_ERROR_CODES = frozenset(
     {"ConnectionRefused", "DnsFailure", "Timeout", "TlsError", "ConnectionError"}
 )
+#: The codes of failures before a request went out (``sinks.aws.sink_error`` gives them
+#: to botocore's errors of credentials, region and parameters; the credentials endpoint's
+#: failing answers are ``CredentialsEndpointError``): they say nothing about the link to
+#: the destination.
+UNSENT_ERROR_CODES = frozenset(
+    {
+        "NoCredentials",
+        "CredentialRetrieval",
+        "NoRegion",
+        "ParamValidation",
+        "CredentialsEndpointError",
+    }
+)
 
 
 class SinkPaused(SinkError):
@@ -201,8 +226,28 @@ class SinkPaused(SinkError):
     """
 
 
+class CredentialsRefused(SinkPaused):
+    """The AWS IoT credentials endpoint will not give this device credentials: the
+    certificate is unknown, revoked, expired or not attached to the thing, the role
+    alias does not exist, or the TLS handshake failed. Every AWS sink pauses with the
+    reason until someone fixes it (credentials/iot.py)."""
+
+    @property
+    def answered(self) -> bool:
+        """The credentials endpoint answered, not the destination: no request went out."""
+        return False
+
+
 class RequestRejected(SinkError):
     """The service called the request invalid: some record in it can never be accepted."""
+
+
+class MetricsUnavailable(EdgeAgentError):
+    """The metrics endpoint cannot listen on its configured address (already in use,
+    not an address of this host). The agent logs it and runs on without the endpoint:
+    monitoring is not worth stopping intake for."""
+
+    retryable = True
 
 
 class EndpointRefusal(EdgeAgentError):

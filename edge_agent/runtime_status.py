@@ -37,6 +37,8 @@ class WorkerFields(TypedDict):
     state: str
     reason: str
     since: float
+    #: When this worker was started (a reload restarts only the parts that changed).
+    started_at: NotRequired[float]
 
 
 class LinkFields(TypedDict):
@@ -50,7 +52,7 @@ class ShareSnapshot(TypedDict):
     """A sink's share of the upload budget."""
 
     priority: int
-    max_rate: float | None
+    max_rate: float | None  # bytes/s (as every rate here; the text output shows bits/s)
     scheduled: str
     paused: bool
     admitted_bytes: int
@@ -214,6 +216,25 @@ class StorageSnapshot(TypedDict):
     file_lost: str | None
 
 
+class ReloadSnapshot(TypedDict):
+    """The last configuration reload (SIGHUP)."""
+
+    at: float
+    #: "applied", "refused" (needs a restart) or "failed" (errors in the file).
+    outcome: str
+    #: What changed, or why nothing did.
+    message: str
+
+
+class ClockSnapshot(TypedDict):
+    """Whether the system clock is synchronized (clock_sync.py)."""
+
+    state: str  # "synchronized", "unsynchronized" or "unknown" (not asked, or no way to)
+    since: float
+    #: Records and fragments marked as captured on an unsynchronized clock.
+    marked: int
+
+
 class RuntimeStatus(TypedDict):
     """The whole file."""
 
@@ -227,6 +248,8 @@ class RuntimeStatus(TypedDict):
     sinks: dict[str, SinkSnapshot]
     cameras: dict[str, CameraSnapshot]
     storage: NotRequired[StorageSnapshot]
+    reload: NotRequired[ReloadSnapshot]
+    clock: NotRequired[ClockSnapshot]
 
 
 def status_path(spool_path: Path, status_dir: Path | None = None) -> Path:

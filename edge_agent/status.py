@@ -13,6 +13,7 @@ from typing import NotRequired, TypedDict, cast
 
 from edge_agent import runtime_status
 from edge_agent.config.loading import Config
+from edge_agent.config.units import plural
 from edge_agent.errors import SpoolError
 from edge_agent.spool.stats import QueueStats, SpoolEvent
 from edge_agent.spool.store import Spool
@@ -154,6 +155,17 @@ def human_bytes(size: float) -> str:
     return f"{size:.1f} GiB"
 
 
+def human_rate(bytes_per_s: float) -> str:
+    """A rate in the units the config gives it (``max_rate = "2Mbit/s"``): bits per
+    second, to three digits: '2 Mbit/s', '244 kbit/s', '0 bit/s'. (``--json`` keeps every
+    rate in bytes per second: ``bytes_per_s``, ``max_rate``; see runtime_status.py.)"""
+    bits = float(f"{bytes_per_s * 8:.3g}")  # rounded first: 999.96 kbit/s is 1 Mbit/s
+    for unit, factor in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
+        if abs(bits) >= factor:
+            return f"{bits / factor:g} {unit}"
+    return f"{bits:g} bit/s"
+
+
 def human_duration(seconds: float | None) -> str:
     """'45s', '12m05s', '3h07m', '2d04h'."""
     if seconds is None:
@@ -176,29 +188,35 @@ def _clock_time(epoch: float) -> str:
 def render_sink(name: str, snapshot: runtime_status.SinkSnapshot) -> list[str]:
     if snapshot["state"] == "failed":
         return [f"sink {name}: not forwarding, it could not start ({snapshot['reason']})"]
-    state = snapshot["state"] + (f" ({snapshot['reason']})" if snapshot.get("reason") else "")
+    reason = snapshot.get("reason") or ""
+    if snapshot["state"] == "idle" and snapshot.get("online") is None:
+        # Nothing sent and nothing to send: plain "idle" would read as connected.
+        reason = "not connected yet: nothing sent so far"
+    state = snapshot["state"] + (f" ({reason})" if reason else "")
     if snapshot.get("type") == "kvs":
         return _render_kvs(name, cast(runtime_status.KvsSnapshot, snapshot), state)
     sink = cast(runtime_status.ForwarderSnapshot, snapshot)
     lines = [
         f"sink {name} -> {sink['type']} {sink['target']}: {state} since "
         f"{_clock_time(sink['since'])}",
-        f"  sent {sink['records_sent']} records ({human_bytes(sink['bytes_sent'])}) in "
-        f"{sink['requests']} requests, now {sink['records_per_s']:.0f} records/s "
-        f"({human_bytes(sink['bytes_per_s'])}/s); retries {sink['retries']}, "
+        f"  sent {plural(sink['records_sent'], 'record')} ({human_bytes(sink['bytes_sent'])}) "
+        f"in {plural(sink['requests'], 'request')}, now {sink['records_per_s']:.0f} records/s "
+        f"({human_rate(sink['bytes_per_s'])}); retries {sink['retries']}, "
         f"request errors {sink['request_errors']}, dead-lettered {sink['dead_lettered']}",
     ]
     if sink.get("last_error"):
         at = sink.get("last_error_at")
         lines.append(f"  last error{f' at {_clock_time(at)}' if at else ''}: {sink['last_error']}")
     if "request_timeout" in sink:
-        lines += render_timeout("request", sink["request_timeout"], "records")
+        lines += render_timeout("request", sink["request_timeout"], "record")
     for shard, info in sorted(sink.get("shards", {}).items()):
         details = []
         if "last_sequence_number" in info:
             details.append(f"last sequence number {info['last_sequence_number']}")
         if "pace" in info:
-            details.append(f"paced at {info['pace']:.0%} after {info['throttled']} throttles")
+            details.append(
+                f"paced at {info['pace']:.0%} after {plural(info['throttled'], 'throttle')}"
+            )
         lines.append(f"  {shard}: " + ", ".join(details))
     return lines
 
@@ -209,7 +227,7 @@ def render_link(
     """Reachability since when, the sink's backlog, and how long it takes to drain."""
     online, since = sink.get("online"), sink.get("link_since")
     if online is None:
-        link = "link not tried yet"
+        link = "no request answered yet"
     else:
         when = (
             f" since {_clock_time(since)} ({human_duration(time.time() - since)})" if since else ""
@@ -219,22 +237,24 @@ def render_link(
     if upload:
         link += f"; upload priority {upload['priority']}"
         if cap := upload.get("max_rate"):
-            link += f", cap {human_bytes(cap)}/s"
+            link += f", cap {human_rate(cap)}"
         if scheduled := upload.get("scheduled"):
             link += f", {scheduled}"
     if queue is None or not queue["pending_count"]:
         return f"  {link}; no backlog"
     backlog_bytes = int(queue["pending_bytes"])
     backlog = (
-        f"backlog {queue['pending_count']} records ({human_bytes(backlog_bytes)}), "
+        f"backlog {plural(queue['pending_count'], 'record')} ({human_bytes(backlog_bytes)}), "
         f"oldest {human_duration(queue['oldest_age_s'])}"
     )
     rate = float(sink.get("bytes_per_s") or 0)
-    if not online:
+    if online is None:
+        drain = "drains once connected"
+    elif not online:
         drain = "drains once the link is back"
     elif budget:
         eta = human_duration(backlog_bytes / budget)
-        drain = f"drains in ~{eta} at the {human_bytes(budget)}/s budget"
+        drain = f"drains in ~{eta} at the {human_rate(budget)} budget"
     elif rate > 0:
         drain = f"drains in ~{human_duration(backlog_bytes / rate)} at the current rate"
     else:
@@ -251,6 +271,19 @@ def render_status(status: Status) -> str:
             f"edge-agent {agent.get('version', '?')}: running (pid {agent['pid']}, "
             f"up {human_duration(up)}, status {agent['status_age_s']}s old)"
         )
+        clock = agent.get("clock")
+        if clock is not None and clock["state"] == "unsynchronized":
+            lines.append(
+                f"CLOCK NOT SYNCHRONIZED since {_clock_time(clock['since'])}: "
+                f"{plural(clock['marked'], 'record')} marked so far"
+            )
+        elif clock is not None and clock["marked"]:
+            lines.append(f"clock: synchronized; {plural(clock['marked'], 'record')} marked before")
+        if "reload" in agent:
+            reload = agent["reload"]
+            lines.append(
+                f"last reload {_clock_time(reload['at'])}: {reload['outcome']}: {reload['message']}"
+            )
     else:
         detail = cast(AgentAbsent, status["agent"]).get("detail", "last status is stale")
         lines.append(f"edge-agent: not running ({detail})")
@@ -386,7 +419,7 @@ def _render_kvs(name: str, sink: runtime_status.KvsSnapshot, state: str) -> list
         f"  fragments sent {sink['fragments_sent']} ({human_bytes(sink['bytes_sent'])}), "
         f"acknowledged {sink['fragments_acked']}, resent {sink['resent']}, dead-lettered "
         f"{sink['dead_lettered']} (out of order {sink['out_of_order']}); connections "
-        f"{sink['connections']}; now {human_bytes(sink.get('bytes_per_s') or 0)}/s; "
+        f"{sink['connections']}; now {human_rate(sink.get('bytes_per_s') or 0)}; "
         f"ack latency {'-' if latency is None else f'{latency:.2f}s'}; "
         f"last fragment {sink.get('last_fragment_number') or '-'}",
     ]
@@ -401,23 +434,25 @@ def _render_kvs(name: str, sink: runtime_status.KvsSnapshot, state: str) -> list
         lines.append(f"  newest fragment acknowledged: captured {human_duration(behind)} ago")
     if sink.get("replay") == "live-first":
         lines.append(
-            f"  live first: {sink['live_sessions']} live and {sink['backlog_sessions']} "
-            f"backlog sessions, {sink['backlog_sent']} fragments sent behind live video"
+            f"  live first: {plural(sink['live_sessions'], 'live session')} and "
+            f"{plural(sink['backlog_sessions'], 'backlog session')}, "
+            f"{plural(sink['backlog_sent'], 'fragment')} sent behind live video"
         )
     if sink.get("last_error"):
         lines.append(f"  last error: {sink['last_error']}")
     if "ack_timeout" in sink:
-        lines += render_timeout("acknowledgement", sink["ack_timeout"], "fragments")
+        lines += render_timeout("acknowledgement", sink["ack_timeout"], "fragment")
     return lines
 
 
-def render_timeout(what: str, timeout: runtime_status.TimeoutSnapshot, items: str) -> list[str]:
-    """A sink's adaptive timeout, once it had to wait longer than configured."""
+def render_timeout(what: str, timeout: runtime_status.TimeoutSnapshot, item: str) -> list[str]:
+    """A sink's adaptive timeout, once it had to wait longer than configured (``item``:
+    what its requests carry, "record" or "fragment")."""
     if not timeout["timeouts"]:
         return []
     return [
         f"  {what} timeout now {timeout['current_s']:g}s (up to {timeout['peak_s']:g}s): "
-        f"{timeout['timeouts']} timed out, carrying {timeout['timed_out_items']} {items} "
+        f"{timeout['timeouts']} timed out, carrying {plural(timeout['timed_out_items'], item)} "
         "that may have arrived twice"
     ]
 
@@ -428,10 +463,11 @@ def render_camera(name: str, camera: runtime_status.CameraSnapshot) -> list[str]
         f"camera {name} ({camera.get('url', '')}): {camera['state']} since "
         f"{_clock_time(camera['since'])}"
         + (f" ({camera['reason']})" if camera.get("reason") else ""),
-        f"  {camera.get('mode') or '-'}: {camera['frames']} frames, {camera['fragments']} "
-        f"fragments ({human_bytes(camera['bytes'])}), last keyframe "
-        f"{_clock_time(keyframe) if keyframe else '-'}, reconnects {camera['reconnects']}, "
-        f"frames dropped {camera['dropped_frames']}, times repaired {camera['repaired_times']}"
+        f"  {camera.get('mode') or '-'}: {plural(camera['frames'], 'frame')}, "
+        f"{plural(camera['fragments'], 'fragment')} ({human_bytes(camera['bytes'])}), "
+        f"last keyframe {_clock_time(keyframe) if keyframe else '-'}, "
+        f"reconnects {camera['reconnects']}, frames dropped {camera['dropped_frames']}, "
+        f"times repaired {camera['repaired_times']}"
         + (f", RTP packets lost {camera['lost_packets']}" if camera.get("lost_packets") else "")
         + (
             f", fragments not stored (disk) {camera.get('unstored_fragments')}"
@@ -443,7 +479,7 @@ def render_camera(name: str, camera: runtime_status.CameraSnapshot) -> list[str]
     ]
     if camera.get("audio", "off") != "off":
         lines.append(
-            f"  audio: {camera.get('audio')}, {camera.get('audio_frames', 0)} frames, "
+            f"  audio: {camera.get('audio')}, {plural(camera.get('audio_frames', 0), 'frame')}, "
             f"dropped {camera.get('dropped_audio', 0)}"
         )
     if camera.get("last_error"):

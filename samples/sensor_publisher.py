@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sensors", type=int, default=3, help="distinct sensors (topics)")
     parser.add_argument("--payload-size", type=int, default=0, help="pad payloads to N bytes")
     parser.add_argument("--start-seq", type=int, default=0)
+    parser.add_argument("--topic-prefix", default="sensors", help="topics: PREFIX/<sensor>/...")
     parser.add_argument("--client-id", default=f"sensor-publisher-{random.randrange(1 << 30)}")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.payload_size > len(body):
                 reading["pad"] = "x" * (args.payload_size - len(body) - 10)
                 body = json.dumps(reading)
-            info = client.publish(f"sensors/{sensor}/temperature", body, qos=args.qos)
+            info = client.publish(f"{args.topic_prefix}/{sensor}/temperature", body, qos=args.qos)
             pending.append(info)
             seq += 1
             if len(pending) >= MAX_INFLIGHT:

@@ -6,6 +6,11 @@
 # Safe to run again: existing configuration files are never overwritten, the
 # account is created only once, and the package in the venv is reinstalled from
 # the checkout (which is how an upgrade is done).
+#
+# A first install leaves the service disabled: the installed configuration
+# (configs/minimal.toml) only keeps local MQTT readings in the spool. Make it yours,
+# check it, then enable the service (the script says how at the end). An upgrade
+# restarts a service that is enabled or running.
 set -euo pipefail
 
 readonly SERVICE=edge-agent
@@ -46,7 +51,7 @@ package_installed() {
 # --------------------------------------------------------------------------- checks
 [[ ${EUID} -eq 0 ]] || die "run as root (e.g. sudo $0)"
 command -v apt-get >/dev/null || die "apt-get not found: this script supports Debian-based systems only"
-for f in pyproject.toml configs/edge-agent.toml samples/mosquitto.conf systemd/${SERVICE}.service; do
+for f in pyproject.toml configs/minimal.toml samples/mosquitto.conf systemd/${SERVICE}.service; do
     [[ -f ${REPO_DIR}/${f} ]] || die "${REPO_DIR}/${f} is missing: run this script from an edge-agent checkout"
 done
 
@@ -116,9 +121,11 @@ install -d -m 0755 "${CONFIG_DIR}"
 if [[ -e ${CONFIG_FILE} ]]; then
     log "Keeping existing ${CONFIG_FILE}"
 else
-    log "Installing default config ${CONFIG_FILE} (edit it, then: systemctl reload ${SERVICE})"
+    log "Installing a minimal config ${CONFIG_FILE} (keeps local MQTT readings; sends nothing)"
     # May hold credentials: readable by the service group only.
-    install -m 0640 -o root -g "${SERVICE_GROUP}" "${REPO_DIR}/configs/edge-agent.toml" "${CONFIG_FILE}"
+    install -m 0640 -o root -g "${SERVICE_GROUP}" "${REPO_DIR}/configs/minimal.toml" "${CONFIG_FILE}"
+    # Every key, with what it is for, to copy sections from.
+    install -m 0644 "${REPO_DIR}/configs/edge-agent.toml" "${CONFIG_DIR}/edge-agent.toml.example"
 fi
 
 mosquitto_changed=no
@@ -149,22 +156,29 @@ if systemd_running; then
         systemctl restart mosquitto.service ||
             warn "mosquitto failed to restart: see journalctl -u mosquitto (edge-agent keeps retrying)"
     fi
-    if systemctl is-active --quiet "${SERVICE}.service"; then
+    if systemctl is-active --quiet "${SERVICE}.service" ||
+        systemctl is-enabled --quiet "${SERVICE}.service"; then
         log "Restarting ${SERVICE} to run the installed version"
-        systemctl enable "${SERVICE}.service"
+        "${VENV}/bin/edge-agent" check-config -c "${CONFIG_FILE}" ||
+            die "${CONFIG_FILE} has errors (above): fix them, then run this script again"
         systemctl restart "${SERVICE}.service"
+        log "Done. Check it with:"
+        note "systemctl status ${SERVICE}"
+        note "${VENV}/bin/edge-agent status -c ${CONFIG_FILE}"
     else
-        log "Enabling and starting ${SERVICE}"
-        systemctl enable --now "${SERVICE}.service"
+        log "Installed; the service is not enabled yet. Next:"
+        note "1. edit ${CONFIG_FILE} (every key: ${CONFIG_DIR}/edge-agent.toml.example;"
+        note "   a first run on AWS: docs/DEPLOY.md)"
+        note "2. ${VENV}/bin/edge-agent check-config -c ${CONFIG_FILE}"
+        note "   ${VENV}/bin/edge-agent check-config --online -c ${CONFIG_FILE}  (AWS sinks)"
+        note "3. systemctl enable --now ${SERVICE}"
+        note "4. ${VENV}/bin/edge-agent status -c ${CONFIG_FILE}; journalctl -u ${SERVICE} -f"
     fi
-    log "Done. Check it with:"
-    note "systemctl status ${SERVICE}"
-    note "journalctl -u ${SERVICE} -f"
-    note "${VENV}/bin/edge-agent status -c ${CONFIG_FILE}"
 else
     pid1=$(cat /proc/1/comm 2>/dev/null || echo unknown)
     log "Files installed, but systemd is not running here (PID 1 is '${pid1}'), so nothing was started."
-    note "On a systemd host, run:"
+    note "Check ${CONFIG_FILE} with: ${VENV}/bin/edge-agent check-config -c ${CONFIG_FILE}"
+    note "On a systemd host, then run:"
     note "  systemctl daemon-reload && systemctl enable --now mosquitto ${SERVICE}"
     note "Without systemd, start the broker and the agent yourself, e.g.:"
     note "  service mosquitto start"

@@ -149,6 +149,8 @@ class FaultyKinesis:
         self.peak_requests_in_flight = 0  # Put* requests being handled at the same time
         self.shared_key_overlaps = 0  # Put* requests that overlapped one with a same key
         self._active: list[set[str]] = []  # partition keys of each Put* being handled
+        #: The client ports (connections) each stream's Put* requests came on.
+        self.peers: dict[str, set[int]] = {}
 
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
@@ -254,7 +256,7 @@ class FaultyKinesis:
 
     # -- request handling (called by handler threads) ----------------------------------------
 
-    def handle(self, target: str, body: bytes) -> tuple[int, Json]:
+    def handle(self, target: str, body: bytes, peer: int = 0) -> tuple[int, Json]:
         prefix, _, op = target.partition(".")
         try:
             try:
@@ -274,7 +276,9 @@ class FaultyKinesis:
                 with self._lock:
                     return 200, handler(request)
             keys = {str(r.get("PartitionKey")) for r in request.get("Records") or []}
+            name = str(request.get("StreamName") or request.get("DeliveryStreamName"))
             with self._lock:
+                self.peers.setdefault(name, set()).add(peer)
                 self.requests += 1
                 self.request_times.append(self.clock())
                 self.records_attempted += len(request.get("Records") or [])
@@ -514,7 +518,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        status, payload = self.server.fake.handle(self.headers.get("X-Amz-Target", ""), body)
+        status, payload = self.server.fake.handle(
+            self.headers.get("X-Amz-Target", ""), body, self.client_address[1]
+        )
         encoded = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", JSON_TYPE)

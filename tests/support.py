@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -461,3 +462,21 @@ def local_client(endpoint: str, service: str, config: Any = None) -> Any:
         aws_secret_access_key="test",
         config=direct if config is None else direct.merge(config),
     )
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """A loopback HTTP server's handler that answers JSON and logs nothing."""
+
+    def answer(self, status: int, document: object, headers: dict[str, str] | None = None) -> None:
+        """``document``: JSON bytes as they are, or an object to encode."""
+        body = document if isinstance(document, bytes) else json.dumps(document).encode()
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass

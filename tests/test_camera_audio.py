@@ -18,6 +18,7 @@ import pytest
 
 from edge_agent.config.cameras import CameraConfig
 from edge_agent.config.loading import parse_config
+from edge_agent.config.units import plural
 from edge_agent.kvs_local.server import PutMediaServer
 from edge_agent.media.mkv import AudioTrack, VideoTrack, stream_header
 from edge_agent.sources.camera.audio_sync import RESYNC_BY_ARRIVAL_MS, RESYNC_MS, AudioSync
@@ -162,7 +163,8 @@ def test_an_rtsp_cameras_audio_is_a_second_track_aligned_with_its_video(
     assert camera.stats.mode == "passthrough" and camera._builtin_rtsp == (client == "builtin")
     assert snapshot["audio"] == ("AAC 48000 Hz 1 ch" if kind == "aac" else "G.711 8000 Hz 1 ch")
     assert snapshot["audio_frames"] > 0
-    assert f"  audio: {snapshot['audio']}, {snapshot['audio_frames']} frames, dropped " in (
+    frames = plural(snapshot["audio_frames"], "frame")
+    assert f"  audio: {snapshot['audio']}, {frames}, dropped " in (
         "\n".join(render_camera("ipcam", snapshot))
     )
     assert_two_tracks_aligned(fragments, kind, tmp_path / "out.mkv")

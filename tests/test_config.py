@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -39,16 +40,26 @@ def problems(tmp_path: Path, text: str) -> list[tuple[str, str]]:
     return [(problem.key, problem.reason) for problem in caught.value.problems]
 
 
-@pytest.mark.parametrize("name", ["edge-agent.toml", "local.toml"])
+@pytest.mark.parametrize("name", ["edge-agent.toml", "local.toml", "minimal.toml"])
 def test_shipped_example_configs_are_valid(name: str) -> None:
     config = load_config(REPO / "configs" / name)
     assert config.mqtt is not None and config.mqtt.subscriptions
 
 
-def test_full_example_sets_every_section(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EDGE_DEVICE_NAME", "gw-42")
+def test_the_installed_config_sends_nothing_and_names_each_device_by_its_host() -> None:
+    config = load_config(REPO / "configs" / "minimal.toml")
+    assert not config.cameras
+    assert {sink.type for sink in config.sinks.values()} == {"hold"}
+    assert config.agent.device_name == socket.gethostname()
+    assert config.mqtt is not None
+    assert config.mqtt.client_id == f"edge-agent-{socket.gethostname()}"
+
+
+def test_full_example_sets_every_section() -> None:
     config = load_config(REPO / "configs" / "edge-agent.toml")
-    assert config.agent.device_name == "gw-42"
+    assert config.agent.device_name == socket.gethostname(), "each device its own name"
+    assert config.mqtt is not None
+    assert config.mqtt.client_id == f"edge-agent-{socket.gethostname()}"
     assert config.spool.max_bytes == 1024**3
     assert config.spool.max_age == 7 * 86400
     assert config.sinks["alarms"].overflow == "reject_new"
@@ -164,9 +175,38 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
 
 def test_unknown_key_is_an_error_naming_its_path(tmp_path: Path) -> None:
     found = problems(tmp_path, MINIMAL + "qoss = 1\n")
-    assert found == [("mqtt.subscriptions[0].qoss", "unknown key")]
+    assert found == [("mqtt.subscriptions[0].qoss", 'unknown key (did you mean "qos"?)')]
     found = problems(tmp_path, MINIMAL + "[spool]\nmax_byte = 5\n")
-    assert ("spool.max_byte", "unknown key") in found
+    assert ("spool.max_byte", 'unknown key (did you mean "max_bytes"?)') in found
+    found = problems(tmp_path, MINIMAL + "[spool]\nturbo = true\n[agnt]\n")
+    assert ("spool.turbo", "unknown key") in found  # nothing close: no guess
+    assert ("agnt", 'unknown key (did you mean "agent"?)') in found
+
+
+def test_a_mistyped_choice_suggests_the_closest_value(tmp_path: Path) -> None:
+    found = dict(problems(tmp_path, MINIMAL + '[spool]\ndurability = "ful"\n'))
+    assert found["spool.durability"] == (
+        "must be one of full, normal; got 'ful' (did you mean \"full\"?)"
+    )
+
+
+def test_a_mistyped_sink_type_is_one_problem_not_one_per_key(tmp_path: Path) -> None:
+    sink = (
+        '[sinks.telemetry]\ntype = "kinesiss"\nstream = "s"\nregion = "us-east-1"\n'
+        'aggregate = true\nmax_request_records = 100\nmax_bytes = "1MiB"\nstreem = "s"\n'
+    )
+    found = problems(tmp_path, MINIMAL.replace('[sinks.telemetry]\ntype = "hold"\n', sink))
+    assert found == [
+        (
+            "sinks.telemetry.type",
+            "must be one of hold, kinesis, firehose, kvs; got 'kinesiss' "
+            '(did you mean "kinesis"?)',
+        ),
+        # A key of no type at all is still unknown.
+        ("sinks.telemetry.streem", 'unknown key (did you mean "stream"?)'),
+    ]
+    missing = MINIMAL.replace('type = "hold"', 'stream = "s"\nshard_refresh = "1m"')
+    assert problems(tmp_path, missing) == [("sinks.telemetry.type", "is required")]
 
 
 def test_bad_values_name_key_and_reason(tmp_path: Path) -> None:

@@ -67,9 +67,13 @@ def test_a_bad_value_names_file_key_and_reason() -> None:
     assert not table.ok("port") and table.ok("timeout")
 
 
-def test_an_unknown_key_is_reported() -> None:
-    _, found, _ = read({"name": "x", "mode": "b"})
-    assert found == [("example.mode", "unknown key")]
+def test_an_unknown_key_is_reported_with_the_closest_declared_key() -> None:
+    _, found, _ = read({"name": "x", "mode": "b", "prot": 1, "zzz": 1})
+    assert found == [
+        ("example.mode", 'unknown key (did you mean "the-mode"?)'),
+        ("example.prot", 'unknown key (did you mean "port"?)'),
+        ("example.zzz", "unknown key"),
+    ]
 
 
 def test_a_missing_required_key_is_reported() -> None:

@@ -9,10 +9,10 @@ import logging
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import av
@@ -29,6 +29,7 @@ from edge_agent.spool.store import Spool
 from edge_agent.worker import LinkState
 from tests.support import (
     AgentProcess,
+    JsonHandler,
     Mosquitto,
     spool_path,
     start_agent,
@@ -52,10 +53,17 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PutMedia
 
 
 def make(
-    server: PutMediaServer, tmp_path: Path, *, realtime: bool = False, **kvs: object
+    server: PutMediaServer,
+    tmp_path: Path,
+    *,
+    realtime: bool = False,
+    aws: Mapping[str, object] | None = None,
+    **kvs: object,
 ) -> tuple[Spool, Camera, KvsUploader, threading.Event]:
-    """A lavfi camera (as fast as it encodes, or at real-time pace) and a KVS sink."""
+    """A lavfi camera (as fast as it encodes, or at real-time pace) and a KVS sink
+    (``aws``: the config's [aws] section)."""
     document = {
+        "aws": aws or {},
         "sinks": {
             "video": {
                 "type": "kvs",
@@ -317,23 +325,7 @@ class RotatingCredentials(ThreadingHTTPServer):
         return [Credentials(f"ASIAROTATE{n}", f"secret-{n}", f"token-{n}") for n in range(count)]
 
 
-class _JsonHandler(BaseHTTPRequestHandler):
-    """A loopback HTTP server's handler that answers JSON and logs nothing."""
-
-    def answer(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-class _CredentialsHandler(_JsonHandler):
+class _CredentialsHandler(JsonHandler):
     server: RotatingCredentials
 
     def do_GET(self) -> None:
@@ -435,7 +427,7 @@ def kvs_sink(endpoint_url: str) -> dict[str, str]:
     return {"type": "kvs", "stream": "cam", "region": "us-east-1", "endpoint_url": endpoint_url}
 
 
-class _DeniesDescribeStream(_JsonHandler):
+class _DeniesDescribeStream(JsonHandler):
     """A control plane whose IAM policy allows GetDataEndpoint only."""
 
     def do_POST(self) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "edge_agent"
 #: A module past this many lines owns more than one idea.
-MAX_MODULE_LINES = 520
+MAX_MODULE_LINES = 540
 
 #: Which parts of the package a part may import (besides itself, the standard library,
 #: third-party libraries and the shared leaf modules below).
@@ -26,9 +26,20 @@ ALLOWED = {
         "sources.partition_keys",
         *(f"sinks.{t}.options" for t in ("kinesis", "firehose", "kvs")),
     },
-    "sources": {"spool", "media", "config", "delivery.backoff", "worker", "runtime_status"},
+    "sources": {
+        "spool",
+        "media",
+        "config",
+        "delivery.backoff",
+        "worker",
+        "runtime_status",
+        "clock_sync",
+    },
     "delivery": {"spool", "config", "sinks.base", "worker", "runtime_status"},
-    "sinks": {"spool", "media", "config", "delivery", "worker", "runtime_status"},
+    "sinks": {"spool", "media", "config", "credentials", "delivery", "worker", "runtime_status"},
+    "credentials": {"config"},
+    # The endpoint reads the agent's status and the spool's counters, nothing running.
+    "metrics": {"config", "spool", "runtime_status"},
     "kvs_local": {"media"},
 }
 #: Leaf modules every part may use: the shared types, the error tree, redaction.

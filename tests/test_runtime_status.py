@@ -52,11 +52,11 @@ def test_a_grown_timeout_is_shown_with_what_may_have_arrived_twice() -> None:
         "timeouts": 3,
         "timed_out_items": 1500,
     }
-    assert render_timeout("request", grown, "records") == [
+    assert render_timeout("request", grown, "record") == [
         "  request timeout now 4s (up to 8s): 3 timed out, carrying 1500 records that may "
         "have arrived twice"
     ]
-    assert render_timeout("request", {**grown, "timeouts": 0}, "records") == []
+    assert render_timeout("request", {**grown, "timeouts": 0}, "record") == []
 
 
 def test_storage_shows_the_room_a_paused_intake_and_a_lost_file() -> None:

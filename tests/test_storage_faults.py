@@ -293,7 +293,9 @@ def test_a_spool_deleted_under_the_running_agent_loses_no_acknowledged_message(
     assert set(seqs) == set(range(total)), f"{total - len(set(seqs))} acknowledged readings lost"
     log = agent.log_text()
     assert "was deleted or moved while the agent ran" in log
-    events = json.loads(cli("status", "-c", str(config), "--json").stdout)["spool"]["events"]
+    stopped = cli("status", "-c", str(config), "--json", check=False)
+    assert stopped.returncode == 3  # the agent is not running
+    events = json.loads(stopped.stdout)["spool"]["events"]
     assert any(event["kind"] == "spool_file_rebuilt" for event in events)
 
 
@@ -315,7 +317,8 @@ def test_a_power_cut_with_requests_on_the_wire_counts_what_is_sent_again(
         wait_until(lambda: spooled_count(spool_path(tmp_path)) == 0, 60, 0.1, "all delivered")
         assert agent.terminate() == 0
     assert set(delivered_seqs(kinesalite, stream)) == set(range(1000))
-    status = json.loads(cli("status", "-c", str(config), "--json").stdout)
-    (queue,) = status["spool"]["queues"]
+    stopped = cli("status", "-c", str(config), "--json", check=False)
+    assert stopped.returncode == 3  # the agent is not running
+    (queue,) = json.loads(stopped.stdout)["spool"]["queues"]
     assert 0 < queue["resent_after_restart_count"] <= 1000
-    assert "RESENT" in cli("status", "-c", str(config)).stdout
+    assert "RESENT" in cli("status", "-c", str(config), check=False).stdout

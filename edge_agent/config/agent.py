@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from edge_agent.config.options import (
+    BOOLEAN,
     DURATION,
     PATH,
     SIZE,
@@ -26,6 +27,7 @@ DEFAULT_STATE_DIR = "/var/lib/edge-agent"
 Durability = Literal["full", "normal"]
 IntegrityCheck = Literal["quick", "full", "off"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["text", "json"]
 
 
 @section
@@ -57,11 +59,34 @@ class AgentConfig:
         default="info",
         doc="Changes apply on reload (systemctl reload edge-agent).",
     )
+    log_format: LogFormat = option(
+        kind=choice("text", "json"),
+        default="text",
+        doc='"text": a line per event for people (into the journal: with its priority, '
+        'as `<4>`, and without a time stamp, which the journal adds); "json": one JSON '
+        "object per line (time, level, logger, message, exception) for a log collector. "
+        "Into the journal a traceback or a multi-line message is one entry either way "
+        '(its line breaks written as " ⏎ "). Changes apply on reload.',
+    )
     status_interval: float = option(
         kind=DURATION,
         default=2.0,
         check=within(0.1, 3600, "must be between 100ms and 1h"),
         doc="How often the running agent refreshes what `edge-agent status` shows.",
+    )
+    clock_check: bool = option(
+        kind=BOOLEAN,
+        default=True,
+        doc="Ask whether the system clock is synchronized (systemd-timesyncd's flag file, "
+        'else timedated): until it is, records are marked "clock": "unsynchronized" and '
+        "status says so. A device without a real-time clock boots with a wrong time.",
+    )
+    clock_wait: float = option(
+        kind=DURATION,
+        default=120.0,
+        check=within(0, 3600, "must be at most 1h"),
+        doc="How long cameras hold capture at start for a synchronized clock; after it "
+        "they capture anyway, their fragments marked. 0: do not wait.",
     )
 
 

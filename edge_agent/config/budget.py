@@ -19,22 +19,16 @@ from edge_agent.config.options import (
     read_section,
     section,
 )
-from edge_agent.config.units import parse_rate
+from edge_agent.config.units import format_rate, parse_rate
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _CLOCK = r"([01]\d|2[0-3]):[0-5]\d|24:00"
 
 
-def _format_rate(value: float) -> str:
-    bits = value * 8
-    for unit, factor in (("Gbit/s", 1000**3), ("Mbit/s", 1000**2), ("kbit/s", 1000)):
-        if bits >= factor and bits % factor == 0:
-            return f'"{bits / factor:g}{unit}"'
-    return f'"{bits:g}bit/s"'
-
-
 #: Bits or bytes per second: "2Mbit/s", "256kbit/s", "500KiB/s"; "off" for no cap.
-RATE: Kind[float | None] = off(Kind("rate", parse_rate, 0.0, _format_rate))
+RATE: Kind[float | None] = off(
+    Kind("rate", parse_rate, 0.0, lambda value: f'"{format_rate(value)}"')
+)
 
 _AT_LEAST_1KBIT = "must be at least 1kbit/s (or off)"
 AT_LEAST_1KBIT: Check[float | None] = Check(

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge_agent.config.agent import AgentConfig, SpoolConfig, read_agent, read_spool
+from edge_agent.config.aws import AwsIdentity, read_identity, with_identity
 from edge_agent.config.budget import BudgetConfig, read_uplink
 from edge_agent.config.cameras import CameraConfig, read_cameras
+from edge_agent.config.metrics import MetricsConfig, read_metrics
 from edge_agent.config.mqtt import MqttConfig, read_mqtt
 from edge_agent.config.options import Table
 from edge_agent.config.sinks import SinkConfig, read_sinks
@@ -37,6 +39,8 @@ class Config:
     sinks: Mapping[str, SinkConfig] = field(default_factory=dict)
     uplink: BudgetConfig = field(default_factory=BudgetConfig)
     cameras: Mapping[str, CameraConfig] = field(default_factory=dict)
+    aws: AwsIdentity = field(default_factory=AwsIdentity)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -60,11 +64,13 @@ def parse_config(document: Mapping[str, Any], file: str = "<config>") -> Config:
     root = Table(file, "", dict(document), problems)
     agent = read_agent(root.subtable("agent") or Table(file, "agent", {}, problems))
     spool = read_spool(root.subtable("spool") or Table(file, "spool", {}, problems), agent)
-    sinks = read_sinks(root.subtable("sinks"))
+    aws = read_identity(root.subtable("aws"), agent)
+    sinks = with_identity(read_sinks(root.subtable("sinks")), aws, file, problems)
     uplink = read_uplink(root.subtable("uplink"))
     mqtt_table = root.subtable("mqtt")
     mqtt = read_mqtt(mqtt_table, agent, sinks) if mqtt_table else None
     cameras = read_cameras(root.subtable("cameras"), sinks)
+    metrics = read_metrics(root.subtable("metrics"))
     root.finish()
     if problems:
         raise ConfigError(problems)
@@ -76,4 +82,6 @@ def parse_config(document: Mapping[str, Any], file: str = "<config>") -> Config:
         sinks=sinks,
         uplink=uplink,
         cameras=cameras,
+        metrics=metrics,
+        aws=aws,
     )

@@ -19,9 +19,10 @@ the reference instead ("got the value of ${MQTT_PASSWORD} (not shown)").
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, dataclass_transform, overload
@@ -155,6 +156,14 @@ def integer(low: int, high: int) -> Kind[int]:
     return Kind(f"integer {low}-{high}", parse, low, str)
 
 
+def did_you_mean(name: object, known: Iterable[str]) -> str:
+    """`` (did you mean "x"?)`` with the known name closest to a mistyped one, or ""."""
+    if not isinstance(name, str):
+        return ""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
 def choice(*values: L) -> Kind[L]:
     """One of a few strings."""
 
@@ -162,7 +171,9 @@ def choice(*values: L) -> Kind[L]:
         for value in values:
             if raw == value:
                 return value
-        raise ValueError(f"must be one of {', '.join(values)}; got {raw!r}")
+        raise ValueError(
+            f"must be one of {', '.join(values)}; got {raw!r}{did_you_mean(raw, values)}"
+        )
 
     return Kind("one of: " + ", ".join(values), parse, values[0], _quoted)
 
@@ -341,6 +352,8 @@ class Table:
         #: shared with the tables below this one (a later check may quote a value).
         self.hidden: dict[str, str] = {} if hidden is None else hidden
         self.failed: set[str] = set()
+        #: Every key asked for, there or not: what an unknown key may be a typo of.
+        self.asked: set[str] = set()
         if not isinstance(table, dict):
             self.problem("", f"expected a table, got {type(table).__name__}")
             table = {}
@@ -372,6 +385,7 @@ class Table:
     ) -> T:
         """Read one option; ``default`` (with has_default) replaces the declared one."""
         name = declaration.key
+        self.asked.add(name)
         fallback = default if has_default else declaration.default_value()
         required = declaration.required and not has_default
         if name not in self.raw:
@@ -427,6 +441,7 @@ class Table:
         return expanded, taken
 
     def subtable(self, name: str) -> Table | None:
+        self.asked.add(name)
         if name not in self.raw:
             return None
         return Table(
@@ -434,6 +449,7 @@ class Table:
         )
 
     def table_list(self, name: str) -> list[Table]:
+        self.asked.add(name)
         raw = self.raw.pop(name, [])
         if not isinstance(raw, list):
             self.problem(name, "expected an array of tables ([[...]])")
@@ -443,10 +459,18 @@ class Table:
             for index, item in enumerate(raw)
         ]
 
+    def skip(self, names: Iterable[str]) -> None:
+        """Take these keys as known without reading them (the options of every type of
+        sink, for a sink whose type is mistyped: one problem, not one per key)."""
+        for name in names:
+            self.asked.add(name)
+            self.raw.pop(name, None)
+
     def finish(self) -> None:
-        """Report every key nobody asked for: unknown keys are errors."""
+        """Report every key nobody asked for: unknown keys are errors, each with the
+        closest key that was asked for (a typo is the likely cause)."""
         for name in sorted(self.raw):
-            self.problem(name, "unknown key")
+            self.problem(name, "unknown key" + did_you_mean(name, self.asked))
 
 
 def _hide(reason: str, hidden: Mapping[str, str]) -> str:

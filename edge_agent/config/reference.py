@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_agent.config.agent import AgentConfig, SpoolConfig
+from edge_agent.config.aws import AwsIdentity
 from edge_agent.config.budget import BudgetConfig, ScheduleWindow, ShareConfig
 from edge_agent.config.cameras import CameraConfig
+from edge_agent.config.metrics import MetricsConfig
 from edge_agent.config.mqtt import MqttConfig, Subscription, TlsConfig
 from edge_agent.config.options import Option, declared
 from edge_agent.config.sink_kinds import AwsEndpoint, DeliveryConfig
@@ -46,6 +48,7 @@ def layout() -> list[Part]:
         Part("[agent]", AgentConfig),
         Part("[spool]", SpoolConfig),
         Part("[uplink]", BudgetConfig),
+        Part("[aws]", AwsIdentity, "Every sink that talks to AWS."),
         Part("[sinks.NAME]", SinkConfig),
         Part("[sinks.NAME]: upload share", ShareConfig, "Every sink."),
         Part("[[sinks.NAME.schedule]]", ScheduleWindow),
@@ -60,6 +63,7 @@ def layout() -> list[Part]:
         Part("[mqtt]", MqttConfig),
         Part("[mqtt.tls]", TlsConfig),
         Part("[[mqtt.subscriptions]]", Subscription),
+        Part("[metrics]", MetricsConfig),
     ]
     return parts
 

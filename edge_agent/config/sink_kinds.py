@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from edge_agent.config.aws import AwsIdentity
 from edge_agent.config.options import (
     DURATION,
     SIZE,
@@ -127,7 +128,7 @@ class AwsEndpoint:
         default=None,
         default_doc="the standard credential chain",
         doc="A profile of ~/.aws/config (default: environment, profile, instance or "
-        "container role).",
+        'container role). Only with [aws] credentials = "default".',
     )
     connect_timeout: float = option(
         kind=DURATION, default=5.0, check=_TIMEOUT, doc="Opening a connection."
@@ -144,6 +145,8 @@ class AwsEndpoint:
         "(a slow link is not sent the same request again and again); quick answers bring "
         "it back to request_timeout step by step. Equal to request_timeout: fixed.",
     )
+    #: Where its credentials come from: the ``[aws]`` section, the same for every sink.
+    identity: AwsIdentity = AwsIdentity()
 
 
 @section

@@ -20,6 +20,7 @@ from edge_agent.config.options import (
     SIZE,
     Table,
     choice,
+    declared,
     off,
     option,
     read_option,
@@ -123,6 +124,13 @@ class SinkConfig:
         return self.options_as(KvsOptions)
 
 
+def _keys_of_every_kind() -> set[str]:
+    """The keys a sink's table may hold, whatever its type."""
+    sections: list[builtins.type[Any]] = [AwsEndpoint, DeliveryConfig]
+    sections += [kind.options for kind in SINK_KINDS.values() if kind.options is not None]
+    return {declared_option.key for cls in sections for _, declared_option in declared(cls)}
+
+
 def read_sinks(table: Table | None) -> dict[str, SinkConfig]:
     if table is None:
         return {}
@@ -153,6 +161,9 @@ def _read_sink(name: str, table: Table) -> SinkConfig:
         delivery = read_delivery(table, kind, sink.max_record_bytes)
     kind.check_options(table, options, sink.max_record_bytes, delivery)
     aws = read_aws(table) if kind.aws else None
+    if not table.ok("type"):
+        # A mistyped type is one problem: the keys of the type meant are not unknown.
+        table.skip(_keys_of_every_kind())
     if not kind.has_live_traffic(options) and any(
         window.traffic == "backlog" for window in upload.schedule
     ):

@@ -7,8 +7,9 @@
 Plain numbers are taken as bytes, bytes per second and seconds. Each parse function raises
 ``ValueError`` with a message fit to show next to the key that held the value.
 
-``format_size`` and ``format_duration`` write values back in the same units (the
-reference shows defaults that way).
+``format_size``, ``format_rate`` and ``format_duration`` write values back in the same
+units (the reference shows defaults that way); ``plural`` writes a count with its noun
+("1 record", "2 records") for status and log lines.
 """
 
 from __future__ import annotations
@@ -122,6 +123,22 @@ def format_size(value: int) -> str:
         if value and value % factor == 0:
             return f"{value // factor}{unit}"
     return f"{value}B"
+
+
+def format_rate(bytes_per_s: float) -> str:
+    """The shortest exact text for a rate, in bits per second as links are sold:
+    ``250000`` -> ``"2Mbit/s"``, ``125`` -> ``"1kbit/s"``, ``100`` -> ``"800bit/s"``."""
+    bits = bytes_per_s * 8
+    for unit, factor in (("Gbit/s", 1000**3), ("Mbit/s", 1000**2), ("kbit/s", 1000)):
+        if bits >= factor and bits % factor == 0:
+            return f"{bits / factor:g}{unit}"
+    return f"{bits:g}bit/s"
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``count`` with its noun, singular for one: ``plural(1, "record")`` -> ``"1 record"``,
+    ``plural(3, "retry", "retries")`` -> ``"3 retries"`` (``nouns``: an irregular plural)."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
 
 
 def format_duration(seconds: float) -> str:

@@ -12,6 +12,7 @@ import queue
 import threading
 from collections.abc import Callable
 
+from edge_agent.config.units import plural
 from edge_agent.errors import SpoolError
 from edge_agent.records import LeasedRecord
 from edge_agent.spool.store import Spool
@@ -65,9 +66,9 @@ class Deleter:
                     self._spool.ack(batch)
                     if failures:
                         log.info(
-                            "sink %s: deleting delivered records works again (%d attempts failed)",
+                            "sink %s: deleting delivered records works again (%s failed)",
                             self._name,
-                            failures,
+                            plural(failures, "attempt"),
                         )
                         failures = 0
                     break

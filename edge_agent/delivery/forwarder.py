@@ -142,12 +142,16 @@ class Forwarder(ThreadWorker):
         return helpers_ok and self.thread_ok
 
     def run(self) -> None:
-        """The loop; returns when the stop event is set."""
+        """The loop, once the sink can send (``sink.ready()``, e.g. credentials: a sink
+        without them shows paused from the start); returns when the stop event is set."""
         self._deleter.start()
         self._transmit_pool = TransmitPool(
             self.sink.transmit, f"send-{self.sink.name}", threads=self._requests_in_flight
         )
         try:
+            while not self._stop.is_set() and (error := self.sink.ready()):
+                self._request_failed(error, paused=not error.retryable)
+                self._stop.wait(self._hold_until - self._clock())
             while not self._stop.is_set():
                 try:
                     self._step()
@@ -414,7 +418,7 @@ class Forwarder(ThreadWorker):
         self.stats.request_errors += 1
         if err.unreachable:
             self.link.down()
-        else:
+        elif err.answered:
             self.link.up()  # refused, throttled or a 5xx: an answer came back
         now = self._clock()
         if paused:

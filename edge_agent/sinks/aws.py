@@ -1,7 +1,9 @@
 """boto3 clients for the sinks, and what their errors mean for the forwarder.
 
 botocore does the signing, credentials (environment, profile, instance role, refresh
-of temporary credentials) and the wire protocol. Its own retries are switched off
+of temporary credentials) and the wire protocol. Every client comes from the one
+session of the ``[aws]`` identity (credentials/shared.py), so all sinks sign with one
+credentials object, fetched and renewed once. Its own retries are switched off
 (``total_max_attempts = 1``): the forwarder retries with full jitter and shows every retry in
 status, and retrying inside botocore would hide throttling from the per-shard pacing.
 
@@ -27,6 +29,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from edge_agent.config.sink_kinds import AwsEndpoint
+from edge_agent.credentials.shared import SharedSession, shared_session
 from edge_agent.delivery.adaptive_timeout import AdaptiveTimeout
 from edge_agent.delivery.budget import Budget
 from edge_agent.errors import RequestRejected, SinkError, SinkPaused, SinkUnavailable
@@ -86,16 +89,15 @@ def make_client(
     stop: threading.Event,
     meter: WireMeter,
     *,
-    session: Any = None,
+    session: SharedSession | None = None,
     read_timeout: float | None = None,
 ) -> Any:
     """A boto3 client whose requests pass the budget and are counted by ``meter``
-    (from ``session`` if given: a caller that also needs its credentials), waiting
-    ``read_timeout`` for an answer (default: the endpoint's ``request_timeout``)."""
-    import boto3
+    (from ``session``, default the endpoint's shared one), waiting ``read_timeout`` for
+    an answer (default: the endpoint's ``request_timeout``)."""
     from botocore.config import Config as BotoConfig
 
-    session = session or boto3.session.Session(profile_name=endpoint.profile)
+    session = session or shared_session(endpoint.identity, endpoint.profile)
     client = session.client(
         service,
         region_name=endpoint.region,
@@ -145,26 +147,27 @@ class TimedClients:
         name: str,
         prepare: Callable[[Any], None] = lambda client: None,
     ) -> None:
-        import boto3
-
         self.name = name
         self.timeout = AdaptiveTimeout(endpoint.request_timeout, endpoint.request_timeout_max)
-        session = boto3.session.Session(profile_name=endpoint.profile)
+        self.session = shared_session(endpoint.identity, endpoint.profile)
         self._make = functools.partial(
-            make_client, service, endpoint, budget, stop, meter, session=session
+            make_client, service, endpoint, budget, stop, meter, session=self.session
         )
         self._prepare = prepare
         #: Clients by read timeout, the least recently used first; and their users.
         self._clients: OrderedDict[float, Any] = OrderedDict()
         self._users: dict[float, int] = {}
-        self._lock = threading.Lock()  # also: a boto3 session makes one client at a time
+        self._lock = threading.Lock()
         self._sent_at = threading.local()  # when this thread's request went on the wire
 
     def call(self, operation: str, params: dict[str, Any], *, items: int = 0) -> Any:
         """``operation`` with ``params`` (``items``: the records it carries, counted
         if it times out); botocore's errors come out as the agent's (``sink_error``)."""
         timeout = self.timeout.current
-        client = self._take(timeout)
+        try:
+            client = self._take(timeout)  # resolves the credentials the first time
+        except Exception as err:
+            raise sink_error(err) from err
         self._sent_at.value = None
         started = time.monotonic()
         try:
@@ -176,6 +179,15 @@ class TimedClients:
             self._give_back(timeout)
         self.timeout.answered(self._elapsed(started))
         return answer
+
+    def ready(self) -> SinkError | None:
+        """What keeps the sink from sending at all: no credentials, or their provider
+        refuses or cannot be reached; None when the credentials can be had."""
+        try:
+            self.session.credentials()
+        except Exception as err:
+            return sink_error(err)
+        return None
 
     @property
     def kept(self) -> list[float]:

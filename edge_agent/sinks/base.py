@@ -15,6 +15,8 @@ service::
                                          back in the forwarder thread, free to update
                                          the sink's state (positions, shard map, pace)
     plain_entries(records) -> [Entry]    one entry per record (to find a bad record)
+    ready() -> SinkError | None          what keeps it from sending at all (its
+                                         credentials); asked at start until None
     snapshot() -> SinkFields             sink-specific status (shards, sequence numbers)
 
 An ``Entry`` is one record as the service sees it. It carries one spooled record, or
@@ -32,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
+from edge_agent.errors import SinkError
 from edge_agent.records import LeasedRecord
 from edge_agent.runtime_status import SinkFields, UploaderSnapshot
 
@@ -104,6 +107,11 @@ class Sink(Protocol):
         ...
 
     def snapshot(self) -> SinkFields: ...
+
+    def ready(self) -> SinkError | None:
+        """What keeps the sink from sending at all (no credentials, or their provider
+        refuses), or None: asked in the forwarder's thread before it leases anything."""
+        ...
 
     def close(self) -> None: ...
 

@@ -22,13 +22,15 @@ later), and reported by its cause: unreachable, or a TLS failure in OpenSSL's wo
 broker's certificate not issued by ``tls.ca_file``, not for ``host``, expired). A
 reconnect that finds no session where there was one is a warning and counted
 (``sessions_lost``): the broker lost what it had queued for the agent.
+
+A reload changes the subscriptions on the open connection (``resubscribe``): new ones are
+subscribed, removed ones unsubscribed (also at the next connect, if the connection is
+down: the broker's session would keep them), and the routing changes at a batch boundary.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import ssl
 import struct
 import sys
 import threading
@@ -39,23 +41,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge_agent.clock_sync import ClockSync
 from edge_agent.config.agent import SpoolConfig
 from edge_agent.config.mqtt import MqttConfig, Subscription
 from edge_agent.errors import IntakePaused, SpoolCorrupt, SpoolError
 from edge_agent.records import Record
 from edge_agent.runtime_status import MqttSnapshot
 from edge_agent.sources.broker_errors import connect_failure
+from edge_agent.sources.mqtt_client import paho_client
+from edge_agent.sources.mqtt_subscriptions import Subscriptions
 from edge_agent.spool.store import Spool
 from edge_agent.worker import WorkerState
 
 log = logging.getLogger(__name__)
 
-#: Distinct topics whose routes are cached before the cache starts over.
-ROUTE_CACHE_SIZE = 10_000
 #: QoS 0 messages held in memory while the spool refuses writes; beyond, they are dropped
 #: (and counted). QoS 1 messages are never dropped: see INBOX_HIGH_WATER.
 MAX_INBOX = 200_000
@@ -79,7 +81,6 @@ _PUBACK = struct.Struct("!BBH")
 
 #: (message, receive time in ms, connection generation it arrived on)
 _Inbound = tuple[mqtt.MQTTMessage, int, int]
-_Route = tuple[tuple[tuple[str, Subscription], ...], str]
 
 
 @dataclass
@@ -134,7 +135,10 @@ class MqttSource:
         self._committer_failed = False
         #: Set when SQLite reports corruption mid-run: the agent restarts to quarantine it.
         self.spool_corrupt = False
-        self._routes: dict[str, _Route] = {}
+        #: Replaced as a whole by a reload.
+        self._subscriptions = Subscriptions(config.subscriptions)
+        #: Whether the system clock is synchronized (records are marked until it is).
+        self.clock_sync: ClockSync | None = None
         self.status = MqttStatus(since=clock())
         self._client = self._make_client()
         self._committer = threading.Thread(
@@ -144,31 +148,7 @@ class MqttSource:
     # ------------------------------------------------------------------ lifecycle
 
     def _make_client(self) -> mqtt.Client:
-        config = self._config
-        v5 = config.protocol == "5"
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=config.client_id,
-            clean_session=None if v5 else False,
-            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-            manual_ack=True,
-        )
-        if config.username is not None:
-            client.username_pw_set(config.username, config.password)
-        if config.tls is not None:
-            client.tls_set(
-                ca_certs=str(config.tls.ca_file) if config.tls.ca_file else None,
-                certfile=str(config.tls.cert_file) if config.tls.cert_file else None,
-                keyfile=str(config.tls.key_file) if config.tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-            client.tls_insecure_set(config.tls.insecure)
-        client.reconnect_delay_set(
-            max(1, round(config.reconnect_min)), max(1, round(config.reconnect_max))
-        )
-        paho_log = logging.getLogger("edge_agent.sources.mqtt.paho")
-        if paho_log.isEnabledFor(logging.DEBUG):
-            client.enable_logger(paho_log)  # a log call per packet: only when asked for
+        client = paho_client(self._config)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -270,8 +250,38 @@ class MqttSource:
         self.status.connects += 1
         self._set_state("connected")
         self._note_session(bool(flags.session_present))
-        topics = [(sub.topic, sub.qos) for sub in self._config.subscriptions]
-        client.subscribe(topics)
+        subscriptions = self._subscriptions
+        self._unsubscribe(subscriptions, sorted(subscriptions.to_unsubscribe))
+        self._subscribe(list(subscriptions.current))
+
+    def _subscribe(self, subscriptions: list[Subscription]) -> None:
+        if subscriptions:
+            result, mid = self._client.subscribe([(sub.topic, sub.qos) for sub in subscriptions])
+            if result == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+                self._subscriptions.sent(mid, subscriptions)
+
+    def _unsubscribe(self, subscriptions: Subscriptions, topics: list[str]) -> None:
+        if topics and self._client.unsubscribe(topics)[0] == mqtt.MQTT_ERR_SUCCESS:
+            subscriptions.to_unsubscribe -= set(topics)
+
+    def resubscribe(self, config: MqttConfig) -> None:
+        """Take the subscriptions of ``config`` (a reload; its other options are the
+        running ones): subscribe what is new or has a new QoS, unsubscribe what went
+        (now, or at the next connect)."""
+        table, removed, changed = self._subscriptions.replaced(config.subscriptions)
+        self._config, self._subscriptions = config, table
+        if self._client.is_connected():
+            self._unsubscribe(table, removed)
+            self._subscribe(changed)
+        log.info("mqtt: subscriptions now %s", ", ".join(s.topic for s in table.current) or "none")
+
+    def carry_over(self, previous: MqttSource) -> None:
+        """Go on from ``previous`` (stopped; the same broker and client id, reconnected
+        for new options): its counters, whether the broker holds our session, and the
+        filters still to unsubscribe from."""
+        self.status = previous.status
+        self._session_held = previous._session_held
+        self._subscriptions = previous._subscriptions.replaced(self._config.subscriptions)[0]
 
     def _on_subscribe(
         self,
@@ -281,7 +291,7 @@ class MqttSource:
         reason_codes: list[Any],
         properties: Properties | None,
     ) -> None:
-        for sub, code in zip(self._config.subscriptions, reason_codes, strict=False):
+        for sub, code in zip(self._subscriptions.answered(mid), reason_codes, strict=False):
             if code.is_failure:
                 self._error(f"subscription to {sub.topic!r} refused: {code}")
             else:
@@ -407,16 +417,22 @@ class MqttSource:
         records: list[Record] = []
         redelivered = 0
         unrouted = 0
+        subscriptions = self._subscriptions
+        routes = subscriptions.routes
+        sync = self.clock_sync
+        unsynchronized = sync is not None and not sync.synchronized
         for message, received_ms, _ in batch:
             topic = message.topic
-            route = self._routes.get(topic)
+            route = routes.get(topic)
             if route is None:
-                route = self._route(topic)
+                route = subscriptions.route(topic)
             targets, meta = route
             if not targets:
                 unrouted += 1
                 continue
             payload = bytes(message.payload)
+            if unsynchronized and sync is not None:
+                meta = sync.mark(meta)
             dup = bool(message.dup)
             redelivered += dup
             for sink, subscription in targets:
@@ -463,19 +479,6 @@ class MqttSource:
             else:
                 queue_packet(PUBACK, b"".join(_PUBACK.pack(PUBACK, 2, mid) for mid in mids), 0, 0)
         return len(mids)
-
-    def _route(self, topic: str) -> _Route:
-        """Which sinks a topic feeds (first matching subscription per sink wins)."""
-        targets: dict[str, Subscription] = {}
-        for subscription in self._config.subscriptions:
-            if mqtt.topic_matches_sub(subscription.topic, topic):
-                for sink in subscription.sinks:
-                    targets.setdefault(sink, subscription)
-        if len(self._routes) >= ROUTE_CACHE_SIZE:
-            self._routes.clear()
-        route: _Route = (tuple(targets.items()), json.dumps({"topic": topic}))
-        self._routes[topic] = route
-        return route
 
     # ------------------------------------------------------------------ status
 

@@ -65,10 +65,20 @@ class Caps:
         max_bytes: int | None = None,
         max_age_s: float | None = None,
     ) -> None:
+        self._warned: set[str] = set()  # queues (and WHOLE_SPOOL) warned about
+        self.configure(policies, max_bytes, max_age_s)
+
+    def configure(
+        self,
+        policies: Mapping[str, QueuePolicy],
+        max_bytes: int | None = None,
+        max_age_s: float | None = None,
+    ) -> None:
+        """Take new caps (at start, and on a reload); each is warned about afresh."""
         self._policies = dict(policies)
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
-        self._warned: set[str] = set()  # queues (and WHOLE_SPOOL) warned about
+        self._warned.clear()
 
     def policy(self, queue: str) -> QueuePolicy:
         return self._policies.get(queue, NO_CAPS)

@@ -64,27 +64,31 @@ def clear_settled(conn: sqlite3.Connection, queue_id: int, ids: Sequence[int]) -
     )
 
 
-def count_and_clear(conn: sqlite3.Connection) -> dict[int, int]:
-    """At open, inside a transaction: the pending records per queue id that were sent
-    and not confirmed before the restart; the marks are cleared."""
+def count_and_clear(conn: sqlite3.Connection, queue_id: int | None = None) -> dict[int, int]:
+    """Inside a transaction: the pending records per queue id (of every queue, or of
+    ``queue_id``) that were sent and not confirmed by the uploader that sent them; their
+    marks are cleared."""
+    where, params = ("", ()) if queue_id is None else (" WHERE m.queue_id = ?", (queue_id,))
     counts = dict(
         conn.execute(
             "SELECT m.queue_id, count(DISTINCT r.id) FROM sent_marks m"
             " JOIN records r ON r.queue_id = m.queue_id AND r.id BETWEEN m.first_id AND m.last_id"
-            " GROUP BY m.queue_id"
+            f"{where} GROUP BY m.queue_id",
+            params,
         ).fetchall()
     )
-    conn.execute("DELETE FROM sent_marks")
+    conn.execute(f"DELETE FROM sent_marks{where.replace('m.', '')}", params)
     return {int(queue_id): int(count) for queue_id, count in counts.items() if count}
 
 
 def count_after_restart(
-    conn: sqlite3.Connection, queues: Queues, now_ms: int
+    conn: sqlite3.Connection, queues: Queues, now_ms: int, queue: str | None = None
 ) -> Callable[[], None]:
     """At open, inside a transaction: count the records the last run sent and did not
     see confirmed (they go out again: possible duplicates) into each queue's
-    ``resent_after_restart_count``, with an event; returns the in-memory update."""
-    counts = count_and_clear(conn)
+    ``resent_after_restart_count``, with an event; returns the in-memory update.
+    ``queue``: only that queue's, once its uploader stopped (a reload restarted it)."""
+    counts = count_and_clear(conn, None if queue is None else queues[queue].id)
     by_id = {state.id: state for state in queues}
     deltas = {
         by_id[queue_id].name: Delta(resent_after_restart_count=count)
@@ -93,8 +97,9 @@ def count_after_restart(
     }
     total = sum(counts.values())
     if total:
+        sender = "the last run" if queue is None else f"sink {queue}'s stopped uploader"
         message = (
-            f"{total} records the last run sent without seeing them confirmed are sent "
+            f"{total} records {sender} sent without seeing them confirmed are sent "
             "again (possible duplicates at the destination)"
         )
         log.warning("%s", message)

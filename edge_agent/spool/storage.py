@@ -96,7 +96,7 @@ class Storage:
     def __init__(self, path: Path, reserve: int) -> None:
         self.path = path
         self.ballast_path = Path(f"{path}.ballast")
-        self.reserve = reserve
+        self.reserve = 0
         self.ballast_size = 0
         #: Why intake is refused (and since when), None while it is admitted.
         self.paused: str | None = None
@@ -107,6 +107,15 @@ class Storage:
         self.refused_by_sqlite = 0
         self.ballast_releases = 0
         self.last_room: Room | None = None
+        #: Whether the ballast is on disk: known from what this object did to it (no stat
+        #: per append); the maintenance pass looks at the file itself.
+        self._ballast_held = False
+        self.set_reserve(reserve)
+
+    def set_reserve(self, reserve: int) -> None:
+        """Take ``reserve`` (at start, and on a reload): cut to a quarter of the
+        filesystem, a quarter of it as ballast; a ballast no longer wanted is given back."""
+        self.reserve = reserve
         if reserve:
             size = self._filesystem_size()
             if size and reserve > size // RESERVE_MAX_SHARE:
@@ -118,9 +127,10 @@ class Storage:
                     size,
                     self.reserve,
                 )
-            self.ballast_size = min(BALLAST_MAX, self.reserve // BALLAST_SHARE)
-        #: Whether the ballast is on disk: known from what this object did to it (no stat
-        #: per append); the maintenance pass looks at the file itself.
+        self.ballast_size = min(BALLAST_MAX, self.reserve // BALLAST_SHARE)
+        if not self.ballast_size and self._ballast_held:
+            with contextlib.suppress(OSError):
+                self.ballast_path.unlink()
         self._ballast_held = bool(self.ballast_size) and self._ballast_exists()
 
     # ------------------------------------------------------------------ measuring

@@ -51,14 +51,11 @@ class Spool:
         conn: sqlite3.Connection,
         path: Path,
         *,
-        policies: Mapping[str, QueuePolicy],
-        max_bytes: int | None,
-        max_age_s: float | None,
         clock_ms: Callable[[], int],
         read_only: bool,
         lock_file: IO[bytes] | None,
-        reserve: int = 0,
     ) -> None:
+        """Caps, reserve and durability come with ``configure``."""
         self._conn = conn
         self.path = path
         self._clock_ms = clock_ms
@@ -66,12 +63,11 @@ class Spool:
         self._lock = threading.RLock()
         self._closed = False
         self._full_sync = not read_only and conn.execute("PRAGMA synchronous").fetchone()[0] == 2
-        self._caps = Caps(policies, max_bytes, max_age_s)
+        self._caps = Caps({})
         self._queues = Queues()
         self._queues.load(conn)
         self._writer = Writer(self._queues, self._caps)
-        self._storage = Storage(path, 0 if read_only else reserve)
-        self._storage.bound_checkpoints(conn)
+        self._storage = Storage(path, 0)
         self.file = file_watch.FileWatch(path, lock_file)
         #: Why the spool can no longer be written (its file could not be rebuilt).
         self.broken: str | None = None
@@ -102,22 +98,19 @@ class Spool:
         opened = open_file(path, durability, integrity_check)
         try:
             spool = cls(
-                opened.conn,
-                path,
+                opened.conn, path, clock_ms=clock_ms, read_only=False, lock_file=opened.lock_file
+            )
+            spool.configure(
+                durability=durability,
                 policies=policies or {},
                 max_bytes=max_bytes,
                 max_age_s=max_age_s,
-                clock_ms=clock_ms,
-                read_only=False,
-                lock_file=opened.lock_file,
                 reserve=reserve,
             )
             # WAL findings, a quarantine (with what was salvaged), returned leases.
             for level, kind, message in opened.events():
                 spool.record_event(level, kind, message)
-            with spool._write("count resent") as conn:  # what the last run left unconfirmed
-                apply = sent_marks.count_after_restart(conn, spool._queues, clock_ms())
-            apply()
+            spool.count_resent()  # what the last run sent and did not see confirmed
             with spool._lock:
                 spool._storage.keep_ballast(spool._conn)
             return spool
@@ -129,16 +122,7 @@ class Spool:
     def open_read_only(cls, path: str | os.PathLike[str]) -> Spool:
         """Open for status and inspection while the agent runs (no writes, no lock)."""
         path = Path(path)
-        return cls(
-            connect_read_only(path),
-            path,
-            policies={},
-            max_bytes=None,
-            max_age_s=None,
-            clock_ms=_now_ms,
-            read_only=True,
-            lock_file=None,
-        )
+        return cls(connect_read_only(path), path, clock_ms=_now_ms, read_only=True, lock_file=None)
 
     def close(self) -> None:
         with self._lock:
@@ -149,6 +133,32 @@ class Spool:
                 self._conn.close()
             self._closed = True
             self.file.release_lock()
+
+    def configure(
+        self,
+        *,
+        durability: Literal["full", "normal"],
+        policies: Mapping[str, QueuePolicy],
+        max_bytes: int | None,
+        max_age_s: float | None,
+        reserve: int,
+    ) -> None:
+        """Take caps, reserve and durability (at open, and on a reload while running)."""
+        with self._read("configure") as conn:
+            self._caps.configure(policies, max_bytes, max_age_s)
+            self._storage.set_reserve(reserve)
+            self._storage.bound_checkpoints(conn)
+            conn.execute(f"PRAGMA synchronous = {'FULL' if durability == 'full' else 'NORMAL'}")
+            self._full_sync = durability == "full"
+
+    def count_resent(self, queue: str | None = None) -> None:
+        """What was sent and not seen confirmed goes out again: counted at open, and for
+        ``queue`` once its uploader stopped while the agent goes on (a reload)."""
+        if queue is not None and self._queues.get(queue) is None:
+            return
+        with self._write("count resent") as conn:
+            apply = sent_marks.count_after_restart(conn, self._queues, self._clock_ms(), queue)
+        apply()
 
     def __enter__(self) -> Spool:
         return self

@@ -16,7 +16,7 @@ from typing import Any
 
 from edge_agent.config.sinks import SinkConfig
 from edge_agent.delivery.budget import Budget
-from edge_agent.errors import SinkUnavailable
+from edge_agent.errors import SinkError, SinkUnavailable
 from edge_agent.records import LeasedRecord
 from edge_agent.runtime_status import SinkFields
 from edge_agent.sinks import prebuilt_body
@@ -115,6 +115,9 @@ class FirehoseSink:
             "wire_bytes": self.wire.bytes,
             "request_timeout": self.clients.timeout.snapshot(),
         }
+
+    def ready(self) -> SinkError | None:
+        return self.clients.ready()
 
     def close(self) -> None:
         self.clients.close()

@@ -5,8 +5,11 @@ upload budget) and is cached until a connection fails for want of a network or t
 service says the endpoint is no longer valid. The stream's retention comes from
 DescribeStream, cached the same way: a stream that keeps no data never sends PERSISTED
 acknowledgements. An IAM policy without kinesisvideo:DescribeStream leaves it unknown
-(one warning), and the configured acknowledgement stands. Credentials come fresh from botocore's
-chain for each connection, so temporary ones are renewed before they expire.
+(one warning), and the configured acknowledgement stands. Credentials come fresh from the
+session all AWS sinks share (credentials/shared.py) for each connection, so temporary
+ones are renewed before they expire; a connection signed with certificate credentials
+(``[aws] credentials = "iot"``) is replaced once they are due for renewal
+(``renew_at``), as the producer SDKs replace theirs before their token expires.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import ClientError
 
 from edge_agent.config.sink_kinds import AwsEndpoint
+from edge_agent.credentials.shared import shared_session
 from edge_agent.delivery.budget import Budget
 from edge_agent.errors import SinkPaused, SinkUnavailable
 from edge_agent.sinks.aws import sink_error
@@ -40,14 +44,14 @@ class KvsEndpoint:
         stop: threading.Event,
         link: LinkState,
     ) -> None:
-        import boto3
-
         self._aws = aws
         self._stream = stream
         self._budget = budget
         self._stop = stop
         self._link = link
-        self._session = boto3.session.Session(profile_name=aws.profile)
+        self._session = shared_session(aws.identity, aws.profile)
+        #: When (epoch seconds) the credentials last handed out are due for renewal.
+        self.renew_at: float | None = None
         self._data_endpoint: str | None = None
         self._retention: int | None = None  # hours; None: not asked yet, or unknown
         self._retention_asked = False
@@ -63,12 +67,14 @@ class KvsEndpoint:
         self._retention_asked = False
 
     def credentials(self) -> ReadOnlyCredentials:
-        """Fresh from botocore's chain for each connection (temporary ones are fetched
-        again before they expire)."""
-        credentials = self._session.get_credentials()
-        if credentials is None:
-            raise SinkPaused("NoCredentials", "no AWS credentials found")
-        return credentials.get_frozen_credentials()
+        """Fresh from the shared session for each connection (temporary ones are fetched
+        again before they expire); the agent's error if there are none."""
+        try:
+            credentials = self._session.credentials()
+        except Exception as err:
+            raise sink_error(err) from err
+        self.renew_at = self._session.renew_at()
+        return credentials
 
     def region(self) -> str:
         region = self._aws.region or self._session.region_name

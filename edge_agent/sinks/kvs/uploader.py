@@ -10,8 +10,11 @@
          the stream or its key is not usable (4008, 45xx)         pause, probe slowly
          anything else (4000, 5xxx, 4003)                          reconnect, resend
     -> a new connection when the tracks change (new SPS/PPS, audio that comes or goes),
-       before 40 minutes, when acknowledgements stop coming (``ack_timeout``), or after
-       any error.
+       before 40 minutes, when the credentials it was signed with are due for renewal,
+       when acknowledgements stop coming (``ack_timeout``), or after any error.
+
+Credentials are resolved once as the uploader starts, before any fragment: missing or
+refused ones pause the sink with the reason in status from the start.
 
 What was on the wire without its acknowledgement goes back to the spool and is sent
 again on the next connection: a crash or an outage re-sends at most ``max_in_flight``
@@ -120,6 +123,9 @@ class KvsUploader(ThreadWorker):
         self._sent = SendLog()
         self.stats = KvsStats()
         self.spool_corrupt = False
+        self._ready = False  # credentials were had once (at start)
+        #: When (epoch seconds) the open connection's credentials are due for renewal.
+        self._renew_at: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -133,6 +139,9 @@ class KvsUploader(ThreadWorker):
     def run(self) -> None:
         while not self._stop.is_set():
             try:
+                if not self._ready:
+                    self._endpoint.credentials()  # missing credentials show at start
+                    self._ready = True
                 self._connection_once()
                 self._backoff.reset()
                 continue
@@ -183,6 +192,9 @@ class KvsUploader(ThreadWorker):
         connection: PutMediaConnection | None = None
         try:
             credentials = self._endpoint.credentials()
+            renew_at = self._endpoint.renew_at
+            # Already due (a renewal failed, botocore signs with the old ones): no sooner.
+            self._renew_at = renew_at if renew_at is not None and renew_at > time.time() else None
             self._wanted_ack = self._acknowledgement(credentials)
             connection = PutMediaConnection(
                 self._endpoint.data_endpoint(credentials),
@@ -242,7 +254,9 @@ class KvsUploader(ThreadWorker):
         drained_at: int | None = None  # the spool generation at which nothing was left
         while not self._stop.is_set():
             now = time.monotonic()
-            if now - connection.opened_at > options.connection_max_age:
+            if now - connection.opened_at > options.connection_max_age or (
+                self._renew_at is not None and time.time() >= self._renew_at
+            ):
                 self._finish(connection)
                 return
             ack_timeout = self.ack_timeout.current

@@ -1,8 +1,7 @@
 """A camera: frames in, cut into fragments, appended to the spool. One thread each.
 
     RTSP H.264/H.265 camera -> the built-in RTSP client (rtsp_client.py) -> frames
-    anything else     -> av.open(url) -> packets -> H.264/H.265? pass through (as
-                                         length-prefixed NAL units)
+    anything else     -> av.open(url) -> packets -> H.264/H.265? pass through (NAL units)
                                          else decode, encode with libx264 (GOP = fragment)
     -> FrameClock.stream_ms -> Fragmenter -> FrameClock.absolute_ms
     (audio = true: the camera's AAC or G.711 beside it, camera_audio.py)
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+from edge_agent.clock_sync import UNCHECKED, ClockGate
 from edge_agent.config.cameras import CameraConfig
 from edge_agent.delivery.backoff import Backoff
 from edge_agent.errors import SpoolError, SpoolFull
@@ -89,6 +89,8 @@ class CameraStats(WorkerState):
 
 
 class Camera(ThreadWorker):
+    clock_gate: ClockGate = UNCHECKED  # the agent's: waits for the clock, marks fragments
+
     def __init__(
         self,
         settings: CameraConfig,
@@ -122,6 +124,7 @@ class Camera(ThreadWorker):
 
     def run(self) -> None:
         """Capture until stopped: open, read, and after any failure open again."""
+        self.clock_gate.hold(self.settings.name, self._stop, self._set_state)
         while not self._stop.is_set():
             try:
                 self._capture_once()
@@ -455,6 +458,7 @@ class Camera(ThreadWorker):
             track,
             self.audio.track if audio else None,  # no audio frames: no audio track (4011)
         ).to_json()
+        meta = self.clock_gate.mark(meta)  # before the system clock is synchronized
         if self._backdate_ms is not None:  # never a fragment that ends in the future
             ahead = self.clock.ahead_of_now_ms(fragment.frames[-1].time_ms)
             if ahead and self._stop.wait(ahead / 1000):
@@ -484,8 +488,7 @@ class Camera(ThreadWorker):
 
     def _last_stored_ms(self) -> int:
         """Where a restart carries on: the newest fragment this camera has spooled."""
-        newest = self.spool.newest_captured_at(self.settings.sink)
-        return newest or 0
+        return self.spool.newest_captured_at(self.settings.sink) or 0
 
     def _set_state(self, state: str, reason: str = "") -> None:
         self.stats.set(state, reason)

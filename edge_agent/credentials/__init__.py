@@ -1,0 +1,1 @@
+"""Where the AWS sinks' credentials come from: the shared session, the IoT certificate."""

@@ -1,0 +1,109 @@
+"""The one AWS session every sink's clients come from, and with it one credentials object.
+
+Every AWS sink of the process (Kinesis, Firehose, and the KVS sink's control plane and
+PutMedia connections) takes its clients and credentials from the ``SharedSession`` of
+its ``[aws]`` identity and profile: credentials are fetched once and renewed once
+(not once per sink), and a service model loaded for one sink serves the others.
+
+How the credentials get onto the session, the supported way: a botocore session finds
+credentials through its ``credential_provider`` component, a ``CredentialResolver``
+holding a list of ``CredentialProvider`` objects. For ``credentials = "iot"`` the
+session's resolver is replaced (``register_component``, public botocore API) with one
+holding only the device certificate's provider (iot.py), whose ``load()`` returns its one
+``RefreshableCredentials``; boto3's ``Session(botocore_session=...)`` wraps it. For
+``"default"`` the session keeps botocore's own chain (environment, profile, container
+credentials incl. Greengrass's token exchange service, instance role), so a sink's
+``profile`` gets a session of its own.
+
+botocore's default chain reads the environment (AWS_*) when it first resolves, so a
+session is kept per environment as well: in a running agent that is one session; tests
+that change the environment between agents run in one process get fresh ones.
+
+A boto3 session is not thread-safe while it makes clients (clients are): ``client``
+makes them one at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from botocore.credentials import CredentialResolver, ReadOnlyCredentials
+
+from edge_agent.config.aws import AwsIdentity
+from edge_agent.credentials.iot import CertificateProvider
+from edge_agent.errors import SinkPaused
+
+_Key = tuple[AwsIdentity, str | None, frozenset[tuple[str, str]]]
+_sessions: dict[_Key, SharedSession] = {}
+_sessions_lock = threading.Lock()
+
+
+class SharedSession:
+    """A boto3 session shared by the sinks of one identity and profile."""
+
+    def __init__(self, identity: AwsIdentity, profile: str | None) -> None:
+        import boto3
+        import botocore.session
+
+        self.identity = identity
+        self.profile = profile
+        core = botocore.session.Session()
+        self.provider: CertificateProvider | None = None
+        if identity.credentials == "iot":
+            self.provider = CertificateProvider(identity)
+            core.register_component("credential_provider", CredentialResolver([self.provider]))
+        self.session = boto3.session.Session(botocore_session=core, profile_name=profile)
+        self._lock = threading.Lock()
+
+    @property
+    def source(self) -> str:
+        """Where the credentials come from, for messages."""
+        identity = self.identity
+        if self.provider is not None:
+            return (
+                f"the IoT certificate {identity.cert} (thing {identity.thing_name!r}, "
+                f"role alias {identity.role_alias!r}, endpoint {self.provider.endpoint.where})"
+            )
+        if self.profile is not None:
+            return f"profile {self.profile!r}"
+        return "the default chain (environment, profile, container credentials, instance role)"
+
+    @property
+    def region_name(self) -> str | None:
+        region = self.session.region_name
+        return None if region is None else str(region)
+
+    def client(self, service: str, **kwargs: Any) -> Any:
+        """A boto3 client signed with the shared credentials (made one at a time)."""
+        with self._lock:
+            return self.session.client(service, **kwargs)
+
+    def credentials(self) -> ReadOnlyCredentials:
+        """The credentials to sign with now (fetched or renewed first if due). Raises
+        SinkPaused when the chain finds none, the agent's error when the certificate's
+        provider fails, and botocore's when another provider of the chain does."""
+        with self._lock:
+            credentials = self.session.get_credentials()
+        if credentials is None:
+            raise SinkPaused("NoCredentials", f"no AWS credentials from {self.source}")
+        return credentials.get_frozen_credentials()
+
+    def renew_at(self) -> float | None:
+        """When (epoch seconds) the current credentials are due for renewal, if known:
+        a connection signed once (PutMedia) is replaced by then."""
+        return None if self.provider is None else self.provider.renew_at
+
+
+def shared_session(identity: AwsIdentity, profile: str | None = None) -> SharedSession:
+    """The session of this identity and profile, made the first time it is asked for."""
+    environment = frozenset(
+        (name, value) for name, value in os.environ.items() if name.startswith("AWS_")
+    )
+    key = (identity, profile, environment if identity.credentials == "default" else frozenset())
+    with _sessions_lock:
+        session = _sessions.get(key)
+        if session is None:
+            session = _sessions[key] = SharedSession(identity, profile)
+        return session
