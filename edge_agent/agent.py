@@ -78,6 +78,9 @@ class Agent:
         # thread iterates the ones it got.
         self._uploaders: dict[str, Uploader] = {}
         self._failed_sinks: dict[str, str] = {}
+        #: Cameras a reload could not start, and why (shown in status; tried again at
+        #: the next reload).
+        self._failed_cameras: dict[str, str] = {}
         self._cameras: dict[str, Camera] = {}
         #: Each sink's and camera's own stop event (a reload stops one of them), and
         #: when it was started, by "sink NAME" and "camera NAME".
@@ -120,7 +123,9 @@ class Agent:
                 self._mqtt = self._make_mqtt(config, spool)
                 self._mqtt.start()
             for name, camera_config in config.cameras.items():
-                self._cameras[name] = self._start_camera(camera_config, spool)
+                self._cameras[name] = self._start_camera(
+                    camera_config, spool, config.agent.clock_wait
+                )
             for name, sink in config.sinks.items():
                 self._start_uploader(name, sink, spool)
             self._metrics = start_metrics(config.metrics, self.status_snapshot, config.spool.path)
@@ -164,9 +169,6 @@ class Agent:
     def _loop(self, spool: Spool) -> int:
         """Run until asked to stop (0) or until the spool turns out corrupt (1: systemd
         restarts the agent, and opening the spool quarantines the bad file)."""
-        tick = min(MAX_TICK_S, self.config.agent.status_interval)
-        if self._notifier.watchdog_interval:
-            tick = min(tick, self._notifier.watchdog_interval / 2)
         next_status = 0.0
         next_expire = time.monotonic() + EXPIRE_INTERVAL_S
         while not self._stop.is_set():
@@ -206,8 +208,16 @@ class Agent:
                 log.error("the spool is corrupt; restarting to check it and move it aside")
                 mark_suspect(spool.path)
                 return 1
-            self._stop.wait(tick)
+            self._stop.wait(self._tick())
         return 0
+
+    def _tick(self) -> float:
+        """The main loop's pause: within the status interval (a reload may change it)
+        and half the watchdog's."""
+        tick = min(MAX_TICK_S, self.config.agent.status_interval)
+        if self._notifier.watchdog_interval:
+            tick = min(tick, self._notifier.watchdog_interval / 2)
+        return tick
 
     def _start_uploader(self, name: str, sink: SinkConfig, spool: Spool) -> None:
         """Start forwarding ``sink`` (if its type sends); a sink that cannot start is
@@ -232,11 +242,11 @@ class Agent:
         source.clock_sync = self._clock
         return source
 
-    def _start_camera(self, config: CameraConfig, spool: Spool) -> Camera:
+    def _start_camera(self, config: CameraConfig, spool: Spool, clock_wait: float) -> Camera:
         stop = self._stops[f"camera {config.name}"] = threading.Event()
         self._started[f"camera {config.name}"] = time.time()
         camera = Camera(config, spool, stop)
-        camera.clock_gate = ClockGate(self._clock, self.config.agent.clock_wait)
+        camera.clock_gate = ClockGate(self._clock, clock_wait)
         camera.start()
         return camera
 
@@ -290,14 +300,18 @@ class Agent:
                 reasons,
             )
             return "refused", f"{reasons}: needs a restart"
-        self._apply(plan, new, spool)
+        problems = self._apply(plan, new, spool)
         self.config = new
         summary = plan.summary()
         log.info("reload: configuration re-read from %s: %s", file, summary)
+        if problems:
+            return "incomplete", f"{summary}; " + "; ".join(problems)
         return "applied", summary
 
-    def _apply(self, plan: ReloadPlan, new: Config, spool: Spool) -> None:
+    def _apply(self, plan: ReloadPlan, new: Config, spool: Spool) -> list[str]:
+        """Apply ``plan``; returns what could not be done (the rest is applied)."""
         logs.configure(new.agent.log_level, new.agent.log_format)
+        self._clock.set_enabled(new.agent.clock_check)
         if plan.uplink:
             self._budget.configure(new.uplink.max_rate, new.uplink.burst)
             log.info("reload: upload budget now %s", _rate_text(new.uplink.max_rate))
@@ -320,15 +334,31 @@ class Agent:
         )
         for name in (*sinks.changed, *sinks.added):
             self._start_uploader(name, new.sinks[name], spool)
+        self._between_steps()
         self._reload_mqtt(plan, new, spool)
+        self._between_steps()
         if plan.metrics:
             if self._metrics is not None:
                 self._metrics.stop()
             self._metrics = start_metrics(new.metrics, self.status_snapshot, new.spool.path)
-        started = {name: self._start_camera(new.cameras[name], spool) for name in cameras.changed}
-        started |= {name: self._start_camera(new.cameras[name], spool) for name in cameras.added}
-        if started:
-            self._cameras = {**self._cameras, **started}
+        # Cameras that could not start at an earlier reload are tried again.
+        retry = [name for name in self._failed_cameras if name in new.cameras]
+        self._failed_cameras = {}
+        for name in dict.fromkeys((*cameras.changed, *cameras.added, *retry)):
+            try:
+                camera = self._start_camera(new.cameras[name], spool, new.agent.clock_wait)
+            except EdgeAgentError as err:  # the spool could not be read: the others go on
+                log.error("reload: camera %s cannot start: %s", name, err)
+                self._failed_cameras[name] = str(err)
+            else:
+                self._cameras = {**self._cameras, name: camera}
+        return [f"camera {name} cannot start: {why}" for name, why in self._failed_cameras.items()]
+
+    def _between_steps(self) -> None:
+        """A reload stops parts and waits for them: the watchdog and the status file
+        must not go quiet meanwhile (status would call the agent not running)."""
+        self._notifier.watchdog()
+        self._write_status()
 
     def _stop_parts(self, parts: list[str], spool: Spool) -> None:
         """Stop these sinks' uploaders and cameras as at shutdown (in-flight requests
@@ -355,6 +385,7 @@ class Agent:
                 stopping.append((part, worker))
         deadline = time.monotonic() + STOP_TIMEOUT_S
         for part, worker in stopping:
+            self._between_steps()
             worker.join(max(0.0, deadline - time.monotonic()))
             if worker.running:
                 log.warning("reload: %s is still stopping; its successor starts anyway", part)
@@ -364,10 +395,7 @@ class Agent:
 
     def _reload_mqtt(self, plan: ReloadPlan, new: Config, spool: Spool) -> None:
         old = self._mqtt
-        if plan.mqtt_removed and old is not None:
-            old.stop(STOP_TIMEOUT_S)
-            self._mqtt = None
-        elif plan.mqtt == "subscriptions" and old is not None and new.mqtt is not None:
+        if plan.mqtt == "subscriptions" and old is not None and new.mqtt is not None:
             old.resubscribe(new.mqtt)
         elif (plan.mqtt_added or plan.mqtt == "restart") and new.mqtt is not None:
             source = self._make_mqtt(new, spool)
@@ -395,8 +423,9 @@ class Agent:
             "sinks": {},
             "cameras": {},
         }
-        if self._mqtt is not None:
-            status["sources"]["mqtt"] = self._mqtt.snapshot()
+        mqtt = self._mqtt  # a reload may replace it meanwhile
+        if mqtt is not None:
+            status["sources"]["mqtt"] = mqtt.snapshot()
         try:
             for name, uploader in self._uploaders.items():
                 sink = sink_with_upload(uploader.snapshot(), self._budget.share_snapshot(name))

@@ -108,6 +108,12 @@ class ClockSync:
             return self._set("unsynchronized" if timesyncd else "unknown")
         return self._set("synchronized" if answer else "unsynchronized")
 
+    def set_enabled(self, enabled: bool) -> None:
+        """Switch the check on or off (a reload): off trusts the clock from now on."""
+        self.enabled = enabled
+        if not enabled:
+            self._set("unknown")
+
     def mark(self, meta: str, count: int = 1) -> str:
         """``meta`` (a record's JSON object) marked while the clock is unsynchronized."""
         if self.state != "unsynchronized":

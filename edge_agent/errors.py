@@ -43,7 +43,7 @@ whether trying the same thing again later can succeed (``retryable``)::
     │   ├── SinkPaused                  no   -- access denied, stream missing, KMS key
     │   │   │                                   unusable: keep the data, probe slowly
     │   │   └── CredentialsRefused      no   -- the AWS IoT credentials endpoint refused the
-    │   │                                       device's certificate (HTTP 401/403/404, or
+    │   │                                       device's certificate (HTTP 400/401/403/404, or
     │   │                                       the TLS handshake): credentials/iot.py
     │   ├── RequestRejected             no   -- the service refused the request as invalid:
     │   │                                       find the bad record, dead-letter it

@@ -49,17 +49,19 @@ def check_online(config: Config, out: TextIO) -> int:
             continue
         key = (aws.identity, aws.profile)
         if key not in checked:
-            session = shared_session(aws.identity, aws.profile)
-            try:
+            source = f"profile {aws.profile}" if aws.profile else aws.identity.credentials
+            try:  # a profile that does not exist fails when the session is made
+                session = shared_session(aws.identity, aws.profile)
+                source = session.source
                 session.credentials()
             except Exception as err:
                 problem = _describe(err)
                 checked[key] = problem
                 problems += 1
-                print(f"credentials from {session.source}: {problem}", file=out)
+                print(f"credentials from {source}: {problem}", file=out)
             else:
                 checked[key] = None
-                print(f"credentials from {session.source}: ok", file=out)
+                print(f"credentials from {source}: ok", file=out)
         if checked[key] is not None:
             print(f"sink {name}: not checked (no credentials)", file=out)
             continue

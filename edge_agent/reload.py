@@ -5,9 +5,10 @@ of the agent must be restarted, which change in place, and which changes are ref
 
 - refused (the whole reload; the running configuration stays): the spool's path (the
   queues, their leases and sent marks live in that file), and the MQTT broker or client
-  id (the broker keeps a persistent session per client id, with every message it holds
-  for the agent: a new broker or id would leave that session behind). These need a
-  restart, which the operator asks for knowingly;
+  id, or the whole ``[mqtt]`` section taken out (the broker keeps a persistent session
+  per client id, with every message it holds for the agent: a new broker or id would
+  leave that session behind). These need a restart, which the operator asks for
+  knowingly;
 - in place: the upload budget and each sink's share of it, the spool's caps and reserve,
   the log level and format, the status interval, and MQTT subscriptions (subscribed and
   unsubscribed on the open connection);
@@ -67,9 +68,8 @@ class ReloadPlan:
     cameras: Changes = Changes()
     #: "none", "subscriptions" (changed on the open connection) or "restart".
     mqtt: str = "none"
-    #: The [mqtt] section appears or goes away.
+    #: The [mqtt] section appears (taking it out is refused).
     mqtt_added: bool = False
-    mqtt_removed: bool = False
     uplink: bool = False
     spool_caps: bool = False
     #: The metrics endpoint's address changed (it is started again there).
@@ -84,8 +84,6 @@ class ReloadPlan:
         parts += [f"sink {name} upload share" for name in self.shares]
         if self.mqtt_added:
             parts.append("mqtt started")
-        elif self.mqtt_removed:
-            parts.append("mqtt stopped")
         elif self.mqtt != "none":
             parts.append(
                 "mqtt subscriptions" if self.mqtt == "subscriptions" else "mqtt reconnected"
@@ -151,6 +149,11 @@ def plan_reload(running: Config, new: Config) -> ReloadPlan:
                 f"mqtt client_id changed ({old_mqtt.client_id!r} -> {new_mqtt.client_id!r}): "
                 "the broker keeps the session, and the messages queued in it, by client id"
             )
+    if old_mqtt is not None and new_mqtt is None:
+        refused.append(
+            "the [mqtt] section was removed: the broker holds the agent's session and the "
+            "messages queued in it (take the subscriptions out instead)"
+        )
     if refused:
         return ReloadPlan(refused=tuple(refused))
 
@@ -197,7 +200,6 @@ def plan_reload(running: Config, new: Config) -> ReloadPlan:
         cameras=_compare(running.cameras, new.cameras),
         mqtt=mqtt,
         mqtt_added=old_mqtt is None and new_mqtt is not None,
-        mqtt_removed=old_mqtt is not None and new_mqtt is None,
         uplink=running.uplink != new.uplink,
         spool_caps=caps_changed or set(running.sinks) != set(new.sinks),
         metrics=running.metrics != new.metrics,

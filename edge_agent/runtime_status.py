@@ -220,7 +220,8 @@ class ReloadSnapshot(TypedDict):
     """The last configuration reload (SIGHUP)."""
 
     at: float
-    #: "applied", "refused" (needs a restart) or "failed" (errors in the file).
+    #: "applied", "incomplete" (a part could not start; tried again at the next
+    #: reload), "refused" (needs a restart) or "failed" (errors in the file).
     outcome: str
     #: What changed, or why nothing did.
     message: str

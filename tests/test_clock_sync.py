@@ -78,6 +78,13 @@ def test_switched_off_it_asks_nothing(tmp_path: Path) -> None:
     assert sync.synchronized and asked.asked == 0
 
 
+def test_switched_off_by_a_reload_it_trusts_the_clock_from_then_on(tmp_path: Path) -> None:
+    sync = ClockSync(flag=tmp_path / "absent", timedated=Answers(False))
+    assert sync.state == "unsynchronized"
+    sync.set_enabled(False)
+    assert sync.synchronized and sync.mark("{}") == "{}"
+
+
 def fake_timedatectl(directory: Path, answer: str) -> Path:
     """A ``timedatectl`` on PATH answering NTPSynchronized from a file the test writes."""
     bin_dir = directory / "bin"

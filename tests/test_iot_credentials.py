@@ -15,7 +15,7 @@ import pytest
 from botocore.credentials import Credentials
 
 from edge_agent.config.loading import parse_config
-from edge_agent.credentials.iot import IotCredentialsEndpoint, refresh_leads
+from edge_agent.credentials.iot import CertificateProvider, IotCredentialsEndpoint, refresh_leads
 from edge_agent.credentials.shared import shared_session
 from edge_agent.errors import ConfigError, CredentialsRefused, SinkUnavailable
 from edge_agent.kvs_local.server import PutMediaServer
@@ -150,6 +150,22 @@ def test_refresh_leads_are_botocores_for_an_hour_and_proportional_below() -> Non
     assert refresh_leads(900) == (225, 150)
     advisory, mandatory = refresh_leads(4)
     assert advisory == pytest.approx(1.0) and mandatory == pytest.approx(4 / 6)
+
+
+def test_the_refresh_leads_follow_each_issues_lifetime(
+    certificates: dict[str, Path], provider: IotCredentialsServer
+) -> None:
+    """A role alias's duration cut while the agent runs: the leads shrink with it, so
+    botocore does not refresh at every signing."""
+    certificate = CertificateProvider(identity(iot_section(certificates, provider.url)))
+    credentials = certificate.load()
+    assert credentials._advisory_refresh_timeout == pytest.approx(refresh_leads(3600)[0], abs=1)
+    provider.lifetime = 900.0
+    credentials.get_frozen_credentials()  # not due yet: the first lifetime's leads hold
+    assert len(provider.issued) == 1
+    credentials._refresh_using()  # what botocore calls once it is due
+    assert credentials._advisory_refresh_timeout == pytest.approx(225, abs=1)
+    assert credentials._mandatory_refresh_timeout == pytest.approx(150, abs=1)
 
 
 def test_the_provider_is_asked_with_the_thing_name_and_the_device_certificate(

@@ -106,6 +106,18 @@ def test_what_would_break_a_guarantee_is_refused(changes: dict[str, Any], reason
     assert not plan.sinks, "a refused reload applies nothing"
 
 
+def test_taking_out_the_mqtt_section_is_refused() -> None:
+    document = json.loads(json.dumps(BASE))
+    del document["mqtt"]
+    plan = plan_reload(config_with(), parse_config(document))
+    assert len(plan.refused) == 1 and "[mqtt] section was removed" in plan.refused[0]
+
+
+def test_changed_credentials_restart_every_aws_sink() -> None:
+    plan = plan_reload(config_with(), config_with(aws={"credentials": "default", "timeout": "20s"}))
+    assert set(plan.sinks.changed) == {"a", "b"}
+
+
 # ---------------------------------------------------------------------- the running agent
 
 

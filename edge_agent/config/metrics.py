@@ -55,8 +55,7 @@ class MetricsConfig:
         default=None,
         doc='Address of the endpoint, "host:port" ("127.0.0.1:9464"; "0.0.0.0:9464" for '
         'every interface). "off": no endpoint. An address that cannot be bound (in use) '
-        "is logged at start and the agent runs without the endpoint. Changes take "
-        "effect after a restart.",
+        "is logged and the agent runs without the endpoint. A change applies on reload.",
     )
 
 

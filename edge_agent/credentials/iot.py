@@ -75,6 +75,10 @@ TLS_ALERTS = {
     "does not verify: signed by another CA of the same name?)",
     "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the endpoint wants a certificate and got none",
 }
+#: OpenSSL's verify codes for a certificate not yet valid / expired (X509_V_ERR_CERT_
+#: NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED): about the endpoint's certificate, so
+#: about this device's clock.
+CLOCK_CODES = frozenset({9, 10})
 #: TLS failures that are the transport ending, not the handshake refusing.
 _TRANSPORT_SSL_ERRORS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
 
@@ -159,6 +163,13 @@ class IotCredentialsEndpoint:
             return err
         where = f"the credentials endpoint {self.where}"
         if isinstance(err, ssl.SSLError) and not isinstance(err, _TRANSPORT_SSL_ERRORS):
+            if isinstance(err, ssl.SSLCertVerificationError) and err.verify_code in CLOCK_CODES:
+                # The endpoint's certificate "not yet valid" or "expired": this device's
+                # clock, most likely (no RTC, no NTP yet): retried, not a refusal.
+                return SinkUnavailable(
+                    "CertificateTime",
+                    f"TLS with {where}: {err.verify_message}: check this device's clock (NTP)",
+                )
             if isinstance(err, ssl.SSLCertVerificationError):
                 reason = f"the endpoint's certificate is not trusted ({err.verify_message})"
             else:
@@ -238,6 +249,7 @@ class CertificateProvider(CredentialProvider):  # type: ignore[misc]  # botocore
         self._lock = threading.Lock()
         self._credentials: RefreshableCredentials | None = None
         self._advisory_s = float(BOTOCORE_ADVISORY_S)
+        self._mandatory_s = float(BOTOCORE_MANDATORY_S)
         self._expiry: float | None = None  # of the latest credentials, epoch seconds
         _quiet_botocore_refresh_failures()
 
@@ -247,15 +259,12 @@ class CertificateProvider(CredentialProvider):  # type: ignore[misc]  # botocore
         with self._lock:
             if self._credentials is None:
                 first = self._refresh()
-                assert self._expiry is not None
-                advisory, mandatory = refresh_leads(self._expiry - time.time())
-                self._advisory_s = advisory
                 self._credentials = RefreshableCredentials.create_from_metadata(
                     first,
                     refresh_using=self._refresh,
                     method=self.METHOD,
-                    advisory_timeout=advisory,
-                    mandatory_timeout=mandatory,
+                    advisory_timeout=self._advisory_s,
+                    mandatory_timeout=self._mandatory_s,
                 )
             return self._credentials
 
@@ -269,6 +278,13 @@ class CertificateProvider(CredentialProvider):  # type: ignore[misc]  # botocore
     def _refresh(self) -> dict[str, Any]:
         issued = self.endpoint.fetch()
         self._expiry = issued.expiry.timestamp()
+        # The leads follow each issue's lifetime: a role alias's duration may be cut
+        # while the agent runs, and leads longer than the lifetime would refresh at
+        # every signing. botocore takes them only at construction (no public setter).
+        self._advisory_s, self._mandatory_s = refresh_leads(self._expiry - time.time())
+        if self._credentials is not None:
+            self._credentials._advisory_refresh_timeout = self._advisory_s
+            self._credentials._mandatory_refresh_timeout = self._mandatory_s
         return {
             "access_key": issued.access_key,
             "secret_key": issued.secret_key,

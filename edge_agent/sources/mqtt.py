@@ -135,8 +135,9 @@ class MqttSource:
         self._committer_failed = False
         #: Set when SQLite reports corruption mid-run: the agent restarts to quarantine it.
         self.spool_corrupt = False
-        #: Replaced as a whole by a reload.
+        #: Replaced as a whole by a reload (under the lock, with what it sends).
         self._subscriptions = Subscriptions(config.subscriptions)
+        self._subscribe_lock = threading.Lock()
         #: Whether the system clock is synchronized (records are marked until it is).
         self.clock_sync: ClockSync | None = None
         self.status = MqttStatus(since=clock())
@@ -219,6 +220,8 @@ class MqttSource:
         with self._flush_lock:
             if mid == self._flush_mid:
                 self._flushed.set()
+        with self._subscribe_lock:  # the UNSUBACK may come before unsubscribe returned
+            self._subscriptions.unsubscribed(mid)
 
     @property
     def healthy(self) -> bool:
@@ -250,29 +253,33 @@ class MqttSource:
         self.status.connects += 1
         self._set_state("connected")
         self._note_session(bool(flags.session_present))
-        subscriptions = self._subscriptions
-        self._unsubscribe(subscriptions, sorted(subscriptions.to_unsubscribe))
-        self._subscribe(list(subscriptions.current))
+        with self._subscribe_lock:  # not interleaved with a reload's changes
+            subscriptions = self._subscriptions
+            self._unsubscribe(sorted(subscriptions.to_unsubscribe))
+            self._subscribe(list(subscriptions.current))
 
     def _subscribe(self, subscriptions: list[Subscription]) -> None:
         if subscriptions:
             result, mid = self._client.subscribe([(sub.topic, sub.qos) for sub in subscriptions])
             if result == mqtt.MQTT_ERR_SUCCESS and mid is not None:
-                self._subscriptions.sent(mid, subscriptions)
+                self._subscriptions.subscribing(mid, subscriptions)
 
-    def _unsubscribe(self, subscriptions: Subscriptions, topics: list[str]) -> None:
-        if topics and self._client.unsubscribe(topics)[0] == mqtt.MQTT_ERR_SUCCESS:
-            subscriptions.to_unsubscribe -= set(topics)
+    def _unsubscribe(self, topics: list[str]) -> None:
+        if topics:
+            result, mid = self._client.unsubscribe(topics)
+            if result == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+                self._subscriptions.unsubscribing(mid, topics)
 
     def resubscribe(self, config: MqttConfig) -> None:
         """Take the subscriptions of ``config`` (a reload; its other options are the
         running ones): subscribe what is new or has a new QoS, unsubscribe what went
         (now, or at the next connect)."""
-        table, removed, changed = self._subscriptions.replaced(config.subscriptions)
-        self._config, self._subscriptions = config, table
-        if self._client.is_connected():
-            self._unsubscribe(table, removed)
-            self._subscribe(changed)
+        with self._subscribe_lock:
+            table, removed, changed = self._subscriptions.replaced(config.subscriptions)
+            self._config, self._subscriptions = config, table
+            if self._client.is_connected():
+                self._unsubscribe(removed)
+                self._subscribe(changed)
         log.info("mqtt: subscriptions now %s", ", ".join(s.topic for s in table.current) or "none")
 
     def carry_over(self, previous: MqttSource) -> None:
@@ -291,7 +298,9 @@ class MqttSource:
         reason_codes: list[Any],
         properties: Properties | None,
     ) -> None:
-        for sub, code in zip(self._subscriptions.answered(mid), reason_codes, strict=False):
+        with self._subscribe_lock:  # the SUBACK may come before subscribe returned
+            subscriptions = self._subscriptions.subscribed(mid)
+        for sub, code in zip(subscriptions, reason_codes, strict=False):
             if code.is_failure:
                 self._error(f"subscription to {sub.topic!r} refused: {code}")
             else:

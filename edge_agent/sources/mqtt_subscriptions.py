@@ -4,7 +4,10 @@ changes on the broker.
 A :class:`Subscriptions` is replaced as a whole by a reload (``replaced``), so the
 committer, which takes the current one once per batch, routes a batch by one set of
 subscriptions. Filters a reload removed are unsubscribed at once when connected, else
-at the next connect: the broker's persistent session would otherwise keep them.
+at the next connect: the broker's persistent session would otherwise keep them. A
+filter stays to be unsubscribed until the broker's UNSUBACK for it (paho drops packets
+not yet sent when the connection goes), and the SUBSCRIBE and UNSUBSCRIBE requests in
+flight are shared by a table and the one that replaces it.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ class Subscriptions:
         self.current = tuple(subscriptions)
         #: Routes by topic (read without a lock by the committer: a cache).
         self.routes: dict[str, Route] = {}
-        #: Filters to unsubscribe from at the next connect.
+        #: Filters to unsubscribe from (at the next connect, if not answered yet).
         self.to_unsubscribe: set[str] = set()
-        self._in_flight: dict[int, list[Subscription]] = {}
+        self._subscribing: dict[int, list[Subscription]] = {}
+        self._unsubscribing: dict[int, list[str]] = {}
         self._lock = threading.Lock()
 
     def route(self, topic: str) -> Route:
@@ -62,15 +66,28 @@ class Subscriptions:
             sub for topic, sub in new.items() if topic not in old or old[topic].qos != sub.qos
         ]
         table = Subscriptions(subscriptions)
-        table.to_unsubscribe = (self.to_unsubscribe | set(removed)) - set(new)
+        with self._lock:
+            table.to_unsubscribe = (self.to_unsubscribe | set(removed)) - set(new)
+        table._subscribing, table._unsubscribing = self._subscribing, self._unsubscribing
+        table._lock = self._lock
         return table, removed, changed
 
-    def sent(self, mid: int, subscriptions: list[Subscription]) -> None:
+    def subscribing(self, mid: int, subscriptions: list[Subscription]) -> None:
         """A SUBSCRIBE went out as message ``mid``."""
         with self._lock:
-            self._in_flight[mid] = subscriptions
+            self._subscribing[mid] = subscriptions
 
-    def answered(self, mid: int) -> list[Subscription]:
-        """What the SUBACK of ``mid`` answers, in order."""
+    def subscribed(self, mid: int) -> list[Subscription]:
+        """What the SUBACK of ``mid`` answers, in order (none: not one of ours)."""
         with self._lock:
-            return self._in_flight.pop(mid, list(self.current))
+            return self._subscribing.pop(mid, [])
+
+    def unsubscribing(self, mid: int, topics: list[str]) -> None:
+        """An UNSUBSCRIBE of ``topics`` went out as message ``mid``."""
+        with self._lock:
+            self._unsubscribing[mid] = topics
+
+    def unsubscribed(self, mid: int) -> None:
+        """The broker answered the UNSUBSCRIBE ``mid``: its filters are gone."""
+        with self._lock:
+            self.to_unsubscribe -= set(self._unsubscribing.pop(mid, ()))

@@ -271,16 +271,21 @@ def connect_read_only(path: Path) -> sqlite3.Connection:
     """A connection for status and inspection while the agent runs (no lock taken)."""
     if not path.exists():
         raise SpoolError(f"no spool at {path}")
+    conn: sqlite3.Connection | None = None
     try:
         conn = sqlite3.connect(
             f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
         )
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    except sqlite3.Error as err:
+        if version == 0:
+            raise SpoolError(f"{path} is not an initialised spool")
+    except (sqlite3.Error, SpoolError) as err:
+        if conn is not None:
+            conn.close()
+        if isinstance(err, SpoolError):
+            raise
         raise translate_sqlite_error(err, "open") from err
-    if version == 0:
-        raise SpoolError(f"{path} is not an initialised spool")
     return conn
 
 

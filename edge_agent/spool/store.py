@@ -121,8 +121,12 @@ class Spool:
     @classmethod
     def open_read_only(cls, path: str | os.PathLike[str]) -> Spool:
         """Open for status and inspection while the agent runs (no writes, no lock)."""
-        path = Path(path)
-        return cls(connect_read_only(path), path, clock_ms=_now_ms, read_only=True, lock_file=None)
+        path, conn = Path(path), connect_read_only(Path(path))
+        try:
+            return cls(conn, path, clock_ms=_now_ms, read_only=True, lock_file=None)
+        except (sqlite3.Error, OSError) as err:  # its queues table could not be read
+            conn.close()
+            raise SpoolError(f"cannot read the spool {path}: {err}") from err
 
     def close(self) -> None:
         with self._lock:

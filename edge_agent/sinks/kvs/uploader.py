@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 Tracks = tuple[VideoTrack, AudioTrack | None]
 
 END_OF_FRAGMENT_TAGS = end_of_fragment()
+#: A connection signed with credentials already due for renewal is replaced after this
+#: (botocore's mandatory refresh comes minutes before they expire).
+RENEW_AGAIN_S = 60.0
 #: At stop, how long to wait for the acknowledgements of what is on the wire.
 STOP_ACK_WAIT_S = 5.0
 #: Once every fragment of an ended session is acknowledged, how long to wait for the
@@ -193,8 +196,11 @@ class KvsUploader(ThreadWorker):
         try:
             credentials = self._endpoint.credentials()
             renew_at = self._endpoint.renew_at
-            # Already due (a renewal failed, botocore signs with the old ones): no sooner.
-            self._renew_at = renew_at if renew_at is not None and renew_at > time.time() else None
+            # Already due (a renewal failed or is under way elsewhere; botocore signs with
+            # the old ones meanwhile): replaced again soon, never past their expiry.
+            if renew_at is not None and renew_at <= time.time():
+                renew_at = time.time() + RENEW_AGAIN_S
+            self._renew_at = renew_at
             self._wanted_ack = self._acknowledgement(credentials)
             connection = PutMediaConnection(
                 self._endpoint.data_endpoint(credentials),
