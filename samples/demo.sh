@@ -8,7 +8,7 @@
 # consumer would (nothing missing), and the video the endpoint stored is an MKV file to
 # play. No AWS account needed. State goes to ./.edge-agent-local/ (delete it to start over).
 #
-#   bash samples/demo.sh            # about 45 seconds, then stops everything
+#   bash samples/demo.sh            # about 30 seconds, then stops everything
 #   MESSAGES=2000 RATE=200 bash samples/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
