@@ -44,7 +44,6 @@ import signal
 import socket
 import sqlite3
 import statistics
-import struct
 import subprocess
 import sys
 import threading
@@ -55,20 +54,26 @@ from pathlib import Path
 from typing import Any
 
 from common import (
+    DISCONNECT,
     REPO,
     ZERO_TIMES,
+    AckCounter,
     BenchError,
     LineReader,
     LoopbackServer,
     ProcTimes,
     add_work_arguments,
     command_output,
+    drop_session,
     fmt,
     make_payload,
     median,
+    mqtt_connect,
+    mqtt_string,
     peak_rss_bytes,
     per,
     proc_times,
+    publish_packet,
     read_status,
     run_or_fail,
     stop_process,
@@ -97,7 +102,6 @@ PUBLISH_WINDOW = 20_000
 PUBLISH_CHUNK = 32
 #: How often ``wait_until`` checks its condition.
 WAIT_INTERVAL_S = 0.05
-DISCONNECT = b"\xe0\x00"
 TARGET_RATIO = 0.9
 TARGET_RSS_MB = 60.0
 
@@ -113,110 +117,13 @@ def percentile(values: Sequence[float], pct: float) -> float:
     return values[rank - 1]
 
 
-# ---------------------------------------------------------------------- minimal MQTT 3.1.1
-
-
-def _remaining_length(length: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, length = length % 128, length // 128
-        out.append(byte | 0x80 if length else byte)
-        if not length:
-            return bytes(out)
-
-
-def _mqtt_string(text: str) -> bytes:
-    data = text.encode()
-    return struct.pack("!H", len(data)) + data
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise BenchError("broker closed the connection")
-        data += chunk
-    return data
-
-
-def mqtt_connect(port: int, client_id: str, *, clean: bool = True) -> socket.socket:
-    """Open an MQTT 3.1.1 connection (no paho: the publisher must not be the bottleneck)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    body = (
-        _mqtt_string("MQTT")
-        + bytes([4, 0x02 if clean else 0x00])
-        + struct.pack("!H", 60)
-        + _mqtt_string(client_id)
-    )
-    sock.sendall(b"\x10" + _remaining_length(len(body)) + body)
-    connack = _recv_exactly(sock, 4)
-    if connack[0] != 0x20 or connack[3] != 0:
-        sock.close()
-        raise BenchError(f"broker refused {client_id!r}: CONNACK {connack.hex()}")
-    return sock
-
-
-def drop_session(port: int, client_id: str) -> None:
-    """Delete a persistent session (a clean connect does), so the broker stops queueing."""
-    sock = mqtt_connect(port, client_id, clean=True)
-    with contextlib.closing(sock):
-        sock.sendall(DISCONNECT)
-
-
-class AckCounter(threading.Thread):
-    """Counts the broker's PUBACKs (the only packets a publisher gets: 4 bytes each)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__(name="puback-counter", daemon=True)
-        self._sock = sock
-        self._cond = threading.Condition()
-        self.acked = 0
-        self.closed = False
-        self.error: str | None = None
-
-    def run(self) -> None:
-        total = 0
-        try:
-            while True:
-                data = self._sock.recv(1 << 16)
-                if not data:
-                    break
-                first = (-total) % 4  # where the next packet starts in this chunk
-                heads = data[first::4]
-                if heads.count(0x40) != len(heads):
-                    self.error = "unexpected packet from the broker"
-                    break
-                total += len(data)
-                with self._cond:
-                    self.acked = total // 4
-                    self._cond.notify_all()
-        except OSError as err:
-            self.error = str(err)
-        finally:
-            with self._cond:
-                self.closed = True
-                self._cond.notify_all()
-
-    def wait_for(self, count: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self.acked < count and not self.closed:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-            return self.acked >= count
-
-
 def run_publisher(port: int, count: int, size: int, client_id: str, rate: float) -> int:
     """Child process: publish ``count`` QoS 1 messages, flat out or at ``rate`` msg/s."""
     sock = mqtt_connect(port, client_id)
     sock.settimeout(None)
     acks = AckCounter(sock)
     acks.start()
-    topics = [_mqtt_string(f"bench/sensor-{i}/temperature") for i in range(SENSORS)]
+    topics = [mqtt_string(f"bench/sensor-{i}/temperature") for i in range(SENSORS)]
     started = time.monotonic()
     seq = 0
     packets: list[bytes] = []
@@ -236,13 +143,7 @@ def run_publisher(port: int, count: int, size: int, client_id: str, rate: float)
         for number in range(seq, upto):
             payload = make_payload(number, size, time.time())
             topic = topics[number % SENSORS]
-            packets.append(
-                b"\x32"
-                + _remaining_length(len(topic) + 2 + len(payload))
-                + topic
-                + struct.pack("!H", number % 65535 + 1)
-                + payload
-            )
+            packets.append(publish_packet(topic, number % 65535 + 1, payload))
         sock.sendall(b"".join(packets))
         packets.clear()
         seq = upto
@@ -762,6 +663,7 @@ def run_instrumented_agent(config: str, commit_log: str) -> int:
     from edge_agent import cli
     from edge_agent.records import AppendResult, Record
     from edge_agent.sources.mqtt import MqttSource
+    from edge_agent.spool.analytics import AlsoWrite
     from edge_agent.spool.store import Spool
 
     appends: list[tuple[float, float, int]] = []
@@ -769,9 +671,11 @@ def run_instrumented_agent(config: str, commit_log: str) -> int:
     append = Spool.append
     commit = MqttSource._commit
 
-    def timed_append(self: Spool, records: Sequence[Record]) -> AppendResult:
+    def timed_append(
+        self: Spool, records: Sequence[Record], *, also: AlsoWrite | None = None
+    ) -> AppendResult:
         started = time.time()
-        result = append(self, records)
+        result = append(self, records, also=also)
         appends.append((started, time.time(), result.stored))
         return result
 

@@ -24,6 +24,7 @@ import signal
 import threading
 import time
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from edge_agent import __version__, logs, runtime_status
 from edge_agent.assembly import FORWARDING_TYPES, make_uploader, open_spool, queue_policies
@@ -50,6 +51,9 @@ from edge_agent.sources.mqtt import MqttSource
 from edge_agent.spool.recovery import mark_suspect
 from edge_agent.spool.storage import Storage
 from edge_agent.spool.store import Spool
+
+if TYPE_CHECKING:
+    from edge_agent.analytics.engine import AnalyticsWorker
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +91,7 @@ class Agent:
         self._stops: dict[str, threading.Event] = {}
         self._started: dict[str, float] = {}
         self._last_reload: ReloadSnapshot | None = None
+        self._analytics: AnalyticsWorker | None = None
         self._clock = ClockSync(enabled=config.agent.clock_check)
         self._budget = UploadBudget(config.uplink.max_rate, config.uplink.burst)
         self._storage: StorageSnapshot | None = None
@@ -128,6 +133,7 @@ class Agent:
                 )
             for name, sink in config.sinks.items():
                 self._start_uploader(name, sink, spool)
+            self._start_analytics(config, spool)
             self._metrics = start_metrics(config.metrics, self.status_snapshot, config.spool.path)
             # Start-up made most objects the agent will ever hold (modules, the AWS
             # service models, clients): leave them out of every later garbage
@@ -250,10 +256,24 @@ class Agent:
         camera.start()
         return camera
 
+    def _start_analytics(self, config: Config, spool: Spool) -> None:
+        """One thread for every analytics query (none without queries)."""
+        if not config.analytics:
+            self._analytics = None
+            return
+        from edge_agent.analytics.engine import AnalyticsWorker
+
+        stop = self._stops["analytics"] = threading.Event()
+        self._started["analytics"] = time.time()
+        self._analytics = AnalyticsWorker(config.analytics, spool, stop)
+        self._analytics.start()
+
     def _workers(self) -> list[tuple[str, bool]]:
         workers = []
         if self._mqtt is not None:
             workers.append(("mqtt", self._mqtt.healthy))
+        if self._analytics is not None:
+            workers.append(("analytics", self._analytics.healthy))
         for name, uploader in self._uploaders.items():
             workers.append((f"sink {name}", uploader.healthy))
         for name, camera in self._cameras.items():
@@ -332,6 +352,12 @@ class Agent:
             + [f"camera {name}" for name in (*cameras.removed, *cameras.changed)],
             spool,
         )
+        if plan.analytics:  # its windows' state is in the spool: it goes on where it was
+            old = self._analytics
+            if old is not None:
+                self._stops.pop("analytics").set()
+                old.join(STOP_TIMEOUT_S)
+            self._start_analytics(new, spool)
         for name in (*sinks.changed, *sinks.added):
             self._start_uploader(name, new.sinks[name], spool)
         self._between_steps()
@@ -438,6 +464,9 @@ class Agent:
         status["cameras"] = {name: camera.snapshot() for name, camera in self._cameras.items()}
         for name, camera in status["cameras"].items():
             camera["started_at"] = self._started.get(f"camera {name}", self._started_at)
+        analytics = self._analytics
+        if analytics is not None:
+            status["analytics"] = analytics.snapshot()
         if self._last_reload is not None:
             status["reload"] = self._last_reload
         clock = self._clock

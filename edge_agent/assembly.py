@@ -37,8 +37,9 @@ AGGREGATING_WINDOW_EXTRA_BYTES = 1024 * 1024
 
 
 def queue_policies(config: Config) -> dict[str, QueuePolicy]:
-    """Each sink's queue caps, from its section."""
-    return {
+    """Each sink's queue caps, from its section; each analytics query's raw rows, its
+    ``max_bytes`` (the oldest evicted first, counted)."""
+    policies = {
         name: QueuePolicy(
             max_bytes=sink.max_bytes,
             max_age_s=sink.max_age,
@@ -47,6 +48,9 @@ def queue_policies(config: Config) -> dict[str, QueuePolicy]:
         )
         for name, sink in config.sinks.items()
     }
+    for query in config.analytics.values():
+        policies[query.queue] = QueuePolicy(max_bytes=query.max_bytes, overflow="drop_oldest")
+    return policies
 
 
 def open_spool(config: Config) -> Spool:

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from edge_agent import __version__, logs
+from edge_agent.analytics.command import add_parser as analytics_parser
 from edge_agent.config.agent import LogFormat
 from edge_agent.config.loading import DEFAULT_CONFIG_PATH, Config, load_config
 from edge_agent.config.paths import check_paths
@@ -133,6 +134,8 @@ def _parser() -> argparse.ArgumentParser:
         "--no-retention", action="store_true", help="a stream without retention: no PERSISTED"
     )
 
+    analytics_parser(commands, common)
+
     spool = commands.add_parser(
         "spool",
         help="inspect and manage the spool",
@@ -201,7 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         if args.command == "check-config":
-            if unusable := check_paths(config):  # where it writes, as this user
+            from edge_agent.analytics.checks import check_queries
+
+            # Where it writes (as this user), and every analytics query prepared.
+            if unusable := check_paths(config) + check_queries(config):
                 print(f"edge-agent: configuration error:\n{ConfigError(unusable)}", file=sys.stderr)
                 return EXIT_USAGE
             print(f"{args.config}: ok")
@@ -214,6 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(config, args.log_level)
         if args.command == "status":
             return _status(config, as_json=args.json)
+        if args.command == "analytics":
+            from edge_agent.analytics.command import run_command
+
+            return run_command(config, args)
         return _spool_command(config, args)
     except EdgeAgentError as err:
         print(f"edge-agent: {err}", file=sys.stderr)

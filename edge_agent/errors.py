@@ -53,6 +53,12 @@ whether trying the same thing again later can succeed (``retryable``)::
     ├── MetricsUnavailable              yes  -- the metrics endpoint cannot listen on its
     │                                           address (in use, not this host's): the
     │                                           agent runs without it (metrics/endpoint.py)
+    ├── QueryFailed                     per cause -- an analytics query was refused (it may
+    │   │                                       only SELECT from ``input``) or SQLite failed
+    │   │                                       it; yes only when the spool was busy or
+    │   │                                       unreadable for now (analytics/query.py)
+    │   └── QueryOverBudget             no   -- the query ran past its work budget of
+    │                                           SQLite steps and was stopped
     ├── BacklogHeld                     yes  -- a schedule window holds a live-first video
     │                                           sink's backlog; it goes when the window ends
     │                                           (delivery/budget.py)
@@ -248,6 +254,18 @@ class MetricsUnavailable(EdgeAgentError):
     monitoring is not worth stopping intake for."""
 
     retryable = True
+
+
+class QueryFailed(EdgeAgentError):
+    """An analytics query could not give its window's rows: its SQL was refused (the
+    reason in words), or SQLite failed it (SQLite's message). ``retryable`` only when
+    the spool was busy or could not be read for now: the same SQL over the same rows
+    fails the same way."""
+
+
+class QueryOverBudget(QueryFailed):
+    """The query ran past its work budget of SQLite steps and was stopped: a runaway
+    costs a bounded amount of CPU, and intake never waited for it."""
 
 
 class EndpointRefusal(EdgeAgentError):

@@ -74,6 +74,9 @@ class ReloadPlan:
     spool_caps: bool = False
     #: The metrics endpoint's address changed (it is started again there).
     metrics: bool = False
+    #: An analytics query was added, removed or changed: their thread starts again (the
+    #: windows' state is in the spool).
+    analytics: bool = False
     #: Settings read only at start (noted, applied by the next start).
     at_next_start: tuple[str, ...] = ()
     other: tuple[str, ...] = field(default_factory=tuple)
@@ -94,6 +97,8 @@ class ReloadPlan:
             parts.append("spool caps")
         if self.metrics:
             parts.append("metrics endpoint")
+        if self.analytics:
+            parts.append("analytics")
         parts += list(self.other)
         parts += [f"{name} (at the next start)" for name in self.at_next_start]
         return ", ".join(parts) or "no changes"
@@ -203,6 +208,7 @@ def plan_reload(running: Config, new: Config) -> ReloadPlan:
         uplink=running.uplink != new.uplink,
         spool_caps=caps_changed or set(running.sinks) != set(new.sinks),
         metrics=running.metrics != new.metrics,
+        analytics=running.analytics != new.analytics,
         at_next_start=tuple(at_next_start),
         other=tuple(other),
     )

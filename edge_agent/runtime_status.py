@@ -227,6 +227,24 @@ class ReloadSnapshot(TypedDict):
     message: str
 
 
+class AnalyticsSnapshot(TypedDict):
+    """One analytics query (analytics/engine.py)."""
+
+    window: str
+    emitted: int  # windows emitted (revisions included)
+    rows_out: int  # result rows, each a record per sink
+    late: int  # readings that came for a window already closed
+    revisions: int
+    last_emit_ms: int | None
+    run_seconds: float  # the last run of the query
+    max_run_seconds: float
+    failures: int
+    skipped: int  # windows given up after failing again and again (no rows)
+    untimed: int  # readings without an event time: in no window
+    last_error: str
+    last_error_at: float | None
+
+
 class ClockSnapshot(TypedDict):
     """Whether the system clock is synchronized (clock_sync.py)."""
 
@@ -251,6 +269,7 @@ class RuntimeStatus(TypedDict):
     storage: NotRequired[StorageSnapshot]
     reload: NotRequired[ReloadSnapshot]
     clock: NotRequired[ClockSnapshot]
+    analytics: NotRequired[dict[str, AnalyticsSnapshot]]
 
 
 def status_path(spool_path: Path, status_dir: Path | None = None) -> Path:

@@ -402,12 +402,37 @@ def _render_workers(agent: AgentState, queues: dict[str, QueueView]) -> list[str
             lines.append(f"  last error: {source['last_error']}")
     for name, camera in agent.get("cameras", {}).items():
         lines += render_camera(name, camera)
+    for name, query in agent.get("analytics", {}).items():
+        lines += render_query(name, query)
     budget = agent.get("uplink", {}).get("max_rate")
     for name, sink in agent.get("sinks", {}).items():
         lines += render_sink(name, sink)
         if sink["state"] != "failed":
             uploader = cast(runtime_status.UploaderSnapshot, sink)
             lines.append(render_link(uploader, queues.get(name), budget))
+    return lines
+
+
+def render_query(name: str, query: runtime_status.AnalyticsSnapshot) -> list[str]:
+    """One analytics query: what it emitted, late readings, how long it runs."""
+    last = query["last_emit_ms"]
+    emitted = f", last at {_clock_time(last / 1000)}" if last is not None else ""
+    lines = [
+        f"analytics {name} ({query['window']}): {plural(query['emitted'], 'window')} emitted"
+        f"{emitted}, {plural(query['rows_out'], 'row')} out, "
+        f"{plural(query['late'], 'late reading')} ({plural(query['revisions'], 'revision')}); "
+        f"query ran {query['run_seconds']:.3f}s "
+        f"(at most {query['max_run_seconds']:.3f}s)"
+    ]
+    gone = {"windows skipped": query.get("skipped", 0), "untimed": query.get("untimed", 0)}
+    if any(gone.values()):
+        lines.append("  " + ", ".join(f"{what} {count}" for what, count in gone.items()))
+    if query["last_error"]:
+        at = query["last_error_at"]
+        lines.append(
+            f"  FAILING ({plural(query['failures'], 'time')})"
+            f"{f' last at {_clock_time(at)}' if at else ''}: {query['last_error']}"
+        )
     return lines
 
 

@@ -5,8 +5,10 @@
 # camera; edge-agent spooling both durably and forwarding them within an upload budget;
 # then the uplink goes down while readings and video keep coming (the backlog grows in
 # `edge-agent status`), comes back, and the backlog drains; the stream is read back as a
-# consumer would (nothing missing), and the video the endpoint stored is an MKV file to
-# play. No AWS account needed. State goes to ./.edge-agent-local/ (delete it to start over).
+# consumer would (nothing missing), with the result rows of an edge analytics query
+# (per-sensor statistics every 10 seconds) beside the raw readings, and the video the
+# endpoint stored is an MKV file to play. No AWS account needed. State goes to
+# ./.edge-agent-local/ (delete it to start over).
 #
 #   bash samples/demo.sh            # about 30 seconds, then stops everything
 #   MESSAGES=2000 RATE=200 bash samples/demo.sh
@@ -124,10 +126,14 @@ echo "== the uplink comes BACK: the backlog drains within the upload budget ([up
 kill -USR2 "${links[@]}"
 wait_for "the readings" "queues.get('telemetry', {}).get('pending_count', 1) == 0"
 wait_for "the video backlog" "queues.get('video', {}).get('pending_count', 9) <= 1"
+# The query's windows end every 10 s: wait until two were emitted and their rows sent.
+wait_for "the analytics results" "s['agent'].get('analytics', {}).get('sensor_stats', \
+{}).get('emitted', 0) >= 2 and queues.get('telemetry', {}).get('pending_count', 1) == 0"
 echo "== edge-agent status after the outage"
 .venv/bin/edge-agent status -c configs/local.toml
 
-echo "== reading the stream back (samples/kinesis_stream.py read): nothing may be missing"
+echo "== reading the stream back (samples/kinesis_stream.py read): nothing may be missing;"
+echo "   the result rows of [analytics.sensor_stats] travel in the same stream"
 .venv/bin/python samples/kinesis_stream.py --endpoint "http://127.0.0.1:$KINESIS_PORT" read edge-telemetry
 
 echo "== stopping the agent (SIGTERM: commit, ack, exit)"

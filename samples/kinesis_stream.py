@@ -6,7 +6,10 @@
 ``read`` walks every shard from the start (GetShardIterator TRIM_HORIZON, GetRecords),
 opens KPL aggregates if aws-kinesis-agg is installed, prints the first records and a
 summary of the sample publisher's sequence numbers: how many arrived, which are missing,
-how many came twice. Works against AWS too (leave out --endpoint).
+how many came twice. Result rows of edge analytics queries share the stream: they carry
+``query`` and ``window_id`` instead of ``seq``, are counted apart (windows, rows, rows
+seen twice under the same window_id and revision, which a consumer would drop) and a
+few are printed. Works against AWS too (leave out --endpoint).
 """
 
 from __future__ import annotations
@@ -36,11 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     read = commands.add_parser("read", help="read every record of a stream")
     read.add_argument("stream")
     read.add_argument("--show", type=int, default=5, help="records to print")
+    read.add_argument("--show-results", type=int, default=6, help="analytics result rows to print")
     args = parser.parse_args(argv)
     client = boto3.client("kinesis", endpoint_url=args.endpoint, region_name=args.region)
     if args.command == "create":
         return create_stream(client, args.stream, args.shards)
-    return read_stream(client, args.stream, args.show)
+    return read_stream(client, args.stream, args.show, args.show_results)
 
 
 def create_stream(client: Any, stream: str, shards: int) -> int:
@@ -81,8 +85,40 @@ def user_records(item: dict[str, Any]) -> list[tuple[str, bytes]]:
     ]
 
 
-def read_stream(client: Any, stream: str, show: int) -> int:
+def analytics_row(data: bytes) -> dict[str, Any] | None:
+    """The record as an analytics result row (a JSON object with ``query`` and
+    ``window_id``), or None: a raw reading or anything else."""
+    try:
+        document = json.loads(data)
+    except ValueError:
+        return None
+    if isinstance(document, dict) and "query" in document and "window_id" in document:
+        return document
+    return None
+
+
+def report_results(rows: list[dict[str, Any]], show: int) -> None:
+    """How many result rows, of how many windows, and the first ``show`` in window order."""
+    if not rows:
+        print("analytics: no result rows")
+        return
+    # A row is the same row again when its window, revision and columns are the same:
+    # what a consumer de-duplicating by window_id would drop.
+    keys = Counter(json.dumps(row, sort_keys=True) for row in rows)
+    windows = {(row["query"], row["window_id"]) for row in rows}
+    queries = sorted({str(row["query"]) for row in rows})
+    print(
+        f"analytics ({', '.join(queries)}): {len(rows)} result rows of {len(windows)} "
+        f"windows, {sum(c - 1 for c in keys.values())} duplicates"
+    )
+    ordered = sorted(rows, key=lambda row: (row.get("window_start", 0), json.dumps(row)))
+    for row in ordered[:show]:
+        print(f"  {json.dumps(row, separators=(',', ':'))}")
+
+
+def read_stream(client: Any, stream: str, show: int, show_results: int = 6) -> int:
     seqs: list[int] = []
+    results: list[dict[str, Any]] = []
     stored = 0
     shown = 0
     for shard in client.list_shards(StreamName=stream)["Shards"]:
@@ -99,6 +135,10 @@ def read_stream(client: Any, stream: str, show: int) -> int:
                     if shown < show:
                         print(f"  {shard['ShardId']} key={key} {data.decode(errors='replace')}")
                         shown += 1
+                    row = analytics_row(data)
+                    if row is not None:
+                        results.append(row)
+                        continue
                     with contextlib.suppress(ValueError, KeyError, TypeError):
                         seqs.append(int(json.loads(data)["seq"]))
             iterator = page.get("NextShardIterator")
@@ -112,6 +152,7 @@ def read_stream(client: Any, stream: str, show: int) -> int:
         f"(seq {min(counts, default=0)}..{max(counts, default=-1)}), "
         f"{len(missing)} missing, {sum(c - 1 for c in counts.values())} duplicates"
     )
+    report_results(results, show_results)
     return 0 if not missing else 1
 
 

@@ -38,6 +38,7 @@ ALLOWED = {
     "delivery": {"spool", "config", "sinks.base", "worker", "runtime_status"},
     "sinks": {"spool", "media", "config", "credentials", "delivery", "worker", "runtime_status"},
     "credentials": {"config"},
+    "analytics": {"config", "spool", "runtime_status", "worker"},
     # The endpoint reads the agent's status and the spool's counters, nothing running.
     "metrics": {"config", "spool", "runtime_status"},
     "kvs_local": {"media"},

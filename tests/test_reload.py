@@ -113,6 +113,25 @@ def test_taking_out_the_mqtt_section_is_refused() -> None:
     assert len(plan.refused) == 1 and "[mqtt] section was removed" in plan.refused[0]
 
 
+def test_a_changed_analytics_query_restarts_the_analytics_only() -> None:
+    stats = {
+        "stats": {
+            "topics": ["sensors/#"],
+            "window": "tumbling",
+            "size": "1m",
+            "sql": "SELECT count(*) AS n FROM input",
+            "sinks": ["a"],
+        }
+    }
+    before, after = (
+        config_with(analytics=stats),
+        config_with(analytics={"stats": {**stats["stats"], "size": "2m"}}),
+    )
+    plan = plan_reload(before, after)
+    assert plan.analytics and not plan.sinks and plan.mqtt == "none"
+    assert plan.summary() == "analytics"
+
+
 def test_changed_credentials_restart_every_aws_sink() -> None:
     plan = plan_reload(config_with(), config_with(aws={"credentials": "default", "timeout": "20s"}))
     assert set(plan.sinks.changed) == {"a", "b"}

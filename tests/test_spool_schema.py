@@ -48,7 +48,7 @@ def indexes(conn: sqlite3.Connection) -> set[str]:
 
 def test_a_new_spool_has_no_lease_index() -> None:
     conn = sqlite3.connect(":memory:", isolation_level=None)
-    assert migrate(conn) == SCHEMA_VERSION == 3
+    assert migrate(conn) == SCHEMA_VERSION == 4
     assert "records_leased" not in indexes(conn)  # the column stays, never read or written
     assert "records_by_queue" in indexes(conn)
     assert count_legacy_leases(conn) == 0
@@ -82,6 +82,7 @@ def test_a_version_1_spool_is_migrated_at_open_and_keeps_its_records(tmp_path: P
             (1, "0001_core_tables"),
             (2, "0002_leases_in_memory"),
             (3, "0003_sent_marks"),
+            (4, "0004_analytics"),
         ]
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:

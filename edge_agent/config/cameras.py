@@ -10,6 +10,7 @@ from edge_agent.config.budget import RATE
 from edge_agent.config.options import (
     BOOLEAN,
     DURATION,
+    MILLISECONDS,
     STRING,
     Kind,
     Table,
@@ -20,8 +21,7 @@ from edge_agent.config.options import (
     read_section,
     section,
 )
-from edge_agent.config.sinks import NAME, SinkConfig
-from edge_agent.config.units import format_duration
+from edge_agent.config.sinks import SinkConfig, named_tables
 
 CameraSource = Literal["rtsp", "v4l2", "file", "lavfi"]
 RtspClient = Literal["auto", "builtin", "pyav"]
@@ -42,10 +42,6 @@ PRESETS: tuple[Preset, ...] = (
 #: Fragments are held whole in one spool record: a sink fed by a camera must take them.
 MIN_VIDEO_RECORD_BYTES = 4 * 1024 * 1024
 
-#: A duration, kept in milliseconds.
-MILLISECONDS: Kind[int] = DURATION.map(
-    "duration", lambda seconds: round(seconds * 1000), lambda ms: f'"{format_duration(ms / 1000)}"'
-)
 #: A rate, kept in bits per second.
 BITRATE: Kind[int | None] = RATE.map(
     'rate or "off"',
@@ -158,14 +154,8 @@ class CameraConfig:
 
 
 def read_cameras(table: Table | None, sinks: Mapping[str, SinkConfig]) -> dict[str, CameraConfig]:
-    if table is None:
-        return {}
     cameras: dict[str, CameraConfig] = {}
-    for name in table.names():
-        sub = table.subtable(name)
-        assert sub is not None
-        if not NAME.match(name):
-            sub.problem("", "camera names use letters, digits, '_', '.', '-' (at most 64)")
+    for name, sub in named_tables(table, "camera"):
         cameras[name] = _read_camera(name, sub, sinks, cameras)
         sub.finish()
     return cameras

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge_agent.config.agent import AgentConfig, SpoolConfig, read_agent, read_spool
+from edge_agent.config.analytics import AnalyticsConfig, analytics_subscriptions, read_analytics
 from edge_agent.config.aws import AwsIdentity, read_identity, with_identity
 from edge_agent.config.budget import BudgetConfig, read_uplink
 from edge_agent.config.cameras import CameraConfig, read_cameras
@@ -41,6 +42,7 @@ class Config:
     cameras: Mapping[str, CameraConfig] = field(default_factory=dict)
     aws: AwsIdentity = field(default_factory=AwsIdentity)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    analytics: Mapping[str, AnalyticsConfig] = field(default_factory=dict)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -67,8 +69,14 @@ def parse_config(document: Mapping[str, Any], file: str = "<config>") -> Config:
     aws = read_identity(root.subtable("aws"), agent)
     sinks = with_identity(read_sinks(root.subtable("sinks")), aws, file, problems)
     uplink = read_uplink(root.subtable("uplink"))
+    analytics_table = root.subtable("analytics")
+    analytics = read_analytics(analytics_table, sinks, agent)
     mqtt_table = root.subtable("mqtt")
-    mqtt = read_mqtt(mqtt_table, agent, sinks) if mqtt_table else None
+    mqtt = None
+    if mqtt_table is not None:
+        mqtt = read_mqtt(mqtt_table, agent, sinks, analytics_subscriptions(analytics))
+    elif analytics_table is not None:
+        analytics_table.problem("", "analytics reads MQTT: an [mqtt] section is needed")
     cameras = read_cameras(root.subtable("cameras"), sinks)
     metrics = read_metrics(root.subtable("metrics"))
     root.finish()
@@ -84,4 +92,5 @@ def parse_config(document: Mapping[str, Any], file: str = "<config>") -> Config:
         cameras=cameras,
         metrics=metrics,
         aws=aws,
+        analytics=analytics,
     )

@@ -58,7 +58,8 @@ def _topic_filter_problem(topic: str) -> str | None:
     return None
 
 
-def _topic_filter(topic: str) -> str | None:
+def topic_filter_check(topic: str) -> str | None:
+    """Why ``topic`` is not a valid MQTT topic filter, in words; None if it is."""
     reason = _topic_filter_problem(topic)
     return None if reason is None else f"invalid topic filter {topic!r}: {reason}"
 
@@ -80,7 +81,7 @@ class Subscription:
     after they are committed to the spool."""
 
     topic: str = option(
-        kind=STRING, check=Check("an MQTT topic filter", _topic_filter), doc="Topic filter."
+        kind=STRING, check=Check("an MQTT topic filter", topic_filter_check), doc="Topic filter."
     )
     qos: int = option(
         kind=integer(0, 1),
@@ -149,7 +150,13 @@ class MqttConfig:
     subscriptions: tuple[Subscription, ...] = ()
 
 
-def read_mqtt(table: Table, agent: AgentConfig, sinks: Mapping[str, SinkConfig]) -> MqttConfig:
+def read_mqtt(
+    table: Table,
+    agent: AgentConfig,
+    sinks: Mapping[str, SinkConfig],
+    analytics: tuple[Subscription, ...] = (),
+) -> MqttConfig:
+    """``analytics``: what the analytics queries subscribe to, after the subscriptions."""
     tls_table = table.subtable("tls")
     tls = None
     if tls_table is not None:
@@ -161,6 +168,9 @@ def read_mqtt(table: Table, agent: AgentConfig, sinks: Mapping[str, SinkConfig])
     subscriptions = tuple(
         read_subscription(sub, agent, sinks) for sub in table.table_list("subscriptions")
     )
+    if not subscriptions and not analytics:
+        table.problem("subscriptions", "at least one [[mqtt.subscriptions]] is needed")
+    subscriptions += analytics
     mqtt = read_section(
         MqttConfig,
         table,
@@ -178,8 +188,6 @@ def read_mqtt(table: Table, agent: AgentConfig, sinks: Mapping[str, SinkConfig])
         )
     if mqtt.reconnect_min <= 0 or mqtt.reconnect_max < mqtt.reconnect_min:
         table.problem("reconnect_max", "needs 0 < reconnect_min <= reconnect_max")
-    if not subscriptions:
-        table.problem("subscriptions", "at least one [[mqtt.subscriptions]] is needed")
     table.finish()
     return mqtt
 

@@ -139,6 +139,10 @@ DURATION: Kind[float] = Kind(
     "duration", parse_duration, 0.0, lambda value: _quoted(format_duration(value))
 )
 RATE: Kind[float] = Kind("rate", parse_rate, 0.0, lambda value: _quoted(f"{value:g}B/s"))
+#: A duration, kept in milliseconds.
+MILLISECONDS: Kind[int] = DURATION.map(
+    "duration", lambda seconds: round(seconds * 1000), lambda ms: f'"{format_duration(ms / 1000)}"'
+)
 
 
 def integer(low: int, high: int) -> Kind[int]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_agent.config.agent import AgentConfig, SpoolConfig
+from edge_agent.config.analytics import AnalyticsConfig
 from edge_agent.config.aws import AwsIdentity
 from edge_agent.config.budget import BudgetConfig, ScheduleWindow, ShareConfig
 from edge_agent.config.cameras import CameraConfig
@@ -63,6 +64,7 @@ def layout() -> list[Part]:
         Part("[mqtt]", MqttConfig),
         Part("[mqtt.tls]", TlsConfig),
         Part("[[mqtt.subscriptions]]", Subscription),
+        Part("[analytics.NAME]", AnalyticsConfig),
         Part("[metrics]", MetricsConfig),
     ]
     return parts

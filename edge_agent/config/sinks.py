@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import re
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any, TypeVar, get_args
 
@@ -131,15 +132,22 @@ def _keys_of_every_kind() -> set[str]:
     return {declared_option.key for cls in sections for _, declared_option in declared(cls)}
 
 
-def read_sinks(table: Table | None) -> dict[str, SinkConfig]:
+def named_tables(table: Table | None, what: str) -> Iterator[tuple[str, Table]]:
+    """The tables of a section of named parts ([sinks.NAME], [cameras.NAME], ...), each
+    name checked; ``what``: "sink", "camera", ... for the problem."""
     if table is None:
-        return {}
-    sinks: dict[str, SinkConfig] = {}
+        return
     for name in table.names():
         sub = table.subtable(name)
         assert sub is not None
         if not NAME.match(name):
-            sub.problem("", "sink names use letters, digits, '_', '.', '-' (at most 64)")
+            sub.problem("", f"{what} names use letters, digits, '_', '.', '-' (at most 64)")
+        yield name, sub
+
+
+def read_sinks(table: Table | None) -> dict[str, SinkConfig]:
+    sinks: dict[str, SinkConfig] = {}
+    for name, sub in named_tables(table, "sink"):
         sinks[name] = _read_sink(name, sub)
         sub.finish()
     return sinks

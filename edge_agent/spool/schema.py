@@ -22,6 +22,7 @@ import sqlite3
 import time
 
 from edge_agent.errors import SpoolError
+from edge_agent.spool import analytics
 
 _COUNTERS = (
     "pending_count",
@@ -103,6 +104,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     ("0001_core_tables", _CORE_TABLES),
     ("0002_leases_in_memory", _LEASES_IN_MEMORY),
     ("0003_sent_marks", _SENT_MARKS),
+    ("0004_analytics", analytics.MIGRATION),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -19,6 +19,7 @@ from typing import IO, Literal
 from edge_agent.errors import SpoolError, SpoolFileLost, SpoolFull
 from edge_agent.records import RECORD_ID, AppendResult, LeasedRecord, Record
 from edge_agent.spool import dead_letters, file_watch, sent_marks, settle
+from edge_agent.spool.analytics import AlsoWrite
 from edge_agent.spool.caps import Caps, QueuePolicy
 from edge_agent.spool.dead_letters import DeadLetter
 from edge_agent.spool.leases import NO_TIME_LIMIT
@@ -220,14 +221,15 @@ class Spool:
 
     # ------------------------------------------------------------------ sources
 
-    def append(self, records: Sequence[Record]) -> AppendResult:
+    def append(self, records: Sequence[Record], *, also: AlsoWrite | None = None) -> AppendResult:
         """Store a batch in one transaction, applying size limits and caps.
 
         Records larger than their queue's ``max_record_bytes`` go to the dead-letter table;
         records refused by a ``reject_new`` cap are counted and not stored. When this
-        returns, everything stored is committed at the configured durability.
+        returns, everything stored is committed at the configured durability. ``also``
+        writes more in the same transaction (analytics: a window's mark, spool/analytics.py).
         """
-        if not records:
+        if not records and also is None:
             return AppendResult()
         now = self._clock_ms()
         with self._lock:
@@ -237,12 +239,15 @@ class Spool:
             try:
                 with self._write("append") as conn:
                     appended = self._writer.insert(conn, records, now)
+                    also_done = also(conn, self._queues) if also is not None else None
             except SpoolFull as err:
                 self._storage.refused_by_sqlite += 1
                 if not self._storage.reserve:
                     raise
                 raise self._storage.pause(f"SQLite found no room for a batch ({err})") from err
             appended.apply()
+            if also_done is not None:
+                also_done()
             # Before the caller acknowledges the batch: is it in the spool on disk?
             self._check_file()
         if appended.result.dead_lettered:

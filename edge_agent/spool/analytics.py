@@ -1,0 +1,191 @@
+"""Analytics' state in the spool, written in the transaction of a window's result rows.
+
+A query's window is emitted by one ``Spool.append`` of its result records whose ``also``
+(``emission``) writes, in the same transaction: the window's mark in
+``analytics_windows`` (its primary key makes a second emission of the same window and
+revision fail, whatever happens around it), the query's window state and counters in
+``analytics_state``, and the deletion of the raw rows of the query's queue that no later
+window needs (counted as acked). A crash before the commit leaves none of it; after it,
+all of it: a restart resumes from the state, and no window is emitted twice or skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from typing import NamedTuple
+
+from edge_agent.spool.queues import Delta, Queues
+
+#: More to write in an append's transaction: given the connection and the queues, it
+#: returns the in-memory update to run once committed (or None).
+AlsoWrite = Callable[[sqlite3.Connection, Queues], Callable[[], None] | None]
+
+MIGRATION = [
+    "CREATE TABLE analytics_windows (query TEXT NOT NULL, window_id TEXT NOT NULL,"
+    " revision INTEGER NOT NULL, start_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL,"
+    " rows INTEGER NOT NULL, emitted_at_ms INTEGER NOT NULL,"
+    " PRIMARY KEY (query, window_id, revision))",
+    "CREATE TABLE analytics_state (query TEXT PRIMARY KEY, state TEXT NOT NULL,"
+    " emitted INTEGER NOT NULL DEFAULT 0, rows_out INTEGER NOT NULL DEFAULT 0,"
+    " late INTEGER NOT NULL DEFAULT 0, last_emit_ms INTEGER)",
+]
+
+
+class WindowMark(NamedTuple):
+    """One evaluation of a window: which, the how-many-th time, and its row count."""
+
+    window_id: str
+    revision: int
+    start_ms: int
+    end_ms: int
+    rows: int
+
+
+class QueryState(NamedTuple):
+    """What a query persists: its window state (JSON, windows.py's) and its counters."""
+
+    state: str
+    emitted: int = 0
+    rows_out: int = 0
+    late: int = 0
+    last_emit_ms: int | None = None
+
+
+class Consume(NamedTuple):
+    """Raw rows of ``queue`` whose time is before ``before_ms`` and whose id is at most
+    ``through_id`` are no longer needed (a row without a time too, once its id is
+    through). ``time_sql``: the row's time (capture time, or the event time from its
+    payload: analytics/query.py's ``row_time_sql``)."""
+
+    queue: str
+    time_sql: str
+    before_ms: int
+    through_id: int
+
+
+def emission(
+    query: str,
+    marks: list[WindowMark],
+    state: QueryState,
+    consume: Consume | None,
+    now_ms: int,
+) -> AlsoWrite:
+    """What an append of a query's result rows also writes (see the module's docstring)."""
+
+    def write(conn: sqlite3.Connection, queues: Queues) -> Callable[[], None] | None:
+        conn.executemany(
+            "INSERT INTO analytics_windows (query, window_id, revision, start_ms, end_ms,"
+            " rows, emitted_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(query, *mark, now_ms) for mark in marks],
+        )
+        conn.execute(
+            "INSERT INTO analytics_state (query, state, emitted, rows_out, late, last_emit_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (query) DO UPDATE SET state = excluded.state,"
+            " emitted = excluded.emitted, rows_out = excluded.rows_out, late = excluded.late,"
+            " last_emit_ms = excluded.last_emit_ms",
+            (query, *state),
+        )
+        return None if consume is None else _consume(conn, queues, consume)
+
+    return write
+
+
+def _consume(conn: sqlite3.Connection, queues: Queues, consume: Consume) -> Callable[[], None]:
+    state = queues.get(consume.queue)
+    if state is None:
+        return lambda: None
+    rows = conn.execute(
+        f"SELECT id, size FROM records WHERE queue_id = ? AND id <= ?"
+        f" AND coalesce(({consume.time_sql}) < ?, 1)",
+        (state.id, consume.through_id, consume.before_ms),
+    ).fetchall()
+    conn.executemany("DELETE FROM records WHERE id = ?", [(row[0],) for row in rows])
+    size = sum(row[1] for row in rows)
+    delta = Delta(
+        pending_count=-len(rows), pending_bytes=-size, acked_count=len(rows), acked_bytes=size
+    )
+    return queues.commit(conn, {consume.queue: delta}, {consume.queue: state})
+
+
+def load_state(conn: sqlite3.Connection, query: str) -> QueryState | None:
+    row = conn.execute(
+        "SELECT state, emitted, rows_out, late, last_emit_ms FROM analytics_state WHERE query = ?",
+        (query,),
+    ).fetchone()
+    return None if row is None else QueryState(*row)
+
+
+def emitted(conn: sqlite3.Connection, query: str, window_id: str) -> int:
+    """How many times (revisions) the window was emitted; 0: never."""
+    row = conn.execute(
+        "SELECT count(*) FROM analytics_windows WHERE query = ? AND window_id = ?",
+        (query, window_id),
+    ).fetchone()
+    return int(row[0])
+
+
+def state_json(state: object) -> str:
+    return json.dumps(state, separators=(",", ":"), sort_keys=True)
+
+
+def queue_id(conn: sqlite3.Connection, queue: str) -> int | None:
+    row = conn.execute("SELECT id FROM queues WHERE name = ?", (queue,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def readings(
+    conn: sqlite3.Connection,
+    queue: int,
+    time_sql: str,
+    *,
+    after_id: int = 0,
+    from_ms: int | None = None,
+    limit: int,
+) -> list[tuple[int, int]]:
+    """(id, time) of the queue's rows above ``after_id`` (and at or after ``from_ms``),
+    in id order; rows without a time are left out."""
+    since = "" if from_ms is None else f" AND ({time_sql}) >= {int(from_ms)}"
+    return conn.execute(
+        f"SELECT id, ({time_sql}) AS t FROM records WHERE queue_id = ? AND id > ?"
+        f" AND t IS NOT NULL{since} ORDER BY id LIMIT ?",
+        (queue, after_id, limit),
+    ).fetchall()
+
+
+def oldest_time(
+    conn: sqlite3.Connection, queue: int, time_sql: str, from_ms: int | None
+) -> int | None:
+    """The oldest time among the queue's rows at or after ``from_ms``."""
+    since = "" if from_ms is None else f" AND ({time_sql}) >= {int(from_ms)}"
+    row = conn.execute(
+        f"SELECT min({time_sql}) FROM records WHERE queue_id = ?{since}", (queue,)
+    ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def late_readings(
+    conn: sqlite3.Connection, queue: int, time_sql: str, *, after_id: int, before_ms: int
+) -> list[tuple[int, int]]:
+    """(id, time) of rows that came after ``after_id`` with a time before ``before_ms``:
+    readings for windows already closed."""
+    return conn.execute(
+        f"SELECT id, ({time_sql}) AS t FROM records WHERE queue_id = ? AND id > ?"
+        " AND t < ? ORDER BY id",
+        (queue, after_id, before_ms),
+    ).fetchall()
+
+
+def untimed(conn: sqlite3.Connection, queue: int, time_sql: str, *, after_id: int) -> int:
+    """Rows above ``after_id`` without a time (an event time that is not there)."""
+    row = conn.execute(
+        f"SELECT count(*) FROM records WHERE queue_id = ? AND id > ? AND ({time_sql}) IS NULL",
+        (queue, after_id),
+    ).fetchone()
+    return int(row[0])
+
+
+def newest_id(conn: sqlite3.Connection, queue: int) -> int:
+    row = conn.execute("SELECT max(id) FROM records WHERE queue_id = ?", (queue,)).fetchone()
+    return int(row[0] or 0)
