@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: process and /proc helpers, child I/O, payloads, report
-formatting.
+"""What the benchmark scripts share: process and /proc helpers, child I/O, payloads, a
+minimal MQTT publisher's packets, report formatting.
 
 The scripts run as ``.venv/bin/python bench/<name>.py``, which puts this directory first on
 ``sys.path``: they import this module as ``common``.
@@ -16,9 +16,11 @@ import select
 import shutil
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -276,6 +278,119 @@ def make_payload(seq: int, size: int, sent: float | None = None) -> bytes:
     if pad < 0:
         raise BenchError(f"payload size {size} is too small (at least {len(head) + 2} bytes)")
     return (head + "x" * pad + '"}').encode()
+
+
+# ---------------------------------------------------------------------- minimal MQTT 3.1.1
+
+#: MQTT DISCONNECT.
+DISCONNECT = b"\xe0\x00"
+
+
+def remaining_length(length: int) -> bytes:
+    """MQTT's variable-length integer (a packet's remaining length)."""
+    out = bytearray()
+    while True:
+        byte, length = length % 128, length // 128
+        out.append(byte | 0x80 if length else byte)
+        if not length:
+            return bytes(out)
+
+
+def mqtt_string(text: str) -> bytes:
+    """A UTF-8 string as MQTT encodes it (two bytes of length first)."""
+    data = text.encode()
+    return struct.pack("!H", len(data)) + data
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise BenchError("broker closed the connection")
+        data += chunk
+    return data
+
+
+def mqtt_connect(port: int, client_id: str, *, clean: bool = True) -> socket.socket:
+    """Open an MQTT 3.1.1 connection (no paho: the publisher must not be the bottleneck)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    body = (
+        mqtt_string("MQTT")
+        + bytes([4, 0x02 if clean else 0x00])
+        + struct.pack("!H", 60)
+        + mqtt_string(client_id)
+    )
+    sock.sendall(b"\x10" + remaining_length(len(body)) + body)
+    connack = _recv_exactly(sock, 4)
+    if connack[0] != 0x20 or connack[3] != 0:
+        sock.close()
+        raise BenchError(f"broker refused {client_id!r}: CONNACK {connack.hex()}")
+    return sock
+
+
+def drop_session(port: int, client_id: str) -> None:
+    """Delete a persistent session (a clean connect does), so the broker stops queueing."""
+    sock = mqtt_connect(port, client_id, clean=True)
+    with contextlib.closing(sock):
+        sock.sendall(DISCONNECT)
+
+
+class AckCounter(threading.Thread):
+    """Counts the broker's PUBACKs (the only packets a publisher gets: 4 bytes each)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(name="puback-counter", daemon=True)
+        self._sock = sock
+        self._cond = threading.Condition()
+        self.acked = 0
+        self.closed = False
+        self.error: str | None = None
+
+    def run(self) -> None:
+        total = 0
+        try:
+            while True:
+                data = self._sock.recv(1 << 16)
+                if not data:
+                    break
+                first = (-total) % 4  # where the next packet starts in this chunk
+                heads = data[first::4]
+                if heads.count(0x40) != len(heads):
+                    self.error = "unexpected packet from the broker"
+                    break
+                total += len(data)
+                with self._cond:
+                    self.acked = total // 4
+                    self._cond.notify_all()
+        except OSError as err:
+            self.error = str(err)
+        finally:
+            with self._cond:
+                self.closed = True
+                self._cond.notify_all()
+
+    def wait_for(self, count: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.acked < count and not self.closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return self.acked >= count
+
+
+def publish_packet(topic: bytes, packet_id: int, payload: bytes) -> bytes:
+    """A QoS 1 PUBLISH of ``payload`` to ``topic`` (already ``mqtt_string`` encoded)."""
+    return (
+        b"\x32"
+        + remaining_length(len(topic) + 2 + len(payload))
+        + topic
+        + struct.pack("!H", packet_id)
+        + payload
+    )
 
 
 # ---------------------------------------------------------------------- numbers, report

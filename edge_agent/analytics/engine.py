@@ -165,7 +165,8 @@ class Query:
     # ------------------------------------------------------------------ a pass
 
     def step(self, now_ms: int) -> int:
-        """Emit what is due now; returns how many windows were emitted."""
+        """Emit what is due now; returns how many windows were evaluated (those without
+        rows included)."""
         if time.monotonic() < self._retry_at:
             return 0
         if self._queue_id is None:
@@ -263,6 +264,7 @@ class Query:
                 window.end_ms if window.until_id is None else None,
                 after_id=window.after_id,
                 until_id=window.until_id,
+                if_any=True,
             )
         except QueryFailed as err:
             return self._window_failed(window, now_ms, revision, err)
@@ -331,19 +333,25 @@ class Query:
                     "skipped": stats.skipped,
                 }
             ),
-            stats.emitted + (not skipped),
+            stats.emitted + (rows > 0),
             stats.rows_out + rows,
             stats.late,
             now_ms,
         )
         # A skipped window's mark says so: -1 rows.
-        mark = stored.WindowMark(
-            wid, revision, window.start_ms, window.end_ms, -1 if skipped else rows
-        )
+        # A window without rows needs no mark (nothing to tell apart downstream); a
+        # skipped one's says so: -1 rows.
+        marks = [
+            stored.WindowMark(
+                wid, revision, window.start_ms, window.end_ms, -1 if skipped else rows
+            )
+        ]
+        if not rows and not skipped:
+            marks = []
         consume = stored.Consume(config.queue, self.time_sql, keep.before_ms, keep.through_id)
         try:
             self.spool.append(
-                records, also=stored.emission(config.name, [mark], saved, consume, now_ms)
+                records, also=stored.emission(config.name, marks, saved, consume, now_ms)
             )
         except SpoolError as err:
             self.failed(f"emitting window {wid}: {err}")

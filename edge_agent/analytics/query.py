@@ -205,11 +205,14 @@ class QueryRunner:
         after_id: int | None = None,
         until_id: int | None = None,
         count_input: bool = False,
+        if_any: bool = False,
     ) -> QueryResult:
         """The query over the rows with ``start_ms <= time_ms < end_ms`` and
         ``after_id < id <= until_id`` (``None``: no bound). ``count_input`` also counts
         the window's rows, in the same snapshot as the query (a second pass over them).
-        Raises ``QueryFailed`` (``QueryOverBudget`` past ``max_steps``)."""
+        ``if_any``: a window without rows gives no rows, whatever the query (an
+        aggregate over no rows would give one row of NULLs). Raises ``QueryFailed``
+        (``QueryOverBudget`` past ``max_steps``)."""
         with self._lock:
             if self._closed:
                 raise QueryFailed("the query runner is closed")
@@ -226,11 +229,18 @@ class QueryRunner:
                     " until_id = ?",
                     bounds,
                 )
-                if not count_input:
+                if not count_input and not if_any:
                     return self._run_user_sql()
                 conn.execute("BEGIN")  # one snapshot for the count and the query
                 try:
-                    counted = conn.execute(f"SELECT count(*) FROM temp.{INPUT}").fetchone()[0]
+                    rows = (
+                        f"SELECT count(*) FROM temp.{INPUT}"
+                        if count_input
+                        else f"SELECT EXISTS (SELECT 1 FROM temp.{INPUT})"
+                    )
+                    counted = conn.execute(rows).fetchone()[0]
+                    if not counted:
+                        return QueryResult((), [], 0.0, 0)
                     result = self._run_user_sql()
                 finally:
                     conn.execute("COMMIT")  # read only: ends the snapshot
