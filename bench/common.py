@@ -382,6 +382,37 @@ class AckCounter(threading.Thread):
             return self.acked >= count
 
 
+#: Messages a publisher keeps unacknowledged by the broker (below 65535 packet ids).
+PUBLISH_WINDOW = 20_000
+#: Messages per write of an unpaced publisher.
+PUBLISH_CHUNK = 32
+
+
+class BrokerStalled(Exception):
+    """The broker stopped acknowledging a publisher's messages."""
+
+
+def paced(count: int, rate: float, acks: AckCounter) -> Iterator[range]:
+    """The message numbers to send now, in turns, until ``count``: at ``rate`` a second
+    (0: as fast as the broker acknowledges), never more than PUBLISH_WINDOW ahead of its
+    acknowledgements (BrokerStalled when they stop for a minute)."""
+    started = time.monotonic()
+    seq = 0
+    while seq < count:
+        if rate:
+            delay = started + seq / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(min(delay, 0.01))
+                continue
+            upto = min(count, int((time.monotonic() - started) * rate) + 1)
+        else:
+            upto = min(count, seq + PUBLISH_CHUNK)
+        if upto - acks.acked > PUBLISH_WINDOW and not acks.wait_for(upto - PUBLISH_WINDOW, 60):
+            raise BrokerStalled(f"broker stopped acknowledging ({acks.error})")
+        yield range(seq, upto)
+        seq = upto
+
+
 def publish_packet(topic: bytes, packet_id: int, payload: bytes) -> bytes:
     """A QoS 1 PUBLISH of ``payload`` to ``topic`` (already ``mqtt_string`` encoded)."""
     return (

@@ -59,6 +59,7 @@ from common import (
     ZERO_TIMES,
     AckCounter,
     BenchError,
+    BrokerStalled,
     LineReader,
     LoopbackServer,
     ProcTimes,
@@ -70,6 +71,7 @@ from common import (
     median,
     mqtt_connect,
     mqtt_string,
+    paced,
     peak_rss_bytes,
     per,
     proc_times,
@@ -96,10 +98,6 @@ BROKER_SETTINGS = {
 TOPIC_FILTER = "bench/#"
 #: Distinct topics the publisher cycles through (bench/sensor-<i>/temperature).
 SENSORS = 10
-#: Messages the publisher keeps unacknowledged by the broker (below 65535 packet ids).
-PUBLISH_WINDOW = 20_000
-#: Messages per write in the unpaced publisher (send times are taken per message).
-PUBLISH_CHUNK = 32
 #: How often ``wait_until`` checks its condition.
 WAIT_INTERVAL_S = 0.05
 TARGET_RATIO = 0.9
@@ -126,27 +124,22 @@ def run_publisher(port: int, count: int, size: int, client_id: str, rate: float)
     topics = [mqtt_string(f"bench/sensor-{i}/temperature") for i in range(SENSORS)]
     started = time.monotonic()
     seq = 0
-    packets: list[bytes] = []
-    while seq < count:
-        if rate:
-            due = started + seq / rate
-            delay = due - time.monotonic()
-            if delay > 0:
-                time.sleep(min(delay, 0.01))
-                continue
-            upto = min(count, int((time.monotonic() - started) * rate) + 1)
-        else:
-            upto = min(count, seq + PUBLISH_CHUNK)
-        if upto - acks.acked > PUBLISH_WINDOW and not acks.wait_for(upto - PUBLISH_WINDOW, 60):
-            print(f"broker stopped acknowledging ({acks.error})", file=sys.stderr)
-            return 1
-        for number in range(seq, upto):
-            payload = make_payload(number, size, time.time())
-            topic = topics[number % SENSORS]
-            packets.append(publish_packet(topic, number % 65535 + 1, payload))
-        sock.sendall(b"".join(packets))
-        packets.clear()
-        seq = upto
+    try:
+        for numbers in paced(count, rate, acks):
+            sock.sendall(
+                b"".join(
+                    publish_packet(
+                        topics[number % SENSORS],
+                        number % 65535 + 1,
+                        make_payload(number, size, time.time()),
+                    )
+                    for number in numbers
+                )
+            )
+            seq = numbers.stop
+    except BrokerStalled as err:
+        print(err, file=sys.stderr)
+        return 1
     sent_in = time.monotonic() - started
     complete = acks.wait_for(count, 60)
     with contextlib.suppress(OSError):

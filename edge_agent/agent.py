@@ -53,7 +53,7 @@ from edge_agent.spool.storage import Storage
 from edge_agent.spool.store import Spool
 
 if TYPE_CHECKING:
-    from edge_agent.analytics.engine import AnalyticsWorker
+    from edge_agent.analytics.threads import AnalyticsWorker
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +158,13 @@ class Agent:
                 camera.join(max(0.0, deadline - time.monotonic()))
             for uploader in self._uploaders.values():
                 uploader.join(max(0.0, deadline - time.monotonic()))
+            if self._analytics is not None:  # a query's run ends at its next check
+                self._analytics.join(max(0.0, deadline - time.monotonic()))
             self._write_status(stopped=True)
             busy = [name for name, uploader in self._uploaders.items() if uploader.running]
             busy += [f"camera {name}" for name, cam in self._cameras.items() if cam.running]
+            if self._analytics is not None and self._analytics.running:
+                busy.append("analytics")
             if busy:
                 # Leave the spool open under a thread that may still settle its request;
                 # the process exit releases it, and what was in flight is sent again.
@@ -261,7 +265,7 @@ class Agent:
         if not config.analytics:
             self._analytics = None
             return
-        from edge_agent.analytics.engine import AnalyticsWorker
+        from edge_agent.analytics.threads import AnalyticsWorker
 
         stop = self._stops["analytics"] = threading.Event()
         self._started["analytics"] = time.time()

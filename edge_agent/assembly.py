@@ -48,8 +48,12 @@ def queue_policies(config: Config) -> dict[str, QueuePolicy]:
         )
         for name, sink in config.sinks.items()
     }
-    for query in config.analytics.values():
-        policies[query.queue] = QueuePolicy(max_bytes=query.max_bytes, overflow="drop_oldest")
+    for query in config.analytics.values():  # a shared queue: the largest cap, or none
+        shared = policies.get(query.queue)
+        cap = query.max_bytes
+        if shared is not None:
+            cap = None if cap is None or shared.max_bytes is None else max(cap, shared.max_bytes)
+        policies[query.queue] = QueuePolicy(max_bytes=cap, overflow="drop_oldest")
     return policies
 
 

@@ -286,7 +286,12 @@ def test_sigkill_across_window_closes_emits_each_window_exactly_once(
         rows = [json.loads(record.data) for record in read_stream(client, stream)]
         return by_window(rows, "per_second")
 
-    wait_until(lambda: delivered() == expected, 60, 0.5, "every window's rows in the stream")
+    try:
+        wait_until(lambda: delivered() == expected, 60, 0.5, "every window's rows in the stream")
+    except AssertionError:
+        got = delivered()
+        assert {w: got.get(w) for w in expected if got.get(w) != expected[w]} == {}
+        raise
     assert agent.terminate() == 0
 
 
@@ -356,7 +361,7 @@ def test_analytics_run_evaluates_a_query_over_the_spooled_readings(tmp_path: Pat
         spool.append(
             [
                 Record(
-                    "analytics:stats",
+                    "analytics:sensors/#",
                     "sensors/x/t",
                     now,
                     json.dumps({"sensor": f"s{i % 2}", "value": 1, "ts": now - i * 1000}).encode(),

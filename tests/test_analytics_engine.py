@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from edge_agent.analytics import engine
-from edge_agent.analytics.engine import Query
+from edge_agent.analytics.engine import Query, SharedQueue
 from edge_agent.config.loading import parse_config
 from edge_agent.records import Record
 from edge_agent.spool.store import Spool
@@ -42,7 +43,13 @@ def make_query(spool: Spool, sql: str, **options: object) -> Query:
 def readings(spool: Spool, times: list[int], payload: str = '{{"v": 1, "ts": {ts}}}') -> None:
     spool.append(
         [
-            Record("analytics:q", "sensors/a", ts, payload.format(ts=ts).encode(), '{"topic": "a"}')
+            Record(
+                "analytics:sensors/#",
+                "sensors/a",
+                ts,
+                payload.format(ts=ts).encode(),
+                '{"topic": "a"}',
+            )
             for ts in times
         ]
     )
@@ -125,3 +132,29 @@ def test_a_query_whose_window_changed_starts_its_windows_afresh(spool: Spool) ->
     changed = make_query(spool, "SELECT count(*) AS n FROM input", size="20s")
     assert changed.state.closed_through_ms is None and changed.stats.emitted == 1
     changed.close()
+
+
+def test_queries_over_the_same_topics_share_their_readings_until_both_are_done(
+    spool: Spool,
+) -> None:
+    sql = "SELECT count(*) AS n FROM input"
+    alone = make_query(spool, sql)
+    alone.close()
+    shared = SharedQueue(["q", "q2"])
+    first = Query(alone.config, spool, shared)
+    second_config = replace(first.config, name="q2", size_ms=20_000)
+    assert second_config.queue == first.config.queue == "analytics:sensors/#"
+    readings(spool, [BASE_MS + 1_000, BASE_MS + 12_000])
+
+    def left() -> int:
+        return spool.pending(first.config.queue)[0]
+
+    first.step(BASE_MS + 60_000)
+    assert first.stats.emitted == 2 and left() == 2, "q2 has not said what it needs"
+    second = Query(second_config, spool, shared)
+    first.step(BASE_MS + 60_000)  # nothing due for q: q2's needs are known now
+    assert left() == 2, "q2 still needs both readings"
+    second.step(BASE_MS + 60_000)
+    assert second.stats.emitted == 1 and left() == 0, "both done: the readings go"
+    first.close()
+    second.close()

@@ -1,8 +1,8 @@
-"""Running the analytics queries: one thread evaluates every query's due windows and
-emits each window's result rows into the spool exactly once.
+"""One analytics query: evaluating its due windows and emitting each window's result
+rows into the spool exactly once (its thread is threads.py's).
 
-A pass, per query (about twice a second, and at once when readings arrived for a
-continuous filter): find what is due (windows.py, from the query's state and the rows
+A pass (about twice a second, and at once when readings arrived for a continuous
+filter): find what is due (windows.py, from the query's state and the rows
 waiting in its queue), run the SQL over each due window (query.py, a read-only
 connection of the query's own), and append the result rows to the sinks' queues in one
 transaction with the window's mark, the query's new state and the deletion of the raw
@@ -27,15 +27,16 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from edge_agent.analytics.query import QueryResult, QueryRunner, row_time_sql
 from edge_agent.analytics.windows import (
+    EARLIEST,
+    Keep,
     Window,
     WindowSpec,
     WindowState,
@@ -49,13 +50,12 @@ from edge_agent.analytics.windows import (
     window_id,
 )
 from edge_agent.config.analytics import AnalyticsConfig
-from edge_agent.errors import EdgeAgentError, QueryFailed, SpoolError
+from edge_agent.errors import QueryFailed, SpoolError
 from edge_agent.records import Record
 from edge_agent.runtime_status import AnalyticsSnapshot
 from edge_agent.spool import analytics as stored
 from edge_agent.spool.recovery import connect_read_only
 from edge_agent.spool.store import Spool
-from edge_agent.worker import ThreadWorker
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,8 @@ MAX_READINGS = 200_000
 #: that the query goes on with the next windows instead of holding its readings for
 #: ever. Counted and shown in status.
 MAX_WINDOW_FAILURES = 3
+#: A Keep under which no reading goes.
+NOTHING = Keep(EARLIEST, 0)
 #: Keys every result record carries beside the row's columns.
 RESERVED_COLUMNS = frozenset({"query", "window_id", "window_start", "window_end", "revision"})
 
@@ -85,6 +87,29 @@ def spec_of(config: AnalyticsConfig) -> WindowSpec:
         count=config.count,
         grace_ms=config.grace_ms,
     )
+
+
+class SharedQueue:
+    """The queries that read one queue (the same topic filters): a reading is deleted
+    only once none of them needs it. Each query settles its own ``Keep`` after each
+    commit; a query that has not yet told keeps everything."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self._lock = threading.Lock()
+        self._keeps: dict[str, Keep | None] = dict.fromkeys(names)
+
+    def combined(self, name: str, keep: Keep) -> Keep:
+        """What may go if ``name`` needs only ``keep``: what none of them needs."""
+        with self._lock:
+            others = [other for query, other in self._keeps.items() if query != name]
+        if any(other is None for other in others):
+            return NOTHING
+        known = [keep, *(other for other in others if other is not None)]
+        return Keep(min(k.before_ms for k in known), min(k.through_id for k in known))
+
+    def settle(self, name: str, keep: Keep) -> None:
+        with self._lock:
+            self._keeps[name] = keep
 
 
 @dataclass
@@ -107,9 +132,12 @@ class QueryStats:
 class Query:
     """One query: its window state, its runner, and emitting what is due."""
 
-    def __init__(self, config: AnalyticsConfig, spool: Spool) -> None:
+    def __init__(
+        self, config: AnalyticsConfig, spool: Spool, shared: SharedQueue | None = None
+    ) -> None:
         self.config = config
         self.spool = spool
+        self.shared = shared or SharedQueue([config.name])
         self.spec = spec_of(config)
         self.time_sql = row_time_sql(config.event_time, config.event_time_unit)
         #: Time windows: the distance between window ends (0: windows chosen by readings).
@@ -148,6 +176,10 @@ class Query:
                 log.info(
                     "analytics %s: the window changed; starting its windows afresh", config.name
                 )
+        # What it needs of the shared queue, as of its stored state.
+        self.shared.settle(
+            config.name, keep_from(self.spec, self.state, revise_ms=self._revise_ms())
+        )
 
     def close(self) -> None:
         self._runner.close()
@@ -202,6 +234,10 @@ class Query:
             pending = stored.readings(
                 self._reader, queue, self.time_sql, from_ms=since, limit=MAX_READINGS
             )
+        elif spec.kind == "none":
+            # A filter's window is every new reading: their oldest and newest, not each
+            # one of them into Python (a busy topic brings thousands a pass).
+            pending = stored.span(self._reader, queue, self.time_sql, after_id=state.last_id)
         else:
             pending = stored.readings(
                 self._reader, queue, self.time_sql, after_id=state.last_id, limit=MAX_READINGS
@@ -321,6 +357,7 @@ class Query:
         rows = len(records) // len(config.sinks)
         state = advance(self.spec, self.state, window) if revision == 0 else self.state
         keep = keep_from(self.spec, state, revise_ms=self._revise_ms())
+        free = self.shared.combined(config.name, keep)
         stats = self.stats
         saved = stored.QueryState(
             stored.state_json(
@@ -336,7 +373,7 @@ class Query:
             stats.emitted + (rows > 0),
             stats.rows_out + rows,
             stats.late,
-            now_ms,
+            stored.committed_ms(),
         )
         # A skipped window's mark says so: -1 rows.
         # A window without rows needs no mark (nothing to tell apart downstream); a
@@ -348,16 +385,16 @@ class Query:
         ]
         if not rows and not skipped:
             marks = []
-        consume = stored.Consume(config.queue, self.time_sql, keep.before_ms, keep.through_id)
+        consume = stored.Consume(config.queue, self.time_sql, free.before_ms, free.through_id)
         try:
-            self.spool.append(
-                records, also=stored.emission(config.name, marks, saved, consume, now_ms)
-            )
+            self.spool.append(records, also=stored.emission(config.name, marks, saved, consume))
         except SpoolError as err:
             self.failed(f"emitting window {wid}: {err}")
             return False
         self.state = state
-        stats.emitted, stats.rows_out, stats.last_emit_ms = saved.emitted, saved.rows_out, now_ms
+        self.shared.settle(config.name, keep)
+        stats.emitted, stats.rows_out = saved.emitted, saved.rows_out
+        stats.last_emit_ms = saved.last_emit_ms
         stats.revisions += revision > 0
         return True
 
@@ -413,53 +450,3 @@ class Query:
             "last_error": stats.last_error,
             "last_error_at": stats.last_error_at,
         }
-
-
-class AnalyticsWorker(ThreadWorker):
-    """The thread that runs every query's passes."""
-
-    def __init__(
-        self, queries: Mapping[str, AnalyticsConfig], spool: Spool, stop: threading.Event
-    ) -> None:
-        self.spool = spool
-        self._stop = stop
-        self._configs = dict(queries)
-        self.queries: dict[str, Query] = {}
-        self.spool_corrupt = False
-        self._logged: set[str] = set()
-
-    def start(self) -> None:
-        self._start_thread(self.run, "analytics")
-
-    @property
-    def healthy(self) -> bool:
-        return self.thread_ok
-
-    def run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                seen = self.spool.append_generation
-                self._pass()
-                self.spool.wait_for_append(seen, PASS_S)
-                self._stop.wait(0.05)  # gather a batch: a filter's rows go out together
-        finally:
-            for query in self.queries.values():
-                query.close()
-
-    def _pass(self) -> None:
-        now_ms = int(time.time() * 1000)
-        for name, config in self._configs.items():
-            query = self.queries.get(name)
-            try:
-                if query is None:
-                    query = self.queries[name] = Query(config, self.spool)
-                query.step(now_ms)
-            except (EdgeAgentError, OSError, sqlite3.Error) as err:  # the spool, a runner
-                if query is not None:
-                    query.failed(str(err))
-                elif str(err) not in self._logged:
-                    self._logged.add(str(err))
-                    log.error("analytics %s cannot start: %s", name, err)
-
-    def snapshot(self) -> dict[str, AnalyticsSnapshot]:
-        return {name: query.snapshot() for name, query in list(self.queries.items())}

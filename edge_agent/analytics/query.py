@@ -2,7 +2,7 @@
 
 A query is one SELECT over the table ``input`` (``time_ms``, ``captured_at_ms``,
 ``topic``, ``key``, ``payload``). ``input`` is a TEMP VIEW over the rows of the query's
-own spool queue (``analytics:NAME``) on a read-only connection of the runner's own:
+spool queue (``analytics:<topic filters>``) on a read-only connection of the runner's own:
 SQLite keeps TEMP objects in a separate database, which a read-only connection may
 write, so nothing is copied and the spool file is never written. WAL mode lets the
 query read while intake appends: neither waits for the other.

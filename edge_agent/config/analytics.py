@@ -1,8 +1,9 @@
 """The ``[analytics.NAME]`` tables: SQL over windows of MQTT readings (docs/ANALYTICS.md).
 
-Each query takes the readings of its topic filters into a queue of its own in the spool
-(``analytics:NAME``: kept as long as its windows and grace need them, under the spool's
-caps like any queue), and sends each result row as a record to its sinks. The MQTT
+Each query takes the readings of its topic filters into a queue in the spool, shared by
+the queries over the same filters (``analytics:<filters>``: kept as long as their
+windows and grace need them, under the spool's caps like any queue), and sends each
+result row as a record to its sinks. The MQTT
 source subscribes to the topics of every query as it does to ``[[mqtt.subscriptions]]``.
 """
 
@@ -160,7 +161,9 @@ class AnalyticsConfig:
 
     @property
     def queue(self) -> str:
-        return QUEUE_PREFIX + self.name
+        """The spool queue of its readings: shared by the queries over the same topic
+        filters, so that a reading is stored once for all of them."""
+        return QUEUE_PREFIX + ",".join(sorted(set(self.topics)))
 
 
 def read_analytics(
@@ -203,9 +206,6 @@ def _check(table: Table, query: AnalyticsConfig, sinks: Mapping[str, SinkConfig]
 
 def analytics_subscriptions(queries: Mapping[str, AnalyticsConfig]) -> tuple[Subscription, ...]:
     """What the MQTT source subscribes to for the queries: each topic filter, feeding
-    the query's own queue (its raw rows are keyed by topic)."""
-    return tuple(
-        Subscription(topic, 1, (query.queue,), TOPIC_TEMPLATE)
-        for query in queries.values()
-        for topic in query.topics
-    )
+    the queue of the queries over it (its raw rows are keyed by topic)."""
+    pairs = {(topic, query.queue) for query in queries.values() for topic in query.topics}
+    return tuple(Subscription(topic, 1, (queue,), TOPIC_TEMPLATE) for topic, queue in sorted(pairs))

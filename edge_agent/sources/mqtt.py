@@ -46,6 +46,7 @@ from paho.mqtt.properties import Properties
 
 from edge_agent.clock_sync import ClockSync
 from edge_agent.config.agent import SpoolConfig
+from edge_agent.config.analytics import QUEUE_PREFIX
 from edge_agent.config.mqtt import MqttConfig, Subscription
 from edge_agent.errors import IntakePaused, SpoolCorrupt, SpoolError
 from edge_agent.records import Record
@@ -448,6 +449,8 @@ class MqttSource:
                 template = subscription.partition_key
                 key = topic if template.is_plain_topic else template.render(topic, payload)
                 records.append(Record(sink, key, received_ms, payload, meta, dup))
+        if redelivered:  # an analytics query counts each reading once (a sink may twice)
+            records = self._spool.without_repeats(records, analytics_queue)
         self._spool.append(records)
         status = self.status
         status.received += len(batch)
@@ -525,3 +528,7 @@ class MqttSource:
             "broker": f"{self._config.host}:{self._config.port}",
             "client_id": self._config.client_id,
         }
+
+
+def analytics_queue(queue: str) -> bool:
+    return queue.startswith(QUEUE_PREFIX)

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import NamedTuple
 
+from edge_agent.records import Record
 from edge_agent.spool.queues import Delta, Queues
 
 #: More to write in an append's transaction: given the connection and the queues, it
@@ -65,12 +68,17 @@ class Consume(NamedTuple):
     through_id: int
 
 
+def committed_ms() -> int:
+    """The time a window's transaction writes its mark: as late as can be in it (the
+    emission's latency is measured from it)."""
+    return int(time.time() * 1000)
+
+
 def emission(
     query: str,
     marks: list[WindowMark],
     state: QueryState,
     consume: Consume | None,
-    now_ms: int,
 ) -> AlsoWrite:
     """What an append of a query's result rows also writes (see the module's docstring)."""
 
@@ -78,7 +86,7 @@ def emission(
         conn.executemany(
             "INSERT INTO analytics_windows (query, window_id, revision, start_ms, end_ms,"
             " rows, emitted_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(query, *mark, now_ms) for mark in marks],
+            [(query, *mark, committed_ms()) for mark in marks],
         )
         conn.execute(
             "INSERT INTO analytics_state (query, state, emitted, rows_out, late, last_emit_ms)"
@@ -96,16 +104,17 @@ def _consume(conn: sqlite3.Connection, queues: Queues, consume: Consume) -> Call
     state = queues.get(consume.queue)
     if state is None:
         return lambda: None
-    rows = conn.execute(
-        f"SELECT id, size FROM records WHERE queue_id = ? AND id <= ?"
-        f" AND coalesce(({consume.time_sql}) < ?, 1)",
-        (state.id, consume.through_id, consume.before_ms),
-    ).fetchall()
-    conn.executemany("DELETE FROM records WHERE id = ?", [(row[0],) for row in rows])
-    size = sum(row[1] for row in rows)
-    delta = Delta(
-        pending_count=-len(rows), pending_bytes=-size, acked_count=len(rows), acked_bytes=size
-    )
+    # Counted, then deleted, by one ranged statement each: a window of a busy query
+    # frees hundreds of thousands of rows, which a list of ids would hold in memory.
+    where = f"queue_id = ? AND id <= ? AND coalesce(({consume.time_sql}) < ?, 1)"
+    params = (state.id, consume.through_id, consume.before_ms)
+    count, size = conn.execute(
+        f"SELECT count(*), coalesce(sum(size), 0) FROM records WHERE {where}", params
+    ).fetchone()
+    if not count:
+        return lambda: None
+    conn.execute(f"DELETE FROM records WHERE {where}", params)
+    delta = Delta(pending_count=-count, pending_bytes=-size, acked_count=count, acked_bytes=size)
     return queues.commit(conn, {consume.queue: delta}, {consume.queue: state})
 
 
@@ -154,6 +163,21 @@ def readings(
     ).fetchall()
 
 
+def span(
+    conn: sqlite3.Connection, queue: int, time_sql: str, *, after_id: int
+) -> list[tuple[int, int]]:
+    """The rows above ``after_id`` as two readings, (newest id, oldest time) and (newest
+    id, newest time), or none: what a continuous filter's window needs of them."""
+    row = conn.execute(
+        f"SELECT max(id), min(t), max(t) FROM (SELECT id, ({time_sql}) AS t FROM records"
+        " WHERE queue_id = ? AND id > ?) WHERE t IS NOT NULL",
+        (queue, after_id),
+    ).fetchone()
+    if row is None or row[0] is None:
+        return []
+    return [(int(row[0]), int(row[1])), (int(row[0]), int(row[2]))]
+
+
 def oldest_time(
     conn: sqlite3.Connection, queue: int, time_sql: str, from_ms: int | None
 ) -> int | None:
@@ -189,3 +213,38 @@ def untimed(conn: sqlite3.Connection, queue: int, time_sql: str, *, after_id: in
 def newest_id(conn: sqlite3.Connection, queue: int) -> int:
     row = conn.execute("SELECT max(id) FROM records WHERE queue_id = ?", (queue,)).fetchone()
     return int(row[0] or 0)
+
+
+#: How far back (rows of the queue) a redelivered reading is looked for: a crash leaves
+#: at most a few commit batches unacknowledged.
+REPEAT_LOOKBACK = 20_000
+
+
+def without_repeats(
+    read: Callable[[str], AbstractContextManager[sqlite3.Connection]],
+    queues: Queues,
+    records: list[Record],
+    wanted: Callable[[str], bool],
+) -> list[Record]:
+    """The spool's ``without_repeats``: a redelivered record of a ``wanted`` queue goes
+    only if no row of the last REPEAT_LOOKBACK of its queue has its key and payload."""
+    repeats = [r for r in records if r.redelivered and wanted(r.queue)]
+    if not repeats:
+        return records
+    seen: set[int] = set()
+    with read("redelivered readings") as conn:
+        for index, record in enumerate(records):
+            state = queues.get(record.queue) if record.redelivered else None
+            if state is None or not wanted(record.queue):
+                continue
+            (top,) = conn.execute(
+                "SELECT coalesce(max(id), 0) FROM records WHERE queue_id = ?", (state.id,)
+            ).fetchone()
+            found = conn.execute(
+                "SELECT 1 FROM records WHERE queue_id = ? AND id > ? AND partition_key = ?"
+                " AND payload = ? LIMIT 1",
+                (state.id, top - REPEAT_LOOKBACK, record.partition_key, record.payload),
+            ).fetchone()
+            if found:
+                seen.add(index)
+    return [record for index, record in enumerate(records) if index not in seen]

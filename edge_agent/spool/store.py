@@ -18,7 +18,7 @@ from typing import IO, Literal
 
 from edge_agent.errors import SpoolError, SpoolFileLost, SpoolFull
 from edge_agent.records import RECORD_ID, AppendResult, LeasedRecord, Record
-from edge_agent.spool import dead_letters, file_watch, sent_marks, settle
+from edge_agent.spool import analytics, dead_letters, file_watch, sent_marks, settle
 from edge_agent.spool.analytics import AlsoWrite
 from edge_agent.spool.caps import Caps, QueuePolicy
 from edge_agent.spool.dead_letters import DeadLetter
@@ -74,8 +74,6 @@ class Spool:
         self.broken: str | None = None
         #: Called now and then during long work under the lock (the agent: a watchdog ping).
         self.keepalive: Callable[[], None] | None = None
-
-    # ------------------------------------------------------------------ opening
 
     @classmethod
     def open(
@@ -157,8 +155,7 @@ class Spool:
             self._full_sync = durability == "full"
 
     def count_resent(self, queue: str | None = None) -> None:
-        """What was sent and not seen confirmed goes out again: counted at open, and for
-        ``queue`` once its uploader stopped while the agent goes on (a reload)."""
+        """Sent, not seen confirmed, sent again: counted at open, and for a reload's queue."""
         if queue is not None and self._queues.get(queue) is None:
             return
         with self._write("count resent") as conn:
@@ -226,8 +223,8 @@ class Spool:
 
         Records larger than their queue's ``max_record_bytes`` go to the dead-letter table;
         records refused by a ``reject_new`` cap are counted and not stored. When this
-        returns, everything stored is committed at the configured durability. ``also``
-        writes more in the same transaction (analytics: a window's mark, spool/analytics.py).
+        returns, everything stored is committed at the configured durability; ``also`` (a
+        window's mark, spool/analytics.py) in the same transaction.
         """
         if not records and also is None:
             return AppendResult()
@@ -262,9 +259,12 @@ class Spool:
             self._writer.notify()
         return appended.result
 
+    def without_repeats(self, records: list[Record], queues: Callable[[str], bool]) -> list[Record]:
+        """Redelivered ``records`` of ``queues`` the spool holds already, left out."""
+        return analytics.without_repeats(self._read, self._queues, records, queues)
+
     def _admit(self, incoming: int, records: int) -> None:
-        """IntakePaused unless the filesystem has room for this many bytes and the
-        reserve (spool/storage.py)."""
+        """IntakePaused unless the filesystem has room for it and the reserve (storage.py)."""
         with self._read("admission") as conn:
             try:
                 self._storage.admit(conn, incoming, records)
