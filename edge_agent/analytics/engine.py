@@ -97,6 +97,9 @@ class SharedQueue:
     def __init__(self, names: Iterable[str]) -> None:
         self._lock = threading.Lock()
         self._keeps: dict[str, Keep | None] = dict.fromkeys(names)
+        #: What the last deletion freed: the same again frees nothing, and is not asked
+        #: (a filter's frequent windows would scan the whole queue each time).
+        self.freed: Keep | None = None
 
     def combined(self, name: str, keep: Keep) -> Keep:
         """What may go if ``name`` needs only ``keep``: what none of them needs."""
@@ -385,7 +388,9 @@ class Query:
         ]
         if not rows and not skipped:
             marks = []
-        consume = stored.Consume(config.queue, self.time_sql, free.before_ms, free.through_id)
+        consume = None
+        if free not in (NOTHING, self.shared.freed):
+            consume = stored.Consume(config.queue, self.time_sql, free.before_ms, free.through_id)
         try:
             self.spool.append(records, also=stored.emission(config.name, marks, saved, consume))
         except SpoolError as err:
@@ -393,6 +398,8 @@ class Query:
             return False
         self.state = state
         self.shared.settle(config.name, keep)
+        if consume is not None:
+            self.shared.freed = free
         stats.emitted, stats.rows_out = saved.emitted, saved.rows_out
         stats.last_emit_ms = saved.last_emit_ms
         stats.revisions += revision > 0
