@@ -162,10 +162,9 @@ def plan_reload(running: Config, new: Config) -> ReloadPlan:
     if refused:
         return ReloadPlan(refused=tuple(refused))
 
-    credentials_changed = running.aws != new.aws
+    # A sink's config carries the [aws] identity: changed credentials change every AWS sink.
     same_sinks = {
-        name: not credentials_changed
-        and _uploader_part(running.sinks[name]) == _uploader_part(sink)
+        name: _uploader_part(running.sinks[name]) == _uploader_part(sink)
         for name, sink in new.sinks.items()
         if name in running.sinks
     }

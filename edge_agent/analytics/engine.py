@@ -208,8 +208,9 @@ class Query:
             self._queue_id = stored.queue_id(self._reader, self.config.queue)
             if self._queue_id is None:
                 return 0  # no reading yet
-        self._count_untimed()
-        emitted = self._revise_late(now_ms)
+        newest = stored.newest_id(self._reader, self._queue_id)  # once a pass, for both
+        self._count_untimed(newest)
+        emitted = self._revise_late(now_ms, newest)
         while True:
             windows = self._due(now_ms)
             if not windows:
@@ -247,20 +248,19 @@ class Query:
             )
         return due_windows(spec, state, now_ms, pending=pending)
 
-    def _count_untimed(self) -> None:
+    def _count_untimed(self, newest: int) -> None:
         """Readings without an event time (not JSON, no number at the path) fall in no
         window: counted, so that a wrong path shows in status."""
         if self.config.event_time is None:
             return
         assert self._queue_id is not None
-        newest = stored.newest_id(self._reader, self._queue_id)
         if newest > self._untimed_id:
             self.stats.untimed += stored.untimed(
                 self._reader, self._queue_id, self.time_sql, after_id=self._untimed_id
             )
             self._untimed_id = newest
 
-    def _revise_late(self, now_ms: int) -> int:
+    def _revise_late(self, now_ms: int, newest: int) -> int:
         """Count the readings that came for windows already closed; with revisions,
         evaluate those windows again."""
         spec, queue = self.spec, self._queue_id
@@ -270,7 +270,6 @@ class Query:
         if self.state.closed_through_ms is None:
             return 0
         open_from = open_from_ms(spec, self.state)
-        newest = stored.newest_id(self._reader, queue)
         if newest <= self._seen_id or open_from is None:
             return 0
         late = stored.late_readings(

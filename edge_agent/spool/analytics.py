@@ -228,22 +228,25 @@ def without_repeats(
 ) -> list[Record]:
     """The spool's ``without_repeats``: a redelivered record of a ``wanted`` queue goes
     only if no row of the last REPEAT_LOOKBACK of its queue has its key and payload."""
-    repeats = [r for r in records if r.redelivered and wanted(r.queue)]
+    repeats = [
+        (index, record, state)
+        for index, record in enumerate(records)
+        if record.redelivered
+        and wanted(record.queue)
+        and (state := queues.get(record.queue)) is not None
+    ]
     if not repeats:
         return records
     seen: set[int] = set()
     with read("redelivered readings") as conn:
-        for index, record in enumerate(records):
-            state = queues.get(record.queue) if record.redelivered else None
-            if state is None or not wanted(record.queue):
-                continue
-            (top,) = conn.execute(
-                "SELECT coalesce(max(id), 0) FROM records WHERE queue_id = ?", (state.id,)
-            ).fetchone()
+        floors: dict[int, int] = {}  # per queue, once a batch: where the lookback starts
+        for index, record, state in repeats:
+            if state.id not in floors:
+                floors[state.id] = newest_id(conn, state.id) - REPEAT_LOOKBACK
             found = conn.execute(
                 "SELECT 1 FROM records WHERE queue_id = ? AND id > ? AND partition_key = ?"
                 " AND payload = ? LIMIT 1",
-                (state.id, top - REPEAT_LOOKBACK, record.partition_key, record.payload),
+                (state.id, floors[state.id], record.partition_key, record.payload),
             ).fetchone()
             if found:
                 seen.add(index)
