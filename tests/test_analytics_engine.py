@@ -4,17 +4,28 @@ that fail, readings without a time, and a window that changed under the same nam
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_agent.analytics import engine
-from edge_agent.analytics.engine import Query, SharedQueue
+from edge_agent.analytics.engine import Query
+from edge_agent.analytics.query import QueryResult
+from edge_agent.analytics.sharing import SharedQueue
+from edge_agent.analytics.threads import NICENESS, lower_priority
 from edge_agent.config.loading import parse_config
 from edge_agent.records import Record
+from edge_agent.spool import analytics as stored
+from edge_agent.spool.caps import QueuePolicy
 from edge_agent.spool.store import Spool
 
 BASE_MS = 1_700_000_000_000
@@ -53,6 +64,16 @@ def readings(spool: Spool, times: list[int], payload: str = '{{"v": 1, "ts": {ts
             for ts in times
         ]
     )
+
+
+def results(spool: Spool) -> list[int]:
+    """The ``n`` of each result record, in order."""
+    with sqlite3.connect(spool.path) as conn:
+        rows = conn.execute(
+            "SELECT r.payload FROM records r JOIN queues q ON q.id = r.queue_id"
+            " WHERE q.name = 'out' ORDER BY r.id"
+        ).fetchall()
+    return [json.loads(payload)["n"] for (payload,) in rows]
 
 
 def marks(path: Path) -> list[tuple[str, int]]:
@@ -158,3 +179,98 @@ def test_queries_over_the_same_topics_share_their_readings_until_both_are_done(
     assert second.stats.emitted == 1 and left() == 0, "both done: the readings go"
     first.close()
     second.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    times=st.lists(st.one_of(st.none(), st.integers(0, 50)), max_size=40),
+    keeps=st.lists(st.tuples(st.integers(-1, 60), st.integers(0, 45)), min_size=1, max_size=6),
+)
+def test_a_deletion_that_knows_what_was_freed_deletes_what_a_whole_one_would(
+    times: list[int | None], keeps: list[tuple[int, int]]
+) -> None:
+    """Only the difference to what earlier deletions freed is looked at, and the rows
+    left are always those a deletion over the whole queue would leave, whichever way
+    either bound moves (rows without a time go by id alone)."""
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE records (id INTEGER PRIMARY KEY, queue_id INTEGER, t INTEGER)")
+    conn.executemany("INSERT INTO records VALUES (?, 1, ?)", enumerate(times, start=1))
+    expected = set(enumerate(times, start=1))
+    freed: tuple[int, int] | None = None
+    for before_ms, through_id in keeps:
+        consume = stored.Consume("q", "t", before_ms, through_id, freed)
+        where, params = stored.consumed_where(consume)
+        conn.execute(f"DELETE FROM records WHERE queue_id = 1 AND {where}", params)
+        expected = {
+            (rid, t)
+            for rid, t in expected
+            if not (rid <= through_id and (t is None or t < before_ms))
+        }
+        assert set(conn.execute("SELECT id, t FROM records")) == expected
+        freed = (before_ms, through_id)
+
+
+def counting_runs(query: Query) -> list[int]:
+    """The query's runs of its SQL, counted."""
+    runs: list[int] = []
+    run = query._runner.run
+
+    def counted(*args: Any, **kwargs: Any) -> QueryResult:
+        runs.append(1)
+        return run(*args, **kwargs)
+
+    query._runner.run = counted  # type: ignore[method-assign]
+    return runs
+
+
+@pytest.mark.parametrize("change", ["nothing", "a reading in grace", "readings taken by max_age"])
+def test_a_window_drafted_in_its_grace_is_emitted_at_the_close_if_it_stands(
+    spool: Spool, change: str
+) -> None:
+    """Drafted over what came so far, emitted without a second run if nothing changed;
+    a reading that came since, or readings a cap or max_age took, make it run again."""
+    query = make_query(spool, "SELECT count(*) AS n FROM input", grace="5s")
+    readings(spool, [BASE_MS + 1_000, BASE_MS + 12_000])
+    # Event time 13 s, captured now: max_age leaves it.
+    recent = Record(
+        query.config.queue, "a", int(time.time() * 1000), b'{"ts": %d}' % (BASE_MS + 13_000)
+    )
+    spool.append([recent])
+    query.step(BASE_MS + 15_000)  # [0, 10 s) closes
+    runs = counting_runs(query)
+    query.step(BASE_MS + 24_600)  # [10 s, 20 s) drafted over two readings
+    assert len(runs) == 1
+    expected, runs_at_close = 2, 1
+    if change == "a reading in grace":
+        readings(spool, [BASE_MS + 19_000])
+        expected, runs_at_close = 3, 2
+    elif change == "readings taken by max_age":
+        policy = QueuePolicy(max_age_s=60)  # the readings are from 2023
+        spool.configure(
+            durability="full",
+            policies={query.config.queue: policy},
+            max_bytes=None,
+            max_age_s=None,
+            reserve=0,
+        )
+        assert spool.expire() == 1  # the reading of 12 s
+        expected, runs_at_close = 1, 2
+    query.step(BASE_MS + 25_000)
+    assert len(runs) == runs_at_close
+    assert results(spool) == [1, expected]
+    query.close()
+
+
+def test_a_query_thread_runs_nicer_than_the_agent() -> None:
+    """Intake comes first when the cores are busy (Linux sets a thread's own nice)."""
+    seen: list[int] = []
+
+    def thread() -> None:
+        lower_priority()
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    runner = threading.Thread(target=thread)
+    runner.start()
+    runner.join(10)
+    agent = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert seen == [min(19, agent + NICENESS)]

@@ -18,6 +18,8 @@ from typing import Any
 import numpy
 import pytest
 
+from edge_agent.analytics import aggregates
+from edge_agent.analytics.aggregates import rewrite
 from edge_agent.analytics.query import (
     NOT_A_SELECT,
     NOT_INPUT,
@@ -290,6 +292,95 @@ def test_percentile_needs_the_same_p_in_every_row(spool: Spool, runner: MakeRunn
     query = runner("SELECT percentile(json_extract(payload, '$.value'), time_ms % 7) FROM input")
     with pytest.raises(QueryFailed, match="the same in every row"):
         query.run(None, None)
+
+
+@pytest.mark.parametrize(
+    ("sql", "rewritten"),
+    [
+        (
+            "SELECT percentile(x, 95) FROM input",
+            "SELECT edge_agent_percentile(json_group_array(x), min(95), max(95)) FROM input",
+        ),
+        (
+            "SELECT Median ( DISTINCT x ) FILTER (WHERE x > 1) OVER (PARTITION BY k) FROM input",
+            "SELECT edge_agent_median(json_group_array(DISTINCT x) FILTER (WHERE x > 1)"
+            " OVER (PARTITION BY k)) FROM input",
+        ),
+        (
+            "SELECT stddev((SELECT median(v) FROM input)) OVER w FROM input",
+            "SELECT edge_agent_stddev(json_group_array((SELECT edge_agent_median("
+            "json_group_array(v)) FROM input)) OVER w) FROM input",
+        ),
+        # Strings, comments, names that are not calls: as they were.
+        (
+            "SELECT 'median(x)', \"median\" AS m, t.median(x) -- median(x)\n FROM input",
+            "SELECT 'median(x)', \"median\" AS m, t.median(x) -- median(x)\n FROM input",
+        ),
+        ("SELECT variance() FROM input", "SELECT edge_agent_variance() FROM input"),
+    ],
+)
+def test_aggregate_calls_become_sqlites_collection_and_a_call_per_group(
+    sql: str, rewritten: str
+) -> None:
+    assert rewrite(sql) == rewritten
+
+
+def test_an_aggregate_is_called_once_per_group_not_per_row(
+    spool: Spool, runner: MakeRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No Python call per row: each would take the GIL from intake."""
+    calls: list[int] = []
+    median_of, extra = aggregates.FUNCTIONS["median"]
+
+    def counted(collected: str | None) -> float | None:
+        calls.append(1)
+        return median_of(collected)
+
+    monkeypatch.setitem(aggregates.FUNCTIONS, "median", (counted, extra))
+    sensors(spool)
+    query = runner("SELECT key, median(json_extract(payload, '$.value')) FROM input GROUP BY key")
+    assert len(query.run(None, None).rows) == 3
+    assert len(calls) == 3
+
+
+def test_aggregates_take_filter_and_over_clauses(spool: Spool, runner: MakeRunner) -> None:
+    sensors(spool)
+    by_key: dict[str, list[float]] = {}
+    for sensor, value in SENSOR_READINGS:
+        by_key.setdefault(sensor, []).append(value)
+    filtered = runner(
+        "SELECT key, median(json_extract(payload, '$.value'))"
+        " FILTER (WHERE json_extract(payload, '$.value') > 2) FROM input GROUP BY key"
+    )
+    assert filtered.run(None, None).rows == [
+        (
+            key,
+            statistics.median([v for v in values if v > 2]) if any(v > 2 for v in values) else None,
+        )
+        for key, values in sorted(by_key.items())
+    ]
+    running = runner(
+        "SELECT time_ms, percentile(json_extract(payload, '$.value'), 50)"
+        " OVER (ORDER BY time_ms ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) FROM input"
+    )
+    values = [value for _, value in SENSOR_READINGS]
+    assert running.run(None, None).rows == [
+        (1000 + 1000 * i, statistics.median(values[max(0, i - 1) : i + 1]))
+        for i in range(len(values))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("SELECT percentile(payload) FROM input", "function percentile()"),
+        ("SELECT median(payload, 2) FROM input", "function median()"),
+        ("SELECT stddev_pop() FROM input", "function stddev_pop()"),
+    ],
+)
+def test_a_wrong_aggregate_call_is_named_as_written(sql: str, message: str) -> None:
+    problem = check_query(sql)
+    assert problem is not None and message in problem and "edge_agent" not in problem
 
 
 # ---------------------------------------------------------------------- refusals

@@ -1,8 +1,8 @@
 """One analytics query: evaluating its due windows and emitting each window's result
 rows into the spool exactly once (its thread is threads.py's).
 
-A pass (about twice a second, and at once when readings arrived for a continuous
-filter): find what is due (windows.py, from the query's state and the rows
+A pass (threads.py: when a time window is to be drafted or closes and at least every
+PASS_S, or when readings arrived for a continuous filter): find what is due (windows.py, from the query's state and the rows
 waiting in its queue), run the SQL over each due window (query.py, a read-only
 connection of the query's own), and append the result rows to the sinks' queues in one
 transaction with the window's mark, the query's new state and the deletion of the raw
@@ -14,6 +14,13 @@ Each result row becomes one record per sink: a JSON object of the row's columns,
 ``query``, ``window_id``, ``window_start`` and ``window_end`` (epoch ms) and
 ``revision`` (0; 1, 2, ... when late readings revised the window), so that consumers
 can drop the duplicates at-least-once delivery may add downstream.
+
+A time window's SQL over a minute of busy readings can take seconds; so that its rows
+come right at the close, the window is drafted during its grace (``Draft``): evaluated
+over the readings so far, and at the close its result is emitted as it is if no reading
+of the window came since and none was taken by a cap or ``max_age`` (checked by the
+newest id and the queue's counters, both cheap), else the window is run again. Either
+way the rows are those of the whole window, and the commit is the same.
 
 Late readings (time windows): a reading that comes for a window already closed is
 counted; with ``late = "revise"`` its window is evaluated again (within ``revise_for``)
@@ -27,16 +34,13 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from edge_agent.analytics.query import QueryResult, QueryRunner, row_time_sql
+from edge_agent.analytics.sharing import NOTHING, SharedQueue
 from edge_agent.analytics.windows import (
-    EARLIEST,
-    Keep,
     Window,
     WindowSpec,
     WindowState,
@@ -71,8 +75,9 @@ MAX_READINGS = 200_000
 #: that the query goes on with the next windows instead of holding its readings for
 #: ever. Counted and shown in status.
 MAX_WINDOW_FAILURES = 3
-#: A Keep under which no reading goes.
-NOTHING = Keep(EARLIEST, 0)
+#: A time window is evaluated ahead ("drafted") no sooner than this after its end: the
+#: readings captured before it are committed by then.
+DRAFT_SETTLE_MS = 250
 #: Keys every result record carries beside the row's columns.
 RESERVED_COLUMNS = frozenset({"query", "window_id", "window_start", "window_end", "revision"})
 
@@ -89,30 +94,16 @@ def spec_of(config: AnalyticsConfig) -> WindowSpec:
     )
 
 
-class SharedQueue:
-    """The queries that read one queue (the same topic filters): a reading is deleted
-    only once none of them needs it. Each query settles its own ``Keep`` after each
-    commit; a query that has not yet told keeps everything."""
+@dataclass(frozen=True)
+class Draft:
+    """A time window evaluated during its grace over the readings up to
+    ``newest_id``: its result stands at the close if no reading of the window came
+    after ``newest_id`` and none was taken by a cap or ``max_age`` (``removed``)."""
 
-    def __init__(self, names: Iterable[str]) -> None:
-        self._lock = threading.Lock()
-        self._keeps: dict[str, Keep | None] = dict.fromkeys(names)
-        #: What the last deletion freed: the same again frees nothing, and is not asked
-        #: (a filter's frequent windows would scan the whole queue each time).
-        self.freed: Keep | None = None
-
-    def combined(self, name: str, keep: Keep) -> Keep:
-        """What may go if ``name`` needs only ``keep``: what none of them needs."""
-        with self._lock:
-            others = [other for query, other in self._keeps.items() if query != name]
-        if any(other is None for other in others):
-            return NOTHING
-        known = [keep, *(other for other in others if other is not None)]
-        return Keep(min(k.before_ms for k in known), min(k.through_id for k in known))
-
-    def settle(self, name: str, keep: Keep) -> None:
-        with self._lock:
-            self._keeps[name] = keep
+    window: Window
+    newest_id: int
+    removed: int
+    result: QueryResult
 
 
 @dataclass
@@ -165,6 +156,7 @@ class Query:
         self._untimed_id = 0  # nor for a missing event time
         self._retry_at = 0.0
         self._failing: tuple[str, int] | None = None  # the window failing, and how often
+        self._draft: Draft | None = None
         saved = stored.load_state(self._reader, config.name)
         if saved is not None:
             loaded = json.loads(saved.state)
@@ -219,7 +211,73 @@ class Query:
                 if not self._emit(window, now_ms, revision=0):
                     return emitted
                 emitted += 1
+        self._draft_next(now_ms)
         return emitted
+
+    def due_in_s(self, now_ms: int) -> float:
+        """Seconds to the next moment a pass has work (a draft, a window's close), at
+        most PASS_S (late readings are looked for on every pass)."""
+        closed = self.state.closed_through_ms
+        if not self._step_ms or closed is None:
+            return PASS_S
+        due_ms = closed + self._step_ms + self.spec.grace_ms
+        moments = [due_ms, self._draft_at(closed + self._step_ms)]
+        ahead = [moment - now_ms for moment in moments if moment > now_ms]
+        return min(PASS_S, *(delta / 1000 for delta in ahead))
+
+    # ------------------------------------------------------------------ drafts
+
+    def _draft_at(self, end_ms: int) -> int:
+        """When the window ending at ``end_ms`` is drafted: as late as lets the draft
+        end before the close (a reading that comes during grace after the draft costs
+        the query a second run), and no sooner than DRAFT_SETTLE_MS after its end."""
+        lead_ms = int((1.5 * self.stats.max_run_seconds + PASS_S) * 1000)
+        return max(end_ms + DRAFT_SETTLE_MS, end_ms + self.spec.grace_ms - lead_ms)
+
+    def _draft_next(self, now_ms: int) -> None:
+        """During a time window's grace, evaluate it ahead over what came so far: at the
+        close, if nothing changed, its result is emitted at once instead of after a run
+        over the whole window (a minute of readings may take seconds)."""
+        spec, closed, queue = self.spec, self.state.closed_through_ms, self._queue_id
+        if not self._step_ms or closed is None or queue is None:
+            return
+        end_ms = closed + self._step_ms
+        due_ms = end_ms + spec.grace_ms
+        if now_ms >= due_ms or now_ms < self._draft_at(end_ms):
+            return
+        if self._draft is not None and self._draft.window.end_ms == end_ms:
+            return  # one draft a window
+        oldest = stored.oldest_time(
+            self._reader, queue, self.time_sql, open_from_ms(spec, self.state)
+        )
+        ahead = skip_empty(spec, self.state, due_ms, oldest_time_ms=oldest)
+        windows = due_windows(spec, ahead, due_ms, oldest_time_ms=oldest)
+        if len(windows) != 1:
+            return  # none, or catching up: evaluated when due
+        window = windows[0]
+        removed = stored.removed(self._reader, queue)
+        newest = stored.newest_id(self._reader, queue)
+        try:
+            result = self._runner.run(window.start_ms, window.end_ms, until_id=newest, if_any=True)
+        except QueryFailed:
+            return  # evaluated again when due, and reported then
+        self._record_run(result)
+        self._draft = Draft(window, newest, removed, result)
+
+    def _drafted(self, window: Window) -> QueryResult | None:
+        """The draft's result if it is ``window``'s and still stands (see Draft)."""
+        draft, self._draft = self._draft, None
+        if draft is None or draft.window != window or self._queue_id is None:
+            return None
+        if stored.removed(self._reader, self._queue_id) != draft.removed:
+            return None
+        if self._runner.has_rows(window.start_ms, window.end_ms, after_id=draft.newest_id):
+            return None
+        return draft.result
+
+    def _record_run(self, result: QueryResult) -> None:
+        self.stats.run_seconds = result.seconds
+        self.stats.max_run_seconds = max(self.stats.max_run_seconds, result.seconds)
 
     def _due(self, now_ms: int) -> list[Window]:
         spec, state, queue = self.spec, self.state, self._queue_id
@@ -297,17 +355,18 @@ class Query:
         """Evaluate ``window`` and commit its rows, mark and state at once."""
         config = self.config
         try:
-            result = self._runner.run(
-                window.start_ms if window.until_id is None else None,
-                window.end_ms if window.until_id is None else None,
-                after_id=window.after_id,
-                until_id=window.until_id,
-                if_any=True,
-            )
+            result = self._drafted(window) if revision == 0 and self._step_ms else None
+            if result is None:
+                result = self._runner.run(
+                    window.start_ms if window.until_id is None else None,
+                    window.end_ms if window.until_id is None else None,
+                    after_id=window.after_id,
+                    until_id=window.until_id,
+                    if_any=True,
+                )
+                self._record_run(result)
         except QueryFailed as err:
             return self._window_failed(window, now_ms, revision, err)
-        self.stats.run_seconds = result.seconds
-        self.stats.max_run_seconds = max(self.stats.max_run_seconds, result.seconds)
         wid = window_id(config.name, self.spec, window)
         reserved = RESERVED_COLUMNS.intersection(result.columns)
         if reserved:
@@ -388,8 +447,11 @@ class Query:
         if not rows and not skipped:
             marks = []
         consume = None
-        if free not in (NOTHING, self.shared.freed):
-            consume = stored.Consume(config.queue, self.time_sql, free.before_ms, free.through_id)
+        freed = self.shared.freed
+        if free not in (NOTHING, freed):
+            consume = stored.Consume(
+                config.queue, self.time_sql, free.before_ms, free.through_id, freed
+            )
         try:
             self.spool.append(records, also=stored.emission(config.name, marks, saved, consume))
         except SpoolError as err:

@@ -32,9 +32,11 @@ the reading's own time from its payload (``row_time_sql``); a reading whose payl
 not JSON or has no number there has no time and is in no window: one bad payload costs
 only itself, not every window it falls in.
 
-SQLite lacks the aggregates analytics needs most; they are registered on the connection:
-``percentile(x, p)``, ``median(x)``, ``stddev(x)`` = ``stddev_samp(x)``,
-``stddev_pop(x)``, ``variance(x)`` = ``var_samp(x)``, ``var_pop(x)``.
+SQLite lacks the aggregates analytics needs most: ``percentile(x, p)``, ``median(x)``,
+``stddev(x)`` = ``stddev_samp(x)``, ``stddev_pop(x)``, ``variance(x)`` = ``var_samp(x)``,
+``var_pop(x)``. Their calls are rewritten before the SQL is prepared, into SQLite's own
+``json_group_array`` and one Python call per group (aggregates.py: no Python call, and
+so no GIL, per row); SQLite's messages name them as the user wrote them.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ import time
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from edge_agent.analytics.aggregates import aggregates
+from edge_agent.analytics.aggregates import functions, plain_names, rewrite
 from edge_agent.config.analytics import DEFAULT_MAX_STEPS
 from edge_agent.errors import QueryFailed, QueryOverBudget
 from edge_agent.spool.recovery import connect_read_only
@@ -62,8 +64,7 @@ PROGRESS_INTERVAL = 10_000
 #: one core. Measured on the 2-core Xeon VM the tests run on, over 100,000 spooled
 #: readings: a GROUP BY with json_extract and avg runs 15-20 million steps a second
 #: (31 steps a reading: 20 million is some 650,000 readings), count(DISTINCT key)
-#: 40 million, a recursive CTE 30-55 million; percentile (Python) 10-14 million: a
-#: step of a Python aggregate costs more time than one of SQLite's own.
+#: 40 million, a recursive CTE 30-55 million.
 #: The longest string or BLOB a query may make or read (SQLite's length limit on the
 #: runner's connection): a telemetry reading is far smaller, and a query cannot allocate
 #: the agent's memory away in one step (``randomblob(1e9)``, ``zeroblob``, ``printf``).
@@ -179,6 +180,7 @@ class QueryRunner:
         if problem is not None:
             raise QueryFailed(problem)
         self._sql = sql
+        self._rewritten = rewrite(sql)
         self._verdict: str | None = None
         self._checked = False
         self.max_steps = max_steps
@@ -217,18 +219,8 @@ class QueryRunner:
             if self._closed:
                 raise QueryFailed("the query runner is closed")
             conn = self._conn
-            bounds = (
-                _MIN if start_ms is None else start_ms,
-                _MAX if end_ms is None else end_ms,
-                _MIN if after_id is None else after_id,
-                _MAX if until_id is None else until_id,
-            )
             try:
-                conn.execute(
-                    f"UPDATE temp.{_BOUNDS} SET start_ms = ?, end_ms = ?, after_id = ?,"
-                    " until_id = ?",
-                    bounds,
-                )
+                self._bind(start_ms, end_ms, after_id, until_id)
                 if not count_input and not if_any:
                     return self._run_user_sql()
                 conn.execute("BEGIN")  # one snapshot for the count and the query
@@ -248,11 +240,44 @@ class QueryRunner:
             except sqlite3.Error as err:
                 raise _failure(err, None) from err
 
+    def has_rows(
+        self,
+        start_ms: int | None,
+        end_ms: int | None,
+        *,
+        after_id: int | None = None,
+        until_id: int | None = None,
+    ) -> bool:
+        """Whether the window (bounds as for ``run``) has a row; the runner's own
+        statement, not the user's SQL."""
+        with self._lock:
+            if self._closed:
+                raise QueryFailed("the query runner is closed")
+            try:
+                self._bind(start_ms, end_ms, after_id, until_id)
+                row = self._conn.execute(f"SELECT EXISTS (SELECT 1 FROM temp.{INPUT})")
+                return bool(row.fetchone()[0])
+            except sqlite3.Error as err:
+                raise _failure(err, None) from err
+
+    def _bind(
+        self, start_ms: int | None, end_ms: int | None, after_id: int | None, until_id: int | None
+    ) -> None:
+        self._conn.execute(
+            f"UPDATE temp.{_BOUNDS} SET start_ms = ?, end_ms = ?, after_id = ?, until_id = ?",
+            (
+                _MIN if start_ms is None else start_ms,
+                _MAX if end_ms is None else end_ms,
+                _MIN if after_id is None else after_id,
+                _MAX if until_id is None else until_id,
+            ),
+        )
+
     def _run_user_sql(self) -> QueryResult:
         """The user's SQL, under the authorizer and the budget, and only so."""
         conn, authorizer = self._conn, self._authorizer
         if not self._checked:  # the same SQL over the same schema: checked once
-            self._verdict, self._checked = _verdict(conn, self._sql, authorizer), True
+            self._verdict, self._checked = _verdict(conn, self._rewritten, authorizer), True
         if self._verdict is not None:
             raise QueryFailed(self._verdict)
         authorizer.reset(conn)
@@ -262,7 +287,7 @@ class QueryRunner:
         started = time.perf_counter()
         cursor = conn.cursor()
         try:
-            cursor.execute(self._sql)
+            cursor.execute(self._rewritten)
             columns = tuple(str(column[0]) for column in cursor.description or ())
             rows = [tuple(map(_plain, row)) for row in cursor]
         except sqlite3.Error as err:
@@ -307,7 +332,7 @@ def check_query(
     try:
         migrate(conn)
         authorizer = _prepare(conn, "analytics:check", event_time, event_time_unit)
-        return _verdict(conn, sql, authorizer)
+        return _verdict(conn, rewrite(sql), authorizer)
     finally:
         conn.close()
 
@@ -363,17 +388,17 @@ def _prepare(
         f"CREATE TEMP VIEW {INPUT} AS SELECT time_ms, captured_at_ms, topic, key, payload"
         f" FROM temp.{rows}"
     )
-    for function in _TABLE_FUNCTIONS:  # their first use writes the schema: not the user's
-        conn.execute(f"SELECT * FROM {function}('[]')").fetchall()
+    for table_function in _TABLE_FUNCTIONS:  # their first use writes the schema
+        conn.execute(f"SELECT * FROM {table_function}('[]')").fetchall()
     authorizer = _Authorizer(rows)
-    for name, n_args, aggregate in aggregates(authorizer.fail):
-        conn.create_aggregate(name, n_args, aggregate)
+    for name, n_args, function in functions(authorizer.fail):
+        conn.create_function(name, n_args, function, deterministic=True)
     return authorizer
 
 
 class _Authorizer:
     """SQLite's authorizer callback for the user's SQL; remembers its first refusal (and
-    the first error an aggregate met) in words, for the error SQLite then raises."""
+    the first error an aggregate's function met) in words, for the error SQLite then raises."""
 
     def __init__(self, rows_view: str) -> None:
         self.rows_view = rows_view
@@ -442,7 +467,7 @@ def _failure(err: sqlite3.Error, reason: str | None) -> QueryFailed:
     if isinstance(err, sqlite3.ProgrammingError) and "one statement" in str(err):
         return QueryFailed(ONE_STATEMENT)
     code = (getattr(err, "sqlite_errorcode", 0) or 0) & 0xFF
-    failed = QueryFailed(reason or str(err))
+    failed = QueryFailed(reason or plain_names(str(err)))
     failed.retryable = code in _PASSING
     return failed
 

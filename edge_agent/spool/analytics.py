@@ -66,6 +66,27 @@ class Consume(NamedTuple):
     time_sql: str
     before_ms: int
     through_id: int
+    #: What an earlier consumption already deleted, as (before_ms, through_id), or None:
+    #: only the difference is looked at (a query sharing the queue with a five-minute
+    #: window would otherwise have every pass of a filter scan five minutes of rows).
+    freed: tuple[int, int] | None = None
+
+
+def consumed_where(consume: Consume) -> tuple[str, tuple[int, ...]]:
+    """The WHERE (after ``queue_id = ?``) and its parameters for the rows ``consume``
+    lets go that its ``freed`` did not already: the new ids up to ``through_id`` whose
+    time is before ``before_ms`` (or that have none), and the older ids whose time is
+    between the old bound and the new one. Each part is a range of the queue's ids."""
+    time_sql, before, through = consume.time_sql, consume.before_ms, consume.through_id
+    if consume.freed is None:
+        return f"id <= ? AND coalesce(({time_sql}) < ?, 1)", (through, before)
+    old_before, old_through = consume.freed
+    where = f"(id > ? AND id <= ? AND coalesce(({time_sql}) < ?, 1))"
+    params: tuple[int, ...] = (old_through, through, before)
+    if before > old_before:
+        where += f" OR (id <= ? AND ({time_sql}) >= ? AND ({time_sql}) < ?)"
+        params += (min(old_through, through), old_before, before)
+    return f"({where})", params
 
 
 def committed_ms() -> int:
@@ -106,8 +127,9 @@ def _consume(conn: sqlite3.Connection, queues: Queues, consume: Consume) -> Call
         return lambda: None
     # Counted, then deleted, by one ranged statement each: a window of a busy query
     # frees hundreds of thousands of rows, which a list of ids would hold in memory.
-    where = f"queue_id = ? AND id <= ? AND coalesce(({consume.time_sql}) < ?, 1)"
-    params = (state.id, consume.through_id, consume.before_ms)
+    freed, freed_params = consumed_where(consume)
+    where = f"queue_id = ? AND {freed}"
+    params = (state.id, *freed_params)
     count, size = conn.execute(
         f"SELECT count(*), coalesce(sum(size), 0) FROM records WHERE {where}", params
     ).fetchone()
@@ -208,6 +230,16 @@ def untimed(conn: sqlite3.Connection, queue: int, time_sql: str, *, after_id: in
         (queue, after_id),
     ).fetchone()
     return int(row[0])
+
+
+def removed(conn: sqlite3.Connection, queue: int) -> int:
+    """How many of the queue's rows a cap or ``max_age`` ever took before they were
+    consumed (its dropped and expired counters): a change says a window may have lost
+    readings."""
+    row = conn.execute(
+        "SELECT dropped_count + expired_count FROM queues WHERE id = ?", (queue,)
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def newest_id(conn: sqlite3.Connection, queue: int) -> int:
