@@ -261,6 +261,19 @@ def test_a_window_drafted_in_its_grace_is_emitted_at_the_close_if_it_stands(
     query.close()
 
 
+def test_a_time_window_query_wakes_for_its_draft_and_its_close(spool: Spool) -> None:
+    query = make_query(spool, "SELECT count(*) AS n FROM input", grace="5s")
+    assert query.due_in_s(BASE_MS) == engine.PASS_S  # nothing known yet
+    readings(spool, [BASE_MS + 1_000, BASE_MS + 12_000])
+    query.step(BASE_MS + 15_000)  # [0, 10 s) closes; [10 s, 20 s) is next
+    query.stats.max_run_seconds = 1.0
+    # Drafted 1.5 runs and a pass (2 s) before its close, closed 5 s after its end.
+    assert query.due_in_s(BASE_MS + 22_800) == pytest.approx(0.2)
+    assert query.due_in_s(BASE_MS + 24_700) == pytest.approx(0.3)
+    assert query.due_in_s(BASE_MS + 25_000) == engine.PASS_S  # both past: the next pass
+    query.close()
+
+
 def test_a_query_thread_runs_nicer_than_the_agent() -> None:
     """Intake comes first when the cores are busy (Linux sets a thread's own nice)."""
     seen: list[int] = []

@@ -222,8 +222,7 @@ class Query:
             return PASS_S
         due_ms = closed + self._step_ms + self.spec.grace_ms
         moments = [due_ms, self._draft_at(closed + self._step_ms)]
-        ahead = [moment - now_ms for moment in moments if moment > now_ms]
-        return min(PASS_S, *(delta / 1000 for delta in ahead))
+        return min([PASS_S, *((moment - now_ms) / 1000 for moment in moments if moment > now_ms)])
 
     # ------------------------------------------------------------------ drafts
 
