@@ -287,3 +287,17 @@ def test_a_query_thread_runs_nicer_than_the_agent() -> None:
     runner.join(10)
     agent = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert seen == [min(19, agent + NICENESS)]
+
+
+def test_a_filter_sees_readings_after_everything_before_was_delivered(spool: Spool) -> None:
+    """Its position is the last reading's id; once every record the spool held was
+    delivered, a new reading still gets a higher id than any given before."""
+    query = make_query(spool, "SELECT json_extract(payload, '$.ts') AS n FROM input", window="none")
+    readings(spool, [BASE_MS + 1, BASE_MS + 2])
+    query.step(BASE_MS + 10_000)
+    spool.ack(spool.lease("out", max_records=9, max_bytes=9_999))
+    assert spool.pending("out") == (0, 0) and spool.pending(query.config.queue) == (0, 0)
+    readings(spool, [BASE_MS + 3])
+    query.step(BASE_MS + 20_000)
+    assert results(spool) == [BASE_MS + 3]
+    query.close()

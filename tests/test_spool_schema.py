@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.errors import SpoolBusy, SpoolCorrupt, SpoolError, SpoolFull
+from edge_agent.records import Record
 from edge_agent.spool.recovery import count_legacy_leases, translate_sqlite_error
 from edge_agent.spool.schema import MIGRATIONS, SCHEMA_VERSION, migrate
 from edge_agent.spool.store import Spool
@@ -48,7 +49,7 @@ def indexes(conn: sqlite3.Connection) -> set[str]:
 
 def test_a_new_spool_has_no_lease_index() -> None:
     conn = sqlite3.connect(":memory:", isolation_level=None)
-    assert migrate(conn) == SCHEMA_VERSION == 4
+    assert migrate(conn) == SCHEMA_VERSION == 5
     assert "records_leased" not in indexes(conn)  # the column stays, never read or written
     assert "records_by_queue" in indexes(conn)
     assert count_legacy_leases(conn) == 0
@@ -83,7 +84,10 @@ def test_a_version_1_spool_is_migrated_at_open_and_keeps_its_records(tmp_path: P
             (2, "0002_leases_in_memory"),
             (3, "0003_sent_marks"),
             (4, "0004_analytics"),
+            (5, "0005_records_high_water"),
         ]
+        # The highest id the version 1 spool had given stands.
+        assert conn.execute("SELECT id FROM records_high_water").fetchone()[0] == 3
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         conn.close()
@@ -135,3 +139,26 @@ def test_sqlite_errors_become_the_agents(code: int, kind: type, retryable: bool)
     assert error.retryable is retryable
     assert str(error) == "spool append failed: boom"
     assert not SpoolError("other").retryable  # the instance flag stays on the instance
+
+
+def test_a_record_id_is_never_given_twice(tmp_path: Path) -> None:
+    """Once the newest records are delivered and deleted, SQLite alone would give their
+    ids again (what remembers a position by id, an analytics query, would pass over the
+    new records); not across a restart either, nor for a dead letter put back."""
+    path = tmp_path / "s.db"
+    with Spool.open(path) as spool:
+        spool.append([Record("q", "k", 1, b"a"), Record("q", "k", 2, b"b")])
+        delivered = spool.lease("q", max_records=9, max_bytes=99)
+        assert [r.id for r in delivered] == [1, 2]
+        spool.ack(delivered)
+        spool.append([Record("q", "k", 3, b"c"), Record("q", "k", 4, b"d")])
+        again = spool.lease("q", max_records=9, max_bytes=99)
+        assert [r.id for r in again] == [3, 4]
+        spool.dead_letter(again, "bad")
+    with Spool.open(path) as spool:
+        assert spool.requeue_dead_letters(queue="q") == 2
+        back = spool.lease("q", max_records=9, max_bytes=99)
+        assert [r.id for r in back] == [5, 6]
+        spool.ack(back)
+        spool.append([Record("q", "k", 5, b"e")])
+        assert [r.id for r in spool.lease("q", max_records=9, max_bytes=99)] == [7]

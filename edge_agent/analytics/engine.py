@@ -2,8 +2,8 @@
 rows into the spool exactly once (its thread is threads.py's).
 
 A pass (threads.py: when a time window is to be drafted or closes and at least every
-PASS_S, or when readings arrived for a continuous filter): find what is due (windows.py, from the query's state and the rows
-waiting in its queue), run the SQL over each due window (query.py, a read-only
+PASS_S, or when readings arrived for a continuous filter): find what is due (windows.py,
+from the query's state and the rows waiting in its queue), run the SQL over each due window (query.py, a read-only
 connection of the query's own), and append the result rows to the sinks' queues in one
 transaction with the window's mark, the query's new state and the deletion of the raw
 rows no later window needs (spool/analytics.py). A crash before that commit leaves
@@ -262,6 +262,12 @@ class Query:
             return  # evaluated again when due, and reported then
         self._record_run(result)
         self._draft = Draft(window, newest, removed, result)
+        log.debug(
+            "analytics %s: window ending %d drafted in %.3fs",
+            self.config.name,
+            end_ms,
+            result.seconds,
+        )
 
     def _drafted(self, window: Window) -> QueryResult | None:
         """The draft's result if it is ``window``'s and still stands (see Draft)."""
@@ -269,8 +275,10 @@ class Query:
         if draft is None or draft.window != window or self._queue_id is None:
             return None
         if stored.removed(self._reader, self._queue_id) != draft.removed:
+            log.debug("analytics %s: readings were taken since the draft", self.config.name)
             return None
         if self._runner.has_rows(window.start_ms, window.end_ms, after_id=draft.newest_id):
+            log.debug("analytics %s: readings came since the draft", self.config.name)
             return None
         return draft.result
 

@@ -88,18 +88,20 @@ def requeue(
     deltas: dict[str, Delta] = defaultdict(Delta)
     if not moved:
         return 0, deltas
-    queues.keep_new_ids_above_floors(conn)
+    first_id = queues.keep_new_ids_above_floors(conn)
     for dead_id, queue_id, size in moved:
         conn.execute(
-            "INSERT INTO records (queue_id, partition_key, captured_at_ms, size, meta,"
-            " payload) SELECT queue_id, partition_key, captured_at_ms, size, meta,"
+            "INSERT INTO records (id, queue_id, partition_key, captured_at_ms, size, meta,"
+            " payload) SELECT ?, queue_id, partition_key, captured_at_ms, size, meta,"
             " payload FROM dead_letters WHERE id = ?",
-            (dead_id,),
+            (first_id, dead_id),  # NULL: SQLite's choice
         )
+        first_id = None
         conn.execute("DELETE FROM dead_letters WHERE id = ?", (dead_id,))
         delta = deltas[queues.name_of(conn, queue_id)]
         delta.pending_count += 1
         delta.pending_bytes += size
+    queues.remember_ids(conn)
     return len(moved), deltas
 
 

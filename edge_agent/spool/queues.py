@@ -106,15 +106,28 @@ class Queues:
             name = str(row[0])
         return name
 
-    def keep_new_ids_above_floors(self, conn: sqlite3.Connection) -> None:
-        """Before inserting records: SQLite gives a new row the highest id in the table
-        plus one, which is at or below a lease floor once the rows at the top are gone;
-        every queue's floor comes down to the highest id there is (see
-        ``QueueLeases.lower_floor``). Inside the inserting transaction, so that no lease
-        runs in between."""
-        (top,) = conn.execute("SELECT coalesce(max(id), 0) FROM records").fetchone()
+    def keep_new_ids_above_floors(self, conn: sqlite3.Connection) -> int | None:
+        """Before inserting records (inside the inserting transaction, so that no lease
+        runs in between): the id the first new row must take, or None when SQLite's own
+        choice will do. SQLite gives a new row the highest id in the table plus one;
+        once the rows at the top are gone that id was given before, so the first row
+        takes one above the highest ever given (``records_high_water``) and the next
+        ones follow it: ids are never given twice. Every queue's lease floor comes down
+        to the highest id there is (see ``QueueLeases.lower_floor``). After the inserts,
+        ``remember_ids``."""
+        (top, given) = conn.execute(
+            "SELECT coalesce(max(id), 0), (SELECT id FROM records_high_water) FROM records"
+        ).fetchone()
         for state in self._by_name.values():
             state.leases.lower_floor(top)
+        return None if given is None or given <= top else int(given) + 1
+
+    @staticmethod
+    def remember_ids(conn: sqlite3.Connection) -> None:
+        """After inserting records: the highest id given, for ``keep_new_ids_above_floors``."""
+        conn.execute(
+            "UPDATE records_high_water SET id = max(id, (SELECT coalesce(max(id), 0) FROM records))"
+        )
 
     def commit(
         self,

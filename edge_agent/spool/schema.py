@@ -100,11 +100,21 @@ _SENT_MARKS = [
     "ALTER TABLE queues ADD COLUMN resent_after_restart_count INTEGER NOT NULL DEFAULT 0",
 ]
 
+#: 0005: the highest record id ever given. SQLite gives a new row the highest id in the
+#: table plus one, so once the newest rows are delivered and deleted their ids would be
+#: given again; whatever remembers a position by id (an analytics query's last reading)
+#: would then pass over the new rows. The inserts take ids above it (queues.py).
+_RECORDS_HIGH_WATER = [
+    "CREATE TABLE records_high_water (id INTEGER NOT NULL)",
+    "INSERT INTO records_high_water SELECT coalesce(max(id), 0) FROM records",
+]
+
 MIGRATIONS: list[tuple[str, list[str]]] = [
     ("0001_core_tables", _CORE_TABLES),
     ("0002_leases_in_memory", _LEASES_IN_MEMORY),
     ("0003_sent_marks", _SENT_MARKS),
     ("0004_analytics", analytics.MIGRATION),
+    ("0005_records_high_water", _RECORDS_HIGH_WATER),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

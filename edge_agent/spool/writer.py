@@ -142,8 +142,8 @@ class Writer:
             delta.pending_bytes += size
             delta.stored += 1
         if rows:
-            queues.keep_new_ids_above_floors(conn)
-            _insert_records(conn, rows)
+            _insert_records(conn, rows, queues.keep_new_ids_above_floors(conn))
+            queues.remember_ids(conn)
         if dead_rows:
             conn.executemany(INSERT_AT_APPEND, dead_rows)
         taken_back: list[TakenBack] = []
@@ -202,9 +202,19 @@ def _insert_statement(rows: int) -> str:
     )
 
 
-def _insert_records(conn: sqlite3.Connection, rows: list[_RecordRow]) -> None:
+def _insert_records(
+    conn: sqlite3.Connection, rows: list[_RecordRow], first_id: int | None = None
+) -> None:
     """Insert with multi-row statements: one statement per 256 rows rather than one step
-    per row (executemany steps, and trades the GIL, once per row)."""
+    per row (executemany steps, and trades the GIL, once per row). ``first_id``: the id
+    the first row takes (the others follow it), else SQLite's choice."""
+    if first_id is not None:
+        conn.execute(
+            "INSERT INTO records (id, queue_id, partition_key, captured_at_ms, size, meta,"
+            " payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (first_id, *rows[0]),
+        )
+        rows = rows[1:]
     step = min(_INSERT_ROWS, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 6)
     for start in range(0, len(rows), step):
         chunk = rows[start : start + step]
