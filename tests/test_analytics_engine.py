@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from edge_agent.analytics import engine
 from edge_agent.analytics.engine import Query
+from edge_agent.analytics.id_bounds import IdBounds
 from edge_agent.analytics.query import QueryResult
 from edge_agent.analytics.sharing import SharedQueue
 from edge_agent.analytics.threads import NICENESS, lower_priority
@@ -301,3 +302,32 @@ def test_a_filter_sees_readings_after_everything_before_was_delivered(spool: Spo
     query.step(BASE_MS + 20_000)
     assert results(spool) == [BASE_MS + 3]
     query.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    times=st.lists(st.one_of(st.none(), st.integers(0, 100)), min_size=1, max_size=60),
+    cuts=st.lists(st.integers(1, 60), max_size=8),
+    starts=st.lists(st.integers(-5, 105), min_size=1, max_size=10),
+)
+def test_id_bounds_never_cut_off_a_reading_of_a_window(
+    times: list[int | None], cuts: list[int], starts: list[int]
+) -> None:
+    """Whatever order the times come in and however the passes fall: no reading at or
+    below ``below(start)`` is at or after ``start``; with times in order, the bound is
+    the last such id a pass saw."""
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE records (id INTEGER PRIMARY KEY, queue_id INTEGER, t INTEGER)")
+    conn.executemany("INSERT INTO records VALUES (?, 1, ?)", enumerate(times, start=1))
+    conn.execute("INSERT INTO records VALUES (1000, 2, 999)")  # another queue's
+    bounds = IdBounds(1, "t")
+    passes = sorted({min(cut, len(times)) for cut in cuts} | {len(times)})
+    for newest in passes:
+        bounds.learn(conn, newest)
+    in_order = None not in times and times == sorted(times)  # type: ignore[type-var]
+    for start in starts:
+        below = bounds.below(start)
+        assert all(t is None or t < start for t in times[:below])
+        if in_order:
+            seen = [n for n in passes if times[n - 1] < start]  # type: ignore[operator]
+            assert below == (seen[-1] if seen else 0)

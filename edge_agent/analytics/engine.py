@@ -3,12 +3,13 @@ rows into the spool exactly once (its thread is threads.py's).
 
 A pass (threads.py: when a time window is to be drafted or closes and at least every
 PASS_S, or when readings arrived for a continuous filter): find what is due (windows.py,
-from the query's state and the rows waiting in its queue), run the SQL over each due window (query.py, a read-only
-connection of the query's own), and append the result rows to the sinks' queues in one
-transaction with the window's mark, the query's new state and the deletion of the raw
-rows no later window needs (spool/analytics.py). A crash before that commit leaves
-nothing of the window; after it, everything: the restart resumes from the stored state
-and evaluates the same window again under the same id, or the next one.
+from the query's state and the rows waiting in its queue), run the SQL over each due
+window (query.py, a read-only connection of the query's own), and append the result rows
+to the sinks' queues in one transaction with the window's mark, the query's new state
+and the deletion of the raw rows no later window needs (spool/analytics.py). A crash
+before that commit leaves nothing of the window; after it, everything: the restart
+resumes from the stored state and evaluates the same window again under the same id, or
+the next one.
 
 Each result row becomes one record per sink: a JSON object of the row's columns, plus
 ``query``, ``window_id``, ``window_start`` and ``window_end`` (epoch ms) and
@@ -16,11 +17,10 @@ Each result row becomes one record per sink: a JSON object of the row's columns,
 can drop the duplicates at-least-once delivery may add downstream.
 
 A time window's SQL over a minute of busy readings can take seconds; so that its rows
-come right at the close, the window is drafted during its grace (``Draft``): evaluated
-over the readings so far, and at the close its result is emitted as it is if no reading
-of the window came since and none was taken by a cap or ``max_age`` (checked by the
-newest id and the queue's counters, both cheap), else the window is run again. Either
-way the rows are those of the whole window, and the commit is the same.
+come right at the close, the window is drafted during its grace and its draft emitted
+if it still stands (drafts.py); either way the rows are those of the whole window, and
+the commit is the same. A time window reads only the ids that can hold its readings
+(id_bounds.py), not all its queue keeps for longer windows.
 
 Late readings (time windows): a reading that comes for a window already closed is
 counted; with ``late = "revise"`` its window is evaluated again (within ``revise_for``)
@@ -38,6 +38,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_agent.analytics.drafts import Drafter, draft_at
+from edge_agent.analytics.id_bounds import IdBounds
 from edge_agent.analytics.query import QueryResult, QueryRunner, row_time_sql
 from edge_agent.analytics.sharing import NOTHING, SharedQueue
 from edge_agent.analytics.windows import (
@@ -49,6 +51,7 @@ from edge_agent.analytics.windows import (
     is_late,
     keep_from,
     late_windows,
+    next_time_window,
     open_from_ms,
     skip_empty,
     window_id,
@@ -75,9 +78,6 @@ MAX_READINGS = 200_000
 #: that the query goes on with the next windows instead of holding its readings for
 #: ever. Counted and shown in status.
 MAX_WINDOW_FAILURES = 3
-#: A time window is evaluated ahead ("drafted") no sooner than this after its end: the
-#: readings captured before it are committed by then.
-DRAFT_SETTLE_MS = 250
 #: Keys every result record carries beside the row's columns.
 RESERVED_COLUMNS = frozenset({"query", "window_id", "window_start", "window_end", "revision"})
 
@@ -92,18 +92,6 @@ def spec_of(config: AnalyticsConfig) -> WindowSpec:
         count=config.count,
         grace_ms=config.grace_ms,
     )
-
-
-@dataclass(frozen=True)
-class Draft:
-    """A time window evaluated during its grace over the readings up to
-    ``newest_id``: its result stands at the close if no reading of the window came
-    after ``newest_id`` and none was taken by a cap or ``max_age`` (``removed``)."""
-
-    window: Window
-    newest_id: int
-    removed: int
-    result: QueryResult
 
 
 @dataclass
@@ -156,7 +144,10 @@ class Query:
         self._untimed_id = 0  # nor for a missing event time
         self._retry_at = 0.0
         self._failing: tuple[str, int] | None = None  # the window failing, and how often
-        self._draft: Draft | None = None
+        #: Time windows, once the queue exists: where its readings stand in time by id,
+        #: and the drafts.
+        self._bounds: IdBounds | None = None
+        self._drafter: Drafter | None = None
         saved = stored.load_state(self._reader, config.name)
         if saved is not None:
             loaded = json.loads(saved.state)
@@ -200,7 +191,13 @@ class Query:
             self._queue_id = stored.queue_id(self._reader, self.config.queue)
             if self._queue_id is None:
                 return 0  # no reading yet
-        newest = stored.newest_id(self._reader, self._queue_id)  # once a pass, for both
+        newest = stored.newest_id(self._reader, self._queue_id)  # once a pass, for all
+        if self._step_ms and self._drafter is None:
+            bounds = IdBounds(self._queue_id, self.time_sql)
+            self._bounds = bounds
+            self._drafter = Drafter(self._runner, self._reader, self._queue_id, bounds)
+        if self._bounds is not None:
+            self._bounds.learn(self._reader, newest)
         self._count_untimed(newest)
         emitted = self._revise_late(now_ms, newest)
         while True:
@@ -217,70 +214,46 @@ class Query:
     def due_in_s(self, now_ms: int) -> float:
         """Seconds to the next moment a pass has work (a draft, a window's close), at
         most PASS_S (late readings are looked for on every pass)."""
-        closed = self.state.closed_through_ms
-        if not self._step_ms or closed is None:
+        window = next_time_window(self.spec, self.state)
+        if window is None:
             return PASS_S
-        due_ms = closed + self._step_ms + self.spec.grace_ms
-        moments = [due_ms, self._draft_at(closed + self._step_ms)]
+        moments = (window.end_ms + self.spec.grace_ms, self._draft_at(window))
         return min([PASS_S, *((moment - now_ms) / 1000 for moment in moments if moment > now_ms)])
 
     # ------------------------------------------------------------------ drafts
 
-    def _draft_at(self, end_ms: int) -> int:
-        """When the window ending at ``end_ms`` is drafted: as late as lets the draft
-        end before the close (a reading that comes during grace after the draft costs
-        the query a second run), and no sooner than DRAFT_SETTLE_MS after its end."""
-        lead_ms = int((1.5 * self.stats.max_run_seconds + PASS_S) * 1000)
-        return max(end_ms + DRAFT_SETTLE_MS, end_ms + self.spec.grace_ms - lead_ms)
+    def _draft_at(self, window: Window) -> int:
+        return draft_at(window.end_ms, self.spec.grace_ms, self.stats.max_run_seconds, PASS_S)
 
     def _draft_next(self, now_ms: int) -> None:
-        """During a time window's grace, evaluate it ahead over what came so far: at the
-        close, if nothing changed, its result is emitted at once instead of after a run
-        over the whole window (a minute of readings may take seconds)."""
-        spec, closed, queue = self.spec, self.state.closed_through_ms, self._queue_id
-        if not self._step_ms or closed is None or queue is None:
+        """During the next time window's grace, draft it (drafts.py)."""
+        window = next_time_window(self.spec, self.state)
+        drafter = self._drafter
+        if window is None or drafter is None:
             return
-        end_ms = closed + self._step_ms
-        due_ms = end_ms + spec.grace_ms
-        if now_ms >= due_ms or now_ms < self._draft_at(end_ms):
+        if now_ms >= window.end_ms + self.spec.grace_ms or now_ms < self._draft_at(window):
             return
-        if self._draft is not None and self._draft.window.end_ms == end_ms:
+        if drafter.draft is not None and drafter.draft.window == window:
             return  # one draft a window
-        oldest = stored.oldest_time(
-            self._reader, queue, self.time_sql, open_from_ms(spec, self.state)
-        )
-        ahead = skip_empty(spec, self.state, due_ms, oldest_time_ms=oldest)
-        windows = due_windows(spec, ahead, due_ms, oldest_time_ms=oldest)
-        if len(windows) != 1:
-            return  # none, or catching up: evaluated when due
-        window = windows[0]
-        removed = stored.removed(self._reader, queue)
-        newest = stored.newest_id(self._reader, queue)
         try:
-            result = self._runner.run(window.start_ms, window.end_ms, until_id=newest, if_any=True)
+            result = drafter.make(window)
         except QueryFailed:
             return  # evaluated again when due, and reported then
         self._record_run(result)
-        self._draft = Draft(window, newest, removed, result)
-        log.debug(
-            "analytics %s: window ending %d drafted in %.3fs",
-            self.config.name,
-            end_ms,
-            result.seconds,
-        )
+        log.debug("analytics %s: %s drafted in %.3fs", self.config.name, window, result.seconds)
 
     def _drafted(self, window: Window) -> QueryResult | None:
-        """The draft's result if it is ``window``'s and still stands (see Draft)."""
-        draft, self._draft = self._draft, None
-        if draft is None or draft.window != window or self._queue_id is None:
+        if self._drafter is None:
             return None
-        if stored.removed(self._reader, self._queue_id) != draft.removed:
-            log.debug("analytics %s: readings were taken since the draft", self.config.name)
+        result, why = self._drafter.take(window)
+        log.debug("analytics %s: %s: %s", self.config.name, window, why)
+        return result
+
+    def _below(self, start_ms: int | None) -> int | None:
+        """An id under which no reading is at or after ``start_ms`` (id_bounds.py)."""
+        if self._bounds is None or start_ms is None:
             return None
-        if self._runner.has_rows(window.start_ms, window.end_ms, after_id=draft.newest_id):
-            log.debug("analytics %s: readings came since the draft", self.config.name)
-            return None
-        return draft.result
+        return self._bounds.below(start_ms) or None
 
     def _record_run(self, result: QueryResult) -> None:
         self.stats.run_seconds = result.seconds
@@ -296,7 +269,12 @@ class Query:
             # read of the queue's rows until then).
             if closed is not None and now_ms < closed + self._step_ms + spec.grace_ms:
                 return []
-            oldest = stored.oldest_time(self._reader, queue, self.time_sql, since)
+            draft = self._drafter.draft if self._drafter else None
+            if draft and draft.has_readings and draft.window == next_time_window(spec, state):
+                return [draft.window]  # the first due: no read of the queue's times
+            oldest = stored.oldest_time(
+                self._reader, queue, self.time_sql, since, after_id=self._below(since)
+            )
             self.state = skip_empty(spec, state, now_ms, oldest_time_ms=oldest)
             return due_windows(spec, self.state, now_ms, oldest_time_ms=oldest)
         if spec.kind == "session":
@@ -364,10 +342,11 @@ class Query:
         try:
             result = self._drafted(window) if revision == 0 and self._step_ms else None
             if result is None:
+                by_time = window.until_id is None
                 result = self._runner.run(
-                    window.start_ms if window.until_id is None else None,
-                    window.end_ms if window.until_id is None else None,
-                    after_id=window.after_id,
+                    window.start_ms if by_time else None,
+                    window.end_ms if by_time else None,
+                    after_id=self._below(window.start_ms) if by_time else window.after_id,
                     until_id=window.until_id,
                     if_any=True,
                 )

@@ -232,6 +232,17 @@ def due_windows(
     return [Window(newest + 1 - spec.size_ms, newest + 1, state.last_id, until_id)]
 
 
+def next_time_window(spec: WindowSpec, state: WindowState) -> Window | None:
+    """Time windows: the first window ending after ``closed_through_ms``, the next to
+    close (the first one due, if it holds a reading); None before the first window or
+    for the other kinds."""
+    grid = _grid(spec)
+    if grid is None or state.closed_through_ms is None:
+        return None
+    end = _next_end(grid, state.closed_through_ms)
+    return Window(end - spec.size_ms, end)
+
+
 def advance(spec: WindowSpec, state: WindowState, window: Window) -> WindowState:
     """The state once ``window`` (named by ``due_windows``) was emitted."""
     if spec.kind == "session":

@@ -201,12 +201,19 @@ def span(
 
 
 def oldest_time(
-    conn: sqlite3.Connection, queue: int, time_sql: str, from_ms: int | None
+    conn: sqlite3.Connection,
+    queue: int,
+    time_sql: str,
+    from_ms: int | None,
+    *,
+    after_id: int | None = None,
 ) -> int | None:
-    """The oldest time among the queue's rows at or after ``from_ms``."""
+    """The oldest time among the queue's rows at or after ``from_ms`` (those with ids
+    above ``after_id``: the caller knows none at or below it is that late)."""
     since = "" if from_ms is None else f" AND ({time_sql}) >= {int(from_ms)}"
     row = conn.execute(
-        f"SELECT min({time_sql}) FROM records WHERE queue_id = ?{since}", (queue,)
+        f"SELECT min({time_sql}) FROM records WHERE queue_id = ? AND id > ?{since}",
+        (queue, after_id or 0),
     ).fetchone()
     return None if row is None or row[0] is None else int(row[0])
 
