@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent.analytics import engine
+from edge_agent.analytics.drafts import SETTLE_MS, draft_at
 from edge_agent.analytics.engine import Query
 from edge_agent.analytics.id_bounds import IdBounds
 from edge_agent.analytics.query import QueryResult
@@ -331,3 +332,11 @@ def test_id_bounds_never_cut_off_a_reading_of_a_window(
         if in_order:
             seen = [n for n in passes if times[n - 1] < start]  # type: ignore[operator]
             assert below == (seen[-1] if seen else 0)
+
+
+def test_a_window_by_capture_time_is_drafted_as_soon_as_its_readings_are_in() -> None:
+    """No reading comes for it after its end; by event time one may, so the draft waits
+    as long as the query's longest run allows."""
+    assert draft_at(60_000, 5_000, 1.0, 0.5, by_event_time=False) == 60_000 + SETTLE_MS
+    assert draft_at(60_000, 5_000, 1.0, 0.5, by_event_time=True) == 63_000
+    assert draft_at(60_000, 5_000, 9.0, 0.5, by_event_time=True) == 60_000 + SETTLE_MS

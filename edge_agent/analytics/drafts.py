@@ -23,11 +23,15 @@ from edge_agent.spool import analytics as stored
 SETTLE_MS = 250
 
 
-def draft_at(end_ms: int, grace_ms: int, longest_run_s: float, pass_s: float) -> int:
-    """When the window ending at ``end_ms`` is drafted: as late as lets the draft end
-    before the close by the query's longest run so far (a reading that comes during
-    grace after the draft costs a second run), and no sooner than SETTLE_MS after its
-    end."""
+def draft_at(
+    end_ms: int, grace_ms: int, longest_run_s: float, pass_s: float, *, by_event_time: bool
+) -> int:
+    """When the window ending at ``end_ms`` is drafted. By capture time no reading of it
+    comes after its end: SETTLE_MS after it. By event time a reading may come during
+    the grace and cost a second run: as late as lets the draft end before the close by
+    the query's longest run so far, and no sooner than SETTLE_MS after its end."""
+    if not by_event_time:
+        return end_ms + SETTLE_MS
     lead_ms = int((1.5 * longest_run_s + pass_s) * 1000)
     return max(end_ms + SETTLE_MS, end_ms + grace_ms - lead_ms)
 

@@ -223,7 +223,13 @@ class Query:
     # ------------------------------------------------------------------ drafts
 
     def _draft_at(self, window: Window) -> int:
-        return draft_at(window.end_ms, self.spec.grace_ms, self.stats.max_run_seconds, PASS_S)
+        return draft_at(
+            window.end_ms,
+            self.spec.grace_ms,
+            self.stats.max_run_seconds,
+            PASS_S,
+            by_event_time=self.config.event_time is not None,
+        )
 
     def _draft_next(self, now_ms: int) -> None:
         """During the next time window's grace, draft it (drafts.py)."""

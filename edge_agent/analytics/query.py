@@ -402,18 +402,28 @@ class _Authorizer:
 
     def __init__(self, rows_view: str) -> None:
         self.rows_view = rows_view
-        #: The databases' tables and views (casefolded), as of the last ``reset``.
+        #: The databases' tables and views (casefolded), as of the last ``reset``, and
+        #: the schemas' versions they were read at.
         self.tables: frozenset[str] = frozenset()
+        self._schemas: tuple[int, int] | None = None
         self.refusal: str | None = None
         self.callback_error: str | None = None
 
     def reset(self, conn: sqlite3.Connection) -> None:
-        """Before the user's SQL is prepared (with no authorizer yet)."""
+        """Before the user's SQL is prepared (with no authorizer yet). The names are
+        read again only when a schema changed (a filter runs several times a second)."""
         self.refusal = self.callback_error = None
+        schemas = (
+            int(conn.execute("PRAGMA main.schema_version").fetchone()[0]),
+            int(conn.execute("PRAGMA temp.schema_version").fetchone()[0]),
+        )
+        if schemas == self._schemas:
+            return
         names = conn.execute(
             "SELECT name FROM main.sqlite_master UNION ALL SELECT name FROM temp.sqlite_master"
         )
         self.tables = frozenset(str(name).casefold() for (name,) in names)
+        self._schemas = schemas
 
     def __call__(
         self, action: int, arg1: str | None, arg2: str | None, db: str | None, view: str | None

@@ -89,19 +89,20 @@ def requeue(
     if not moved:
         return 0, deltas
     first_id = queues.keep_new_ids_above_floors(conn)
+    last_id = None
     for dead_id, queue_id, size in moved:
-        conn.execute(
+        last_id = conn.execute(
             "INSERT INTO records (id, queue_id, partition_key, captured_at_ms, size, meta,"
             " payload) SELECT ?, queue_id, partition_key, captured_at_ms, size, meta,"
             " payload FROM dead_letters WHERE id = ?",
             (first_id, dead_id),  # NULL: SQLite's choice
-        )
+        ).lastrowid
         first_id = None
         conn.execute("DELETE FROM dead_letters WHERE id = ?", (dead_id,))
         delta = deltas[queues.name_of(conn, queue_id)]
         delta.pending_count += 1
         delta.pending_bytes += size
-    queues.remember_ids(conn)
+    queues.remember_ids(conn, last_id)
     return len(moved), deltas
 
 

@@ -63,6 +63,10 @@ class Queues:
     def __init__(self) -> None:
         self._by_name: dict[str, QueueState] = {}
         self._names: dict[int, str] = {}
+        #: The highest record id ever given (``records_high_water``, read at the first
+        #: insert and kept here so that an append does not read it; a rolled-back
+        #: append leaves it too high, which only skips ids).
+        self._given: int | None = None
 
     def load(self, conn: sqlite3.Connection) -> None:
         rows = conn.execute("SELECT id, name, pending_count, pending_bytes FROM queues")
@@ -115,19 +119,22 @@ class Queues:
         ones follow it: ids are never given twice. Every queue's lease floor comes down
         to the highest id there is (see ``QueueLeases.lower_floor``). After the inserts,
         ``remember_ids``."""
-        (top, given) = conn.execute(
-            "SELECT coalesce(max(id), 0), (SELECT id FROM records_high_water) FROM records"
-        ).fetchone()
+        (top,) = conn.execute("SELECT coalesce(max(id), 0) FROM records").fetchone()
         for state in self._by_name.values():
             state.leases.lower_floor(top)
-        return None if given is None or given <= top else int(given) + 1
+        if self._given is None:
+            (given,) = conn.execute(
+                "SELECT coalesce(max(id), 0) FROM records_high_water"
+            ).fetchone()
+            self._given = int(given)
+        return None if self._given <= top else self._given + 1
 
-    @staticmethod
-    def remember_ids(conn: sqlite3.Connection) -> None:
-        """After inserting records: the highest id given, for ``keep_new_ids_above_floors``."""
-        conn.execute(
-            "UPDATE records_high_water SET id = max(id, (SELECT coalesce(max(id), 0) FROM records))"
-        )
+    def remember_ids(self, conn: sqlite3.Connection, last_id: int | None) -> None:
+        """After inserting records, ``last_id`` the last one's: the highest id given,
+        for ``keep_new_ids_above_floors``."""
+        if last_id is not None and last_id > (self._given or 0):
+            conn.execute("UPDATE records_high_water SET id = ?", (last_id,))
+            self._given = last_id
 
     def commit(
         self,

@@ -142,8 +142,8 @@ class Writer:
             delta.pending_bytes += size
             delta.stored += 1
         if rows:
-            _insert_records(conn, rows, queues.keep_new_ids_above_floors(conn))
-            queues.remember_ids(conn)
+            last_id = _insert_records(conn, rows, queues.keep_new_ids_above_floors(conn))
+            queues.remember_ids(conn, last_id)
         if dead_rows:
             conn.executemany(INSERT_AT_APPEND, dead_rows)
         taken_back: list[TakenBack] = []
@@ -204,18 +204,24 @@ def _insert_statement(rows: int) -> str:
 
 def _insert_records(
     conn: sqlite3.Connection, rows: list[_RecordRow], first_id: int | None = None
-) -> None:
+) -> int | None:
     """Insert with multi-row statements: one statement per 256 rows rather than one step
     per row (executemany steps, and trades the GIL, once per row). ``first_id``: the id
-    the first row takes (the others follow it), else SQLite's choice."""
+    the first row takes (the others follow it), else SQLite's choice. Returns the last
+    row's id."""
+    last_id = None
     if first_id is not None:
-        conn.execute(
+        last_id = conn.execute(
             "INSERT INTO records (id, queue_id, partition_key, captured_at_ms, size, meta,"
             " payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (first_id, *rows[0]),
-        )
+        ).lastrowid
         rows = rows[1:]
     step = min(_INSERT_ROWS, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 6)
     for start in range(0, len(rows), step):
         chunk = rows[start : start + step]
-        conn.execute(_insert_statement(len(chunk)), [value for row in chunk for value in row])
+        cursor = conn.execute(
+            _insert_statement(len(chunk)), [value for row in chunk for value in row]
+        )
+        last_id = cursor.lastrowid
+    return last_id
