@@ -21,6 +21,7 @@ JSON with SQLite's 15 significant digits.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -43,23 +44,23 @@ NAMES = (
 )
 
 
+#: What JSON gives for a number (``type``: not bool, which is an int).
+_NUMBERS = (int, float)
+
+
 def _numbers(collected: str | None) -> list[float]:
     """The values ``json_group_array`` collected that an aggregate takes: numbers, and
     text that is one (``json_extract`` of ``"21.5"``). NULL and anything else is
     skipped: one malformed reading costs only itself, as at intake."""
-    numbers = []
-    for value in json.loads(collected or "[]"):
-        if isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                continue
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            number = float(value)
-        else:
-            continue
-        if math.isfinite(number):
-            numbers.append(number)
+    values = json.loads(collected or "[]")
+    numbers = [float(value) for value in values if type(value) in _NUMBERS]
+    if len(numbers) < len(values):  # the rest: NULLs, text, objects (a group at a time)
+        for value in values:
+            if isinstance(value, str):
+                with contextlib.suppress(ValueError):
+                    numbers.append(float(value))
+    if numbers and not (-math.inf < min(numbers) and max(numbers) < math.inf):
+        numbers = [number for number in numbers if math.isfinite(number)]
     return numbers
 
 
