@@ -340,3 +340,24 @@ def test_a_window_by_capture_time_is_drafted_as_soon_as_its_readings_are_in() ->
     assert draft_at(60_000, 5_000, 1.0, 0.5, by_event_time=False) == 60_000 + SETTLE_MS
     assert draft_at(60_000, 5_000, 1.0, 0.5, by_event_time=True) == 63_000
     assert draft_at(60_000, 5_000, 9.0, 0.5, by_event_time=True) == 60_000 + SETTLE_MS
+
+
+def test_windows_take_turns_and_a_filter_does_not_wait_for_them(spool: Spool) -> None:
+    turns, shared = threading.Lock(), SharedQueue(["q", "alerts"])
+    window = make_query(spool, "SELECT count(*) AS n FROM input")
+    window.close()
+    windowed = Query(window.config, spool, shared, turns)
+    alerts = make_query(spool, "SELECT 1 AS n FROM input", window="none")
+    alerts.close()
+    filtering = Query(replace(alerts.config, name="alerts"), spool, shared, turns)
+    readings(spool, [BASE_MS + 1_000])
+    with turns:  # another query's window is running
+        assert filtering.step(BASE_MS + 60_000) == 1, "a filter's batch goes on"
+        stepping = threading.Thread(target=windowed.step, args=(BASE_MS + 60_000,))
+        stepping.start()
+        stepping.join(0.5)
+        assert stepping.is_alive() and windowed.stats.emitted == 0, "the window waits its turn"
+    stepping.join(10)
+    assert windowed.stats.emitted == 1
+    windowed.close()
+    filtering.close()

@@ -32,9 +32,12 @@ go on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import threading
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,11 +118,18 @@ class Query:
     """One query: its window state, its runner, and emitting what is due."""
 
     def __init__(
-        self, config: AnalyticsConfig, spool: Spool, shared: SharedQueue | None = None
+        self,
+        config: AnalyticsConfig,
+        spool: Spool,
+        shared: SharedQueue | None = None,
+        turns: threading.Lock | None = None,
     ) -> None:
         self.config = config
         self.spool = spool
         self.shared = shared or SharedQueue([config.name])
+        #: Held while a window (not a filter's batch) runs: the queries' windows run one
+        #: at a time (threads.py).
+        self._turns = turns if turns is not None and config.window != "none" else None
         self.spec = spec_of(config)
         self.time_sql = row_time_sql(config.event_time, config.event_time_unit)
         #: Time windows: the distance between window ends (0: windows chosen by readings).
@@ -242,7 +252,8 @@ class Query:
         if drafter.draft is not None and drafter.draft.window == window:
             return  # one draft a window
         try:
-            result = drafter.make(window)
+            with self._turn():
+                result = drafter.make(window)
         except QueryFailed:
             return  # evaluated again when due, and reported then
         self._record_run(result)
@@ -260,6 +271,9 @@ class Query:
         if self._bounds is None or start_ms is None:
             return None
         return self._bounds.below(start_ms) or None
+
+    def _turn(self) -> AbstractContextManager[object]:
+        return self._turns if self._turns is not None else contextlib.nullcontext()
 
     def _record_run(self, result: QueryResult) -> None:
         self.stats.run_seconds = result.seconds
@@ -349,13 +363,14 @@ class Query:
             result = self._drafted(window) if revision == 0 and self._step_ms else None
             if result is None:
                 by_time = window.until_id is None
-                result = self._runner.run(
-                    window.start_ms if by_time else None,
-                    window.end_ms if by_time else None,
-                    after_id=self._below(window.start_ms) if by_time else window.after_id,
-                    until_id=window.until_id,
-                    if_any=True,
-                )
+                with self._turn():
+                    result = self._runner.run(
+                        window.start_ms if by_time else None,
+                        window.end_ms if by_time else None,
+                        after_id=self._below(window.start_ms) if by_time else window.after_id,
+                        until_id=window.until_id,
+                        if_any=True,
+                    )
                 self._record_run(result)
         except QueryFailed as err:
             return self._window_failed(window, now_ms, revision, err)
