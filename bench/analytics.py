@@ -99,7 +99,8 @@ TOPIC_FILTER = "sensors/#"
 WAIT_INTERVAL_S = 0.05
 #: The readings' values: normal, this mean and standard deviation.
 VALUE_MEAN, VALUE_SD = 21.0, 2.0
-GRACE_MS = 2_000
+#: The time windows' grace: as configs/analytics.toml's (--grace-ms to change).
+GRACE_MS = 5_000
 #: The queries with time windows (the third is the filter, "alerts").
 TIME_QUERIES = ("stats", "sensors")
 FILTER_QUERY = "alerts"
@@ -205,10 +206,10 @@ def write_config(directory: Path, port: int, client_id: str, args: argparse.Name
         text += (
             '\n[sinks.results]\ntype = "hold"\nmax_bytes = "off"\nmax_age = "off"\n\n'
             f'[analytics.stats]\ntopics = ["{TOPIC_FILTER}"]\nwindow = "tumbling"\n'
-            f'size = "1m"\ngrace = "{GRACE_MS}ms"\nmax_steps = {MAX_STEPS}\n'
+            f'size = "1m"\ngrace = "{args.grace_ms}ms"\nmax_steps = {MAX_STEPS}\n'
             f'sinks = ["results"]\nsql = "{STATS_SQL}"\n\n'
             f'[analytics.sensors]\ntopics = ["{TOPIC_FILTER}"]\nwindow = "hopping"\n'
-            f'size = "5m"\nhop = "1m"\ngrace = "{GRACE_MS}ms"\nmax_steps = {MAX_STEPS}\n'
+            f'size = "5m"\nhop = "1m"\ngrace = "{args.grace_ms}ms"\nmax_steps = {MAX_STEPS}\n'
             f'sinks = ["results"]\nsql = "{DISTINCT_SQL}"\n\n'
             f'[analytics.alerts]\ntopics = ["{TOPIC_FILTER}"]\nwindow = "none"\n'
             f'max_steps = {MAX_STEPS}\nsinks = ["results"]\nsql = "{filter_sql(args.threshold)}"\n'
@@ -320,7 +321,7 @@ def measure_paced(directory: Path, round_no: int, args: argparse.Namespace) -> R
     client_id = f"bench-analytics-{round_no}-{int(args.analytics)}"
     agent = Agent(directory, args, client_id)
     publisher: subprocess.Popen[bytes] | None = None
-    watcher = EmissionWatcher(agent.spool)
+    watcher = EmissionWatcher(agent.spool, args.grace_ms)
     try:
         if args.analytics:
             watcher.start()
@@ -420,9 +421,10 @@ class EmissionWatcher(threading.Thread):
     each window's mark appeared: when its rows were committed (to within the interval).
     ``emitted_at_ms`` alone is the clock of the engine's pass, read before the query ran."""
 
-    def __init__(self, spool: Path) -> None:
+    def __init__(self, spool: Path, grace_ms: int) -> None:
         super().__init__(name="emission-watcher", daemon=True)
         self._spool = spool
+        self._grace_ms = grace_ms
         self._done = threading.Event()
         #: (query, end_ms, emitted_at_ms, seen_ms) of every first emission (revision 0).
         self.marks: list[tuple[str, int, int, int]] = []
@@ -455,7 +457,7 @@ class EmissionWatcher(threading.Thread):
         column: dict[str, list[float]] = {}
         seen: dict[str, list[float]] = {}
         for query, end_ms, emitted_at_ms, seen_ms in self.marks:
-            due = end_ms - 1 if query == FILTER_QUERY else end_ms + GRACE_MS
+            due = end_ms - 1 if query == FILTER_QUERY else end_ms + self._grace_ms
             column.setdefault(query, []).append(float(emitted_at_ms - due))
             seen.setdefault(query, []).append(float(seen_ms - due))
         return column, seen
@@ -648,7 +650,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
     env = machine()
     print(
         f"edge-agent analytics benchmark: {args.rate:,.0f} readings/s of {args.sensors} sensors,"
-        f" {args.seconds} s measured after {args.warmup} s, flat out {args.flat_out:,},"
+        f" {args.seconds} s measured after {args.warmup} s, grace {args.grace_ms} ms,"
+        f" flat out {args.flat_out:,},"
         f" {args.rounds} round(s); {env['cpu']}, {env['cpus']} CPUs, Python {env['python']},"
         f" SQLite {env['sqlite']}, {env['mosquitto']}, kernel {env['kernel']};"
         f" load average {env['load']}",
@@ -705,6 +708,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--flat-out", type=int, default=100_000, help="messages, flat-out part")
     parser.add_argument("--sensors", type=int, default=50, help="distinct sensors (topics)")
     parser.add_argument("--threshold", type=float, default=25.0, help="the filter's threshold")
+    parser.add_argument(
+        "--grace-ms", type=int, default=GRACE_MS, help="the time windows' grace, ms"
+    )
     parser.add_argument("--rounds", type=int, default=1, help="rounds (order alternates)")
     parser.add_argument("--repeat", type=int, default=3, help="baseline runs of each side")
     parser.add_argument("--parts", default="paced,flat-out", help="paced, flat-out or both")
