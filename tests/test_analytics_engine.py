@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.analytics import engine
+from edge_agent.analytics import engine, sharing
 from edge_agent.analytics.drafts import SETTLE_MS, draft_at
 from edge_agent.analytics.engine import Query
 from edge_agent.analytics.id_bounds import IdBounds
@@ -361,3 +361,26 @@ def test_windows_take_turns_and_a_filter_does_not_wait_for_them(spool: Spool) ->
     assert windowed.stats.emitted == 1
     windowed.close()
     filtering.close()
+
+
+def test_readings_no_window_needs_are_deleted_a_range_at_a_time(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the window's commit, in transactions of DELETE_IDS ids: intake never waits
+    for a whole minute of readings to be deleted."""
+    monkeypatch.setattr(sharing, "DELETE_IDS", 3)
+    query = make_query(spool, "SELECT count(*) AS n FROM input")
+    readings(spool, [BASE_MS + t for t in range(100, 1_100, 100)])  # 10 in [0, 10 s)
+    spans: list[tuple[int, int] | None] = []
+    deletion = stored.deletion
+
+    def counted(consume: stored.Consume) -> Any:
+        spans.append(consume.ids)
+        return deletion(consume)
+
+    monkeypatch.setattr(stored, "deletion", counted)
+    query.step(BASE_MS + 60_000)
+    assert results(spool) == [10]
+    assert spool.pending(query.config.queue) == (0, 0)
+    assert spans == [(0, 3), (3, 6), (6, 9), (9, 10)], "a transaction per range of ids"
+    query.close()

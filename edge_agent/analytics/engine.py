@@ -5,11 +5,11 @@ A pass (threads.py: when a time window is to be drafted or closes and at least e
 PASS_S, or when readings arrived for a continuous filter): find what is due (windows.py,
 from the query's state and the rows waiting in its queue), run the SQL over each due
 window (query.py, a read-only connection of the query's own), and append the result rows
-to the sinks' queues in one transaction with the window's mark, the query's new state
-and the deletion of the raw rows no later window needs (spool/analytics.py). A crash
-before that commit leaves nothing of the window; after it, everything: the restart
-resumes from the stored state and evaluates the same window again under the same id, or
-the next one.
+to the sinks' queues in one transaction with the window's mark and the query's new state
+(spool/analytics.py). A crash before that commit leaves nothing of the window; after it,
+everything: the restart resumes from the stored state and evaluates the same window
+again under the same id, or the next one. The raw rows no later window needs are deleted
+after the commit, a range of ids per transaction (sharing.py).
 
 Each result row becomes one record per sink: a JSON object of the row's columns, plus
 ``query``, ``window_id``, ``window_start`` and ``window_end`` (epoch ms) and
@@ -44,7 +44,7 @@ from typing import Any
 from edge_agent.analytics.drafts import Drafter, draft_at
 from edge_agent.analytics.id_bounds import IdBounds
 from edge_agent.analytics.query import QueryResult, QueryRunner, row_time_sql
-from edge_agent.analytics.sharing import NOTHING, SharedQueue
+from edge_agent.analytics.sharing import NOTHING, SharedQueue, delete_in_ranges
 from edge_agent.analytics.windows import (
     Window,
     WindowSpec,
@@ -420,7 +420,8 @@ class Query:
         *,
         skipped: bool = False,
     ) -> bool:
-        """The window's rows, mark, state and consumed readings in one transaction."""
+        """The window's rows, mark and state in one transaction; then the readings no
+        window needs any more go (``_delete``)."""
         config = self.config
         rows = len(records) // len(config.sinks)
         state = advance(self.spec, self.state, window) if revision == 0 else self.state
@@ -460,17 +461,28 @@ class Query:
                 config.queue, self.time_sql, free.before_ms, free.through_id, freed
             )
         try:
-            self.spool.append(records, also=stored.emission(config.name, marks, saved, consume))
+            self.spool.append(records, also=stored.emission(config.name, marks, saved))
         except SpoolError as err:
             self.failed(f"emitting window {wid}: {err}")
             return False
         self.state = state
         self.shared.settle(config.name, keep)
-        if consume is not None:
+        if consume is not None and self._delete(consume):
             self.shared.freed = free
         stats.emitted, stats.rows_out = saved.emitted, saved.rows_out
         stats.last_emit_ms = saved.last_emit_ms
         stats.revisions += revision > 0
+        return True
+
+    def _delete(self, consume: stored.Consume) -> bool:
+        """Delete what ``consume`` frees (sharing.py's ``delete_in_ranges``); returns
+        whether all of it was deleted."""
+        assert self._queue_id is not None
+        try:
+            delete_in_ranges(self.spool, self._reader, self._queue_id, consume)
+        except SpoolError as err:
+            self.failed(f"deleting the readings no window needs: {err}")
+            return False
         return True
 
     def _revise_ms(self) -> int:

@@ -3,10 +3,12 @@
 A query's window is emitted by one ``Spool.append`` of its result records whose ``also``
 (``emission``) writes, in the same transaction: the window's mark in
 ``analytics_windows`` (its primary key makes a second emission of the same window and
-revision fail, whatever happens around it), the query's window state and counters in
-``analytics_state``, and the deletion of the raw rows of the query's queue that no later
-window needs (counted as acked). A crash before the commit leaves none of it; after it,
-all of it: a restart resumes from the state, and no window is emitted twice or skipped.
+revision fail, whatever happens around it) and the query's window state and counters in
+``analytics_state``. A crash before the commit leaves none of it; after it, all of it: a
+restart resumes from the state, and no window is emitted twice or skipped. The raw rows
+of the query's queue that no later window needs are deleted after it (``deletion``, a
+range of ids per transaction; counted as acked): a crash in between leaves rows no
+window needs, which the next deletion takes.
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ class Consume(NamedTuple):
     #: only the difference is looked at (a query sharing the queue with a five-minute
     #: window would otherwise have every pass of a filter scan five minutes of rows).
     freed: tuple[int, int] | None = None
+    #: Only the ids in ``(low, high]`` (one transaction's share), or all.
+    ids: tuple[int, int] | None = None
 
 
 def consumed_where(consume: Consume) -> tuple[str, tuple[int, ...]]:
@@ -77,6 +81,13 @@ def consumed_where(consume: Consume) -> tuple[str, tuple[int, ...]]:
     lets go that its ``freed`` did not already: the new ids up to ``through_id`` whose
     time is before ``before_ms`` (or that have none), and the older ids whose time is
     between the old bound and the new one. Each part is a range of the queue's ids."""
+    where, params = _freed_where(consume)
+    if consume.ids is None:
+        return where, params
+    return f"id > ? AND id <= ? AND {where}", (*consume.ids, *params)
+
+
+def _freed_where(consume: Consume) -> tuple[str, tuple[int, ...]]:
     time_sql, before, through = consume.time_sql, consume.before_ms, consume.through_id
     if consume.freed is None:
         return f"id <= ? AND coalesce(({time_sql}) < ?, 1)", (through, before)
@@ -95,12 +106,7 @@ def committed_ms() -> int:
     return int(time.time() * 1000)
 
 
-def emission(
-    query: str,
-    marks: list[WindowMark],
-    state: QueryState,
-    consume: Consume | None,
-) -> AlsoWrite:
+def emission(query: str, marks: list[WindowMark], state: QueryState) -> AlsoWrite:
     """What an append of a query's result rows also writes (see the module's docstring)."""
 
     def write(conn: sqlite3.Connection, queues: Queues) -> Callable[[], None] | None:
@@ -116,7 +122,16 @@ def emission(
             " last_emit_ms = excluded.last_emit_ms",
             (query, *state),
         )
-        return None if consume is None else _consume(conn, queues, consume)
+        return None
+
+    return write
+
+
+def deletion(consume: Consume) -> AlsoWrite:
+    """An append's extra write that deletes what ``consume`` frees (counted as acked)."""
+
+    def write(conn: sqlite3.Connection, queues: Queues) -> Callable[[], None] | None:
+        return _consume(conn, queues, consume)
 
     return write
 
@@ -247,6 +262,11 @@ def removed(conn: sqlite3.Connection, queue: int) -> int:
         "SELECT dropped_count + expired_count FROM queues WHERE id = ?", (queue,)
     ).fetchone()
     return int(row[0]) if row else 0
+
+
+def oldest_id(conn: sqlite3.Connection, queue: int) -> int:
+    row = conn.execute("SELECT min(id) FROM records WHERE queue_id = ?", (queue,)).fetchone()
+    return int(row[0] or 0)
 
 
 def newest_id(conn: sqlite3.Connection, queue: int) -> int:

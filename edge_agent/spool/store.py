@@ -231,7 +231,7 @@ class Spool:
         now = self._clock_ms()
         with self._lock:
             self._check_file()  # never commit into a file that is no longer the spool
-            if self._storage.reserve:
+            if self._storage.reserve and records:  # deletions and marks free or take little
                 self._admit(sum(map(len, map(_PAYLOAD, records))), len(records))
             try:
                 with self._write("append") as conn:
