@@ -218,6 +218,8 @@ class Query:
                 if not self._emit(window, now_ms, revision=0):
                     return emitted
                 emitted += 1
+            if self.spec.kind == "none":
+                break  # a filter's window took every new reading: the next pass, the rest
         self._draft_next(now_ms)
         return emitted
 
@@ -475,8 +477,7 @@ class Query:
         return True
 
     def _delete(self, consume: stored.Consume) -> bool:
-        """Delete what ``consume`` frees (sharing.py's ``delete_in_ranges``); returns
-        whether all of it was deleted."""
+        """Delete what ``consume`` frees (sharing.delete_in_ranges); False if it failed."""
         assert self._queue_id is not None
         try:
             delete_in_ranges(self.spool, self._reader, self._queue_id, consume)
