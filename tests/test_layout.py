@@ -24,9 +24,11 @@ ALLOWED = {
     # declarations that import only config): sinks/<type>/options.py.
     "config": {
         "sources.partition_keys",
+        "media.fragment_tags",
         *(f"sinks.{t}.options" for t in ("kinesis", "firehose", "kvs")),
     },
     "sources": {
+        "events",
         "spool",
         "media",
         "config",
@@ -42,6 +44,8 @@ ALLOWED = {
     # The endpoint reads the agent's status and the spool's counters, nothing running.
     "metrics": {"config", "spool", "runtime_status"},
     "kvs_local": {"media"},
+    # Event video: the ring, events, motion, snapshots, clips (camera and MQTT use it).
+    "events": {"spool", "media", "config", "worker", "runtime_status"},
 }
 #: Leaf modules every part may use: the shared types, the error tree, redaction.
 SHARED = {"records", "errors", "redact", "__init__"}

@@ -49,7 +49,7 @@ def indexes(conn: sqlite3.Connection) -> set[str]:
 
 def test_a_new_spool_has_no_lease_index() -> None:
     conn = sqlite3.connect(":memory:", isolation_level=None)
-    assert migrate(conn) == SCHEMA_VERSION == 5
+    assert migrate(conn) == SCHEMA_VERSION == 6
     assert "records_leased" not in indexes(conn)  # the column stays, never read or written
     assert "records_by_queue" in indexes(conn)
     assert count_legacy_leases(conn) == 0
@@ -85,6 +85,7 @@ def test_a_version_1_spool_is_migrated_at_open_and_keeps_its_records(tmp_path: P
             (3, "0003_sent_marks"),
             (4, "0004_analytics"),
             (5, "0005_records_high_water"),
+            (6, "0006_event_video"),
         ]
         # The highest id the version 1 spool had given stands.
         assert conn.execute("SELECT id FROM records_high_water").fetchone()[0] == 3

@@ -22,6 +22,7 @@ from edge_agent.config.analytics import AnalyticsConfig, analytics_subscriptions
 from edge_agent.config.aws import AwsIdentity, read_identity, with_identity
 from edge_agent.config.budget import BudgetConfig, read_uplink
 from edge_agent.config.cameras import CameraConfig, read_cameras
+from edge_agent.config.events import TriggerConfig, read_triggers, trigger_subscriptions
 from edge_agent.config.metrics import MetricsConfig, read_metrics
 from edge_agent.config.mqtt import MqttConfig, read_mqtt
 from edge_agent.config.options import Table
@@ -43,6 +44,7 @@ class Config:
     aws: AwsIdentity = field(default_factory=AwsIdentity)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     analytics: Mapping[str, AnalyticsConfig] = field(default_factory=dict)
+    triggers: Mapping[str, TriggerConfig] = field(default_factory=dict)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -71,13 +73,18 @@ def parse_config(document: Mapping[str, Any], file: str = "<config>") -> Config:
     uplink = read_uplink(root.subtable("uplink"))
     analytics_table = root.subtable("analytics")
     analytics = read_analytics(analytics_table, sinks, agent)
+    cameras = read_cameras(root.subtable("cameras"), sinks)
+    triggers_table = root.subtable("triggers")
+    triggers = read_triggers(triggers_table, cameras)
     mqtt_table = root.subtable("mqtt")
     mqtt = None
     if mqtt_table is not None:
-        mqtt = read_mqtt(mqtt_table, agent, sinks, analytics_subscriptions(analytics))
-    elif analytics_table is not None:
-        analytics_table.problem("", "analytics reads MQTT: an [mqtt] section is needed")
-    cameras = read_cameras(root.subtable("cameras"), sinks)
+        extra = analytics_subscriptions(analytics) + trigger_subscriptions(triggers)
+        mqtt = read_mqtt(mqtt_table, agent, sinks, extra)
+    else:
+        for needs_mqtt, what in ((analytics_table, "analytics"), (triggers_table, "triggers")):
+            if needs_mqtt is not None:
+                needs_mqtt.problem("", f"{what} read MQTT: an [mqtt] section is needed")
     metrics = read_metrics(root.subtable("metrics"))
     root.finish()
     if problems:
@@ -93,4 +100,5 @@ def parse_config(document: Mapping[str, Any], file: str = "<config>") -> Config:
         metrics=metrics,
         aws=aws,
         analytics=analytics,
+        triggers=triggers,
     )

@@ -154,9 +154,10 @@ def read_mqtt(
     table: Table,
     agent: AgentConfig,
     sinks: Mapping[str, SinkConfig],
-    analytics: tuple[Subscription, ...] = (),
+    others: tuple[Subscription, ...] = (),
 ) -> MqttConfig:
-    """``analytics``: what the analytics queries subscribe to, after the subscriptions."""
+    """``others``: what the analytics queries and the event triggers subscribe to,
+    after the subscriptions."""
     tls_table = table.subtable("tls")
     tls = None
     if tls_table is not None:
@@ -168,9 +169,9 @@ def read_mqtt(
     subscriptions = tuple(
         read_subscription(sub, agent, sinks) for sub in table.table_list("subscriptions")
     )
-    if not subscriptions and not analytics:
+    if not subscriptions and not others:
         table.problem("subscriptions", "at least one [[mqtt.subscriptions]] is needed")
-    subscriptions += analytics
+    subscriptions += others
     mqtt = read_section(
         MqttConfig,
         table,

@@ -17,6 +17,7 @@ from edge_agent.config.analytics import AnalyticsConfig
 from edge_agent.config.aws import AwsIdentity
 from edge_agent.config.budget import BudgetConfig, ScheduleWindow, ShareConfig
 from edge_agent.config.cameras import CameraConfig
+from edge_agent.config.events import MotionConfig, TriggerConfig
 from edge_agent.config.metrics import MetricsConfig
 from edge_agent.config.mqtt import MqttConfig, Subscription, TlsConfig
 from edge_agent.config.options import Option, declared
@@ -61,6 +62,8 @@ def layout() -> list[Part]:
             parts.append(Part(f'[sinks.NAME] type = "{name}"', kind.options))
     parts += [
         Part("[cameras.NAME]", CameraConfig),
+        Part("[cameras.NAME.motion]", MotionConfig),
+        Part("[triggers.NAME]", TriggerConfig),
         Part("[mqtt]", MqttConfig),
         Part("[mqtt.tls]", TlsConfig),
         Part("[[mqtt.subscriptions]]", Subscription),

@@ -87,6 +87,8 @@ class Ingest:
         #: A complete fragment waiting for its tags (or the next cluster) to be taken.
         self.pending: _Fragment | None = None
         self.tags = 0  # tags counted for the pending fragment (or the next one)
+        #: Its metadata (the end-of-fragment tag left out), as the service keeps it.
+        self.metadata: list[tuple[str, str]] = []
         self.file: StoredFile | None = None
 
     def run(self) -> None:
@@ -244,8 +246,9 @@ class Ingest:
             problems.append(f"{self.tags} tags (at most {rules.MAX_TAGS_PER_FRAGMENT})")
         if problems:
             at = self.pending.timecode if self.pending is not None else None
-            self.pending = None
+            self.pending, self.metadata = None, []
             return self._error(rules.FRAGMENT_METADATA_LIMIT_REACHED, "; ".join(problems), at)
+        self.metadata += [(name, value) for name, value in tags.tags if name != END_OF_FRAGMENT]
         if any(name == END_OF_FRAGMENT for name, _ in tags.tags):
             return self._take()
         return True
@@ -256,6 +259,7 @@ class Ingest:
         if fragment is None:
             return True
         self.tags = 0
+        metadata, self.metadata = self.metadata, []
         if self.file is None:
             video = self.video or VideoTrack(mkv.H264, b"", 0, 0)
             path = self._new_path(fragment.frames[0].time_ms)
@@ -274,6 +278,7 @@ class Ingest:
             self.state.fragments += 1
             self.state.timecodes.append(fragment.frames[0].time_ms)
             self.state.accepted_at.append(time.time())
+            self.state.metadata.append(dict(metadata))
         number = self.endpoint.next_fragment_number()
         self._ack("RECEIVED", fragment.timecode, number)
         if self.endpoint.retention:

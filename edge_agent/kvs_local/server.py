@@ -63,6 +63,8 @@ class StreamState:
     #: each was accepted (wall clock, seconds).
     timecodes: list[int] = field(default_factory=list)
     accepted_at: list[float] = field(default_factory=list)
+    #: Each accepted fragment's metadata tags (as GetMedia would return them).
+    metadata: list[dict[str, str]] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
 
 

@@ -8,7 +8,8 @@ code, so the two sides cannot drift apart::
 
     {"camera":"door","frames":60,"duration_ms":1967,"codec_id":"V_MPEG4/ISO/AVC",
      "codec_private":"<avcC record, base64>","width":1280,"height":720,
-     "audio":{"codec_id":"A_AAC","codec_private":"FAg=","sampling_hz":16000,"channels":1}}
+     "audio":{"codec_id":"A_AAC","codec_private":"FAg=","sampling_hz":16000,"channels":1},
+     "tags":[["site","plant-3"],["event_id","12"]]}
 
 ``audio`` is there only when the fragment holds audio frames: a fragment without them
 goes under a video-only stream header (the service refuses a fragment that lacks
@@ -32,6 +33,8 @@ class FragmentMeta:
     duration_ms: int
     track: VideoTrack
     audio: AudioTrack | None = None
+    #: Fragment metadata for Kinesis Video (fragment_tags.py), in the order written.
+    tags: tuple[tuple[str, str], ...] = ()
 
     @property
     def tracks(self) -> tuple[VideoTrack, AudioTrack | None]:
@@ -55,6 +58,8 @@ class FragmentMeta:
                 "sampling_hz": self.audio.sampling_hz,
                 "channels": self.audio.channels,
             }
+        if self.tags:
+            meta["tags"] = [list(tag) for tag in self.tags]
         return json.dumps(meta, separators=(",", ":"))
 
     @classmethod
@@ -80,6 +85,7 @@ class FragmentMeta:
                 int(meta.get("duration_ms", 0)),
                 track,
                 _audio_track(audio) if audio else None,
+                tuple((str(name), str(value)) for name, value in meta.get("tags", ())),
             )
         except (KeyError, TypeError, ValueError) as err:  # JSON, base64 and numbers alike
             if isinstance(err, FormatError):
@@ -94,3 +100,29 @@ def _audio_track(audio: dict[str, object]) -> AudioTrack:
         int(str(audio["sampling_hz"])),
         int(str(audio["channels"])),
     )
+
+
+def with_tags(meta: str, tags: tuple[tuple[str, str], ...]) -> str:
+    """A stored meta text with these tags instead of its own, every other key kept (a
+    clock mark, say)."""
+    try:
+        fields = json.loads(meta or "{}")
+    except ValueError:
+        fields = {}
+    if not isinstance(fields, dict):
+        fields = {}
+    if tags:
+        fields["tags"] = [list(tag) for tag in tags]
+    else:
+        fields.pop("tags", None)
+    return json.dumps(fields, separators=(",", ":"))
+
+
+def tags_of(meta: str | None) -> tuple[tuple[str, str], ...]:
+    """A stored fragment's tags (none if its meta cannot be read)."""
+    if not meta or '"tags"' not in meta:
+        return ()
+    try:
+        return FragmentMeta.from_json(meta).tags
+    except FormatError:
+        return ()

@@ -22,7 +22,7 @@ import sqlite3
 import time
 
 from edge_agent.errors import SpoolError
-from edge_agent.spool import analytics
+from edge_agent.spool import analytics, camera_events, recordings
 
 _COUNTERS = (
     "pending_count",
@@ -115,6 +115,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     ("0003_sent_marks", _SENT_MARKS),
     ("0004_analytics", analytics.MIGRATION),
     ("0005_records_high_water", _RECORDS_HIGH_WATER),
+    ("0006_event_video", [*recordings.MIGRATION, *camera_events.MIGRATION]),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Literal, TypeVar
 
 from edge_agent.errors import SpoolError, SpoolFileLost, SpoolFull
 from edge_agent.records import RECORD_ID, AppendResult, LeasedRecord, Record
@@ -36,6 +36,7 @@ from edge_agent.spool.writer import Writer
 log = logging.getLogger(__name__)
 
 _PAYLOAD = operator.attrgetter("payload")
+T = TypeVar("T")
 #: Records settled per transaction when the filesystem is full.
 SMALL_SETTLE = 64
 
@@ -218,21 +219,23 @@ class Spool:
 
     # ------------------------------------------------------------------ sources
 
-    def append(self, records: Sequence[Record], *, also: AlsoWrite | None = None) -> AppendResult:
+    def append(
+        self, records: Sequence[Record], *, also: AlsoWrite | None = None, also_bytes: int = 0
+    ) -> AppendResult:
         """Store a batch in one transaction, applying size limits and caps.
 
         Records larger than their queue's ``max_record_bytes`` go to the dead-letter table;
         records refused by a ``reject_new`` cap are counted and not stored. When this
         returns, everything stored is committed at the configured durability; ``also`` (a
-        window's mark, spool/analytics.py) in the same transaction.
+        window's mark, a recorded fragment: ``also_bytes`` more) in the same transaction.
         """
         if not records and also is None:
             return AppendResult()
         now = self._clock_ms()
         with self._lock:
             self._check_file()  # never commit into a file that is no longer the spool
-            if self._storage.reserve and records:  # deletions and marks free or take little
-                self._admit(sum(map(len, map(_PAYLOAD, records))), len(records))
+            if self._storage.reserve and (records or also_bytes):  # deletions free room
+                self._admit(sum(map(len, map(_PAYLOAD, records))) + also_bytes, len(records))
             try:
                 with self._write("append") as conn:
                     appended = self._writer.insert(conn, records, now)
@@ -315,16 +318,11 @@ class Spool:
         with_meta: bool = False,
         captured_before_ms: int | None = None,
     ) -> list[LeasedRecord]:
-        """Lease the oldest due records of a queue, within count and bytes: handed-back
-        records whose retry time has come first, then records not leased since open
-        (whatever their retry time: after a restart everything is due).
-
-        At least one record is returned when any is due, even if it alone exceeds
-        max_bytes (an uploader decides what to do with it). ``with_meta``: also the meta
-        text (a video fragment's track); record sinks do not need it.
-        ``captured_before_ms``: only records captured before then (a video backlog
-        behind live fragments).
-        """
+        """Lease the oldest due records of a queue, within count and bytes (at least one
+        when any is due, whatever its size): handed-back records whose retry time has
+        come first, then records not leased since open (after a restart all are due).
+        ``with_meta``: also the meta text (a fragment's track); ``captured_before_ms``:
+        only records captured before then (a video backlog behind live fragments)."""
         state = self._queues.get(queue)
         if state is None or max_records <= 0:
             return []
@@ -332,13 +330,9 @@ class Spool:
         before = NO_TIME_LIMIT if captured_before_ms is None else captured_before_ms
         with self._read("lease") as conn:
             return state.leases.lease(
-                conn,
-                max_records=max_records,
-                max_bytes=max_bytes,
-                now=now,
-                with_meta=with_meta,
-                captured_before_ms=before,
-            )
+                conn, max_records=max_records, max_bytes=max_bytes, now=now,
+                with_meta=with_meta, captured_before_ms=before,
+            )  # fmt: skip
 
     def lease_newest(
         self, queue: str, *, captured_after_ms: int = -1, with_meta: bool = False
@@ -506,6 +500,11 @@ class Spool:
         """(count, bytes) pending in a queue, leased included."""
         state = self._queues.get(queue)
         return (state.pending_count, state.pending_bytes) if state else (0, 0)
+
+    def read(self, doing: str, reader: Callable[[sqlite3.Connection], T]) -> T:
+        """``reader`` on the connection, under the lock (a part's own tables)."""
+        with self._read(doing) as conn:
+            return reader(conn)
 
     def record_event(self, level: str, kind: str, message: str) -> None:
         """Keep a short history of notable events for ``edge-agent status``."""

@@ -44,8 +44,9 @@ from edge_agent.delivery.backoff import Backoff
 from edge_agent.delivery.budget import BacklogHeld, Budget, SinkBudget
 from edge_agent.delivery.send_log import SendLog
 from edge_agent.errors import SinkError, SinkPaused, SinkUnavailable, SpoolCorrupt, SpoolError
-from edge_agent.media.fragment_meta import FragmentMeta
-from edge_agent.media.mkv import AudioTrack, VideoTrack, end_of_fragment, stream_header
+from edge_agent.media.fragment_meta import FragmentMeta, tags_of
+from edge_agent.media.fragment_tags import after_fragment
+from edge_agent.media.mkv import AudioTrack, VideoTrack, stream_header
 from edge_agent.records import LeasedRecord
 from edge_agent.runtime_status import KvsSnapshot, LatencySummary
 from edge_agent.sinks.kvs.acks import ERROR, Ack, ErrorAction, error_action, error_name
@@ -60,7 +61,6 @@ log = logging.getLogger(__name__)
 #: What a connection's stream header names: the video track, and the audio's if any.
 Tracks = tuple[VideoTrack, AudioTrack | None]
 
-END_OF_FRAGMENT_TAGS = end_of_fragment()
 #: A connection signed with credentials already due for renewal is replaced after this
 #: (botocore's mandatory refresh comes minutes before they expire).
 RENEW_AGAIN_S = 60.0
@@ -333,10 +333,10 @@ class KvsUploader(ThreadWorker):
         now = time.monotonic()
         self._in_flight[record.captured_at_ms] = (record, now, kind == "backlog")
         self.spool.mark_sent([record])  # a restart counts it if it goes out again
-        # The end-of-fragment tag lets the service acknowledge the fragment now rather
-        # than when the next one begins (a whole fragment duration later).
+        # The fragment's tags, then the end-of-fragment tag: the service acknowledges the
+        # fragment now rather than when the next one begins (a fragment duration later).
         connection.send(record.payload)
-        connection.send(END_OF_FRAGMENT_TAGS)  # a chunk of its own: no copy of the payload
+        connection.send(after_fragment(tags_of(record.meta)))  # no copy of the payload
         self._sent.add(now, 1, len(record.payload))
         self.stats.fragments_sent += 1
         self.stats.bytes_sent += len(record.payload)

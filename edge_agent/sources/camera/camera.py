@@ -29,10 +29,10 @@ from edge_agent.clock_sync import UNCHECKED, ClockGate
 from edge_agent.config.cameras import CameraConfig
 from edge_agent.delivery.backoff import Backoff
 from edge_agent.errors import SpoolError, SpoolFull
+from edge_agent.events.recorder import Recorder, StoredFragment
 from edge_agent.media import h264
 from edge_agent.media.fragment_meta import FragmentMeta
 from edge_agent.media.mkv import Frame, VideoTrack
-from edge_agent.records import Record
 from edge_agent.redact import redact, redact_text
 from edge_agent.runtime_status import CameraSnapshot
 from edge_agent.sources.camera.camera_audio import CameraAudio
@@ -105,6 +105,7 @@ class Camera(ThreadWorker):
         self._open = opener or open_with_pyav
         self._backoff = Backoff(settings.reconnect_min, settings.reconnect_max)
         self.stats = CameraStats()
+        self.recorder = Recorder(settings, spool)
         self.clock = FrameClock(resume_after_ms=self._last_stored_ms())
         self.fragmenter = Fragmenter(settings.fragment_ms, settings.max_fragment_ms)
         self.audio = CameraAudio(settings.name, settings.audio, self.clock)
@@ -464,9 +465,9 @@ class Camera(ThreadWorker):
             if ahead and self._stop.wait(ahead / 1000):
                 return
         payload = fragment.cluster()
-        record = Record(self.settings.sink, self.settings.name, fragment.start_ms, payload, meta)
+        end_ms = fragment.frames[-1].time_ms
         try:
-            self.spool.append([record])
+            self.recorder.store(StoredFragment(fragment.start_ms, end_ms, meta, payload))
         except SpoolFull as err:
             # A camera has no broker to keep what the spool cannot take: the fragment is
             # counted and capture goes on (reconnecting would gain nothing).
@@ -488,7 +489,8 @@ class Camera(ThreadWorker):
 
     def _last_stored_ms(self) -> int:
         """Where a restart carries on: the newest fragment this camera has spooled."""
-        return self.spool.newest_captured_at(self.settings.sink) or 0
+        sink = self.settings.sink
+        return max(self.spool.newest_captured_at(sink) or 0 if sink else 0, self.recorder.newest_ms)
 
     def _set_state(self, state: str, reason: str = "") -> None:
         self.stats.set(state, reason)

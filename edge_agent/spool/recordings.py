@@ -1,0 +1,152 @@
+"""The local recording ring: each camera's fragments kept on the device, by bytes and
+age, apart from the upload queues and their caps (docs/EVENTS.md).
+
+A row is one fragment as the camera cut it: its Matroska Cluster (``payload``) and its
+FragmentMeta (``meta``), from ``start_ms`` to ``end_ms`` (the last frame's time).
+``queued`` is 1 once the fragment was copied into its camera's upload queue for an
+event: the queue holds that copy until the service confirms it, so the ring may drop
+its own whenever its caps say so. What the ring never drops is a fragment not yet
+queued that an event still to be covered will want (``trim``'s ``keep_from_ms``).
+
+The camera's thread is the only writer of its camera's rows; it keeps the ring's byte
+count in memory (``Ring``), read once at start.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from typing import NamedTuple
+
+MIGRATION = [
+    "CREATE TABLE recordings (id INTEGER PRIMARY KEY, camera TEXT NOT NULL,"
+    " start_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL, size INTEGER NOT NULL,"
+    " queued INTEGER NOT NULL DEFAULT 0, meta TEXT NOT NULL, payload BLOB NOT NULL)",
+    "CREATE INDEX recordings_by_camera ON recordings (camera, start_ms)",
+]
+
+
+class Recording(NamedTuple):
+    id: int
+    start_ms: int
+    end_ms: int
+    meta: str
+    payload: bytes
+
+
+class RingSize(NamedTuple):
+    fragments: int
+    bytes: int
+    oldest_ms: int | None
+    newest_ms: int | None
+
+
+def size_of(conn: sqlite3.Connection, camera: str) -> RingSize:
+    row = conn.execute(
+        "SELECT count(*), coalesce(sum(size), 0), min(start_ms), max(end_ms)"
+        " FROM recordings WHERE camera = ?",
+        (camera,),
+    ).fetchone()
+    return RingSize(int(row[0]), int(row[1]), row[2], row[3])
+
+
+def sizes(conn: sqlite3.Connection) -> dict[str, RingSize]:
+    """Every camera's ring (status, ``edge-agent events``)."""
+    return {
+        camera: RingSize(int(count), int(total), oldest, newest)
+        for camera, count, total, oldest, newest in conn.execute(
+            "SELECT camera, count(*), sum(size), min(start_ms), max(end_ms)"
+            " FROM recordings GROUP BY camera"
+        )
+    }
+
+
+def insert(
+    conn: sqlite3.Connection,
+    camera: str,
+    start_ms: int,
+    end_ms: int,
+    *,
+    meta: str,
+    payload: bytes,
+    queued: bool,
+) -> int:
+    cursor = conn.execute(
+        "INSERT INTO recordings (camera, start_ms, end_ms, size, queued, meta, payload)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (camera, start_ms, end_ms, len(payload), int(queued), meta, payload),
+    )
+    return int(cursor.lastrowid or 0)
+
+
+def unqueued(conn: sqlite3.Connection, camera: str, from_ms: int, to_ms: int) -> list[Recording]:
+    """The fragments overlapping ``[from_ms, to_ms]`` not yet copied to the upload
+    queue, oldest first."""
+    return [
+        Recording(*row)
+        for row in conn.execute(
+            "SELECT id, start_ms, end_ms, meta, payload FROM recordings"
+            " WHERE camera = ? AND start_ms <= ? AND end_ms >= ? AND queued = 0"
+            " ORDER BY start_ms",
+            (camera, to_ms, from_ms),
+        )
+    ]
+
+
+def mark_queued(conn: sqlite3.Connection, ids: list[int]) -> None:
+    conn.executemany("UPDATE recordings SET queued = 1 WHERE id = ?", [(i,) for i in ids])
+
+
+def in_range(
+    conn: sqlite3.Connection, camera: str, from_ms: int, to_ms: int
+) -> Iterator[Recording]:
+    """The fragments overlapping ``[from_ms, to_ms)``, oldest first (clip export)."""
+    yield from (
+        Recording(*row)
+        for row in conn.execute(
+            "SELECT id, start_ms, end_ms, meta, payload FROM recordings"
+            " WHERE camera = ? AND start_ms < ? AND end_ms >= ? ORDER BY start_ms",
+            (camera, to_ms, from_ms),
+        )
+    )
+
+
+class Trimmed(NamedTuple):
+    fragments: int
+    bytes: int
+
+
+def trim(
+    conn: sqlite3.Connection,
+    camera: str,
+    *,
+    over_bytes: int,
+    older_than_ms: int,
+    keep_from_ms: int | None,
+) -> Trimmed:
+    """Delete the camera's oldest fragments, oldest first: at least ``over_bytes`` of
+    them, and every one that ended before ``older_than_ms``; stopping at the first one
+    not yet queued that ends at or after ``keep_from_ms`` (an event still to be covered
+    wants it)."""
+    deleted: list[tuple[int]] = []
+    freed = 0
+    for row_id, end_ms, size, queued in conn.execute(
+        "SELECT id, end_ms, size, queued FROM recordings WHERE camera = ? ORDER BY start_ms, id",
+        (camera,),
+    ):
+        if freed >= over_bytes and end_ms >= older_than_ms:
+            break
+        if not queued and keep_from_ms is not None and end_ms >= keep_from_ms:
+            break
+        deleted.append((row_id,))
+        freed += size
+    conn.executemany("DELETE FROM recordings WHERE id = ?", deleted)
+    return Trimmed(len(deleted), freed)
+
+
+def newest_queued_ms(conn: sqlite3.Connection, camera: str) -> int | None:
+    """The start of the newest fragment of the camera copied to its upload queue."""
+    row = conn.execute(
+        "SELECT max(start_ms) FROM recordings WHERE camera = ? AND queued = 1", (camera,)
+    ).fetchone()
+    return None if row[0] is None else int(row[0])
