@@ -34,6 +34,8 @@ from edge_agent.config.loading import Config, load_config
 from edge_agent.config.sinks import SinkConfig
 from edge_agent.delivery.budget import UploadBudget
 from edge_agent.errors import ConfigError, EdgeAgentError, SpoolError, SpoolFileLost
+from edge_agent.events.keeper import EventKeeper, start_event_keeper
+from edge_agent.events.triggers import TriggerRouter
 from edge_agent.malloc_tuning import tune_malloc
 from edge_agent.metrics import Endpoint, start_metrics
 from edge_agent.reload import ReloadPlan, plan_reload
@@ -78,12 +80,10 @@ class Agent:
         self._started_at = time.time()
         self._spool: Spool | None = None
         self._mqtt: MqttSource | None = None
-        # Replaced, not changed in place, by a reload: a status read from another
-        # thread iterates the ones it got.
+        # Replaced, not changed in place, by a reload (a status read iterates its own).
         self._uploaders: dict[str, Uploader] = {}
         self._failed_sinks: dict[str, str] = {}
-        #: Cameras a reload could not start, and why (shown in status; tried again at
-        #: the next reload).
+        #: Cameras a reload could not start, and why (status; tried at the next reload).
         self._failed_cameras: dict[str, str] = {}
         self._cameras: dict[str, Camera] = {}
         #: Each sink's and camera's own stop event (a reload stops one of them), and
@@ -92,6 +92,7 @@ class Agent:
         self._started: dict[str, float] = {}
         self._last_reload: ReloadSnapshot | None = None
         self._analytics: AnalyticsWorker | None = None
+        self._events: EventKeeper | None = None
         self._clock = ClockSync(enabled=config.agent.clock_check)
         self._budget = UploadBudget(config.uplink.max_rate, config.uplink.burst)
         self._storage: StorageSnapshot | None = None
@@ -134,6 +135,7 @@ class Agent:
             for name, sink in config.sinks.items():
                 self._start_uploader(name, sink, spool)
             self._start_analytics(config, spool)
+            self._events = start_event_keeper(config, spool, self._stops)
             self._metrics = start_metrics(config.metrics, self.status_snapshot, config.spool.path)
             # Start-up made most objects the agent will ever hold (modules, the AWS
             # service models, clients): leave them out of every later garbage
@@ -158,8 +160,9 @@ class Agent:
                 camera.join(max(0.0, deadline - time.monotonic()))
             for uploader in self._uploaders.values():
                 uploader.join(max(0.0, deadline - time.monotonic()))
-            if self._analytics is not None:  # a query's run ends at its next check
-                self._analytics.join(max(0.0, deadline - time.monotonic()))
+            for worker in (self._analytics, self._events):  # a query ends at its next check
+                if worker is not None:
+                    worker.join(max(0.0, deadline - time.monotonic()))
             self._write_status(stopped=True)
             busy = [name for name, uploader in self._uploaders.items() if uploader.running]
             busy += [f"camera {name}" for name, cam in self._cameras.items() if cam.running]
@@ -250,6 +253,7 @@ class Agent:
         assert config.mqtt is not None
         source = MqttSource(config.mqtt, spool, config.spool)
         source.clock_sync = self._clock
+        source.triggers = _trigger_router(config)
         return source
 
     def _start_camera(self, config: CameraConfig, spool: Spool, clock_wait: float) -> Camera:
@@ -278,6 +282,8 @@ class Agent:
             workers.append(("mqtt", self._mqtt.healthy))
         if self._analytics is not None:
             workers.append(("analytics", self._analytics.healthy))
+        if self._events is not None:
+            workers.append(("events", self._events.thread_ok))
         for name, uploader in self._uploaders.items():
             workers.append((f"sink {name}", uploader.healthy))
         for name, camera in self._cameras.items():
@@ -364,6 +370,8 @@ class Agent:
             self._start_analytics(new, spool)
         for name in (*sinks.changed, *sinks.added):
             self._start_uploader(name, new.sinks[name], spool)
+        if self._events is not None:  # replaced whole: read once a pass
+            self._events.cameras = new.cameras
         self._between_steps()
         self._reload_mqtt(plan, new, spool)
         self._between_steps()
@@ -434,6 +442,8 @@ class Agent:
                 source.carry_over(old)
             source.start()
             self._mqtt = source
+        if self._mqtt is not None:  # replaced whole: the committer reads it once a batch
+            self._mqtt.triggers = _trigger_router(new)
 
     # ------------------------------------------------------------------ status
 
@@ -468,9 +478,11 @@ class Agent:
         status["cameras"] = {name: camera.snapshot() for name, camera in self._cameras.items()}
         for name, camera in status["cameras"].items():
             camera["started_at"] = self._started.get(f"camera {name}", self._started_at)
-        analytics = self._analytics
+        analytics, events = self._analytics, self._events
         if analytics is not None:
             status["analytics"] = analytics.snapshot()
+        if events is not None:
+            status["events"] = events.snapshot()
         if self._last_reload is not None:
             status["reload"] = self._last_reload
         clock = self._clock
@@ -522,3 +534,7 @@ def sink_with_upload(sink: UploaderSnapshot, upload: ShareSnapshot | None) -> Up
         sink["reason"] = upload["scheduled"]
     sink["upload"] = upload
     return sink
+
+
+def _trigger_router(config: Config) -> TriggerRouter | None:
+    return TriggerRouter(config.triggers, config.cameras) if config.triggers else None

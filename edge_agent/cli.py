@@ -35,6 +35,7 @@ from edge_agent.config.loading import DEFAULT_CONFIG_PATH, Config, load_config
 from edge_agent.config.paths import check_paths
 from edge_agent.config.units import plural
 from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.events.command import add_parsers as event_parsers
 from edge_agent.spool.dead_letters import DeadLetter
 from edge_agent.spool.store import Spool
 from edge_agent.status import STALE_INTERVALS
@@ -135,6 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     analytics_parser(commands, common)
+    event_parsers(commands, common)
 
     spool = commands.add_parser(
         "spool",
@@ -224,6 +226,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from edge_agent.analytics.command import run_command
 
             return run_command(config, args)
+        if args.command in ("event", "events"):
+            from edge_agent.events import command
+
+            run = command.event_command if args.command == "event" else command.events_command
+            return run(config, args)
         return _spool_command(config, args)
     except EdgeAgentError as err:
         print(f"edge-agent: {err}", file=sys.stderr)

@@ -59,6 +59,9 @@ whether trying the same thing again later can succeed (``retryable``)::
     │   │                                       unreadable for now (analytics/query.py)
     │   └── QueryOverBudget             no   -- the query ran past its work budget of
     │                                           SQLite steps and was stopped
+    ├── RequestError                    yes  -- a command could not leave its request for the
+    │                                           agent (no permission, no room):
+    │                                           events/requests.py
     ├── BacklogHeld                     yes  -- a schedule window holds a live-first video
     │                                           sink's backlog; it goes when the window ends
     │                                           (delivery/budget.py)

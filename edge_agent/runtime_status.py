@@ -254,6 +254,16 @@ class ClockSnapshot(TypedDict):
     marked: int
 
 
+class EventsSnapshot(TypedDict):
+    """The event keeper (events/keeper.py)."""
+
+    state: str
+    announced: int  # event starts and ends sent as records
+    requests: int  # manual events taken from the command line
+    bad_requests: int
+    last_error: str
+
+
 class RuntimeStatus(TypedDict):
     """The whole file."""
 
@@ -270,6 +280,7 @@ class RuntimeStatus(TypedDict):
     reload: NotRequired[ReloadSnapshot]
     clock: NotRequired[ClockSnapshot]
     analytics: NotRequired[dict[str, AnalyticsSnapshot]]
+    events: NotRequired[EventsSnapshot]
 
 
 def status_path(spool_path: Path, status_dir: Path | None = None) -> Path:

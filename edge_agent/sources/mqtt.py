@@ -49,6 +49,7 @@ from edge_agent.config.agent import SpoolConfig
 from edge_agent.config.analytics import QUEUE_PREFIX
 from edge_agent.config.mqtt import MqttConfig, Subscription
 from edge_agent.errors import IntakePaused, SpoolCorrupt, SpoolError
+from edge_agent.events.triggers import TriggerRouter
 from edge_agent.records import Record
 from edge_agent.runtime_status import MqttSnapshot
 from edge_agent.sources.broker_errors import connect_failure
@@ -141,6 +142,8 @@ class MqttSource:
         self._subscribe_lock = threading.Lock()
         #: Whether the system clock is synchronized (records are marked until it is).
         self.clock_sync: ClockSync | None = None
+        #: Event triggers: their messages become camera events in the batch's transaction.
+        self.triggers: TriggerRouter | None = None
         self.status = MqttStatus(since=clock())
         self._client = self._make_client()
         self._committer = threading.Thread(
@@ -451,7 +454,10 @@ class MqttSource:
                 records.append(Record(sink, key, received_ms, payload, meta, dup))
         if redelivered:  # an analytics query counts each reading once (a sink may twice)
             records = self._spool.without_repeats(records, analytics_queue)
-        self._spool.append(records)
+        also = None
+        if self.triggers is not None:
+            records, also = self.triggers.split(records)
+        self._spool.append(records, also=also)
         status = self.status
         status.received += len(batch)
         status.committed += len(batch) - unrouted

@@ -170,3 +170,13 @@ def listing(conn: sqlite3.Connection, *, camera: str | None = None, limit: int =
 def get(conn: sqlite3.Connection, event_id: int) -> Event | None:
     row = conn.execute(f"SELECT {_COLUMNS} FROM camera_events WHERE id = ?", (event_id,)).fetchone()
     return None if row is None else Event(*row)
+
+
+def has_request(conn: sqlite3.Connection, request_id: str) -> bool:
+    """Whether a manual event of this command-line request exists (requests.py)."""
+    row = conn.execute(
+        "SELECT 1 FROM camera_events WHERE trigger = 'manual'"
+        " AND json_extract(fields, '$.request') = ? LIMIT 1",
+        (request_id,),
+    ).fetchone()
+    return row is not None
