@@ -665,10 +665,14 @@ def run_instrumented_agent(config: str, commit_log: str) -> int:
     commit = MqttSource._commit
 
     def timed_append(
-        self: Spool, records: Sequence[Record], *, also: AlsoWrite | None = None
+        self: Spool,
+        records: Sequence[Record],
+        *,
+        also: AlsoWrite | None = None,
+        also_bytes: int = 0,
     ) -> AppendResult:
         started = time.time()
-        result = append(self, records, also=also)
+        result = append(self, records, also=also, also_bytes=also_bytes)
         appends.append((started, time.time(), result.stored))
         return result
 

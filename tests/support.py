@@ -16,7 +16,9 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import sqlite_utils
+from paho.mqtt.enums import CallbackAPIVersion
 
 REPO = Path(__file__).resolve().parent.parent
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -341,6 +343,18 @@ def publish(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+
+
+def publish_one(port: int, topic: str, payload: bytes, *, qos: int = 1) -> None:
+    """One message, published and acknowledged by the broker before this returns."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{time.monotonic_ns()}")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=qos).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 def run_publisher(port: int, count: int, start_seq: int = 0, extra: tuple[str, ...] = ()) -> None:

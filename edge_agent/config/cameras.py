@@ -77,67 +77,6 @@ class CameraConfig:
         default_doc='required unless upload = "off"',
         doc="The sink its fragments go to (records of at least 4MiB); a kvs sink takes one camera.",
     )
-    upload: Upload = option(
-        kind=choice("continuous", "events", "off"),
-        default="continuous",
-        doc='"continuous": every fragment goes to the sink; "events": only the fragments '
-        'from pre_roll before an event to post_roll after it; "off": none (the local '
-        "ring only).",
-    )
-    record: bool = option(
-        kind=BOOLEAN,
-        default=False,
-        default_doc='true with upload = "events" or "off", else false',
-        doc="Keep every fragment in a local ring on the device, capped by record_max_bytes "
-        "and record_max_age, apart from the upload queues and their caps.",
-    )
-    record_max_bytes: int = option(
-        kind=SIZE,
-        default=1024**3,
-        doc="The ring's size: past it the oldest fragments go (never one an event still "
-        "waits to queue).",
-    )
-    record_max_age: float = option(
-        kind=DURATION, default=86_400.0, doc="Fragments older than this leave the ring."
-    )
-    pre_roll_ms: int = option(
-        kind=MILLISECONDS,
-        key="pre_roll",
-        default=5_000,
-        doc="An event's video starts this long before it (from the ring).",
-    )
-    post_roll_ms: int = option(
-        kind=MILLISECONDS,
-        key="post_roll",
-        default=10_000,
-        doc="An event's video ends this long after it.",
-    )
-    max_event_ms: int = option(
-        kind=MILLISECONDS,
-        key="max_event",
-        default=600_000,
-        doc="An event still open after this long is ended (a trigger that never says end).",
-    )
-    events_sink: str | None = option(
-        kind=STRING,
-        default=None,
-        doc="A record sink (kinesis, firehose, hold) that gets each event's start and end "
-        "as a JSON record, before its video arrives.",
-    )
-    snapshot_sink: str | None = option(
-        kind=STRING,
-        default=None,
-        doc='An "s3" sink for JPEG snapshots: one when an event starts, and every snapshot_every.',
-    )
-    snapshot_every: float | None = option(
-        kind=off(DURATION),
-        default=None,
-        doc="Also a snapshot this often (with snapshot_sink).",
-    )
-    #: ``[cameras.NAME.tags]``: fragment tags on every fragment (Kinesis Video metadata).
-    tags: Mapping[str, str] = field(default_factory=dict)
-    #: ``[cameras.NAME.motion]``: motion detection, if the table is there.
-    motion: MotionConfig | None = None
     source: CameraSource = option(
         kind=choice("rtsp", "v4l2", "file", "lavfi"),
         default="rtsp",
@@ -213,6 +152,68 @@ class CameraConfig:
         '(FFmpeg\'s: UDP, listen mode, any codec, FFmpeg options) or "auto" (builtin '
         "unless [options] are given).",
     )
+
+    upload: Upload = option(
+        kind=choice("continuous", "events", "off"),
+        default="continuous",
+        doc='"continuous": every fragment goes to the sink; "events": only the fragments '
+        'from pre_roll before an event to post_roll after it; "off": none (the local '
+        "ring only).",
+    )
+    record: bool = option(
+        kind=BOOLEAN,
+        default=False,
+        default_doc='true with upload = "events" or "off", else false',
+        doc="Keep every fragment in a local ring on the device, capped by record_max_bytes "
+        "and record_max_age, apart from the upload queues and their caps.",
+    )
+    record_max_bytes: int = option(
+        kind=SIZE,
+        default=1024**3,
+        doc="The ring's size: past it the oldest fragments go (never one an event still "
+        "waits to queue).",
+    )
+    record_max_age: float = option(
+        kind=DURATION, default=86_400.0, doc="Fragments older than this leave the ring."
+    )
+    pre_roll_ms: int = option(
+        kind=MILLISECONDS,
+        key="pre_roll",
+        default=5_000,
+        doc="An event's video starts this long before it (from the ring).",
+    )
+    post_roll_ms: int = option(
+        kind=MILLISECONDS,
+        key="post_roll",
+        default=10_000,
+        doc="An event's video ends this long after it.",
+    )
+    max_event_ms: int = option(
+        kind=MILLISECONDS,
+        key="max_event",
+        default=600_000,
+        doc="An event still open after this long is ended (a trigger that never says end).",
+    )
+    events_sink: str | None = option(
+        kind=STRING,
+        default=None,
+        doc="A record sink (kinesis, firehose, hold) that gets each event's start and end "
+        "as a JSON record, before its video arrives.",
+    )
+    snapshot_sink: str | None = option(
+        kind=STRING,
+        default=None,
+        doc='An "s3" sink for JPEG snapshots: one when an event starts, and every snapshot_every.',
+    )
+    snapshot_every: float | None = option(
+        kind=off(DURATION),
+        default=None,
+        doc="Also a snapshot this often (with snapshot_sink).",
+    )
+    #: ``[cameras.NAME.tags]``: fragment tags on every fragment (Kinesis Video metadata).
+    tags: Mapping[str, str] = field(default_factory=dict)
+    #: ``[cameras.NAME.motion]``: motion detection, if the table is there.
+    motion: MotionConfig | None = None
 
     @property
     def builtin_rtsp(self) -> bool:

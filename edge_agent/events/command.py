@@ -18,10 +18,10 @@ from edge_agent.spool import camera_events, recordings
 from edge_agent.spool.camera_events import Event
 from edge_agent.spool.recovery import connect_read_only
 
-Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
-
-def add_parsers(commands: Subparsers, common: argparse.ArgumentParser) -> None:
+def add_parsers(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     event = commands.add_parser(
         "event",
         parents=[common],

@@ -13,7 +13,8 @@ Per fragment, one transaction (``Spool.append`` with the ring's writes as ``also
                            range this fragment reaches past is marked covered
 
 A copy never goes behind a fragment queued already (a PutMedia session takes times in
-order), and the ring never drops a fragment an uncovered event may still want.
+order), and the ring never drops a fragment an uncovered event may still want, nor one
+queued for an event that may still wait for its upload.
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ class Recorder:
                     over_bytes=self.stats.ring_bytes + ring_bytes - settings.record_max_bytes,
                     older_than_ms=now_ms - int(settings.record_max_age * 1000),
                     keep_from_ms=_wanted_from(events, fragment.end_ms),
+                    waiting_from_ms=recordings.oldest_waiting_ms(conn, settings.sink or ""),
                 )
             return lambda: self._stored(ring_bytes, trimmed, len(records) if for_events else 0)
 

@@ -4,9 +4,10 @@ age, apart from the upload queues and their caps (docs/EVENTS.md).
 A row is one fragment as the camera cut it: its Matroska Cluster (``payload``) and its
 FragmentMeta (``meta``), from ``start_ms`` to ``end_ms`` (the last frame's time).
 ``queued`` is 1 once the fragment was copied into its camera's upload queue for an
-event: the queue holds that copy until the service confirms it, so the ring may drop
-its own whenever its caps say so. What the ring never drops is a fragment not yet
-queued that an event still to be covered will want (``trim``'s ``keep_from_ms``).
+event. The ring never drops a fragment while it may still wait for its upload (the
+queue holds one as old: ``trim``'s ``waiting_from_ms``), nor one not yet queued that an
+event still to be covered will want (``keep_from_ms``); so it may hold more than its
+cap while an outage keeps event video from going.
 
 The camera's thread is the only writer of its camera's rows; it keeps the ring's byte
 count in memory (``Ring``), read once at start.
@@ -123,11 +124,13 @@ def trim(
     over_bytes: int,
     older_than_ms: int,
     keep_from_ms: int | None,
+    waiting_from_ms: int | None = None,
 ) -> Trimmed:
     """Delete the camera's oldest fragments, oldest first: at least ``over_bytes`` of
     them, and every one that ended before ``older_than_ms``; stopping at the first one
     not yet queued that ends at or after ``keep_from_ms`` (an event still to be covered
-    wants it)."""
+    wants it), and at the first queued one that ends at or after ``waiting_from_ms``
+    (its copy may still wait in the upload queue)."""
     deleted: list[tuple[int]] = []
     freed = 0
     for row_id, end_ms, size, queued in conn.execute(
@@ -137,6 +140,8 @@ def trim(
         if freed >= over_bytes and end_ms >= older_than_ms:
             break
         if not queued and keep_from_ms is not None and end_ms >= keep_from_ms:
+            break
+        if queued and waiting_from_ms is not None and end_ms >= waiting_from_ms:
             break
         deleted.append((row_id,))
         freed += size
@@ -150,3 +155,14 @@ def newest_queued_ms(conn: sqlite3.Connection, camera: str) -> int | None:
         "SELECT max(start_ms) FROM recordings WHERE camera = ? AND queued = 1", (camera,)
     ).fetchone()
     return None if row[0] is None else int(row[0])
+
+
+def oldest_waiting_ms(conn: sqlite3.Connection, queue: str) -> int | None:
+    """The capture time of the oldest record an upload queue holds (ids follow capture
+    order in a camera's queue): queued fragments from then on may not be uploaded yet."""
+    row = conn.execute(
+        "SELECT r.captured_at_ms FROM records r WHERE r.queue_id ="
+        " (SELECT id FROM queues WHERE name = ?) ORDER BY r.id LIMIT 1",
+        (queue,),
+    ).fetchone()
+    return None if row is None else int(row[0])
