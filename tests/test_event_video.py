@@ -10,9 +10,11 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 
 from edge_agent.config.cameras import CameraConfig
@@ -35,6 +37,7 @@ from tests.support import (
     wait_until,
     write_config,
 )
+from tests.video_checks import ffprobe_video
 
 T0 = 1_700_000_000_000
 FRAGMENT_MS = 1000
@@ -354,3 +357,123 @@ def test_an_mqtt_trigger_opens_and_closes_an_event_with_fields_from_the_payload(
     for _, tags in _received(server):
         assert tags["event_door"] == "north" and tags["event_trigger"] == "mqtt:contact"
     assert start["fields"] == {"door": "north", "topic": "doors/north/contact"}
+
+
+# ---------------------------------------------------------------------- motion
+
+SCENE_FPS = 15
+
+
+def scene(path: Path, *, box_from_s: float | None, box_to_s: float = 0, seconds: int = 12) -> Path:
+    """An H.264 file (one keyframe a second) of a still, noisy grey scene; with
+    ``box_from_s``, a white box crosses the left half from then until ``box_to_s``."""
+    width, height = 320, 240
+    rng = np.random.default_rng(7)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=SCENE_FPS)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.gop_size = SCENE_FPS
+        stream.codec_context.max_b_frames = 0
+        stream.codec_context.options = {
+            "x264-params": f"keyint={SCENE_FPS}:min-keyint={SCENE_FPS}:scenecut=0",
+            "preset": "ultrafast",
+        }
+        for index in range(seconds * SCENE_FPS):
+            at = index / SCENE_FPS
+            yuv = np.full((height * 3 // 2, width), 128, dtype=np.uint8)
+            noise = rng.integers(-10, 11, size=(height, width))
+            yuv[:height] = np.clip(120 + noise, 0, 255)
+            if box_from_s is not None and box_from_s <= at < box_to_s:
+                x = int(10 + (at - box_from_s) * 40)
+                yuv[80:160, x : x + 60] = 235
+            frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+            frame.pts, frame.time_base = index, Fraction(1, SCENE_FPS)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def _motion_config(
+    tmp_path: Path, broker: Mosquitto, server: PutMediaServer, source: Path, motion: str
+) -> Path:
+    sinks = (
+        '[sinks.telemetry]\ntype = "hold"\n'
+        '[sinks.events]\ntype = "hold"\n'
+        f'[sinks.video]\ntype = "kvs"\nstream = "cam"\nregion = "us-east-1"\n'
+        f'endpoint_url = "{server.url}"\nretry_min = "50ms"\nretry_max = "200ms"\n'
+        f'[cameras.door]\nsource = "file"\nurl = "{source}"\nsink = "video"\n'
+        'fragment = "1s"\nupload = "events"\npre_roll = "2s"\npost_roll = "2s"\n'
+        'events_sink = "events"\n'
+        f'[cameras.door.motion]\ncooldown = "2s"\n{motion}'
+    )
+    return write_config(tmp_path, broker.port, sinks=sinks)
+
+
+def _camera_status(agent: AgentProcess) -> dict[str, object]:
+    return dict(agent.status().get("cameras", {}).get("door", {}))
+
+
+def test_a_box_crossing_a_still_scene_makes_one_event_with_its_rolls_uploaded(
+    tmp_path: Path, broker: Mosquitto, server: PutMediaServer, agents: list[AgentProcess]
+) -> None:
+    source = scene(tmp_path / "scene.mp4", box_from_s=5, box_to_s=8)
+    config = _motion_config(tmp_path, broker, server, source, "")
+    agent = start_agent(config, agents)
+    wait_until(lambda: _covered_and_uploaded(tmp_path, server), 40, 0.05, "the event uploaded")
+    wait_until(lambda: len(_spooled(tmp_path, "events")) >= 2, 10, 0.05, "its end announced")
+    assert agent.terminate() == 0
+    events = [e for e in _spooled(tmp_path, "events") if e["state"] == "start"]
+    assert len(events) == 1 and events[0]["trigger"] == "motion"
+    start, end = _spooled(tmp_path, "events")
+    # The first keyframe with the box is 5 s into the file; the last, 7 s.
+    conn = sqlite3.connect(spool_path(tmp_path))
+    try:
+        (first,) = conn.execute("SELECT min(start_ms) FROM recordings").fetchone()
+    finally:
+        conn.close()
+    began = int(str(start["started_ms"])) - first
+    lasted = int(str(end["ended_ms"])) - int(str(start["started_ms"]))
+    assert 4_900 <= began <= 6_100, began  # detected at the first keyframe with the box
+    assert 1_900 <= lasted <= 3_100, lasted
+    _check_range(
+        _received(server), int(str(start["started_ms"])) - 2000, int(str(end["ended_ms"])) + 2000
+    )
+    # kvs-local holds nothing outside the rolls: read back with ffprobe's own parser.
+    for path in server.streams["cam"].files:
+        info = ffprobe_video(path)
+        assert info["codec_name"] == "h264"
+
+
+def test_a_still_scene_makes_no_event_and_uploads_nothing(
+    tmp_path: Path, broker: Mosquitto, server: PutMediaServer, agents: list[AgentProcess]
+) -> None:
+    source = scene(tmp_path / "still.mp4", box_from_s=None, seconds=8)
+    config = _motion_config(tmp_path, broker, server, source, "")
+    agent = start_agent(config, agents)
+    wait_until(
+        lambda: int(str(_camera_status(agent).get("fragments", 0))) >= 7,
+        40,
+        0.05,
+        "seven fragments recorded",
+    )
+    assert agent.terminate() == 0
+    assert _spooled(tmp_path, "events") == []
+    assert server.streams["cam"].fragments == 0
+
+
+def test_a_mask_over_the_boxs_path_suppresses_its_motion(
+    tmp_path: Path, broker: Mosquitto, server: PutMediaServer, agents: list[AgentProcess]
+) -> None:
+    source = scene(tmp_path / "scene.mp4", box_from_s=2, box_to_s=5, seconds=8)
+    mask = "masks = [[[0, 0.25], [0.75, 0.25], [0.75, 0.75], [0, 0.75]]]\n"
+    config = _motion_config(tmp_path, broker, server, source, mask)
+    agent = start_agent(config, agents)
+    wait_until(
+        lambda: int(str(_camera_status(agent).get("fragments", 0))) >= 7,
+        40,
+        0.05,
+        "seven fragments recorded",
+    )
+    assert agent.terminate() == 0
+    assert _spooled(tmp_path, "events") == []
+    assert server.streams["cam"].fragments == 0

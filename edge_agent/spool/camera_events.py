@@ -180,3 +180,14 @@ def has_request(conn: sqlite3.Connection, request_id: str) -> bool:
         (request_id,),
     ).fetchone()
     return row is not None
+
+
+def wanting_snapshot(conn: sqlite3.Connection, camera: str) -> list[int]:
+    """The camera's events not yet covered that have no snapshot yet."""
+    return [
+        int(row[0])
+        for row in conn.execute(
+            "SELECT id FROM camera_events WHERE camera = ? AND covered = 0 AND snapshot = 0",
+            (camera,),
+        )
+    ]

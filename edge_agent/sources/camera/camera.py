@@ -30,6 +30,7 @@ from edge_agent.config.cameras import CameraConfig
 from edge_agent.delivery.backoff import Backoff
 from edge_agent.errors import SpoolError, SpoolFull
 from edge_agent.events.recorder import Recorder, StoredFragment
+from edge_agent.events.watch import CameraWatch
 from edge_agent.media import h264
 from edge_agent.media.fragment_meta import FragmentMeta
 from edge_agent.media.mkv import Frame, VideoTrack
@@ -106,6 +107,7 @@ class Camera(ThreadWorker):
         self._backoff = Backoff(settings.reconnect_min, settings.reconnect_max)
         self.stats = CameraStats()
         self.recorder = Recorder(settings, spool)
+        self.watch = CameraWatch(settings, spool, recorded_until_ms=self.recorder.newest_ms)
         self.clock = FrameClock(resume_after_ms=self._last_stored_ms())
         self.fragmenter = Fragmenter(settings.fragment_ms, settings.max_fragment_ms)
         self.audio = CameraAudio(settings.name, settings.audio, self.clock)
@@ -216,6 +218,7 @@ class Camera(ThreadWorker):
         self.stats.mode = mode
         self._set_state("capturing")
         stats, fragmenter, audio = self.stats, self.fragmenter, self.audio
+        watching = self.watch.active and mode == "passthrough"  # encoded: its pictures
         for frame in frames:
             if self._stop.is_set():
                 return
@@ -225,6 +228,9 @@ class Camera(ThreadWorker):
                 stats.last_keyframe_at = time.time()
                 if self._track is not self._fragment_track:
                     self._store_all(fragmenter.flush())  # new parameter sets: a new fragment
+                if watching and self._track is not None:  # placed: the anchor, no repairs
+                    at_ms = self.clock.placed_ms(frame.time_ms)
+                    self.watch.keyframe(frame.data, self._track, at_ms)
             done = fragmenter.add(frame)
             if done is not None:
                 self._store(done)
@@ -412,6 +418,8 @@ class Camera(ThreadWorker):
                 picture.pts = index
                 index += 1
                 captured = self.clock.stream_ms(*times)
+                if self.watch.active:
+                    self.watch.picture(picture, self.clock.placed_ms(captured))
                 for out in encoder.encode(picture):
                     data = bytes(out)
                     units = h264.split_annexb(data)
@@ -486,6 +494,7 @@ class Camera(ThreadWorker):
             self._refused = False
         self.stats.fragments += 1
         self.stats.bytes += len(payload)
+        self.watch.stored()
 
     def _last_stored_ms(self) -> int:
         """Where a restart carries on: the newest fragment this camera has spooled."""
