@@ -137,9 +137,8 @@ class Agent:
             self._start_analytics(config, spool)
             self._events = start_event_keeper(config, spool, self._stops)
             self._metrics = start_metrics(config.metrics, self.status_snapshot, config.spool.path)
-            # Start-up made most objects the agent will ever hold (modules, the AWS
-            # service models, clients): leave them out of every later garbage
-            # collection, which otherwise walks them each time records pile up.
+            # Start-up made most objects the agent will ever hold (modules, AWS models,
+            # clients): no later garbage collection walks them again (as records pile up).
             gc.freeze()
             self._notifier.ready(
                 f"spool open, {int(self._mqtt is not None)} sources, {len(self._cameras)} "
@@ -241,7 +240,8 @@ class Agent:
         self._started[f"sink {name}"] = time.time()
         try:
             share = self._budget.share(name, sink.upload)
-            uploader = make_uploader(sink, spool, share, stop)
+            device = self.config.agent.device_name
+            uploader = make_uploader(sink, spool, share, stop, device=device)
         except Exception as err:  # e.g. a profile that does not exist: intake goes on
             log.error("sink %s: cannot start forwarding: %s", name, err)
             self._failed_sinks = {**self._failed_sinks, name: f"{type(err).__name__}: {err}"}

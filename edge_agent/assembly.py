@@ -72,18 +72,25 @@ def open_spool(config: Config) -> Spool:
 
 
 def make_uploader(
-    config: SinkConfig, spool: Spool, budget: SinkBudget, stop: threading.Event
+    config: SinkConfig,
+    spool: Spool,
+    budget: SinkBudget,
+    stop: threading.Event,
+    *,
+    device: str = "",
 ) -> Uploader:
     """What sends a sink's queue: the Kinesis Video uploader for video, else a forwarder."""
     if config.type == "kvs":  # video: fragments over one streaming connection
         from edge_agent.sinks.kvs.uploader import KvsUploader
 
         return KvsUploader(config, spool, budget, stop)
-    return make_forwarder(config, spool, budget, stop)
+    return make_forwarder(config, spool, budget, stop, device=device)
 
 
-def make_sink(config: SinkConfig, budget: Budget, stop: threading.Event) -> Sink:
-    """The request builder of a record sink."""
+def make_sink(
+    config: SinkConfig, budget: Budget, stop: threading.Event, *, device: str = ""
+) -> Sink:
+    """The request builder of a record sink (``device``: what an S3 key may name)."""
     if config.type == "kinesis":
         from edge_agent.sinks.kinesis.sink import KinesisSink
 
@@ -92,11 +99,20 @@ def make_sink(config: SinkConfig, budget: Budget, stop: threading.Event) -> Sink
         from edge_agent.sinks.firehose.sink import FirehoseSink
 
         return FirehoseSink(config, budget, stop)
+    if config.type == "s3":
+        from edge_agent.sinks.s3.sink import S3Sink
+
+        return S3Sink(config, budget, stop, device=device)
     raise ValueError(f"sink type {config.type!r} does not forward")
 
 
 def make_forwarder(
-    config: SinkConfig, spool: Spool, budget: Budget, stop: threading.Event
+    config: SinkConfig,
+    spool: Spool,
+    budget: Budget,
+    stop: threading.Event,
+    *,
+    device: str = "",
 ) -> Forwarder:
     """A forwarder whose window holds what is in flight plus one request being packed.
 
@@ -118,10 +134,12 @@ def make_forwarder(
         )
     else:
         in_flight = REQUESTS_IN_FLIGHT
-        window_records = (in_flight + 1) * delivery.max_request_records
+        # An object store's request is one object: hold no more than one per request.
+        per_request = 1 if config.type == "s3" else delivery.max_request_records
+        window_records = (in_flight + 1) * per_request
         window_bytes = (in_flight + 1) * delivery.max_request_bytes
     return Forwarder(
-        make_sink(config, budget, stop),
+        make_sink(config, budget, stop, device=device),
         spool,
         delivery,
         stop,

@@ -226,11 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from edge_agent.analytics.command import run_command
 
             return run_command(config, args)
-        if args.command in ("event", "events"):
+        if args.command in ("event", "events", "clip"):
             from edge_agent.events import command
 
-            run = command.event_command if args.command == "event" else command.events_command
-            return run(config, args)
+            return command.COMMANDS[args.command](config, args)
         return _spool_command(config, args)
     except EdgeAgentError as err:
         print(f"edge-agent: {err}", file=sys.stderr)

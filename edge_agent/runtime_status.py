@@ -83,6 +83,11 @@ class SinkFields(TypedDict, total=False):
     ordered: bool
     shards: dict[str, ShardSnapshot]
     aggregates_resent_after_resharding: int
+    bucket: str  # s3
+    objects: int
+    multipart_uploads: int
+    parts_resumed: int
+    orphan_uploads_aborted: int
     wire_bytes: int
     request_timeout: TimeoutSnapshot
 
@@ -174,6 +179,24 @@ class MqttSnapshot(TypedDict):
     client_id: str
 
 
+class CameraEventsSnapshot(TypedDict, total=False):
+    """A camera's ring, uploads for events, motion and snapshots (events/)."""
+
+    upload: str  # continuous, events, off
+    ring_fragments: int
+    ring_bytes: int
+    ring_trimmed: int  # fragments the ring dropped (bytes or age)
+    queued_for_events: int
+    not_uploaded: int  # fragments outside every event (upload = "events")
+    tags_left_out: int
+    motion_samples: int
+    motion_events: int
+    motion_area: float  # the changed part of the watched picture at the last sample
+    snapshots: int
+    snapshot_ms: float | None  # how long the last JPEG took
+    undecodable_keyframes: int
+
+
 class CameraSnapshot(WorkerFields):
     url: str
     mode: str
@@ -192,6 +215,7 @@ class CameraSnapshot(WorkerFields):
     audio: NotRequired[str]  # "off", "none", the track ("AAC 16000 Hz 1 ch"), or why not
     audio_frames: NotRequired[int]
     dropped_audio: NotRequired[int]  # unreadable, late, or before the first fragment
+    events: NotRequired[CameraEventsSnapshot]
     last_error: str
 
 

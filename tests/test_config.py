@@ -40,7 +40,9 @@ def problems(tmp_path: Path, text: str) -> list[tuple[str, str]]:
     return [(problem.key, problem.reason) for problem in caught.value.problems]
 
 
-@pytest.mark.parametrize("name", ["edge-agent.toml", "local.toml", "minimal.toml"])
+@pytest.mark.parametrize(
+    "name", ["edge-agent.toml", "local.toml", "minimal.toml", "analytics.toml", "events.toml"]
+)
 def test_shipped_example_configs_are_valid(name: str) -> None:
     config = load_config(REPO / "configs" / name)
     assert config.mqtt is not None and config.mqtt.subscriptions

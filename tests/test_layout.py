@@ -25,7 +25,7 @@ ALLOWED = {
     "config": {
         "sources.partition_keys",
         "media.fragment_tags",
-        *(f"sinks.{t}.options" for t in ("kinesis", "firehose", "kvs")),
+        *(f"sinks.{t}.options" for t in ("kinesis", "firehose", "kvs", "s3")),
     },
     "sources": {
         "events",

@@ -40,6 +40,7 @@ from edge_agent.records import Overflow
 from edge_agent.sinks.firehose.options import FIREHOSE, FirehoseOptions
 from edge_agent.sinks.kinesis.options import KINESIS, KinesisOptions
 from edge_agent.sinks.kvs.options import KVS, KvsOptions
+from edge_agent.sinks.s3.options import S3, S3Options
 
 HOLD: SinkKind[Any] = SinkKind(
     doc="Keeps records in the spool; nothing forwards them.", sends=False
@@ -53,6 +54,7 @@ SINK_KINDS: dict[str, SinkKind[Any]] = {
     "kinesis": KINESIS,
     "firehose": FIREHOSE,
     "kvs": KVS,
+    "s3": S3,
 }
 
 #: Names of sinks and cameras.
@@ -123,6 +125,10 @@ class SinkConfig:
     @property
     def kvs(self) -> KvsOptions | None:
         return self.options_as(KvsOptions)
+
+    @property
+    def s3(self) -> S3Options | None:
+        return self.options_as(S3Options)
 
 
 def _keys_of_every_kind() -> set[str]:

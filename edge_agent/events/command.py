@@ -8,8 +8,10 @@ import json
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TextIO
 
+from edge_agent.config.cameras import CameraConfig
 from edge_agent.config.loading import Config
 from edge_agent.config.units import parse_duration
 from edge_agent.errors import EdgeAgentError
@@ -52,6 +54,83 @@ def add_parsers(
     events.add_argument("--camera", default=None, help="only this camera's")
     events.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
+    clip = commands.add_parser(
+        "clip",
+        parents=[common],
+        help="write a camera's recording from one time to another as a playable file",
+        description="Export CAMERA's local recording from --from to --to as a .mkv or "
+        ".mp4 (packets copied as recorded, no re-encoding; the ends fall on keyframes). "
+        "--upload also sends it to an S3 sink, through the running agent.",
+    )
+    clip.add_argument("camera", help="a [cameras.NAME] of the config")
+    clip.add_argument("--from", dest="start", required=True, help=TIME_HELP)
+    clip.add_argument("--to", dest="end", default=None, help="end, as --from (default: now)")
+    clip.add_argument("-o", "--output", required=True, help="the file to write (.mkv or .mp4)")
+    clip.add_argument(
+        "--upload",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="SINK",
+        help="also upload it: to this s3 sink (default: the camera's snapshot_sink)",
+    )
+
+
+TIME_HELP = 'a duration before now ("10m"), an ISO time, or epoch ms'
+
+
+def clip_command(config: Config, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    from edge_agent.analytics.command import parse_time
+    from edge_agent.events.clips import export
+
+    camera = _camera(config, args.camera)
+    sink = None
+    if args.upload is not None:
+        sink = args.upload or camera.snapshot_sink
+        settings = config.sinks.get(sink or "")
+        if settings is None or settings.type != "s3":
+            raise EdgeAgentError(
+                f"--upload: {sink or 'the camera has no snapshot_sink'}: name an s3 sink"
+            )
+    now_ms = int(time.time() * 1000)
+    start = parse_time(args.start, now_ms)
+    end = now_ms if args.end is None else parse_time(args.end, now_ms)
+    output = Path(args.output).resolve()
+    conn = connect_read_only(config.spool.path)
+    try:
+        clip = export(conn, camera.name, start, end, output)
+    finally:
+        conn.close()
+    seconds = (clip.to_ms - clip.from_ms) / 1000
+    print(
+        f"{output}: {clip.fragments} fragments, {seconds:.1f}s from {_time(clip.from_ms)}", file=out
+    )
+    if clip.cut_short:
+        print(f"the clip ends early: {clip.cut_short}", file=out)
+    if sink is not None:
+        size = output.stat().st_size
+        limit = config.sinks[sink].max_record_bytes
+        if size > limit:
+            raise EdgeAgentError(
+                f"the clip is {size} bytes; sink {sink} takes at most {limit} "
+                "(its max_record_bytes): raise it, or export a shorter range"
+            )
+        request_id = requests.submit(
+            config.spool.path,
+            "clip",
+            {"camera": camera.name, "sink": sink, "path": str(output),
+             "from_ms": clip.from_ms, "to_ms": clip.to_ms},
+        )  # fmt: skip
+        print(f"upload to sink {sink} requested (request {request_id})", file=out)
+    return 0
+
+
+def _camera(config: Config, name: str) -> CameraConfig:
+    camera = config.cameras.get(name)
+    if camera is None:
+        names = ", ".join(config.cameras) or "none"
+        raise EdgeAgentError(f"no [cameras.{name}] in {config.source_file} (cameras: {names})")
+    return camera
 
 
 def event_command(config: Config, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
@@ -147,3 +226,6 @@ def _as_json(event: Event) -> dict[str, object]:
 
 def _time(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+COMMANDS = {"event": event_command, "events": events_command, "clip": clip_command}

@@ -3,8 +3,9 @@ from the command line (docs/EVENTS.md).
 
 Twice a second:
 
-- **requests** (requests.py): a manual event becomes a camera event, in one transaction
-  with the request's id (a request done before a crash is not done twice);
+- **requests** (requests.py): a manual event becomes a camera event, an exported clip a
+  record of an S3 sink, each in one transaction with the mark that the request is done
+  (``requests_done``: a request done before a crash is not done twice);
 - **announcements**: each event's start, and its end once it has one, goes to its
   camera's ``events_sink`` as a JSON record, in the transaction that marks it
   announced: exactly once into the spool, before its video (which waits for the event's
@@ -92,43 +93,75 @@ class EventKeeper(ThreadWorker):
     def take_requests(self) -> None:
         for request in requests.pending(self.spool_path):
             if isinstance(request, tuple):
-                path, why = request
-                self._bad(path, why)
+                self._bad(*request)
                 continue
-            if request.kind != "event":
-                continue  # another part's (a clip upload)
             camera = str(request.body.get("camera", ""))
             settings = self.cameras.get(camera)
             if settings is None:
                 self._bad(request.path, f"no camera named {camera!r}")
-                continue
-            self._manual_event(request, settings)
-            request.done()
-            self.stats.requests += 1
+            elif request.kind not in ("event", "clip"):
+                self._bad(request.path, f"unknown request kind {request.kind!r}")
+            else:
+                self._take(request, settings)
 
-    def _manual_event(self, request: requests.Request, settings: CameraConfig) -> None:
-        body = request.body
+    def _take(self, request: requests.Request, settings: CameraConfig) -> None:
+        """Do a request in one transaction with the mark that it is done; then delete it."""
+        if self.spool.read("request", lambda conn: camera_events.request_done(conn, request.id)):
+            request.done()  # done before a crash left the file
+            return
+        event = self._manual_event(request, settings) if request.kind == "event" else None
+        records = self._clip(request) if request.kind == "clip" else []
+        if request.kind == "clip" and not records:
+            return
         now_ms = int(self._clock() * 1000)
-        at_ms = int(body.get("at_ms") or now_ms)
+
+        def also(conn: sqlite3.Connection, _queues: Queues) -> None:
+            camera_events.mark_request_done(conn, request.id, request.kind, now_ms)
+            if event is not None:
+                camera_events.create(conn, event, now_ms)
+
+        self.spool.append(records, also=also)
+        request.done()
+        self.stats.requests += 1
+        log.info("events: %s request %s on camera %s done", request.kind, request.id, settings.name)
+
+    def _manual_event(self, request: requests.Request, settings: CameraConfig) -> NewEvent:
+        body = request.body
+        at_ms = int(body.get("at_ms") or self._clock() * 1000)
         duration = body.get("duration_ms")
         fields = body.get("fields") if isinstance(body.get("fields"), dict) else {}
-        event = NewEvent(
+        return NewEvent(
             settings.name,
             MANUAL,
             at_ms,
             at_ms + int(duration) if isinstance(duration, int) else at_ms,
             settings.pre_roll_ms,
             settings.post_roll_ms,
-            {**(fields or {}), "request": request.id},
+            dict(fields or {}),
         )
 
-        def also(conn: sqlite3.Connection, _queues: Queues) -> None:
-            if camera_events.has_request(conn, request.id):
-                return  # done before a crash left the file
-            event_id = camera_events.create(conn, event, now_ms)
-            log.info("events: manual event %d on camera %s", event_id, settings.name)
-
-        self.spool.append([], also=also)
+    def _clip(self, request: requests.Request) -> list[Record]:
+        """An exported clip for an S3 sink: the file as one record."""
+        body = request.body
+        path = Path(str(body.get("path", "")))
+        sink = str(body.get("sink", ""))
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            self._bad(request.path, f"cannot read the clip {path}: {err.strerror}")
+            return []
+        extension = path.suffix.lower().lstrip(".") or "mkv"
+        meta = {
+            "kind": "clip",
+            "camera": body.get("camera"),
+            "event": body.get("event"),
+            "content_type": "video/mp4" if extension == "mp4" else "video/x-matroska",
+            "extension": extension,
+            "from_ms": body.get("from_ms"),
+            "to_ms": body.get("to_ms"),
+        }
+        at_ms = int(body.get("from_ms") or self._clock() * 1000)
+        return [Record(sink, str(body.get("camera")), at_ms, data, json.dumps(meta))]
 
     def _bad(self, path: Path, why: str) -> None:
         log.warning("events: request %s set aside: %s", path.name, why)

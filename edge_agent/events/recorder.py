@@ -28,6 +28,7 @@ from edge_agent.config.cameras import CameraConfig
 from edge_agent.media.fragment_meta import with_tags
 from edge_agent.media.fragment_tags import fit
 from edge_agent.records import Record
+from edge_agent.runtime_status import CameraEventsSnapshot
 from edge_agent.spool import camera_events, recordings
 from edge_agent.spool.camera_events import Event
 from edge_agent.spool.queues import Queues
@@ -137,6 +138,18 @@ class Recorder:
         self.newest_ms = max(self.newest_ms, fragment.end_ms)
         if for_events and records:
             self._queued_through_ms = max(self._queued_through_ms or 0, fragment.start_ms)
+
+    def snapshot(self) -> CameraEventsSnapshot:
+        stats = self.stats
+        return {
+            "upload": self.settings.upload,
+            "ring_fragments": stats.ring_fragments,
+            "ring_bytes": stats.ring_bytes,
+            "ring_trimmed": stats.trimmed,
+            "queued_for_events": stats.queued_for_events,
+            "not_uploaded": stats.not_uploaded,
+            "tags_left_out": stats.tags_left_out,
+        }
 
     # ------------------------------------------------------------------ parts
 

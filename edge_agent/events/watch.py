@@ -28,6 +28,7 @@ from edge_agent.config.cameras import CameraConfig
 from edge_agent.events.pictures import JpegEncoder, KeyframeDecoder
 from edge_agent.media.mkv import VideoTrack
 from edge_agent.records import Record
+from edge_agent.runtime_status import CameraEventsSnapshot
 from edge_agent.spool import camera_events
 from edge_agent.spool.camera_events import NewEvent
 from edge_agent.spool.queues import Queues
@@ -83,6 +84,19 @@ class CameraWatch:
     def active(self) -> bool:
         """Whether the camera needs to hand over its pictures at all."""
         return self.motion is not None or self.snapshots
+
+    def snapshot(self) -> CameraEventsSnapshot:
+        stats = self.stats
+        fields: CameraEventsSnapshot = {
+            "snapshots": stats.snapshots,
+            "snapshot_ms": stats.last_snapshot_ms,
+            "undecodable_keyframes": stats.undecodable_keyframes,
+        }
+        if self.motion is not None:
+            fields["motion_samples"] = stats.motion_samples
+            fields["motion_events"] = stats.motion_events
+            fields["motion_area"] = round(self.motion.detector.last_area, 4)
+        return fields
 
     # ------------------------------------------------------------------ pictures in
 

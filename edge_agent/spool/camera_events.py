@@ -28,6 +28,9 @@ MIGRATION = [
     " snapshot INTEGER NOT NULL DEFAULT 0, created_ms INTEGER NOT NULL)",
     "CREATE INDEX camera_events_uncovered ON camera_events (camera) WHERE covered = 0",
     "CREATE INDEX camera_events_unannounced ON camera_events (id) WHERE announced < 2",
+    # Command-line requests done (events/requests.py): a request is done once.
+    "CREATE TABLE requests_done (id TEXT PRIMARY KEY, kind TEXT NOT NULL,"
+    " done_ms INTEGER NOT NULL)",
 ]
 
 #: Not yet announced / start announced / end announced.
@@ -172,14 +175,17 @@ def get(conn: sqlite3.Connection, event_id: int) -> Event | None:
     return None if row is None else Event(*row)
 
 
-def has_request(conn: sqlite3.Connection, request_id: str) -> bool:
-    """Whether a manual event of this command-line request exists (requests.py)."""
-    row = conn.execute(
-        "SELECT 1 FROM camera_events WHERE trigger = 'manual'"
-        " AND json_extract(fields, '$.request') = ? LIMIT 1",
-        (request_id,),
-    ).fetchone()
+def request_done(conn: sqlite3.Connection, request_id: str) -> bool:
+    """Whether a command-line request was done already (events/requests.py)."""
+    row = conn.execute("SELECT 1 FROM requests_done WHERE id = ?", (request_id,)).fetchone()
     return row is not None
+
+
+def mark_request_done(conn: sqlite3.Connection, request_id: str, kind: str, now_ms: int) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO requests_done (id, kind, done_ms) VALUES (?, ?, ?)",
+        (request_id, kind, now_ms),
+    )
 
 
 def wanting_snapshot(conn: sqlite3.Connection, camera: str) -> list[int]:

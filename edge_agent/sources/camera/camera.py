@@ -527,5 +527,6 @@ class Camera(ThreadWorker):
             "audio": self.audio.state,
             "audio_frames": self.audio.frames,
             "dropped_audio": self.audio.dropped + self.fragmenter.dropped_audio,
+            "events": self.recorder.snapshot() | self.watch.snapshot(),
             "last_error": stats.last_error,
         }
