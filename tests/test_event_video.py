@@ -37,7 +37,7 @@ from tests.support import (
     wait_until,
     write_config,
 )
-from tests.video_checks import ffprobe_video
+from tests.video_checks import ffprobe_duration, ffprobe_video
 
 T0 = 1_700_000_000_000
 FRAGMENT_MS = 1000
@@ -477,3 +477,47 @@ def test_a_mask_over_the_boxs_path_suppresses_its_motion(
     assert agent.terminate() == 0
     assert _spooled(tmp_path, "events") == []
     assert server.streams["cam"].fragments == 0
+
+
+# ---------------------------------------------------------------------- clips
+
+
+def _ring_times(tmp_path: Path) -> list[tuple[int, int]]:
+    conn = sqlite3.connect(spool_path(tmp_path))
+    try:
+        return conn.execute("SELECT start_ms, end_ms FROM recordings ORDER BY start_ms").fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_a_clip_of_the_ring_plays_and_lasts_as_long_as_its_range(
+    tmp_path: Path, broker: Mosquitto, agents: list[AgentProcess], suffix: str
+) -> None:
+    sinks = (
+        '[sinks.telemetry]\ntype = "hold"\n'
+        '[cameras.door]\nsource = "lavfi"\nurl = "testsrc2=size=320x240:rate=30,realtime"\n'
+        'fragment = "1s"\npreset = "ultrafast"\nupload = "off"\n'
+    )
+    config = write_config(tmp_path, broker.port, sinks=sinks)
+    agent = start_agent(config, agents)
+    wait_until(lambda: len(_ring_times(tmp_path)) >= 7, 60, 0.05, "seven fragments recorded")
+    times = _ring_times(tmp_path)
+    # From the middle of the second fragment to the middle of the sixth: the clip runs
+    # from the second's keyframe to the sixth's last frame.
+    start, end = times[1][0] + 500, times[5][0] + 500
+    output = tmp_path / f"clip{suffix}"
+    printed = cli(
+        "clip", "door", "-c", str(config), "--from", str(start), "--to", str(end), "-o", str(output)
+    ).stdout  # while the agent runs: read-only
+    assert "5 fragments" in printed
+    assert agent.terminate() == 0
+    info = ffprobe_video(output)
+    assert info["codec_name"] == "h264" and (info["width"], info["height"]) == (320, 240)
+    assert int(info["nb_read_frames"]) == 5 * 30
+    # Five fragments of 30 frames: from the first frame to the last, plus one frame.
+    expected = (times[5][1] - times[1][0]) / 1000 + 1 / 30
+    assert abs(ffprobe_duration(output) - expected) <= 0.1, (ffprobe_duration(output), expected)
+    with av.open(str(output), "r") as container:
+        frames = sum(1 for _ in container.decode(video=0))
+    assert frames == 5 * 30

@@ -38,3 +38,12 @@ def mkvinfo_lines(path: Path) -> list[str]:
     return subprocess.run(
         ["mkvinfo", "-v", str(path)], check=True, capture_output=True, text=True, timeout=60
     ).stdout.splitlines()
+
+
+def ffprobe_duration(path: Path) -> float:
+    """The file's duration in seconds as ffprobe's format reader states it."""
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json", str(path)],
+        check=True, capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    return float(json.loads(out)["format"]["duration"])
