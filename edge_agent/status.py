@@ -507,6 +507,20 @@ def render_camera(name: str, camera: runtime_status.CameraSnapshot) -> list[str]
             f"  audio: {camera.get('audio')}, {plural(camera.get('audio_frames', 0), 'frame')}, "
             f"dropped {camera.get('dropped_audio', 0)}"
         )
+    events = camera.get("events") or {}
+    if events.get("ring_fragments") or events.get("upload", "continuous") != "continuous":
+        ring = plural(events.get("ring_fragments", 0), "fragment")
+        lines.append(
+            f"  upload {events.get('upload')}: ring {ring}"
+            f" ({human_bytes(events.get('ring_bytes', 0))}), queued for events "
+            f"{events.get('queued_for_events', 0)}, not uploaded {events.get('not_uploaded', 0)}"
+        )
+    if "motion_samples" in events or events.get("snapshots"):
+        lines.append(
+            f"  motion: {events.get('motion_events', 0)} events in "
+            f"{plural(events.get('motion_samples', 0), 'picture')}; snapshots "
+            f"{events.get('snapshots', 0)}"
+        )
     if camera.get("last_error"):
         lines.append(f"  last error: {camera['last_error']}")
     return lines

@@ -9,6 +9,7 @@ import pytest
 from edge_agent.kvs_local.server import PutMediaServer
 from tests.faulty_kinesis import FaultyKinesis
 from tests.forwarding import Harness, MakeHarness
+from tests.moto_server import MotoServer
 from tests.putmedia_client import CREDENTIALS
 from tests.support import AgentProcess, Kinesalite, Mosquitto
 
@@ -91,6 +92,16 @@ def kinesis(endpoint: FaultyKinesis, tmp_path: Path, harnesses: list[Harness]) -
         return harness
 
     return make
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """A moto server (S3, Firehose) for a test module; ``MotoServer.reset`` empties it."""
+    server = MotoServer(tmp_path_factory.mktemp("moto")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

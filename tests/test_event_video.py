@@ -413,6 +413,19 @@ def _camera_status(agent: AgentProcess) -> dict[str, object]:
     return dict(agent.status().get("cameras", {}).get("door", {}))
 
 
+def _run_without_events(agent: AgentProcess, tmp_path: Path, server: PutMediaServer) -> None:
+    """Seven fragments recorded: no event, nothing uploaded."""
+    wait_until(
+        lambda: int(str(_camera_status(agent).get("fragments", 0))) >= 7,
+        40,
+        0.05,
+        "seven fragments recorded",
+    )
+    assert agent.terminate() == 0
+    assert _spooled(tmp_path, "events") == []
+    assert server.streams["cam"].fragments == 0
+
+
 def test_a_box_crossing_a_still_scene_makes_one_event_with_its_rolls_uploaded(
     tmp_path: Path, broker: Mosquitto, server: PutMediaServer, agents: list[AgentProcess]
 ) -> None:
@@ -449,16 +462,7 @@ def test_a_still_scene_makes_no_event_and_uploads_nothing(
 ) -> None:
     source = scene(tmp_path / "still.mp4", box_from_s=None, seconds=8)
     config = _motion_config(tmp_path, broker, server, source, "")
-    agent = start_agent(config, agents)
-    wait_until(
-        lambda: int(str(_camera_status(agent).get("fragments", 0))) >= 7,
-        40,
-        0.05,
-        "seven fragments recorded",
-    )
-    assert agent.terminate() == 0
-    assert _spooled(tmp_path, "events") == []
-    assert server.streams["cam"].fragments == 0
+    _run_without_events(start_agent(config, agents), tmp_path, server)
 
 
 def test_a_mask_over_the_boxs_path_suppresses_its_motion(
@@ -467,16 +471,7 @@ def test_a_mask_over_the_boxs_path_suppresses_its_motion(
     source = scene(tmp_path / "scene.mp4", box_from_s=2, box_to_s=5, seconds=8)
     mask = "masks = [[[0, 0.25], [0.75, 0.25], [0.75, 0.75], [0, 0.75]]]\n"
     config = _motion_config(tmp_path, broker, server, source, mask)
-    agent = start_agent(config, agents)
-    wait_until(
-        lambda: int(str(_camera_status(agent).get("fragments", 0))) >= 7,
-        40,
-        0.05,
-        "seven fragments recorded",
-    )
-    assert agent.terminate() == 0
-    assert _spooled(tmp_path, "events") == []
-    assert server.streams["cam"].fragments == 0
+    _run_without_events(start_agent(config, agents), tmp_path, server)
 
 
 # ---------------------------------------------------------------------- clips

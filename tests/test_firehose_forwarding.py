@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.moto_server import MotoServer, delivered_objects, make_firehose_to_s3
 from tests.support import (
@@ -20,15 +17,6 @@ from tests.support import (
     wait_until,
     write_config,
 )
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
-    server = MotoServer(tmp_path_factory.mktemp("moto")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def firehose_sink(moto: MotoServer, stream: str, extra: str = "") -> str:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +35,6 @@ from tests.support import (
 
 BUCKET = "edge-media"
 MIB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
-    server = MotoServer(tmp_path_factory.mktemp("moto")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -223,3 +213,37 @@ def test_an_event_snapshot_arrives_in_s3_as_a_decodable_jpeg_of_the_pictures_siz
     with av.open(io.BytesIO(body), "r") as container:
         picture = next(container.decode(video=0))
     assert (picture.width, picture.height) == (320, 240)
+
+
+def test_an_exported_clip_is_uploaded_through_the_running_agent(
+    s3: Any,
+    moto: MotoServer,
+    tmp_path: Path,
+    broker: Mosquitto,
+    agents: list[AgentProcess],
+) -> None:
+    sinks = (
+        '[sinks.telemetry]\ntype = "hold"\n'
+        f'[sinks.media]\ntype = "s3"\nbucket = "{BUCKET}"\nregion = "us-east-1"\n'
+        f'endpoint_url = "{moto.endpoint}"\nretry_min = "50ms"\nretry_max = "200ms"\n'
+        '[cameras.door]\nsource = "lavfi"\nurl = "testsrc2=size=320x240:rate=30,realtime"\n'
+        'fragment = "1s"\npreset = "ultrafast"\nupload = "off"\nsnapshot_sink = "media"\n'
+    )
+    config = write_config(tmp_path, broker.port, sinks=sinks)
+    agent = start_agent(config, agents)
+    wait_until(
+        lambda: agent.status().get("cameras", {}).get("door", {}).get("fragments", 0) >= 4,
+        60,
+        0.05,
+        "four fragments recorded",
+    )
+    output = tmp_path / "door.mkv"
+    cli("clip", "door", "-c", str(config), "--from", "10m", "-o", str(output), "--upload")
+    wait_until(lambda: len(_objects(s3)) >= 1, 30, 0.05, "the clip in S3")
+    assert agent.terminate() == 0
+    ((key, body),) = _objects(s3).items()
+    assert key.startswith("test-device/door/clip/") and key.endswith(".mkv")
+    assert body == output.read_bytes()
+    head = s3.head_object(Bucket=BUCKET, Key=key)
+    assert head["ContentType"] == "video/x-matroska"
+    assert not list((tmp_path / "state").glob("spool.db.requests/*.json"))  # taken

@@ -111,7 +111,11 @@ class Forwarder(ThreadWorker):
         self._clock = clock
         self._rng = rng or random.Random()
         self._window = LeaseWindow(
-            spool, sink.name, max_records=window_records, max_bytes=window_bytes
+            spool,
+            sink.name,
+            max_records=window_records,
+            max_bytes=window_bytes,
+            with_meta=sink.needs_meta,
         )
         self._deleter = Deleter(
             spool, sink.name, lambda err: self._spool_failed(err, "deleting delivered records")

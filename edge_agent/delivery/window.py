@@ -14,9 +14,18 @@ from edge_agent.spool.store import Spool
 
 
 class LeaseWindow:
-    def __init__(self, spool: Spool, queue: str, *, max_records: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        queue: str,
+        *,
+        max_records: int,
+        max_bytes: int,
+        with_meta: bool = False,
+    ) -> None:
         self._spool = spool
         self._queue = queue
+        self._with_meta = with_meta  # the records' meta too (an object's content type)
         self.max_records = max_records
         self.max_bytes = max_bytes
         #: Leased records by id, in spool order.
@@ -51,7 +60,9 @@ class LeaseWindow:
         if count and size:  # fetch about what fits the bytes, not rows to throw away
             average = size / count
             room_records = min(room_records, int(room_bytes / average * 1.1) + 16)
-        leased = self._spool.lease(self._queue, max_records=room_records, max_bytes=room_bytes)
+        leased = self._spool.lease(
+            self._queue, max_records=room_records, max_bytes=room_bytes, with_meta=self._with_meta
+        )
         self.records.update(zip(map(RECORD_ID, leased), leased, strict=True))
         self.size += sum(map(len, map(RECORD_PAYLOAD, leased)))
         return bool(leased)

@@ -95,6 +95,7 @@ class Sink(Protocol):
     target: str
     ordered: bool
     aggregating: bool  # many records per entry: a request is not full at 500 records
+    needs_meta: bool  # its records are leased with their meta text (an S3 object's)
 
     def pack(self, candidates: Sequence[LeasedRecord], now: float) -> Packed: ...
 

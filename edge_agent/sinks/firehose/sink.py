@@ -29,6 +29,7 @@ class FirehoseSink:
     kind = "firehose"
     ordered = False
     aggregating = False
+    needs_meta = False
 
     def __init__(self, config: SinkConfig, budget: Budget, stop: threading.Event) -> None:
         assert config.firehose is not None and config.delivery is not None

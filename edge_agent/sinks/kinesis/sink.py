@@ -73,6 +73,7 @@ class _OpenAggregate:
 
 class KinesisSink:
     kind = "kinesis"
+    needs_meta = False
 
     def __init__(
         self,

@@ -39,6 +39,7 @@ class S3Sink:
     kind = "s3"
     ordered = False
     aggregating = False
+    needs_meta = True  # the object's kind, camera, event and content type
 
     def __init__(
         self, config: SinkConfig, budget: Budget, stop: threading.Event, *, device: str = ""
