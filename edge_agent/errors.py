@@ -62,6 +62,8 @@ whether trying the same thing again later can succeed (``retryable``)::
     ├── RequestError                    yes  -- a command could not leave its request for the
     │                                           agent (no permission, no room):
     │                                           events/requests.py
+    ├── ClipError                       no   -- no clip can be made of that range (nothing
+    │                                           recorded, an unknown format): events/clips.py
     ├── BacklogHeld                     yes  -- a schedule window holds a live-first video
     │                                           sink's backlog; it goes when the window ends
     │                                           (delivery/budget.py)

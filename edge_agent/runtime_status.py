@@ -186,6 +186,7 @@ class CameraEventsSnapshot(TypedDict, total=False):
     ring_fragments: int
     ring_bytes: int
     ring_trimmed: int  # fragments the ring dropped (bytes or age)
+    ring_yielded: int  # of those, dropped early to give room on a full disk
     queued_for_events: int
     not_uploaded: int  # fragments outside every event (upload = "events")
     tags_left_out: int

@@ -507,10 +507,10 @@ def test_a_paused_intake_costs_fragments_not_the_camera(
         full = threading.Event()
         full.set()
 
-        def refusing(records: Sequence[Record]) -> AppendResult:
+        def refusing(records: Sequence[Record], **more: Any) -> AppendResult:
             if full.is_set():
                 raise IntakePaused("intake paused: the spool's filesystem is below its reserve")
-            return append(records)
+            return append(records, **more)
 
         monkeypatch.setattr(spool, "append", refusing)
         settings = CameraConfig(
@@ -542,13 +542,13 @@ def test_a_file_read_faster_than_real_time_never_stores_a_fragment_that_ends_in_
     with Spool.open(tmp_path / "s.db") as spool:
         append = spool.append
 
-        def watched(records: Sequence[Record]) -> AppendResult:
+        def watched(records: Sequence[Record], **more: Any) -> AppendResult:
             now = time.time_ns() // 1_000_000
             for record in records:
                 meta = json.loads(record.meta or "{}")
                 start = record.captured_at_ms
                 stored.append((start, start + int(meta["duration_ms"]), now))
-            return append(records)
+            return append(records, **more)
 
         monkeypatch.setattr(spool, "append", watched)
         settings = fast_file_camera("bulk", source)

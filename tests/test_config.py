@@ -201,7 +201,7 @@ def test_a_mistyped_sink_type_is_one_problem_not_one_per_key(tmp_path: Path) -> 
     assert found == [
         (
             "sinks.telemetry.type",
-            "must be one of hold, kinesis, firehose, kvs; got 'kinesiss' "
+            "must be one of hold, kinesis, firehose, kvs, s3; got 'kinesiss' "
             '(did you mean "kinesis"?)',
         ),
         # A key of no type at all is still unknown.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+import tomllib
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -18,9 +19,12 @@ import numpy as np
 import pytest
 
 from edge_agent.config.cameras import CameraConfig
+from edge_agent.config.loading import parse_config
+from edge_agent.errors import ConfigError
 from edge_agent.events.recorder import Recorder, StoredFragment
 from edge_agent.kvs_local.server import PutMediaServer
 from edge_agent.media.fragment_meta import FragmentMeta, tags_of
+from edge_agent.media.fragment_tags import fit
 from edge_agent.media.mkv import H264, VideoTrack
 from edge_agent.spool import camera_events
 from edge_agent.spool.camera_events import NewEvent
@@ -451,10 +455,18 @@ def test_a_box_crossing_a_still_scene_makes_one_event_with_its_rolls_uploaded(
     _check_range(
         _received(server), int(str(start["started_ms"])) - 2000, int(str(end["ended_ms"])) + 2000
     )
-    # kvs-local holds nothing outside the rolls: read back with ffprobe's own parser.
+    # kvs-local holds nothing outside the rolls: every frame of what it stored, read back
+    # with PyAV (producer times, absolute) and counted by ffprobe's own parser.
+    from_ms, to_ms = int(str(start["started_ms"])) - 2000, int(str(end["ended_ms"])) + 2000
+    frames = 0
     for path in server.streams["cam"].files:
+        with av.open(str(path), "r") as container:
+            times = [int(p.pts) for p in container.demux(video=0) if p.pts is not None]
+        assert from_ms - 1100 <= min(times) and max(times) <= to_ms + 1000, (times, from_ms)
         info = ffprobe_video(path)
-        assert info["codec_name"] == "h264"
+        assert info["codec_name"] == "h264" and int(info["nb_read_frames"]) == len(times)
+        frames += len(times)
+    assert frames == SCENE_FPS * len(_received(server))
 
 
 def test_a_still_scene_makes_no_event_and_uploads_nothing(
@@ -516,3 +528,37 @@ def test_a_clip_of_the_ring_plays_and_lasts_as_long_as_its_range(
     with av.open(str(output), "r") as container:
         frames = sum(1 for _ in container.decode(video=0))
     assert frames == 5 * 30
+
+
+# ---------------------------------------------------------------------- tags
+
+
+def test_a_fragment_carries_at_most_nine_tags_static_ones_first() -> None:
+    static = {f"s{n}": "v" for n in range(7)}
+    events = [{"id": 4, "trigger": "motion", "fields": {"area": 0.02, "zone": "door"}}]
+    tags, left_out = fit(static, events)
+    assert len(tags) == 9 and left_out == 2
+    assert [name for name, _ in tags] == [*static, "event_id", "event_trigger"]
+    joined, _ = fit({}, [{"id": 1, "trigger": "motion"}, {"id": 2, "trigger": "manual"}])
+    assert dict(joined) == {"event_id": "1,2", "event_trigger": "motion,manual"}
+    long, _ = fit({}, [{"id": 1, "trigger": "x", "fields": {"note": "é" * 300}}])
+    assert len(dict(long)["event_note"].encode()) <= 256
+
+
+@pytest.mark.parametrize(
+    ("tags", "reason"),
+    [
+        ('AWS_x = "1"', "starts with AWS"),
+        ("site = 3", "expected a string"),
+        ("\n".join(f't{n} = "v"' for n in range(10)), "at most 9"),
+    ],
+)
+def test_camera_tags_the_service_would_refuse_are_config_errors(tags: str, reason: str) -> None:
+    document = (
+        '[sinks.video]\ntype = "hold"\nmax_record_bytes = "8MiB"\n'
+        '[cameras.door]\nurl = "rtsp://127.0.0.1/x"\nsink = "video"\n'
+        f"[cameras.door.tags]\n{tags}\n"
+    )
+    with pytest.raises(ConfigError) as raised:
+        parse_config(tomllib.loads(document))
+    assert any(reason in problem.reason for problem in raised.value.problems), raised.value

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -167,7 +169,7 @@ class RefusingSpool(Spool):
 
     refused = 0
 
-    def append(self, records: list[Record]) -> AppendResult:  # type: ignore[override]
+    def append(self, records: Sequence[Record], **more: Any) -> AppendResult:
         RefusingSpool.refused += 1
         raise SpoolFull("spool append failed: database or disk is full")
 

@@ -247,3 +247,28 @@ def test_an_exported_clip_is_uploaded_through_the_running_agent(
     head = s3.head_object(Bucket=BUCKET, Key=key)
     assert head["ContentType"] == "video/x-matroska"
     assert not list((tmp_path / "state").glob("spool.db.requests/*.json"))  # taken
+
+
+def test_snapshot_every_sends_a_snapshot_that_often_without_an_event(
+    s3: Any,
+    moto: MotoServer,
+    tmp_path: Path,
+    broker: Mosquitto,
+    agents: list[AgentProcess],
+) -> None:
+    sinks = (
+        '[sinks.telemetry]\ntype = "hold"\n'
+        f'[sinks.media]\ntype = "s3"\nbucket = "{BUCKET}"\nregion = "us-east-1"\n'
+        f'endpoint_url = "{moto.endpoint}"\n'
+        '[cameras.door]\nsource = "lavfi"\nurl = "testsrc2=size=320x240:rate=30,realtime"\n'
+        'fragment = "1s"\npreset = "ultrafast"\nupload = "off"\nsnapshot_sink = "media"\n'
+        'snapshot_every = "2s"\n'
+    )
+    config = write_config(tmp_path, broker.port, sinks=sinks)
+    agent = start_agent(config, agents)
+    wait_until(lambda: len(_objects(s3)) >= 3, 30, 0.05, "three snapshots")
+    assert agent.terminate() == 0
+    keys = sorted(_objects(s3))
+    assert all("/snapshot/" in key and "-none-" in key for key in keys)
+    times = [s3.head_object(Bucket=BUCKET, Key=k)["Metadata"]["captured-at"] for k in keys]
+    assert len(set(times)) == len(times)

@@ -175,6 +175,49 @@ def test_the_spools_own_growth_pauses_intake_before_the_disk_fills_and_all_arriv
     assert_one_line_per_pause(log)
 
 
+@needs_root
+def test_a_cameras_ring_gives_room_on_a_full_disk_and_the_camera_records_on(
+    tmp_path: Path, broker: Mosquitto, agents: list[AgentProcess]
+) -> None:
+    """A 24 MiB tmpfs and a camera recording to a ring far larger than it: when the
+    spool's growth reaches the reserve, the ring drops its oldest fragments to make room
+    and every new fragment is stored (none refused), and the disk never fills."""
+    with mounted("tmpfs", tmp_path / "fs", 24, agents) as fs:
+        spool = fs / "spool.db"
+        camera = (
+            '[sinks.telemetry]\ntype = "hold"\n'
+            '[cameras.door]\nsource = "lavfi"\n'
+            'url = "testsrc2=size=640x360:rate=30,noise=alls=30:allf=t"\nfragment = "1s"\n'
+            'preset = "ultrafast"\nbitrate = "16Mbit/s"\nupload = "off"\n'
+            'record_max_bytes = "1GiB"\n'
+        )
+        config = write_config(
+            tmp_path,
+            broker.port,
+            sinks=camera,
+            spool=f'path = "{spool}"\nreserve = "4MiB"\n',
+            agent_extra=f'status_dir = "{tmp_path / "state"}"\n',
+        )
+        agent = start_agent(config, agents)
+
+        def door() -> dict[str, Any]:
+            return dict(agent.status().get("cameras", {}).get("door", {}))
+
+        wait_until(
+            lambda: door().get("events", {}).get("ring_yielded", 0) >= 5,
+            120,
+            0.2,
+            "the ring to give room five times",
+        )
+        stored = door()["fragments"]
+        wait_until(lambda: door()["fragments"] >= stored + 5, 30, 0.2, "five more fragments")
+        assert door().get("unstored_fragments", 0) == 0
+        assert os.statvfs(fs).f_bavail > 0, "the disk filled"
+        assert agent.terminate() == 0
+    log = agent.log_text()
+    assert "disk is full" not in log and "No space left" not in log
+
+
 def assert_one_line_per_pause(log: str) -> None:
     """Each pause is logged once when it starts and once when it ends."""
     paused = log.count("spool.storage: intake paused:")

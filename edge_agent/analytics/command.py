@@ -9,11 +9,10 @@ import argparse
 import json
 import sys
 import time
-from datetime import datetime
 from typing import TextIO
 
 from edge_agent.config.loading import Config
-from edge_agent.config.units import parse_duration, plural
+from edge_agent.config.units import parse_time, plural
 from edge_agent.errors import EdgeAgentError
 
 
@@ -47,23 +46,6 @@ def add_parser(
         default=None,
         help="read the readings of this queue instead of the query's own (e.g. a sink's)",
     )
-
-
-def parse_time(text: str, now_ms: int) -> int:
-    """Epoch ms from a duration before now, an ISO 8601 time, or epoch ms."""
-    if text.isdigit():
-        return int(text)
-    try:
-        return now_ms - int(parse_duration(text) * 1000)
-    except ValueError:
-        pass
-    try:
-        return int(datetime.fromisoformat(text).timestamp() * 1000)
-    except ValueError:
-        raise EdgeAgentError(
-            f"not a time: {text!r} (a duration before now such as '10m', an ISO time, or "
-            "epoch milliseconds)"
-        ) from None
 
 
 def run_command(config: Config, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:

@@ -15,6 +15,9 @@ units (the reference shows defaults that way); ``plural`` writes a count with it
 from __future__ import annotations
 
 import re
+from datetime import datetime
+
+from edge_agent.errors import EdgeAgentError
 
 _SIZE_FACTORS = {
     "": 1,
@@ -154,3 +157,20 @@ def format_duration(seconds: float) -> str:
     if millis:
         parts.append(f"{millis}ms")
     return "".join(parts)
+
+
+def parse_time(text: str, now_ms: int) -> int:
+    """Epoch ms from a duration before now, an ISO 8601 time, or epoch ms."""
+    if text.isdigit():
+        return int(text)
+    try:
+        return now_ms - int(parse_duration(text) * 1000)
+    except ValueError:
+        pass
+    try:
+        return int(datetime.fromisoformat(text).timestamp() * 1000)
+    except ValueError:
+        raise EdgeAgentError(
+            f"not a time: {text!r} (a duration before now such as '10m', an ISO time, or "
+            "epoch milliseconds)"
+        ) from None

@@ -13,7 +13,7 @@ from typing import TextIO
 
 from edge_agent.config.cameras import CameraConfig
 from edge_agent.config.loading import Config
-from edge_agent.config.units import parse_duration
+from edge_agent.config.units import parse_duration, parse_time
 from edge_agent.errors import EdgeAgentError
 from edge_agent.events import requests
 from edge_agent.spool import camera_events, recordings
@@ -80,7 +80,6 @@ TIME_HELP = 'a duration before now ("10m"), an ISO time, or epoch ms'
 
 
 def clip_command(config: Config, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    from edge_agent.analytics.command import parse_time
     from edge_agent.events.clips import export
 
     camera = _camera(config, args.camera)

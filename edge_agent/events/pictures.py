@@ -5,7 +5,10 @@ their own (``KeyframeDecoder``), and decoded pictures encoded as JPEG
 A passthrough camera is not decoded at all; for motion or a snapshot only its
 keyframes are, each an IDR that decodes without the pictures around it (a P-frame
 needs its references, so sampling those would mean decoding all of them). A keyframe
-is the first picture of a fragment: one every fragment duration.
+is the first picture of a fragment: one every fragment duration. A decoder of its own
+fed only the keyframes does what PyAV's ``skip_frame = "NONKEY"`` would on the camera's
+stream, for both the built-in RTSP client (which has no PyAV stream) and PyAV's input,
+and leaves the passthrough path untouched.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ Per fragment, one transaction (``Spool.append`` with the ring's writes as ``also
                            an event's range
     upload = "off"         nothing
     record                 the fragment into the ring; the ring trimmed by bytes and age
+                           (and, when the disk is short, by what the fragment needs)
     events                 an event open longer than max_event is ended; one whose
                            range this fragment reaches past is marked covered
 
@@ -25,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from edge_agent.config.cameras import CameraConfig
+from edge_agent.errors import IntakePaused
 from edge_agent.media.fragment_meta import with_tags
 from edge_agent.media.fragment_tags import fit
 from edge_agent.records import Record
@@ -44,6 +46,7 @@ class RecorderStats:
     queued_for_events: int = 0  # fragments queued because of events
     not_uploaded: int = 0  # fragments outside every event (upload = "events")
     tags_left_out: int = 0  # event tags a fragment had no room for
+    yielded: int = 0  # fragments the ring dropped early to give room on a full disk
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,15 @@ class Recorder:
                 )
             return lambda: self._stored(ring_bytes, trimmed, len(records) if for_events else 0)
 
-        self.spool.append(records, also=also, also_bytes=ring_bytes)
+        try:
+            self.spool.append(records, also=also, also_bytes=ring_bytes)
+        except IntakePaused:
+            # The disk is short: the ring gives the room (its oldest, nothing an event
+            # still needs), and the fragment is stored after all.
+            wanted = ring_bytes + sum(len(record.payload) for record in records)
+            if not ring or not self._give_room(2 * wanted, events, fragment.end_ms):
+                raise
+            self.spool.append(records, also=also, also_bytes=ring_bytes)
         self.newest_ms = max(self.newest_ms, fragment.end_ms)
         if for_events and records:
             self._queued_through_ms = max(self._queued_through_ms or 0, fragment.start_ms)
@@ -149,6 +160,7 @@ class Recorder:
             "queued_for_events": stats.queued_for_events,
             "not_uploaded": stats.not_uploaded,
             "tags_left_out": stats.tags_left_out,
+            "ring_yielded": stats.yielded,
         }
 
     # ------------------------------------------------------------------ parts
@@ -203,6 +215,30 @@ class Recorder:
     def _record(self, start_ms: int, meta: str, payload: bytes) -> Record:
         settings = self.settings
         return Record(settings.sink or "", settings.name, start_ms, payload, meta)
+
+    def _give_room(self, wanted: int, events: Sequence[Event], through_ms: int) -> bool:
+        """Drop the ring's oldest fragments, at least ``wanted`` bytes of them if it can
+        (not one an event still needs); whether it freed any."""
+        settings = self.settings
+        freed: list[recordings.Trimmed] = []
+
+        def also(conn: sqlite3.Connection, _queues: Queues) -> Callable[[], None]:
+            trimmed = recordings.trim(
+                conn,
+                settings.name,
+                over_bytes=wanted,
+                older_than_ms=0,
+                keep_from_ms=_wanted_from(events, through_ms),
+                waiting_from_ms=recordings.oldest_waiting_ms(conn, settings.sink or ""),
+            )
+            freed.append(trimmed)
+            return lambda: self._stored(0, trimmed, 0)
+
+        self.spool.append([], also=also)  # a deletion: no admission needed
+        if freed and freed[0].fragments:
+            self.stats.yielded += freed[0].fragments
+            return True
+        return False
 
     def _stored(self, ring_bytes: int, trimmed: recordings.Trimmed, for_events: int) -> None:
         stats = self.stats
