@@ -245,10 +245,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
     with work_directory(args.workdir, keep=args.keep) as workdir:
         scene = Path(args.cache) / "scene-1080p30-box.mp4"
         make_scene(scene)
+        jpeg_ms = snapshot_ms(scene)
         results = {name: measure(RUNS[name], scene, workdir, args.seconds, args.warmup)
                    for name in args.runs.split(",")}  # fmt: skip
         decode_all = measure_decode_all(scene, args.seconds, args.warmup)
-        jpeg_ms = snapshot_ms(scene)
     print(f"\n{'run':<14} {'CPU % core':>10} {'RSS peak MiB':>13} {'fragments':>10} {'events':>7}")
     for result in results.values():
         print(

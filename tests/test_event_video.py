@@ -6,6 +6,8 @@ and what kvs-local stored is read back with PyAV."""
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import sqlite3
 import time
@@ -21,6 +23,7 @@ import pytest
 from edge_agent.config.cameras import CameraConfig
 from edge_agent.config.loading import parse_config
 from edge_agent.errors import ConfigError
+from edge_agent.events.pictures import JpegEncoder
 from edge_agent.events.recorder import Recorder, StoredFragment
 from edge_agent.kvs_local.server import PutMediaServer
 from edge_agent.media.fragment_meta import FragmentMeta, tags_of
@@ -562,3 +565,16 @@ def test_camera_tags_the_service_would_refuse_are_config_errors(tags: str, reaso
     with pytest.raises(ConfigError) as raised:
         parse_config(tomllib.loads(document))
     assert any(reason in problem.reason for problem in raised.value.problems), raised.value
+
+
+def test_one_jpeg_encoder_takes_pictures_of_any_stream_time_base(tmp_path: Path) -> None:
+    """Snapshots reuse their encoder: pictures decoded from a file carry the file's time
+    base (here 1/15360), which must not make their times collide."""
+    source = scene(tmp_path / "still.mp4", box_from_s=None, seconds=1)
+    encoder = JpegEncoder()
+    with av.open(str(source), "r") as container:
+        pictures = list(itertools.islice(container.decode(video=0), 3))
+    for picture in pictures:
+        with av.open(io.BytesIO(encoder.encode(picture)), "r") as jpeg:
+            decoded = next(jpeg.decode(video=0))
+        assert (decoded.width, decoded.height) == (320, 240)

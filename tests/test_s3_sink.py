@@ -181,6 +181,33 @@ def test_a_missing_bucket_pauses_the_sink_with_the_reason(moto: MotoServer) -> N
     assert "NoSuchBucket" in str(raised.value)
 
 
+def _camera_config(
+    tmp_path: Path, broker: Mosquitto, moto: MotoServer, camera: str, sinks: str = ""
+) -> Path:
+    """A 320x240 test-pattern camera whose snapshots go to the bucket through "media"."""
+    return write_config(
+        tmp_path,
+        broker.port,
+        sinks=(
+            f'[sinks.telemetry]\ntype = "hold"\n{sinks}'
+            f'[sinks.media]\ntype = "s3"\nbucket = "{BUCKET}"\nregion = "us-east-1"\n'
+            f'endpoint_url = "{moto.endpoint}"\nretry_min = "50ms"\nretry_max = "200ms"\n'
+            '[cameras.door]\nsource = "lavfi"\nurl = "testsrc2=size=320x240:rate=30,realtime"\n'
+            f'fragment = "1s"\npreset = "ultrafast"\nsnapshot_sink = "media"\n{camera}'
+        ),
+    )
+
+
+def _recording(agent: AgentProcess, fragments: int) -> AgentProcess:
+    wait_until(
+        lambda: agent.status().get("cameras", {}).get("door", {}).get("fragments", 0) >= fragments,
+        60,
+        0.05,
+        f"{fragments} fragments recorded",
+    )
+    return agent
+
+
 def test_an_event_snapshot_arrives_in_s3_as_a_decodable_jpeg_of_the_pictures_size(
     s3: Any,
     moto: MotoServer,
@@ -188,22 +215,9 @@ def test_an_event_snapshot_arrives_in_s3_as_a_decodable_jpeg_of_the_pictures_siz
     broker: Mosquitto,
     agents: list[AgentProcess],
 ) -> None:
-    sinks = (
-        '[sinks.telemetry]\ntype = "hold"\n'
-        '[sinks.video]\ntype = "hold"\nmax_record_bytes = "8MiB"\n'
-        f'[sinks.media]\ntype = "s3"\nbucket = "{BUCKET}"\nregion = "us-east-1"\n'
-        f'endpoint_url = "{moto.endpoint}"\nretry_min = "50ms"\nretry_max = "200ms"\n'
-        '[cameras.door]\nsource = "lavfi"\nurl = "testsrc2=size=320x240:rate=30,realtime"\n'
-        'sink = "video"\nfragment = "1s"\npreset = "ultrafast"\nsnapshot_sink = "media"\n'
-    )
-    config = write_config(tmp_path, broker.port, sinks=sinks)
-    agent = start_agent(config, agents)
-    wait_until(
-        lambda: agent.status().get("cameras", {}).get("door", {}).get("fragments", 0) >= 2,
-        60,
-        0.05,
-        "two fragments",
-    )
+    video = '[sinks.video]\ntype = "hold"\nmax_record_bytes = "8MiB"\n'
+    config = _camera_config(tmp_path, broker, moto, 'sink = "video"\n', video)
+    agent = _recording(start_agent(config, agents), 2)
     cli("event", "door", "-c", str(config))
     wait_until(lambda: len(_objects(s3)) >= 1, 30, 0.05, "the snapshot in S3")
     assert agent.terminate() == 0
@@ -222,21 +236,8 @@ def test_an_exported_clip_is_uploaded_through_the_running_agent(
     broker: Mosquitto,
     agents: list[AgentProcess],
 ) -> None:
-    sinks = (
-        '[sinks.telemetry]\ntype = "hold"\n'
-        f'[sinks.media]\ntype = "s3"\nbucket = "{BUCKET}"\nregion = "us-east-1"\n'
-        f'endpoint_url = "{moto.endpoint}"\nretry_min = "50ms"\nretry_max = "200ms"\n'
-        '[cameras.door]\nsource = "lavfi"\nurl = "testsrc2=size=320x240:rate=30,realtime"\n'
-        'fragment = "1s"\npreset = "ultrafast"\nupload = "off"\nsnapshot_sink = "media"\n'
-    )
-    config = write_config(tmp_path, broker.port, sinks=sinks)
-    agent = start_agent(config, agents)
-    wait_until(
-        lambda: agent.status().get("cameras", {}).get("door", {}).get("fragments", 0) >= 4,
-        60,
-        0.05,
-        "four fragments recorded",
-    )
+    config = _camera_config(tmp_path, broker, moto, 'upload = "off"\n')
+    agent = _recording(start_agent(config, agents), 4)
     output = tmp_path / "door.mkv"
     cli("clip", "door", "-c", str(config), "--from", "10m", "-o", str(output), "--upload")
     wait_until(lambda: len(_objects(s3)) >= 1, 30, 0.05, "the clip in S3")
@@ -256,15 +257,7 @@ def test_snapshot_every_sends_a_snapshot_that_often_without_an_event(
     broker: Mosquitto,
     agents: list[AgentProcess],
 ) -> None:
-    sinks = (
-        '[sinks.telemetry]\ntype = "hold"\n'
-        f'[sinks.media]\ntype = "s3"\nbucket = "{BUCKET}"\nregion = "us-east-1"\n'
-        f'endpoint_url = "{moto.endpoint}"\n'
-        '[cameras.door]\nsource = "lavfi"\nurl = "testsrc2=size=320x240:rate=30,realtime"\n'
-        'fragment = "1s"\npreset = "ultrafast"\nupload = "off"\nsnapshot_sink = "media"\n'
-        'snapshot_every = "2s"\n'
-    )
-    config = write_config(tmp_path, broker.port, sinks=sinks)
+    config = _camera_config(tmp_path, broker, moto, 'upload = "off"\nsnapshot_every = "2s"\n')
     agent = start_agent(config, agents)
     wait_until(lambda: len(_objects(s3)) >= 3, 30, 0.05, "three snapshots")
     assert agent.terminate() == 0

@@ -79,6 +79,8 @@ class JpegEncoder:
             context.options = {"qmin": str(JPEG_QMIN), "qmax": str(JPEG_QMAX)}
             self._context, self._size = context, size
         frame = picture.reformat(format="yuvj420p")
-        frame.pts = self._pts  # an encoder reused needs increasing times
+        # An encoder reused needs increasing times, in its own time base (a picture
+        # keeps its stream's, which PyAV would rescale from).
+        frame.pts, frame.time_base = self._pts, self._context.time_base
         self._pts += 1
         return b"".join(bytes(packet) for packet in self._context.encode(frame))
