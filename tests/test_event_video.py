@@ -578,3 +578,47 @@ def test_one_jpeg_encoder_takes_pictures_of_any_stream_time_base(tmp_path: Path)
         with av.open(io.BytesIO(encoder.encode(picture)), "r") as jpeg:
             decoded = next(jpeg.decode(video=0))
         assert (decoded.width, decoded.height) == (320, 240)
+
+
+def test_a_kill_in_the_middle_of_an_event_loses_none_of_its_video_and_repeats_nothing(
+    tmp_path: Path, broker: Mosquitto, server: PutMediaServer, agents: list[AgentProcess]
+) -> None:
+    """SIGKILL while an event's video is being queued and sent, then a restart: every
+    fragment the ring holds in the event's range reaches kvs-local, the event is
+    announced once (start and end), and no fragment is queued twice."""
+    config = _kvs_config(tmp_path, broker, server, "")
+    first = start_agent(config, agents)
+    wait_until(
+        lambda: first.status().get("cameras", {}).get("door", {}).get("fragments", 0) >= 3,
+        60,
+        0.05,
+        "three fragments recorded",
+    )
+    cli("event", "door", "-c", str(config), "--duration", "6s")
+    wait_until(lambda: server.streams["cam"].fragments >= 3, 30, 0.05, "the event's first video")
+    first.kill()
+    second = start_agent(config, agents)
+    wait_until(lambda: _covered_and_uploaded(tmp_path, server), 60, 0.05, "the event uploaded")
+    wait_until(lambda: len(_spooled(tmp_path, "events")) >= 2, 10, 0.05, "its end announced")
+    assert second.terminate() == 0
+    start, end = _spooled(tmp_path, "events")
+    assert (start["state"], end["state"]) == ("start", "end")
+    from_ms = int(str(start["started_ms"])) - 2000
+    to_ms = int(str(end["ended_ms"])) + 2000
+    conn = sqlite3.connect(spool_path(tmp_path))
+    try:
+        in_range = [
+            at
+            for (at,) in conn.execute(
+                "SELECT start_ms FROM recordings WHERE end_ms >= ? AND start_ms <= ?",
+                (from_ms, to_ms),
+            )
+        ]
+        queued = conn.execute("SELECT count(*) FROM recordings WHERE queued = 1").fetchone()[0]
+    finally:
+        conn.close()
+    received = [at for at, _ in _received(server)]
+    assert set(in_range) <= set(received), sorted(set(in_range) - set(received))
+    assert queued == len(in_range)  # each once
+    # What was on the wire at the kill may come twice; nothing else does.
+    assert len(received) - len(set(received)) <= 10
