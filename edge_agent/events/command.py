@@ -133,11 +133,7 @@ def _camera(config: Config, name: str) -> CameraConfig:
 
 
 def event_command(config: Config, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    if args.camera not in config.cameras:
-        names = ", ".join(config.cameras) or "none"
-        raise EdgeAgentError(
-            f"no [cameras.{args.camera}] in {config.source_file} (cameras: {names})"
-        )
+    _camera(config, args.camera)
     fields: dict[str, str] = {}
     for item in args.field:
         name, equals, value = item.partition("=")

@@ -42,6 +42,11 @@ class TriggerRouter:
         self, triggers: Mapping[str, TriggerConfig], cameras: Mapping[str, CameraConfig]
     ) -> None:
         self.queues = {TRIGGER_PREFIX + name: trigger for name, trigger in triggers.items()}
+        #: Each trigger's start and end values, lower-cased once (not per message).
+        self._words = {
+            name: ({v.lower() for v in t.start}, {v.lower() for v in t.end})
+            for name, t in triggers.items()
+        }
         self.cameras = cameras
         self.stats = {name: TriggerStats() for name in triggers}
 
@@ -76,12 +81,13 @@ class TriggerRouter:
             return
         value = _extract(conn, text, trigger.state) if valid else None
         word = "" if value is None else str(value).lower()
-        if word in {v.lower() for v in trigger.start}:
+        starts, ends = self._words[trigger.name]
+        if word in starts:
             for camera in trigger.cameras:
                 if camera_events.open_of(conn, camera, trigger.trigger_name()) is None:
                     self._create(conn, camera, trigger, at_ms, None, fields=fields)
             stats.started += 1
-        elif word in {v.lower() for v in trigger.end}:
+        elif word in ends:
             for camera in trigger.cameras:
                 event = camera_events.open_of(conn, camera, trigger.trigger_name())
                 if event is not None:
