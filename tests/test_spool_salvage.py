@@ -26,8 +26,8 @@ import pytest
 
 from edge_agent.records import LeasedRecord, Record
 from edge_agent.spool.caps import QueuePolicy
+from edge_agent.spool.damaged import RECORD_COLUMNS, indexed_record_ids, read_rows
 from edge_agent.spool.recovery import open_file
-from edge_agent.spool.salvage import RECORD_COLUMNS, indexed_record_ids, read_rows
 from edge_agent.spool.store import Spool
 from tests.support import REPO, cli, spool_path, write_config
 

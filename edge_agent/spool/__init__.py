@@ -86,9 +86,12 @@ Modules
     and the salvage into the fresh spool, the suspect marker (``mark_suspect``), the
     leases an older agent left in the file, ``salvage_file`` (``edge-agent spool
     salvage``), and ``translate_sqlite_error``.
+``damaged``
+    Reading what is still readable out of a damaged spool file, table by table (key
+    order, past damaged pages, with bounded work): ``read_rows``, ``read_queues``.
 ``salvage``
-    Reading what is still readable out of a damaged spool file (id order, past damaged
-    pages, with bounded work) and writing it into a spool: ``salvage_into``, ``Salvaged``.
+    Writing what ``damaged`` reads into a spool: the records, the dead letters, the
+    recording ring, the events and the requests done (``salvage_into``, ``Salvaged``).
 ``storage``
     ``Storage``: free space, the reserve, the ballast and the intake pause.
 ``file_watch``
