@@ -1,0 +1,513 @@
+"""The device profile: the whole agent as one gateway runs it, with every feature on,
+its memory and CPU sampled every 100 ms through steady running, an outage and the drain
+after it; beside it, the separate pieces that would do the same jobs (docs/BENCHMARKS.md).
+
+The agent's configuration is bench/device-profile.toml:
+
+* ``door``: a 1080p30 H.264 camera over RTSP (gst-rtsp-server playing a recording),
+  passed through, recorded to the local ring, with motion detection;
+* ``yard``: a 720p30 test pattern with noise (lavfi) encoded to H.264 (veryfast,
+  2 Mbit/s);
+* 1,000 telemetry messages/s of 200 bytes over MQTT (Mosquitto, QoS 1), to an
+  aggregating Kinesis sink (kinesalite);
+* an analytics query (a 1-minute tumbling window per sensor), the camera events and the
+  Prometheus endpoint on.
+
+Phases: ``steady`` (``--steady`` seconds after every camera's first fragments were
+acknowledged), ``outage`` (``--outage`` seconds with both uplinks refused at the proxies,
+tests/fault_proxy.py), ``drain`` (until what was captured before the uplinks came back
+has gone, at most ``--drain-timeout``). Each phase reports the agent's CPU (% of one
+core, from /proc/PID/task/*/schedstat) and its RSS peak and median; the run its VmHWM.
+
+The baseline, measured after the agent on the same live sources: ``ffmpeg -c copy`` of
+the 1080p camera to MKV, ``ffmpeg`` encoding the same 720p test pattern, a bare paho
+subscriber (QoS 1, persistent session, acks on receipt, stores nothing), for
+``--steady`` seconds side by side; and a bare boto3 loop sending the outage's telemetry
+in full PutRecords requests (bench/forward.py's). ``--imports`` also prints what each
+library costs to import (a fresh interpreter each: VmHWM after the import).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from common import (
+    REPO,
+    BenchError,
+    add_work_arguments,
+    command_output,
+    fmt,
+    free_port,
+    peak_rss_bytes,
+    read_status,
+    rss_bytes,
+    run_or_fail,
+    stop_process,
+    tail,
+    verdict,
+    wait_until,
+    work_directory,
+    write_json,
+)
+from forward import Kinesalite, Workload, measure_bare
+from intake import Broker
+from video import CREDENTIALS, FPS, H264_1080, KvsLocal, cpu_s, make_recording
+
+sys.path.insert(0, str(REPO))
+from tests.fault_proxy import FaultProxy
+from tests.gst_rtsp_server import RtspServer, available
+from tests.support import spooled_count
+
+MIB = 1024 * 1024
+PROFILE = Path(__file__).with_name("device-profile.toml")
+SAMPLE_S = 0.1
+RATE = 1000  # telemetry messages/s
+PAYLOAD = 200
+#: The 720p camera's source, the same for the agent and ffmpeg's baseline.
+YARD_LAVFI = f"testsrc2=size=1280x720:rate={FPS},noise=alls=10:allf=t,realtime"
+#: The queues whose backlog the drain empties (the analytics queue keeps its window).
+DRAINED_QUEUES = ("telemetry", "results", "door", "yard")
+MEMORY_TARGET_MIB = 80.0
+
+
+@dataclass
+class Sample:
+    at: float  # monotonic
+    rss_mib: float
+    cpu_s: float
+
+
+@dataclass
+class Phase:
+    name: str
+    seconds: float
+    cpu_pct: float
+    rss_peak_mib: float
+    rss_median_mib: float
+
+
+@dataclass
+class Piece:
+    """One baseline process over its window."""
+
+    name: str
+    cpu_pct: float
+    rss_peak_mib: float
+
+
+@dataclass
+class Profile:
+    phases: list[Phase]
+    hwm_mib: float
+    rss_anon_mib: float
+    rss_file_mib: float
+    start_rss_mib: float  # once every camera's first fragments were acknowledged
+    outage_records: int
+    drained: bool
+    baseline: list[Piece] = field(default_factory=list)
+    imports: dict[str, float] = field(default_factory=dict)
+    #: tracemalloc's largest holders at the end of the drain (``--tracemalloc``).
+    holders: dict[str, Any] = field(default_factory=dict)
+
+
+class Sampler(threading.Thread):
+    """The agent's RSS and CPU every SAMPLE_S, until stopped."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.samples: list[Sample] = []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(SAMPLE_S):
+            try:
+                sample = Sample(time.monotonic(), rss_bytes(self.pid) / MIB, cpu_s(self.pid))
+            except (OSError, ValueError):
+                return  # the process ended
+            self.samples.append(sample)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(5)
+
+    def phase(self, name: str, start: float, end: float) -> Phase:
+        inside = [s for s in self.samples if start <= s.at <= end]
+        if len(inside) < 2:
+            return Phase(name, end - start, float("nan"), float("nan"), float("nan"))
+        wall = inside[-1].at - inside[0].at
+        rss = [s.rss_mib for s in inside]
+        return Phase(
+            name,
+            end - start,
+            100 * (inside[-1].cpu_s - inside[0].cpu_s) / wall,
+            max(rss),
+            statistics.median(rss),
+        )
+
+
+def write_config(directory: Path, **values: object) -> Path:
+    config = directory / "edge-agent.toml"
+    config.write_text(Template(PROFILE.read_text()).substitute(values))
+    return config
+
+
+def smaps_mib(pid: int) -> tuple[float, float]:
+    """(RssAnon, RssFile) of the process, MiB: the heap and what its libraries' pages
+    hold."""
+    fields: dict[str, float] = {}
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            name, _, value = line.partition(":")
+            if name in ("RssAnon", "RssFile"):
+                fields[name] = int(value.split()[0]) / 1024
+    return fields.get("RssAnon", float("nan")), fields.get("RssFile", float("nan"))
+
+
+def start_publisher(port: int, seconds: float, log: Path) -> subprocess.Popen[bytes]:
+    command = [sys.executable, str(REPO / "bench" / "intake.py"), "--publisher", "--port",
+               str(port), "--messages", str(int(RATE * seconds)), "--payload", str(PAYLOAD),
+               "--client-id", "bench-device-sensors", "--rate", str(RATE)]  # fmt: skip
+    with open(log, "ab") as handle:
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=handle)
+
+
+def cameras_acked(status: dict[str, Any] | None, at_least: int) -> bool:
+    sinks = (status or {}).get("sinks", {})
+    return all(int(sinks.get(name, {}).get("fragments_acked", 0)) >= at_least
+               for name in ("door", "yard"))  # fmt: skip
+
+
+def backlog(spool: Path, before_ms: int) -> int:
+    return sum(
+        spooled_count(spool, queue, captured_before_ms=before_ms) for queue in DRAINED_QUEUES
+    )
+
+
+def run_profile(args: argparse.Namespace, workdir: Path, recording: Path) -> Profile:
+    state = workdir / "state"
+    spool = state / "spool.db"
+    total_s = args.warmup_timeout + args.steady + args.outage + args.drain_timeout + 30
+    broker = Broker(workdir / "broker").start()
+    kinesalite = Kinesalite(workdir / "kinesalite.log").start()
+    kvs = KvsLocal(workdir / "kvs-local.log").start(workdir / "kvs")
+    agent = publisher = None
+    sampler: Sampler | None = None
+    try:
+        stream = kinesalite.create_stream(4)
+        with (
+            FaultProxy(kinesalite.port) as kinesis_link,
+            FaultProxy(kvs.port) as kvs_link,
+            RtspServer(free_port(), {"/door": (recording, "h264")}) as server,
+        ):
+            config = write_config(
+                workdir, state=state, metrics_port=free_port(), stream=stream,
+                kinesis=kinesis_link.url, kvs=kvs_link.url, door_url=server.url("/door"),
+                mqtt_port=broker.port, yard_lavfi=YARD_LAVFI,
+            )  # fmt: skip
+            log = workdir / "agent.log"
+            env = {**os.environ, **CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"}
+            publisher = start_publisher(broker.port, total_s, workdir / "publisher.log")
+            command = [sys.executable, "-m", "edge_agent"]
+            trigger = workdir / "tracemalloc.now"
+            if args.tracemalloc:
+                traced = workdir / "tracemalloc.json"
+                command = [sys.executable, "-c", TRACED_AGENT, str(trigger), str(traced)]
+            with open(log, "ab") as handle:
+                agent = subprocess.Popen(
+                    [*command, "run", "-c", str(config)],
+                    stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+                )  # fmt: skip
+            sampler = Sampler(agent.pid)
+            sampler.start()
+            status_file = spool.with_name(spool.name + ".status.json")
+            process = agent
+            wait_until(
+                lambda: process.poll() is not None or cameras_acked(read_status(status_file), 2),
+                args.warmup_timeout,
+                "every camera's first fragments to be acknowledged",
+                interval=0.2,
+            )
+            if agent.poll() is not None:
+                raise BenchError(f"the agent exited ({agent.returncode}):\n{tail(log)}")
+            start_rss = rss_bytes(agent.pid) / MIB
+            marks = {"steady": time.monotonic()}
+            print(f"steady for {args.steady} s ...", flush=True)
+            _run_for(args.steady, agent, log)
+            marks["outage"] = time.monotonic()
+            kinesis_link.set_mode(args.outage_mode)
+            kvs_link.set_mode(args.outage_mode)
+            print(f"uplinks {args.outage_mode} for {args.outage} s ...", flush=True)
+            _run_for(args.outage, agent, log)
+            marks["drain"] = time.monotonic()
+            back_ms = int(time.time() * 1000)
+            outage_records = backlog(spool, back_ms)
+            kinesis_link.set_mode("pass")
+            kvs_link.set_mode("pass")
+            print(f"draining {outage_records:,} records ...", flush=True)
+            deadline = time.monotonic() + args.drain_timeout
+            while backlog(spool, back_ms) and time.monotonic() < deadline:
+                if agent.poll() is not None:
+                    raise BenchError(f"the agent exited during the drain:\n{tail(log)}")
+                time.sleep(0.5)
+            drained = not backlog(spool, back_ms)
+            marks["end"] = time.monotonic()
+            hwm = peak_rss_bytes(agent.pid) / MIB
+            anon, file_backed = smaps_mib(agent.pid)
+            holders = {}
+            if args.tracemalloc:
+                trigger.touch()
+                wait_until(traced.exists, 120, "the tracemalloc snapshot", interval=0.5)
+                holders = json.loads(traced.read_text())
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        stop_process(agent, timeout=30)
+        stop_process(publisher)
+        kvs.stop()
+        kinesalite.stop()
+        broker.stop()
+    assert sampler is not None
+    phases = [
+        sampler.phase("steady", marks["steady"], marks["outage"]),
+        sampler.phase("outage", marks["outage"], marks["drain"]),
+        sampler.phase("drain", marks["drain"], marks["end"]),
+        sampler.phase("whole run", marks["steady"], marks["end"]),
+    ]
+    return Profile(
+        phases, hwm, anon, file_backed, start_rss, outage_records, drained, holders=holders
+    )
+
+
+def _run_for(seconds: float, agent: subprocess.Popen[bytes], log: Path) -> None:
+    ends = time.monotonic() + seconds
+    while time.monotonic() < ends:
+        time.sleep(0.5)
+        if agent.poll() is not None:
+            raise BenchError(f"the agent exited ({agent.returncode}):\n{tail(log)}")
+
+
+def run_baseline(args: argparse.Namespace, workdir: Path, recording: Path) -> list[Piece]:
+    """The separate pieces side by side for ``--steady`` seconds, then the boto3 loop."""
+    directory = workdir / "baseline"
+    directory.mkdir()
+    broker = Broker(directory / "broker").start()
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        with RtspServer(free_port(), {"/door": (recording, "h264")}) as server:
+            copy = ["ffmpeg", "-nostdin", "-v", "error", "-rtsp_transport", "tcp", "-i",
+                    server.url("/door"), "-c", "copy", "-f", "matroska", "-y",
+                    str(directory / "door.mkv")]  # fmt: skip
+            encode = ["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", YARD_LAVFI,
+                      "-c:v", "libx264", "-preset", "veryfast", "-b:v", "2M", "-g",
+                      str(2 * FPS), "-bf", "0", "-f", "matroska", "-y",
+                      str(directory / "yard.mkv")]  # fmt: skip
+            subscriber = [sys.executable, str(REPO / "bench" / "intake.py"), "--bare-subscriber",
+                          "--port", str(broker.port), "--messages", str(10**9), "--client-id",
+                          "bench-device-bare", "--timeout", str(args.steady + 120)]  # fmt: skip
+            processes["ffmpeg -c copy (1080p camera)"] = subprocess.Popen(
+                copy, stderr=subprocess.DEVNULL
+            )
+            processes["ffmpeg libx264 (720p camera)"] = subprocess.Popen(
+                encode, stderr=subprocess.DEVNULL
+            )
+            processes["paho subscriber (telemetry)"] = subprocess.Popen(
+                subscriber, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            bare = processes["paho subscriber (telemetry)"]
+            assert bare.stdout is not None
+            if bare.stdout.readline().strip() != b"READY":
+                raise BenchError("the bare subscriber did not subscribe")
+            publisher = start_publisher(broker.port, args.steady + 60, directory / "pub.log")
+            processes["publisher"] = publisher
+            time.sleep(10)  # the readers settle: every one has its stream
+            pieces = {name: p for name, p in processes.items() if name != "publisher"}
+            before = {name: cpu_s(p.pid) for name, p in pieces.items()}
+            started = time.monotonic()
+            time.sleep(args.steady)
+            wall = time.monotonic() - started
+            result = [
+                Piece(name, 100 * (cpu_s(p.pid) - before[name]) / wall, peak_rss_bytes(p.pid) / MIB)
+                for name, p in pieces.items()
+            ]
+    finally:
+        for process in processes.values():
+            stop_process(process)
+        broker.stop()
+    loop = measure_bare(directory / "boto3", 1, args.bare_records, Workload(PAYLOAD, 50, 4))
+    window_s = max(loop.window_s, 1e-9)
+    result.append(
+        Piece(
+            f"boto3 PutRecords loop ({args.bare_records:,} records)",
+            100 * (loop.times.user + loop.times.system) / window_s,
+            loop.rss_bytes / MIB,
+        )
+    )
+    return result
+
+
+#: The agent under tracemalloc (``--tracemalloc``): when the trigger file appears, the
+#: largest holders by line and by file are written beside it as JSON.
+TRACED_AGENT = """
+import json, sys, threading, time, tracemalloc
+from pathlib import Path
+trigger, out = Path(sys.argv[1]), Path(sys.argv[2])
+tracemalloc.start(1)
+
+def watch():
+    while not trigger.exists():
+        time.sleep(0.2)
+    snapshot = tracemalloc.take_snapshot()
+    table = {
+        kind: [(str(stat.traceback[0]), stat.size, stat.count)
+               for stat in snapshot.statistics(kind)[:25]]
+        for kind in ("lineno", "filename")
+    }
+    total = sum(stat.size for stat in snapshot.statistics("filename"))
+    out.write_text(json.dumps({"total": total, **table}))
+
+threading.Thread(target=watch, daemon=True).start()
+from edge_agent.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+#: What a fresh interpreter holds after importing each library (and making what the
+#: agent makes of it).
+IMPORTS = {
+    "python alone": "pass",
+    "sqlite3": "import sqlite3",
+    "paho-mqtt": "import paho.mqtt.client",
+    "boto3 (import)": "import boto3",
+    "boto3 + a Kinesis client": "import boto3; boto3.client('kinesis', region_name='us-east-1')",
+    "PyAV": "import av",
+    "numpy": "import numpy",
+    "prometheus-client": "import prometheus_client",
+    "edge_agent.agent (no feature loaded)": "import edge_agent.agent",
+}
+
+
+def import_costs() -> dict[str, float]:
+    costs = {}
+    for name, statement in IMPORTS.items():
+        script = (
+            f"{statement}\n"
+            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
+        )
+        out = command_output([sys.executable, "-c", script])
+        costs[name] = int(out or 0) / 1024
+    return costs
+
+
+def environment() -> str:
+    cpu = command_output(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"])
+    return (
+        f"machine: {(cpu or '?').strip()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}, {json.dumps(platform.platform())}"
+    )
+
+
+def print_profile(profile: Profile) -> None:
+    print(
+        f"\n{'phase':<10} {'seconds':>8} {'CPU % core':>11} {'RSS peak MiB':>13} {'RSS median':>11}"
+    )
+    for phase in profile.phases:
+        print(
+            f"{phase.name:<10} {phase.seconds:>8.0f} {fmt(phase.cpu_pct, 1):>11} "
+            f"{fmt(phase.rss_peak_mib, 1):>13} {fmt(phase.rss_median_mib, 1):>11}"
+        )
+    print(
+        f"VmHWM {profile.hwm_mib:.1f} MiB (at the end: RssAnon {profile.rss_anon_mib:.1f}, "
+        f"RssFile {profile.rss_file_mib:.1f}); {profile.start_rss_mib:.1f} MiB once started; "
+        f"the outage left {profile.outage_records:,} records"
+        + ("" if profile.drained else " (NOT drained in time)")
+    )
+    if profile.baseline:
+        print(f"\n{'baseline piece':<44} {'CPU % core':>11} {'RSS peak MiB':>13}")
+        for piece in profile.baseline:
+            print(f"{piece.name:<44} {fmt(piece.cpu_pct, 1):>11} {fmt(piece.rss_peak_mib, 1):>13}")
+        live = [p for p in profile.baseline if not p.name.startswith("boto3")]
+        print(
+            f"{'the live pieces together':<44} {fmt(sum(p.cpu_pct for p in live), 1):>11} "
+            f"{fmt(sum(p.rss_peak_mib for p in live), 1):>13}"
+        )
+    if profile.imports:
+        print(f"\n{'imported (fresh interpreter)':<44} {'VmHWM MiB':>10}")
+        for name, mib in profile.imports.items():
+            print(f"{name:<44} {mib:>10.1f}")
+    if profile.holders:
+        print(f"\ntracemalloc at the end of the drain: {profile.holders['total'] / MIB:.1f} MiB "
+              "of Python objects; the largest holders by line:")  # fmt: skip
+        for where, size, count in profile.holders["lineno"][:15]:
+            print(f"{size / MIB:>8.2f} MiB {count:>8,}  {where}")
+        print("by file:")
+        for where, size, count in profile.holders["filename"][:15]:
+            print(f"{size / MIB:>8.2f} MiB {count:>8,}  {where}")
+    met = profile.hwm_mib < MEMORY_TARGET_MIB
+    print(f"\nthe device profile's peak: {profile.hwm_mib:.1f} MiB (target < "
+          f"{MEMORY_TARGET_MIB:.0f} MiB): {verdict(met)}")  # fmt: skip
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    missing = available()
+    if missing:
+        raise BenchError(missing)
+    length = int(args.warmup_timeout + args.steady * 2 + args.outage + args.drain_timeout + 90)
+    recording = H264_1080.file(Path(args.cache), length)
+    make_recording(H264_1080, recording, length)
+    with work_directory(args.workdir, keep=args.keep) as workdir:
+        profile = run_profile(args, workdir, recording)
+        if not args.no_baseline:
+            profile.baseline = run_baseline(args, workdir, recording)
+    if args.imports:
+        profile.imports = import_costs()
+    print_profile(profile)
+    print(environment())
+    if args.json:
+        write_json(args.json, {
+            "phases": [vars(p) for p in profile.phases],
+            **{k: v for k, v in vars(profile).items() if k not in ("phases", "baseline")},
+            "baseline": [vars(p) for p in profile.baseline],
+        })  # fmt: skip
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steady", type=int, default=60, help="seconds of steady running")
+    parser.add_argument("--outage", type=int, default=120, help="seconds with the uplinks down")
+    parser.add_argument("--outage-mode", default="cut", choices=("cut", "blackhole", "reset"))
+    parser.add_argument("--drain-timeout", type=int, default=300, help="longest drain, seconds")
+    parser.add_argument("--warmup-timeout", type=float, default=90)
+    parser.add_argument("--bare-records", type=int, default=120_000,
+                        help="records the boto3 loop sends")  # fmt: skip
+    parser.add_argument("--no-baseline", action="store_true", help="the agent alone")
+    parser.add_argument("--imports", action="store_true", help="also what each import costs")
+    parser.add_argument(
+        "--tracemalloc", action="store_true",
+        help="run the agent under tracemalloc and print its largest holders (slower)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cache",
+        default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "edge-agent-bench-video"),
+        help="where the 1080p recording is made once and kept",
+    )
+    add_work_arguments(parser, kept="the work directory")
+    return run_or_fail(run_benchmark, parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
