@@ -16,6 +16,7 @@ import pytest
 from edge_agent.errors import IntakePaused, SpoolFileLost, SpoolFull
 from edge_agent.records import Record
 from edge_agent.spool import file_watch, settle
+from edge_agent.spool import storage as storage_module
 from edge_agent.spool.storage import Storage
 from edge_agent.spool.store import SMALL_SETTLE, Spool
 
@@ -161,9 +162,10 @@ def test_intake_pauses_below_the_reserve_once_and_resumes_above_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """statvfs is faked here to step the free space exactly; real filesystems that
-    fill are in test_storage_faults.py."""
+    fill are in test_storage_faults.py. Every append measures (no trusted window)."""
     filesystem = FakeFilesystem(free=100 * 1024**2)
     monkeypatch.setattr(os, "statvfs", filesystem)
+    monkeypatch.setattr(storage_module, "ROOM_TRUSTED_S", 0.0)
     reserve = 8 * 1024**2
     batch = [rec(n, size=4096) for n in range(64)]  # 256 KiB, more than the WAL holds
     with Spool.open(tmp_path / "s.db", reserve=reserve) as spool:
@@ -191,6 +193,47 @@ def test_intake_pauses_below_the_reserve_once_and_resumes_above_it(
         assert caplog.text.count("intake paused") == 1
         assert caplog.text.count("intake resumed") == 1
         assert spool.pending("q")[0] == 16
+
+
+class CountingFilesystem(FakeFilesystem):
+    def __init__(self, free: int) -> None:
+        super().__init__(free)
+        self.calls = 0
+
+    def __call__(self, path: object) -> os.statvfs_result:
+        self.calls += 1
+        return super().__call__(path)
+
+
+def test_a_busy_intake_measures_once_per_window_and_takes_at_most_the_margin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One measurement admits the batches after it (no statvfs per commit); when another
+    process fills the filesystem meanwhile, the spool takes at most an eighth of the
+    reserve out of it before it measures again and pauses."""
+    filesystem = CountingFilesystem(free=100 * 1024**2)
+    monkeypatch.setattr(os, "statvfs", filesystem)
+    monkeypatch.setattr(storage_module, "ROOM_TRUSTED_S", 3600.0)  # bytes bound it here
+    reserve = 8 * 1024**2
+    batch = [rec(n, size=200) for n in range(40)]
+    with Spool.open(tmp_path / "s.db", reserve=reserve) as spool:
+        filesystem.calls = 0
+        for _ in range(100):
+            spool.append(batch)
+        # A measurement admits up to 1 MiB (an eighth of the reserve), a batch is
+        # charged twice its 10.6 kB: about 50 batches a measurement.
+        assert filesystem.calls <= 3
+        filesystem.free = reserve  # another process took everything above the reserve
+        taken = 0
+        for _ in range(10_000):  # bounded: the margin is 1 MiB, a batch 8 KiB
+            try:
+                spool.append(batch)
+            except IntakePaused:
+                break
+            taken += sum(len(r.payload) for r in batch)
+        else:
+            pytest.fail("intake never paused")
+        assert taken <= reserve // 8
 
 
 def test_a_reserve_larger_than_a_quarter_of_the_filesystem_is_cut_down(

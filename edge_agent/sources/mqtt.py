@@ -200,11 +200,10 @@ class MqttSource:
     def _flush_acks(self) -> None:
         """Make sure the broker has processed our PUBACKs before the socket closes.
 
-        Closing a socket with unread data in it (the broker keeps sending) makes TCP send
-        a reset, and the broker then discards what it had not read yet: our last PUBACKs.
-        The broker handles packets in order, so once it answers an UNSUBSCRIBE (of a topic
-        we never subscribed to), every PUBACK before it has been processed.
-        """
+        Closing a socket with unread data in it (the broker keeps sending) makes TCP send a
+        reset, and the broker then discards what it had not read yet: our last PUBACKs. The
+        broker handles packets in order: once it answers an UNSUBSCRIBE (of a topic never
+        subscribed to), every PUBACK before it has been processed."""
         with self._flush_lock:  # the UNSUBACK may be handled before unsubscribe returns
             result, mid = self._client.unsubscribe(FLUSH_TOPIC)
             self._flush_mid = mid
@@ -363,7 +362,8 @@ class MqttSource:
             self.status.dropped_qos0 += 1
             return
         self._inbox.append((message, int(self._clock() * 1000), self._generation))
-        self._wake.set()
+        if not self._wake.is_set():  # set() takes a lock: once per wake-up, not per message
+            self._wake.set()
         if len(self._inbox) >= self._high_water:
             self._drained.clear()
             if len(self._inbox) >= self._high_water:
@@ -455,7 +455,7 @@ class MqttSource:
         if redelivered:  # an analytics query counts each reading once (a sink may twice)
             records = self._spool.without_repeats(records, analytics_queue)
         also = None
-        if self.triggers is not None:
+        if self.triggers is not None:  # MQTT triggers: events written with the batch
             records, also = self.triggers.split(records)
         self._spool.append(records, also=also)
         status = self.status

@@ -8,10 +8,16 @@ holds first: the free pages inside its file (deleted records leave them) and its
 which SQLite writes again from its start once a checkpoint has copied it into the file.
 A batch is admitted if what it takes from the filesystem beyond that space
 (``Room.growth``) leaves at least the reserve free; otherwise intake pauses, and resumes
-once a batch fits with a margin to spare. During a pause, a batch that fits entirely in
-the space the spool holds is still stored (the spool goes on cycling through its own
-pages while delivery works), as long as the ballast is in place. A write SQLite still
-finds no room for (the estimate is close, not exact) starts a pause too.
+once a batch fits with a margin to spare. A busy intake does not measure for every
+commit: a measurement admits the batches that follow it for ``ROOM_TRUSTED_S``, up to
+the room it found above the reserve and at most the resume margin (an eighth of the
+reserve), each batch charged twice its size (the file and the WAL). Should another
+process fill the filesystem meanwhile, the spool takes at most that margin out of the
+reserve before it measures again (or SQLite refuses the write). During a pause, a batch
+that fits entirely in the space the spool holds is still stored (the spool goes on
+cycling through its own pages while delivery works), as long as the ballast is in place.
+A write SQLite still finds no room for (the estimate is close, not exact) starts a pause
+too.
 
 The *ballast* (``<spool>.ballast``, a quarter of the reserve, at most 16 MiB, allocated
 with ``posix_fallocate``) is what the agent keeps for itself. A delete or a checkpoint
@@ -50,6 +56,9 @@ RESERVE_MAX_SHARE = 4
 RESUME_MARGIN_SHARE = 8
 #: What a record takes in the file beside its payload (row header, index entry), bytes.
 RECORD_OVERHEAD = 64
+#: How long a measured room admits batches without measuring again (while they fit
+#: in what it left above the reserve).
+ROOM_TRUSTED_S = 0.25
 #: SQLite's default WAL size, in pages, at which a commit checkpoints it.
 SQLITE_CHECKPOINT_PAGES = 1000
 #: The least of it: each checkpoint costs an fsync of the file.
@@ -110,12 +119,17 @@ class Storage:
         #: Whether the ballast is on disk: known from what this object did to it (no stat
         #: per append); the maintenance pass looks at the file itself.
         self._ballast_held = False
+        #: Bytes the last measurement left above the reserve, less what was admitted
+        #: since, and until when (monotonic) it is trusted.
+        self._headroom = 0
+        self._trusted_until = 0.0
         self.set_reserve(reserve)
 
     def set_reserve(self, reserve: int) -> None:
         """Take ``reserve`` (at start, and on a reload): cut to a quarter of the
         filesystem, a quarter of it as ballast; a ballast no longer wanted is given back."""
         self.reserve = reserve
+        self._headroom = 0
         if reserve:
             size = self._filesystem_size()
             if size and reserve > size // RESERVE_MAX_SHARE:
@@ -177,11 +191,19 @@ class Storage:
         docstring). A pause is logged once when it starts and once when it ends."""
         if not self.reserve:
             return
+        taken = incoming + RECORD_OVERHEAD * records
+        trusted = time.monotonic() < self._trusted_until
+        if self.paused is None and trusted and 2 * taken <= self._headroom:
+            self._headroom -= 2 * taken
+            return
+        self._headroom = 0
         room = self.measure(conn)
-        growth = room.growth(incoming + RECORD_OVERHEAD * records)
+        growth = room.growth(taken)
         need = self.reserve + (self.reserve // RESUME_MARGIN_SHARE if self.paused else 0)
         if room.free - growth >= need:
             self.resume(room)
+            self._headroom = min(room.free - growth - need, self.reserve // RESUME_MARGIN_SHARE)
+            self._trusted_until = time.monotonic() + ROOM_TRUSTED_S
             return
         if growth == 0 and room.ballast:
             # It fits in space the spool holds: stored, while the pause (if any) goes
@@ -247,6 +269,7 @@ class Storage:
             finally:
                 os.close(fd)
             self._ballast_held = True
+            self._headroom = 0  # the ballast took its room
         except OSError as err:
             with contextlib.suppress(OSError):
                 self.ballast_path.unlink()
