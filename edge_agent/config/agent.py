@@ -137,7 +137,8 @@ class SpoolConfig:
         default=0.0,
         check=within(0.0, 1.0, "must be at most 1s: longer delays stall MQTT acks"),
         doc="Wait this long for more messages before committing a batch smaller than "
-        "commit_max_records (0: commit as soon as the previous commit is done).",
+        "commit_max_records (0: commit as soon as the previous commit is done, or 2ms "
+        "later while busy, when the last batch held 16 messages or more).",
     )
     integrity_check: IntegrityCheck = option(
         kind=choice("quick", "full", "off"),

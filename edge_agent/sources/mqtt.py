@@ -37,7 +37,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -54,9 +53,9 @@ from edge_agent.records import Record
 from edge_agent.runtime_status import MqttSnapshot
 from edge_agent.sources.broker_errors import connect_failure
 from edge_agent.sources.mqtt_client import paho_client
+from edge_agent.sources.mqtt_status import MqttStatus, snapshot_of
 from edge_agent.sources.mqtt_subscriptions import Subscriptions
 from edge_agent.spool.store import Spool
-from edge_agent.worker import WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -77,31 +76,17 @@ SPOOL_RETRY_MAX_S = 5.0
 DISCONNECT_TIMEOUT_S = 2.0
 #: Unsubscribed from (never subscribed) at shutdown: its UNSUBACK proves the acks arrived.
 FLUSH_TOPIC = "$edge-agent/flush"
+#: Under load (the last batch this big), the committer waits this long for more before
+#: it commits (unless commit_linger is set): larger batches, fewer commits, and the
+#: network thread has the interpreter to itself meanwhile.
+BUSY_BATCH = 16
+BUSY_LINGER_S = 0.002
 
 PUBACK = 0x40
 _PUBACK = struct.Struct("!BBH")
 
 #: (message, receive time in ms, connection generation it arrived on)
 _Inbound = tuple[mqtt.MQTTMessage, int, int]
-
-
-@dataclass
-class MqttStatus(WorkerState):
-    received: int = 0
-    committed: int = 0
-    acked: int = 0
-    redelivered: int = 0
-    unrouted: int = 0
-    dropped_qos0: int = 0
-    connects: int = 0
-    #: Reconnects that found no session although this process had one: messages the
-    #: broker held for the agent may be gone.
-    sessions_lost: int = 0
-    last_error: str | None = None
-    last_error_at: float | None = None
-    commit_batches: int = 0
-    max_batch: int = 0
-    backpressure_waits: int = 0
 
 
 class MqttSource:
@@ -375,6 +360,7 @@ class MqttSource:
     def _commit_loop(self) -> None:
         backoff = SPOOL_RETRY_MIN_S
         held: list[_Inbound] = []
+        busy = False
         try:
             while True:
                 if not held:
@@ -384,9 +370,10 @@ class MqttSource:
                         self._wake.wait(0.5)
                         self._wake.clear()
                         continue
-                    if self._linger and len(self._inbox) < self._max_batch:
-                        self._closing.wait(self._linger)
+                    if len(self._inbox) < self._max_batch and (self._linger or busy):
+                        self._closing.wait(self._linger or BUSY_LINGER_S)
                     held = self._take_batch()
+                    busy = len(held) >= BUSY_BATCH
                 try:
                     self._commit(held)
                 except Exception as err:  # the committer must not die: retry, report
@@ -512,28 +499,7 @@ class MqttSource:
         self.status.last_error = message
 
     def snapshot(self) -> MqttSnapshot:
-        status = self.status
-        return {
-            "state": status.state,
-            "reason": status.reason,
-            "since": status.since,
-            "received": status.received,
-            "committed": status.committed,
-            "acked": status.acked,
-            "redelivered": status.redelivered,
-            "unrouted": status.unrouted,
-            "dropped_qos0": status.dropped_qos0,
-            "connects": status.connects,
-            "sessions_lost": status.sessions_lost,
-            "last_error": status.last_error,
-            "last_error_at": status.last_error_at,
-            "commit_batches": status.commit_batches,
-            "max_batch": status.max_batch,
-            "backpressure_waits": status.backpressure_waits,
-            "inbox": len(self._inbox),
-            "broker": f"{self._config.host}:{self._config.port}",
-            "client_id": self._config.client_id,
-        }
+        return snapshot_of(self.status, len(self._inbox), self._config)
 
 
 def analytics_queue(queue: str) -> bool:
