@@ -32,8 +32,8 @@ AGGREGATING_REQUESTS_IN_FLIGHT = 1
 #: User records a forwarder may hold leased when it aggregates many into one request.
 AGGREGATING_WINDOW_RECORDS = 100_000
 #: Beyond one request's bytes, what an aggregating window holds (aggregation framing
-#: and records paced back for the next request).
-AGGREGATING_WINDOW_EXTRA_BYTES = 1024 * 1024
+#: and records paced back for the next request), as a fraction of the request.
+AGGREGATING_WINDOW_EXTRA = 0.125
 
 
 def queue_policies(config: Config) -> dict[str, QueuePolicy]:
@@ -117,10 +117,10 @@ def make_forwarder(
     """A forwarder whose window holds what is in flight plus one request being packed.
 
     Plain requests (500 small records) cost the service far more time than the agent:
-    two in flight keep it busy. An aggregating sink's requests carry about 25,000 user
-    records and 5 MiB each, and packing them is the agent's own work: one in flight
-    while the next is packed, and the window holds a request's bytes and a little more,
-    twice."""
+    two in flight keep it busy. An aggregating sink's requests carry about 5,000 user
+    records (1 MiB) each, and packing them is the agent's own work: one in flight
+    while the next is packed, and the window holds a request's bytes and an eighth
+    more, twice."""
     from edge_agent.delivery.forwarder import Forwarder
 
     delivery = config.delivery
@@ -129,8 +129,8 @@ def make_forwarder(
     if aggregating:
         in_flight = AGGREGATING_REQUESTS_IN_FLIGHT
         window_records = AGGREGATING_WINDOW_RECORDS
-        window_bytes = (in_flight + 1) * (
-            delivery.max_request_bytes + AGGREGATING_WINDOW_EXTRA_BYTES
+        window_bytes = int(
+            (in_flight + 1) * delivery.max_request_bytes * (1 + AGGREGATING_WINDOW_EXTRA)
         )
     else:
         in_flight = REQUESTS_IN_FLIGHT

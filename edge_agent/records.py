@@ -46,6 +46,13 @@ class LeasedRecord(NamedTuple):
     def size(self) -> int:
         return len(self.payload)
 
+    def on_the_wire(self) -> LeasedRecord:
+        """The record as an uploader keeps it once sent, until it settles: without its
+        payload. Settling reads only the id and queue, and a record sent again is read
+        from the spool again (a fragment's megabyte is not held while it waits for its
+        acknowledgement)."""
+        return self._replace(payload=b"")
+
 
 #: Fields of a LeasedRecord by position, for the hot loops (map(RECORD_ID, records) is
 #: several times cheaper than a comprehension over ``record.id``).

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edge_agent.delivery.deleter import Deleter
 from edge_agent.errors import SpoolError
-from edge_agent.records import LeasedRecord, Record
+from edge_agent.records import Record
 from edge_agent.spool.store import Spool
 from tests.support import wait_until
 
@@ -34,13 +34,13 @@ def test_a_failing_spool_is_reported_once_and_tried_until_the_deleter_closes(
     leased = spool.lease("q", max_records=1, max_bytes=1000)
     spool.close()  # every delete now fails
     attempts: list[int] = []
-    ack = spool.ack
+    ack_ids = spool.ack_ids
 
-    def counted_ack(records: list[LeasedRecord]) -> int:
-        attempts.append(len(records))
-        return ack(records)
+    def counted_ack(queue: str, ids: list[int]) -> int:
+        attempts.append(len(ids))
+        return ack_ids(queue, ids)
 
-    spool.ack = counted_ack  # type: ignore[method-assign,assignment]
+    spool.ack_ids = counted_ack  # type: ignore[method-assign]
     errors: list[SpoolError] = []
     reported = threading.Event()
 

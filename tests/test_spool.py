@@ -58,6 +58,22 @@ def test_append_lease_ack_oldest_first(tmp_path: Path) -> None:
         assert (stats["acked_count"], stats["leased_count"], stats["pending_count"]) == (4, 6, 6)
 
 
+def test_records_settle_by_id_without_their_payloads(tmp_path: Path) -> None:
+    """What an uploader keeps of a record on the wire (``on_the_wire``) or a deleter of
+    an accepted batch (its ids) settles it in full: deleted, counted with its bytes."""
+    with Spool.open(tmp_path / "s.db") as spool:
+        spool.append([rec("q", f"m{i}".encode()) for i in range(10)])
+        leased = spool.lease("q", max_records=10, max_bytes=10_000)
+        assert spool.ack([record.on_the_wire() for record in leased[:3]]) == 3
+        assert spool.ack_ids("q", [record.id for record in leased[3:8]]) == 5
+        assert spool.release([record.on_the_wire() for record in leased[8:]]) == 2
+        assert spool.pending("q") == (2, 4)
+        stats = spool.stats().queues[0]
+        assert (stats["acked_count"], stats["acked_bytes"], stats["leased_count"]) == (8, 16, 0)
+        again = spool.lease("q", max_records=10, max_bytes=10_000)
+        assert [r.payload for r in again] == [b"m8", b"m9"]
+
+
 def test_the_newest_record_can_be_leased_first_and_the_older_ones_after_it(
     tmp_path: Path,
 ) -> None:

@@ -64,7 +64,7 @@ def test_enforce_evicts_in_capture_order_taking_back_held_records(
     caps = Caps({"v": QueuePolicy(max_bytes=250)})
     insert(conn, 1, [100, 100, 100, 100])
     video = QueueState(1, "v", 4, 400)
-    video.leases.held.add(1)  # an uploader holds the oldest (its request keeps failing)
+    video.leases.held[1] = 100  # an uploader holds the oldest (its request keeps failing)
     video.leases.held_bytes = 100
     deltas: dict[str, Delta] = defaultdict(Delta)
     taken_back: list[TakenBack] = []
@@ -83,7 +83,7 @@ def test_enforce_evicts_in_capture_order_taking_back_held_records(
     )
     assert taken_back == [TakenBack(video, 1, 100)]
     video.leases.take_back(1, 100)
-    assert video.leases.held == set() and video.leases.held_bytes == 0
+    assert video.leases.held == {} and video.leases.held_bytes == 0
     assert video.leases.taken_back == {1}
 
 
@@ -125,7 +125,7 @@ def test_expire_deletes_the_old_records_and_counts_them(conn: sqlite3.Connection
 def test_expire_leaves_held_records(conn: sqlite3.Connection) -> None:
     insert(conn, 1, [10, 10], at=100)
     state = QueueState(1, "v", 2, 20)
-    state.leases.held.add(1)
+    state.leases.held[1] = 10
     assert Caps({}).expire(conn, state, cutoff_ms=500).expired_count == 1
     assert remaining(conn, 1) == [1]
 

@@ -41,7 +41,7 @@ def test_take_holds_rows_within_the_byte_limit_and_raises_the_floor() -> None:
     taken = leases.take([row(1), row(2), row(3)], [], max_bytes=4)
     assert all(isinstance(record, LeasedRecord) for record in taken)
     assert [record.id for record in taken] == [1, 2]
-    assert (leases.held, leases.held_bytes, leases.floor) == ({1, 2}, 4, 2)
+    assert (leases.held, leases.held_bytes, leases.floor) == ({1: 2, 2: 2}, 4, 2)
     # At least one, whatever its size.
     assert [r.id for r in leases.take([row(3, b"x" * 100)], [], max_bytes=1)] == [3]
     assert leases.take([], [], max_bytes=10) == []
@@ -49,21 +49,21 @@ def test_take_holds_rows_within_the_byte_limit_and_raises_the_floor() -> None:
 
 def test_hand_back_and_forget_release_what_is_held_only() -> None:
     leases = QueueLeases(1, "q")
-    held = leases.take([row(1), row(2), row(3)], [], max_bytes=100)
-    assert leases.hand_back(held[:2], due_ms=50) == 2
+    leases.take([row(1), row(2), row(3)], [], max_bytes=100)
+    assert leases.hand_back([1, 2], due_ms=50) == 2
     assert leases.returned == {1: 50, 2: 50}
-    assert leases.hand_back(held[:1], due_ms=60) == 0  # not held any more
+    assert leases.hand_back([1], due_ms=60) == 0  # not held any more
     assert leases.returned == {1: 50, 2: 50}
-    assert leases.forget(held[2:]) == 1
-    assert (leases.held, leases.held_bytes) == (set(), 0)
+    assert leases.forget([3]) == 1
+    assert (leases.held, leases.held_bytes) == ({}, 0)
     # Taking a handed-back id again removes it from the handed-back ones.
     leases.take([row(2)], [1], max_bytes=100)
-    assert leases.returned == {} and leases.held == {2}
+    assert leases.returned == {} and leases.held == {2: 2}
 
 
 def test_lower_floor_drops_handed_back_ids_above_the_top() -> None:
     leases = QueueLeases(1, "q")
-    leases.hand_back(leases.take([row(5), row(9)], [], max_bytes=100), due_ms=0)
+    leases.hand_back([r.id for r in leases.take([row(5), row(9)], [], max_bytes=100)], due_ms=0)
     leases.lower_floor(7)
     assert (leases.floor, leases.returned) == (7, {5: 0})
     leases.lower_floor(100)  # never raised
@@ -78,7 +78,7 @@ def test_lease_reads_due_handed_back_records_first_then_new_ones(
     leases = QueueLeases(1, "q")
     first = leases.lease(conn, max_records=2, max_bytes=100, now=0)
     assert [r.id for r in first] == ids[:2]
-    leases.hand_back(first[1:], due_ms=1000)
+    leases.hand_back([r.id for r in first[1:]], due_ms=1000)
     assert [r.id for r in leases.lease(conn, max_records=5, max_bytes=100, now=999)] == ids[2:]
     again = leases.lease(conn, max_records=5, max_bytes=100, now=1000)
     assert [r.id for r in again] == [ids[1]]
@@ -88,7 +88,7 @@ def test_lease_reads_due_handed_back_records_first_then_new_ones(
 def test_a_handed_back_record_that_is_gone_is_forgotten(conn: sqlite3.Connection) -> None:
     ids = insert(conn, 1, 10, 20)
     leases = QueueLeases(1, "q")
-    leases.hand_back(leases.lease(conn, max_records=2, max_bytes=100, now=0), due_ms=0)
+    leases.hand_back([r.id for r in leases.lease(conn, max_records=2, max_bytes=100, now=0)], 0)
     conn.execute("DELETE FROM records WHERE id = ?", (ids[0],))  # evicted meanwhile
     assert [r.id for r in leases.lease(conn, max_records=5, max_bytes=100, now=0)] == [ids[1]]
     assert leases.returned == {}
@@ -115,4 +115,4 @@ def test_lease_newest_skips_the_backlog_and_hands_it_back_due_now(
     # Nothing new: the newest handed back, if new enough.
     again = leases.lease_newest(conn, captured_after_ms=5)
     assert again is not None and again.id == ids[1]
-    assert leases.held == {ids[1], ids[2]}
+    assert set(leases.held) == {ids[1], ids[2]}

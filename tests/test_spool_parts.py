@@ -135,14 +135,28 @@ def test_ack_deletes_counts_and_releases_the_leases(conn: sqlite3.Connection) ->
     held = leases.lease(conn, max_records=3, max_bytes=100, now=0)
     grouped = settle.by_queue(held[:2])
     before = counters_of(conn)
-    done, released, apply = settle.write(conn, queues, grouped, "ack", now=0)
+    done, apply = settle.write(conn, queues, grouped, "ack", now=0)
     apply()
-    assert (done, released) == (2, {"q": 3})
+    assert done == 2
     after = counters_of(conn)
     assert (after.pending_count, after.pending_bytes) == (before.pending_count - 2, 3)
     assert (after.acked_count, after.acked_bytes) == (2, 3)
-    settle.forget(queues, grouped, "ack", at_ms=0, released=released)
-    assert (leases.held, leases.held_bytes) == ({held[2].id}, 3)
+    settle.forget(queues, grouped, "ack", at_ms=0)
+    assert (leases.held, leases.held_bytes) == ({held[2].id: 3}, 3)
+
+
+def test_settling_reads_no_payload(conn: sqlite3.Connection) -> None:
+    """The leases keep each held record's size: a record whose payload its uploader let
+    go of settles and counts as the one leased."""
+    queues = Queues()
+    appended(conn, queues, b"a", b"bb", b"ccc")
+    leases = queues["q"].leases
+    held = [r._replace(payload=b"") for r in leases.lease(conn, max_records=3, max_bytes=99, now=0)]
+    done, apply = settle.write(conn, queues, settle.by_queue(held), "ack", now=0)
+    apply()
+    settle.forget(queues, settle.by_queue(held), "ack", at_ms=0)
+    assert done == 3 and counters_of(conn).acked_bytes == 6
+    assert (leases.held, leases.held_bytes) == ({}, 0)
 
 
 def test_retry_and_dead_letter_rows(conn: sqlite3.Connection) -> None:
@@ -151,11 +165,11 @@ def test_retry_and_dead_letter_rows(conn: sqlite3.Connection) -> None:
     leases = queues["q"].leases
     first, second = leases.lease(conn, max_records=2, max_bytes=100, now=0)
     grouped = settle.by_queue([first])
-    done, _, _ = settle.write(conn, queues, grouped, "retry", now=0, at_ms=99)
+    done, _ = settle.write(conn, queues, grouped, "retry", now=0, at_ms=99)
     assert done == 1 and counters_of(conn).retried_count == 1
-    settle.forget(queues, grouped, "retry", at_ms=99, released={})
-    assert leases.returned == {first.id: 99} and leases.held == {second.id}
-    done, _, _ = settle.write(
+    settle.forget(queues, grouped, "retry", at_ms=99)
+    assert leases.returned == {first.id: 99} and leases.held == {second.id: 1}
+    done, _ = settle.write(
         conn, queues, settle.by_queue([second]), "dead_letter", now=7, reason="bad"
     )
     assert done == 1 and counters_of(conn).dead_count == 1
@@ -170,9 +184,9 @@ def test_settling_records_that_are_gone_counts_only_the_rows_still_there(
     queues = Queues()
     appended(conn, queues, b"a", b"b")
     held = queues["q"].leases.lease(conn, max_records=2, max_bytes=100, now=0)
-    queues["q"].leases.forget(held[:1])  # as if it had been settled elsewhere
+    queues["q"].leases.forget([held[0].id])  # as if it had been settled elsewhere
     conn.execute("DELETE FROM records WHERE id = ?", (held[0].id,))
-    done, _, _ = settle.write(conn, queues, settle.by_queue(held), "ack", now=0)
+    done, _ = settle.write(conn, queues, settle.by_queue(held), "ack", now=0)
     assert done == 1 and counters_of(conn).acked_bytes == 1
 
 
@@ -181,7 +195,8 @@ def test_by_queue_keeps_the_order_within_each_queue(conn: sqlite3.Connection) ->
     appended(conn, queues, b"a")
     (record,) = queues["q"].leases.lease(conn, max_records=1, max_bytes=9, now=0)
     other = record._replace(queue="r", id=50)
-    assert settle.by_queue([record, other, record]) == {"q": [record, record], "r": [other]}
+    grouped = settle.by_queue([record, other, record])
+    assert grouped == {"q": [record.id, record.id], "r": [50]}
 
 
 # ---------------------------------------------------------------------- dead letters

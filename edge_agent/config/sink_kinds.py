@@ -77,6 +77,9 @@ class SinkKind(Generic[Opts]):
     check: Callable[[Table, Opts, int, DeliveryConfig | None], None] | None = None
     #: Whether, with these options, it has live traffic apart from its backlog.
     live: Callable[[Opts], bool] | None = None
+    #: The default ``max_request_bytes`` when it depends on the options and the sink's
+    #: ``max_record_bytes`` (else ``max_request_bytes``).
+    request_bytes: Callable[[Opts, int], int] | None = None
 
     def read_options(self, table: Table, max_record_bytes: int) -> Opts | None:
         if self.options is None:
@@ -93,6 +96,12 @@ class SinkKind(Generic[Opts]):
     ) -> None:
         if self.check is not None and self.options and isinstance(options, self.options):
             self.check(table, options, max_record_bytes, delivery)
+
+    def default_request_bytes(self, options: object, max_record_bytes: int) -> int:
+        assert self.max_request_bytes is not None
+        if self.request_bytes is None or not self.options or not isinstance(options, self.options):
+            return self.max_request_bytes
+        return self.request_bytes(options, max_record_bytes)
 
     def has_live_traffic(self, options: object) -> bool:
         if self.live is None or not self.options or not isinstance(options, self.options):
@@ -161,7 +170,9 @@ class DeliveryConfig:
     max_request_bytes: int = option(
         kind=SIZE,
         default=5 * 1024 * 1024,
-        default_doc="kinesis 5MiB (up to 10MiB for streams set to larger records), firehose 4MiB",
+        default_doc="kinesis 5MiB (up to 10MiB for streams set to larger records), with "
+        "aggregate 1MiB or 4 x aggregate_max_bytes (at most 5MiB; at least "
+        "max_record_bytes); firehose 4MiB",
         doc="Bytes per request (the sum of its records).",
     )
     retry_min: float = option(
@@ -198,11 +209,14 @@ def read_aws(table: Table) -> AwsEndpoint:
     return aws
 
 
-def read_delivery(table: Table, kind: SinkKind[Opts], max_record_bytes: int) -> DeliveryConfig:
-    assert kind.max_request_bytes is not None
+def read_delivery(
+    table: Table, kind: SinkKind[Opts], max_record_bytes: int, options: object
+) -> DeliveryConfig:
     limit = kind.request_bytes_limit
     delivery = read_section(
-        DeliveryConfig, table, defaults={"max_request_bytes": kind.max_request_bytes}
+        DeliveryConfig,
+        table,
+        defaults={"max_request_bytes": kind.default_request_bytes(options, max_record_bytes)},
     )
     if not 1 <= delivery.max_request_bytes <= limit:
         table.problem("max_request_bytes", f"must be between 1 byte and {limit} bytes")

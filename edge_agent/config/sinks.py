@@ -172,7 +172,7 @@ def _read_sink(name: str, table: Table) -> SinkConfig:
     options = kind.read_options(table, sink.max_record_bytes)
     delivery = None
     if kind.max_request_bytes is not None:
-        delivery = read_delivery(table, kind, sink.max_record_bytes)
+        delivery = read_delivery(table, kind, sink.max_record_bytes, options)
     kind.check_options(table, options, sink.max_record_bytes, delivery)
     aws = read_aws(table) if kind.aws else None
     if not table.ok("type"):

@@ -1,8 +1,9 @@
 """Deleting what the service accepted, in a thread of its own.
 
 The delete overlaps the next request: the forwarder hands over a batch and goes on. At
-most ``BACKLOG`` batches wait; what waits when the process dies is sent again at the
-next start (restart is replay), never lost.
+most ``BACKLOG`` batches wait, as record ids (not the records: their payloads are freed
+at once); what waits when the process dies is sent again at the next start (restart is
+replay), never lost.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 
 from edge_agent.config.units import plural
 from edge_agent.errors import SpoolError
-from edge_agent.records import LeasedRecord
+from edge_agent.records import RECORD_ID, LeasedRecord
 from edge_agent.spool.store import Spool
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ class Deleter:
         self._spool = spool
         self._name = name
         self._on_error = on_error
-        self._batches: queue.Queue[list[LeasedRecord] | None] = queue.Queue(BACKLOG)
+        self._batches: queue.Queue[tuple[str, list[int]] | None] = queue.Queue(BACKLOG)
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -45,8 +46,9 @@ class Deleter:
         return self._thread is None or self._thread.is_alive()
 
     def put(self, batch: list[LeasedRecord]) -> None:
-        """Delete these (waits while ``BACKLOG`` batches are waiting)."""
-        self._batches.put(batch)
+        """Delete these records of one queue (waits while ``BACKLOG`` batches are waiting)."""
+        if batch:
+            self._batches.put((batch[0].queue, list(map(RECORD_ID, batch))))
 
     def close(self, timeout: float) -> None:
         """Delete what waits (a failing spool is tried until ``timeout``), then end."""
@@ -61,9 +63,10 @@ class Deleter:
         leases clear at the next open: re-sent)."""
         failures = 0  # in a row: the first is reported, the end of the episode logged
         while (batch := self._batches.get()) is not None:
+            queue_name, ids = batch
             while True:
                 try:
-                    self._spool.ack(batch)
+                    self._spool.ack_ids(queue_name, ids)
                     if failures:
                         log.info(
                             "sink %s: deleting delivered records works again (%s failed)",

@@ -1,6 +1,8 @@
 """Leases: which records of a queue uploaders hold, kept in memory, never in the file.
 
-Per queue (``QueueLeases``): the ids uploaders hold (and their payload bytes), a *floor*
+Per queue (``QueueLeases``): the ids uploaders hold, each with its payload bytes (so that
+settling a record needs its id and queue only: an uploader may let go of the payload of a
+record on the wire, and re-read it from the spool if it has to send it again), a *floor*
 such that every record with an id up to it was leased since the spool was opened, and
 the ids at or below the floor that were handed back (retry, release) or skipped by
 ``lease_newest``, each with the time it is due again. Leasing new records is one index
@@ -46,8 +48,9 @@ class QueueLeases:
     def __init__(self, queue_id: int, name: str) -> None:
         self.queue_id = queue_id
         self.name = name
-        #: Ids an uploader holds, and the bytes of their payloads (pending, not evictable).
-        self.held: set[int] = set()
+        #: Ids an uploader holds, each with its payload bytes, and their total (pending,
+        #: not evictable).
+        self.held: dict[int, int] = {}
         self.held_bytes = 0
         #: Every record with an id up to here was leased since the spool was opened:
         #: the next lease of new records starts above it.
@@ -171,7 +174,8 @@ class QueueLeases:
             self.returned.pop(record_id, None)
         if not rows:
             return []
-        running = list(itertools.accumulate(map(len, map(RECORD_PAYLOAD, rows))))
+        sizes = list(map(len, map(RECORD_PAYLOAD, rows)))
+        running = list(itertools.accumulate(sizes))
         taken = max(1, bisect.bisect_right(running, max_bytes))
         leased = list(map(_as_leased_record, rows[:taken]))
         ids = list(map(RECORD_ID, leased))
@@ -180,25 +184,17 @@ class QueueLeases:
                 if record_id <= self.floor:
                     self.returned.pop(record_id, None)
         self.floor = max(self.floor, ids[-1])
-        self.held.update(ids)
+        self.held.update(zip(ids, sizes, strict=False))  # sizes: every row, ids: taken
         self.held_bytes += running[taken - 1]
         return leased
 
-    def forget(self, records: Sequence[LeasedRecord], payload_bytes: int | None = None) -> int:
-        """No longer held by an uploader (settled); returns how many were.
-        ``payload_bytes``: the records' payload total, if the caller has it already."""
+    def forget(self, ids: Sequence[int]) -> int:
+        """No longer held by an uploader (settled); returns how many were."""
         held = self.held
         before = len(held)
-        if self.taken_back:
-            back = self.taken_back.intersection(map(RECORD_ID, records))
-            if back:  # their bytes left held_bytes when they were taken back
-                self.taken_back.difference_update(back)
-                records = [record for record in records if record.id not in back]
-                payload_bytes = None
-        held.difference_update(map(RECORD_ID, records))
-        if payload_bytes is None:
-            payload_bytes = sum(map(len, map(RECORD_PAYLOAD, records)))
-        self.held_bytes = max(0, self.held_bytes - payload_bytes)
+        if self.taken_back:  # their bytes left held_bytes when they were taken back
+            self.taken_back.difference_update(ids)
+        self.held_bytes = max(0, self.held_bytes - sum(map(held.pop, ids, itertools.repeat(0))))
         return before - len(held)
 
     def newest_captured_at(self, conn: sqlite3.Connection) -> int | None:
@@ -210,20 +206,19 @@ class QueueLeases:
 
     def take_back(self, record_id: int, size: int) -> None:
         """Eviction deleted this held record (once that committed)."""
-        if record_id in self.held:
-            self.held.discard(record_id)
+        if self.held.pop(record_id, None) is not None:
             self.held_bytes = max(0, self.held_bytes - size)
             self.taken_back.add(record_id)
 
-    def hand_back(self, records: Sequence[LeasedRecord], due_ms: int) -> int:
+    def hand_back(self, ids: Sequence[int], due_ms: int) -> int:
         """Held no longer, and due again at ``due_ms``; returns how many were held."""
         held = self.held
         count = 0
-        for record in records:
-            if record.id in held:
-                self.returned[record.id] = due_ms
+        for record_id in ids:
+            if record_id in held:
+                self.returned[record_id] = due_ms
                 count += 1
-        self.forget(records)
+        self.forget(ids)
         return count
 
     def lower_floor(self, top: int) -> None:

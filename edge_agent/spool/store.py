@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Literal, TypeVar
 
 from edge_agent.errors import SpoolError, SpoolFileLost, SpoolFull
-from edge_agent.records import RECORD_ID, AppendResult, LeasedRecord, Record
+from edge_agent.records import AppendResult, LeasedRecord, Record
 from edge_agent.spool import analytics, dead_letters, file_watch, sent_marks, settle
 from edge_agent.spool.analytics import AlsoWrite
 from edge_agent.spool.caps import Caps, QueuePolicy
@@ -375,10 +375,10 @@ class Spool:
         grouped = settle.by_queue(list(records))
         try:
             with self._write("mark sent", durable=False) as conn:
-                for name, queued in grouped.items():
+                for name, ids in grouped.items():
                     state = self._queues.get(name)
                     if state is not None:
-                        sent_marks.mark(conn, state.id, list(map(RECORD_ID, queued)))
+                        sent_marks.mark(conn, state.id, ids)
         except SpoolError as err:
             log.debug("marking %d records as sent failed: %s", len(records), err)
             return False
@@ -386,59 +386,56 @@ class Spool:
 
     def ack(self, records: Iterable[LeasedRecord]) -> int:
         """Confirmed by the service: delete. Returns how many were still in the spool."""
-        return self._settle(records, "ack")
+        return self._settle(settle.by_queue(list(records)), "ack")
+
+    def ack_ids(self, queue: str, ids: list[int]) -> int:
+        """``ack`` by id: what a deleter keeps of a batch (not the payloads)."""
+        return self._settle({queue: ids}, "ack")
 
     def release(self, records: Iterable[LeasedRecord]) -> int:
         """Give leased records back untouched (no attempt counted), e.g. at shutdown."""
-        return self._settle(records, "release")
+        return self._settle(settle.by_queue(list(records)), "release")
 
     def retry(self, records: Iterable[LeasedRecord], *, at_ms: int) -> int:
         """Not accepted this time: pending again from ``at_ms``, one more attempt counted."""
-        return self._settle(records, "retry", at_ms=at_ms)
+        return self._settle(settle.by_queue(list(records)), "retry", at_ms=at_ms)
 
     def dead_letter(self, records: Iterable[LeasedRecord], reason: str) -> int:
         """Never acceptable: move to the dead-letter table with the reason."""
-        return self._settle(records, "dead_letter", reason=reason)
+        return self._settle(settle.by_queue(list(records)), "dead_letter", reason=reason)
 
     def _settle(
-        self,
-        records: Iterable[LeasedRecord],
-        how: settle.How,
-        *,
-        at_ms: int = 0,
-        reason: str = "",
+        self, grouped: dict[str, list[int]], how: settle.How, *, at_ms: int = 0, reason: str = ""
     ) -> int:
-        batch = list(records)
-        if not batch:
+        if not any(grouped.values()):
             return 0
         now = self._clock_ms()
-        grouped = settle.by_queue(batch)
         if how == "release":  # nothing in the file to change
             with self._lock:
                 return settle.hand_back(self._queues, grouped, now)
 
-        def write() -> tuple[int, dict[str, int]]:
+        def write() -> int:
             with self._write(how, durable=how == "dead_letter") as conn:
-                done, released, apply = settle.write(
+                done, apply = settle.write(
                     conn, self._queues, grouped, how, now=now, at_ms=at_ms, reason=reason
                 )
             apply()
-            return done, released
+            return done
 
         with self._lock:
             try:
                 # The ballast is for what frees space: deletes, not retry times.
-                done, released = self._storage.with_room(write) if how != "retry" else write()
+                done = self._storage.with_room(write) if how != "retry" else write()
             except SpoolFull:
                 if how == "retry":  # not written: due again from memory all the same
                     return settle.hand_back(self._queues, grouped, at_ms)
-                if len(batch) <= SMALL_SETTLE:
+                parts = settle.small_parts(grouped, SMALL_SETTLE)
+                if len(parts) == 1:
                     raise
                 # A full filesystem: small transactions, whose WAL frames the
                 # checkpoints between them let the next ones write over again.
-                parts = [batch[i : i + SMALL_SETTLE] for i in range(0, len(batch), SMALL_SETTLE)]
                 return sum(self._settle(part, how, at_ms=at_ms, reason=reason) for part in parts)
-            settle.forget(self._queues, grouped, how, at_ms=at_ms, released=released)
+            settle.forget(self._queues, grouped, how, at_ms=at_ms)
         if how == "dead_letter" and done:
             log.warning("dead-lettered %d records: %s", done, reason)
         return done

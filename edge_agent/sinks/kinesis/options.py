@@ -21,6 +21,15 @@ from edge_agent.config.sink_kinds import STREAM_NAME, DeliveryConfig, SinkKind
 
 #: The stream settings that allow larger records and requests top out here.
 MAX_KINESIS_BYTES = 10 * 1024 * 1024
+#: PutRecords takes 5 MiB a request.
+REQUEST_BYTES = 5 * 1024 * 1024
+#: An aggregating sink's requests: every user record in one is held leased until the
+#: request settles (a 1 MiB request of 200-byte records is 5,000 of them), and on a slow
+#: uplink a smaller request is quicker to send again. Measured in docs/BENCHMARKS.md: the
+#: drain rate of 5 MiB requests at half the memory.
+AGGREGATED_REQUEST_BYTES = 1024 * 1024
+#: ...but room for a few of its largest aggregates, and at least its largest record.
+AGGREGATES_PER_REQUEST = 4
 
 _HASH_KEY = re.compile(r"^(0|[1-9]\d{0,38})$")
 _HASH_KEY_TEXT = "must be a decimal integer below 2**128"
@@ -90,12 +99,20 @@ def _check(
         table.problem("aggregate_max_bytes", "must leave at least 1KiB of max_request_bytes free")
 
 
+def _request_bytes(options: KinesisOptions, max_record_bytes: int) -> int:
+    if not options.aggregate:
+        return REQUEST_BYTES
+    wanted = max(AGGREGATED_REQUEST_BYTES, AGGREGATES_PER_REQUEST * options.aggregate_max_bytes)
+    return max(max_record_bytes, min(REQUEST_BYTES, wanted))
+
+
 KINESIS = SinkKind(
     doc="Kinesis Data Streams (PutRecords).",
     options=KinesisOptions,
     max_record_bytes=1024 * 1024,
-    max_request_bytes=5 * 1024 * 1024,
+    max_request_bytes=REQUEST_BYTES,
     request_bytes_limit=MAX_KINESIS_BYTES,
+    request_bytes=_request_bytes,
     aws=True,
     defaults=lambda max_record_bytes: {"aggregate_max_bytes": min(51_200, max_record_bytes)},
     check=_check,

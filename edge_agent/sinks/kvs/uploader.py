@@ -331,7 +331,7 @@ class KvsUploader(ThreadWorker):
         # In flight before the write: if the write fails, the fragment is given back
         # with the others (a fragment leased and in no list would wait for a restart).
         now = time.monotonic()
-        self._in_flight[record.captured_at_ms] = (record, now, kind == "backlog")
+        self._in_flight[record.captured_at_ms] = (record.on_the_wire(), now, kind == "backlog")
         self.spool.mark_sent([record])  # a restart counts it if it goes out again
         # The fragment's tags, then the end-of-fragment tag: the service acknowledges the
         # fragment now rather than when the next one begins (a fragment duration later).
