@@ -1,6 +1,7 @@
 """The "s3" sink against a real moto S3 server: snapshots from a camera's events arrive
 as decodable JPEGs; a multipart upload killed (SIGKILL) in the middle resumes with the
-parts already there; uploads abandoned long ago are aborted at start."""
+parts already there; every part passes the upload budget; uploads abandoned long ago are
+aborted at start."""
 
 from __future__ import annotations
 
@@ -78,6 +79,24 @@ def test_an_object_goes_under_its_key_with_its_type_and_metadata(s3: Any, moto: 
     assert head["Metadata"]["event"] == "7" and head["Metadata"]["width"] == "320"
 
 
+def test_every_part_passes_the_upload_budget_with_its_body(s3: Any, moto: MotoServer) -> None:
+    payload = bytes(range(256)) * (11 * MIB // 256)  # three parts of 5, 5 and 1 MiB
+    snapshot = b"\xff\xd8" + bytes(100_000)
+    budget = UploadBudget(None, 0).share("media", ShareConfig())
+    extra = 'part_size = "5MiB"\nmultipart_threshold = "5MiB"\nmax_record_bytes = "32MiB"\n'
+    sink = S3Sink(_sink_config_from(moto.endpoint, extra), budget, threading.Event())
+    clip = _record(9, payload, kind="clip", camera="door", extension="mkv")
+    still = _record(10, snapshot, kind="snapshot", camera="door", extension="jpg")
+    sink.transmit(Request([Entry([clip], payload)]))
+    assert sink.multipart_uploads == 1
+    sink.transmit(Request([Entry([still], snapshot)]))
+    assert sorted(len(body) for body in _objects(s3).values()) == [len(snapshot), len(payload)]
+    # S3 bodies reach the budget as streams, not bytes: each one is measured all the same.
+    sent = len(payload) + len(snapshot)
+    assert sent < budget.admitted_bytes < sent + 64 * 1024  # plus request lines and headers
+    assert sink.wire.bytes == budget.admitted_bytes
+
+
 UPLOADER = """
 import json, sys, threading
 sys.path.insert(0, {repo!r})
@@ -111,8 +130,9 @@ def test_a_multipart_upload_killed_in_the_middle_resumes_with_the_parts_already_
     source.write_bytes(payload)
     extra = 'part_size = "5MiB"\nmultipart_threshold = "5MiB"\nmax_record_bytes = "32MiB"\n'
     repo = str(Path(__file__).resolve().parents[1])
+    # At 2 MiB/s a 5 MiB part waits 2.5 s for the budget: the kill lands between parts.
     script = UPLOADER.format(
-        repo=repo, rate=4 * MIB, burst=MIB, endpoint=moto.endpoint, extra=extra, payload=str(source)
+        repo=repo, rate=2 * MIB, burst=MIB, endpoint=moto.endpoint, extra=extra, payload=str(source)
     )
     child = subprocess.Popen([sys.executable, "-c", script], cwd=repo)
     try:

@@ -21,6 +21,7 @@ model and costs about 0.3 MiB and 30 ms to make (the first: 11 MiB).
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import threading
 import time
@@ -73,13 +74,30 @@ class WireMeter:
         self.bytes = 0
 
 
-def wire_bytes(
-    method: str, url: str, headers: Iterable[tuple[str, Any]], body: bytes | bytearray
-) -> int:
-    """What a request puts on the wire: request line, headers and body."""
+def wire_bytes(method: str, url: str, headers: Iterable[tuple[str, Any]], body: object) -> int:
+    """What a request puts on the wire: request line, headers and body (bytes, or a
+    seekable stream: botocore hands S3 bodies over as one)."""
     size = len(method) + len(url) + 12  # request line
     size += sum(len(name) + len(str(value)) + 4 for name, value in headers)
-    return size + len(body)
+    return size + body_bytes(body)
+
+
+def body_bytes(body: object) -> int:
+    """The bytes left to send in ``body``: bytes, text, or a seekable stream (read from
+    where it stands, which is left as it was). Anything else counts as empty."""
+    if isinstance(body, bytes | bytearray):
+        return len(body)
+    if isinstance(body, memoryview):
+        return body.nbytes
+    if isinstance(body, str):
+        return len(body.encode())
+    tell, seek = getattr(body, "tell", None), getattr(body, "seek", None)
+    if tell is None or seek is None:
+        return 0
+    start = tell()
+    end = seek(0, io.SEEK_END)
+    seek(start)
+    return int(end) - int(start)
 
 
 def make_client(
@@ -118,9 +136,8 @@ def make_client(
     def admit(request: Any, **_: Any) -> None:
         # Before signing, not before sending: a request that waited for the budget after
         # it was signed could expire (AWS refuses signatures older than 5 minutes).
-        body = request.data if isinstance(request.data, bytes | bytearray) else b""
         size = SIGNATURE_HEADER_BYTES + wire_bytes(
-            request.method, request.url, request.headers.items(), body
+            request.method, request.url, request.headers.items(), request.data
         )
         if not budget.acquire(size, stop):
             raise SinkUnavailable("Stopping", "the agent is stopping")
