@@ -84,6 +84,19 @@ DRAINED_QUEUES = ("telemetry", "results", "door", "yard")
 MEMORY_TARGET_MIB = 80.0
 #: ...or this much of the floor (the libraries and codecs alone), if that is above it.
 FLOOR_MARGIN = 1.1
+#: ``--start-split``: the profile's features added one at a time, each step the tables of
+#: bench/device-profile.toml it adds; a step's cost is the agent's RSS once started less
+#: the step before's.
+FEATURE_STEPS = (
+    ("the agent: spool, status, metrics", {"agent", "spool", "metrics"}),
+    ("+ telemetry: MQTT, aggregated Kinesis", {"mqtt", "mqtt.subscriptions", "sinks.telemetry"}),
+    ("+ analytics: one query, its results sink", {"analytics.per_sensor", "sinks.results"}),
+    ("+ door: 1080p RTSP passthrough, ring, motion", {"cameras.door", "cameras.door.motion",
+                                                     "sinks.door"}),
+    ("+ yard: 720p encoded", {"cameras.yard", "sinks.yard"}),
+)  # fmt: skip
+#: How long each step runs once started before its RSS is read.
+SPLIT_SETTLE_S = 20
 #: The 1080p recording is made this long and repeated.
 PIECE_S = 90
 
@@ -92,6 +105,7 @@ PIECE_S = 90
 class Sample:
     at: float  # monotonic
     rss_mib: float
+    anon_mib: float  # RssAnon: the heaps, stacks and anonymous maps
     cpu_s: float
 
 
@@ -102,6 +116,7 @@ class Phase:
     cpu_pct: float
     rss_peak_mib: float
     rss_median_mib: float
+    anon_at_peak_mib: float  # RssAnon in the sample of the RSS peak
 
 
 @dataclass
@@ -124,7 +139,8 @@ class Profile:
     drained: bool
     #: Per drained queue: seconds from the uplinks' return to its outage backlog gone.
     drain_s: dict[str, float]
-    #: tracemalloc's largest holders at the end of the drain (``--tracemalloc``).
+    #: Per phase, tracemalloc's peak of Python memory in it and its largest holders at
+    #: its end (``--tracemalloc``).
     holders: dict[str, Any] = field(default_factory=dict)
     baseline: list[Piece] = field(default_factory=list)
     imports: dict[str, float] = field(default_factory=dict)
@@ -142,7 +158,8 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.wait(SAMPLE_S):
             try:
-                sample = Sample(time.monotonic(), rss_bytes(self.pid) / MIB, cpu_s(self.pid))
+                rss, anon = status_mib(self.pid)
+                sample = Sample(time.monotonic(), rss, anon, cpu_s(self.pid))
             except (OSError, ValueError):
                 return  # the process ended
             self.samples.append(sample)
@@ -154,34 +171,56 @@ class Sampler(threading.Thread):
     def phase(self, name: str, start: float, end: float) -> Phase:
         inside = [s for s in self.samples if start <= s.at <= end]
         if len(inside) < 2:
-            return Phase(name, end - start, float("nan"), float("nan"), float("nan"))
+            nan = float("nan")
+            return Phase(name, end - start, nan, nan, nan, nan)
         wall = inside[-1].at - inside[0].at
-        rss = [s.rss_mib for s in inside]
+        peak = max(inside, key=lambda s: s.rss_mib)
         return Phase(
             name,
             end - start,
             100 * (inside[-1].cpu_s - inside[0].cpu_s) / wall,
-            max(rss),
-            statistics.median(rss),
+            peak.rss_mib,
+            statistics.median(s.rss_mib for s in inside),
+            peak.anon_mib,
         )
 
 
-def write_config(directory: Path, **values: object) -> Path:
+def write_config(directory: Path, tables: set[str] | None = None, **values: object) -> Path:
+    """The profile's configuration with ``values`` filled in; with ``tables``, only the
+    blocks (separated by blank lines) whose tables are all among them."""
     config = directory / "edge-agent.toml"
-    config.write_text(Template(PROFILE.read_text()).substitute(values))
+    text = Template(PROFILE.read_text()).substitute(values)
+    if tables is not None:
+        text = "\n\n".join(
+            block for block in text.split("\n\n")
+            if {line.strip("[]") for line in block.splitlines() if line.startswith("[")} <= tables
+        )  # fmt: skip
+    config.write_text(text)
     return config
+
+
+def status_mib(pid: int) -> tuple[float, float]:
+    """(VmRSS, RssAnon) of the process now, MiB."""
+    fields = _status_fields(pid, ("VmRSS", "RssAnon"))
+    return fields["VmRSS"], fields["RssAnon"]
+
+
+def _status_fields(pid: int, names: tuple[str, ...]) -> dict[str, float]:
+    """Fields of /proc/PID/status given in kB, as MiB (NaN when missing)."""
+    fields = dict.fromkeys(names, float("nan"))
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            name, _, value = line.partition(":")
+            if name in fields:
+                fields[name] = int(value.split()[0]) / 1024
+    return fields
 
 
 def smaps_mib(pid: int) -> tuple[float, float]:
     """(RssAnon, RssFile) of the process, MiB: the heap and what its libraries' pages
     hold."""
-    fields: dict[str, float] = {}
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            name, _, value = line.partition(":")
-            if name in ("RssAnon", "RssFile"):
-                fields[name] = int(value.split()[0]) / 1024
-    return fields.get("RssAnon", float("nan")), fields.get("RssFile", float("nan"))
+    fields = _status_fields(pid, ("RssAnon", "RssFile"))
+    return fields["RssAnon"], fields["RssFile"]
 
 
 def start_publisher(port: int, seconds: float, log: Path) -> subprocess.Popen[bytes]:
@@ -230,10 +269,11 @@ def run_profile(args: argparse.Namespace, workdir: Path, recording: Path) -> Pro
             env = {**os.environ, **CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"}
             publisher = start_publisher(broker.port, total_s, workdir / "publisher.log")
             command = [sys.executable, "-m", "edge_agent"]
-            trigger = workdir / "tracemalloc.now"
+            traced = workdir / "tracemalloc"
             if args.tracemalloc:
-                traced = workdir / "tracemalloc.json"
-                command = [sys.executable, "-c", TRACED_AGENT, str(trigger), str(traced)]
+                traced.mkdir(exist_ok=True)
+                traced_phases = ",".join(TRACED_PHASES)
+                command = [sys.executable, "-c", TRACED_AGENT, str(traced), traced_phases]
             with open(log, "ab") as handle:
                 agent = subprocess.Popen(
                     [*command, "run", "-c", str(config)],
@@ -252,15 +292,18 @@ def run_profile(args: argparse.Namespace, workdir: Path, recording: Path) -> Pro
             if agent.poll() is not None:
                 raise BenchError(f"the agent exited ({agent.returncode}):\n{tail(log)}")
             start_rss = rss_bytes(agent.pid) / MIB
+            phase_ended(traced, "started", args.tracemalloc)
             marks = {"steady": time.monotonic()}
             print(f"steady for {args.steady} s ...", flush=True)
             _run_for(args.steady, agent, log)
             marks["outage"] = time.monotonic()
+            phase_ended(traced, "steady", args.tracemalloc)
             kinesis_link.set_mode(args.outage_mode)
             kvs_link.set_mode(args.outage_mode)
             print(f"uplinks {args.outage_mode} for {args.outage} s ...", flush=True)
             _run_for(args.outage, agent, log)
             marks["drain"] = time.monotonic()
+            phase_ended(traced, "outage", args.tracemalloc)
             back_ms = int(time.time() * 1000)
             left = backlog(spool, back_ms)
             outage_records = sum(left.values())
@@ -284,9 +327,11 @@ def run_profile(args: argparse.Namespace, workdir: Path, recording: Path) -> Pro
             anon, file_backed = smaps_mib(agent.pid)
             holders = {}
             if args.tracemalloc:
-                trigger.touch()
-                wait_until(traced.exists, 120, "the tracemalloc snapshot", interval=0.5)
-                holders = json.loads(traced.read_text())
+                phase_ended(traced, "drain", True)
+                for phase in TRACED_PHASES:
+                    result = traced / f"{phase}.json"
+                    wait_until(result.exists, 120, f"the tracemalloc of {phase}", interval=0.5)
+                    holders[phase] = json.loads(result.read_text())
     finally:
         if sampler is not None:
             sampler.stop()
@@ -305,6 +350,72 @@ def run_profile(args: argparse.Namespace, workdir: Path, recording: Path) -> Pro
     return Profile(
         phases, hwm, anon, file_backed, start_rss, outage_records, drained, drain_s, holders
     )
+
+
+def run_start_split(workdir: Path, recording: Path) -> list[tuple[str, float, float]]:
+    """Per step of FEATURE_STEPS (cumulative): the agent's RSS SPLIT_SETTLE_S after it
+    started (its cameras' first fragments acknowledged) and its VmHWM then, MiB."""
+    broker = Broker(workdir / "split-broker").start()
+    kinesalite = Kinesalite(workdir / "split-kinesalite.log").start()
+    kvs = KvsLocal(workdir / "split-kvs-local.log").start(workdir / "split-kvs")
+    publisher = None
+    rows: list[tuple[str, float, float]] = []
+    try:
+        stream = kinesalite.create_stream(4)
+        total_s = len(FEATURE_STEPS) * (SPLIT_SETTLE_S + 60)
+        publisher = start_publisher(broker.port, total_s, workdir / "split-publisher.log")
+        with RtspServer(free_port(), {"/door": (recording, "h264")}) as server:
+            tables: set[str] = set()
+            for index, (name, added) in enumerate(FEATURE_STEPS):
+                tables |= added
+                step = workdir / f"split-{index}"
+                step.mkdir()
+                config = write_config(
+                    step, tables, state=step / "state", metrics_port=free_port(),
+                    stream=stream, kinesis=kinesalite.endpoint, kvs=kvs.endpoint,
+                    door_url=server.url("/door"), mqtt_port=broker.port, yard_lavfi=YARD_LAVFI,
+                )  # fmt: skip
+                rows.append((name, *_started_rss(step, config, tables)))
+                print(f"{name}: {rows[-1][1]:.1f} MiB", flush=True)
+    finally:
+        stop_process(publisher)
+        kvs.stop()
+        kinesalite.stop()
+        broker.stop()
+    return rows
+
+
+def _started_rss(step: Path, config: Path, tables: set[str]) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of the agent of ``config``, SPLIT_SETTLE_S after it started."""
+    cameras = [name.split(".")[1] for name in tables if name.count(".") == 1
+               and name.startswith("cameras.")]  # fmt: skip
+    status_file = step / "state" / "spool.db.status.json"
+    log = step / "agent.log"
+    env = {**os.environ, **CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"}
+    with open(log, "ab") as handle:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent", "run", "-c", str(config)],
+            stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+        )  # fmt: skip
+    try:
+
+        def started() -> bool:
+            status = read_status(status_file)
+            sinks = (status or {}).get("sinks", {})
+            acked = (int(sinks.get(c, {}).get("fragments_acked", 0)) >= 2 for c in cameras)
+            return agent.poll() is not None or (status is not None and all(acked))
+
+        wait_until(started, 90, "the agent to start", interval=0.2)
+        _run_for(SPLIT_SETTLE_S, agent, log)
+        return rss_bytes(agent.pid) / MIB, peak_rss_bytes(agent.pid) / MIB
+    finally:
+        stop_process(agent, timeout=30)
+
+
+def phase_ended(traced: Path, phase: str, tracing: bool) -> None:
+    """Tell the agent under tracemalloc (if it is) that ``phase`` ended."""
+    if tracing:
+        (traced / f"{phase}.now").touch()
 
 
 def _run_for(seconds: float, agent: subprocess.Popen[bytes], log: Path) -> None:
@@ -375,30 +486,38 @@ def run_baseline(args: argparse.Namespace, workdir: Path, recording: Path) -> li
     return result
 
 
-#: The agent under tracemalloc (``--tracemalloc``): when the trigger file appears, the
-#: largest holders by line and by file are written beside it as JSON.
+#: The agent under tracemalloc (``--tracemalloc``): when ``<phase>.now`` appears in the
+#: directory given, for each of PHASES in turn, the Python memory traced now and at its
+#: peak since the phase before, and the largest holders by line and by file, are written
+#: to ``<phase>.json`` there.
 TRACED_AGENT = """
 import json, sys, threading, time, tracemalloc
 from pathlib import Path
-trigger, out = Path(sys.argv[1]), Path(sys.argv[2])
+directory, phases = Path(sys.argv[1]), sys.argv[2].split(",")
 tracemalloc.start(1)
 
 def watch():
-    while not trigger.exists():
-        time.sleep(0.2)
-    snapshot = tracemalloc.take_snapshot()
-    table = {
-        kind: [(str(stat.traceback[0]), stat.size, stat.count)
-               for stat in snapshot.statistics(kind)[:25]]
-        for kind in ("lineno", "filename")
-    }
-    total = sum(stat.size for stat in snapshot.statistics("filename"))
-    out.write_text(json.dumps({"total": total, **table}))
+    for phase in phases:
+        while not (directory / f"{phase}.now").exists():
+            time.sleep(0.2)
+        current, peak = tracemalloc.get_traced_memory()
+        snapshot = tracemalloc.take_snapshot()
+        tracemalloc.reset_peak()
+        table = {
+            kind: [(str(stat.traceback[0]), stat.size, stat.count)
+                   for stat in snapshot.statistics(kind)[:25]]
+            for kind in ("lineno", "filename")
+        }
+        del snapshot
+        result = {"total": current, "peak": peak, **table}
+        (directory / f"{phase}.json").write_text(json.dumps(result))
 
 threading.Thread(target=watch, daemon=True).start()
 from edge_agent.cli import main
 sys.exit(main(sys.argv[3:]))
 """
+#: The phases whose ends ``--tracemalloc`` snapshots.
+TRACED_PHASES = ("started", "steady", "outage", "drain")
 
 
 #: What a fresh interpreter holds after importing each library (and making what the
@@ -484,14 +603,24 @@ def environment() -> str:
     )
 
 
+def print_start_split(rows: list[tuple[str, float, float]]) -> None:
+    print(f"\n{'started with (cumulative)':<48} {'RSS MiB':>8} {'added':>6} {'VmHWM':>6}")
+    before = 0.0
+    for name, rss, hwm in rows:
+        print(f"{name:<48} {rss:>8.1f} {rss - before:>6.1f} {hwm:>6.1f}")
+        before = rss
+
+
 def print_profile(profile: Profile) -> None:
     print(
-        f"\n{'phase':<10} {'seconds':>8} {'CPU % core':>11} {'RSS peak MiB':>13} {'RSS median':>11}"
+        f"\n{'phase':<10} {'seconds':>8} {'CPU % core':>11} {'RSS peak MiB':>13} "
+        f"{'RSS median':>11} {'anon at peak':>13}"
     )
     for phase in profile.phases:
         print(
             f"{phase.name:<10} {phase.seconds:>8.0f} {fmt(phase.cpu_pct, 1):>11} "
-            f"{fmt(phase.rss_peak_mib, 1):>13} {fmt(phase.rss_median_mib, 1):>11}"
+            f"{fmt(phase.rss_peak_mib, 1):>13} {fmt(phase.rss_median_mib, 1):>11} "
+            f"{fmt(phase.anon_at_peak_mib, 1):>13}"
         )
     print(
         f"VmHWM {profile.hwm_mib:.1f} MiB (at the end: RssAnon {profile.rss_anon_mib:.1f}, "
@@ -515,13 +644,14 @@ def print_profile(profile: Profile) -> None:
         print(f"\n{'imported (fresh interpreter)':<44} {'VmHWM MiB':>10}")
         for name, mib in profile.imports.items():
             print(f"{name:<44} {mib:>10.1f}")
-    if profile.holders:
-        print(f"\ntracemalloc at the end of the drain: {profile.holders['total'] / MIB:.1f} MiB "
-              "of Python objects; the largest holders by line:")  # fmt: skip
-        for where, size, count in profile.holders["lineno"][:15]:
+    for phase_name, traced in profile.holders.items():
+        print(f"\ntracemalloc, {phase_name}: {traced['total'] / MIB:.1f} MiB of Python memory at "
+              f"its end, {traced['peak'] / MIB:.1f} MiB at its peak; the largest holders "
+              "by line:")  # fmt: skip
+        for where, size, count in traced["lineno"][:15]:
             print(f"{size / MIB:>8.2f} MiB {count:>8,}  {where}")
         print("by file:")
-        for where, size, count in profile.holders["filename"][:15]:
+        for where, size, count in traced["filename"][:10]:
             print(f"{size / MIB:>8.2f} MiB {count:>8,}  {where}")
     met = profile.hwm_mib < MEMORY_TARGET_MIB
     target = f"< {MEMORY_TARGET_MIB:.0f} MiB"
@@ -559,6 +689,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
         Path(args.cache), int(args.warmup_timeout + args.steady * 2 + args.outage + 300)
     )
     with work_directory(args.workdir, keep=args.keep) as workdir:
+        if args.start_split:
+            print_start_split(run_start_split(workdir, recording))
+            print(environment())
+            return 0
         profile = run_profile(args, workdir, recording)
         if not args.no_baseline:
             profile.baseline = run_baseline(args, workdir, recording)
@@ -586,6 +720,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="records the boto3 loop sends")  # fmt: skip
     parser.add_argument("--no-baseline", action="store_true", help="the agent alone")
     parser.add_argument("--imports", action="store_true", help="also what each import costs")
+    parser.add_argument(
+        "--start-split", action="store_true",
+        help="instead: the RSS once started as the features are added one at a time",
+    )  # fmt: skip
     parser.add_argument(
         "--tracemalloc", action="store_true",
         help="run the agent under tracemalloc and print its largest holders (slower)",
