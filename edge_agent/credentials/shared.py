@@ -1,7 +1,7 @@
 """The one AWS session every sink's clients come from, and with it one credentials object.
 
-Every AWS sink of the process (Kinesis, Firehose, and the KVS sink's control plane and
-PutMedia connections) takes its clients and credentials from the ``SharedSession`` of
+Every AWS sink of the process (Kinesis, Firehose, S3, and the KVS sink's control plane
+and PutMedia connections) takes its clients and credentials from the ``SharedSession`` of
 its ``[aws]`` identity and profile: credentials are fetched once and renewed once
 (not once per sink), and a service model loaded for one sink serves the others.
 
@@ -18,6 +18,10 @@ credentials incl. Greengrass's token exchange service, instance role), so a sink
 botocore's default chain reads the environment (AWS_*) when it first resolves, so a
 session is kept per environment as well: in a running agent that is one session; tests
 that change the environment between agents run in one process get fresh ones.
+
+The session keeps botocore's endpoint data of the agent's services only
+(``keep_endpoints_of``): the whole of it is about 7 MiB of Python objects held for the
+life of the process.
 
 A boto3 session is not thread-safe while it makes clients (clients are): ``client``
 makes them one at a time.
@@ -36,6 +40,9 @@ from edge_agent.credentials.iot import CertificateProvider
 from edge_agent.errors import SinkPaused
 
 _Key = tuple[AwsIdentity, str | None, frozenset[tuple[str, str]]]
+#: The services the agent makes clients for, and those botocore's credential chain may
+#: (assumed roles, SSO).
+AGENT_SERVICES = frozenset({"kinesis", "firehose", "kinesisvideo", "s3", "sts", "sso", "sso-oidc"})
 _sessions: dict[_Key, SharedSession] = {}
 _sessions_lock = threading.Lock()
 
@@ -50,6 +57,7 @@ class SharedSession:
         self.identity = identity
         self.profile = profile
         core = botocore.session.Session()
+        keep_endpoints_of(core, AGENT_SERVICES)
         self.provider: CertificateProvider | None = None
         if identity.credentials == "iot":
             self.provider = CertificateProvider(identity)
@@ -94,6 +102,24 @@ class SharedSession:
         """When (epoch seconds) the current credentials are due for renewal, if known:
         a connection signed once (PutMedia) is replaced by then."""
         return None if self.provider is None else self.provider.renew_at
+
+
+def keep_endpoints_of(core: Any, services: frozenset[str]) -> None:
+    """Cut the endpoint data of botocore session ``core`` down to ``services``.
+
+    A session parses botocore's endpoints.json (each of some 300 services in every
+    partition) into about 7 MiB of Python objects and keeps them for as long as it
+    lives, to find the signing region and name of each client it makes. Its loader
+    caches what it loaded, so the data cut here is what the session's endpoint resolver
+    gets. A partition keeps its regions and defaults: a service not listed still
+    resolves, from its partition's defaults, as any service botocore has no entry for.
+    """
+    data, _ = core.get_component("data_loader").load_data_with_path("endpoints")
+    for partition in data.get("partitions", []):
+        known = partition.get("services")
+        if isinstance(known, dict):
+            for service in [name for name in known if name not in services]:
+                del known[service]
 
 
 def shared_session(identity: AwsIdentity, profile: str | None = None) -> SharedSession:
