@@ -489,27 +489,36 @@ def run_baseline(args: argparse.Namespace, workdir: Path, recording: Path) -> li
 #: The agent under tracemalloc (``--tracemalloc``): when ``<phase>.now`` appears in the
 #: directory given, for each of PHASES in turn, the Python memory traced now and at its
 #: peak since the phase before, and the largest holders by line and by file, are written
-#: to ``<phase>.json`` there.
+#: to ``<phase>.json`` there; with the largest holders at the highest traced total seen
+#: in the phase (sampled every 0.2 s; a snapshot each time it rose by 1 MiB or more).
 TRACED_AGENT = """
 import json, sys, threading, time, tracemalloc
 from pathlib import Path
 directory, phases = Path(sys.argv[1]), sys.argv[2].split(",")
 tracemalloc.start(1)
 
+def holders(snapshot):
+    return [(str(stat.traceback[0]), stat.size, stat.count)
+            for stat in snapshot.statistics("lineno")[:25]]
+
 def watch():
     for phase in phases:
+        highest, at_highest = 0, []
         while not (directory / f"{phase}.now").exists():
             time.sleep(0.2)
+            current = tracemalloc.get_traced_memory()[0]
+            if current > highest + 2 ** 20:  # a new high: who holds it
+                highest, at_highest = current, holders(tracemalloc.take_snapshot())
         current, peak = tracemalloc.get_traced_memory()
         snapshot = tracemalloc.take_snapshot()
         tracemalloc.reset_peak()
-        table = {
-            kind: [(str(stat.traceback[0]), stat.size, stat.count)
-                   for stat in snapshot.statistics(kind)[:25]]
-            for kind in ("lineno", "filename")
+        result = {
+            "total": current, "peak": peak, "lineno": holders(snapshot),
+            "filename": [(str(stat.traceback[0]), stat.size, stat.count)
+                         for stat in snapshot.statistics("filename")[:25]],
+            "highest": highest, "at_highest": at_highest,
         }
         del snapshot
-        result = {"total": current, "peak": peak, **table}
         (directory / f"{phase}.json").write_text(json.dumps(result))
 
 threading.Thread(target=watch, daemon=True).start()
@@ -653,6 +662,10 @@ def print_profile(profile: Profile) -> None:
         print("by file:")
         for where, size, count in traced["filename"][:10]:
             print(f"{size / MIB:>8.2f} MiB {count:>8,}  {where}")
+        if traced["at_highest"]:
+            print(f"at its highest sampled ({traced['highest'] / MIB:.1f} MiB), by line:")
+            for where, size, count in traced["at_highest"][:15]:
+                print(f"{size / MIB:>8.2f} MiB {count:>8,}  {where}")
     met = profile.hwm_mib < MEMORY_TARGET_MIB
     target = f"< {MEMORY_TARGET_MIB:.0f} MiB"
     floor = profile.imports.get(FLOOR_ROW)

@@ -40,9 +40,8 @@ def test_the_session_keeps_the_endpoint_data_of_the_agents_services_only() -> No
     shared = SharedSession(AwsIdentity(), None)
     core = shared.session._session
     data, _ = core.get_component("data_loader").load_data_with_path("endpoints")
-    full, _ = botocore.session.Session().get_component("data_loader").load_data_with_path(
-        "endpoints"
-    )
+    plain = botocore.session.Session().get_component("data_loader")
+    full, _ = plain.load_data_with_path("endpoints")
     assert [p["partition"] for p in data["partitions"]] == [
         p["partition"] for p in full["partitions"]
     ]
