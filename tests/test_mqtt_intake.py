@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
+import threading
+import tracemalloc
 from collections.abc import Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +206,57 @@ def test_messages_not_committed_are_never_acked(tmp_path: Path, broker: Mosquitt
         assert healthy.terminate() == 0
     finally:
         healthy.ensure_stopped()
+
+
+class StalledSpool(Spool):
+    """A spool whose first append waits until ``go`` is set."""
+
+    go = threading.Event()
+    stalled = threading.Event()
+
+    def append(self, records: Sequence[Record], **more: Any) -> AppendResult:
+        StalledSpool.stalled.set()
+        StalledSpool.go.wait(60)
+        return super().append(records, **more)
+
+
+def test_a_message_waiting_for_its_commit_holds_little_memory(tmp_path: Path) -> None:
+    """What waits in the inbox while the committer is busy is the message's topic,
+    payload and ids, not paho's message object (which holds a lock and a condition of
+    its own): a burst the committer has not caught up with costs well under a kilobyte a
+    message besides its payload. Then every message is committed and acked. (The broker
+    sends up to 2,000 messages ahead of their acks, as one set up for throughput does.)"""
+    broker = Mosquitto(tmp_path / "broker", extra="max_inflight_messages 2000\n").start()
+    config = load_config(write_config(tmp_path, broker.port, client_id="lean-inbox"))
+    assert config.mqtt is not None
+    spool = StalledSpool.open(tmp_path / "stalled.db")
+    source = MqttSource(config.mqtt, spool, config.spool)
+    source.start()
+    burst = 1500
+    try:
+        wait_until(lambda: source.status.state == "connected", 20, what="connect")
+        run_publisher(broker.port, 1)
+        wait_until(StalledSpool.stalled.is_set, 20, what="the committer busy")
+        tracemalloc.start()
+        try:
+            run_publisher(broker.port, burst, start_seq=1)
+            wait_until(lambda: len(source._inbox) == burst, 30, 0.02, what="the burst received")
+            held = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        StalledSpool.go.set()
+        wait_until(lambda: source.status.acked == burst + 1, 30, 0.05, what="all acked")
+        assert source.status.committed == burst + 1
+    finally:
+        StalledSpool.go.set()
+        source.stop()
+        spool.close()
+        broker.stop()
+    assert sorted(spooled_seqs(tmp_path / "stalled.db")) == list(range(burst + 1))
+    with closing(sqlite3.connect(tmp_path / "stalled.db")) as conn:
+        payloads = conn.execute("SELECT sum(length(payload)) FROM records WHERE id > 1")
+        (payload_bytes,) = payloads.fetchone()
+    assert (held - payload_bytes) / burst < 700  # with paho's message held: about 1,800
 
 
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
