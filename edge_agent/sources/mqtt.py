@@ -2,8 +2,9 @@
 
 Two threads:
 
-* paho's network thread receives messages; ``_on_message`` only appends
-  ``(message, receive time)`` to an inbox and wakes the committer.
+* paho's network thread receives messages; ``_on_message`` only appends what the
+  committer needs of each (``_Inbound``: topic, payload, ids, receive time) to an inbox
+  and wakes the committer.
 * the committer thread takes everything in the inbox (up to ``commit_max_records``),
   turns it into spool records in one pass, appends them in **one transaction**, and only
   then PUBACKs each QoS 1 message, in arrival order (MQTT requires that order).
