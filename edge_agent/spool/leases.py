@@ -22,6 +22,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from edge_agent.records import RECORD_CAPTURED_AT, RECORD_ID, RECORD_PAYLOAD, LeasedRecord
+from edge_agent.spool.id_lists import id_list
 
 #: A single record is leased whatever its size.
 MAX_LEASE_BYTES = 2**62
@@ -146,10 +147,11 @@ class QueueLeases:
             while start < len(due) and len(rows) < max_records:  # some may be gone
                 chunk = due[start : start + min(ID_CHUNK, max_records - len(rows))]
                 start += len(chunk)
+                marks, params = id_list(chunk)
                 found = conn.execute(
                     f"SELECT {columns} FROM records WHERE queue_id = ?"
-                    f" AND id IN ({','.join('?' * len(chunk))}) ORDER BY id",
-                    (self.name, self.queue_id, *chunk),
+                    f" AND id IN ({marks}) ORDER BY id",
+                    (self.name, self.queue_id, *params),
                 ).fetchall()
                 if len(found) < len(chunk):
                     present = set(map(RECORD_ID, found))

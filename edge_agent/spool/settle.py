@@ -18,6 +18,7 @@ from typing import Literal
 from edge_agent.records import RECORD_ID, RECORD_QUEUE, LeasedRecord
 from edge_agent.spool import sent_marks
 from edge_agent.spool.dead_letters import move_from_records
+from edge_agent.spool.id_lists import id_list
 from edge_agent.spool.leases import ID_CHUNK
 from edge_agent.spool.queues import Delta, Queues
 
@@ -75,26 +76,26 @@ def write(
         held = state.leases.held if state is not None else None
         for start in range(0, len(queued), ID_CHUNK):
             ids = queued[start : start + ID_CHUNK]
-            marks = ",".join("?" * len(ids))
+            marks, params = id_list(ids)
             if how == "retry":
                 retried = conn.execute(
                     "UPDATE records SET attempts = attempts + 1, next_attempt_ms = ?"
                     f" WHERE id IN ({marks})",
-                    (at_ms, *ids),
+                    (at_ms, *params),
                 ).rowcount
                 delta.retried_count += retried
                 done += retried
                 continue
             if how == "dead_letter":
-                conn.execute(move_from_records(len(ids)), (reason, now, *ids))
+                conn.execute(move_from_records(len(params)), (reason, now, *params))
             if held is not None and all(map(held.__contains__, ids)):
                 # Held records are all still there: expiry never deletes them, and an
                 # eviction takes them out of ``held`` under the lock of its commit.
-                conn.execute(f"DELETE FROM records WHERE id IN ({marks})", ids)
+                conn.execute(f"DELETE FROM records WHERE id IN ({marks})", params)
                 count, size = len(ids), sum(map(held.__getitem__, ids))
             else:  # only the rows still there count
                 sizes = conn.execute(
-                    f"DELETE FROM records WHERE id IN ({marks}) RETURNING size", ids
+                    f"DELETE FROM records WHERE id IN ({marks}) RETURNING size", params
                 ).fetchall()
                 count, size = len(sizes), sum(size for (size,) in sizes)
             delta.pending_count -= count
