@@ -65,7 +65,7 @@ from common import (
 )
 from forward import Kinesalite, Workload, measure_bare
 from intake import Broker
-from video import CREDENTIALS, FPS, H264_1080, KvsLocal, cpu_s, make_recording
+from video import FPS, H264_1080, KvsLocal, cpu_s, make_recording, start_agent
 
 sys.path.insert(0, str(REPO))
 from tests.fault_proxy import FaultProxy
@@ -266,19 +266,13 @@ def run_profile(args: argparse.Namespace, workdir: Path, recording: Path) -> Pro
                 mqtt_port=broker.port, yard_lavfi=YARD_LAVFI,
             )  # fmt: skip
             log = workdir / "agent.log"
-            env = {**os.environ, **CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"}
             publisher = start_publisher(broker.port, total_s, workdir / "publisher.log")
-            command = [sys.executable, "-m", "edge_agent"]
+            command = ["-m", "edge_agent"]
             traced = workdir / "tracemalloc"
             if args.tracemalloc:
                 traced.mkdir(exist_ok=True)
-                traced_phases = ",".join(TRACED_PHASES)
-                command = [sys.executable, "-c", TRACED_AGENT, str(traced), traced_phases]
-            with open(log, "ab") as handle:
-                agent = subprocess.Popen(
-                    [*command, "run", "-c", str(config)],
-                    stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env,
-                )  # fmt: skip
+                command = ["-c", TRACED_AGENT, str(traced), ",".join(TRACED_PHASES)]
+            agent = start_agent(config, log, command)
             sampler = Sampler(agent.pid)
             sampler.start()
             status_file = spool.with_name(spool.name + ".status.json")
@@ -391,12 +385,7 @@ def _started_rss(step: Path, config: Path, tables: set[str]) -> tuple[float, flo
                and name.startswith("cameras.")]  # fmt: skip
     status_file = step / "state" / "spool.db.status.json"
     log = step / "agent.log"
-    env = {**os.environ, **CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"}
-    with open(log, "ab") as handle:
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent", "run", "-c", str(config)],
-            stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env,
-        )  # fmt: skip
+    agent = start_agent(config, log)
     try:
 
         def started() -> bool:

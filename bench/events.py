@@ -56,7 +56,7 @@ from common import (
     work_directory,
     write_json,
 )
-from video import CREDENTIALS, KvsLocal, cpu_s
+from video import KvsLocal, cpu_s, start_agent
 
 FPS = 30
 GOP_S = 2
@@ -153,12 +153,7 @@ def measure(run: Run, scene: Path, workdir: Path, seconds: int, warmup: int) -> 
     agent: subprocess.Popen[bytes] | None = None
     try:
         config = write_config(directory, run, scene, endpoint.endpoint)
-        env = {**os.environ, **CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"}
-        with open(log, "ab") as handle:
-            agent = subprocess.Popen(
-                [sys.executable, "-m", "edge_agent", "run", "-c", str(config)],
-                stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env,
-            )  # fmt: skip
+        agent = start_agent(config, log)
         process = agent
         wait_until(
             lambda: process.poll() is not None or _fragments(read_status(status_file)) >= 2,

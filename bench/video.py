@@ -87,6 +87,19 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
 MIB = 1024 * 1024
 
 
+def start_agent(
+    config: Path, log: Path, command: Sequence[str] = ("-m", "edge_agent")
+) -> subprocess.Popen[bytes]:
+    """``edge-agent run`` of ``config`` (``command``: what follows the interpreter), with
+    the local endpoints' credentials, its output appended to ``log``."""
+    env = {**os.environ, **CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"}
+    with open(log, "ab") as handle:
+        return subprocess.Popen(
+            [sys.executable, *command, "run", "-c", str(config)],
+            stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+        )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Source:
     """A recording the RTSP server plays as a camera would send it."""
@@ -378,12 +391,7 @@ def measure_part(
                 group.append(subprocess.Popen(command, stderr=subprocess.DEVNULL))
                 time.sleep(READER_STAGGER_S)
         config = write_agent_config(directory, part, urls, endpoint.endpoint)
-        env = {**os.environ, **CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"}
-        with open(log, "ab") as handle:
-            agent = subprocess.Popen(
-                [sys.executable, "-m", "edge_agent", "run", "-c", str(config)],
-                stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env,
-            )  # fmt: skip
+        agent = start_agent(config, log)
         process = agent
         wait_until(
             lambda: (

@@ -5,11 +5,10 @@ the sqlite3 module uses)."""
 
 from __future__ import annotations
 
+import _sqlite3
 import ctypes
 import sqlite3
 from pathlib import Path
-
-import _sqlite3
 
 from edge_agent.records import Record
 from edge_agent.spool.id_lists import id_list
