@@ -27,6 +27,10 @@ in full PutRecords requests (bench/forward.py's). ``--imports`` also prints what
 library costs to import (a fresh interpreter each: VmHWM after the import) and the
 profile's floor: every library, the AWS clients and the two codecs alone (``FLOOR``).
 Where the floor is above 80 MiB the target is the floor plus 10 %.
+
+``--tracemalloc`` runs the agent under tracemalloc: per phase, the Python memory traced
+and its largest holders. ``--start-split`` instead starts the agent with the profile's
+features added one at a time (``FEATURE_STEPS``) and prints its RSS once started.
 """
 
 from __future__ import annotations
