@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -362,6 +363,16 @@ def run_publisher(port: int, count: int, start_seq: int = 0, extra: tuple[str, .
     process = publish(port, count, start_seq=start_seq, extra=extra)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 0, err.decode()
+
+
+def sqlite_memory_used() -> int:
+    """Bytes SQLite has allocated in this process, all connections together: its own
+    count, from the library the sqlite3 module uses."""
+    import _sqlite3
+
+    used = ctypes.CDLL(_sqlite3.__file__).sqlite3_memory_used
+    used.restype = ctypes.c_int64
+    return int(used())
 
 
 def spooled_payloads(path: Path, queue: str = "telemetry") -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ from edge_agent.config.analytics import DEFAULT_MAX_STEPS
 from edge_agent.errors import QueryFailed, QueryOverBudget
 from edge_agent.records import Record
 from edge_agent.spool.store import Spool
-from tests.support import wait_until
+from tests.support import sqlite_memory_used, wait_until
 
 QUEUE = "analytics:q"
 #: A query that would count for minutes: only its budget stops it.
@@ -547,3 +547,28 @@ def test_reading_while_another_connection_appends(spool: Spool, runner: MakeRunn
         writer.join(timeout=10)
     assert errors == []
     assert counts == sorted(counts) and counts[-1] > counts[0]
+
+
+def test_a_query_over_a_large_window_keeps_a_small_page_cache(tmp_path: Path) -> None:
+    """The runner's read-only connection reads a window once: its pages do not stay in
+    its cache (SQLite's own count grows by well under the default 2 MiB cache)."""
+    path = tmp_path / "s.db"
+    pad = b"x" * 180
+    with Spool.open(path) as spool:
+        for start in range(0, 60_000, 10_000):
+            spool.append([
+                Record("analytics:big", f"bench/s{n % 50}", 1_000 + n,
+                       b'{"seq": %d, "pad": "%s"}' % (n, pad))
+                for n in range(start, start + 10_000)
+            ])  # fmt: skip
+    before = sqlite_memory_used()
+    runner = QueryRunner(
+        path, "analytics:big", "SELECT topic, count(*) AS n FROM input GROUP BY topic"
+    )
+    try:
+        result = runner.run(None, None)
+        grown = sqlite_memory_used() - before
+    finally:
+        runner.close()
+    assert sum(int(row[1] or 0) for row in result.rows) == 60_000  # the whole window was read
+    assert grown < 1024 * 1024, f"SQLite's memory grew by {grown:,} bytes"

@@ -5,20 +5,13 @@ the sqlite3 module uses)."""
 
 from __future__ import annotations
 
-import _sqlite3
-import ctypes
 import sqlite3
 from pathlib import Path
 
 from edge_agent.records import Record
 from edge_agent.spool.id_lists import id_list
 from edge_agent.spool.store import Spool
-
-
-def _sqlite_memory_used() -> int:
-    used = ctypes.CDLL(_sqlite3.__file__).sqlite3_memory_used
-    used.restype = ctypes.c_int64
-    return int(used())
+from tests.support import sqlite_memory_used
 
 
 def test_a_list_is_rounded_up_to_a_power_of_two_with_its_last_id() -> None:
@@ -54,11 +47,11 @@ def test_settling_requests_of_every_size_keeps_sqlites_memory_flat(tmp_path: Pat
         spool.append([Record("q", "k", 1_000, b"x") for _ in range(sum(sizes) + 500)])
         leased = spool.lease("q", max_records=sum(sizes) + 500, max_bytes=10**9)
         spool.ack(leased[:500])  # every text the lease and the settling use, once
-        before = _sqlite_memory_used()
+        before = sqlite_memory_used()
         start = 500
         for size in sizes:
             assert spool.ack_ids("q", [r.id for r in leased[start : start + size]]) == size
             start += size
-        grown = _sqlite_memory_used() - before
+        grown = sqlite_memory_used() - before
         assert spool.pending("q") == (0, 0)
     assert grown < 1024 * 1024, f"SQLite's memory grew by {grown:,} bytes"
