@@ -14,9 +14,6 @@ import functools
 import itertools
 from collections.abc import Sequence
 
-#: Lists up to this long get their own power-of-two size; longer ones are not rounded.
-MAX_ROUNDED = 4096
-
 
 def id_list(ids: Sequence[int]) -> tuple[str, tuple[int, ...]]:
     """The markers for ``ids`` inside ``IN (...)`` and the parameters that go with them:
@@ -25,7 +22,7 @@ def id_list(ids: Sequence[int]) -> tuple[str, tuple[int, ...]]:
     count = len(ids)
     if count == 0:
         return "NULL", ()
-    size = 1 << (count - 1).bit_length() if count <= MAX_ROUNDED else count
+    size = 1 << (count - 1).bit_length()  # callers pass at most ID_CHUNK ids
     return _marks(size), (*ids, *itertools.repeat(ids[-1], size - count))
 
 
