@@ -6,6 +6,7 @@ through the default chain."""
 
 from __future__ import annotations
 
+import http.client
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,6 +202,36 @@ def test_a_certificate_of_an_unknown_ca_fails_the_handshake_with_a_clear_reason(
     assert raised.value.code == "TlsHandshakeFailed"
     assert "TLS with the credentials endpoint 127.0.0.1" in str(raised.value)
     assert "the endpoint refused the certificate" in str(raised.value)
+    assert provider.issued == []
+
+
+def test_a_refusal_that_lands_while_the_request_is_being_sent_keeps_its_reason(
+    certificates: dict[str, Path],
+    provider: IotCredentialsServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """TLS 1.3: the endpoint checks the device certificate after the device's handshake is
+    done, so its alert and close can come before the device writes the request. The
+    write then fails on the closed connection; the refusal is still a refusal, with its
+    reason. (The device's connect is held until the endpoint has refused, which makes the
+    order certain; everything else is the real TLS on both sides.)"""
+    stranger = make_certificates(tmp_path / "other-pki")
+    section = iot_section(stranger, provider.url)
+    section["ca"] = str(certificates["ca"])
+    connect = http.client.HTTPSConnection.connect
+
+    def connect_then_wait_for_the_refusal(connection: http.client.HTTPSConnection) -> None:
+        refusals = len(provider.handshake_failures)
+        connect(connection)
+        wait_until(lambda: len(provider.handshake_failures) > refusals, timeout=10)
+
+    monkeypatch.setattr(http.client.HTTPSConnection, "connect", connect_then_wait_for_the_refusal)
+    for _ in range(3):
+        with pytest.raises(CredentialsRefused) as raised:
+            IotCredentialsEndpoint(identity(section)).fetch()
+        assert raised.value.code == "TlsHandshakeFailed"
+        assert "the endpoint refused the certificate" in str(raised.value)
     assert provider.issued == []
 
 

@@ -83,6 +83,24 @@ CLOCK_CODES = frozenset({9, 10})
 _TRANSPORT_SSL_ERRORS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
 
 
+def _alert_behind(connection: object) -> ssl.SSLError | None:
+    """The endpoint's TLS alert waiting behind a request that could not be sent, if any.
+
+    In TLS 1.3 the endpoint checks the device certificate after the device's side of the
+    handshake is done: a refusal (alert, then close) can reach the device after it has
+    started writing the request, whose write then fails on the closed connection while
+    the alert sits unread. Reading it gives the refusal its reason instead of "EOF"."""
+    if not isinstance(connection, ssl.SSLSocket):
+        return None
+    try:
+        connection.recv(1)
+    except ssl.SSLError as err:
+        return None if isinstance(err, _TRANSPORT_SSL_ERRORS) else err
+    except OSError:
+        return None
+    return None
+
+
 class Issued(NamedTuple):
     """Temporary credentials as the provider issued them."""
 
@@ -126,9 +144,12 @@ class IotCredentialsEndpoint:
                 self.host, self.port, timeout=identity.timeout, context=context
             )
             try:
-                connection.request(
-                    "GET", self.path, headers={"x-amzn-iot-thingname": identity.thing_name}
-                )
+                try:
+                    connection.request(
+                        "GET", self.path, headers={"x-amzn-iot-thingname": identity.thing_name}
+                    )
+                except OSError as err:
+                    raise _alert_behind(connection.sock) or err from err
                 response = connection.getresponse()
                 body = response.read(MAX_ANSWER_BYTES)
             finally:
