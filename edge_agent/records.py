@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import operator
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -60,6 +61,9 @@ RECORD_ID = operator.itemgetter(0)
 RECORD_QUEUE = operator.itemgetter(1)
 RECORD_CAPTURED_AT = operator.itemgetter(3)
 RECORD_PAYLOAD = operator.itemgetter(4)
+#: A row (or zipped columns) in LeasedRecord's field order as a LeasedRecord, without a
+#: Python call per record (``LeasedRecord._make`` is one).
+as_leased_record = functools.partial(tuple.__new__, LeasedRecord)
 
 
 @dataclass(frozen=True, slots=True)

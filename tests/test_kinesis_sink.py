@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
+
+import pytest
 
 from edge_agent.records import Record
 from edge_agent.sinks.kinesis.shards import ShardMap
 from tests.faulty_kinesis import FaultyKinesis
 from tests.forwarding import Harness, MakeHarness
 from tests.kinesis_streams import StreamRecord, user_records
+from tests.support import wait_until
 
 
 def make(
@@ -232,6 +236,61 @@ def test_a_refused_aggregate_is_resent_as_plain_records(
     assert harness.spool.dead_letters() == []
     delivered = all_seqs(seqs_by_key(harness))
     assert delivered == seqs
+
+
+def test_an_aggregated_request_on_the_wire_holds_its_records_without_payloads(
+    kinesis: MakeHarness, endpoint: FaultyKinesis
+) -> None:
+    """The aggregates carry the bytes: the window does not hold them a second time."""
+    harness = kinesis(aggregate=True, aggregate_max_bytes="4KiB")
+    endpoint.answer_delay = 0.3
+    seqs = harness.append(2000, keys=7)
+    forwarder = harness.start()
+    window = forwarder._window
+    wait_until(lambda: len(window.elided) >= 1000, 10, 0.005, "a request on the wire")
+    bare = [window.records[record_id] for record_id in list(window.elided)]
+    assert {record.payload for record in bare} == {b""}
+    assert window.size == 2000 * 100  # still counted
+    harness.wait_drained(30)
+    assert all_seqs(seqs_by_key(harness)) == seqs
+
+
+def test_aggregates_failed_as_a_whole_are_packed_again_from_the_spool(
+    kinesis: MakeHarness, endpoint: FaultyKinesis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the wire, an aggregate's records are held without their payloads (the
+    aggregate carries the bytes). A request that fails as a whole is packed again from
+    payloads read back from the spool: every record arrives once, byte for byte."""
+    harness = kinesis(
+        aggregate=True,
+        aggregate_max_bytes="4KiB",
+        max_record_bytes="16KiB",
+        max_request_bytes="64KiB",
+    )
+    read_again: list[int] = []
+    payloads = harness.spool.payloads
+
+    def counted(queue: str, ids: Sequence[int]) -> dict[int, bytes]:
+        found = payloads(queue, ids)
+        read_again.append(len(found))
+        return found
+
+    monkeypatch.setattr(harness.spool, "payloads", counted)
+    endpoint.queue_request_errors(*[(500, "InternalFailure")] * 3, (503, "ServiceUnavailable"))
+    seqs = harness.append(3000, keys=7)
+    harness.start()
+    harness.wait_drained(30)
+    stored = [
+        StreamRecord(r.shard_id, r.sequence_number, r.partition_key, r.data)
+        for r in endpoint.records(harness.target)
+    ]
+    delivered = {json.loads(data)["seq"]: (key, data) for key, data in user_records(stored)}
+    assert sorted(delivered) == seqs and len(user_records(stored)) == len(seqs)
+    for seq, (key, data) in delivered.items():
+        assert (key, data) == (f"k{seq % 7}", json.dumps({"seq": seq}).ljust(100).encode())
+    assert harness.status["request_errors"] == 4
+    assert sum(read_again) > 0  # the failed requests' records were read back
+    assert harness.forwarder is not None and harness.forwarder._window.elided == {}
 
 
 def test_an_empty_partition_key_is_dead_lettered_not_retried(

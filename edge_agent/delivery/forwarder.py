@@ -30,6 +30,7 @@ a request, so a partial failure can never let a later record overtake an earlier
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import random
 import threading
@@ -53,7 +54,7 @@ from edge_agent.errors import (
     SpoolCorrupt,
     SpoolError,
 )
-from edge_agent.records import RECORD_PAYLOAD, LeasedRecord
+from edge_agent.records import LeasedRecord
 from edge_agent.runtime_status import ForwarderSnapshot
 from edge_agent.sinks.base import Request, Sent, Sink
 from edge_agent.spool.store import Spool
@@ -273,9 +274,19 @@ class Forwarder(ThreadWorker):
         ids = [record.id for record in records]
         self._window.in_flight.update(ids)
         self.spool.mark_sent(records)  # a restart counts them if they go out again
+        self._elide_payloads(request)
         self._set_state("sending")
         self.stats.requests += 1
         self._flights.append((request, ids, self._transmit_pool.launch(request)))
+
+    def _elide_payloads(self, request: Request) -> None:
+        """Records whose entry carries their bytes in another form (an aggregate, a line
+        with its delimiter) are held without their payloads while on the wire: the bytes
+        are not held twice (the window reads them again if it has to pack them again)."""
+        entries = [entry for entry in request.entries if entry.data is not entry.records[0].payload]
+        bare = iter(self._window.elide([record for entry in entries for record in entry.records]))
+        for entry in entries:
+            entry.records = list(itertools.islice(bare, len(entry.records)))
 
     def _land(self, timeout: float | None = None) -> None:
         """Wait for the answer to the oldest request on the wire and settle it; whatever
@@ -339,7 +350,7 @@ class Forwarder(ThreadWorker):
         for entry, outcome in zip(request.entries, outcomes, strict=True):
             if isinstance(outcome, Sent):
                 accepted += entry.records
-                accepted_bytes += sum(map(len, map(RECORD_PAYLOAD, entry.records)))
+                accepted_bytes += self._window.size_of(entry.records)
                 self.stats.entries_sent += 1
                 continue
             self.stats.retries += len(entry.records)
@@ -408,7 +419,9 @@ class Forwarder(ThreadWorker):
         if len(request.entries) == 1:
             (entry,) = request.entries
             if len(entry.records) > 1:  # an aggregate: its records may each be fine alone
-                self._deliver(Request(self.sink.plain_entries(entry.records)), blamed)
+                records = self._window.restore(entry.records)  # evicted ones are gone
+                if records:
+                    self._deliver(Request(self.sink.plain_entries(records)), blamed)
             else:
                 blamed.append((entry.records, err))
             return

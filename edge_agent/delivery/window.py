@@ -3,13 +3,20 @@
 A few of them have more to say: on the wire (not candidates; in ordered mode they block
 their keys), or, in ordered mode, waiting for a retry with how often they failed here.
 The window is bounded in records and bytes; it is refilled a request's share at a time.
+
+A record whose request carries its bytes in another form (inside an aggregate, or with
+a delimiter appended) is held without its payload (``elide``) until it settles: the
+window's bytes still count it. Should it be packed again (its request failed as a whole,
+or is split up to find a record to blame), its payload is read from the spool again
+(``restore``).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
-from edge_agent.records import RECORD_ID, RECORD_PAYLOAD, LeasedRecord
+from edge_agent.records import RECORD_ID, RECORD_PAYLOAD, LeasedRecord, as_leased_record
 from edge_agent.spool.store import Spool
 
 
@@ -38,6 +45,8 @@ class LeaseWindow:
         self.due: dict[int, float] = {}
         #: ...and how often each failed while held here.
         self.failures: dict[int, int] = {}
+        #: Ids of records held without their payload, with the payload's size.
+        self.elided: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -67,11 +76,13 @@ class LeaseWindow:
         self.size += sum(map(len, map(RECORD_PAYLOAD, leased)))
         return bool(leased)
 
-    def drop(self, records: list[LeasedRecord]) -> None:
+    def drop(self, records: Sequence[LeasedRecord]) -> None:
         """Settled: out of the window."""
         ids = list(map(RECORD_ID, records))
         removed = filter(None, map(self.records.pop, ids, itertools.repeat(None)))
         self.size -= sum(map(len, map(RECORD_PAYLOAD, removed)))
+        if self.elided:
+            self.size -= sum(map(self.elided.pop, ids, itertools.repeat(0)))
         if self.due:
             for record_id in ids:
                 self.due.pop(record_id, None)
@@ -83,6 +94,58 @@ class LeaseWindow:
         self.in_flight.clear()
         self.due.clear()
         self.failures.clear()
+        self.elided.clear()
+
+    def size_of(self, records: Sequence[LeasedRecord]) -> int:
+        """Payload bytes of these records of the window, elided ones included."""
+        size = sum(map(len, map(RECORD_PAYLOAD, records)))
+        if self.elided:
+            size += sum(map(self.elided.get, map(RECORD_ID, records), itertools.repeat(0)))
+        return size
+
+    def elide(self, records: Sequence[LeasedRecord]) -> list[LeasedRecord]:
+        """These records of the window without their payloads, held so from now on."""
+        if not records:
+            return []
+        ids, queues, keys, captured, payloads, attempts, metas = zip(*records, strict=True)
+        bare = list(
+            map(
+                as_leased_record,
+                zip(
+                    ids, queues, keys, captured, itertools.repeat(b""), attempts, metas,
+                    strict=False,
+                ),
+            )
+        )  # fmt: skip
+        self.elided.update(zip(ids, map(len, payloads), strict=True))
+        self.records.update(zip(ids, bare, strict=True))
+        return bare
+
+    def restore(self, records: list[LeasedRecord]) -> list[LeasedRecord]:
+        """``records`` of the window with their payloads: an elided one's is read from
+        the spool again. One the spool no longer holds (eviction took it while it was on
+        the wire) leaves the window and is handed back, which forgets it."""
+        elided = self.elided
+        if not elided or elided.keys().isdisjoint(map(RECORD_ID, records)):
+            return records
+        found = self._spool.payloads(self._queue, [r.id for r in records if r.id in elided])
+        restored: list[LeasedRecord] = []
+        gone: list[LeasedRecord] = []
+        for record in records:
+            if record.id not in elided:
+                restored.append(record)
+                continue
+            payload = found.get(record.id)
+            if payload is None:
+                gone.append(record)
+                continue
+            del elided[record.id]
+            whole = self.records[record.id] = record._replace(payload=payload)
+            restored.append(whole)
+        if gone:
+            self.drop(gone)
+            self._spool.release(gone)
+        return restored
 
     def hold_for_retry(self, records: list[LeasedRecord], due: float) -> None:
         """Ordered mode: failed records stay, blocking their keys until ``due``."""
@@ -97,7 +160,7 @@ class LeaseWindow:
         if not due and not (ordered and in_flight):  # the common case
             records = self.records
             ready = itertools.filterfalse(in_flight.__contains__, records)
-            return list(map(records.__getitem__, ready)), None
+            return self.restore(list(map(records.__getitem__, ready))), None
         blocked: set[str] = set()
         candidates: list[LeasedRecord] = []
         next_due: float | None = None
@@ -115,4 +178,4 @@ class LeaseWindow:
             if ordered and record.partition_key in blocked:
                 continue
             candidates.append(record)
-        return candidates, next_due
+        return self.restore(candidates), next_due

@@ -16,13 +16,18 @@ edge_agent.records read it as well: a whole batch without a Python call per reco
 from __future__ import annotations
 
 import bisect
-import functools
 import itertools
 import sqlite3
 import sys
 from collections.abc import Iterable, Sequence
 
-from edge_agent.records import RECORD_CAPTURED_AT, RECORD_ID, RECORD_PAYLOAD, LeasedRecord
+from edge_agent.records import (
+    RECORD_CAPTURED_AT,
+    RECORD_ID,
+    RECORD_PAYLOAD,
+    LeasedRecord,
+    as_leased_record,
+)
 from edge_agent.spool.id_lists import id_list
 
 #: A single record is leased whatever its size.
@@ -36,8 +41,6 @@ NO_TIME_LIMIT = 2**63 - 1
 #: object): ``take`` puts the queue's name there, one str for every record, not one each.
 _LEASE_COLUMNS = "id, 0, partition_key, captured_at_ms, payload, attempts, NULL"
 _LEASE_COLUMNS_WITH_META = "id, 0, partition_key, captured_at_ms, payload, attempts, meta"
-#: Such a row as a LeasedRecord, without a Python call per row (``_make`` is one).
-_as_leased_record = functools.partial(tuple.__new__, LeasedRecord)
 
 Row = tuple[object, ...]
 
@@ -203,7 +206,23 @@ class QueueLeases:
             shared_keys = keys
         queues = itertools.repeat(self.name, len(ids))
         columns = zip(ids, queues, shared_keys, captured, payloads, attempts, metas, strict=True)
-        return list(map(_as_leased_record, columns))
+        return list(map(as_leased_record, columns))
+
+    def payloads(self, conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, bytes]:
+        """The payloads of these records that are still held (an uploader let go of them
+        while they were on the wire, and packs them again); one eviction took back is
+        not among them."""
+        held = [record_id for record_id in ids if record_id in self.held]
+        found: dict[int, bytes] = {}
+        for start in range(0, len(held), ID_CHUNK):
+            marks, params = id_list(held[start : start + ID_CHUNK])
+            found.update(
+                conn.execute(
+                    f"SELECT id, payload FROM records WHERE queue_id = ? AND id IN ({marks})",
+                    (self.queue_id, *params),
+                ).fetchall()
+            )
+        return found
 
     def forget(self, ids: Sequence[int]) -> int:
         """No longer held by an uploader (settled); returns how many were."""

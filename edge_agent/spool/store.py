@@ -352,10 +352,15 @@ class Spool:
     def newest_is_after(self, queue: str, captured_ms: int) -> bool:
         """Whether the queue's newest record (held or not) was captured after then."""
         state = self._queues.get(queue)
-        if state is None:
-            return False
         with self._read("newest_is_after") as conn:
-            return state.leases.newest_is_after(conn, captured_ms)
+            return state.leases.newest_is_after(conn, captured_ms) if state else False
+
+    def payloads(self, queue: str, ids: Sequence[int]) -> dict[int, bytes]:
+        """The payloads of held records, read again (an uploader let go of them while
+        they were on the wire); one that eviction took back is not among them."""
+        state = self._queues.get(queue)
+        with self._read("reading payloads again") as conn:
+            return state.leases.payloads(conn, ids) if state else {}
 
     def unheld(self, queue: str) -> int:
         """How many of a queue's pending records no uploader holds."""
@@ -488,10 +493,8 @@ class Spool:
         """The capture time of the newest record a queue still holds: what a camera
         continues after at a restart, so that its times keep increasing."""
         state = self._queues.get(queue)
-        if state is None:
-            return None
         with self._read("newest capture") as conn:
-            return state.leases.newest_captured_at(conn)
+            return state.leases.newest_captured_at(conn) if state else None
 
     def pending(self, queue: str) -> tuple[int, int]:
         """(count, bytes) pending in a queue, leased included."""
