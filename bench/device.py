@@ -79,6 +79,12 @@ from tests.support import spooled_count
 MIB = 1024 * 1024
 PROFILE = Path(__file__).with_name("device-profile.toml")
 SAMPLE_S = 0.1
+#: ``--maps``: the anonymous memory by kind every this many samples (smaps is slow to read).
+MAPS_EVERY = 5
+#: glibc maps each arena but the main one at this alignment.
+ARENA_ALIGN = 64 * MIB
+MAP_KINDS = ("main heap", "second arena", "Python arenas", "mapped >= 2 MiB",
+             "mapped 256 KiB - 2 MiB", "other")  # fmt: skip
 RATE = 1000  # telemetry messages/s
 PAYLOAD = 200
 #: The 720p camera's source, the same for the agent and ffmpeg's baseline.
@@ -146,6 +152,8 @@ class Profile:
     #: Per phase, tracemalloc's peak of Python memory in it and its largest holders at
     #: its end (``--tracemalloc``).
     holders: dict[str, Any] = field(default_factory=dict)
+    #: Per phase, the anonymous memory by kind at its highest sample (``--maps``).
+    maps: dict[str, dict[str, float]] = field(default_factory=dict)
     baseline: list[Piece] = field(default_factory=list)
     imports: dict[str, float] = field(default_factory=dict)
 
@@ -153,10 +161,13 @@ class Profile:
 class Sampler(threading.Thread):
     """The agent's RSS and CPU every SAMPLE_S, until stopped."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, *, maps: bool = False) -> None:
         super().__init__(daemon=True)
         self.pid = pid
         self.samples: list[Sample] = []
+        #: With ``maps``: (time, anonymous memory by kind) every MAPS_EVERY samples.
+        self.maps: list[tuple[float, dict[str, float]]] = []
+        self._with_maps = maps
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -164,9 +175,16 @@ class Sampler(threading.Thread):
             try:
                 rss, anon = status_mib(self.pid)
                 sample = Sample(time.monotonic(), rss, anon, cpu_s(self.pid))
+                if self._with_maps and len(self.samples) % MAPS_EVERY == 0:
+                    self.maps.append((sample.at, anonymous_maps_mib(self.pid)))
             except (OSError, ValueError):
                 return  # the process ended
             self.samples.append(sample)
+
+    def highest_maps(self, start: float, end: float) -> dict[str, float]:
+        """The anonymous memory by kind in the phase's sample with the most of it."""
+        inside = [kinds for at, kinds in self.maps if start <= at <= end]
+        return max(inside, key=lambda kinds: sum(kinds.values())) if inside else {}
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -227,6 +245,37 @@ def smaps_mib(pid: int) -> tuple[float, float]:
     return fields["RssAnon"], fields["RssFile"]
 
 
+def anonymous_maps_mib(pid: int) -> dict[str, float]:
+    """The process's anonymous memory by kind, MiB (/proc/PID/smaps): glibc's main heap,
+    its other arena (mapped at ARENA_ALIGN), Python's arenas (1 MiB mappings), and the
+    buffers mapped on their own (the agent's mmap threshold is 256 KiB)."""
+    kib = dict.fromkeys(MAP_KINDS, 0)
+    kind: str | None = None
+    with open(f"/proc/{pid}/smaps") as handle:
+        for line in handle:
+            if line[0] in "0123456789abcdef":  # a mapping's first line; fields are Capitalized
+                fields = line.split()
+                start, end = (int(address, 16) for address in fields[0].split("-"))
+                kind = _map_kind(fields[5] if len(fields) > 5 else "", start, end - start)
+            elif kind is not None and line.startswith("Anonymous:"):
+                kib[kind] += int(line.split()[1])
+    return {name: value / 1024 for name, value in kib.items()}
+
+
+def _map_kind(name: str, start: int, size: int) -> str | None:
+    if name == "[heap]":
+        return "main heap"
+    if name:  # a file, a thread's stack, the vdso
+        return None
+    if start % ARENA_ALIGN == 0:
+        return "second arena"
+    if size == MIB:
+        return "Python arenas"
+    if size >= 2 * MIB:
+        return "mapped >= 2 MiB"
+    return "mapped 256 KiB - 2 MiB" if size >= 256 * 1024 else "other"
+
+
 def start_publisher(port: int, seconds: float, log: Path) -> subprocess.Popen[bytes]:
     command = [sys.executable, str(REPO / "bench" / "intake.py"), "--publisher", "--port",
                str(port), "--messages", str(int(RATE * seconds)), "--payload", str(PAYLOAD),
@@ -277,7 +326,7 @@ def run_profile(args: argparse.Namespace, workdir: Path, recording: Path) -> Pro
                 traced.mkdir(exist_ok=True)
                 command = ["-c", TRACED_AGENT, str(traced), ",".join(TRACED_PHASES)]
             agent = start_agent(config, log, command)
-            sampler = Sampler(agent.pid)
+            sampler = Sampler(agent.pid, maps=args.maps)
             sampler.start()
             status_file = spool.with_name(spool.name + ".status.json")
             process = agent
@@ -345,9 +394,17 @@ def run_profile(args: argparse.Namespace, workdir: Path, recording: Path) -> Pro
         sampler.phase("drain", marks["drain"], marks["end"]),
         sampler.phase("whole run", marks["steady"], marks["end"]),
     ]
+    bounds = {"steady": ("steady", "outage"), "outage": ("outage", "drain"),
+              "drain": ("drain", "end")}  # fmt: skip
+    maps = {
+        name: sampler.highest_maps(marks[start], marks[end])
+        for name, (start, end) in bounds.items()
+        if args.maps
+    }
     return Profile(
-        phases, hwm, anon, file_backed, start_rss, outage_records, drained, drain_s, holders
-    )
+        phases, hwm, anon, file_backed, start_rss, outage_records, drained, drain_s, holders,
+        maps,
+    )  # fmt: skip
 
 
 def run_start_split(workdir: Path, recording: Path) -> list[tuple[str, float, float]]:
@@ -646,6 +703,12 @@ def print_profile(profile: Profile) -> None:
         print(f"\n{'imported (fresh interpreter)':<44} {'VmHWM MiB':>10}")
         for name, mib in profile.imports.items():
             print(f"{name:<44} {mib:>10.1f}")
+    if profile.maps:
+        print(f"\n{'anonymous memory, MiB, at the highest':<38}"
+              + "".join(f"{name:>9}" for name in profile.maps))  # fmt: skip
+        for kind in (*MAP_KINDS, "all"):
+            values = [kinds.get(kind, sum(kinds.values())) for kinds in profile.maps.values()]
+            print(f"{kind:<38}" + "".join(f"{fmt(value, 1):>9}" for value in values))
     for phase_name, traced in profile.holders.items():
         print(f"\ntracemalloc, {phase_name}: {traced['total'] / MIB:.1f} MiB of Python memory at "
               f"its end, {traced['peak'] / MIB:.1f} MiB at its peak; the largest holders "
@@ -733,6 +796,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tracemalloc", action="store_true",
         help="run the agent under tracemalloc and print its largest holders (slower)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--maps", action="store_true",
+        help="also sample the agent's anonymous memory by kind (heaps, arenas, mapped "
+        "buffers) from /proc/PID/smaps and print it at each phase's highest",
     )  # fmt: skip
     parser.add_argument(
         "--cache",
