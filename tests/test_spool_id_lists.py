@@ -1,7 +1,8 @@
 """Ids as SQL parameters (edge_agent/spool/id_lists.py): a list of any length gets one
 of a few statement texts, and settling requests of every size keeps the spool
 connection's prepared statements few (SQLite's own memory count, read from the library
-the sqlite3 module uses)."""
+the sqlite3 module uses). Appending batches of every size does too (spool/writer.py
+inserts chunks of a power of two rows)."""
 
 from __future__ import annotations
 
@@ -55,3 +56,19 @@ def test_settling_requests_of_every_size_keeps_sqlites_memory_flat(tmp_path: Pat
         grown = sqlite_memory_used() - before
         assert spool.pending("q") == (0, 0)
     assert grown < 1024 * 1024, f"SQLite's memory grew by {grown:,} bytes"
+
+
+def test_appending_batches_of_every_size_keeps_sqlites_memory_flat(tmp_path: Path) -> None:
+    """An intake catching up commits batches of every size; a multi-row INSERT of each
+    size was a statement of its own in the connection's cache (17 MiB for sizes 1-299)."""
+    with Spool.open(tmp_path / "s.db") as spool:
+        spool.append([Record("q", "k", 1_000, b"x" * 200) for _ in range(511)])  # each text
+        before = sqlite_memory_used()
+        for size in range(1, 300):
+            assert spool.append([Record("q", "k", 1_000, b"x" * 200)] * size).stored == size
+        grown = sqlite_memory_used() - before
+        count, _ = spool.pending("q")
+        records = spool.lease("q", max_records=count, max_bytes=10**9)
+    assert count == 511 + sum(range(1, 300))
+    assert [record.id for record in records] == list(range(1, count + 1))
+    assert grown < 4 * 1024 * 1024, f"SQLite's memory grew by {grown:,} bytes"
