@@ -28,6 +28,7 @@ from edge_agent.records import (
     LeasedRecord,
     as_leased_record,
 )
+from edge_agent.spool.blobs import PAYLOAD, read_payloads
 from edge_agent.spool.id_lists import id_list
 
 #: A single record is leased whatever its size.
@@ -39,8 +40,9 @@ NO_TIME_LIMIT = 2**63 - 1
 
 #: A leased row in LeasedRecord's field order. The queue's place holds 0 (a shared
 #: object): ``take`` puts the queue's name there, one str for every record, not one each.
-_LEASE_COLUMNS = "id, 0, partition_key, captured_at_ms, payload, attempts, NULL"
-_LEASE_COLUMNS_WITH_META = "id, 0, partition_key, captured_at_ms, payload, attempts, meta"
+#: A large payload is selected as NULL and read by blob (``blobs.read_payloads``).
+_LEASE_COLUMNS = f"id, 0, partition_key, captured_at_ms, {PAYLOAD}, attempts, NULL"
+_LEASE_COLUMNS_WITH_META = f"id, 0, partition_key, captured_at_ms, {PAYLOAD}, attempts, meta"
 
 Row = tuple[object, ...]
 
@@ -82,7 +84,8 @@ class QueueLeases:
         """The oldest due records, within count and bytes (at least one): handed-back
         ones whose time has come first, then records not leased since open."""
         rows, gone = self._lease_rows(conn, max_records, now, with_meta, captured_before_ms)
-        return self.take(rows, gone, max_bytes)
+        rows, deleted = read_payloads(conn, rows)
+        return self.take(rows, [*gone, *deleted], max_bytes)
 
     def lease_newest(
         self, conn: sqlite3.Connection, *, captured_after_ms: int = -1, with_meta: bool = False
@@ -105,7 +108,8 @@ class QueueLeases:
             rows, gone = list[Row](), list[int]()
         else:  # nothing new since the last lease: the newest handed back
             rows, gone = self._newest_returned(conn, columns, captured_after_ms)
-        leased = self.take(rows, gone, MAX_LEASE_BYTES)
+        rows, deleted = read_payloads(conn, rows)
+        leased = self.take(rows, [*gone, *deleted], MAX_LEASE_BYTES)
         return leased[0] if leased else None
 
     def newest_is_after(self, conn: sqlite3.Connection, captured_ms: int) -> bool:

@@ -4,7 +4,8 @@ that wakes idle uploaders once it committed.
 ``Writer.insert`` runs inside the spool's write transaction; what it changed in memory
 (``Appended.apply``) runs only after the commit, and ``notify`` after that. The loop
 over a batch does the per-record work only: size, policy checks and one row tuple;
-rows are inserted 256 to a statement.
+rows are inserted up to 256 to a statement, and a large payload (a video fragment) is
+written into its row by blob (``blobs``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from edge_agent.records import AppendResult, Record
+from edge_agent.spool.blobs import BLOB_IO_BYTES, INSERT_LARGE, write_payload
 from edge_agent.spool.caps import Caps, QueuePolicy, TakenBack
 from edge_agent.spool.dead_letters import INSERT_AT_APPEND
 from edge_agent.spool.queues import Delta, Queues, QueueState
@@ -86,6 +88,7 @@ class Writer:
         projected_total = queues.pending_bytes
         evictable_total = caps.evictable_bytes(queues)
         rows: list[_RecordRow] = []
+        large: list[int] = []  # where in rows the payloads to write by blob are
         dead_rows: list[_DeadRow] = []
         policies: dict[str, QueuePolicy] = {}
         for record in records:
@@ -124,6 +127,8 @@ class Writer:
                 delta.rejected_count += 1
                 delta.rejected_bytes += size
                 continue
+            if size >= BLOB_IO_BYTES:
+                large.append(len(rows))
             rows.append(
                 (
                     state.id,
@@ -142,7 +147,7 @@ class Writer:
             delta.pending_bytes += size
             delta.stored += 1
         if rows:
-            last_id = _insert_records(conn, rows, queues.keep_new_ids_above_floors(conn))
+            last_id = _insert_records(conn, rows, large, queues.keep_new_ids_above_floors(conn))
             queues.remember_ids(conn, last_id)
         if dead_rows:
             conn.executemany(INSERT_AT_APPEND, dead_rows)
@@ -203,12 +208,35 @@ def _insert_statement(rows: int) -> str:
 
 
 def _insert_records(
-    conn: sqlite3.Connection, rows: list[_RecordRow], first_id: int | None = None
+    conn: sqlite3.Connection,
+    rows: list[_RecordRow],
+    large: Sequence[int] = (),
+    first_id: int | None = None,
+) -> int | None:
+    """Insert in order: the rows at the indexes ``large`` one by one, their payloads
+    written by blob (``blobs``), the runs of rows between them with multi-row
+    statements. ``first_id``: the id the first row takes (the others follow it), else
+    SQLite's choice. Returns the last row's id."""
+    last_id = None
+    start = 0
+    for index in [*large, len(rows)]:
+        if start < index:
+            last_id = _insert_small(conn, rows[start:index], first_id if start == 0 else None)
+        if index < len(rows):
+            *fields, payload = rows[index]
+            params = (first_id if index == 0 else None, *fields, len(payload))
+            last_id = conn.execute(INSERT_LARGE, params).lastrowid
+            assert last_id is not None
+            write_payload(conn, last_id, payload)
+        start = index + 1
+    return last_id
+
+
+def _insert_small(
+    conn: sqlite3.Connection, rows: list[_RecordRow], first_id: int | None
 ) -> int | None:
     """Insert with multi-row statements of 256, 128, ... 1 rows rather than one step per
-    row (executemany steps, and trades the GIL, once per row). ``first_id``: the id
-    the first row takes (the others follow it), else SQLite's choice. Returns the last
-    row's id."""
+    row (executemany steps, and trades the GIL, once per row)."""
     last_id = None
     if first_id is not None:
         last_id = conn.execute(
