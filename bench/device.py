@@ -83,8 +83,7 @@ SAMPLE_S = 0.1
 MAPS_EVERY = 5
 #: glibc maps each arena but the main one at this alignment.
 ARENA_ALIGN = 64 * MIB
-MAP_KINDS = ("main heap", "second arena", "Python arenas", "mapped >= 2 MiB",
-             "mapped 256 KiB - 2 MiB", "other")  # fmt: skip
+MAP_KINDS = ("main heap", "second arena", "mapped on their own", "other")
 RATE = 1000  # telemetry messages/s
 PAYLOAD = 200
 #: The 720p camera's source, the same for the agent and ffmpeg's baseline.
@@ -247,8 +246,10 @@ def smaps_mib(pid: int) -> tuple[float, float]:
 
 def anonymous_maps_mib(pid: int) -> dict[str, float]:
     """The process's anonymous memory by kind, MiB (/proc/PID/smaps): glibc's main heap,
-    its other arena (mapped at ARENA_ALIGN), Python's arenas (1 MiB mappings), and the
-    buffers mapped on their own (the agent's mmap threshold is 256 KiB)."""
+    its other arena (mapped at ARENA_ALIGN), and what is mapped on its own: buffers of
+    256 KiB or more (the agent's mmap threshold), Python's 1 MiB arenas, the codecs'
+    buffers. The kernel merges neighbouring mappings into one, so these cannot be told
+    apart by size (a run of Python arenas reads as one large buffer)."""
     kib = dict.fromkeys(MAP_KINDS, 0)
     kind: str | None = None
     with open(f"/proc/{pid}/smaps") as handle:
@@ -269,11 +270,7 @@ def _map_kind(name: str, start: int, size: int) -> str | None:
         return None
     if start % ARENA_ALIGN == 0:
         return "second arena"
-    if size == MIB:
-        return "Python arenas"
-    if size >= 2 * MIB:
-        return "mapped >= 2 MiB"
-    return "mapped 256 KiB - 2 MiB" if size >= 256 * 1024 else "other"
+    return "mapped on their own" if size >= 256 * 1024 else "other"
 
 
 def start_publisher(port: int, seconds: float, log: Path) -> subprocess.Popen[bytes]:

@@ -18,6 +18,7 @@ import pytest
 
 from edge_agent.errors import SpoolFull
 from edge_agent.records import Record
+from edge_agent.spool import recordings
 from edge_agent.spool.blobs import BLOB_IO_BYTES, read_payloads
 from edge_agent.spool.schema import migrate
 from edge_agent.spool.store import Spool
@@ -173,3 +174,29 @@ def test_a_disk_that_fills_while_a_large_payload_is_written_leaves_no_row(
         expected = [fragment(1, BLOB_IO_BYTES), fragment(3)]
         assert [record.payload for record in leased] == expected
         assert [payload for _, _, payload in stored(path)] == expected
+
+
+def test_the_ring_stores_and_reads_large_fragments_without_a_copy_inside_sqlite(
+    tmp_path: Path,
+) -> None:
+    conn = sqlite3.connect(tmp_path / "ring.db", isolation_level=None)
+    migrate(conn)
+    payloads = [fragment(1, BLOB_IO_BYTES), b"small", fragment(2)]
+    recordings.insert(conn, "yard", 0, 1_000, meta="{}", payload=fragment(3), queued=False)
+    recordings.insert(conn, "door", 0, 1_000, meta="{}", payload=payloads[0], queued=False)
+    before = sqlite_memory_used()
+    sqlite_memory_peak(reset=True)
+    for n, payload in enumerate(payloads[1:], start=1):
+        recordings.insert(
+            conn, "door", n * 2_000, n * 2_000 + 1_000, meta="{}", payload=payload, queued=False
+        )
+    storing = sqlite_memory_peak(reset=True) - before
+    before = sqlite_memory_used()
+    unqueued = recordings.unqueued(conn, "door", 0, 10_000)
+    ranged = list(recordings.in_range(conn, "door", 0, 10_000))
+    reading = sqlite_memory_peak(reset=True) - before
+    assert [r.payload for r in unqueued] == payloads
+    assert [r.payload for r in ranged] == payloads
+    assert [r.id for r in ranged] == [2, 3, 4]
+    assert storing < MIB, f"storing a 4 MiB fragment took {storing:,} bytes in SQLite"
+    assert reading < MIB, f"reading 4.3 MiB of fragments took {reading:,} bytes in SQLite"

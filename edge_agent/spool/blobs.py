@@ -5,15 +5,17 @@ A payload bound to an INSERT is copied twice inside SQLite (the bound value, the
 row being built), and one selected from a row is first assembled in a buffer of its
 own, which Python then copies. Each such copy of a large payload is a mapping of its own
 (the agent's mmap threshold is 256 KiB, ``malloc_tuning.py``), so every fragment stored
-or leased raised the process's resident memory by two or three times its size, and
-when several cameras stored and replayed at once those peaks met.
+(in its upload queue and in its camera's ring) or leased raised the process's resident
+memory by two or three times its size, and when several cameras stored and replayed at
+once those peaks met.
 
 So a row with a payload of ``BLOB_IO_BYTES`` or more is inserted with a zero-filled blob
 of its size (SQLite writes the zeros as it fills the pages, without a buffer), and the
-payload is then written into it; a lease selects such a payload as NULL (``PAYLOAD``:
-the column is NOT NULL, so NULL means "read it by blob") and reads it into one bytes
-object. Smaller payloads are bound and selected as before: an extra statement and an
-open blob cost more than copying them.
+payload is then written into it, in the same transaction; a read selects such a payload
+as NULL (``PAYLOAD``: the column is NOT NULL, so NULL means "read it by blob") and reads
+it into one bytes object. Smaller payloads are bound and selected as before: an extra
+statement and an open blob cost more than copying them. The tables with payloads
+(``records``, ``recordings``) have it as their last column, after ``size``.
 """
 
 from __future__ import annotations
@@ -26,28 +28,35 @@ from edge_agent.records import RECORD_ID, RECORD_PAYLOAD
 #: Payloads from this size on are written and read by blob I/O (the mmap threshold).
 BLOB_IO_BYTES = 256 * 1024
 
-#: The payload column as a lease selects it: NULL where it is read by blob.
+#: The payload column as a read selects it: NULL where it is read by blob.
 PAYLOAD = f"CASE WHEN size < {BLOB_IO_BYTES} THEN payload END"
-
-#: One large row, its payload zero-filled until ``write_payload``; id NULL: SQLite's.
-INSERT_LARGE = (
-    "INSERT INTO records (id, queue_id, partition_key, captured_at_ms, size, meta, payload)"
-    " VALUES (?, ?, ?, ?, ?, ?, zeroblob(?))"
-)
 
 Row = tuple[object, ...]
 
 
-def write_payload(conn: sqlite3.Connection, record_id: int, payload: bytes) -> None:
-    """Fill the zero-filled payload of a row just inserted with ``INSERT_LARGE``."""
-    with conn.blobopen("records", "payload", record_id) as blob:
-        blob.write(payload)
+def insert_row(
+    conn: sqlite3.Connection, table: str, columns: str, values: Sequence[object], payload: bytes
+) -> int:
+    """``INSERT INTO table (columns, payload)``; a large payload written by blob. Returns
+    the row's id (an ``id`` among the columns given as None: SQLite's choice)."""
+    marks = ", ".join("?" * len(values))
+    large = len(payload) >= BLOB_IO_BYTES
+    sql = f"INSERT INTO {table} ({columns}, payload) VALUES ({marks}, "
+    sql += "zeroblob(?))" if large else "?)"
+    row_id = conn.execute(sql, (*values, len(payload) if large else payload)).lastrowid
+    assert row_id is not None
+    if large:
+        with conn.blobopen(table, "payload", row_id) as blob:
+            blob.write(payload)
+    return row_id
 
 
-def read_payloads(conn: sqlite3.Connection, rows: Sequence[Row]) -> tuple[list[Row], list[int]]:
-    """``rows`` with each payload selected as NULL read by blob; and the ids of rows
-    deleted since they were selected (by another process: the spool's own connection
-    is used under its lock), which are left out."""
+def read_payloads(
+    conn: sqlite3.Connection, rows: Sequence[Row], table: str = "records"
+) -> tuple[list[Row], list[int]]:
+    """``rows`` (id first, payload fifth) with each payload selected as NULL read by
+    blob; and the ids of rows deleted since they were selected (by another process: the
+    spool's own connection is used under its lock), which are left out."""
     if None not in map(RECORD_PAYLOAD, rows):
         return list(rows), []
     filled: list[Row] = []
@@ -56,14 +65,14 @@ def read_payloads(conn: sqlite3.Connection, rows: Sequence[Row]) -> tuple[list[R
         if RECORD_PAYLOAD(row) is not None:
             filled.append(row)
             continue
-        record_id = int(RECORD_ID(row))
+        row_id = int(RECORD_ID(row))
         try:
-            with conn.blobopen("records", "payload", record_id, readonly=True) as blob:
+            with conn.blobopen(table, "payload", row_id, readonly=True) as blob:
                 payload = blob.read()
         except sqlite3.OperationalError:
-            if conn.execute("SELECT 1 FROM records WHERE id = ?", (record_id,)).fetchone():
+            if conn.execute(f"SELECT 1 FROM {table} WHERE id = ?", (row_id,)).fetchone():
                 raise
-            gone.append(record_id)
+            gone.append(row_id)
             continue
         filled.append((*row[:4], payload, *row[5:]))
     return filled, gone

@@ -19,12 +19,20 @@ import sqlite3
 from collections.abc import Iterator
 from typing import NamedTuple
 
+from edge_agent.spool.blobs import PAYLOAD, insert_row, read_payloads
+
 MIGRATION = [
     "CREATE TABLE recordings (id INTEGER PRIMARY KEY, camera TEXT NOT NULL,"
     " start_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL, size INTEGER NOT NULL,"
     " queued INTEGER NOT NULL DEFAULT 0, meta TEXT NOT NULL, payload BLOB NOT NULL)",
     "CREATE INDEX recordings_by_camera ON recordings (camera, start_ms)",
 ]
+
+
+#: The columns an insert gives, but the payload (``blobs.insert_row``).
+_COLUMNS = "camera, start_ms, end_ms, size, queued, meta"
+#: A Recording's columns; a large payload is read by blob (``blobs.read_payloads``).
+_READ = f"id, start_ms, end_ms, meta, {PAYLOAD}"
 
 
 class Recording(NamedTuple):
@@ -72,26 +80,20 @@ def insert(
     payload: bytes,
     queued: bool,
 ) -> int:
-    cursor = conn.execute(
-        "INSERT INTO recordings (camera, start_ms, end_ms, size, queued, meta, payload)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (camera, start_ms, end_ms, len(payload), int(queued), meta, payload),
-    )
-    return int(cursor.lastrowid or 0)
+    values = (camera, start_ms, end_ms, len(payload), int(queued), meta)
+    return insert_row(conn, "recordings", _COLUMNS, values, payload)
 
 
 def unqueued(conn: sqlite3.Connection, camera: str, from_ms: int, to_ms: int) -> list[Recording]:
     """The fragments overlapping ``[from_ms, to_ms]`` not yet copied to the upload
     queue, oldest first."""
-    return [
-        Recording(*row)
-        for row in conn.execute(
-            "SELECT id, start_ms, end_ms, meta, payload FROM recordings"
-            " WHERE camera = ? AND start_ms <= ? AND end_ms >= ? AND queued = 0"
-            " ORDER BY start_ms",
-            (camera, to_ms, from_ms),
-        )
-    ]
+    rows = conn.execute(
+        f"SELECT {_READ} FROM recordings"
+        " WHERE camera = ? AND start_ms <= ? AND end_ms >= ? AND queued = 0"
+        " ORDER BY start_ms",
+        (camera, to_ms, from_ms),
+    ).fetchall()
+    return list(map(Recording._make, read_payloads(conn, rows, "recordings")[0]))
 
 
 def mark_queued(conn: sqlite3.Connection, ids: list[int]) -> None:
@@ -102,14 +104,12 @@ def in_range(
     conn: sqlite3.Connection, camera: str, from_ms: int, to_ms: int
 ) -> Iterator[Recording]:
     """The fragments overlapping ``[from_ms, to_ms)``, oldest first (clip export)."""
-    yield from (
-        Recording(*row)
-        for row in conn.execute(
-            "SELECT id, start_ms, end_ms, meta, payload FROM recordings"
-            " WHERE camera = ? AND start_ms < ? AND end_ms >= ? ORDER BY start_ms",
-            (camera, to_ms, from_ms),
-        )
-    )
+    for row in conn.execute(
+        f"SELECT {_READ} FROM recordings"
+        " WHERE camera = ? AND start_ms < ? AND end_ms >= ? ORDER BY start_ms",
+        (camera, to_ms, from_ms),
+    ):
+        yield from map(Recording._make, read_payloads(conn, [row], "recordings")[0])
 
 
 class Trimmed(NamedTuple):

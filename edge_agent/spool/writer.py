@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from edge_agent.records import AppendResult, Record
-from edge_agent.spool.blobs import BLOB_IO_BYTES, INSERT_LARGE, write_payload
+from edge_agent.spool.blobs import BLOB_IO_BYTES, insert_row
 from edge_agent.spool.caps import Caps, QueuePolicy, TakenBack
 from edge_agent.spool.dead_letters import INSERT_AT_APPEND
 from edge_agent.spool.queues import Delta, Queues, QueueState
@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 _INSERT_ROWS = 256
 #: At most one log line per this many seconds about records dead-lettered at intake.
 DEAD_LOG_INTERVAL_S = 10.0
+
+#: The columns of a row inserted alone, but its payload (``blobs.insert_row``).
+_LARGE_COLUMNS = "id, queue_id, partition_key, captured_at_ms, size, meta"
 
 _RecordRow = tuple[int, str, int, int, str | None, bytes]
 _DeadRow = tuple[int, str, int, int, str, int, str | None, bytes]
@@ -224,10 +227,8 @@ def _insert_records(
             last_id = _insert_small(conn, rows[start:index], first_id if start == 0 else None)
         if index < len(rows):
             *fields, payload = rows[index]
-            params = (first_id if index == 0 else None, *fields, len(payload))
-            last_id = conn.execute(INSERT_LARGE, params).lastrowid
-            assert last_id is not None
-            write_payload(conn, last_id, payload)
+            row_id = first_id if index == 0 else None
+            last_id = insert_row(conn, "records", _LARGE_COLUMNS, (row_id, *fields), payload)
         start = index + 1
     return last_id
 
