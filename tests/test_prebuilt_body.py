@@ -3,7 +3,9 @@ same parameters (parsed as JSON: the same document, field for field)."""
 
 from __future__ import annotations
 
+import base64
 import json
+import tracemalloc
 from typing import Any
 
 import botocore.session
@@ -51,3 +53,19 @@ def test_firehose_body_is_what_botocore_would_send() -> None:
         {"DeliveryStreamName": "d-1", "Records": [{"Data": e.data} for e in ENTRIES]},
     )
     assert json.loads(ours) == expected
+
+
+def test_a_body_is_built_without_holding_every_piece_at_once() -> None:
+    """Joining the pieces held them all and then the body: twice the body at the peak.
+    Growing it in place holds the body and one record's pieces."""
+    entries = [bytes([n]) * 50_000 for n in range(21)]  # an aggregated request of 1 MiB
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        body = records_body({"StreamName": "s-1"}, (data_record(data) for data in entries))
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert [base64.b64decode(r["Data"]) for r in json.loads(body)["Records"]] == entries
+    assert peak < 1.25 * len(body), f"building a body of {len(body):,} bytes peaked at {peak:,}"

@@ -49,21 +49,24 @@ def json_string(text: str) -> bytes:
     return json.dumps(text).encode()
 
 
-def records_body(head: dict[str, str], records: Iterable[Sequence[bytes]]) -> bytes:
+def records_body(head: dict[str, str], records: Iterable[Sequence[bytes]]) -> bytearray:
     """``{<head>, "Records": [<records>]}``: each record a JSON object given as the
-    pieces of its text, joined once with everything else (a 5 MiB body is copied once,
-    not once per concatenation)."""
-    parts = [b"{"]
+    pieces of its text. The body grows in place as the records' pieces come (they are
+    made one record at a time), so building it holds the body and one record's base64,
+    not every piece and then their join: twice a 1 MiB request's 1.4 MiB. botocore
+    signs and urllib3 sends a bytearray as it is (a bytes-like body)."""
+    body = bytearray(b"{")
     for name, value in head.items():
-        parts += (json_string(name), b":", json_string(value), b",")
-    parts.append(b'"Records":[')
+        body += b"%b:%b," % (json_string(name), json_string(value))
+    body += b'"Records":['
+    separator = b""
+    join = b"".join
     for record in records:
-        parts += record
-        parts.append(b",")
-    if parts[-1] == b",":
-        parts.pop()
-    parts.append(b"]}")
-    return b"".join(parts)
+        body += separator
+        body += join(record)
+        separator = b","
+    body += b"]}"
+    return body
 
 
 def data_record(data: bytes, *fields: bytes) -> tuple[bytes, ...]:
