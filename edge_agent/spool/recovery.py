@@ -264,7 +264,15 @@ def connect(path: Path, durability: str) -> sqlite3.Connection:
     # Some builds (Debian's) zero every deleted record, which made deleting delivered
     # records 40 % dearer; FAST zeroes only what costs no extra I/O (SQLite's default).
     conn.execute("PRAGMA secure_delete = FAST")
+    conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
     return conn
+
+
+#: The spool connection's page cache, KiB (SQLite's default is 2,000). It appends at the
+#: end of the table and leases, settles and evicts from the start: what is read again
+#: is the tree's inner pages and the few leaves at each end, and the rest of a larger
+#: cache held pages read once, 1.5 MiB of them (docs/BENCHMARKS.md).
+WRITER_CACHE_KIB = 512
 
 
 #: A read-only connection's page cache, KiB (SQLite's default is 2,000). Its readers scan
