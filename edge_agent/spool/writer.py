@@ -33,7 +33,7 @@ _INSERT_ROWS = 256
 DEAD_LOG_INTERVAL_S = 10.0
 
 #: The columns of a row inserted alone, but its payload (``blobs.insert_row``).
-_LARGE_COLUMNS = "id, queue_id, partition_key, captured_at_ms, size, meta"
+_ALONE_COLUMNS = "id, queue_id, partition_key, captured_at_ms, size, meta"
 
 _RecordRow = tuple[int, str, int, int, str | None, bytes]
 _DeadRow = tuple[int, str, int, int, str, int, str | None, bytes]
@@ -216,36 +216,28 @@ def _insert_records(
     large: Sequence[int] = (),
     first_id: int | None = None,
 ) -> int | None:
-    """Insert in order: the rows at the indexes ``large`` one by one, their payloads
-    written by blob (``blobs``), the runs of rows between them with multi-row
-    statements. ``first_id``: the id the first row takes (the others follow it), else
-    SQLite's choice. Returns the last row's id."""
+    """Insert in order: one by one the rows at the indexes ``large`` (their payloads
+    written by blob, ``blobs``) and the first row if it takes ``first_id`` (the others
+    follow it; else SQLite chooses), the runs of rows between them with multi-row
+    statements. Returns the last row's id."""
+    alone = large if first_id is None else sorted({0, *large})
     last_id = None
     start = 0
-    for index in [*large, len(rows)]:
+    for index in [*alone, len(rows)]:
         if start < index:
-            last_id = _insert_small(conn, rows[start:index], first_id if start == 0 else None)
+            last_id = _insert_runs(conn, rows[start:index])
         if index < len(rows):
             *fields, payload = rows[index]
             row_id = first_id if index == 0 else None
-            last_id = insert_row(conn, "records", _LARGE_COLUMNS, (row_id, *fields), payload)
+            last_id = insert_row(conn, "records", _ALONE_COLUMNS, (row_id, *fields), payload)
         start = index + 1
     return last_id
 
 
-def _insert_small(
-    conn: sqlite3.Connection, rows: list[_RecordRow], first_id: int | None
-) -> int | None:
+def _insert_runs(conn: sqlite3.Connection, rows: list[_RecordRow]) -> int | None:
     """Insert with multi-row statements of 256, 128, ... 1 rows rather than one step per
     row (executemany steps, and trades the GIL, once per row)."""
     last_id = None
-    if first_id is not None:
-        last_id = conn.execute(
-            "INSERT INTO records (id, queue_id, partition_key, captured_at_ms, size, meta,"
-            " payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (first_id, *rows[0]),
-        ).lastrowid
-        rows = rows[1:]
     most = min(_INSERT_ROWS, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 6)
     start = 0
     while start < len(rows):
