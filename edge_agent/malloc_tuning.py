@@ -8,10 +8,12 @@ their base64, the JSON body) in several threads.
   buffer freed (up to 32 MiB): from then on multi-megabyte buffers come from the heaps,
   whose free space is seldom returned, and the resident size creeps up over a long
   drain. Setting the threshold explicitly turns that adjustment off.
-* At most two arenas. glibc gives threads that allocate at the same time arenas of
-  their own (up to eight per core), each keeping its own free space; the agent's
-  threads mostly take turns on the GIL, so two arenas cost no waiting, and the
-  memory freed by one thread is there for the next.
+* One arena. glibc gives threads that allocate at the same time arenas of their own
+  (up to eight per core), each keeping its own free space: what one thread frees is
+  not there for the others, and each arena holds on to its own high-water mark. The
+  agent's threads mostly take turns on the GIL, so sharing the main heap costs no
+  measurable waiting, and with a second arena the device profile's peak was 4 MiB
+  higher (docs/BENCHMARKS.md).
 
 Does nothing where the C library is not glibc.
 """
@@ -30,7 +32,7 @@ _M_ARENA_MAX = -8
 #: Allocations from this size up are mmapped, and returned to the system when freed.
 MMAP_THRESHOLD_BYTES = 256 * 1024
 #: Arenas malloc may use, the main one included.
-ARENA_MAX = 2
+ARENA_MAX = 1
 
 
 def tune_malloc(threshold: int = MMAP_THRESHOLD_BYTES, arenas: int = ARENA_MAX) -> bool:

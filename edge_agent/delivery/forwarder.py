@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from edge_agent.config.sink_kinds import DeliveryConfig
 from edge_agent.delivery.backoff import Backoff, full_jitter
@@ -56,7 +56,7 @@ from edge_agent.errors import (
 )
 from edge_agent.records import LeasedRecord
 from edge_agent.runtime_status import ForwarderSnapshot
-from edge_agent.sinks.base import Request, Sent, Sink
+from edge_agent.sinks.base import Outcome, Request, Sent, Sink
 from edge_agent.spool.store import Spool
 from edge_agent.worker import LinkState, ThreadWorker, WorkerState
 
@@ -72,8 +72,9 @@ SPOOL_RETRY_S = 1.0
 LANDING_AT_STOP_S = 10.0
 
 
+_T = TypeVar("_T")
 #: Records refused as invalid, and the refusal.
-_Blamed = tuple[list[LeasedRecord], SinkError]
+_Blamed = tuple[list[LeasedRecord], str]
 #: A request on the wire, the ids of its records, and its answer to come.
 _Flight = tuple[Request, list[int], "Future[Any]"]
 
@@ -293,24 +294,24 @@ class Forwarder(ThreadWorker):
         the answer did not settle (a whole-request failure) is due again."""
         request, ids, future = self._flights.popleft()
         try:
-            answer, error = future.result(timeout), None
+            error = future.exception(timeout)  # not raised here (see ``attempt``)
         except TimeoutError:
             return  # at stop: the records are released with the window
-        except Exception as err:
-            answer, error = None, err
         finally:
             self._window.in_flight.difference_update(ids)
-        self._settle(request, answer, error)
+        if error is None:
+            self._settle(request, future.result(), None)
+        elif isinstance(error, Exception):
+            self._settle(request, None, error)
+        else:
+            raise error
 
     def _deliver(self, request: Request, blamed: list[_Blamed]) -> None:
         """Send one part of a refused request in this thread and settle the answer."""
         self._set_state("sending")
         self.stats.requests += 1
         self.spool.mark_sent([record for entry in request.entries for record in entry.records])
-        try:
-            answer, error = self.sink.transmit(request), None
-        except Exception as err:
-            answer, error = None, err
+        answer, error = attempt(self.sink.transmit, request)
         self._settle(request, answer, error, blamed)
 
     def _settle(
@@ -322,11 +323,9 @@ class Forwarder(ThreadWorker):
     ) -> None:
         """Settle what the service answered. ``blamed`` collects records refused as
         invalid while a refused request is being split up."""
+        outcomes: list[Outcome] | None = None
         if error is None:
-            try:
-                outcomes = self.sink.outcomes(request, answer)
-            except Exception as err:
-                error = err
+            outcomes, error = attempt(self.sink.outcomes, request, answer)
         if isinstance(error, RequestRejected):
             if blamed is None:
                 self._split(request, error)
@@ -340,6 +339,7 @@ class Forwarder(ThreadWorker):
             log.error("sink %s: sending failed unexpectedly", self.sink.name, exc_info=error)
             self._request_failed(SinkUnavailable(type(error).__name__, str(error)), paused=False)
             return
+        assert outcomes is not None  # answered, and read without an error
         self._delivered()
         self._answered += 1
         self._last_ok = True
@@ -423,7 +423,7 @@ class Forwarder(ThreadWorker):
                 if records:
                     self._deliver(Request(self.sink.plain_entries(records)), blamed)
             else:
-                blamed.append((entry.records, err))
+                blamed.append((entry.records, str(err)))
             return
         half = len(request.entries) // 2
         for part in (request.entries[:half], request.entries[half:]):
@@ -535,3 +535,18 @@ class Forwarder(ThreadWorker):
         # The sink's own keys (SinkFields: a part of ForwarderSnapshot's optional keys).
         snapshot.update(cast(ForwarderSnapshot, self.sink.snapshot()))
         return snapshot
+
+
+def attempt(call: Callable[..., _T], *args: Any) -> tuple[_T | None, Exception | None]:
+    """``call(*args)``'s result, or the exception it raised, as values.
+
+    An exception caught and kept in a variable of the frame that caught it makes a
+    reference cycle (its traceback holds that frame), which keeps the exception, the
+    request and its body alive until Python's cycle collector comes by; it seldom looks
+    at objects that have lived a while, and in an outage every retry left one behind.
+    This frame lets go of the exception as it returns it, and the caller's frame is not
+    in its traceback."""
+    try:
+        return call(*args), None
+    except Exception as err:
+        return None, err

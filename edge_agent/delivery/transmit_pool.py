@@ -50,10 +50,18 @@ class TransmitPool:
 
     def _run(self) -> None:
         while (item := self._requests.get()) is not None:
-            request, future = item
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(self._transmit(request))
-            except BaseException as err:  # handed to the forwarder, which decides
-                future.set_exception(err)
+            _transmit(self._transmit, *item)
+            del item  # not held while waiting for the next
+
+
+def _transmit(transmit: Callable[[Request], Any], request: Request, future: Future[Any]) -> None:
+    """Transmit ``request``; its answer, or the SinkError, goes to ``future``."""
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(transmit(request))
+    except BaseException as err:  # handed to the forwarder, which decides
+        future.set_exception(err)
+        # The traceback holds this frame: holding the future too, the two would keep
+        # each other (and the request) alive until Python's cycle collector came by.
+        del future

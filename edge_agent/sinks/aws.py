@@ -34,6 +34,7 @@ from edge_agent.credentials.shared import SharedSession, shared_session
 from edge_agent.delivery.adaptive_timeout import AdaptiveTimeout
 from edge_agent.delivery.budget import Budget
 from edge_agent.errors import RequestRejected, SinkError, SinkPaused, SinkUnavailable
+from edge_agent.exception_frames import release_frames
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +282,7 @@ def sink_error(err: Exception) -> SinkError:
         return err
     for types, translate in botocore_errors():
         if isinstance(err, types):
+            release_frames(err)  # botocore's frames hold it in a cycle, and the body
             return translate(err)
     raise err
 

@@ -1,0 +1,43 @@
+"""Let go of what a caught exception's frames hold.
+
+An exception keeps its traceback, the traceback the frames the exception passed
+through, and each frame its variables and (as ``f_back``) the frame that called it,
+up to the thread's first. Libraries keep exceptions in their frames' variables while
+they decide what to do (botocore passes one to its retry handlers, urllib3 to its
+retry counter): exception and frame then hold each other, a reference cycle that only
+Python's cycle collector frees, and it seldom looks at objects that have lived a
+while. Through ``f_back`` such a cycle holds every caller's frame too: the sink's,
+with the request and its body. In an outage every failed request left one behind.
+
+``release_frames`` clears the variables of every frame the exception and the ones it
+was raised from (``__cause__``, ``__context__``) passed through that has finished,
+and of their finished callers. A frame still running (the handler's own and its
+callers) cannot be cleared and is left as it is. Tracebacks still print: they need
+a frame's code and line, not its variables.
+"""
+
+from __future__ import annotations
+
+from types import FrameType
+
+
+def release_frames(err: BaseException) -> None:
+    """Clear the variables of the finished frames ``err``'s tracebacks reach."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [err]
+    while pending:
+        exception = pending.pop()
+        if id(exception) in seen:
+            continue
+        seen.add(id(exception))
+        traceback = exception.__traceback__
+        while traceback is not None:
+            frame: FrameType | None = traceback.tb_frame
+            while frame is not None:
+                try:
+                    frame.clear()
+                except RuntimeError:  # still running, and so is every caller above it
+                    break
+                frame = frame.f_back
+            traceback = traceback.tb_next
+        pending += [cause for cause in (exception.__cause__, exception.__context__) if cause]
