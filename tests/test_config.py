@@ -105,20 +105,20 @@ def test_kinesis_and_firehose_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "request_bytes"),
     [
-        ("aggregate = true", 1024 * 1024),
+        ("aggregate = true", 512 * 1024),
         ('aggregate = true\naggregate_max_bytes = "1MiB"', 4 * 1024 * 1024),
         ('aggregate = true\nmax_record_bytes = "2MiB"\naggregate_max_bytes = "2MiB"', 5 * 1024**2),
         ('aggregate = true\nmax_request_bytes = "5MiB"', 5 * 1024 * 1024),
-        ('aggregate = true\nmax_record_bytes = "8MiB"', 8 * 1024 * 1024),
+        ('aggregate = true\nmax_record_bytes = "8MiB"', 512 * 1024),
         ("aggregate = false", 5 * 1024 * 1024),
     ],
 )
 def test_an_aggregating_sink_defaults_to_smaller_requests(
     tmp_path: Path, extra: str, request_bytes: int
 ) -> None:
-    """Every user record of an aggregated request is held until it settles: 1 MiB by
-    default, or four of its largest aggregates up to PutRecords' 5 MiB, and never less
-    than the sink's largest record."""
+    """Every user record of an aggregated request is held until it settles: 512 KiB by
+    default, or four of its largest aggregates up to PutRecords' 5 MiB (a record larger
+    than a request goes in a request of its own)."""
     config = load_config(write(tmp_path, KINESIS + extra + "\n"))
     delivery = config.sinks["out"].delivery
     assert delivery is not None and delivery.max_request_bytes == request_bytes
@@ -129,7 +129,7 @@ def test_an_aggregating_sink_defaults_to_smaller_requests(
     [
         ("max_request_records = 501", "sinks.out.max_request_records", "between 1 and 500"),
         ('max_request_bytes = "11MiB"', "sinks.out.max_request_bytes", "10485760 bytes"),
-        ('max_record_bytes = "6MiB"', "sinks.out.max_record_bytes", "max_request_bytes"),
+        ('max_record_bytes = "11MiB"', "sinks.out.max_record_bytes", "10485760 bytes"),
         ('explicit_hash_key = "12a"', "sinks.out.explicit_hash_key", "decimal integer"),
         (
             'aggregate = true\naggregate_max_bytes = "2MiB"',

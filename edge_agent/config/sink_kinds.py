@@ -77,9 +77,9 @@ class SinkKind(Generic[Opts]):
     check: Callable[[Table, Opts, int, DeliveryConfig | None], None] | None = None
     #: Whether, with these options, it has live traffic apart from its backlog.
     live: Callable[[Opts], bool] | None = None
-    #: The default ``max_request_bytes`` when it depends on the options and the sink's
-    #: ``max_record_bytes`` (else ``max_request_bytes``).
-    request_bytes: Callable[[Opts, int], int] | None = None
+    #: The default ``max_request_bytes`` when it depends on the options (else
+    #: ``max_request_bytes``).
+    request_bytes: Callable[[Opts], int] | None = None
 
     def read_options(self, table: Table, max_record_bytes: int) -> Opts | None:
         if self.options is None:
@@ -97,11 +97,11 @@ class SinkKind(Generic[Opts]):
         if self.check is not None and self.options and isinstance(options, self.options):
             self.check(table, options, max_record_bytes, delivery)
 
-    def default_request_bytes(self, options: object, max_record_bytes: int) -> int:
+    def default_request_bytes(self, options: object) -> int:
         assert self.max_request_bytes is not None
         if self.request_bytes is None or not self.options or not isinstance(options, self.options):
             return self.max_request_bytes
-        return self.request_bytes(options, max_record_bytes)
+        return self.request_bytes(options)
 
     def has_live_traffic(self, options: object) -> bool:
         if self.live is None or not self.options or not isinstance(options, self.options):
@@ -171,9 +171,9 @@ class DeliveryConfig:
         kind=SIZE,
         default=5 * 1024 * 1024,
         default_doc="kinesis 5MiB (up to 10MiB for streams set to larger records), with "
-        "aggregate 1MiB or 4 x aggregate_max_bytes (at most 5MiB; at least "
-        "max_record_bytes); firehose 4MiB",
-        doc="Bytes per request (the sum of its records).",
+        "aggregate 512KiB or 4 x aggregate_max_bytes (at most 5MiB); firehose 4MiB",
+        doc="Bytes per request (the sum of its records); a record larger than this goes "
+        "in a request of its own.",
     )
     retry_min: float = option(
         kind=DURATION,
@@ -216,12 +216,12 @@ def read_delivery(
     delivery = read_section(
         DeliveryConfig,
         table,
-        defaults={"max_request_bytes": kind.default_request_bytes(options, max_record_bytes)},
+        defaults={"max_request_bytes": kind.default_request_bytes(options)},
     )
     if not 1 <= delivery.max_request_bytes <= limit:
         table.problem("max_request_bytes", f"must be between 1 byte and {limit} bytes")
-    if not 1 <= max_record_bytes <= min(limit, delivery.max_request_bytes):
-        table.problem("max_record_bytes", "must be at least 1 byte and at most max_request_bytes")
+    if not 1 <= max_record_bytes <= limit:
+        table.problem("max_record_bytes", f"must be between 1 byte and {limit} bytes")
     if not 0.001 <= delivery.retry_min <= delivery.retry_max <= 3600:
         table.problem("retry_max", "needs 1ms <= retry_min <= retry_max <= 1h")
     return delivery

@@ -160,8 +160,11 @@ class RequestPacker:
         return len(self.entries) + self.open_entries >= self.max_entries
 
     def has_room(self, size: int) -> bool:
-        """Room for one more entry of ``size`` bytes."""
-        return not self.full and self.size + size <= self.max_bytes
+        """Room for one more entry of ``size`` bytes. An empty request has room for any
+        one entry: a record larger than ``max_bytes`` goes in a request of its own."""
+        if self.full:
+            return False
+        return self.size + size <= self.max_bytes or not (self.entries or self.open_entries)
 
     def blocked(self, key: str) -> bool:
         return key in self.blocked_keys
