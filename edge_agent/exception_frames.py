@@ -12,13 +12,18 @@ with the request and its body. In an outage every failed request left one behind
 ``release_frames`` clears the variables of every frame the exception and the ones it
 was raised from (``__cause__``, ``__context__``) passed through that has finished,
 and of their finished callers. A frame still running (the handler's own and its
-callers) cannot be cleared and is left as it is. Tracebacks still print: they need
-a frame's code and line, not its variables.
+callers) cannot be cleared and is left as it is, and so is a generator's (clearing
+it would close a generator that may only be suspended), with the callers above it.
+Tracebacks still print: they need a frame's code and line, not its variables.
 """
 
 from __future__ import annotations
 
+import inspect
 from types import FrameType
+
+#: Code flags of functions whose frames outlive a call (generators, coroutines).
+_SUSPENDABLE = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 
 
 def release_frames(err: BaseException) -> None:
@@ -33,7 +38,7 @@ def release_frames(err: BaseException) -> None:
         traceback = exception.__traceback__
         while traceback is not None:
             frame: FrameType | None = traceback.tb_frame
-            while frame is not None:
+            while frame is not None and not frame.f_code.co_flags & _SUSPENDABLE:
                 try:
                     frame.clear()
                 except RuntimeError:  # still running, and so is every caller above it

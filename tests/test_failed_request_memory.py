@@ -117,3 +117,22 @@ def test_without_release_a_finished_frame_keeps_what_it_held(collector_off: None
     assert made[0]() is not None  # the cycle the test above breaks
     gc.collect()
     assert made[0]() is None
+
+
+def _suspended_after_a_failure(made: list[weakref.ref[_Held]]) -> Iterator[ValueError]:
+    held = _Held()
+    made.append(weakref.ref(held))
+    try:
+        _fails_holding([])
+    except ValueError as err:
+        yield err  # suspended here, the error handed out
+    yield ValueError("more")
+
+
+def test_release_frames_leaves_a_suspended_generator_as_it_is(collector_off: None) -> None:
+    made: list[weakref.ref[_Held]] = []
+    generator = _suspended_after_a_failure(made)
+    err = next(generator)
+    release_frames(err)
+    assert made[0]() is not None  # the generator's variables are intact
+    assert str(next(generator)) == "more"  # and it goes on

@@ -73,6 +73,7 @@ LANDING_AT_STOP_S = 10.0
 
 
 _T = TypeVar("_T")
+
 #: Records refused as invalid, and the refusal.
 _Blamed = tuple[list[LeasedRecord], str]
 #: A request on the wire, the ids of its records, and its answer to come.
