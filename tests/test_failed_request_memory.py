@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.exception_frames import release_frames
+from edge_agent.delivery.exception_frames import release_frames
 from edge_agent.sinks.base import Request
 from tests.faulty_kinesis import FaultyKinesis
 from tests.forwarding import Harness

@@ -47,7 +47,7 @@ def test_a_record_larger_than_a_request_goes_in_a_request_of_its_own(
     seqs += harness.append(20, keys=1, size=300)
     harness.start()
     harness.wait_drained()
-    assert _delivered(harness, endpoint) == seqs
+    assert sorted(_delivered(harness, endpoint)) == seqs  # two requests in flight may swap
     assert harness.spool.dead_letters() == []
     assert harness.forwarder is not None
     # the small records share requests of at most 4 KiB; the large one went alone

@@ -38,11 +38,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from edge_agent.config.sink_kinds import DeliveryConfig
 from edge_agent.delivery.backoff import Backoff, full_jitter
 from edge_agent.delivery.deleter import Deleter
+from edge_agent.delivery.exception_frames import attempt
 from edge_agent.delivery.send_log import SendLog
 from edge_agent.delivery.transmit_pool import TransmitPool
 from edge_agent.delivery.window import LeaseWindow
@@ -71,8 +72,6 @@ SPOOL_RETRY_S = 1.0
 #: At stop, how long to wait for the answer to the request on the wire.
 LANDING_AT_STOP_S = 10.0
 
-
-_T = TypeVar("_T")
 
 #: Records refused as invalid, and the refusal.
 _Blamed = tuple[list[LeasedRecord], str]
@@ -536,18 +535,3 @@ class Forwarder(ThreadWorker):
         # The sink's own keys (SinkFields: a part of ForwarderSnapshot's optional keys).
         snapshot.update(cast(ForwarderSnapshot, self.sink.snapshot()))
         return snapshot
-
-
-def attempt(call: Callable[..., _T], *args: Any) -> tuple[_T | None, Exception | None]:
-    """``call(*args)``'s result, or the exception it raised, as values.
-
-    An exception caught and kept in a variable of the frame that caught it makes a
-    reference cycle (its traceback holds that frame), which keeps the exception, the
-    request and its body alive until Python's cycle collector comes by; it seldom looks
-    at objects that have lived a while, and in an outage every retry left one behind.
-    This frame lets go of the exception as it returns it, and the caller's frame is not
-    in its traceback."""
-    try:
-        return call(*args), None
-    except Exception as err:
-        return None, err

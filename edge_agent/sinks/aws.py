@@ -33,8 +33,8 @@ from edge_agent.config.sink_kinds import AwsEndpoint
 from edge_agent.credentials.shared import SharedSession, shared_session
 from edge_agent.delivery.adaptive_timeout import AdaptiveTimeout
 from edge_agent.delivery.budget import Budget
+from edge_agent.delivery.exception_frames import release_frames
 from edge_agent.errors import RequestRejected, SinkError, SinkPaused, SinkUnavailable
-from edge_agent.exception_frames import release_frames
 
 log = logging.getLogger(__name__)
 
