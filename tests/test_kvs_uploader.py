@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -22,6 +23,7 @@ from botocore.credentials import Credentials
 from edge_agent.config.loading import Config, parse_config
 from edge_agent.delivery.budget import UploadBudget
 from edge_agent.kvs_local.server import PutMediaServer
+from edge_agent.records import LeasedRecord
 from edge_agent.sinks.kvs.endpoint import KvsEndpoint
 from edge_agent.sinks.kvs.uploader import KvsUploader
 from edge_agent.sources.camera.camera import Camera
@@ -491,3 +493,39 @@ def test_h265_fragments_reach_kvs_local_and_play_back(
             assert container.streams.video[0].codec_context.name == "hevc"
             frames += sum(1 for _ in container.decode(video=0))
     assert frames >= 30 * 3
+
+
+def _payload_bytes_held(thread_name: str) -> list[int]:
+    """The payloads of leased fragments the frames of that thread hold now."""
+    (thread,) = [t for t in threading.enumerate() if t.name == thread_name]
+    assert thread.ident is not None
+    frame = sys._current_frames().get(thread.ident)
+    held = []
+    while frame is not None:
+        held += [
+            len(value.payload)
+            for value in frame.f_locals.values()
+            if isinstance(value, LeasedRecord) and value.payload
+        ]
+        frame = frame.f_back
+    return held
+
+
+def test_a_session_holds_no_fragment_it_has_sent(server: PutMediaServer, tmp_path: Path) -> None:
+    """The fragments sent in a session are not held by it: not the first, which opened
+    it (a session lasts up to ``connection_max_age``), nor the last, while the next is
+    read from the spool or awaited (the 1080p camera's are 1.4 MB each)."""
+    spool, _, uploader, stop = make(server, tmp_path)
+    video = encode_one_second()
+    with spool:
+        fill_backlog(spool, video, 3)
+        uploader.start()
+        try:
+            wait_until(lambda: uploader.stats.fragments_acked >= 3, 60, 0.02, "3 acknowledged")
+            # The session stays open for the camera's next fragment.
+            wait_until(lambda: uploader.stats.state == "sending", 10, 0.02, "the session open")
+            held = _payload_bytes_held(f"kvs-{uploader.name}")
+        finally:
+            stop.set()
+            uploader.join(10)
+    assert held == []

@@ -229,6 +229,7 @@ class KvsUploader(ThreadWorker):
             self._set_state("sending" if kind == "all" else f"sending {kind}")
             log.debug("sink %s: %s session from fragment %d", self.name, kind, first.id)
             self._send(connection, first, kind)
+            del first  # sent: the session, which may last an hour, does not hold it
             self._stream(connection, tracks, kind)
         except BacklogHeld:
             # Mid-fragment: the session cannot be ended cleanly. Take what was
@@ -286,6 +287,7 @@ class KvsUploader(ThreadWorker):
                         self._finish(connection)
                         return
                     self._send(connection, record, kind)
+                    del record  # sent: not held while the next one is read
                     continue
                 drained_at = generation
             if drained_at == generation and not self._in_flight and self._replay.turn_over(kind):
