@@ -16,12 +16,17 @@ as NULL (``PAYLOAD``: the column is NOT NULL, so NULL means "read it by blob") a
 it into one bytes object. Smaller payloads are bound and selected as before: an extra
 statement and an open blob cost more than copying them. The tables with payloads
 (``records``, ``recordings``) have it as their last column, after ``size``.
+
+A reader that writes a payload out as it goes (a video sink putting a fragment on the
+wire) need not hold all of it: ``unread_payloads`` leaves such payloads in the spool,
+and ``read_piece`` reads one a piece at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from edge_agent.records import RECORD_ID, RECORD_PAYLOAD
 
@@ -66,13 +71,61 @@ def read_payloads(
             filled.append(row)
             continue
         row_id = int(RECORD_ID(row))
-        try:
-            with conn.blobopen(table, "payload", row_id, readonly=True) as blob:
-                payload = blob.read()
-        except sqlite3.OperationalError:
-            if conn.execute(f"SELECT 1 FROM {table} WHERE id = ?", (row_id,)).fetchone():
-                raise
-            gone.append(row_id)
-            continue
+        with _opened(conn, table, row_id) as blob:
+            if blob is None:
+                gone.append(row_id)
+                continue
+            payload = blob.read()
         filled.append((*row[:4], payload, *row[5:]))
     return filled, gone
+
+
+def unread_payloads(
+    conn: sqlite3.Connection, rows: Sequence[Row]
+) -> tuple[list[Row], list[int], list[int]]:
+    """``rows`` of ``records`` (id first, payload fifth) with each payload selected as
+    NULL left in the spool: empty, to be read with ``read_piece``; the size of each
+    row's payload; and the ids of rows deleted since they were selected, left out."""
+    kept: list[Row] = []
+    sizes: list[int] = []
+    gone: list[int] = []
+    for row in rows:
+        payload = RECORD_PAYLOAD(row)
+        if payload is not None:
+            kept.append(row)
+            sizes.append(len(payload))
+            continue
+        row_id = int(RECORD_ID(row))
+        found = conn.execute("SELECT size FROM records WHERE id = ?", (row_id,)).fetchone()
+        if found is None:
+            gone.append(row_id)
+            continue
+        kept.append((*row[:4], b"", *row[5:]))
+        sizes.append(int(found[0]))
+    return kept, sizes, gone
+
+
+def read_piece(conn: sqlite3.Connection, row_id: int, offset: int, size: int) -> bytes | None:
+    """Up to ``size`` bytes of a record's payload from ``offset`` on (empty from its end
+    on); None if the record is no longer in the spool."""
+    with _opened(conn, "records", row_id) as blob:
+        if blob is None:
+            return None
+        if offset >= len(blob):
+            return b""
+        blob.seek(offset)
+        return blob.read(size)
+
+
+@contextlib.contextmanager
+def _opened(conn: sqlite3.Connection, table: str, row_id: int) -> Iterator[sqlite3.Blob | None]:
+    """A row's payload opened for reading; None if the row is gone."""
+    try:
+        blob = conn.blobopen(table, "payload", row_id, readonly=True)
+    except sqlite3.OperationalError:
+        if conn.execute(f"SELECT 1 FROM {table} WHERE id = ?", (row_id,)).fetchone():
+            raise
+        yield None
+        return
+    with blob:
+        yield blob

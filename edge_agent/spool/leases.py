@@ -28,7 +28,7 @@ from edge_agent.records import (
     LeasedRecord,
     as_leased_record,
 )
-from edge_agent.spool.blobs import PAYLOAD, read_payloads
+from edge_agent.spool.blobs import PAYLOAD, read_payloads, unread_payloads
 from edge_agent.spool.id_lists import id_list
 
 #: A single record is leased whatever its size.
@@ -80,15 +80,21 @@ class QueueLeases:
         now: int,
         with_meta: bool = False,
         captured_before_ms: int = NO_TIME_LIMIT,
+        read_large: bool = True,
     ) -> list[LeasedRecord]:
         """The oldest due records, within count and bytes (at least one): handed-back
-        ones whose time has come first, then records not leased since open."""
+        ones whose time has come first, then records not leased since open. Without
+        ``read_large``, payloads read by blob are left in the spool (empty)."""
         rows, gone = self._lease_rows(conn, max_records, now, with_meta, captured_before_ms)
-        rows, deleted = read_payloads(conn, rows)
-        return self.take(rows, [*gone, *deleted], max_bytes)
+        return self._taken(conn, rows, gone, max_bytes, read_large)
 
     def lease_newest(
-        self, conn: sqlite3.Connection, *, captured_after_ms: int = -1, with_meta: bool = False
+        self,
+        conn: sqlite3.Connection,
+        *,
+        captured_after_ms: int = -1,
+        with_meta: bool = False,
+        read_large: bool = True,
     ) -> LeasedRecord | None:
         """The newest record no uploader holds, if captured after ``captured_after_ms``;
         the fresh records below it are handed back, due now."""
@@ -108,9 +114,23 @@ class QueueLeases:
             rows, gone = list[Row](), list[int]()
         else:  # nothing new since the last lease: the newest handed back
             rows, gone = self._newest_returned(conn, columns, captured_after_ms)
-        rows, deleted = read_payloads(conn, rows)
-        leased = self.take(rows, [*gone, *deleted], MAX_LEASE_BYTES)
+        leased = self._taken(conn, rows, gone, MAX_LEASE_BYTES, read_large)
         return leased[0] if leased else None
+
+    def _taken(
+        self,
+        conn: sqlite3.Connection,
+        rows: list[Row],
+        gone: list[int],
+        max_bytes: int,
+        read_large: bool,
+    ) -> list[LeasedRecord]:
+        """``take`` the rows with their payloads read, or with large ones left unread."""
+        if read_large:
+            rows, deleted = read_payloads(conn, rows)
+            return self.take(rows, [*gone, *deleted], max_bytes)
+        rows, sizes, deleted = unread_payloads(conn, rows)
+        return self.take(rows, [*gone, *deleted], max_bytes, sizes)
 
     def newest_is_after(self, conn: sqlite3.Connection, captured_ms: int) -> bool:
         """Whether the queue's newest record (held or not) was captured after then."""
@@ -178,14 +198,22 @@ class QueueLeases:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def take(self, rows: Sequence[Row], gone: Sequence[int], max_bytes: int) -> list[LeasedRecord]:
+    def take(
+        self,
+        rows: Sequence[Row],
+        gone: Sequence[int],
+        max_bytes: int,
+        sizes: Sequence[int] | None = None,
+    ) -> list[LeasedRecord]:
         """Hold ``rows`` (the first ones within ``max_bytes``, at least one) for a
-        uploader; forget handed-back ids that are ``gone``."""
+        uploader; forget handed-back ids that are ``gone``. ``sizes``: the rows' payload
+        sizes where their payloads are not all read."""
         for record_id in gone:  # handed back, then evicted or expired
             self.returned.pop(record_id, None)
         if not rows:
             return []
-        sizes = list(map(len, map(RECORD_PAYLOAD, rows)))
+        if sizes is None:
+            sizes = list(map(len, map(RECORD_PAYLOAD, rows)))
         running = list(itertools.accumulate(sizes))
         taken = max(1, bisect.bisect_right(running, max_bytes))
         leased = self._records(rows[:taken])

@@ -317,12 +317,13 @@ class Spool:
         now_ms: int | None = None,
         with_meta: bool = False,
         captured_before_ms: int | None = None,
+        read_large: bool = True,
     ) -> list[LeasedRecord]:
         """Lease the oldest due records of a queue, within count and bytes (at least one
-        when any is due, whatever its size): handed-back records whose retry time has
-        come first, then records not leased since open (after a restart all are due).
-        ``with_meta``: also the meta text (a fragment's track); ``captured_before_ms``:
-        only records captured before then (a video backlog behind live fragments)."""
+        when any is due, whatever its size): handed-back records whose retry time has come
+        first, then records not leased since open (after a restart all are due). Options:
+        ``with_meta`` (a fragment's track), ``captured_before_ms`` (a video backlog behind
+        live fragments), ``read_large`` False (blob-sized payloads left: ``read_piece``)."""
         state = self._queues.get(queue)
         if state is None or max_records <= 0:
             return []
@@ -331,23 +332,24 @@ class Spool:
         with self._read("lease") as conn:
             return state.leases.lease(
                 conn, max_records=max_records, max_bytes=max_bytes, now=now,
-                with_meta=with_meta, captured_before_ms=before,
+                with_meta=with_meta, captured_before_ms=before, read_large=read_large,
             )  # fmt: skip
 
     def lease_newest(
-        self, queue: str, *, captured_after_ms: int = -1, with_meta: bool = False
-    ) -> LeasedRecord | None:
-        """Lease the newest record of a queue that no uploader holds, if it was captured
-        after ``captured_after_ms``, whatever its retry time: a live video session sends
-        it. The records between the last lease and it stay pending, handed back and due
-        now (the backlog behind it)."""
+        self, queue: str, *, captured_after_ms: int = -1, with_meta: bool = False,
+        read_large: bool = True,
+    ) -> LeasedRecord | None:  # fmt: skip
+        """Lease the newest record of a queue that no uploader holds, if captured after
+        ``captured_after_ms``, whatever its retry time (a live video session sends it); the
+        records between the last lease and it stay pending, due now. Options: ``lease``."""
         state = self._queues.get(queue)
         if state is None:
             return None
         with self._read("lease") as conn:
             return state.leases.lease_newest(
-                conn, captured_after_ms=captured_after_ms, with_meta=with_meta
-            )
+                conn, captured_after_ms=captured_after_ms, with_meta=with_meta,
+                read_large=read_large,
+            )  # fmt: skip
 
     def newest_is_after(self, queue: str, captured_ms: int) -> bool:
         """Whether the queue's newest record (held or not) was captured after then."""

@@ -65,10 +65,13 @@ class SessionOrder:
         return kind == "backlog"
 
     def lease(self, kind: SessionKind) -> LeasedRecord | None:
-        """The next fragment for a session of this kind, if there is one."""
+        """The next fragment for a session of this kind, if there is one; a large one
+        with its payload left in the spool (``spooled_payload``)."""
         if kind == "live":
             after = -1 if self._live_last_ms is None else self._live_last_ms
-            return self._spool.lease_newest(self._queue, captured_after_ms=after, with_meta=True)
+            return self._spool.lease_newest(
+                self._queue, captured_after_ms=after, with_meta=True, read_large=False
+            )
         before = None
         if kind == "backlog" and self._live_last_ms is not None:
             before = self._live_last_ms + 1  # a live fragment given back is backlog now
@@ -78,6 +81,7 @@ class SessionOrder:
             max_bytes=MAX_FRAGMENT_BYTES,
             with_meta=True,
             captured_before_ms=before,
+            read_large=False,
         )
         return leased[0] if leased else None
 

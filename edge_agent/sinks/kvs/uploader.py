@@ -53,6 +53,7 @@ from edge_agent.sinks.kvs.acks import ERROR, Ack, ErrorAction, error_action, err
 from edge_agent.sinks.kvs.endpoint import KvsEndpoint
 from edge_agent.sinks.kvs.putmedia import PutMediaConnection, PutMediaRefused
 from edge_agent.sinks.kvs.replay import SessionKind, SessionOrder
+from edge_agent.sinks.kvs.spooled_payload import send_spooled
 from edge_agent.spool.store import Spool
 from edge_agent.worker import LinkState, ThreadWorker, WorkerState
 
@@ -228,7 +229,8 @@ class KvsUploader(ThreadWorker):
                 self.stats.backlog_sessions += 1
             self._set_state("sending" if kind == "all" else f"sending {kind}")
             log.debug("sink %s: %s session from fragment %d", self.name, kind, first.id)
-            self._send(connection, first, kind)
+            if not self._send(connection, first, kind):
+                return
             del first  # sent: the session, which may last an hour, does not hold it
             self._stream(connection, tracks, kind)
         except BacklogHeld:
@@ -286,7 +288,8 @@ class KvsUploader(ThreadWorker):
                         self.spool.release([record])
                         self._finish(connection)
                         return
-                    self._send(connection, record, kind)
+                    if not self._send(connection, record, kind):
+                        return
                     del record  # sent: not held while the next one is read
                     continue
                 drained_at = generation
@@ -329,24 +332,36 @@ class KvsUploader(ThreadWorker):
 
     def _send(
         self, connection: PutMediaConnection, record: LeasedRecord, kind: SessionKind
-    ) -> None:
+    ) -> bool:
+        """Write a fragment: its payload, or, leased without it, read from the spool as
+        it is written. False if the spool let go of it meanwhile (evicted, expired):
+        part of it is on the wire, and the connection cannot go on."""
         # In flight before the write: if the write fails, the fragment is given back
         # with the others (a fragment leased and in no list would wait for a restart).
         now = time.monotonic()
         self._in_flight[record.captured_at_ms] = (record.on_the_wire(), now, kind == "backlog")
         self.spool.mark_sent([record])  # a restart counts it if it goes out again
+        if record.payload:
+            connection.send(record.payload)
+            size: int | None = len(record.payload)
+        else:
+            size = send_spooled(self.spool, record, connection.send)
+        if size is None:
+            log.warning("sink %s: fragment %d left the spool as it was sent", self.name, record.id)
+            self._take_arrived_acks(connection)  # of the fragments before it, written whole
+            return False
         # The fragment's tags, then the end-of-fragment tag: the service acknowledges the
         # fragment now rather than when the next one begins (a fragment duration later).
-        connection.send(record.payload)
         connection.send(after_fragment(tags_of(record.meta)))  # no copy of the payload
-        self._sent.add(now, 1, len(record.payload))
+        self._sent.add(now, 1, size)
         self.stats.fragments_sent += 1
-        self.stats.bytes_sent += len(record.payload)
+        self.stats.bytes_sent += size
         if record.attempts:
             self.stats.resent += 1
         self._replay.sent(record, kind)
         if kind == "backlog":
             self.stats.backlog_sent += 1
+        return True
 
     def _rate_wait(self, now: float) -> float:
         """0 if a fragment may go now, else how long until one may (fragments_per_second)."""
