@@ -116,6 +116,7 @@ class Sample:
     rss_mib: float
     anon_mib: float  # RssAnon: the heaps, stacks and anonymous maps
     cpu_s: float
+    hwm_mib: float  # VmHWM: the highest RSS so far, spikes between samples included
 
 
 @dataclass
@@ -155,6 +156,8 @@ class Profile:
     maps: dict[str, dict[str, float]] = field(default_factory=dict)
     baseline: list[Piece] = field(default_factory=list)
     imports: dict[str, float] = field(default_factory=dict)
+    #: The phase, and seconds into it, in which the VmHWM was reached.
+    hwm_reached: str = ""
 
 
 class Sampler(threading.Thread):
@@ -172,8 +175,8 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.wait(SAMPLE_S):
             try:
-                rss, anon = status_mib(self.pid)
-                sample = Sample(time.monotonic(), rss, anon, cpu_s(self.pid))
+                rss, anon, hwm = status_mib(self.pid)
+                sample = Sample(time.monotonic(), rss, anon, cpu_s(self.pid), hwm)
                 if self._with_maps and len(self.samples) % MAPS_EVERY == 0:
                     self.maps.append((sample.at, anonymous_maps_mib(self.pid)))
             except (OSError, ValueError):
@@ -188,6 +191,19 @@ class Sampler(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self.join(5)
+
+    def hwm_reached(self, marks: dict[str, float]) -> str:
+        """Where the VmHWM was reached: the phase, and seconds into it, of the first
+        sample that saw it (to within one sample; "start-up" is before the steady)."""
+        final = max((s.hwm_mib for s in self.samples), default=float("nan"))
+        at = next((s.at for s in self.samples if s.hwm_mib >= final), None)
+        if at is None:
+            return "not sampled"
+        name, start = "start-up", self.samples[0].at
+        for phase in ("steady", "outage", "drain"):
+            if marks[phase] <= at:
+                name, start = phase, marks[phase]
+        return f"{name}, {at - start:.1f} s in"
 
     def phase(self, name: str, start: float, end: float) -> Phase:
         inside = [s for s in self.samples if start <= s.at <= end]
@@ -220,10 +236,10 @@ def write_config(directory: Path, tables: set[str] | None = None, **values: obje
     return config
 
 
-def status_mib(pid: int) -> tuple[float, float]:
-    """(VmRSS, RssAnon) of the process now, MiB."""
-    fields = _status_fields(pid, ("VmRSS", "RssAnon"))
-    return fields["VmRSS"], fields["RssAnon"]
+def status_mib(pid: int) -> tuple[float, float, float]:
+    """(VmRSS, RssAnon, VmHWM) of the process now, MiB."""
+    fields = _status_fields(pid, ("VmRSS", "RssAnon", "VmHWM"))
+    return fields["VmRSS"], fields["RssAnon"], fields["VmHWM"]
 
 
 def _status_fields(pid: int, names: tuple[str, ...]) -> dict[str, float]:
@@ -400,7 +416,7 @@ def run_profile(args: argparse.Namespace, workdir: Path, recording: Path) -> Pro
     }
     return Profile(
         phases, hwm, anon, file_backed, start_rss, outage_records, drained, drain_s, holders,
-        maps,
+        maps, hwm_reached=sampler.hwm_reached(marks),
     )  # fmt: skip
 
 
@@ -549,23 +565,27 @@ def holders(snapshot):
             for stat in snapshot.statistics("lineno")[:25]]
 
 def watch():
+    # The statistics of a snapshot are Python objects, traced too (several MiB): the
+    # peak is read before each is made and reset after, so that it is the agent's.
     for phase in phases:
-        highest, at_highest = 0, []
+        highest, at_highest, peak = 0, [], 0
         while not (directory / f"{phase}.now").exists():
             time.sleep(0.2)
-            current = tracemalloc.get_traced_memory()[0]
+            current, peak_now = tracemalloc.get_traced_memory()
+            peak = max(peak, peak_now)
             if current > highest + 2 ** 20:  # a new high: who holds it
                 highest, at_highest = current, holders(tracemalloc.take_snapshot())
-        current, peak = tracemalloc.get_traced_memory()
+                tracemalloc.reset_peak()
+        current, peak_now = tracemalloc.get_traced_memory()
         snapshot = tracemalloc.take_snapshot()
-        tracemalloc.reset_peak()
         result = {
-            "total": current, "peak": peak, "lineno": holders(snapshot),
+            "total": current, "peak": max(peak, peak_now), "lineno": holders(snapshot),
             "filename": [(str(stat.traceback[0]), stat.size, stat.count)
                          for stat in snapshot.statistics("filename")[:25]],
             "highest": highest, "at_highest": at_highest,
         }
         del snapshot
+        tracemalloc.reset_peak()
         (directory / f"{phase}.json").write_text(json.dumps(result))
 
 threading.Thread(target=watch, daemon=True).start()
@@ -679,7 +699,8 @@ def print_profile(profile: Profile) -> None:
             f"{fmt(phase.anon_at_peak_mib, 1):>13}"
         )
     print(
-        f"VmHWM {profile.hwm_mib:.1f} MiB (at the end: RssAnon {profile.rss_anon_mib:.1f}, "
+        f"VmHWM {profile.hwm_mib:.1f} MiB, reached in the {profile.hwm_reached} "
+        f"(at the end: RssAnon {profile.rss_anon_mib:.1f}, "
         f"RssFile {profile.rss_file_mib:.1f}); {profile.start_rss_mib:.1f} MiB once started; "
         f"the outage left {profile.outage_records:,} records"
         + ("" if profile.drained else " (NOT drained in time)")
