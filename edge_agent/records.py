@@ -4,11 +4,40 @@ from __future__ import annotations
 
 import functools
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, TypeAlias
 
 #: What a queue at its byte cap does with new records: evict its oldest, or refuse.
 Overflow = Literal["drop_oldest", "reject_new"]
+
+
+class PayloadPieces:
+    """A payload given as the pieces it is made of, in order, never joined: a video
+    fragment's Cluster is its headers and its frames' own bytes. The spool writes a
+    large one into its row a piece at a time, so the fragment is not held twice (as
+    frames and as one joined copy) while it is stored; ``len`` is its size in bytes."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self, parts: Sequence[bytes]) -> None:
+        self.parts = tuple(parts)
+        self.size = sum(map(len, self.parts))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def joined(self) -> bytes:
+        return b"".join(self.parts)
+
+
+#: What a record carries: its bytes, or (a video fragment) the pieces they are made of.
+Payload: TypeAlias = bytes | PayloadPieces
+
+
+def payload_bytes(payload: Payload) -> bytes:
+    """The payload as one bytes object (pieces joined: for a small one, or a rare path)."""
+    return payload if isinstance(payload, bytes) else payload.joined()
 
 
 class Record(NamedTuple):
@@ -23,7 +52,7 @@ class Record(NamedTuple):
     queue: str
     partition_key: str
     captured_at_ms: int
-    payload: bytes
+    payload: Payload
     meta: str | None = None
     redelivered: bool = False
 

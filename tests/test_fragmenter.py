@@ -179,6 +179,12 @@ def test_audio_is_cut_where_the_video_is_and_a_fragment_waits_for_its_audio() ->
     assert len(first.audio) + len(second.audio) + 5 == len(audio)
     # Both tracks in one cluster, in time order: the cluster writer checks it.
     assert first.cluster() and second.cluster()
+    # What the camera stores: the same bytes, as pieces that hold the frames themselves.
+    for fragment in (first, second):
+        pieces = fragment.cluster_pieces()
+        assert pieces.joined() == fragment.cluster() and len(pieces) == len(fragment.cluster())
+        held = {id(part) for part in pieces.parts}
+        assert all(id(frame.data) in held for frame in (*fragment.frames, *fragment.audio))
 
 
 def test_a_fragment_whose_audio_stops_goes_without_waiting_longer_than_a_second() -> None:

@@ -11,15 +11,17 @@ import ctypes
 import os
 import sqlite3
 import subprocess
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edge_agent.errors import SpoolFull
-from edge_agent.records import Record
+from edge_agent.records import Payload, PayloadPieces, Record
 from edge_agent.spool import recordings
 from edge_agent.spool.blobs import BLOB_IO_BYTES, read_payloads
+from edge_agent.spool.queues import Queues
 from edge_agent.spool.schema import migrate
 from edge_agent.spool.store import Spool
 from edge_agent.spool.writer import _insert_records
@@ -104,7 +106,7 @@ def test_a_batch_given_its_first_id_starts_there_whichever_kind_comes_first(firs
     migrate(conn)
     big, small = fragment(7, BLOB_IO_BYTES), b"small"
     payloads = [big, small, big] if first == "large" else [small, big, small]
-    rows: list[tuple[int, str, int, int, str | None, bytes]] = [
+    rows: list[tuple[int, str, int, int, str | None, Payload]] = [
         (1, "k", n, len(payload), None, payload) for n, payload in enumerate(payloads)
     ]
     large = [n for n, payload in enumerate(payloads) if len(payload) >= BLOB_IO_BYTES]
@@ -200,3 +202,36 @@ def test_the_ring_stores_and_reads_large_fragments_without_a_copy_inside_sqlite(
     assert [r.id for r in ranged] == [2, 3, 4]
     assert storing < MIB, f"storing a 4 MiB fragment took {storing:,} bytes in SQLite"
     assert reading < MIB, f"reading 4.3 MiB of fragments took {reading:,} bytes in SQLite"
+
+
+@pytest.mark.parametrize("size", [BLOB_IO_BYTES - 1, 4 * MIB])
+def test_a_payload_given_as_pieces_is_stored_whole_and_never_joined(
+    tmp_path: Path, size: int
+) -> None:
+    """A camera hands its fragment over as the Cluster's pieces (its frames' own bytes):
+    a large one is written into its rows (queue and ring) a piece at a time, without the
+    joined copy that storing it as one bytes object took; a small one is joined and bound."""
+    data = fragment(3, size)
+    parts = [data[start : start + 40_000] for start in range(0, size, 40_000)]
+    pieces = PayloadPieces(parts)
+    assert len(pieces) == size
+    with Spool.open(tmp_path / "s.db") as spool:
+
+        def also(conn: sqlite3.Connection, _queues: Queues) -> None:
+            recordings.insert(conn, "door", 1, 2, meta="{}", payload=pieces, queued=False)
+
+        tracemalloc.start()
+        try:
+            spool.append([Record("video", "k", 1, fragment(4, 10))])  # the statements warm
+            before = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            spool.append([Record("video", "k", 2, pieces)], also=also, also_bytes=size)
+            storing = tracemalloc.get_traced_memory()[1] - before
+        finally:
+            tracemalloc.stop()
+        leased = spool.lease("video", max_records=2, max_bytes=10 * MIB)
+        (ring,) = spool.read("ring", lambda conn: list(recordings.in_range(conn, "door", 0, 10)))
+    assert leased[1].payload == data
+    assert ring.payload == data
+    if size >= BLOB_IO_BYTES:
+        assert storing < MIB, f"storing a 4 MiB fragment's pieces took {storing:,} bytes"

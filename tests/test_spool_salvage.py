@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import pytest
 
-from edge_agent.records import LeasedRecord, Record
+from edge_agent.records import LeasedRecord, Record, payload_bytes
 from edge_agent.spool.caps import QueuePolicy
 from edge_agent.spool.damaged import RECORD_COLUMNS, indexed_record_ids, read_rows
 from edge_agent.spool.recovery import open_file
@@ -191,7 +191,7 @@ def test_a_damaged_overflow_page_costs_only_its_record(tmp_path: Path) -> None:
     big = next(n for n, r in enumerate(records) if len(r.payload) > 2 * PAGE and n > 300)
     # Bytes 3000.. of a 10 KB payload are on the first of its two overflow pages. (Garbage
     # on a record's last overflow page is read as its payload: SQLite has no checksums.)
-    overflow = path.read_bytes().index(records[big].payload[3000:3200])
+    overflow = path.read_bytes().index(payload_bytes(records[big].payload)[3000:3200])
     scribble(path, overflow // PAGE * PAGE, PAGE)
     with Spool.open(path) as spool:
         expected = readable_rows(moved_aside(tmp_path), 600)

@@ -29,7 +29,7 @@ from edge_agent.config.cameras import CameraConfig
 from edge_agent.errors import IntakePaused
 from edge_agent.media.fragment_meta import with_tags
 from edge_agent.media.fragment_tags import fit
-from edge_agent.records import Record
+from edge_agent.records import Payload, Record
 from edge_agent.runtime_status import CameraEventsSnapshot
 from edge_agent.spool import camera_events, recordings
 from edge_agent.spool.camera_events import Event
@@ -56,7 +56,7 @@ class StoredFragment:
     start_ms: int
     end_ms: int
     meta: str
-    payload: bytes
+    payload: Payload  # a camera's: its Cluster's pieces, written into the spool as they are
 
 
 def overlaps(event: Event, start_ms: int, end_ms: int) -> bool:
@@ -212,7 +212,7 @@ class Recorder:
         mine = [e for e in events if overlaps(e, row.start_ms, row.end_ms)]
         return self._record(row.start_ms, self._tagged(row.meta, mine), row.payload)
 
-    def _record(self, start_ms: int, meta: str, payload: bytes) -> Record:
+    def _record(self, start_ms: int, meta: str, payload: Payload) -> Record:
         settings = self.settings
         return Record(settings.sink or "", settings.name, start_ms, payload, meta)
 

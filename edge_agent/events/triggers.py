@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from edge_agent.config.cameras import CameraConfig
 from edge_agent.config.events import TRIGGER_PREFIX, TriggerConfig
-from edge_agent.records import Record
+from edge_agent.records import Record, payload_bytes
 from edge_agent.spool import camera_events
 from edge_agent.spool.camera_events import NewEvent
 from edge_agent.spool.queues import Queues
@@ -69,7 +69,7 @@ class TriggerRouter:
     def _apply(self, conn: sqlite3.Connection, trigger: TriggerConfig, record: Record) -> None:
         stats = self.stats[trigger.name]
         stats.messages += 1
-        text = record.payload.decode(errors="replace")
+        text = payload_bytes(record.payload).decode(errors="replace")
         valid = bool(conn.execute("SELECT json_valid(?)", (text,)).fetchone()[0])
         fields = _fields(conn, text, trigger.fields) if valid else {}
         fields["topic"] = _topic(record)

@@ -219,6 +219,12 @@ def interleaved(video: Sequence[Frame], audio: Sequence[Frame]) -> list[Frame]:
 def cluster(frames: Sequence[Frame]) -> bytes:
     """One fragment as an unknown-size Cluster: its Timecode is the first frame's time,
     which must be a video keyframe; the frames are in the order described above."""
+    return b"".join(cluster_parts(frames))
+
+
+def cluster_parts(frames: Sequence[Frame]) -> list[bytes]:
+    """``cluster`` as the pieces it is joined from: its headers, and each frame's block
+    header and the frame's own bytes (not copied)."""
     if not frames:
         raise FragmentError("a fragment needs at least one frame")
     if not frames[0].keyframe or frames[0].track != VIDEO_TRACK:
@@ -247,4 +253,4 @@ def cluster(frames: Sequence[Frame]) -> bytes:
             header,
             frame.data,
         )
-    return b"".join(parts)
+    return parts

@@ -28,7 +28,7 @@ import contextlib
 import sqlite3
 from collections.abc import Iterator, Sequence
 
-from edge_agent.records import RECORD_ID, RECORD_PAYLOAD
+from edge_agent.records import RECORD_ID, RECORD_PAYLOAD, Payload, payload_bytes
 
 #: Payloads from this size on are written and read by blob I/O (the mmap threshold).
 BLOB_IO_BYTES = 256 * 1024
@@ -40,19 +40,22 @@ Row = tuple[object, ...]
 
 
 def insert_row(
-    conn: sqlite3.Connection, table: str, columns: str, values: Sequence[object], payload: bytes
+    conn: sqlite3.Connection, table: str, columns: str, values: Sequence[object], payload: Payload
 ) -> int:
-    """``INSERT INTO table (columns, payload)``; a large payload written by blob. Returns
-    the row's id (an ``id`` among the columns given as None: SQLite's choice)."""
+    """``INSERT INTO table (columns, payload)``; a large payload written by blob (given
+    as pieces, a piece at a time). Returns the row's id (an ``id`` among the columns
+    given as None: SQLite's choice)."""
     marks = ", ".join("?" * len(values))
     large = len(payload) >= BLOB_IO_BYTES
     sql = f"INSERT INTO {table} ({columns}, payload) VALUES ({marks}, "
     sql += "zeroblob(?))" if large else "?)"
-    row_id = conn.execute(sql, (*values, len(payload) if large else payload)).lastrowid
+    bound = len(payload) if large else payload_bytes(payload)
+    row_id = conn.execute(sql, (*values, bound)).lastrowid
     assert row_id is not None
     if large:
         with conn.blobopen(table, "payload", row_id) as blob:
-            blob.write(payload)
+            for part in (payload,) if isinstance(payload, bytes) else payload.parts:
+                blob.write(part)
     return row_id
 
 

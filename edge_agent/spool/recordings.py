@@ -19,6 +19,7 @@ import sqlite3
 from collections.abc import Iterator
 from typing import NamedTuple
 
+from edge_agent.records import Payload
 from edge_agent.spool.blobs import PAYLOAD, insert_row, read_payloads
 
 MIGRATION = [
@@ -77,7 +78,7 @@ def insert(
     end_ms: int,
     *,
     meta: str,
-    payload: bytes,
+    payload: Payload,
     queued: bool,
 ) -> int:
     values = (camera, start_ms, end_ms, len(payload), int(queued), meta)

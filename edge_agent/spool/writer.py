@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from edge_agent.records import AppendResult, Record
+from edge_agent.records import AppendResult, Payload, Record, payload_bytes
 from edge_agent.spool.blobs import BLOB_IO_BYTES, insert_row
 from edge_agent.spool.caps import Caps, QueuePolicy, TakenBack
 from edge_agent.spool.dead_letters import INSERT_AT_APPEND
@@ -35,7 +35,7 @@ DEAD_LOG_INTERVAL_S = 10.0
 #: The columns of a row inserted alone, but its payload (``blobs.insert_row``).
 _ALONE_COLUMNS = "id, queue_id, partition_key, captured_at_ms, size, meta"
 
-_RecordRow = tuple[int, str, int, int, str | None, bytes]
+_RecordRow = tuple[int, str, int, int, str | None, Payload]
 _DeadRow = tuple[int, str, int, int, str, int, str | None, bytes]
 
 
@@ -119,7 +119,7 @@ class Writer:
                         reason,
                         now,
                         record.meta,
-                        record.payload,
+                        payload_bytes(record.payload),
                     )
                 )
                 delta.dead_count += 1
@@ -130,17 +130,13 @@ class Writer:
                 delta.rejected_count += 1
                 delta.rejected_bytes += size
                 continue
+            payload = record.payload
             if size >= BLOB_IO_BYTES:
                 large.append(len(rows))
+            elif not isinstance(payload, bytes):
+                payload = payload.joined()  # bound to the INSERT with the small ones
             rows.append(
-                (
-                    state.id,
-                    record.partition_key,
-                    record.captured_at_ms,
-                    size,
-                    record.meta,
-                    record.payload,
-                )
+                (state.id, record.partition_key, record.captured_at_ms, size, record.meta, payload)
             )
             projected[record.queue] += size
             projected_total += size

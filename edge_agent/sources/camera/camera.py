@@ -472,7 +472,7 @@ class Camera(ThreadWorker):
             ahead = self.clock.ahead_of_now_ms(fragment.frames[-1].time_ms)
             if ahead and self._stop.wait(ahead / 1000):
                 return
-        payload = fragment.cluster()
+        payload = fragment.cluster_pieces()  # written into the spool as they are
         end_ms = fragment.frames[-1].time_ms
         try:
             self.recorder.store(StoredFragment(fragment.start_ms, end_ms, meta, payload))

@@ -22,9 +22,17 @@ start (a connection's first keyframe) is dropped the same way.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from edge_agent.media.mkv import MAX_CLUSTER_SPAN_MS, Frame, cluster, interleaved
+from edge_agent.media.mkv import (
+    MAX_CLUSTER_SPAN_MS,
+    Frame,
+    cluster,
+    cluster_parts,
+    interleaved,
+)
+from edge_agent.records import PayloadPieces
 
 #: How long a fragment closed by a keyframe waits for the audio up to that keyframe.
 AUDIO_WAIT_MS = 1_000
@@ -55,7 +63,14 @@ class Fragment:
         return sum(len(frame.data) for frame in self.frames)
 
     def cluster(self) -> bytes:
-        return cluster(interleaved(self.frames, self.audio) if self.audio else self.frames)
+        return cluster(self._in_order())
+
+    def cluster_pieces(self) -> PayloadPieces:
+        """The Cluster as its pieces, the frames' bytes among them (not joined)."""
+        return PayloadPieces(cluster_parts(self._in_order()))
+
+    def _in_order(self) -> Sequence[Frame]:
+        return interleaved(self.frames, self.audio) if self.audio else self.frames
 
 
 class Fragmenter:
