@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import tracemalloc
 from typing import Any
 
 import botocore.session
@@ -13,6 +12,7 @@ from botocore.serialize import create_serializer
 
 from edge_agent.sinks.base import Entry
 from edge_agent.sinks.prebuilt_body import data_record, records_body
+from tests.support import traced_peak
 
 
 def botocore_body(service: str, operation: str, params: dict[str, Any]) -> Any:
@@ -59,13 +59,12 @@ def test_a_body_is_built_without_holding_every_piece_at_once() -> None:
     """Joining the pieces held them all and then the body: twice the body at the peak.
     Growing it in place holds the body and one record's pieces."""
     entries = [bytes([n]) * 50_000 for n in range(21)]  # an aggregated request of 1 MiB
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        body = records_body({"StreamName": "s-1"}, (data_record(data) for data in entries))
-        peak = tracemalloc.get_traced_memory()[1] - before
-    finally:
-        tracemalloc.stop()
+    built: list[bytearray] = []
+    peak = traced_peak(
+        lambda: built.append(
+            records_body({"StreamName": "s-1"}, (data_record(data) for data in entries))
+        )
+    )
+    (body,) = built
     assert [base64.b64decode(r["Data"]) for r in json.loads(body)["Records"]] == entries
     assert peak < 1.25 * len(body), f"building a body of {len(body):,} bytes peaked at {peak:,}"

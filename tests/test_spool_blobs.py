@@ -11,7 +11,6 @@ import ctypes
 import os
 import sqlite3
 import subprocess
-import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from edge_agent.spool.queues import Queues
 from edge_agent.spool.schema import migrate
 from edge_agent.spool.store import Spool
 from edge_agent.spool.writer import _insert_records
-from tests.support import sqlite_memory_used
+from tests.support import sqlite_memory_used, traced_peak
 
 MIB = 1024**2
 
@@ -220,15 +219,10 @@ def test_a_payload_given_as_pieces_is_stored_whole_and_never_joined(
         def also(conn: sqlite3.Connection, _queues: Queues) -> None:
             recordings.insert(conn, "door", 1, 2, meta="{}", payload=pieces, queued=False)
 
-        tracemalloc.start()
-        try:
-            spool.append([Record("video", "k", 1, fragment(4, 10))])  # the statements warm
-            before = tracemalloc.get_traced_memory()[0]
-            tracemalloc.reset_peak()
-            spool.append([Record("video", "k", 2, pieces)], also=also, also_bytes=size)
-            storing = tracemalloc.get_traced_memory()[1] - before
-        finally:
-            tracemalloc.stop()
+        spool.append([Record("video", "k", 1, fragment(4, 10))])  # the statements warm
+        storing = traced_peak(
+            lambda: spool.append([Record("video", "k", 2, pieces)], also=also, also_bytes=size)
+        )
         leased = spool.lease("video", max_records=2, max_bytes=10 * MIB)
         (ring,) = spool.read("ring", lambda conn: list(recordings.in_range(conn, "door", 0, 10)))
     assert leased[1].payload == data

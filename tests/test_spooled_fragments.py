@@ -6,7 +6,6 @@ while it is written ends that connection, not the sink (kvs-local, read back wit
 from __future__ import annotations
 
 import sqlite3
-import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,22 +19,18 @@ from edge_agent.sinks.kvs.spooled_payload import PIECE_BYTES, send_spooled
 from edge_agent.spool.blobs import BLOB_IO_BYTES
 from edge_agent.spool.store import Spool
 from tests.putmedia_client import CREDENTIALS
-from tests.support import wait_until
+from tests.support import traced_peak, wait_until
 from tests.test_kvs_uploader import make
+from tests.test_spool_blobs import fragment
 from tests.video_backlog import encode_one_second, fill_backlog
 
 MIB = 1024**2
 
 
-def payload(seed: int, size: int) -> bytes:
-    """Bytes that differ from payload to payload and are never all zero."""
-    return (bytes((seed + i) % 251 + 1 for i in range(256)) * (size // 256 + 1))[:size]
-
-
 def test_a_large_payload_leased_unread_is_empty_and_counted_at_its_size(tmp_path: Path) -> None:
     """Left in the spool, a payload still counts: a lease within 2 MiB takes one 1.5 MiB
     fragment, not all three (with each counted as empty, it took them all)."""
-    large = [payload(n, 3 * MIB // 2) for n in range(3)]
+    large = [fragment(n, 3 * MIB // 2) for n in range(3)]
     with Spool.open(tmp_path / "s.db") as spool:
         spool.append([Record("video", "k", n, data) for n, data in enumerate(large)])
         spool.append([Record("video", "k", 9, b"small")])
@@ -49,7 +44,7 @@ def test_a_large_payload_leased_unread_is_empty_and_counted_at_its_size(tmp_path
 
 @pytest.mark.parametrize("size", [BLOB_IO_BYTES, 4 * PIECE_BYTES, 4 * MIB + 17])
 def test_the_pieces_of_a_spooled_fragment_make_it_whole(tmp_path: Path, size: int) -> None:
-    data = payload(size, size)
+    data = fragment(size, size)
     with Spool.open(tmp_path / "s.db") as spool:
         spool.append([Record("video", "k", 1, data)])
         (record,) = spool.lease("video", max_records=1, max_bytes=MIB, read_large=False)
@@ -60,25 +55,13 @@ def test_the_pieces_of_a_spooled_fragment_make_it_whole(tmp_path: Path, size: in
     assert all(0 < len(piece) <= PIECE_BYTES for piece in pieces)
 
 
-def _traced_peak(action: Callable[[], object]) -> int:
-    """How far Python's traced memory rose above where it was while ``action`` ran."""
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        action()
-        return tracemalloc.get_traced_memory()[1] - before
-    finally:
-        tracemalloc.stop()
-
-
 def test_writing_a_spooled_fragment_holds_a_piece_of_it_not_all_of_it(tmp_path: Path) -> None:
     size = 4 * MIB
     with Spool.open(tmp_path / "s.db") as spool:
-        spool.append([Record("video", "k", n, payload(n, size)) for n in range(2)])
+        spool.append([Record("video", "k", n, fragment(n, size)) for n in range(2)])
         (unread,) = spool.lease("video", max_records=1, max_bytes=MIB, read_large=False)
-        streaming = _traced_peak(lambda: send_spooled(spool, unread, lambda piece: None))
-        reading = _traced_peak(
+        streaming = traced_peak(lambda: send_spooled(spool, unread, lambda piece: None))
+        reading = traced_peak(
             lambda: spool.lease("video", max_records=1, max_bytes=MIB, read_large=True)
         )
     assert reading >= size  # the measurement sees a whole fragment when there is one
@@ -86,7 +69,7 @@ def test_writing_a_spooled_fragment_holds_a_piece_of_it_not_all_of_it(tmp_path: 
 
 
 def test_a_fragment_deleted_while_it_is_written_ends_the_write(tmp_path: Path) -> None:
-    data = payload(5, 4 * PIECE_BYTES)
+    data = fragment(5, 4 * PIECE_BYTES)
     path = tmp_path / "s.db"
     with Spool.open(path) as spool:
         spool.append([Record("video", "k", 1, data)])
