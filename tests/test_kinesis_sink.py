@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.delivery.forwarder import Forwarder
 from edge_agent.records import Record
+from edge_agent.sinks.base import Request
 from edge_agent.sinks.kinesis.shards import ShardMap
 from tests.faulty_kinesis import FaultyKinesis
 from tests.forwarding import Harness, MakeHarness
@@ -238,10 +240,19 @@ def test_a_refused_aggregate_is_resent_as_plain_records(
     assert delivered == seqs
 
 
-def test_an_aggregated_request_on_the_wire_holds_its_records_without_payloads(
-    kinesis: MakeHarness, endpoint: FaultyKinesis
+def test_an_aggregated_request_on_the_wire_holds_its_bytes_once_in_its_body(
+    kinesis: MakeHarness, endpoint: FaultyKinesis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The aggregates carry the bytes: the window does not hold them a second time."""
+    """The aggregates carry the bytes: the window does not hold them a second time. And
+    once the body is written, the body carries them: the aggregates are let go of."""
+    launched: list[Request] = []
+    launch = Forwarder._launch
+
+    def watched(forwarder: Forwarder, request: Request) -> None:
+        launched.append(request)
+        launch(forwarder, request)
+
+    monkeypatch.setattr(Forwarder, "_launch", watched)
     harness = kinesis(aggregate=True, aggregate_max_bytes="4KiB")
     endpoint.answer_delay = 0.3
     seqs = harness.append(2000, keys=7)
@@ -251,8 +262,38 @@ def test_an_aggregated_request_on_the_wire_holds_its_records_without_payloads(
     bare = [window.records[record_id] for record_id in list(window.elided)]
     assert {record.payload for record in bare} == {b""}
     assert window.size == 2000 * 100  # still counted
+
+    (request,) = launched
+    wait_until(lambda: endpoint.requests == 1, 10, 0.005, "the request at the endpoint")
+    # From the moment it left (its answer is 0.3 s away), not only once answered:
+    assert len(request.entries) > 1 and {entry.data for entry in request.entries} == {b""}
     harness.wait_drained(30)
     assert all_seqs(seqs_by_key(harness)) == seqs
+
+
+def test_a_refused_record_inside_an_aggregate_is_found_and_dead_lettered_alone(
+    kinesis: MakeHarness, endpoint: FaultyKinesis
+) -> None:
+    """The service refuses the whole request for one user record in one of its
+    aggregates. The aggregates went into the body and were let go of: each half of
+    the request is packed again from the spool, down to the record to blame. Every
+    other record arrives once, byte for byte."""
+    harness = kinesis(aggregate=True, aggregate_max_bytes="4KiB", max_request_bytes="64KiB")
+    seqs = harness.append(400, keys=7)
+    harness.spool.append([Record("out", "k1", 1, b'{"seq": -1, "x": "POISON"}')])
+    seqs += harness.append(399, keys=7)
+    endpoint.reject_data_containing = b"POISON"
+    harness.start()
+    harness.wait_drained(30)
+    stored = [
+        StreamRecord(r.shard_id, r.sequence_number, r.partition_key, r.data)
+        for r in endpoint.records(harness.target)
+    ]
+    delivered = sorted(json.loads(data)["seq"] for _, data in user_records(stored))
+    assert delivered == seqs
+    (dead,) = harness.spool.dead_letters()
+    assert b"POISON" in dead.payload and "InvalidArgumentException" in dead.reason
+    assert harness.forwarder is not None and harness.forwarder._window.elided == {}
 
 
 def test_aggregates_failed_as_a_whole_are_packed_again_from_the_spool(

@@ -22,11 +22,13 @@ def botocore_body(service: str, operation: str, params: dict[str, Any]) -> Any:
     return json.loads(request["body"])
 
 
-ENTRIES = [
-    Entry([], b"\x00\xffbinary", "k1"),
-    Entry([], b"", 'k\u00e9"quoted\\'),
-    Entry([], bytes(range(256)) * 40, "sensor-7", "340282366920938463463374607431768211455"),
-]
+def entries() -> list[Entry]:
+    """Fresh each time: a sink takes an entry's data as it writes the body."""
+    return [
+        Entry([], b"\x00\xffbinary", "k1"),
+        Entry([], b"", 'k\u00e9"quoted\\'),
+        Entry([], bytes(range(256)) * 40, "sensor-7", "340282366920938463463374607431768211455"),
+    ]
 
 
 def test_kinesis_body_is_what_botocore_would_send() -> None:
@@ -34,23 +36,25 @@ def test_kinesis_body_is_what_botocore_would_send() -> None:
 
     sink = KinesisSink.__new__(KinesisSink)  # only the body encoding is under test
     sink._key_json = {}
-    ours = records_body({"StreamName": "s-1"}, (sink._record_json(e) for e in ENTRIES))
     records: list[dict[str, Any]] = []
-    for entry in ENTRIES:
+    for entry in entries():
         item: dict[str, Any] = {"Data": entry.data, "PartitionKey": entry.partition_key}
         if entry.explicit_hash_key is not None:
             item["ExplicitHashKey"] = entry.explicit_hash_key
         records.append(item)
     expected = botocore_body("kinesis", "PutRecords", {"StreamName": "s-1", "Records": records})
+    sent = entries()
+    ours = records_body({"StreamName": "s-1"}, (sink._record_json(e) for e in sent))
     assert json.loads(ours) == expected
+    assert all(entry.taken and entry.data == b"" for entry in sent)  # the body holds them
 
 
 def test_firehose_body_is_what_botocore_would_send() -> None:
-    ours = records_body({"DeliveryStreamName": "d-1"}, (data_record(e.data) for e in ENTRIES))
+    ours = records_body({"DeliveryStreamName": "d-1"}, (data_record(e.data) for e in entries()))
     expected = botocore_body(
         "firehose",
         "PutRecordBatch",
-        {"DeliveryStreamName": "d-1", "Records": [{"Data": e.data} for e in ENTRIES]},
+        {"DeliveryStreamName": "d-1", "Records": [{"Data": e.data} for e in entries()]},
     )
     assert json.loads(ours) == expected
 

@@ -15,12 +15,18 @@ service::
                                          back in the forwarder thread, free to update
                                          the sink's state (positions, shard map, pace)
     plain_entries(records) -> [Entry]    one entry per record (to find a bad record)
+    rebuild(entry, records) -> Entry     an entry made again from its records, after
+                                         its data went into a request's body
     ready() -> SinkError | None          what keeps it from sending at all (its
                                          credentials); asked at start until None
     snapshot() -> SinkFields             sink-specific status (shards, sequence numbers)
 
 An ``Entry`` is one record as the service sees it. It carries one spooled record, or
 several when the sink aggregates them; every record of an entry shares its outcome.
+``transmit`` takes each entry's data as it writes the request's body (``take_data``):
+while the request is on the wire its bytes are held once, in the body. A request the
+service refuses as invalid is split up to find the record to blame, and its entries are
+made again from their records (``rebuild``), read back from the spool.
 
 Ordered mode: candidates come in spool order, and for each partition key only a prefix
 that is due. ``RequestPacker`` keeps the rule that makes order survive partial failures:
@@ -46,6 +52,14 @@ class Entry:
     partition_key: str = ""
     explicit_hash_key: str | None = None
     shard_id: str | None = None
+    #: The data went into a request's body (``take_data``): the entry no longer has it.
+    taken: bool = False
+
+    def take_data(self) -> bytes:
+        """The data, let go of by the entry: from now on the request's body holds the
+        bytes (an aggregate is not held a second time while it is on the wire)."""
+        data, self.data, self.taken = self.data, b"", True
+        return data
 
     @property
     def size(self) -> int:
@@ -105,6 +119,13 @@ class Sink(Protocol):
 
     def plain_entries(self, records: Sequence[LeasedRecord]) -> list[Entry]:
         """One entry per record, no aggregation (to find a record the service refuses)."""
+        ...
+
+    def rebuild(self, entry: Entry, records: Sequence[LeasedRecord]) -> Entry:
+        """``entry`` made again from ``records`` (its records, with their payloads, less
+        any the spool no longer holds), as ``pack`` made it: its data was taken into
+        the body of a request the service refused as invalid, and a part of that
+        request is sent again."""
         ...
 
     def snapshot(self) -> SinkFields: ...

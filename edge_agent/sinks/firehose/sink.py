@@ -83,10 +83,14 @@ class FirehoseSink:
     def _entry(self, record: LeasedRecord) -> Entry:
         return Entry([record], record.payload + self._suffix)
 
+    def rebuild(self, entry: Entry, records: Sequence[LeasedRecord]) -> Entry:
+        (record,) = records
+        return self._entry(record)
+
     def transmit(self, request: Request) -> Any:
         body = records_body(
             {"DeliveryStreamName": self.target},
-            (data_record(entry.data) for entry in request.entries),
+            (data_record(entry.take_data()) for entry in request.entries),
         )
         return self.clients.call(
             "put_record_batch",

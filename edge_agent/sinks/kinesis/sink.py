@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -367,6 +368,18 @@ class KinesisSink:
             for r in records
         ]
 
+    def rebuild(self, entry: Entry, records: Sequence[LeasedRecord]) -> Entry:
+        if len(records) == 1:  # plain, as a one-record aggregate is (``build``)
+            return self.plain_entries(records)[0]
+        hash_key = self.options.explicit_hash_key
+        builder = AggregateBuilder(sys.maxsize)  # they were in one aggregate: they fit
+        for record in records:
+            builder.add(record.partition_key, record.payload, hash_key)
+        built = builder.build()
+        return Entry(
+            list(records), built.data, built.partition_key, built.explicit_hash_key, entry.shard_id
+        )
+
     def transmit(self, request: Request) -> Any:
         body = records_body(
             {"StreamName": self.target},
@@ -387,9 +400,9 @@ class KinesisSink:
                 entry.partition_key
             )
         if entry.explicit_hash_key is None:
-            return data_record(entry.data, key)
+            return data_record(entry.take_data(), key)
         return data_record(
-            entry.data, key, b',"ExplicitHashKey":' + json_string(entry.explicit_hash_key)
+            entry.take_data(), key, b',"ExplicitHashKey":' + json_string(entry.explicit_hash_key)
         )
 
     def outcomes(self, request: Request, answer: Any) -> list[Outcome]:

@@ -79,6 +79,10 @@ class S3Sink:
     def plain_entries(self, records: Sequence[LeasedRecord]) -> list[Entry]:
         return [Entry([record], record.payload) for record in records]
 
+    def rebuild(self, entry: Entry, records: Sequence[LeasedRecord]) -> Entry:
+        (record,) = records  # an object's entry keeps its data (its record's payload)
+        return Entry([record], record.payload)
+
     def transmit(self, request: Request) -> Any:
         (entry,) = request.entries
         (record,) = entry.records
