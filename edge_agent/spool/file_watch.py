@@ -77,6 +77,13 @@ class FileWatch:
 
     def __init__(self, path: Path, lock_file: IO[bytes] | None) -> None:
         self.path = path
+        # Made once: ``changed`` runs on every append, and a Path made from a string
+        # interns its parts. The WAL's name, interned and freed a thousand times a
+        # second, filled the interpreter's table of interned strings with deleted
+        # entries, and every half minute it was rebuilt at its size: 1.8 MiB more,
+        # for a moment (docs/BENCHMARKS.md).
+        self.wal_path = wal_path(path)
+        self.shm_path = shm_path(path)
         self.lock_file = lock_file
         self.database: FileIdentity | None = None
         self.wal: FileIdentity | None = None
@@ -93,8 +100,8 @@ class FileWatch:
         """Take the identities of the files just opened (the WAL exists once the
         connection read in WAL mode)."""
         self.database = identity(self.path)
-        self.wal = identity(wal_path(self.path))
-        self.shm = identity(shm_path(self.path))
+        self.wal = identity(self.wal_path)
+        self.shm = identity(self.shm_path)
 
     def changed(self) -> str | None:
         """What happened to the files, or None while the path still names them."""
@@ -102,7 +109,7 @@ class FileWatch:
         if now != self.database:
             return "was deleted or moved" if now is None else "was replaced by another file"
         if self.wal is not None:
-            wal_now = identity(wal_path(self.path))
+            wal_now = identity(self.wal_path)
             if wal_now != self.wal:
                 return (
                     "lost its write-ahead log (deleted)"
