@@ -17,7 +17,10 @@ Phases: ``steady`` (``--steady`` seconds after every camera's first fragments we
 acknowledged), ``outage`` (``--outage`` seconds with both uplinks refused at the proxies,
 tests/fault_proxy.py), ``drain`` (until what was captured before the uplinks came back
 has gone, at most ``--drain-timeout``). Each phase reports the agent's CPU (% of one
-core, from /proc/PID/task/*/schedstat) and its RSS peak and median; the run its VmHWM.
+core, from /proc/PID/task/*/schedstat), its RSS peak and median (samples every 100 ms)
+and its VmHWM: the sampler resets the agent's VmHWM after each sample
+(``/proc/PID/clear_refs``), so a spike between two samples counts in its phase. The
+run's VmHWM is the highest of them.
 
 The baseline, measured after the agent on the same live sources: ``ffmpeg -c copy`` of
 the 1080p camera to MKV, ``ffmpeg`` encoding the same 720p test pattern, a bare paho
@@ -116,7 +119,9 @@ class Sample:
     rss_mib: float
     anon_mib: float  # RssAnon: the heaps, stacks and anonymous maps
     cpu_s: float
-    hwm_mib: float  # VmHWM: the highest RSS so far, spikes between samples included
+    #: VmHWM: the highest RSS since the sample before (the sampler resets it after
+    #: each sample where the kernel lets it), spikes between samples included.
+    hwm_mib: float
 
 
 @dataclass
@@ -127,6 +132,8 @@ class Phase:
     rss_peak_mib: float
     rss_median_mib: float
     anon_at_peak_mib: float  # RssAnon in the sample of the RSS peak
+    #: The highest RSS in the phase, spikes between samples included (VmHWM per sample).
+    hwm_mib: float = float("nan")
 
 
 @dataclass
@@ -161,11 +168,16 @@ class Profile:
 
 
 class Sampler(threading.Thread):
-    """The agent's RSS and CPU every SAMPLE_S, until stopped."""
+    """The agent's RSS and CPU every SAMPLE_S, until stopped. After each sample it
+    resets the agent's VmHWM (``/proc/PID/clear_refs``, "5"), so that each sample's
+    VmHWM is the highest RSS since the one before: a spike between samples is placed
+    to within one sample, in its phase."""
 
     def __init__(self, pid: int, *, maps: bool = False) -> None:
         super().__init__(daemon=True)
         self.pid = pid
+        #: Whether the kernel let the sampler reset the VmHWM (else it is cumulative).
+        self.resets = True
         self.samples: list[Sample] = []
         #: With ``maps``: (time, anonymous memory by kind) every MAPS_EVERY samples.
         self.maps: list[tuple[float, dict[str, float]]] = []
@@ -177,6 +189,8 @@ class Sampler(threading.Thread):
             try:
                 rss, anon, hwm = status_mib(self.pid)
                 sample = Sample(time.monotonic(), rss, anon, cpu_s(self.pid), hwm)
+                if self.resets:
+                    self.resets = reset_peak(self.pid)
                 if self._with_maps and len(self.samples) % MAPS_EVERY == 0:
                     self.maps.append((sample.at, anonymous_maps_mib(self.pid)))
             except (OSError, ValueError):
@@ -191,6 +205,10 @@ class Sampler(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self.join(5)
+
+    def highest(self) -> float:
+        """The highest RSS the samples saw, spikes between them included."""
+        return max((s.hwm_mib for s in self.samples), default=0.0)
 
     def hwm_reached(self, marks: dict[str, float]) -> str:
         """Where the VmHWM was reached: the phase, and seconds into it, of the first
@@ -219,6 +237,7 @@ class Sampler(threading.Thread):
             peak.rss_mib,
             statistics.median(s.rss_mib for s in inside),
             peak.anon_mib,
+            max(s.hwm_mib for s in inside),
         )
 
 
@@ -234,6 +253,16 @@ def write_config(directory: Path, tables: set[str] | None = None, **values: obje
         )  # fmt: skip
     config.write_text(text)
     return config
+
+
+def reset_peak(pid: int) -> bool:
+    """Reset the process's VmHWM to its RSS now; False if the kernel does not allow it."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return True
 
 
 def status_mib(pid: int) -> tuple[float, float, float]:
@@ -383,7 +412,8 @@ def run_profile(args: argparse.Namespace, workdir: Path, recording: Path) -> Pro
                 left = backlog(spool, back_ms)
             drained = len(drain_s) == len(left)
             marks["end"] = time.monotonic()
-            hwm = peak_rss_bytes(agent.pid) / MIB
+            sampler.stop()  # its last reset done: the samples' highest, and the highest since
+            hwm = max(sampler.highest(), peak_rss_bytes(agent.pid) / MIB)
             anon, file_backed = smaps_mib(agent.pid)
             holders = {}
             if args.tracemalloc:
@@ -690,13 +720,13 @@ def print_start_split(rows: list[tuple[str, float, float]]) -> None:
 def print_profile(profile: Profile) -> None:
     print(
         f"\n{'phase':<10} {'seconds':>8} {'CPU % core':>11} {'RSS peak MiB':>13} "
-        f"{'RSS median':>11} {'anon at peak':>13}"
+        f"{'RSS median':>11} {'anon at peak':>13} {'VmHWM':>6}"
     )
     for phase in profile.phases:
         print(
             f"{phase.name:<10} {phase.seconds:>8.0f} {fmt(phase.cpu_pct, 1):>11} "
             f"{fmt(phase.rss_peak_mib, 1):>13} {fmt(phase.rss_median_mib, 1):>11} "
-            f"{fmt(phase.anon_at_peak_mib, 1):>13}"
+            f"{fmt(phase.anon_at_peak_mib, 1):>13} {fmt(phase.hwm_mib, 1):>6}"
         )
     print(
         f"VmHWM {profile.hwm_mib:.1f} MiB, reached in the {profile.hwm_reached} "
