@@ -187,15 +187,14 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.wait(SAMPLE_S):
             try:
-                rss, anon, hwm = status_mib(self.pid)
-                sample = Sample(time.monotonic(), rss, anon, cpu_s(self.pid), hwm)
-                if self.resets:
+                at, (rss, anon, hwm) = time.monotonic(), status_mib(self.pid)
+                if self.resets:  # at once: a peak after the read counts in the next sample
                     self.resets = reset_peak(self.pid)
-                if self._with_maps and len(self.samples) % MAPS_EVERY == 0:
-                    self.maps.append((sample.at, anonymous_maps_mib(self.pid)))
+                self.samples.append(Sample(at, rss, anon, cpu_s(self.pid), hwm))
+                if self._with_maps and len(self.samples) % MAPS_EVERY == 1:
+                    self.maps.append((at, anonymous_maps_mib(self.pid)))
             except (OSError, ValueError):
                 return  # the process ended
-            self.samples.append(sample)
 
     def highest_maps(self, start: float, end: float) -> dict[str, float]:
         """The anonymous memory by kind in the phase's sample with the most of it."""
@@ -210,18 +209,19 @@ class Sampler(threading.Thread):
         """The highest RSS the samples saw, spikes between them included."""
         return max((s.hwm_mib for s in self.samples), default=0.0)
 
-    def hwm_reached(self, marks: dict[str, float]) -> str:
-        """Where the VmHWM was reached: the phase, and seconds into it, of the first
-        sample that saw it (to within one sample; "start-up" is before the steady)."""
-        final = max((s.hwm_mib for s in self.samples), default=float("nan"))
-        at = next((s.at for s in self.samples if s.hwm_mib >= final), None)
+    def hwm_reached(self, marks: dict[str, float], hwm: float) -> str:
+        """Where the run's VmHWM ``hwm`` was reached: the phase, and seconds into it, of
+        the first sample that saw it (to within one sample; "start-up" is before the
+        steady), or after the last sample."""
+        at = next((s.at for s in self.samples if s.hwm_mib >= hwm), None)
         if at is None:
-            return "not sampled"
+            return "drain, after the last sample" if self.samples else "not sampled"
         name, start = "start-up", self.samples[0].at
         for phase in ("steady", "outage", "drain"):
             if marks[phase] <= at:
                 name, start = phase, marks[phase]
-        return f"{name}, {at - start:.1f} s in"
+        cumulative = "" if self.resets else "; not reset by the kernel: phases' VmHWM cumulative"
+        return f"{name}, {at - start:.1f} s in{cumulative}"
 
     def phase(self, name: str, start: float, end: float) -> Phase:
         inside = [s for s in self.samples if start <= s.at <= end]
@@ -446,7 +446,7 @@ def run_profile(args: argparse.Namespace, workdir: Path, recording: Path) -> Pro
     }
     return Profile(
         phases, hwm, anon, file_backed, start_rss, outage_records, drained, drain_s, holders,
-        maps, hwm_reached=sampler.hwm_reached(marks),
+        maps, hwm_reached=sampler.hwm_reached(marks, hwm),
     )  # fmt: skip
 
 

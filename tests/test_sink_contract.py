@@ -7,7 +7,9 @@ throttles; it stores only what it accepted, so "exactly once" is checked on its 
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -184,3 +186,37 @@ def test_a_refusal_of_every_record_pauses_instead_of_dead_lettering(harness: Har
     harness.endpoint.persistent_request_error = None
     harness.wait_drained(10)
     assert sorted(seq for _, seq in harness.delivered()) == seqs
+
+
+def test_a_refused_line_is_found_with_the_others_read_back_from_the_spool(
+    endpoint: FaultyKinesis, tmp_path: Path, harnesses: list[Harness]
+) -> None:
+    """Firehose with ``newline``: each entry is a record with its delimiter, so the
+    records of a request on the wire are held without their payloads, and the body
+    takes the entries' data. The request refused for one line is split up with its
+    entries made again from payloads read back from the spool: every other line
+    arrives once, byte for byte, and the refused one is dead-lettered alone."""
+    harness = Harness(endpoint, "firehose", tmp_path, newline=True)
+    harnesses.append(harness)
+    seqs = harness.append(400)
+    harness.spool.append([Record("out", "k1", 1, b'{"seq": -1, "x": "POISON"}')])
+    seqs += harness.append(99)
+    read_again: list[int] = []
+    payloads = harness.spool.payloads
+
+    def counted(queue: str, ids: Sequence[int]) -> dict[int, bytes]:
+        found = payloads(queue, ids)
+        read_again.append(len(found))
+        return found
+
+    harness.spool.payloads = counted  # type: ignore[method-assign]
+    harness.endpoint.reject_data_containing = b"POISON"
+    harness.start()
+    harness.wait_drained()
+    lines = harness.endpoint.firehose_records(harness.target)
+    assert sorted(json.loads(line)["seq"] for line in lines) == seqs
+    assert all(line.endswith(b"\n") and line.count(b"\n") == 1 for line in lines)
+    (dead,) = harness.spool.dead_letters()
+    assert dead.payload == b'{"seq": -1, "x": "POISON"}'
+    assert sum(read_again) > 0  # the split request's lines were read back
+    assert harness.forwarder is not None and harness.forwarder._window.elided == {}

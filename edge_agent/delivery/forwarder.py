@@ -57,7 +57,7 @@ from edge_agent.errors import (
 )
 from edge_agent.records import LeasedRecord
 from edge_agent.runtime_status import ForwarderSnapshot
-from edge_agent.sinks.base import Entry, Outcome, Request, Sent, Sink
+from edge_agent.sinks.base import Outcome, Request, Sent, Sink, rebuilt
 from edge_agent.spool.store import Spool
 from edge_agent.worker import LinkState, ThreadWorker, WorkerState
 
@@ -429,23 +429,9 @@ class Forwarder(ThreadWorker):
         for part in (request.entries[:half], request.entries[half:]):
             if self._clock() < self._hold_until or self._stop.is_set():
                 return  # a part failed as a whole: the rest waits for the next round
-            entries = self._rebuilt(part)
+            entries = rebuilt(self.sink, part, self._window.restore)
             if entries:
                 self._deliver(Request(entries), blamed)
-
-    def _rebuilt(self, entries: list[Entry]) -> list[Entry]:
-        """Entries of a refused request, ready to be sent again: one whose data went
-        into the request's body is made again from its records, their payloads read
-        back from the spool (one eviction took leaves; so does an entry left empty)."""
-        rebuilt: list[Entry] = []
-        for entry in entries:
-            if not entry.taken:
-                rebuilt.append(entry)
-                continue
-            records = self._window.restore(entry.records)
-            if records:
-                rebuilt.append(self.sink.rebuild(entry, records))
-        return rebuilt
 
     def _request_failed(self, err: SinkError, *, paused: bool) -> None:
         self.stats.request_errors += 1

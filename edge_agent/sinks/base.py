@@ -36,7 +36,7 @@ no later record of that key is taken.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -209,3 +209,23 @@ class RequestPacker:
 def send(sink: Sink, request: Request) -> list[Outcome]:
     """Transmit a request and read its outcomes, in the calling thread."""
     return sink.outcomes(request, sink.transmit(request))
+
+
+def rebuilt(
+    sink: Sink,
+    entries: Sequence[Entry],
+    restore: Callable[[list[LeasedRecord]], list[LeasedRecord]],
+) -> list[Entry]:
+    """Entries of a refused request, ready to be sent again: one whose data went into
+    the request's body is made again from its records, with their payloads ``restore``d
+    (read back from the spool; one eviction took leaves, and so does an entry left
+    empty)."""
+    made: list[Entry] = []
+    for entry in entries:
+        if not entry.taken:
+            made.append(entry)
+            continue
+        records = restore(entry.records)
+        if records:
+            made.append(sink.rebuild(entry, records))
+    return made
