@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import boto3
+import botocore.loaders
 import botocore.session
 import pytest
 
@@ -51,3 +52,29 @@ def test_the_session_keeps_the_endpoint_data_of_the_agents_services_only() -> No
     assert sum(len(p["services"]) for p in full["partitions"]) > 10 * sum(
         len(p["services"]) for p in data["partitions"]
     )
+
+
+def test_a_session_that_makes_no_client_parses_no_endpoint_data(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Kinesis Video sink signs its one control-plane call itself and makes no client:
+    its session never parses botocore's endpoints.json (cut at once, the parse left some
+    6 MiB resident). The first client parses it, cut to the agent's services."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEYS["aws_access_key_id"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", KEYS["aws_secret_access_key"])
+    loaded: list[str] = []
+    load_file = botocore.loaders.JSONFileLoader.load_file
+
+    def counted(self: Any, file_path: str) -> Any:
+        loaded.append(file_path)
+        return load_file(self, file_path)
+
+    monkeypatch.setattr(botocore.loaders.JSONFileLoader, "load_file", counted)
+    shared = SharedSession(AwsIdentity(), None)
+    assert shared.credentials().access_key == KEYS["aws_access_key_id"]
+    assert not [path for path in loaded if path.endswith("endpoints")]
+    shared.client("kinesis", region_name="eu-central-1")
+    assert [path for path in loaded if path.endswith("endpoints")]
+    core = shared.session._session
+    data, _ = core.get_component("data_loader").load_data_with_path("endpoints")
+    assert all(set(p["services"]) <= AGENT_SERVICES for p in data["partitions"])

@@ -20,8 +20,8 @@ session is kept per environment as well: in a running agent that is one session;
 that change the environment between agents run in one process get fresh ones.
 
 The session keeps botocore's endpoint data of the agent's services only
-(``keep_endpoints_of``): the whole of it is about 7 MiB of Python objects held for the
-life of the process.
+(``keep_endpoints_of``), and parses it only when it makes a client: the whole of it is
+about 7 MiB of Python objects held for the life of the process.
 
 A boto3 session is not thread-safe while it makes clients (clients are): ``client``
 makes them one at a time.
@@ -105,21 +105,35 @@ class SharedSession:
 
 
 def keep_endpoints_of(core: Any, services: frozenset[str]) -> None:
-    """Cut the endpoint data of botocore session ``core`` down to ``services``.
+    """Have botocore session ``core`` cut its endpoint data down to ``services`` when it
+    loads it.
 
     A session parses botocore's endpoints.json (each of some 300 services in every
     partition) into about 7 MiB of Python objects and keeps them for as long as it
-    lives, to find the signing region and name of each client it makes. Its loader
-    caches what it loaded, so the data cut here is what the session's endpoint resolver
-    gets. A partition keeps its regions and defaults: a service not listed still
-    resolves, from its partition's defaults, as any service botocore has no entry for.
+    lives, to find the signing region and name of each client it makes. It does so when
+    it makes its first client (the agent's, or the credential chain's): an agent that
+    makes none (a Kinesis Video sink signs its one control-plane call itself) never
+    parses it, where cutting it at once left some 6 MiB resident after the cut. The
+    loader caches what it loaded, so the data cut here is what the session's endpoint
+    resolver gets. A partition keeps its regions and defaults: a service not listed
+    still resolves, from its partition's defaults, as any service botocore has no entry
+    for.
     """
-    data, _ = core.get_component("data_loader").load_data_with_path("endpoints")
-    for partition in data.get("partitions", []):
-        known = partition.get("services")
-        if isinstance(known, dict):
-            for service in [name for name in known if name not in services]:
-                del known[service]
+    loader = core.get_component("data_loader")
+    load = loader.load_data_with_path
+
+    def load_cut(name: str, *args: Any, **kwargs: Any) -> Any:
+        loaded = load(name, *args, **kwargs)
+        if name == "endpoints":
+            data, _ = loaded
+            for partition in data.get("partitions", []):
+                known = partition.get("services")
+                if isinstance(known, dict):
+                    for service in [listed for listed in known if listed not in services]:
+                        del known[service]
+        return loaded
+
+    loader.load_data_with_path = load_cut
 
 
 def shared_session(identity: AwsIdentity, profile: str | None = None) -> SharedSession:
